@@ -1,0 +1,60 @@
+"""`python -m ray_xray.audit DATA`: look at a dataset before trusting a number trained on it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .cli import run
+from .data.audit import NEAR_THRESHOLD, audit, format_report
+from .data.dataset import DEDUPE, apply_dedupe, load_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m ray_xray.audit",
+        description="Counts, duplicates (exact and near, within and across splits), label "
+        "conflicts, patient overlap and unreadable files of a dataset.",
+    )
+    p.add_argument(
+        "data", help="folder ROOT/{train,val,test}/<label>/, manifest.csv, or synthetic:chest3"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--dedupe", choices=DEDUPE, default="off", help="apply a policy and audit what remains"
+    )
+    p.add_argument(
+        "--img-size", type=int, default=128, help="size images are prepared at (default 128)"
+    )
+    p.add_argument(
+        "--near-threshold",
+        type=float,
+        default=NEAR_THRESHOLD,
+        help="thumbnail cosine for near-duplicates",
+    )
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="prepared-data cache (default $RAY_XRAY_CACHE or ~/.cache/ray_xray)",
+    )
+    args = p.parse_args(argv)
+    log = lambda m: print(m, file=sys.stderr)
+    # Unreadable files are findings here, not failures.
+    table, bad, _ = load_table(
+        args.data, args.img_size, skip_bad=True, cache_root=args.cache, log_fn=log
+    )
+    table, dropped = apply_dedupe(table, args.dedupe)
+    report = audit(table, bad, args.near_threshold)
+    report["dedupe"] = {"policy": args.dedupe, "dropped": dropped}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report, args.data))
+        if args.dedupe != "off":
+            print(f"  dedupe {args.dedupe}: dropped {dropped} images")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,9 @@
+"""Data: sources (folder, manifest, synthetic), the Parquet cache, augmentation, audit."""
+
+from .dataset import DEDUPE, ImageDataset, PreparedData, class_weights, load_data, load_table
+from .sources import SPLITS, DataError, Item, normalise_label, patient_id
+
+__all__ = [
+    "DEDUPE", "SPLITS", "DataError", "ImageDataset", "Item", "PreparedData",
+    "class_weights", "load_data", "load_table", "normalise_label", "patient_id",
+]  # fmt: skip

@@ -1,0 +1,159 @@
+"""Prepared-data cache: decode once, store uint8 pixels in Parquet, reuse forever.
+
+The cache key is the content (sha1 of every source file's bytes, with its label and split) plus
+the image size, so editing, adding or relabelling a file makes a new cache, and a second load
+decodes nothing. Written to a temporary name and renamed, so a crash never leaves half a cache.
+Lives on a local path or any pyarrow filesystem URI (s3://bucket/prefix) so every node of a
+cluster reads the same prepared data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from .sources import DataError, Item
+
+CACHE_VERSION = "1"  # bump when the stored layout or preprocessing changes
+
+SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("label", pa.string()),
+        ("split", pa.string()),
+        ("patient", pa.string()),
+        ("sha1", pa.string()),  # of the source file's bytes
+        ("pixel_sha1", pa.string()),  # of the decoded, resized pixels
+        ("orig_width", pa.int32()),
+        ("orig_height", pa.int32()),
+        ("orig_mode", pa.string()),
+        ("image", pa.binary()),  # img_size * img_size uint8, row-major
+    ]
+)
+
+
+def default_cache_root() -> str:
+    return os.environ.get("RAY_XRAY_CACHE") or str(Path.home() / ".cache" / "ray_xray")
+
+
+def _fs(root: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in root:
+        return pafs.FileSystem.from_uri(root)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return pafs.LocalFileSystem(), str(Path(root).resolve())
+
+
+def decode(data: bytes, img_size: int) -> tuple[np.ndarray, tuple[int, int], str]:
+    """Bytes -> (grey uint8 img_size x img_size, original (w, h), original mode)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        orig, mode = im.size, im.mode
+        grey = im.convert("L")
+    if grey.size != (img_size, img_size):
+        # Shorter side to img_size, centre crop: keeps the anatomy's aspect ratio.
+        w, h = grey.size
+        scale = img_size / min(w, h)
+        nw, nh = max(img_size, round(w * scale)), max(img_size, round(h * scale))
+        grey = grey.resize((nw, nh), Image.Resampling.BILINEAR)
+        left, top = (nw - img_size) // 2, (nh - img_size) // 2
+        grey = grey.crop((left, top, left + img_size, top + img_size))
+    return np.asarray(grey, dtype=np.uint8), orig, mode
+
+
+def read_sources(items: list[Item]) -> tuple[list[bytes], list[str]]:
+    datas, hashes = [], []
+    for it in items:
+        try:
+            data = Path(it.path).read_bytes()
+        except OSError as exc:
+            raise DataError(f"{it.path}: cannot read ({exc.strerror})") from None
+        datas.append(data)
+        hashes.append(hashlib.sha1(data).hexdigest())
+    return datas, hashes
+
+
+def cache_key(items: list[Item], hashes: list[str], img_size: int) -> str:
+    h = hashlib.sha1(f"v{CACHE_VERSION}/{img_size}".encode())
+    for it, sha in sorted(
+        zip(items, hashes, strict=True), key=lambda p: (p[1], p[0].split, p[0].path)
+    ):
+        h.update(f"{sha}|{it.label}|{it.split}|{Path(it.path).name}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def build_table(
+    items: list[Item], datas: list[bytes], hashes: list[str], img_size: int, skip_bad: bool
+) -> tuple[pa.Table, list[str]]:
+    rows: dict[str, list] = {name: [] for name in SCHEMA.names}
+    bad = []
+    for it, data, sha in zip(items, datas, hashes, strict=True):
+        try:
+            pixels, (w, h), mode = decode(data, img_size)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            if not skip_bad:
+                raise DataError(
+                    f"{it.path}: not a readable image ({type(exc).__name__}); "
+                    "use --skip-bad to leave such files out"
+                ) from None
+            bad.append(it.path)
+            continue
+        for name, value in zip(
+            SCHEMA.names,
+            (it.path, it.label, it.split, it.patient, sha,
+             hashlib.sha1(pixels.tobytes()).hexdigest(), w, h, mode, pixels.tobytes()),
+            strict=True,
+        ):  # fmt: skip
+            rows[name].append(value)
+    return pa.Table.from_pydict(rows, schema=SCHEMA), bad
+
+
+def cached(key: str, build, cache_root: str | None = None, log=print):
+    """Return (table, extra lines, location): read `key` from the cache or build and store it.
+
+    `build()` returns (table, extra lines); the lines (e.g. unreadable paths) are kept beside.
+    """
+    fs, root = _fs(cache_root or default_cache_root())
+    target, extra_file = f"{root}/{key}.parquet", f"{root}/{key}.txt"
+    if fs.get_file_info(target).type == pafs.FileType.File:
+        extra = []
+        if fs.get_file_info(extra_file).type == pafs.FileType.File:
+            with fs.open_input_stream(extra_file) as fh:
+                extra = [line for line in fh.read().decode().splitlines() if line]
+        return pq.read_table(target, filesystem=fs), extra, target
+    log(f"preparing data -> {target}")
+    table, extra = build()
+    tmp = f"{root}/.{key}.{uuid.uuid4().hex}.tmp"
+    try:
+        pq.write_table(table, tmp, filesystem=fs)
+        if extra:
+            with fs.open_output_stream(extra_file) as fh:
+                fh.write("\n".join(extra).encode())
+        fs.move(tmp, target)  # atomic rename on a local disk; S3 puts are atomic anyway
+    finally:
+        if fs.get_file_info(tmp).type == pafs.FileType.File:
+            fs.delete_file(tmp)
+    return table, extra, target
+
+
+def load_or_prepare(
+    items: list[Item],
+    img_size: int,
+    cache_root: str | None = None,
+    skip_bad: bool = False,
+    log=print,
+) -> tuple[pa.Table, list[str], str]:
+    """Return (table, unreadable paths, cache location); decodes only on a cache miss."""
+    datas, hashes = read_sources(items)
+    key = cache_key(items, hashes, img_size) + ("-skipbad" if skip_bad else "")
+    return cached(
+        key, lambda: build_table(items, datas, hashes, img_size, skip_bad), cache_root, log
+    )

@@ -1,0 +1,185 @@
+"""One loader for every data source: `load_data(spec, img_size)` -> in-memory uint8 splits."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import Dataset
+
+from . import synthetic
+from .cache import SCHEMA, cached, load_or_prepare
+from .sources import SPLITS, DataError, Item, carve_val, check_items, read_manifest, scan_folder
+from .transforms import EvalPreset, TrainPreset, to_tensor
+
+log = logging.getLogger("ray_xray.data")
+DEDUPE = ("off", "drop-cross-split", "drop-conflicts")
+
+
+def resolve_items(spec: str) -> list[Item]:
+    """A folder (its manifest.csv when there is one), a manifest CSV path."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        manifest = path / "manifest.csv"
+        items = read_manifest(manifest) if manifest.is_file() else scan_folder(path)
+    elif path.suffix.lower() == ".csv":
+        items = read_manifest(path)
+    else:
+        raise DataError(f"{spec}: no such folder or manifest (or use synthetic:chest3)")
+    return carve_val(items)
+
+
+def synthetic_table(spec: str, img_size: int, seed: int = 0) -> pa.Table:
+    rows: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for key, label, split, img in synthetic.generate(spec, img_size, seed):
+        sha = hashlib.sha1(img.tobytes()).hexdigest()
+        values = (key, label, split, "", sha, sha, img_size, img_size, "L", img.tobytes())
+        for name, value in zip(SCHEMA.names, values, strict=True):
+            rows[name].append(value)
+    return pa.Table.from_pydict(rows, schema=SCHEMA)
+
+
+def load_table(
+    spec: str, img_size: int, skip_bad: bool = False, cache_root: str | None = None, log_fn=None
+) -> tuple[pa.Table, list[str], str]:
+    """(table of prepared images, unreadable paths, where it came from)."""
+    if spec.startswith("synthetic"):
+        name, sizes = synthetic.parse(spec)
+        key = f"synthetic-v{synthetic.VERSION}-{name}-{sizes['train']}-{img_size}"
+        build = lambda: (synthetic_table(spec, img_size), [])  # noqa: E731
+        return cached(key, build, cache_root, log_fn or log.info)
+    items = resolve_items(spec)
+    return load_or_prepare(items, img_size, cache_root, skip_bad, log=log_fn or log.info)
+
+
+@dataclass
+class PreparedData:
+    classes: list[str]
+    images: dict[str, np.ndarray]  # split -> (N, H, W) uint8
+    labels: dict[str, np.ndarray]  # split -> (N,) int64
+    paths: dict[str, list[str]]
+    mean: float
+    std: float
+    source: str
+    img_size: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {
+            s: {c: int((self.labels[s] == k).sum()) for k, c in enumerate(self.classes)}
+            for s in SPLITS
+        }
+
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        return np.bincount(self.labels[split], minlength=len(self.classes))
+
+    def dataset(self, split: str, in_chans: int = 1, aug_strength: float = 0.0) -> ImageDataset:
+        aug = TrainPreset(self.img_size, aug_strength) if split == "train" else EvalPreset()
+        return ImageDataset(
+            self.images[split], self.labels[split], aug, self.mean, self.std, in_chans
+        )
+
+
+class ImageDataset(Dataset):
+    def __init__(self, images, labels, transform, mean, std, in_chans):
+        self.images, self.labels, self.transform = images, labels, transform
+        self.mean, self.std, self.in_chans = mean, std, in_chans
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = to_tensor(self.transform(self.images[i]), self.mean, self.std, self.in_chans)
+        return x, int(self.labels[i])
+
+
+def apply_dedupe(table: pa.Table, policy: str) -> tuple[pa.Table, int]:
+    """drop-cross-split: remove from train/val what also sits in a later split (test wins);
+    drop-conflicts: remove every copy of an image filed under different labels."""
+    if policy not in DEDUPE:
+        raise DataError(f"--dedupe must be one of {', '.join(DEDUPE)}, got {policy!r}")
+    if policy == "off":
+        return table, 0
+    sha, split, label = (table.column(c).to_pylist() for c in ("pixel_sha1", "split", "label"))
+    keep = np.ones(len(sha), dtype=bool)
+    if policy == "drop-cross-split":
+        rank = {"test": 0, "val": 1, "train": 2}
+        best: dict[str, int] = {}
+        for h, s in zip(sha, split, strict=True):
+            best[h] = min(best.get(h, 9), rank[s])
+        keep = np.array([rank[s] == best[h] for h, s in zip(sha, split, strict=True)])
+    else:
+        labels_of: dict[str, set] = {}
+        for h, lab in zip(sha, label, strict=True):
+            labels_of.setdefault(h, set()).add(lab)
+        keep = np.array([len(labels_of[h]) == 1 for h in sha])
+    return table.filter(pa.array(keep)), int((~keep).sum())
+
+
+def leakage(table: pa.Table) -> int:
+    """How many test images are pixel-identical to a training image."""
+    sha, split = table.column("pixel_sha1").to_pylist(), table.column("split").to_pylist()
+    train = {h for h, s in zip(sha, split, strict=True) if s == "train"}
+    return sum(1 for h, s in zip(sha, split, strict=True) if s == "test" and h in train)
+
+
+def load_data(
+    spec: str,
+    img_size: int = 128,
+    *,
+    classes: list[str] | None = None,
+    skip_bad: bool = False,
+    dedupe: str = "off",
+    allow_leakage: bool = False,
+    limit_per_split: int = 0,
+    seed: int = 0,
+    cache_root: str | None = None,
+) -> PreparedData:
+    table, bad, source = load_table(spec, img_size, skip_bad, cache_root)
+    table, n_dropped = apply_dedupe(table, dedupe)
+    n_leak = leakage(table)
+    if n_leak and not allow_leakage:
+        raise DataError(
+            f"{spec}: {n_leak} test image(s) are identical to training images; "
+            "fix the split, use --dedupe drop-cross-split, or --allow-leakage"
+        )
+    labels_col, splits_col = table.column("label").to_pylist(), table.column("split").to_pylist()
+    items = [Item("", lab, s) for lab, s in zip(labels_col, splits_col, strict=True)]
+    classes = check_items(items, classes)
+    index = {c: k for k, c in enumerate(classes)}
+    blobs, paths = table.column("image").to_pylist(), table.column("path").to_pylist()
+    rng = np.random.default_rng(seed)
+    images, labels, split_paths = {}, {}, {}
+    for split in SPLITS:
+        idx = np.array([i for i, s in enumerate(splits_col) if s == split])
+        if limit_per_split and len(idx) > limit_per_split:
+            idx = np.sort(rng.choice(idx, limit_per_split, replace=False))
+        images[split] = np.stack(
+            [np.frombuffer(blobs[i], dtype=np.uint8).reshape(img_size, img_size) for i in idx]
+        )
+        labels[split] = np.array([index[labels_col[i]] for i in idx], dtype=np.int64)
+        split_paths[split] = [paths[i] for i in idx]
+    train = images["train"].astype(np.float32) / 255.0
+    mean, std = float(train.mean()), float(train.std()) or 1.0
+    data = PreparedData(
+        classes, images, labels, split_paths, mean, std, source, img_size,
+        dropped={"dedupe": n_dropped, "unreadable": len(bad)}, unreadable=bad,
+    )  # fmt: skip
+    log.info(
+        "data %s: %s",
+        spec,
+        ", ".join(f"{s} {len(data.labels[s])}" for s in SPLITS),
+    )
+    return data
+
+
+def class_weights(counts: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency weights, mean 1 (so the loss scale does not move)."""
+    w = counts.sum() / np.maximum(counts, 1) / len(counts)
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
