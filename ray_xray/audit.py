@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         help="prepared-data cache (default $RAY_XRAY_CACHE or ~/.cache/ray_xray)",
     )
     args = p.parse_args(argv)
-    log = lambda m: print(m, file=sys.stderr)
+    log = functools.partial(print, file=sys.stderr)
     # Unreadable files are findings here, not failures.
     table, bad, _ = load_table(
         args.data, args.img_size, skip_bad=True, cache_root=args.cache, log_fn=log

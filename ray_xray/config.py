@@ -14,6 +14,7 @@ CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "device": ("auto", "cpu", "cuda"),
     "monitor": ("val_macro_f1", "val_acc", "val_auc", "val_loss"),
+    "dedupe": ("off", "drop-cross-split", "drop-conflicts"),
 }
 
 
@@ -46,6 +47,7 @@ class TrainConfig:
     aug_strength: float = 1.0  # 0 = no augmentation, 1 = the seeds' recipe
     seed: int = 0
     workers: int = 1  # Ray Train DDP workers
+    dedupe: str = "off"  # audit policy applied before training
     allow_leakage: bool = False  # train even if test shares images with train
     skip_bad: bool = False  # drop unreadable images instead of failing
     limit_per_split: int = 0  # >0: keep at most N items per split (smoke tests)

@@ -29,7 +29,7 @@ def test_synthetic_load_counts_and_normalisation():
     d = load_data("synthetic:binary:10", 32)
     assert d.classes == ["normal", "pneumonia"]
     assert d.counts()["train"] == {"normal": 10, "pneumonia": 10}
-    x, y = d.dataset("train", in_chans=3, aug_strength=1.0)[0]
+    x, y, _ = d.dataset("train", in_chans=3, aug_strength=1.0)[0]
     assert x.shape == (3, 32, 32) and y in (0, 1)
     train = d.images["train"].astype(np.float32) / 255
     assert d.mean == pytest.approx(train.mean(), abs=1e-5)

@@ -95,8 +95,9 @@ class ImageDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
+        # The index rides along so DDP workers can prove they cover the split exactly once.
         x = to_tensor(self.transform(self.images[i]), self.mean, self.std, self.in_chans)
-        return x, int(self.labels[i])
+        return x, int(self.labels[i]), i
 
 
 def apply_dedupe(table: pa.Table, policy: str) -> tuple[pa.Table, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-VERSION = 1  # bump when the renderer changes: it keys the cache
+VERSION = 2  # bump when the renderer changes: it keys the cache
 TASKS = {
     "chest3": ("normal", "pneumonia", "tuberculosis"),
     "binary": ("normal", "pneumonia"),
@@ -53,21 +53,21 @@ def render(label: str, seed: int, size: int = 128) -> np.ndarray:
     img += 0.25 * (np.abs(x) < 0.12 + 0.05 * y)
     img += 0.3 * (_ellipse(x, y, 0.12, 0.35, 0.3 * rng.uniform(0.8, 1.2), 0.25) < 1)
 
-    strength = rng.uniform(0.35, 1.0)  # some cases are subtle
+    strength = rng.uniform(0.5, 1.0)  # some cases are subtle
     side = rng.choice((-1, 1))
     if label == "pneumonia":
         if rng.random() < 0.5:  # lobar consolidation: one lower zone fills in
             cy = rng.uniform(0.1, 0.4)
             patch = _blob(x, y, side * 0.42, cy, rng.uniform(0.15, 0.25))
-            img += 0.3 * strength * patch * lungs
+            img += 0.35 * strength * patch * lungs
         else:  # diffuse, patchy, both lungs
             for _ in range(rng.integers(4, 9)):
                 cx, cy = rng.choice((-1, 1)) * rng.uniform(0.25, 0.6), rng.uniform(-0.2, 0.45)
-                img += 0.15 * strength * _blob(x, y, cx, cy, rng.uniform(0.06, 0.14)) * lungs
+                img += 0.2 * strength * _blob(x, y, cx, cy, rng.uniform(0.07, 0.14)) * lungs
     elif label == "tuberculosis":
         for _ in range(rng.integers(2, 6)):  # upper-zone nodules
             cx, cy = side * rng.uniform(0.25, 0.55), rng.uniform(-0.6, -0.3)
-            img += 0.3 * strength * _blob(x, y, cx, cy, rng.uniform(0.025, 0.05))
+            img += 0.35 * strength * _blob(x, y, cx, cy, rng.uniform(0.035, 0.07))
         if rng.random() < 0.5:  # a cavity: bright wall, dark centre
             cx, cy, r = (
                 side * rng.uniform(0.3, 0.5),

@@ -54,6 +54,6 @@ class EvalPreset:
 
 def to_tensor(image: np.ndarray, mean: float, std: float, in_chans: int) -> torch.Tensor:
     """uint8 HxW -> float (C,H,W), normalised with the *training split's* statistics."""
-    x = (torch.from_numpy(np.ascontiguousarray(image)).float() / 255.0 - mean) / std
+    x = (torch.tensor(image, dtype=torch.float32) / 255.0 - mean) / std
     x = x.unsqueeze(0)
     return x.expand(in_chans, -1, -1).contiguous() if in_chans > 1 else x

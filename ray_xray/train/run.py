@@ -1,0 +1,154 @@
+"""Driver side of one training run: build the TorchTrainer, fit, evaluate the best on test."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.config import LoggingConfig
+from torch.utils.data import DataLoader
+
+from .. import metrics as M
+from ..config import TrainConfig
+from ..data import load_data
+from . import engine as E
+from .worker import STATE_FILE, train_loop_per_worker
+
+log = logging.getLogger("ray_xray.train")
+
+
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, dashboard: bool = True
+) -> None:
+    """Join RAY_ADDRESS/`address` if given, else start a local Ray quietly.
+
+    The dashboard matters for Tune: without it trials stopped early keep their resources.
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Worker prints go straight to the console (Ray Train's print patch would log them twice).
+    kwargs = dict(
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+    )
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # Bind to loopback only: never expose Ray's ports from a laptop or CI box.
+        ray.init(
+            num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs
+        )
+
+
+def worker_resources(cfg: TrainConfig, cpus_total: float | None = None) -> tuple[dict, int]:
+    """CPUs per DDP worker (and torch threads): share what the cluster has."""
+    cpus_total = cpus_total or ray.cluster_resources().get("CPU", 1)
+    per = max(1.0, float(int(cpus_total // cfg.workers)))
+    return {"CPU": per}, int(per)
+
+
+def make_trainer(cfg: TrainConfig, name: str, storage: str, *, cpus_per_worker: float | None = None,
+                 max_failures: int = 2, cache: str | None = None) -> TorchTrainer:  # fmt: skip
+    if cpus_per_worker is None:
+        resources, threads = worker_resources(cfg)
+    else:
+        resources, threads = {"CPU": cpus_per_worker}, max(1, int(round(cpus_per_worker)))
+    use_gpu = E.pick_device(cfg.device).type == "cuda"
+    loop_config = {**cfg.to_dict(), "_threads": threads, "_cache": cache}
+    mode = "min" if cfg.monitor == "val_loss" else "max"
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            # Keep the best checkpoint; Ray also always keeps the latest (for restarts).
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=cfg.monitor, checkpoint_score_order=mode
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),  # our own epoch line is enough
+        ),
+    )
+
+
+def read_state(checkpoint: ray.train.Checkpoint) -> dict:
+    """The worker's training state: best model record, per-epoch history, optimiser state."""
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def evaluate_record(
+    record: dict, data, split: str = "test", device: str = "auto"
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Full metrics of a saved model on one split (+ labels and probabilities)."""
+    cfg = TrainConfig.from_dict(record["config"])
+    dev = E.pick_device(device)
+    model = E.model_from_record(record).to(dev)
+    channels_last = E.uses_channels_last(cfg, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = DataLoader(data.dataset(split, cfg.in_chans), batch_size=128)
+    y, prob, _ = E.predict_proba(
+        model, loader, dev, E.pick_precision(cfg.precision, dev), channels_last
+    )
+    return M.full_report(y, prob, record["classes"]), y, prob
+
+
+def fit(
+    cfg: TrainConfig, out: str | Path, *, max_failures: int = 2, cache: str | None = None
+) -> dict:
+    """One run through TorchTrainer; writes config.json, best_model.pt, metrics.json in `out`."""
+    out = Path(out).resolve()
+    t0 = time.perf_counter()
+    # Load (and cache) the data here first: bad data fails in one line before Ray starts,
+    # and the workers then find a ready cache instead of all decoding at once.
+    data = load_data(cfg.data, cfg.img_size, skip_bad=cfg.skip_bad, dedupe=cfg.dedupe,
+                     allow_leakage=cfg.allow_leakage, limit_per_split=cfg.limit_per_split,
+                     seed=cfg.seed, cache_root=cache)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.to_json())  # the resolved config, beside the run
+    init_ray()
+    trainer = make_trainer(
+        cfg, name="ray", storage=str(out), max_failures=max_failures, cache=cache
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training reported no checkpoint")
+    # The latest checkpoint carries the best model so far and the whole history.
+    state = read_state(result.checkpoint)
+    record = state["best"]
+    E.atomic_save(record, out / "best_model.pt")
+    train_s = time.perf_counter() - t0
+    test, _, _ = evaluate_record(record, data, "test", cfg.device)
+    report = {
+        "model": cfg.model,
+        "data": cfg.data,
+        "classes": data.classes,
+        "best_epoch": record.get("epoch"),
+        "val": record["metrics"],
+        "test": test,
+        "wall_s": time.perf_counter() - t0,
+        "train_wall_s": train_s,
+        "params": int(sum(p.numel() for p in E.model_from_record(record).parameters())),
+        "history": state["history"],
+    }
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out / "metrics.json")
+    return report
