@@ -58,12 +58,15 @@ def worker_resources(cfg: TrainConfig, cpus_total: float | None = None) -> tuple
 
 
 def make_trainer(cfg: TrainConfig, name: str, storage: str, *, cpus_per_worker: float | None = None,
-                 max_failures: int = 2, cache: str | None = None) -> TorchTrainer:  # fmt: skip
+                 gpus_per_worker: float = 0.0, max_failures: int = 2, cache: str | None = None,
+                 callbacks: list | None = None) -> TorchTrainer:  # fmt: skip
     if cpus_per_worker is None:
         resources, threads = worker_resources(cfg)
     else:
         resources, threads = {"CPU": cpus_per_worker}, max(1, int(round(cpus_per_worker)))
-    use_gpu = E.pick_device(cfg.device).type == "cuda"
+    use_gpu = E.pick_device(cfg.device).type == "cuda" or gpus_per_worker > 0
+    if use_gpu and gpus_per_worker:
+        resources["GPU"] = gpus_per_worker  # fractional GPUs share one card between trials
     loop_config = {**cfg.to_dict(), "_threads": threads, "_cache": cache}
     mode = "min" if cfg.monitor == "val_loss" else "max"
     return TorchTrainer(
@@ -81,6 +84,7 @@ def make_trainer(cfg: TrainConfig, name: str, storage: str, *, cpus_per_worker: 
             ),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # our own epoch line is enough
+            callbacks=callbacks or [],
         ),
     )
 

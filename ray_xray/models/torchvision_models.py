@@ -1,0 +1,133 @@
+"""torchvision architectures, always randomly initialised (weights=None: nothing is downloaded).
+
+Only the stem conv (for ``in_chans``) and the head (for ``num_classes``) differ from torchvision,
+so the other state-dict keys still match torchvision checkpoints given as ``pretrained=``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision import models as tvm
+
+from .registry import register_model, set_cam_layer
+
+
+def _grey_stem(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
+    if conv.in_channels == in_chans:
+        return conv
+    new = nn.Conv2d(
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        bias=conv.bias is not None,
+    )
+    # Same init torchvision gives its own convs, so only the channel count changes.
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    if new.bias is not None:
+        nn.init.zeros_(new.bias)
+    return new
+
+
+def _no_inplace(seq: nn.Sequential, idx: int) -> nn.Module:
+    # The Grad-CAM hook point must not be an in-place ReLU: backward hooks reject those.
+    if isinstance(seq[idx], nn.ReLU):
+        seq[idx] = nn.ReLU()
+    return seq[idx]
+
+
+class ChannelAttention(nn.Module):
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        avg = self.mlp(x.mean(dim=(2, 3), keepdim=True))
+        mx = self.mlp(x.amax(dim=(2, 3), keepdim=True))
+        return torch.sigmoid(avg + mx)
+
+
+class SpatialAttention(nn.Module):
+    def __init__(self, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al., 2018): channel then spatial gating."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.channel = ChannelAttention(channels, reduction)
+        self.spatial = SpatialAttention()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x * self.channel(x)
+        return x * self.spatial(x)
+
+
+def _resnet18(num_classes: int, in_chans: int, dropout: float) -> tvm.ResNet:
+    model = tvm.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = _grey_stem(model.conv1, in_chans)
+    # Dropout rides on the (parameter-free) pooling slot so "fc.weight" keeps torchvision's key.
+    model.avgpool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Dropout(dropout))
+    model.is_conv = True
+    set_cam_layer(model, model.layer4)
+    return model
+
+
+@register_model
+def resnet18(
+    num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.0
+) -> nn.Module:
+    return _resnet18(num_classes, in_chans, float(dropout))
+
+
+@register_model
+def resnet18_cbam(
+    num_classes: int,
+    in_chans: int = 1,
+    img_size: int = 128,
+    *,
+    dropout: float = 0.0,
+    reduction: int = 16,
+) -> nn.Module:
+    """ResNet-18 with a CBAM after each stage (layer1..layer4)."""
+    model = _resnet18(num_classes, in_chans, float(dropout))
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        # Appended, not wrapped: the BasicBlock keys ("layer1.0.conv1...") stay torchvision's.
+        stage.append(CBAM(stage[-1].conv2.out_channels, int(reduction)))
+    return model
+
+
+@register_model
+def alexnet(
+    num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.5
+) -> nn.Module:
+    model = tvm.alexnet(weights=None, num_classes=num_classes, dropout=float(dropout))
+    model.features[0] = _grey_stem(model.features[0], in_chans)
+    model.is_conv = True
+    set_cam_layer(model, _no_inplace(model.features, len(model.features) - 2))
+    return model
+
+
+@register_model
+def vgg16(
+    num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.5
+) -> nn.Module:
+    model = tvm.vgg16(weights=None, num_classes=num_classes, dropout=float(dropout))
+    model.features[0] = _grey_stem(model.features[0], in_chans)
+    model.is_conv = True
+    set_cam_layer(model, _no_inplace(model.features, len(model.features) - 2))
+    return model

@@ -1,0 +1,107 @@
+"""`python -m ray_xray.tune --space vit [--smoke-test]`: a hyperparameter sweep on Ray Tune."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..cli import run
+from .service import SweepOptions, run_sweep
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SweepOptions()
+    p = argparse.ArgumentParser(
+        prog="python -m ray_xray.tune",
+        description="Search hyperparameters with Ray Tune + Optuna (TPE) + ASHA. Every trial trains "
+        "through Ray Train; results land in STORAGE/NAME (results.parquet, best_trials.json, "
+        "best_model.pt, optuna.db, TensorBoard logs).",
+    )
+    p.add_argument(
+        "--space",
+        default=d.space,
+        help="search space name in search_spaces/ (or a YAML path); default %(default)s",
+    )
+    p.add_argument(
+        "--data",
+        default=d.data,
+        help="folder, manifest.csv or synthetic:chest3|binary[:N] (default %(default)s)",
+    )
+    p.add_argument(
+        "--trials", type=int, default=d.trials, help="number of trials (default %(default)s)"
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=d.budget_minutes,
+        help="stop starting trials after this (0 = none)",
+    )
+    p.add_argument(
+        "--storage",
+        default=d.storage,
+        help="local path or s3://bucket/prefix (default %(default)s)",
+    )
+    p.add_argument(
+        "--name", default=None, help="experiment name (default: SPACE-DATA); the same name resumes"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted sweep of this name"
+    )
+    p.add_argument(
+        "--objective", default="val_macro_f1", help="metric, or metric,metric for multi-objective"
+    )
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions share a GPU)"
+    )
+    p.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=None,
+        help="CPUs per trial (default: half the cluster's)",
+    )
+    p.add_argument(
+        "--workers-per-trial", type=int, default=1, help="DDP workers per trial (Ray Train)"
+    )
+    p.add_argument(
+        "--wandb",
+        choices=("off", "offline", "online"),
+        default="off",
+        help="W&B logging (default off)",
+    )
+    p.add_argument("--wandb-project", default=d.wandb_project)
+    p.add_argument(
+        "--top-k", type=int, default=d.top_k, help="best trials evaluated on test and kept"
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--cache", default=None, help="prepared-data cache (local path or s3://)")
+    p.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="4 tiny trials of 2 epochs (about 2 minutes on a CPU)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.trials < 1:
+        raise ValueError("--trials must be >= 1")
+    objective = [m.strip() for m in args.objective.split(",") if m.strip()]
+    if not objective or len(objective) > 3:
+        raise ValueError("--objective takes one to three comma-separated metrics")
+    opts = SweepOptions(
+        space=args.space, data=args.data, trials=args.trials, budget_minutes=args.budget_minutes,
+        storage=args.storage, name=args.name, resume=args.resume, objective=objective,
+        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+        workers_per_trial=args.workers_per_trial, wandb=args.wandb, wandb_project=args.wandb_project,
+        smoke_test=args.smoke_test, seed=args.seed, top_k=args.top_k, cache=args.cache,
+        argv=list(sys.argv[1:] if argv is None else argv),
+    )  # fmt: skip
+    if args.smoke_test and args.trials == SweepOptions.trials:
+        opts.trials = 4
+    run_sweep(opts)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

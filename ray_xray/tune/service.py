@@ -1,0 +1,272 @@
+"""The search service: Ray Tune + OptunaSearch (TPE, SQLite study) + ASHA over a YAML space."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from ..data import load_data
+from ..spaces import SearchSpace, load_space
+from ..train.run import init_ray
+from . import results as R
+from .console import ConsoleReporter
+from .trial import TOKEN_CPU, trial_fn
+
+log = logging.getLogger("ray_xray.tune")
+DONE_FILE = "results.parquet"
+
+
+@dataclass
+class SweepOptions:
+    space: str = "resnet18"
+    data: str = "synthetic:chest3"
+    trials: int = 20
+    budget_minutes: float = 0.0  # 0 = no time limit
+    storage: str = "runs/tune"
+    name: str | None = None
+    resume: bool = False
+    objective: list[str] = field(default_factory=lambda: ["val_macro_f1"])
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float | None = None
+    workers_per_trial: int = 1
+    wandb: str = "off"
+    wandb_project: str = "ray_xray"
+    smoke_test: bool = False
+    seed: int = 0
+    top_k: int = 3
+    max_failures: int = 1  # worker restarts inside a trial (from its last checkpoint)
+    cache: str | None = None
+    grace_epochs: int = 1
+    argv: list[str] = field(default_factory=list)
+
+
+def metric_mode(metric: str) -> str:
+    return "min" if metric.endswith(("loss", "_s", "ece", "nll")) else "max"
+
+
+def experiment_name(opts: SweepOptions, space: SearchSpace) -> str:
+    if opts.name:
+        return opts.name
+    data = (
+        Path(opts.data).name
+        if not opts.data.startswith("synthetic")
+        else opts.data.replace(":", "-")
+    )
+    return f"{space.name}-{data}{'-smoke' if opts.smoke_test else ''}"
+
+
+def storage_uri(storage: str) -> str:
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def check_storage(path: str) -> None:
+    """Fail before any work when the results cannot be written."""
+    if "://" in path:
+        return
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / ".ray_xray_write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"{path}: storage is not writable ({exc.strerror})") from None
+
+
+def plan_resources(opts: SweepOptions) -> dict:
+    """Trial size and how many trials fit at once on this cluster."""
+    res = ray.cluster_resources()
+    cpus, gpus = res.get("CPU", 1.0), res.get("GPU", 0.0)
+    if opts.gpus_per_trial > gpus:
+        raise ValueError(
+            f"--gpus-per-trial {opts.gpus_per_trial} but the cluster has {gpus:g} GPU(s)"
+        )
+    if opts.cpus_per_trial:
+        per_trial = float(opts.cpus_per_trial)
+    elif opts.gpus_per_trial:
+        per_trial = max(1.0, math.floor(cpus * opts.gpus_per_trial / gpus))
+    else:
+        per_trial = max(1.0, float(cpus // 2))  # two trials at a time hide each other's start-up
+    if per_trial > cpus:
+        raise ValueError(f"--cpus-per-trial {per_trial:g} but the cluster has {cpus:g} CPU(s)")
+    fits = int((cpus + 1e-6) // per_trial)
+    if opts.gpus_per_trial:
+        fits = min(fits, int((gpus + 1e-6) // opts.gpus_per_trial))
+    w = opts.workers_per_trial
+    return {
+        "cpus_per_trial": per_trial,
+        "cpus_per_worker": max(0.01, (per_trial - TOKEN_CPU) / w),
+        "gpus_per_worker": opts.gpus_per_trial / w,
+        "max_concurrent": max(1, fits),
+        "cluster_cpus": cpus,
+        "cluster_gpus": gpus,
+    }
+
+
+def make_callbacks(opts: SweepOptions, name: str) -> list:
+    callbacks = [ConsoleReporter(opts.objective[0])]
+    if opts.wandb == "off":
+        return callbacks
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    mode = opts.wandb
+    if mode == "online" and not _wandb_has_key():
+        print(
+            "W&B: no API key found (WANDB_API_KEY or `wandb login`); logging offline instead",
+            file=sys.stderr,
+        )
+        mode = "offline"
+    callbacks.append(
+        WandbLoggerCallback(
+            project=opts.wandb_project, group=name, mode=mode, excludes=["checkpoint_path"]
+        )
+    )
+    return callbacks
+
+
+def _wandb_has_key() -> bool:
+    import os
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def run_sweep(opts: SweepOptions) -> dict:
+    space = load_space(opts.space, smoke=opts.smoke_test)
+    name = experiment_name(opts, space)
+    storage = storage_uri(opts.storage)
+    check_storage(storage)
+    exp_dir = f"{storage}/{name}"
+    local = "://" not in storage
+    if local and (Path(exp_dir) / DONE_FILE).exists() and not opts.resume:
+        raise ValueError(
+            f"{exp_dir} already holds a finished sweep; pick another --name (or --resume to re-read it)"
+        )
+    restoring = tune.Tuner.can_restore(exp_dir)
+    if restoring and not opts.resume:
+        print(f"found an interrupted sweep at {exp_dir}: resuming it", file=sys.stderr)
+    if opts.resume and not restoring:
+        raise ValueError(f"--resume: no sweep to resume at {exp_dir}")
+
+    overrides = {"data": opts.data, "seed": opts.seed, "workers": opts.workers_per_trial}
+    if opts.gpus_per_trial:
+        overrides["device"] = "cuda"
+    # Validate data and fill the prepared cache once, before any trial starts.
+    probe_cfg = space.resolve(space.default_config(), overrides)
+    load_data(
+        opts.data,
+        probe_cfg.img_size,
+        limit_per_split=probe_cfg.limit_per_split,
+        cache_root=opts.cache,
+    )
+
+    init_ray()
+    plan = plan_resources(opts)
+    runtime = {
+        "cpus_per_worker": plan["cpus_per_worker"],
+        "gpus_per_worker": plan["gpus_per_worker"],
+        "max_failures": opts.max_failures,
+        "cache": opts.cache,
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_fn, overrides=overrides, runtime=runtime), {"cpu": TOKEN_CPU}
+    )
+    if local:
+        Path(exp_dir).mkdir(parents=True, exist_ok=True)
+        _write_text(Path(exp_dir) / "space.yaml", space.to_yaml())
+        _write_text(Path(exp_dir) / "sweep.json", json.dumps(
+            {"command": "python -m ray_xray.tune " + shlex.join(opts.argv), "options": asdict(opts),
+             "plan": plan, "overrides": overrides}, indent=2, default=str))  # fmt: skip
+
+    t0 = time.perf_counter()
+    if restoring:
+        tuner = tune.Tuner.restore(
+            exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+    else:
+        tuner = tune.Tuner(trainable, tune_config=_tune_config(opts, space, exp_dir, plan),
+                           run_config=_run_config(opts, name, storage))  # fmt: skip
+    print(
+        f"sweep {name}: space {space.name}, up to {opts.trials} trials, {plan['max_concurrent']} at a time "
+        f"({plan['cpus_per_trial']:g} CPU{f', {opts.gpus_per_trial:g} GPU' if opts.gpus_per_trial else ''} each), "
+        f"objective {','.join(opts.objective)} -> {exp_dir}",
+        file=sys.stderr,
+    )
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    return R.finish(grid, exp_dir, space, opts, wall, local)
+
+
+def _tune_config(
+    opts: SweepOptions, space: SearchSpace, exp_dir: str, plan: dict
+) -> tune.TuneConfig:
+    metrics = opts.objective
+    modes = [metric_mode(m) for m in metrics]
+    multi = len(metrics) > 1
+    study_storage = None
+    if "://" not in exp_dir:
+        # The study lives in the experiment directory so optuna-dashboard can open it.
+        study_storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir}/optuna.db")
+    search = OptunaSearch(
+        space=space.define_by_run,
+        metric=metrics if multi else metrics[0],
+        mode=modes if multi else modes[0],
+        sampler=optuna.samplers.TPESampler(seed=opts.seed),
+        study_name=Path(exp_dir).name,
+        storage=study_storage,
+    )
+    epochs = space.resolve(space.default_config()).epochs
+    if multi:
+        print(
+            "multi-objective: ASHA needs one metric, so trials run to the end (FIFO)",
+            file=sys.stderr,
+        )
+        scheduler = FIFOScheduler()
+    else:
+        scheduler = ASHAScheduler(
+            time_attr="epoch", metric=metrics[0], mode=modes[0], max_t=epochs,
+            grace_period=min(opts.grace_epochs, epochs), reduction_factor=3,
+        )  # fmt: skip
+    return tune.TuneConfig(
+        search_alg=search,
+        scheduler=scheduler,
+        num_samples=opts.trials,
+        max_concurrent_trials=plan["max_concurrent"],
+        time_budget_s=opts.budget_minutes * 60 if opts.budget_minutes else None,
+        trial_dirname_creator=lambda t: t.trial_id,  # short, deterministic
+        trial_name_creator=lambda t: t.trial_id,
+    )
+
+
+def _run_config(opts: SweepOptions, name: str, storage: str) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage,
+        callbacks=make_callbacks(opts, name),
+        verbose=0,  # our ConsoleReporter prints one line per result instead
+        failure_config=tune.FailureConfig(max_failures=0),  # a failing config is a finding
+    )
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
