@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
+
+# sklearn.metrics is imported inside the functions: it costs ~0.8 s, and Ray starts several
+# processes per trial (Tune function, Train controller) that import this module but never call it.
 
 
 def auc_ovr(y: np.ndarray, prob: np.ndarray) -> float:
     """Macro one-vs-rest ROC-AUC; NaN when a class is missing from `y` (AUC undefined)."""
+    from sklearn.metrics import roc_auc_score
+
     k = prob.shape[1]
     if len(np.unique(y)) < k:
         return float("nan")
@@ -24,6 +22,8 @@ def auc_ovr(y: np.ndarray, prob: np.ndarray) -> float:
 
 def summary(y: np.ndarray, prob: np.ndarray, classes: list[str], prefix: str = "val_") -> dict:
     """The flat per-epoch metrics Ray reports: acc, macro-F1, AUC, recall per class."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
     pred = prob.argmax(1)
     labels = list(range(len(classes)))
     _, recall, _, _ = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
@@ -40,6 +40,13 @@ def summary(y: np.ndarray, prob: np.ndarray, classes: list[str], prefix: str = "
 
 def full_report(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict:
     """Nested test report: accuracy, per-class P/R/F1, macro and weighted, AUC, confusion."""
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+
     pred = prob.argmax(1)
     labels = list(range(len(classes)))
     p, r, f, n = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)

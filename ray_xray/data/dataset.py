@@ -21,6 +21,13 @@ log = logging.getLogger("ray_xray.data")
 DEDUPE = ("off", "drop-cross-split", "drop-conflicts")
 
 
+def absolute_spec(spec: str) -> str:
+    """Ray workers run in another directory: hand them absolute paths."""
+    if spec.startswith("synthetic") or "://" in spec:
+        return spec
+    return str(Path(spec).expanduser().resolve())
+
+
 def resolve_items(spec: str) -> list[Item]:
     """A folder (its manifest.csv when there is one), a manifest CSV path."""
     path = Path(spec).expanduser()

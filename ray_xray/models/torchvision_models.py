@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision import models as tvm
 
 from .registry import register_model, set_cam_layer
 
@@ -77,7 +76,9 @@ class CBAM(nn.Module):
         return x * self.spatial(x)
 
 
-def _resnet18(num_classes: int, in_chans: int, dropout: float) -> tvm.ResNet:
+def _resnet18(num_classes: int, in_chans: int, dropout: float) -> nn.Module:
+    from torchvision import models as tvm  # lazy: torchvision costs ~1.5 s per process
+
     model = tvm.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = _grey_stem(model.conv1, in_chans)
     # Dropout rides on the (parameter-free) pooling slot so "fc.weight" keeps torchvision's key.
@@ -115,6 +116,8 @@ def resnet18_cbam(
 def alexnet(
     num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.5
 ) -> nn.Module:
+    from torchvision import models as tvm  # lazy: torchvision costs ~1.5 s per process
+
     model = tvm.alexnet(weights=None, num_classes=num_classes, dropout=float(dropout))
     model.features[0] = _grey_stem(model.features[0], in_chans)
     model.is_conv = True
@@ -126,6 +129,8 @@ def alexnet(
 def vgg16(
     num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.5
 ) -> nn.Module:
+    from torchvision import models as tvm  # lazy: torchvision costs ~1.5 s per process
+
     model = tvm.vgg16(weights=None, num_classes=num_classes, dropout=float(dropout))
     model.features[0] = _grey_stem(model.features[0], in_chans)
     model.is_conv = True

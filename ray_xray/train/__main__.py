@@ -13,11 +13,11 @@ from ..data import DEDUPE
 
 
 def parse_kv(items: list[str]) -> dict:
-    """`--hp dropout=0.3 --hp rnn_type=gru`: model hyperparameters, values parsed as JSON."""
+    """`KEY=VALUE` pairs (`--hp dropout=0.3`, `--set epochs=4`), values parsed as JSON."""
     out = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--hp expects key=value, got {item!r}")
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         try:
             out[k] = json.loads(v)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from .. import metrics as M
 from ..config import TrainConfig
-from ..data import load_data
+from ..data import absolute_spec, load_data
 from . import engine as E
 from .worker import STATE_FILE, train_loop_per_worker
 
@@ -26,7 +26,10 @@ log = logging.getLogger("ray_xray.train")
 
 
 def init_ray(
-    address: str | None = None, num_cpus: int | None = None, dashboard: bool = True
+    address: str | None = None,
+    num_cpus: int | None = None,
+    dashboard: bool = True,
+    log_to_driver: bool = True,
 ) -> None:
     """Join RAY_ADDRESS/`address` if given, else start a local Ray quietly.
 
@@ -38,7 +41,7 @@ def init_ray(
     # Worker prints go straight to the console (Ray Train's print patch would log them twice).
     kwargs = dict(
         logging_level=logging.WARNING,
-        log_to_driver=True,
+        log_to_driver=log_to_driver,
         runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
     )
     if address:
@@ -117,6 +120,7 @@ def fit(
 ) -> dict:
     """One run through TorchTrainer; writes config.json, best_model.pt, metrics.json in `out`."""
     out = Path(out).resolve()
+    cfg.data = absolute_spec(cfg.data)
     t0 = time.perf_counter()
     # Load (and cache) the data here first: bad data fails in one line before Ray starts,
     # and the workers then find a ready cache instead of all decoding at once.

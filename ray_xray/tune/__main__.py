@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..cli import run
+from ..train.__main__ import parse_kv
 from .service import SweepOptions, run_sweep
 
 
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--top-k", type=int, default=d.top_k, help="best trials evaluated on test and kept"
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting for every trial, e.g. --set epochs=4 --set img_size=64",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--cache", default=None, help="prepared-data cache (local path or s3://)")
     p.add_argument(
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         workers_per_trial=args.workers_per_trial, wandb=args.wandb, wandb_project=args.wandb_project,
         smoke_test=args.smoke_test, seed=args.seed, top_k=args.top_k, cache=args.cache,
-        argv=list(sys.argv[1:] if argv is None else argv),
+        settings=parse_kv(args.set), argv=list(sys.argv[1:] if argv is None else argv),
     )  # fmt: skip
     if args.smoke_test and args.trials == SweepOptions.trials:
         opts.trials = 4

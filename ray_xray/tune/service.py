@@ -17,7 +17,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from ..data import load_data
+from ..data import absolute_spec, load_data
 from ..spaces import SearchSpace, load_space
 from ..train.run import init_ray
 from . import results as R
@@ -49,6 +49,7 @@ class SweepOptions:
     max_failures: int = 1  # worker restarts inside a trial (from its last checkpoint)
     cache: str | None = None
     grace_epochs: int = 1
+    settings: dict = field(default_factory=dict)  # --set KEY=VALUE overrides for every trial
     argv: list[str] = field(default_factory=list)
 
 
@@ -166,7 +167,13 @@ def run_sweep(opts: SweepOptions) -> dict:
     if opts.resume and not restoring:
         raise ValueError(f"--resume: no sweep to resume at {exp_dir}")
 
-    overrides = {"data": opts.data, "seed": opts.seed, "workers": opts.workers_per_trial}
+    opts.data = absolute_spec(opts.data)
+    overrides = {
+        **opts.settings,
+        "data": opts.data,
+        "seed": opts.seed,
+        "workers": opts.workers_per_trial,
+    }
     if opts.gpus_per_trial:
         overrides["device"] = "cuda"
     # Validate data and fill the prepared cache once, before any trial starts.
@@ -178,13 +185,15 @@ def run_sweep(opts: SweepOptions) -> dict:
         cache_root=opts.cache,
     )
 
-    init_ray()
+    # Worker output stays in Ray's logs: the console gets one line per trial event instead.
+    init_ray(log_to_driver=False)
     plan = plan_resources(opts)
     runtime = {
         "cpus_per_worker": plan["cpus_per_worker"],
         "gpus_per_worker": plan["gpus_per_worker"],
         "max_failures": opts.max_failures,
         "cache": opts.cache,
+        "exp_dir": exp_dir,
     }
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, overrides=overrides, runtime=runtime), {"cpu": TOKEN_CPU}
@@ -233,7 +242,7 @@ def _tune_config(
         study_name=Path(exp_dir).name,
         storage=study_storage,
     )
-    epochs = space.resolve(space.default_config()).epochs
+    epochs = space.resolve(space.default_config(), opts.settings).epochs
     if multi:
         print(
             "multi-objective: ASHA needs one metric, so trials run to the end (FIFO)",

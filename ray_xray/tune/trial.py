@@ -25,7 +25,8 @@ def trial_fn(config: dict, overrides: dict, runtime: dict) -> None:
         # Deterministic name + storage: a restored trial finds its run and resumes from its
         # last checkpoint instead of starting over.
         name="train",
-        storage=ctx.get_trial_dir(),
+        # Inside the trial's folder of the experiment (get_trial_dir() is a local staging dir).
+        storage=f"{runtime['exp_dir']}/{ctx.get_trial_id()}",
         cpus_per_worker=runtime["cpus_per_worker"],
         gpus_per_worker=runtime["gpus_per_worker"],
         max_failures=runtime["max_failures"],

@@ -1,0 +1,115 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from ray_xray.data import load_data
+from ray_xray.spaces import list_spaces, load_space
+from ray_xray.train import engine as E
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", list_spaces())
+def test_every_space_trains_in_smoke_mode(name):
+    """Each space's smoke config, as Optuna samples it, builds and trains a step (no Ray)."""
+    space = load_space(name, smoke=True)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    trial = study.ask()
+    fixed = space.define_by_run(trial)
+    cfg = space.resolve({**fixed, **trial.params}, {"data": "synthetic:chest3:8"})
+    data = load_data(cfg.data, cfg.img_size, limit_per_split=16)
+    model = E.build_model(cfg, len(data.classes))
+    loader = DataLoader(data.dataset("train", cfg.in_chans, cfg.aug_strength), batch_size=8)
+    opt, dev = E.make_optimizer(cfg, model), torch.device("cpu")
+    out = E.train_one_epoch(model, loader, E.make_loss(cfg, None), opt, E.Schedule(cfg, opt, len(loader)),
+                            E.make_scaler(dev, "fp32"), dev, "fp32", cfg.grad_clip)  # fmt: skip
+    assert out["train_images"] == 16 and out["train_loss"] > 0
+
+
+def _tune(*args, env=None, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "ray_xray.tune", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, cwd=REPO, env={**os.environ, **(env or {})}, **kw,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--space", "nope"], "unknown search space 'nope'"),
+        (["--trials", "0"], "--trials must be >= 1"),
+        (["--storage", "/etc/hostname/sub"], "storage is not writable"),
+        (["--data", "/no/such/data"], "no such folder"),
+        (["--resume", "--name", "never-ran"], "no sweep to resume"),
+    ],
+)
+def test_bad_sweep_input_is_one_clear_line(args, message, tmp_path):
+    p = _tune(
+        *args,
+        "--storage" if "--storage" not in args else "--seed",
+        str(tmp_path) if "--storage" not in args else "0",
+    )
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2, out
+    assert message in out and len(out.strip().splitlines()) == 1, out
+
+
+@pytest.mark.slow_ray
+def test_smoke_sweep_writes_complete_results(tmp_path):
+    p = _tune("--space", "vit", "--smoke-test", "--storage", str(tmp_path), "--name", "smoke")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    exp = tmp_path / "smoke"
+    table = pd.read_parquet(exp / "results.parquet")
+    assert len(table) == 4 and table["trial_id"].is_unique
+    assert set(table["status"]) == {"TERMINATED"} and (table["epochs"] >= 1).all()
+    assert {"config/lr", "best_val_macro_f1", "checkpoint_path", "wall_s"} <= set(table.columns)
+    best = json.loads((exp / "best_trials.json").read_text())
+    assert best[0]["checkpoint"].startswith(str(exp))  # on the experiment's storage
+    record = E.load_checkpoint(exp / "best_model.pt")
+    assert record["model"] == "vit" and 0 <= best[0]["test"]["macro_f1"] <= 1
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{exp}/optuna.db")
+    assert len(study.trials) == 4
+    assert (exp / "space.yaml").is_file() and "python -m ray_xray.tune" in (
+        exp / "sweep.json"
+    ).read_text()
+    assert "rank" in out and "4 trials (0 failed)" in out
+
+
+@pytest.mark.slow_ray
+def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path):
+    args = ["--space", "cnn_lstm", "--smoke-test", "--trials", "3", "--cpus-per-trial", "2",
+            "--storage", str(tmp_path), "--name", "resume"]  # fmt: skip
+    p = _tune(*args, start_new_session=True)
+    finished, deadline = None, time.time() + 400
+    for line in p.stdout:  # kill the driver as soon as one trial has finished
+        if " done " in line:
+            finished = line.split("]")[1].split()[0]
+            break
+        assert time.time() < deadline, "no trial finished in time"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    time.sleep(2)
+    exp = tmp_path / "resume"
+    assert not (exp / "results.parquet").exists()
+    r = _tune(*args, "--resume")
+    out, _ = r.communicate(timeout=600)
+    assert r.returncode == 0, out
+    table = pd.read_parquet(exp / "results.parquet")
+    assert len(table) == 3 and table["trial_id"].is_unique and finished in set(table["trial_id"])
+    assert set(table["status"]) == {"TERMINATED"}
+    # The finished trial was not run again: its result log has one line per epoch it ran.
+    lines = (exp / finished / "result.json").read_text().strip().splitlines()
+    assert len(lines) == int(table.set_index("trial_id").loc[finished, "epochs"])
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{exp}/optuna.db")
+    assert len(study.trials) <= 4 and sum(t.state.name == "COMPLETE" for t in study.trials) == 3
