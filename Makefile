@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE=1
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean cluster-local cluster-local-down
 
 install: $(STAMP)
 
@@ -33,3 +33,16 @@ lint: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# A multi-node Ray cluster on this machine (fake nodes that autoscale): cluster/README.md.
+# Clients need RAY_AUTH_MODE=token (ray 2.60 token authentication).
+cluster-local: $(STAMP)
+	$(VENV)/bin/ray get-auth-token --generate >/dev/null
+	RAY_AUTH_MODE=token RAY_FAKE_CLUSTER=1 $(VENV)/bin/ray start --head --num-cpus=0 \
+		--resources='{"ray_xray_head": 1}' --autoscaling-config=cluster/local.yaml \
+		--dashboard-host 127.0.0.1
+	@echo "cluster up: export RAY_AUTH_MODE=token RAY_ADDRESS=auto; stop: make cluster-local-down"
+
+# Stops every Ray process of this user on the machine (see cluster/README.md).
+cluster-local-down:
+	$(VENV)/bin/ray stop --force

@@ -40,7 +40,9 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@functools.cache
+# A small cache: building is slow, but keeping every 100M-parameter model alive (with its
+# gradients) took the test process past 10 GB.
+@functools.lru_cache(maxsize=3)
 def _model(name: str, in_chans: int, img_size: int) -> nn.Module:
     torch.manual_seed(0)
     return create_model(name, num_classes=3, in_chans=in_chans, img_size=img_size)
@@ -59,6 +61,7 @@ def _check_forward_backward(model: nn.Module, in_chans: int, img_size: int) -> N
     assert all(g is not None for g in grads), "some parameters got no gradient"
     assert all(torch.isfinite(g).all() for g in grads)
     assert sum(g.abs().sum().item() for g in grads) > 0
+    model.zero_grad(set_to_none=True)  # cached models should not carry gradients around
 
 
 def test_registry_lists_every_family():

@@ -51,6 +51,7 @@ def _tune(*args, env=None, **kw):
         (["--storage", "/etc/hostname/sub"], "storage is not writable"),
         (["--data", "/no/such/data"], "no such folder"),
         (["--resume", "--name", "never-ran"], "no sweep to resume"),
+        (["--objective", "val_f1"], "not a reported metric"),
     ],
 )
 def test_bad_sweep_input_is_one_clear_line(args, message, tmp_path):

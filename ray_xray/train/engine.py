@@ -176,11 +176,14 @@ def uses_channels_last(cfg: TrainConfig, model: nn.Module) -> bool:
 
 
 def train_one_epoch(model, loader, loss_fn, opt, sched, scaler, device, precision, grad_clip,
-                    channels_last=False, coverage: torch.Tensor | None = None) -> dict:  # fmt: skip
+                    channels_last=False, coverage: torch.Tensor | None = None,
+                    on_step=None) -> dict:  # fmt: skip
     model.train()
     total, n, t0 = 0.0, 0, time.perf_counter()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for step, (x, y, idx) in enumerate(loader):
+        if on_step is not None:
+            on_step(step)
         x = x.to(device, non_blocking=True, memory_format=fmt)
         y = y.to(device, non_blocking=True)
         with autocast(device, precision):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 import time
 
@@ -28,12 +29,28 @@ def split_config(config: dict) -> tuple[TrainConfig, dict]:
     return cfg, runtime
 
 
-def _maybe_inject_fault(epoch: int, rank: int, resumed: bool) -> None:
-    # Fault-injection hook for the reliability tests: RAY_XRAY_FAULT=kill:<epoch> kills
-    # rank 0 halfway through that epoch once (not again after the restart).
+def fault_hook(cfg: TrainConfig, epoch: int, rank: int, resumed: bool, steps: int):
+    """Fault injection for the reliability tests, from RAY_XRAY_FAULT (unset: no hook).
+
+    `kill:<epoch>`: rank 0 SIGKILLs itself halfway through that epoch, once (not after the
+    restart). `raise_if_lr:<x>`: a trial whose lr == x raises as an out-of-memory would.
+    """
     spec = os.environ.get("RAY_XRAY_FAULT", "")
-    if spec.startswith("kill:") and rank == 0 and not resumed and epoch == int(spec[5:]):
-        os.kill(os.getpid(), 9)
+    kind, _, arg = spec.partition(":")
+    if kind == "kill" and rank == 0 and not resumed and epoch == int(arg):
+
+        def hook(step: int) -> None:
+            if step == steps // 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return hook
+    if kind == "raise_if_lr" and cfg.lr == float(arg):
+
+        def hook(step: int) -> None:
+            raise RuntimeError("injected fault: CUDA out of memory (RAY_XRAY_FAULT)")
+
+        return hook
+    return None
 
 
 def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
@@ -108,10 +125,10 @@ def train_loop_per_worker(config: dict) -> None:
             train_loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         coverage = torch.zeros(len(train_ds)) if world > 1 else None
-        _maybe_inject_fault(epoch, rank, resumed)
+        hook = fault_hook(cfg, epoch, rank, resumed, len(train_loader))
         tr = E.train_one_epoch(
             model, train_loader, loss_fn, opt, sched, scaler, device, precision, cfg.grad_clip,
-            channels_last, coverage,
+            channels_last, coverage, on_step=hook,
         )  # fmt: skip
         sums = _all_reduce_sum(
             torch.tensor([tr["train_loss"] * tr["train_images"], tr["train_images"]])

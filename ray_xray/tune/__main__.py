@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..cli import run
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--storage",
-        default=d.storage,
-        help="local path or s3://bucket/prefix (default %(default)s)",
+        default=os.environ.get("RAY_XRAY_STORAGE", d.storage),
+        help="local path or s3://bucket/prefix (default $RAY_XRAY_STORAGE or %(default)s)",
     )
     p.add_argument(
         "--name", default=None, help="experiment name (default: SPACE-DATA); the same name resumes"

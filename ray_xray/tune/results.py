@@ -50,6 +50,8 @@ def trial_rows(grid, objective: str, mode: str) -> list[dict]:
             "last_val_loss": last.get("val_loss"),
             "last_val_acc": last.get("val_acc"),
             "wall_s": last.get("time_total_s"),
+            # Train+validate time; wall_s - compute_s is what Ray/Tune start-up cost this trial.
+            "compute_s": sum(h.get("epoch_s") or 0.0 for h in history),
             "checkpoint_path": ckpts[-1] if ckpts else None,
             "trial_dir": result.path,
             "config": json.dumps(config, sort_keys=True, default=str),
@@ -137,5 +139,10 @@ def print_ranked(rows: list[dict], key: str, mode: str, exp_dir: str, wall_s: fl
         if r["error"]:
             print(f"      reason: {r['error']}")
     n_err = sum(r["status"] == "ERROR" for r in rows)
+    over = [r["wall_s"] - r["compute_s"] for r in rows if _finite(r["wall_s"])]
+    if over:
+        print(
+            f"\nper-trial overhead (wall - train/val compute): median {sorted(over)[len(over) // 2]:.1f}s"
+        )
     print(f"\n{len(rows)} trials ({n_err} failed) in {wall_s:.0f}s. Results: {exp_dir}/results.parquet, "
           f"best_trials.json, best_model.pt", file=sys.stdout)  # fmt: skip

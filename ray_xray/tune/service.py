@@ -178,12 +178,27 @@ def run_sweep(opts: SweepOptions) -> dict:
         overrides["device"] = "cuda"
     # Validate data and fill the prepared cache once, before any trial starts.
     probe_cfg = space.resolve(space.default_config(), overrides)
-    load_data(
+    data = load_data(
         opts.data,
         probe_cfg.img_size,
         limit_per_split=probe_cfg.limit_per_split,
         cache_root=opts.cache,
     )
+    reported = {
+        "train_loss",
+        "val_loss",
+        "val_acc",
+        "val_macro_f1",
+        "val_auc",
+        "epoch_s",
+        "images_per_s",
+    }
+    reported |= {f"val_recall_{c}" for c in data.classes}
+    unknown = [m for m in opts.objective if m not in reported]
+    if unknown:
+        raise ValueError(
+            f"--objective {','.join(unknown)}: not a reported metric; choose from {', '.join(sorted(reported))}"
+        )
 
     # Worker output stays in Ray's logs: the console gets one line per trial event instead.
     init_ray(log_to_driver=False)
