@@ -8,6 +8,11 @@ import numpy as np
 # processes per trial (Tune function, Train controller) that import this module but never call it.
 
 
+def metric_mode(metric: str) -> str:
+    """Whether a reported metric is better low ("min": losses, seconds, ECE, NLL) or high."""
+    return "min" if metric.endswith(("loss", "_s", "ece", "nll")) else "max"
+
+
 def auc_ovr(y: np.ndarray, prob: np.ndarray) -> float:
     """Macro one-vs-rest ROC-AUC; NaN when a class is missing from `y` (AUC undefined)."""
     from sklearn.metrics import roc_auc_score

@@ -1,4 +1,9 @@
-"""`python -m ray_xray.predict CHECKPOINT IMAGE...`: class probabilities per image."""
+"""`python -m ray_xray.predict CHECKPOINT IMAGE...`: class probabilities per image.
+
+CHECKPOINT is one model (best_model.pt, a run directory, a trial checkpoint) or an ensemble
+(`ensemble.pt` from `python -m ray_xray.ensemble`, or the folder holding it): the ensemble's
+answer is the weighted mean of its temperature-calibrated members' probabilities.
+"""
 
 from __future__ import annotations
 
@@ -12,36 +17,85 @@ from PIL import UnidentifiedImageError
 from .cli import run
 from .data.cache import decode
 from .data.transforms import to_tensor
-from .train.engine import autocast, load_checkpoint, model_from_record, pick_device, pick_precision
+from .train.engine import (
+    CHECKPOINT_FORMAT,
+    autocast,
+    load_checkpoint,
+    model_from_record,
+    pick_device,
+    pick_precision,
+)
+
+ENSEMBLE_FORMAT = "ray_xray/ensemble/1"  # ray_xray.ensemble.store.ENSEMBLE_FORMAT
 
 
 def resolve_checkpoint(path: str) -> Path:
     p = Path(path)
-    return p / "best_model.pt" if p.is_dir() and (p / "best_model.pt").is_file() else p
+    if p.is_dir():
+        for name in ("best_model.pt", "ensemble.pt"):
+            if (p / name).is_file():
+                return p / name
+    return p
 
 
-def predict(record: dict, paths: list[str], device: str = "auto") -> list[dict]:
-    pre = record["preprocess"]
-    dev = pick_device(device)
-    model = model_from_record(record).to(dev)
-    xs = []
+def load_model_or_ensemble(path: str) -> dict:
+    """A model record, or an ensemble dict (format ray_xray/ensemble/1)."""
+    p = resolve_checkpoint(path)
+    if p.is_file():
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:
+            obj = None  # load_checkpoint below gives the one-line reason
+        if isinstance(obj, dict) and obj.get("format") == ENSEMBLE_FORMAT:
+            from .ensemble.store import check_ensemble
+
+            return check_ensemble(obj, str(p))
+        if isinstance(obj, dict) and isinstance(obj.get("best"), dict):
+            obj = obj["best"]  # as load_checkpoint does, without reading the file twice
+        if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+            return obj
+    return load_checkpoint(p)  # directories, and the one-line reason for anything else
+
+
+def _read_images(paths: list[str]) -> list[bytes]:
+    blobs = []
     for path in paths:
         try:
-            pixels, _, _ = decode(Path(path).read_bytes(), pre["img_size"])
+            blobs.append(Path(path).read_bytes())
         except FileNotFoundError:
             raise ValueError(f"{path}: no such image") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except OSError as exc:
             raise ValueError(f"{path}: not a readable image ({type(exc).__name__})") from None
-        xs.append(to_tensor(pixels, pre["mean"], pre["std"], pre["in_chans"]))
-    probs = []
+    return blobs
+
+
+def _decode(blob: bytes, path: str, img_size: int):
+    try:
+        pixels, _, _ = decode(blob, img_size)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"{path}: not a readable image ({type(exc).__name__})") from None
+    return pixels
+
+
+def _logits(record: dict, blobs: list[bytes], paths: list[str], dev, decoded: dict) -> torch.Tensor:
+    """fp32 logits (N, K) of one model; `decoded` caches pixels per img_size across members."""
+    pre = record["preprocess"]
+    model = model_from_record(record).to(dev)
+    size = int(pre["img_size"])
+    if size not in decoded:
+        decoded[size] = [_decode(b, p, size) for b, p in zip(blobs, paths, strict=True)]
+    xs = [to_tensor(px, pre["mean"], pre["std"], pre["in_chans"]) for px in decoded[size]]
+    out = []
     with torch.no_grad():
         for start in range(0, len(xs), 64):
             batch = torch.stack(xs[start : start + 64]).to(dev)
             with autocast(dev, pick_precision(record["config"].get("precision", "auto"), dev)):
                 logits = model(batch)
-            probs.append(torch.softmax(logits.float(), 1).cpu())
-    prob = torch.cat(probs).numpy()
-    classes = record["classes"]
+            out.append(logits.float().cpu())
+    return torch.cat(out)
+
+
+def _rows(paths: list[str], prob, classes: list[str]) -> list[dict]:
     return [
         {
             "image": path,
@@ -52,16 +106,42 @@ def predict(record: dict, paths: list[str], device: str = "auto") -> list[dict]:
     ]
 
 
+def predict(record: dict, paths: list[str], device: str = "auto") -> list[dict]:
+    if record.get("format") == ENSEMBLE_FORMAT:
+        return predict_ensemble(record, paths, device)
+    dev = pick_device(device)
+    logits = _logits(record, _read_images(paths), paths, dev, {})
+    return _rows(paths, torch.softmax(logits, 1).numpy(), record["classes"])
+
+
+def predict_ensemble(ensemble: dict, paths: list[str], device: str = "auto") -> list[dict]:
+    """Weighted mean of softmax(logits / T_member) over members (each with its own img_size)."""
+    dev = pick_device(device)
+    blobs, decoded = _read_images(paths), {}
+    total = None
+    for member, weight in zip(ensemble["members"], ensemble["weights"], strict=True):
+        logits = _logits(member, blobs, paths, dev, decoded)
+        # float64: the members' weighted mean then sums to 1 to ~1e-12, as promised.
+        t = float(member.get("temperature", 1.0))
+        p = torch.softmax(logits.double() / t, 1) * float(weight)
+        total = p if total is None else total + p
+    total = total / total.sum(1, keepdim=True)
+    return _rows(paths, total.numpy(), ensemble["classes"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m ray_xray.predict", description="Class probabilities for image files."
     )
-    ap.add_argument("checkpoint", help="best_model.pt, a run directory, or a trial checkpoint")
+    ap.add_argument(
+        "checkpoint",
+        help="best_model.pt, a run directory, a trial checkpoint, or an ensemble.pt (or its folder)",
+    )
     ap.add_argument("images", nargs="+", help="PNG/JPEG files")
     ap.add_argument("--json", action="store_true", help="print a JSON list")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = ap.parse_args(argv)
-    record = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    record = load_model_or_ensemble(args.checkpoint)
     rows = predict(record, args.images, args.device)
     if args.json:
         print(json.dumps(rows, indent=2))

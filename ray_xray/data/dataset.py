@@ -191,3 +191,13 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
     """Inverse-frequency weights, mean 1 (so the loss scale does not move)."""
     w = counts.sum() / np.maximum(counts, 1) / len(counts)
     return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def load_for_config(cfg, cache_root: str | None = None) -> PreparedData:
+    """The data exactly as a training run with this TrainConfig (or its dict) sees it."""
+    c = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    return load_data(
+        c["data"], c["img_size"], skip_bad=c["skip_bad"], dedupe=c["dedupe"],
+        allow_leakage=c["allow_leakage"], limit_per_split=c["limit_per_split"], seed=c["seed"],
+        cache_root=cache_root,
+    )  # fmt: skip

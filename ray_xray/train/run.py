@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from .. import metrics as M
 from ..config import TrainConfig
-from ..data import absolute_spec, load_data
+from ..data import absolute_spec, load_for_config
 from . import engine as E
 from .worker import STATE_FILE, train_loop_per_worker
 
@@ -124,9 +124,7 @@ def fit(
     t0 = time.perf_counter()
     # Load (and cache) the data here first: bad data fails in one line before Ray starts,
     # and the workers then find a ready cache instead of all decoding at once.
-    data = load_data(cfg.data, cfg.img_size, skip_bad=cfg.skip_bad, dedupe=cfg.dedupe,
-                     allow_leakage=cfg.allow_leakage, limit_per_split=cfg.limit_per_split,
-                     seed=cfg.seed, cache_root=cache)  # fmt: skip
+    data = load_for_config(cfg, cache)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(cfg.to_json())  # the resolved config, beside the run
     init_ray()

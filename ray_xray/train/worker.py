@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from .. import metrics as M
 from ..config import TrainConfig
-from ..data import class_weights, load_data
+from ..data import class_weights, load_for_config
 from . import engine as E
 
 STATE_FILE = "checkpoint.pt"
@@ -41,6 +41,9 @@ def fault_hook(cfg: TrainConfig, epoch: int, rank: int, resumed: bool, steps: in
 
         def hook(step: int) -> None:
             if step == steps // 2:
+                # Ray Train's controller collects reports every 2 s; a worker dying sooner
+                # after its report loses that checkpoint (it resumes from the one before).
+                time.sleep(3)
                 os.kill(os.getpid(), signal.SIGKILL)
 
         return hook
@@ -70,10 +73,7 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(int(runtime["_threads"]))
     E.seed_everything(cfg.seed)
 
-    data = load_data(
-        cfg.data, cfg.img_size, skip_bad=cfg.skip_bad, dedupe=cfg.dedupe, allow_leakage=cfg.allow_leakage,
-        limit_per_split=cfg.limit_per_split, seed=cfg.seed, cache_root=runtime.get("_cache"),
-    )  # fmt: skip
+    data = load_for_config(cfg, runtime.get("_cache"))
     device = (
         ray.train.torch.get_device()
         if E.pick_device(cfg.device).type == "cuda"

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a setting for every trial, e.g. --set epochs=4 --set img_size=64",
     )
+    p.add_argument(
+        "--no-ensemble", action="store_true", help="skip the ensemble + report at the end"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--cache", default=None, help="prepared-data cache (local path or s3://)")
     p.add_argument(
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         storage=args.storage, name=args.name, resume=args.resume, objective=objective,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         workers_per_trial=args.workers_per_trial, wandb=args.wandb, wandb_project=args.wandb_project,
-        smoke_test=args.smoke_test, seed=args.seed, top_k=args.top_k, cache=args.cache,
+        smoke_test=args.smoke_test, seed=args.seed, top_k=args.top_k, ensemble=not args.no_ensemble, cache=args.cache,
         settings=parse_kv(args.set), argv=list(sys.argv[1:] if argv is None else argv),
     )  # fmt: skip
     if args.smoke_test and args.trials == SweepOptions.trials:

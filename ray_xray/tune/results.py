@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data import load_data
+from ..data import load_for_config
+from ..metrics import metric_mode
 from ..train.engine import atomic_save
 from ..train.run import evaluate_record
 from ..train.worker import STATE_FILE
@@ -41,7 +42,8 @@ def trial_rows(grid, objective: str, mode: str) -> list[dict]:
         config = dict(result.config or {})
         rows.append({
             "trial_id": Path(result.path).name,
-            "status": "ERROR" if result.error else "TERMINATED",
+            # INCOMPLETE: no error, but not one epoch reported (sweep stopped or budget ran out).
+            "status": "ERROR" if result.error else ("TERMINATED" if history else "INCOMPLETE"),
             "error": _error_reason(result),
             "model": config.get("model"),
             "epochs": int(last.get("epoch") or 0),
@@ -73,8 +75,6 @@ def load_record(checkpoint_path: str) -> dict:
 
 def finish(grid, exp_dir: str, space, opts, wall_s: float, local: bool) -> dict:
     objective = opts.objective[0]
-    from .service import metric_mode
-
     mode = metric_mode(objective)
     rows = trial_rows(grid, objective, mode)
     key = f"best_{objective}"
@@ -84,19 +84,16 @@ def finish(grid, exp_dir: str, space, opts, wall_s: float, local: bool) -> dict:
     )  # fmt: skip
     top = []
     if ranked and local:
-        record0 = load_record(ranked[0]["checkpoint_path"])
-        cfg0 = record0["config"]
-        data = load_data(
-            opts.data,
-            cfg0["img_size"],
-            limit_per_split=cfg0["limit_per_split"],
-            cache_root=opts.cache,
-        )
+        datasets: dict[str, object] = {}  # one load per distinct data setting of the top-k
         for rank, row in enumerate(ranked[: opts.top_k], start=1):
             record = load_record(row["checkpoint_path"])
-            if record["config"]["img_size"] != data.img_size:  # a space may tune img_size
-                data = load_data(opts.data, record["config"]["img_size"],
-                                 limit_per_split=record["config"]["limit_per_split"], cache_root=opts.cache)  # fmt: skip
+            cfg = record["config"]
+            key_ = json.dumps(
+                [cfg[k] for k in ("data", "img_size", "limit_per_split", "seed", "dedupe")]
+            )
+            if key_ not in datasets:
+                datasets[key_] = load_for_config(cfg, opts.cache)
+            data = datasets[key_]
             test, _, _ = evaluate_record(record, data, "test")
             row["test_macro_f1"], row["test_accuracy"], row["test_auc"] = (
                 test["macro_f1"],

@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from ..data import absolute_spec, load_data
+from ..metrics import metric_mode  # noqa: I001
 from ..spaces import SearchSpace, load_space
 from ..train.run import init_ray
 from . import results as R
@@ -45,16 +46,13 @@ class SweepOptions:
     wandb_project: str = "ray_xray"
     smoke_test: bool = False
     seed: int = 0
-    top_k: int = 3
+    top_k: int = 5  # evaluated on test, and the ensemble's candidate members
+    ensemble: bool = True
     max_failures: int = 1  # worker restarts inside a trial (from its last checkpoint)
     cache: str | None = None
     grace_epochs: int = 1
     settings: dict = field(default_factory=dict)  # --set KEY=VALUE overrides for every trial
     argv: list[str] = field(default_factory=list)
-
-
-def metric_mode(metric: str) -> str:
-    return "min" if metric.endswith(("loss", "_s", "ece", "nll")) else "max"
 
 
 def experiment_name(opts: SweepOptions, space: SearchSpace) -> str:
@@ -236,7 +234,14 @@ def run_sweep(opts: SweepOptions) -> dict:
     )
     grid = tuner.fit()
     wall = time.perf_counter() - t0
-    return R.finish(grid, exp_dir, space, opts, wall, local)
+    summary = R.finish(grid, exp_dir, space, opts, wall, local)
+    if opts.ensemble and local and summary["top"]:
+        from ..ensemble import run_ensemble
+
+        print("\nensemble of the best trials (--no-ensemble to skip):", file=sys.stderr)
+        device = "cuda" if opts.gpus_per_trial else "auto"
+        summary["ensemble"] = run_ensemble(exp_dir, top_k=opts.top_k, data=opts.data, device=device)
+    return summary
 
 
 def _tune_config(

@@ -1,0 +1,55 @@
+"""`python -m ray_xray.ensemble EXPERIMENT_DIR`: ensemble a sweep's best trials and report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..cli import run
+from .checks import check_experiment_dir, check_top_k
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ray_xray.ensemble",
+        description="Take the K best trials of a finished sweep (by its validation objective, "
+        "across architectures), calibrate each by temperature scaling on validation, combine them "
+        "(equal mean, macro-F1-weighted mean, greedy Caruana selection on validation NLL) and keep "
+        "the ensemble with the lowest validation NLL. Test data is only used to report. Writes "
+        "ensemble.pt (usable by python -m ray_xray.predict), metrics.json, comparison.csv and "
+        "report.html with figures/.",
+    )
+    p.add_argument("experiment", help="a sweep's folder STORAGE/NAME (holds results.parquet)")
+    p.add_argument("--top-k", type=int, default=5, help="trials to consider (default %(default)s)")
+    p.add_argument("--data", default=None,
+                   help="data to evaluate on (default: the sweep's own, from sweep.json)")  # fmt: skip
+    p.add_argument("--out", default=None, help="output folder (default EXPERIMENT/ensemble)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run the members (default %(default)s: GPU when available)")  # fmt: skip
+    p.add_argument("--no-report", action="store_true", help="skip report.html and its figures")
+    p.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_top_k(args.top_k)  # before the heavy imports: bad input answers at once
+    check_experiment_dir(args.experiment)
+    from .core import run_ensemble
+
+    result = run_ensemble(args.experiment, top_k=args.top_k, data=args.data, out=args.out,
+                          device=args.device, report_html=not args.no_report)  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    s = result["summary"]
+    b, e = s["best_member"], s["ensemble"]
+    print(f"best single trial {b['name']}: test macro-F1 {b['test_macro_f1']:.3f}")
+    print(f"{e['name']}: test macro-F1 {e['test_macro_f1']:.3f}, ECE {e['test_ece']:.3f}")
+    print(f"wrote {result['ensemble']}, {result['metrics']}, {result['comparison']}"
+          + (f", {result['report']}" if result["report"] else ""))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

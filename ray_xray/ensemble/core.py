@@ -1,0 +1,427 @@
+"""`run_ensemble(exp_dir)`: the K best trials of a finished sweep -> calibrated members ->
+ensembles chosen on validation -> ensemble.pt, metrics.json, comparison.csv, report.html."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import TrainConfig
+from ..data import ImageDataset, load_data
+from ..data.transforms import EvalPreset
+from ..metrics import metric_mode  # noqa: I001
+from ..train import engine as E
+from .calibration import apply_temperature, ece, fit_temperature, nll
+from .checks import check_experiment_dir, check_top_k
+from .scores import operating_points, report
+from .select import combine, greedy_select, mean_weights, score_weights
+from .store import ensemble_object, save_ensemble
+
+ENSEMBLE_METHODS = {
+    "greedy": "greedy forward selection with replacement (Caruana et al., 2004) on validation NLL",
+    "mean": "equal-weight mean of calibrated member probabilities",
+    "weighted": "mean weighted by each member's validation macro-F1",
+}
+
+
+def log(msg: str) -> None:
+    print(f"ensemble: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Member:
+    name: str
+    trial_id: str
+    model_name: str
+    rank: int
+    sweep_metric: float
+    record: dict
+    data_key: tuple
+    trial_dir: Path | None
+    val_raw: np.ndarray = field(repr=False, default=None)
+    test_raw: np.ndarray = field(repr=False, default=None)
+    temperature: float = 1.0
+    val_prob: np.ndarray = field(repr=False, default=None)
+    test_prob: np.ndarray = field(repr=False, default=None)
+
+    @property
+    def config(self) -> dict:
+        return self.record["config"]
+
+
+# ---------------------------------------------------------------- reading the sweep
+
+
+def read_experiment(exp_dir: str | Path) -> dict:
+    exp = check_experiment_dir(exp_dir)
+    try:
+        table = pd.read_parquet(exp / "results.parquet")
+    except Exception as exc:
+        raise ValueError(f"{exp}/results.parquet: unreadable ({type(exc).__name__})") from None
+    sweep = {}
+    if (exp / "sweep.json").is_file():
+        try:
+            sweep = json.loads((exp / "sweep.json").read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{exp}/sweep.json: not valid JSON") from None
+    options = sweep.get("options", {}) if isinstance(sweep, dict) else {}
+    objective = options.get("objective") or []
+    if isinstance(objective, str):
+        objective = [m for m in objective.split(",") if m]
+    key = f"best_{objective[0]}" if objective else None
+    if key not in table.columns:
+        found = [c for c in table.columns if c.startswith("best_") and c != "best_epoch"]
+        if not found:
+            raise ValueError(f"{exp}/results.parquet: no best_<metric> column")
+        key = found[0]
+        objective = [key[len("best_") :], *objective[1:]]
+    for col in ("trial_id", "status", "checkpoint_path"):
+        if col not in table.columns:
+            raise ValueError(f"{exp}/results.parquet: column '{col}' missing")
+    return {"exp_dir": exp.resolve(), "table": table, "sweep": sweep, "options": options,
+            "objective": objective, "key": key, "mode": metric_mode(objective[0])}  # fmt: skip
+
+
+def relocate(path, exp_dir: Path, trial_id: str) -> Path | None:
+    """A stored path as written, or re-rooted under exp_dir when the sweep folder moved."""
+    if not isinstance(path, str) or not path:
+        return None
+    p = Path(path)
+    if p.exists():
+        return p
+    parts = p.parts
+    if trial_id in parts:
+        q = exp_dir.joinpath(*parts[parts.index(trial_id) :])
+        if q.exists():
+            return q
+    return None
+
+
+def rank_trials(exp: dict) -> pd.DataFrame:
+    """Usable trials (not ERROR, a finite objective, a checkpoint on disk), best first."""
+    t = exp["table"].copy()
+    t["_metric"] = pd.to_numeric(t[exp["key"]], errors="coerce")
+    t["_ckpt"] = [
+        relocate(c, exp["exp_dir"], str(tid))
+        for c, tid in zip(t["checkpoint_path"], t["trial_id"], strict=True)
+    ]
+    ok = (t["status"] != "ERROR") & t["_metric"].notna() & t["_ckpt"].notna()
+    ok &= np.isfinite(t["_metric"].fillna(np.nan).astype(float))
+    ranked = t[ok].sort_values("_metric", ascending=exp["mode"] == "min", kind="stable")
+    return ranked.reset_index(drop=True)
+
+
+def data_key(cfg: dict) -> tuple:
+    return (int(cfg["img_size"]), int(cfg.get("limit_per_split", 0)), int(cfg.get("seed", 0)),
+            cfg.get("dedupe", "off"), bool(cfg.get("skip_bad", False)),
+            bool(cfg.get("allow_leakage", False)))  # fmt: skip
+
+
+def load_member_data(members: list[Member], spec: str, cache: str | None) -> dict:
+    """One load_data per distinct (img_size, limit, seed, ...); val/test must line up."""
+    datas = {}
+    for m in members:
+        if m.data_key in datas:
+            continue
+        img_size, limit, seed, dedupe, skip_bad, allow_leakage = m.data_key
+        log(f"loading {spec} at {img_size}px (limit {limit or 'none'}, seed {seed})")
+        datas[m.data_key] = load_data(
+            spec, img_size, classes=list(m.record["classes"]), skip_bad=skip_bad, dedupe=dedupe,
+            allow_leakage=allow_leakage, limit_per_split=limit, seed=seed, cache_root=cache,
+        )  # fmt: skip
+    ref = next(iter(datas.values()))
+    for key, d in datas.items():
+        if d.classes != ref.classes:
+            raise ValueError(f"members disagree on classes: {d.classes} vs {ref.classes}")
+        for split in ("val", "test"):
+            same = np.array_equal(d.labels[split], ref.labels[split])
+            if same and any(ref.paths[split]) and d.paths[split] != ref.paths[split]:
+                same = False
+            if not same:
+                raise ValueError(
+                    f"the {split} split differs between members (img_size {key[0]} vs "
+                    f"{ref.img_size}): they were trained with different limit_per_split/seed"
+                )
+    for m in members:
+        if list(m.record["classes"]) != ref.classes:
+            raise ValueError(f"trial {m.trial_id}: classes {m.record['classes']} != {ref.classes}")
+    return datas
+
+
+def member_probabilities(record: dict, data, device: torch.device, batch_size: int = 256):
+    cfg = TrainConfig.from_dict(record["config"])
+    model = E.model_from_record(record).to(device)
+    channels_last = E.uses_channels_last(cfg, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    precision = E.pick_precision(cfg.precision, device)
+    pre = record["preprocess"]
+    out = {}
+    for split in ("val", "test"):
+        # The member's own training-split normalisation (what predict uses), even on --data.
+        ds = ImageDataset(data.images[split], data.labels[split], EvalPreset(), pre["mean"],
+                          pre["std"], cfg.in_chans)  # fmt: skip
+        loader = DataLoader(ds, batch_size=batch_size)
+        y, prob, _ = E.predict_proba(model, loader, device, precision, channels_last)
+        out[split] = (y, prob.astype(np.float64))
+    return out
+
+
+# ---------------------------------------------------------------- ensembles
+
+
+def build_ensembles(members: list[Member], y_val: np.ndarray, classes: list[str]) -> dict:
+    val = [m.val_prob for m in members]
+    f1 = [report(y_val, m.val_prob, classes)["macro_f1"] for m in members]
+    greedy = greedy_select(y_val, val)
+    ens = {
+        "greedy": {"weights": greedy["weights"], "counts": greedy["counts"],
+                   "history": greedy["history"]},
+        "mean": {"weights": mean_weights(len(members))},
+        "weighted": {"weights": score_weights(f1)},
+    }  # fmt: skip
+    for name, e in ens.items():
+        e["method"] = name
+        e["description"] = ENSEMBLE_METHODS[name]
+        e["val_prob"] = combine(val, e["weights"])
+        e["test_prob"] = combine([m.test_prob for m in members], e["weights"])
+        e["val_nll"] = nll(y_val, e["val_prob"])
+    return ens
+
+
+def choose(ensembles: dict) -> str:
+    """The ensemble with the lowest validation NLL (ties: the first, i.e. greedy)."""
+    best = None
+    for name, e in ensembles.items():
+        if best is None or e["val_nll"] < ensembles[best]["val_nll"] - 1e-12:
+            best = name
+    return best
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def clean(obj):
+    """JSON-safe: numpy scalars to Python, NaN/inf to None, tuples to lists."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return clean(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def comparison_rows(metrics: dict, classes: list[str]) -> list[dict]:
+    rows = []
+    entries = [("member", m) for m in metrics["members"]]
+    entries += [("ensemble", e) for e in metrics["ensembles"]]
+    for kind, e in entries:
+        test = e["test"]
+        row = {
+            "name": e["name"], "kind": kind, "model": e.get("model", ""),
+            "trial_id": e.get("trial_id", ""), "temperature": e.get("temperature"),
+            "chosen_weight": e.get("chosen_weight"), "val_macro_f1": e["val"]["macro_f1"],
+            "val_nll": e["val"]["nll"], "test_accuracy": test["accuracy"],
+            "test_macro_f1": test["macro_f1"], "test_weighted_f1": test["weighted_f1"],
+            "test_auc": test["auc"], "test_pr_ap": test["pr_ap_macro"], "test_ece": test["ece"],
+            "test_nll": test["nll"],
+            "test_ece_uncalibrated": e.get("uncalibrated", {}).get("test_ece"),
+            "test_nll_uncalibrated": e.get("uncalibrated", {}).get("test_nll"),
+        }  # fmt: skip
+        for c in classes:
+            row[f"test_recall_{c}"] = test["recall"][c]
+        rows.append(row)
+    return rows
+
+
+def run_ensemble(
+    exp_dir: str | Path,
+    top_k: int = 5,
+    data: str | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    report_html: bool = True,
+) -> dict:
+    """Ensemble the top_k trials of a finished sweep; write ensemble.pt + report to `out`.
+
+    Returns {"out", "ensemble", "report", "metrics", "comparison", "chosen", "summary",
+    "timings"}. Raises ValueError on bad input (not a sweep, no usable trial, misaligned data).
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    top_k = check_top_k(top_k)
+    exp = read_experiment(exp_dir)
+    exp_path: Path = exp["exp_dir"]
+    dev = E.pick_device(device)
+    ranked = rank_trials(exp)
+    if ranked.empty:
+        raise ValueError(f"{exp_path}: no finished trial with a checkpoint to ensemble")
+    log(f"{len(ranked)} usable trial(s) of {len(exp['table'])}; taking the top "
+        f"{min(top_k, len(ranked))} by {exp['key']} ({exp['mode']})")  # fmt: skip
+
+    members: list[Member] = []
+    for row in ranked.to_dict("records"):
+        if len(members) == top_k:
+            break
+        tid = str(row["trial_id"])
+        try:
+            record = E.load_checkpoint(row["_ckpt"])
+        except ValueError as exc:  # a damaged checkpoint costs one member, not the run
+            log(f"skipping trial {tid}: {exc}")
+            continue
+        rank = len(members) + 1
+        members.append(Member(
+            name=f"{record['model']}:{tid}", trial_id=tid, model_name=record["model"], rank=rank,
+            sweep_metric=float(row["_metric"]), record=record, data_key=data_key(record["config"]),
+            trial_dir=relocate(row.get("trial_dir"), exp_path, tid) or (
+                exp_path / tid if (exp_path / tid).is_dir() else None),
+        ))  # fmt: skip
+    if not members:
+        raise ValueError(f"{exp_path}: no trial checkpoint could be loaded")
+    spec = data or exp["options"].get("data") or members[0].config.get("data")
+    if not spec:
+        raise ValueError("no data: the sweep has no sweep.json; pass --data")
+    cache = exp["options"].get("cache") or None
+    t0 = time.perf_counter()
+    datas = load_member_data(members, spec, cache)
+    timings["data_s"] = time.perf_counter() - t0
+    ref = next(iter(datas.values()))
+    classes = ref.classes
+    y_val, y_test = ref.labels["val"], ref.labels["test"]
+
+    t0 = time.perf_counter()
+    for m in members:
+        t1 = time.perf_counter()
+        probs = member_probabilities(m.record, datas[m.data_key], dev)
+        assert np.array_equal(probs["val"][0], y_val) and np.array_equal(probs["test"][0], y_test)
+        m.val_raw, m.test_raw = probs["val"][1], probs["test"][1]
+        m.temperature = fit_temperature(y_val, m.val_raw)
+        m.val_prob = apply_temperature(m.val_raw, m.temperature)
+        m.test_prob = apply_temperature(m.test_raw, m.temperature)
+        log(f"#{m.rank} {m.name}: val NLL {nll(y_val, m.val_raw):.4f} -> "
+            f"{nll(y_val, m.val_prob):.4f} at T={m.temperature:.3f} "
+            f"({time.perf_counter() - t1:.1f}s)")  # fmt: skip
+    timings["predict_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ensembles = build_ensembles(members, y_val, classes)
+    chosen = choose(ensembles)
+    best = ensembles[chosen]
+    log("ensembles (val NLL): " + ", ".join(
+        f"{k} {e['val_nll']:.4f}" for k, e in ensembles.items()) + f"; chosen: {chosen}")  # fmt: skip
+
+    # ---- metrics
+    def full(yv, pv, yt, pt):
+        return {"val": report(yv, pv, classes), "test": report(yt, pt, classes),
+                "operating_points": operating_points(yv, pv, yt, pt, classes)}  # fmt: skip
+
+    member_metrics = []
+    for i, m in enumerate(members):
+        entry = {
+            "name": m.name, "trial_id": m.trial_id, "model": m.model_name, "rank": m.rank,
+            f"sweep_{exp['key']}": m.sweep_metric, "temperature": m.temperature,
+            "img_size": m.data_key[0], "in_chans": int(m.config.get("in_chans", 1)),
+            "chosen_weight": best["weights"][i],
+            "uncalibrated": {"val_nll": nll(y_val, m.val_raw), "val_ece": ece(y_val, m.val_raw),
+                             "test_nll": nll(y_test, m.test_raw), "test_ece": ece(y_test, m.test_raw)},
+            **full(y_val, m.val_prob, y_test, m.test_prob),
+        }  # fmt: skip
+        member_metrics.append(entry)
+    ens_metrics = []
+    for name, e in ensembles.items():
+        entry = {"name": f"ensemble_{name}", "method": name, "description": e["description"],
+                 "chosen": name == chosen,
+                 "weights": {m.name: w for m, w in zip(members, e["weights"], strict=True)},
+                 **full(y_val, e["val_prob"], y_test, e["test_prob"])}  # fmt: skip
+        if "history" in e:
+            entry["greedy_history"] = [
+                {**h, "added": members[h["added"]].name} for h in e["history"]
+            ]
+        ens_metrics.append(entry)
+    timings["ensemble_s"] = time.perf_counter() - t0
+
+    out_dir = Path(out).expanduser() if out else exp_path / "ensemble"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    metrics = {
+        "experiment": exp_path.name, "experiment_dir": str(exp_path), "data": spec,
+        "created": created, "classes": classes, "objective": exp["objective"],
+        "ranking_metric": exp["key"], "top_k": int(top_k), "n_members": len(members),
+        "n_val": int(len(y_val)), "n_test": int(len(y_test)),
+        "calibration": "temperature scaling per member: T minimising validation NLL "
+                       "(bounded Brent search on 1/T in [0.02, 50]; NLL is convex in 1/T)",
+        "ece_bins": 15, "chosen": f"ensemble_{chosen}",
+        "members": member_metrics, "ensembles": ens_metrics,
+    }  # fmt: skip
+
+    # ---- ensemble.pt: only members the chosen method gives weight
+    keep = [(m, w) for m, w in zip(members, best["weights"], strict=True) if w > 0]
+    records = [{**m.record, "temperature": float(m.temperature)} for m, _ in keep]
+    total = sum(w for _, w in keep)
+    obj = ensemble_object(
+        records, [w / total for _, w in keep], chosen, classes,
+        extra={"member_names": [m.name for m, _ in keep], "experiment": exp_path.name,
+               "data": spec, "description": ENSEMBLE_METHODS[chosen]},
+    )  # fmt: skip
+    ens_path = save_ensemble(obj, out_dir / "ensemble.pt")
+    log(f"saved {ens_path} ({len(keep)} member(s), method {chosen})")
+
+    comp = pd.DataFrame(comparison_rows(metrics, classes))
+    tmp = out_dir / ".comparison.csv.tmp"
+    comp.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, out_dir / "comparison.csv")
+
+    _write_atomic(out_dir / "metrics.json", json.dumps(clean(metrics), indent=2))
+    report_path = None
+    if report_html:
+        from ..report import write_report
+
+        t0 = time.perf_counter()
+        ctx = {
+            "exp": exp, "members": members, "ensembles": ensembles, "chosen": chosen,
+            "metrics": metrics, "datas": datas, "y_val": y_val, "y_test": y_test,
+            "classes": classes, "out": out_dir, "device": dev, "ranked": ranked,
+            "comparison": comp, "log": log,
+        }  # fmt: skip
+        report_path = write_report(ctx)
+        timings["report_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    metrics["timings"] = timings
+    _write_atomic(out_dir / "metrics.json", json.dumps(clean(metrics), indent=2))
+    log(f"done in {timings['total_s']:.1f}s -> {out_dir}")
+
+    chosen_test = ens_metrics[list(ensembles).index(chosen)]["test"]
+    return {
+        "out": str(out_dir), "ensemble": str(ens_path), "metrics": str(out_dir / "metrics.json"),
+        "comparison": str(out_dir / "comparison.csv"),
+        "report": str(report_path) if report_path else None, "chosen": f"ensemble_{chosen}",
+        "summary": {
+            "best_member": {"name": members[0].name, "test_macro_f1": member_metrics[0]["test"]["macro_f1"],
+                            "test_ece_uncalibrated": member_metrics[0]["uncalibrated"]["test_ece"]},
+            "ensemble": {"name": f"ensemble_{chosen}", "test_macro_f1": chosen_test["macro_f1"],
+                         "test_ece": chosen_test["ece"]},
+        },
+        "timings": timings,
+    }  # fmt: skip

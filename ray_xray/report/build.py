@@ -1,0 +1,593 @@
+"""Assemble report.html (+ figures/) from what `ray_xray.ensemble.core.run_ensemble` computed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import html as H
+from . import plots as P
+
+FIG_DIR = "figures"
+HIDDEN_CONFIG = {"model", "data", "seed", "workers", "device", "precision", "_threads", "_cache"}
+
+
+def _log(ctx, msg: str) -> None:
+    (ctx.get("log") or (lambda m: print(m, file=sys.stderr)))(msg)
+
+
+def is_highlight(cls: str) -> bool:
+    c = cls.lower()
+    return "tuberc" in c or c in ("tb", "tbc")
+
+
+def class_html(cls: str) -> str:
+    return f'<span class="hl">{H.esc(cls)}</span>' if is_highlight(cls) else H.esc(cls)
+
+
+class Figures:
+    """Makes each figure in isolation: one failing plot becomes a note in the page, not a crash."""
+
+    def __init__(self, ctx: dict):
+        self.ctx, self.dir = ctx, Path(ctx["out"]) / FIG_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def make(self, name: str, caption: str, fn, *args, **kw) -> str:
+        path = self.dir / f"{name}.png"
+        try:
+            fn(*args, path=path, **kw)
+        except Exception as exc:  # a report with a missing figure beats no report
+            msg = f"figure '{name}' could not be drawn: {type(exc).__name__}: {exc}"
+            _log(self.ctx, msg)
+            return H.para(msg[:400], "note")
+        return H.figure(f"{FIG_DIR}/{name}.png", caption)
+
+
+# ---------------------------------------------------------------- data gathering
+
+
+def read_history(trial_dir: Path | None) -> dict:
+    """Per-epoch metrics of one trial from Tune's result.json (progress.csv as fallback)."""
+    out: dict[str, list] = {"epoch": [], "val_macro_f1": [], "val_loss": []}
+    if trial_dir is None:
+        return out
+    rows: list[dict] = []
+    rj = Path(trial_dir) / "result.json"
+    if rj.is_file():
+        for line in rj.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    elif (Path(trial_dir) / "progress.csv").is_file():
+        import pandas as pd
+
+        rows = pd.read_csv(Path(trial_dir) / "progress.csv").to_dict("records")
+    by_epoch: dict[int, dict] = {}
+    for r in rows:
+        if isinstance(r.get("epoch"), int | float) and math.isfinite(r["epoch"]):
+            by_epoch[int(r["epoch"])] = r  # a restarted trial repeats epochs: keep the last
+    for e in sorted(by_epoch):
+        r = by_epoch[e]
+        out["epoch"].append(e)
+        for k in ("val_macro_f1", "val_loss"):
+            v = r.get(k)
+            out[k].append(float(v) if isinstance(v, int | float) else float("nan"))
+    out["rows"] = [by_epoch[e] for e in sorted(by_epoch)]
+    return out
+
+
+def param_importance(exp_dir: Path, objective: list[str]) -> tuple[dict | None, str]:
+    """(importances, message). Never raises: a sweep too small for fANOVA says so instead."""
+    db = exp_dir / "optuna.db"
+    if not db.is_file():
+        return None, "No optuna.db in the experiment folder, so no importance analysis."
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = f"sqlite:///{db}"
+        names = optuna.get_all_study_names(storage)
+        if not names:
+            return None, "optuna.db holds no study."
+        name = exp_dir.name if exp_dir.name in names else names[0]
+        study = optuna.load_study(study_name=name, storage=storage)
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(done) < 2:
+            return None, (
+                f"Only {len(done)} completed Optuna trial(s): too few to estimate "
+                "hyperparameter importance (needs at least 2, and many more to be meaningful)."
+            )
+        multi = len(study.directions) > 1
+        imp = optuna.importance.get_param_importances(
+            study,
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+            target=(lambda t: t.values[0]) if multi else None,
+        )
+        if not imp:
+            return None, "No hyperparameter was sampled in every completed trial."
+        msg = (
+            f"fANOVA importance of each hyperparameter for {objective[0]} over {len(done)} "
+            "completed Optuna trials (only parameters present in every trial: per-architecture "
+            "ones are left out when the architecture varied)."
+        )
+        if len(done) < 10:
+            msg += f" With {len(done)} trials these numbers are very rough."
+        return dict(imp), msg
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return None, f"Hyperparameter importance could not be computed: {first[:240]}"
+
+
+def pareto_mask(points: np.ndarray, modes: list[str]) -> list[bool]:
+    """True for points no other point dominates (>= on every objective, > on one)."""
+    signed = points * np.array([1.0 if m == "max" else -1.0 for m in modes])
+    mask = []
+    for i in range(len(signed)):
+        dominated = np.any(np.all(signed >= signed[i], axis=1) & np.any(signed > signed[i], axis=1))
+        mask.append(not dominated)
+    return mask
+
+
+def _key_params(table, limit: int = 8) -> list[str]:
+    cols = []
+    for c in table.columns:
+        if not c.startswith("config/") or c[len("config/") :] in HIDDEN_CONFIG:
+            continue
+        vals = table[c].dropna().astype(str)
+        if vals.nunique() > 1:
+            cols.append((-len(vals), c))
+    return [c for _, c in sorted(cols)[:limit]]
+
+
+def _pick_cases(y, pred, conf, k: int, n_correct: int, n_wrong: int) -> tuple[list, list]:
+    """Indices of class-k test cases: the most confident correct ones, the most confident wrong."""
+    idx = np.flatnonzero(y == k)
+    right = sorted(idx[pred[idx] == k], key=lambda i: -conf[i])
+    wrong = sorted(idx[pred[idx] != k], key=lambda i: -conf[i])
+    return [int(i) for i in right[:n_correct]], [int(i) for i in wrong[:n_wrong]]
+
+
+def _batch(data, idx: list[int], record: dict) -> torch.Tensor:
+    """Test images `idx` as the member saw them (its own normalisation and channels)."""
+    from ray_xray.data.transforms import to_tensor
+
+    pre = record["preprocess"]
+    return torch.stack(
+        [to_tensor(data.images["test"][i], pre["mean"], pre["std"], pre["in_chans"]) for i in idx]
+    )
+
+
+def _title(classes, t: int, p: int, prob: float) -> str:
+    return f"true {classes[t][:12]}\npred {classes[p][:12]} {prob:.2f}"
+
+
+# ---------------------------------------------------------------- sections
+
+
+def summary_section(ctx: dict) -> str:
+    m = ctx["metrics"]
+    classes = ctx["classes"]
+    best = m["members"][0]
+    chosen = next(e for e in m["ensembles"] if e["chosen"])
+    bt, et = best["test"], chosen["test"]
+
+    def recalls(t):
+        return ", ".join(f"{class_html(c)} {t['recall'][c]:.3f}" for c in classes)
+
+    n_members = sum(1 for w in chosen["weights"].values() if w > 0)
+    acc = et["accuracy"]
+    half = 1.96 * math.sqrt(max(acc * (1 - acc), 1e-9) / max(et["n"], 1))
+    text = (
+        f"Best single trial <b>{H.esc(best['name'])}</b> (rank 1 by the sweep's "
+        f"{H.esc(m['ranking_metric'][5:])}): test macro-F1 <b>{bt['macro_f1']:.3f}</b>, "
+        f"recall {recalls(bt)}, ECE {best['uncalibrated']['test_ece']:.3f} as trained "
+        f"({bt['ece']:.3f} after temperature scaling). "
+        f"Chosen ensemble <b>{H.esc(chosen['name'])}</b> ({n_members} distinct member(s); "
+        f"{H.esc(chosen['description'])}): test macro-F1 <b>{et['macro_f1']:.3f}</b>, "
+        f"recall {recalls(et)}, ECE {et['ece']:.3f}. "
+        f"The ensemble method was picked by the lowest validation NLL among the three built; test "
+        f"data ({et['n']} images) was used only for these numbers — with that many images, "
+        f"accuracy is known to about ±{half:.3f} (95% interval)."
+    )
+    for c in classes:
+        if is_highlight(c):
+            d = et["recall"][c] - bt["recall"][c]
+            word = "higher" if d > 0 else "lower" if d < 0 else "the same"
+            text += (
+                f" <b>{class_html(c)} recall</b> (sensitivity): {bt['recall'][c]:.3f} for the best "
+                f"trial, {et['recall'][c]:.3f} for the ensemble ({word}"
+                + (f", {d:+.3f}" if d else "")
+                + f"; {et['support'][c]} such test images)."
+            )
+    return H.raw_para(text, "summary")
+
+
+def comparison_section(ctx: dict) -> str:
+    m, classes = ctx["metrics"], ctx["classes"]
+    headers = ["name", "kind", "T", "weight", "val macro-F1", "val NLL", "accuracy", "macro-F1",
+               "weighted-F1", "ROC-AUC", "PR-AP", "ECE", "NLL"] + [f"recall {c}" for c in classes]  # fmt: skip
+    rows, cls = [], []
+    for kind, entries in (("member", m["members"]), ("ensemble", m["ensembles"])):
+        for e in entries:
+            t = e["test"]
+            rows.append([e["name"], kind, e.get("temperature"), e.get("chosen_weight"),
+                         e["val"]["macro_f1"], e["val"]["nll"], t["accuracy"], t["macro_f1"],
+                         t["weighted_f1"], t["auc"], t["pr_ap_macro"], t["ece"], t["nll"]]
+                        + [t["recall"][c] for c in classes])  # fmt: skip
+            cls.append("chosen" if e.get("chosen") else "")
+    cap = H.para(
+        "Test metrics of every member (after temperature scaling: T is the fitted temperature; "
+        "accuracy, F1 and AUC do not change with T, ECE and NLL do) and every ensemble. "
+        "'weight' is the member's weight in the chosen ensemble (highlighted). PR-AP is the "
+        "macro average of per-class average precision; ECE uses 15 equal-width bins on the "
+        "top-class confidence. Full numbers, per-class precision/F1 and validation metrics are in "
+        "metrics.json and comparison.csv."
+    )
+    return H.section("Members and ensembles on test", cap, H.table(headers, rows, cls),
+                     anchor="comparison")  # fmt: skip
+
+
+def operating_section(ctx: dict) -> str:
+    m, classes = ctx["metrics"], ctx["classes"]
+    chosen = next(e for e in m["ensembles"] if e["chosen"])
+    parts = [H.para(
+        "Clinical operating points: for each class, the threshold on that class's probability "
+        "that reaches 90% (and 95%) specificity on validation (lowest such threshold, i.e. the "
+        "most sensitive one), and the sensitivity and specificity that same threshold gives on "
+        "test. A case is called positive for the class when its probability is >= the threshold."
+    )]  # fmt: skip
+    for entry in (chosen, m["members"][0]):
+        rows = []
+        for c in classes:
+            for target, r in entry["operating_points"][c].items():
+                rows.append([c, float(target), r["threshold"], r["val_sensitivity"],
+                             r["val_specificity"], r["test_sensitivity"], r["test_specificity"]])  # fmt: skip
+        parts.append(H.raw_para(f"<b>{H.esc(entry['name'])}</b>"))
+        parts.append(H.table(["class", "target specificity", "threshold", "val sensitivity",
+                              "val specificity", "test sensitivity", "test specificity"], rows))  # fmt: skip
+    return H.section("Operating points", *parts, anchor="operating-points")
+
+
+def trial_section(ctx: dict) -> str:
+    exp = ctx["exp"]
+    table, key, mode = exp["table"], exp["key"], exp["mode"]
+    t = table.copy()
+    t["_m"] = t[key].astype(float)
+    t["_bad"] = t["_m"].isna() | (t["status"] == "ERROR")
+    t = t.sort_values(["_bad", "_m"], ascending=[True, mode == "min"], kind="stable")
+    params = _key_params(table)
+    member_ids = {mm.trial_id for mm in ctx["members"]}
+    headers = ["rank", "trial", "model", "status", "epochs", key.replace("best_", "best ")]
+    headers += [p[len("config/") :] for p in params] + ["in ensemble pool", "error"]
+    rows = []
+    for rank, r in enumerate(t.to_dict("records"), start=1):
+        row = [rank, str(r["trial_id"]), r.get("model"), r["status"], r.get("epochs"), r["_m"]]
+        for p in params:
+            v = r.get(p)
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            elif isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
+                v = int(v)  # an int column that pandas widened to float for its gaps
+            row.append(v)
+        err = r.get("error")
+        row += ["yes" if str(r["trial_id"]) in member_ids else "",
+                err[:120] if isinstance(err, str) else ""]  # fmt: skip
+        rows.append([v.item() if hasattr(v, "item") else v for v in row])
+    cap = H.para(
+        f"Every trial of the sweep, ranked by {key[5:]} on validation "
+        f"({'higher' if mode == 'max' else 'lower'} is better; failed trials last). Trials stopped "
+        "early by ASHA have fewer epochs. Columns after the metric are the hyperparameters that "
+        "varied between trials; '–' means the parameter does not apply to that architecture. "
+        f"The top {len(member_ids)} usable trials form the ensemble pool."
+    )
+    return H.section("Trials", cap, H.table(headers, rows, small_sig=True), anchor="trials")
+
+
+def curves_section(ctx: dict, figs: Figures) -> str:
+    curves = []
+    for m in ctx["members"][:6]:
+        h = read_history(m.trial_dir)
+        if h["epoch"]:
+            curves.append((f"#{m.rank} {m.name}", h))
+    if not curves:
+        return H.section("Training curves", H.para("No per-epoch logs (result.json) found."))
+    return H.section("Training curves", figs.make(
+        "training_curves",
+        "Validation macro-F1 (left, higher is better) and validation loss (right) per epoch for "
+        "the top trials, from each trial's result.json.",
+        P.training_curves, curves,
+    ), anchor="curves")  # fmt: skip
+
+
+def importance_section(ctx: dict, figs: Figures) -> str:
+    exp = ctx["exp"]
+    imp, msg = param_importance(exp["exp_dir"], exp["objective"])
+    parts = [H.para(msg, None if imp else "note")]
+    if imp:
+        parts.append(figs.make("param_importance", "Hyperparameter importance (fANOVA, sums to 1).",
+                               P.importance_bars, imp, title=f"importance for {exp['objective'][0]}"))  # fmt: skip
+        parts.append(H.table(["parameter", "importance"], [[k, v] for k, v in imp.items()]))
+    return H.section("Hyperparameter importance", *parts, anchor="importance")
+
+
+def pareto_section(ctx: dict, figs: Figures) -> str:
+    exp = ctx["exp"]
+    objective = exp["objective"]
+    if len(objective) < 2:
+        return ""
+    from ray_xray.ensemble.core import metric_mode, relocate
+
+    names, values = [], []
+    for r in exp["table"].to_dict("records"):
+        tid = str(r["trial_id"])
+        h = read_history(relocate(r.get("trial_dir"), exp["exp_dir"], tid) or exp["exp_dir"] / tid)
+        best = []
+        for metric in objective[:2]:
+            vals = [float(x[metric]) for x in h.get("rows", [])
+                    if isinstance(x.get(metric), int | float) and math.isfinite(x[metric])]  # fmt: skip
+            best.append((max if metric_mode(metric) == "max" else min)(vals) if vals else None)
+        if None not in best:
+            names.append(tid)
+            values.append(best)
+    if len(values) < 2:
+        return H.section("Pareto front", H.para(
+            f"Multi-objective sweep ({', '.join(objective)}) but fewer than 2 trials have both "
+            "metrics logged: no front to draw.", "note"))  # fmt: skip
+    modes = [metric_mode(x) for x in objective[:2]]
+    pts = np.array(values, dtype=float)
+    mask = pareto_mask(pts, modes)
+    cap = (
+        f"Each trial's best validation {objective[0]} ({modes[0]}imise) against its best "
+        f"{objective[1]} ({modes[1]}imise), from result.json; red points are not beaten on "
+        "both at once by any other trial (the Pareto front)."
+    )
+    rows = [
+        [n, v[0], v[1], "yes" if f else ""] for n, v, f in zip(names, values, mask, strict=True)
+    ]
+    return H.section("Pareto front", figs.make(
+        "pareto", cap, P.pareto, [(n, v[0], v[1]) for n, v in zip(names, values, strict=True)],
+        mask, (objective[0], objective[1])),
+        H.table(["trial", objective[0], objective[1], "on front"], rows), anchor="pareto")  # fmt: skip
+
+
+def evaluation_sections(ctx: dict, figs: Figures) -> str:
+    m, classes = ctx["metrics"], ctx["classes"]
+    from ray_xray.ensemble.calibration import reliability_bins
+
+    best_m = ctx["members"][0]
+    chosen = ctx["chosen"]
+    ens = ctx["ensembles"][chosen]
+    ens_name = f"ensemble_{chosen}"
+    y = ctx["y_test"]
+    cm_best = m["members"][0]["test"]["confusion"]
+    cm_ens = next(e for e in m["ensembles"] if e["chosen"])["test"]["confusion"]
+    out = [H.section("Confusion matrices", figs.make(
+        "confusion", f"Test confusion matrices: counts and row percentages (recall on the "
+        f"diagonal). Left: best single trial {best_m.name}; right: {ens_name}.",
+        P.confusion_matrices, [(f"best trial {best_m.name}", cm_best), (ens_name, cm_ens)],
+        classes), anchor="confusion")]  # fmt: skip
+    out.append(H.section("ROC and precision-recall curves", figs.make(
+        "roc_pr", f"One-vs-rest ROC (left) and precision-recall (right) curves per class for "
+        f"{ens_name} on test. Dashed line: chance.", P.roc_pr, y, ens["test_prob"], classes,
+        title=ens_name), anchor="roc"))  # fmt: skip
+    panels = [
+        (f"{best_m.name}\nas trained", reliability_bins(y, best_m.test_raw),
+         m["members"][0]["uncalibrated"]["test_ece"]),
+        (f"{best_m.name}\nT = {best_m.temperature:.2f}", reliability_bins(y, best_m.test_prob),
+         m["members"][0]["test"]["ece"]),
+        (ens_name, reliability_bins(y, ens["test_prob"]),
+         next(e for e in m["ensembles"] if e["chosen"])["test"]["ece"]),
+    ]  # fmt: skip
+    out.append(H.section("Calibration", figs.make(
+        "reliability", "Reliability diagrams on test (15 confidence bins): blue bars are the "
+        "accuracy of the cases in each bin, red the gap to their mean confidence; a calibrated "
+        "model follows the dashed diagonal. Best trial before and after temperature scaling "
+        "(T fitted on validation), then the chosen ensemble.", P.reliability, panels),
+        anchor="calibration"))  # fmt: skip
+    return "".join(out)
+
+
+def display_data(ctx: dict):
+    """The member data with the largest images (all share val/test order)."""
+    return max(ctx["datas"].values(), key=lambda d: d.img_size)
+
+
+def samples_section(ctx: dict, figs: Figures) -> str:
+    classes, y = ctx["classes"], ctx["y_test"]
+    prob = ctx["ensembles"][ctx["chosen"]]["test_prob"]
+    pred, conf = prob.argmax(1), prob.max(1)
+    data = display_data(ctx)
+    cases = []
+    for k in range(len(classes)):
+        right, wrong = _pick_cases(y, pred, conf, k, 4, 4)
+        idx = (wrong[:2] + right + wrong[2:])[:4]  # <= 2 mistakes unless there is nothing else
+        row = [{"image": data.images["test"][i], "correct": pred[i] == y[i],
+                "title": _title(classes, y[i], pred[i], conf[i])} for i in idx]  # fmt: skip
+        cases += row + [None] * (4 - len(row))
+    cap = (
+        f"Test images, one row per true class, predicted by ensemble_{ctx['chosen']}: up to 2 "
+        "mistakes (red) first, then confident correct cases (green), more mistakes if the class "
+        "has too few correct ones. Title: true class, predicted "
+        "class and its probability."
+    )
+    return H.section("Sample test predictions", figs.make("samples", cap, P.sample_grid, cases, 4),
+                     anchor="samples")  # fmt: skip
+
+
+def gradcam_candidate(ctx: dict):
+    """The best-ranked convolutional member whose Grad-CAM layer is at least 2x2 (a 1x1 map,
+    e.g. resnet18 at 32 px, is flat); failing that the best convolutional member at all."""
+    from ray_xray.ensemble.gradcam import cam_resolution, supports_gradcam
+    from ray_xray.train.engine import model_from_record
+
+    fallback = None
+    for mem in ctx["members"]:
+        model = model_from_record(mem.record)
+        if not supports_gradcam(model):
+            continue
+        res = cam_resolution(model, mem.data_key[0], int(mem.config.get("in_chans", 1)))
+        if res and min(res) >= 2:
+            return mem, model, res
+        fallback = fallback or (mem, model, res)
+    return fallback
+
+
+def gradcam_section(ctx: dict, figs: Figures) -> str:
+    from ray_xray.ensemble.gradcam import grad_cam
+
+    classes, y = ctx["classes"], ctx["y_test"]
+    found = gradcam_candidate(ctx)
+    if found is None:
+        return H.section("Grad-CAM", H.para(
+            "No convolutional member with a Grad-CAM layer in the ensemble pool.", "note"))  # fmt: skip
+    mem, model, res = found
+    data = ctx["datas"][mem.data_key]
+    pred, conf = mem.test_prob.argmax(1), mem.test_prob.max(1)
+    rows, labels = [], []
+    for k, cls in enumerate(classes):
+        right, wrong = _pick_cases(y, pred, conf, k, 2, 2)
+        cells: list = []
+        for group in (right, wrong):
+            if group:
+                maps = grad_cam(
+                    model, _batch(data, group, mem.record), torch.as_tensor(pred[group])
+                )
+                cells += [{"image": data.images["test"][i], "map": maps[j],
+                           "correct": bool(pred[i] == y[i]),
+                           "title": _title(classes, y[i], pred[i], conf[i])}
+                          for j, i in enumerate(group)]  # fmt: skip
+            cells += [None] * (2 - len(group))
+        rows.append(cells)
+        labels.append(f"true {cls}")
+    where = f"{res[0]}x{res[1]} feature map" if res else "feature map"
+    cap = (
+        f"Grad-CAM of {mem.name} (rank {mem.rank}: the best-ranked convolutional member whose "
+        "Grad-CAM layer is larger than 1x1; "
+        f"{type(model.cam_layer).__name__} layer, {where} at {mem.data_key[0]} px) on test "
+        "images: per true class two correct (green) then two wrong (red) cases. The heat map "
+        "(red = most) is where the evidence for the predicted class came from: ReLU of the "
+        "gradient-weighted sum of the layer's feature maps, upsampled to the image and scaled "
+        "to [0, 1]."
+    )
+    if res and min(res) < 2:
+        cap += " At this image size the layer is 1x1, so the maps carry no spatial information."
+    return H.section("Grad-CAM", figs.make("gradcam", cap, P.heatmap_grid, rows, labels),
+                     anchor="gradcam")  # fmt: skip
+
+
+def attention_section(ctx: dict, figs: Figures) -> str:
+    from ray_xray.ensemble.gradcam import attention_maps
+    from ray_xray.train.engine import model_from_record
+
+    classes, y = ctx["classes"], ctx["y_test"]
+    parts = []
+    for arch in ("lstm", "vit"):
+        mem = next((m for m in ctx["members"] if m.model_name == arch), None)
+        if mem is None:
+            continue
+        model = model_from_record(mem.record)
+        data = ctx["datas"][mem.data_key]
+        pred, conf = mem.test_prob.argmax(1), mem.test_prob.max(1)
+        idx = []
+        for k in range(len(classes)):
+            right, wrong = _pick_cases(y, pred, conf, k, 1, 1)
+            idx += right + wrong
+        if not idx:
+            continue
+        res = attention_maps(model, _batch(data, idx, mem.record))
+        if res is None:
+            parts.append(H.para(f"{mem.name} records no attention (built without it).", "note"))
+            continue
+        kind, maps = res
+        cases = [{"image": data.images["test"][i], "correct": pred[i] == y[i],
+                  "title": _title(classes, y[i], pred[i], conf[i])} for i in idx]  # fmt: skip
+        if kind == "rows":
+            for c, r in zip(cases, maps, strict=True):
+                c["rows"] = r
+            parts.append(figs.make(f"attention_{arch}", (
+                f"Row attention of {mem.name}: the LSTM reads the image row by row, and the bar "
+                "beside each image is the weight its attention gave each row (longest = most). One "
+                "correct (green) and one wrong (red) test case per true class where available."),
+                P.row_attention_grid, cases, 4))  # fmt: skip
+        else:
+            for c, mp in zip(cases, maps, strict=True):
+                c["map"] = mp
+            parts.append(figs.make(f"attention_{arch}", (
+                f"ViT attention of {mem.name}: attention from the CLS token to each image patch in "
+                "the last transformer block, averaged over heads and upsampled (red = most). One "
+                "correct (green) and one wrong (red) test case per true class where available."),
+                P.heatmap_grid, [cases[i : i + 4] for i in range(0, len(cases), 4)],
+                [""] * (-(-len(cases) // 4))))  # fmt: skip
+    if not parts:
+        return ""
+    return H.section("Attention maps", *parts, anchor="attention")
+
+
+def method_section(ctx: dict) -> str:
+    m = ctx["metrics"]
+    greedy = next(e for e in m["ensembles"] if e["method"] == "greedy")
+    hist = greedy.get("greedy_history", [])
+    rows = [[h["round"], h["added"], h["val_nll"]] for h in hist]
+    text = (
+        f"Pool: the top {m['n_members']} usable trials by validation {m['ranking_metric'][5:]} "
+        "(failed trials and trials without a checkpoint are skipped), evaluated on the sweep's own "
+        f"validation ({m['n_val']} images) and test ({m['n_test']} images) splits. "
+        f"Calibration: {m['calibration']}. Ensembles, all on calibrated probabilities and chosen "
+        "on validation only: 'mean' (equal weights), 'weighted' (weights proportional to each "
+        "member's validation macro-F1), 'greedy' (Caruana et al. 2004: start from the member with "
+        "the lowest validation NLL, then repeatedly add, with replacement, the member that lowers "
+        "the validation NLL of the average the most; stop after 25 additions or when nothing "
+        "helps; weights = how often each was picked). The one with the lowest validation NLL is "
+        "saved as ensemble.pt and used by python -m ray_xray.predict."
+    )
+    return H.section("Method", H.para(text), H.para("Greedy selection, round by round:"),
+                     H.table(["round", "added member", "val NLL of the bag"], rows),
+                     anchor="method")  # fmt: skip
+
+
+def write_report(ctx: dict) -> Path:
+    out = Path(ctx["out"])
+    figs = Figures(ctx)
+    m = ctx["metrics"]
+    title = f"Sweep report: {m['experiment']}"
+    header = (
+        f'<h1>{H.esc(title)}</h1><p class="meta">data <code>{H.esc(m["data"])}</code> · classes '
+        f"{', '.join(class_html(c) for c in m['classes'])} · generated {H.esc(m['created'])} · "
+        f"experiment <code>{H.esc(m['experiment_dir'])}</code></p>"
+    )
+    body = [header, summary_section(ctx)]
+    steps = [
+        ("comparison", lambda: comparison_section(ctx)),
+        ("operating points", lambda: operating_section(ctx)),
+        ("trials", lambda: trial_section(ctx)),
+        ("curves", lambda: curves_section(ctx, figs)),
+        ("importance", lambda: importance_section(ctx, figs)),
+        ("pareto", lambda: pareto_section(ctx, figs)),
+        ("evaluation", lambda: evaluation_sections(ctx, figs)),
+        ("samples", lambda: samples_section(ctx, figs)),
+        ("gradcam", lambda: gradcam_section(ctx, figs)),
+        ("attention", lambda: attention_section(ctx, figs)),
+        ("method", lambda: method_section(ctx)),
+    ]
+    for name, fn in steps:
+        try:
+            body.append(fn())
+        except Exception as exc:
+            msg = f"section '{name}' failed: {type(exc).__name__}: {exc}"
+            _log(ctx, msg)
+            body.append(H.para(msg[:400], "note"))
+    body.append(H.para("Files beside this page: ensemble.pt, metrics.json, comparison.csv, "
+                       "figures/*.png.", "meta"))  # fmt: skip
+    path = out / "report.html"
+    tmp = out / ".report.html.tmp"
+    tmp.write_text(H.page(title, "".join(body)), encoding="utf-8")
+    os.replace(tmp, path)
+    _log(ctx, f"wrote {path}")
+    return path

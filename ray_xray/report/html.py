@@ -1,0 +1,98 @@
+"""Plain, self-contained HTML: escaped text, 3-decimal tables, relative figure links, no CDN."""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px;
+       margin: 1.5em auto; padding: 0 1em; color: #1f2328; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #d0d7de; padding-bottom: 0.2em; margin-top: 1.8em; }
+.meta { color: #57606a; margin-top: 0; }
+.summary { background: #f6f8fa; border-left: 4px solid #0969da; padding: 0.6em 1em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
+th, td { border: 1px solid #d0d7de; padding: 3px 7px; text-align: right; }
+th { background: #f6f8fa; }
+td.text, th.text { text-align: left; }
+tr.chosen td { background: #fff8c5; font-weight: 600; }
+figure { margin: 0.8em 0; }
+figure img { max-width: 100%; border: 1px solid #d0d7de; }
+figcaption { color: #57606a; font-size: 0.9em; max-width: 900px; }
+.note { color: #9a6700; }
+.hl { background: #ffebe9; font-weight: 600; padding: 0 3px; }
+code { background: #f6f8fa; padding: 0 3px; }
+"""
+
+
+def esc(value) -> str:
+    return escape(str(value), quote=True)
+
+
+def num(value, digits: int = 3, small_sig: bool = False) -> str:
+    """3 decimals; with small_sig, values below 0.01 keep 3 significant digits (learning rates)."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        if small_sig and value != 0 and abs(value) < 0.01:
+            return f"{value:.{digits}g}"  # e.g. a learning rate: 0.000817, not 0.001 or 0.000
+        return f"{value:.{digits}f}"
+    return esc(value)
+
+
+def cell(value, digits: int = 3, small_sig: bool = False) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"<td>{num(value, digits, small_sig)}</td>"
+    if value is None:
+        return "<td>–</td>"
+    return f'<td class="text">{esc(value)}</td>'
+
+
+def table(headers: list[str], rows: list[list], row_classes: list[str] | None = None,
+          digits: int = 3, small_sig: bool = False) -> str:  # fmt: skip
+    head = "".join(f'<th class="text">{esc(h)}</th>' if i == 0 else f"<th>{esc(h)}</th>"
+                   for i, h in enumerate(headers))  # fmt: skip
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
+        body.append(f"<tr{cls}>" + "".join(cell(v, digits, small_sig) for v in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def figure(src: str, caption: str, alt: str | None = None) -> str:
+    return (
+        f'<figure><img src="{esc(src)}" alt="{esc(alt or caption)}">'
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+    )
+
+
+def section(title: str, *parts: str, anchor: str | None = None) -> str:
+    aid = f' id="{esc(anchor)}"' if anchor else ""
+    return f"<section{aid}><h2>{esc(title)}</h2>{''.join(parts)}</section>"
+
+
+def para(text: str, cls: str | None = None) -> str:
+    """A paragraph of plain text (escaped)."""
+    c = f' class="{esc(cls)}"' if cls else ""
+    return f"<p{c}>{esc(text)}</p>"
+
+
+def raw_para(html_text: str, cls: str | None = None) -> str:
+    """A paragraph whose content the caller has already escaped."""
+    c = f' class="{esc(cls)}"' if cls else ""
+    return f"<p{c}>{html_text}</p>"
+
+
+def page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>"
+        f"<body>{body}</body></html>\n"
+    )

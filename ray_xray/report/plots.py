@@ -1,0 +1,206 @@
+"""Matplotlib (Agg) figures for the sweep report; every function writes one small PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+DPI = 100
+GOOD, BAD = "#1a7f37", "#cf222e"
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def training_curves(curves: list[tuple[str, dict]], path: Path) -> Path:
+    """curves: (label, {"epoch": [...], "val_macro_f1": [...], "val_loss": [...]})."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for label, c in curves:
+        for ax, key in zip(axes, ("val_macro_f1", "val_loss"), strict=True):
+            if c.get(key):
+                ax.plot(c["epoch"], c[key], marker="o", ms=3, label=label)
+    for ax, title in zip(axes, ("validation macro-F1", "validation loss"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def importance_bars(importances: dict[str, float], path: Path, title: str) -> Path:
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(items) + 1))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#4c72b0")
+    ax.set_xlabel("importance (fraction of explained variance)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def pareto(points: list[tuple[str, float, float]], front: list[bool], labels: tuple[str, str],
+           path: Path) -> Path:  # fmt: skip
+    fig, ax = plt.subplots(figsize=(5, 4))
+    xs = np.array([p[1] for p in points])
+    ys = np.array([p[2] for p in points])
+    mask = np.array(front, dtype=bool)
+    ax.scatter(xs[~mask], ys[~mask], c="#999999", s=25, label="dominated trial")
+    ax.scatter(xs[mask], ys[mask], c=BAD, s=40, label="Pareto front")
+    order = np.argsort(xs[mask])
+    ax.plot(xs[mask][order], ys[mask][order], c=BAD, lw=1, drawstyle="steps-post")
+    for name, x, y in points:
+        ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def confusion_matrices(panels: list[tuple[str, list[list[int]]]], classes: list[str],
+                       path: Path) -> Path:  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
+    axes = np.atleast_1d(axes)
+    for ax, (title, cm) in zip(axes, panels, strict=True):
+        cm = np.asarray(cm)
+        rows = cm.sum(1, keepdims=True)
+        frac = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+        ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, f"{cm[i, j]}\n{frac[i, j]:.0%}", ha="center", va="center",
+                        fontsize=8, color="white" if frac[i, j] > 0.6 else "black")  # fmt: skip
+        ax.set_xticks(range(len(classes)), [c[:12] for c in classes], rotation=30, fontsize=8)
+        ax.set_yticks(range(len(classes)), [c[:12] for c in classes], fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def roc_pr(y: np.ndarray, prob: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for k, c in enumerate(classes):
+        pos = y == k
+        if not pos.any() or pos.all():
+            continue
+        fpr, tpr, _ = roc_curve(pos, prob[:, k])
+        a1.plot(fpr, tpr, label=c)
+        prec, rec, _ = precision_recall_curve(pos, prob[:, k])
+        a2.plot(rec, prec, label=f"{c} (prevalence {pos.mean():.2f})")
+    a1.plot([0, 1], [0, 1], ls="--", c="#999999", lw=1)
+    a1.set_xlabel("1 - specificity (false-positive rate)")
+    a1.set_ylabel("sensitivity (recall)")
+    a1.set_title(f"ROC, one-vs-rest: {title}", fontsize=9)
+    a2.set_xlabel("recall")
+    a2.set_ylabel("precision")
+    a2.set_title(f"precision-recall: {title}", fontsize=9)
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7, loc="lower left" if ax is a2 else "lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reliability(panels: list[tuple[str, dict, float]], path: Path) -> Path:
+    """panels: (title, calibration.reliability_bins(...), ece)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.3), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, (title, b, e) in zip(axes, panels, strict=True):
+        edges = b["edges"]
+        width = edges[1] - edges[0]
+        used = b["count"] > 0
+        ax.bar(edges[:-1][used], b["accuracy"][used], width=width, align="edge",
+               color="#4c72b0", edgecolor="white", label="accuracy in bin")  # fmt: skip
+        ax.bar(edges[:-1][used], b["confidence"][used] - b["accuracy"][used],
+               bottom=b["accuracy"][used], width=width, align="edge", color=BAD, alpha=0.3,
+               label="gap to confidence")  # fmt: skip
+        ax.plot([0, 1], [0, 1], ls="--", c="#333333", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top class)")
+        ax.set_title(f"{title}\nECE {e:.3f}", fontsize=9)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def sample_grid(cases: list[dict], n_cols: int, path: Path) -> Path:
+    """cases: {"image": HxW uint8, "title": str, "correct": bool}, row-major."""
+    n_rows = max(1, -(-len(cases) // n_cols))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.1 * n_rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, case in zip(axes.flat, cases, strict=False):
+        if case is None:
+            continue
+        ax.imshow(case["image"], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(case["title"], fontsize=7, color=GOOD if case["correct"] else BAD)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def heatmap_grid(rows: list[list[dict | None]], row_labels: list[str], path: Path,
+                 col_labels: list[str] | None = None) -> Path:  # fmt: skip
+    """rows of cases {"image", "map" (HxW in [0,1]), "title", "correct"}; None = empty cell."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.1 * n_rows), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            case = row[j] if j < len(row) else None
+            if case is None:
+                ax.text(0.5, 0.5, "no case", ha="center", va="center", fontsize=7, color="#777")
+                for s in ax.spines.values():
+                    s.set_visible(False)
+            else:
+                ax.imshow(case["image"], cmap="gray", vmin=0, vmax=255)
+                ax.imshow(case["map"], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                ax.set_title(case["title"], fontsize=7, color=GOOD if case["correct"] else BAD)
+            if j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=8)
+            if col_labels and i == 0 and j < len(col_labels) and case is not None:
+                ax.set_xlabel(col_labels[j], fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def row_attention_grid(cases: list[dict], n_cols: int, path: Path) -> Path:
+    """LSTM row attention: each case {"image", "rows" (H,), "title", "correct"}; a bar per row
+    beside the image, the longest bar = the row the model weighted most."""
+    n_rows = max(1, -(-len(cases) // n_cols))
+    fig = plt.figure(figsize=(2.6 * n_cols, 2.2 * n_rows))
+    grid = fig.add_gridspec(n_rows, 2 * n_cols, width_ratios=[3, 1] * n_cols, wspace=0.05)
+    for k, case in enumerate(cases):
+        r, c = divmod(k, n_cols)
+        ax_img = fig.add_subplot(grid[r, 2 * c])
+        ax_bar = fig.add_subplot(grid[r, 2 * c + 1], sharey=ax_img)
+        h = case["image"].shape[0]
+        ax_img.imshow(case["image"], cmap="gray", vmin=0, vmax=255, aspect="auto")
+        ax_img.set_xticks([])
+        ax_img.set_yticks([])
+        ax_img.set_title(case["title"], fontsize=7, color=GOOD if case["correct"] else BAD)
+        ax_bar.barh(np.arange(h), case["rows"], height=1.0, color="#dd8452")
+        ax_bar.set_ylim(h - 0.5, -0.5)
+        ax_bar.set_xlim(0, 1.05)
+        ax_bar.set_xticks([])
+        ax_bar.tick_params(labelleft=False, left=False)
+    return _save(fig, path)

@@ -1,0 +1,319 @@
+"""Ensemble: calibration, selection, ECE, operating points, Grad-CAM, the ensemble file, the CLI.
+
+Unit tests use synthetic probabilities or random-init models; the `slow_ray` ones share one smoke
+sweep (made once per test session by `smoke_ensemble`, also used by test_report.py).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ray_xray.config import TrainConfig
+from ray_xray.ensemble import (
+    apply_temperature,
+    attention_maps,
+    ece,
+    fit_temperature,
+    grad_cam,
+    greedy_select,
+    nll,
+    operating_points,
+    threshold_for_specificity,
+)
+from ray_xray.ensemble.calibration import softmax
+from ray_xray.ensemble.gradcam import cam_resolution
+from ray_xray.ensemble.store import ENSEMBLE_FORMAT, ensemble_object, load_ensemble, save_ensemble
+from ray_xray.models import create_model
+from ray_xray.train import engine as E
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _calibrated(n=4000, k=3, scale=1.5, seed=0):
+    """Labels drawn from the very probabilities we report: calibrated by construction."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, scale, size=(n, k))
+    prob = softmax(logits)
+    y = (rng.random((n, 1)) > prob.cumsum(1)).sum(1).clip(max=k - 1)
+    return y, logits, prob
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def test_temperature_scaling_lowers_nll_of_an_overconfident_member():
+    y, logits, _ = _calibrated()
+    over = softmax(logits * 3.0)  # three times too sharp
+    t = fit_temperature(y, over)
+    assert 2.4 < t < 3.6  # recovers roughly the factor that made it over-confident
+    assert nll(y, apply_temperature(over, t)) < nll(y, over) - 0.05
+    # never worse than leaving it alone, even on an already calibrated model
+    _, _, prob = _calibrated(seed=1)
+    y1 = _calibrated(seed=1)[0]
+    assert nll(y1, apply_temperature(prob, fit_temperature(y1, prob))) <= nll(y1, prob) + 1e-9
+
+
+def test_ece_is_near_zero_when_calibrated_and_larger_when_overconfident():
+    y, logits, prob = _calibrated(n=20000)
+    calibrated = ece(y, prob)
+    assert calibrated < 0.02
+    assert ece(y, softmax(logits * 4.0)) > calibrated + 0.1
+    assert ece(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]])) == 0.0
+
+
+# ---------------------------------------------------------------- selection
+
+
+def test_greedy_selection_is_never_worse_than_the_best_member_on_validation():
+    rng = np.random.default_rng(0)
+    n, k = 600, 3
+    y = rng.integers(0, k, n)
+    truth = np.eye(k)[y] * 2.0
+    members = [softmax(truth + rng.normal(0, s, (n, k))) for s in (1.0, 1.3, 1.6)]
+    members.append(members[0])  # a duplicate must not confuse it
+    result = greedy_select(y, members)
+    bag = sum(w * p for w, p in zip(result["weights"], members, strict=True))
+    assert result["val_nll"] <= min(nll(y, p) for p in members) + 1e-12
+    assert abs(nll(y, bag) - result["val_nll"]) < 1e-9
+    assert np.isclose(sum(result["weights"]), 1.0) and result["counts"][result["start"]] >= 1
+    # independent errors: averaging helps, so more than one member is chosen
+    assert sum(c > 0 for c in result["counts"]) >= 2
+    assert result["val_nll"] < min(nll(y, p) for p in members)
+
+
+# ---------------------------------------------------------------- operating points
+
+
+@pytest.mark.parametrize("target", [0.90, 0.95])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_operating_point_reaches_the_target_specificity_on_validation(target, seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    y = rng.integers(0, 2, n)
+    score = np.clip(rng.normal(0.35 + 0.3 * y, 0.15), 0, 1).round(2)  # rounding makes ties
+    prob = np.stack([1 - score, score], 1)
+    ops = operating_points(y, prob, y, prob, ["neg", "pos"], targets=(target,))
+    row = ops["pos"][f"{target:.2f}"]
+    assert row["val_specificity"] >= target
+    assert row["test_specificity"] == row["val_specificity"]  # same data: same numbers
+    # the most sensitive such threshold: any lower observed score breaks the target
+    lower = score[score < row["threshold"]]
+    if len(lower):
+        spec = (score[y == 0] < lower.max()).mean()
+        assert spec < target
+    assert threshold_for_specificity(np.array([]), score, target) is None
+
+
+# ---------------------------------------------------------------- saliency
+
+
+@pytest.mark.parametrize(
+    "name, size, hp", [("resnet18", 64, {}), ("cnn_lstm", 32, {"channels": [8, 16]})]
+)
+def test_gradcam_maps_have_the_image_shape_and_are_not_constant(name, size, hp):
+    torch.manual_seed(0)
+    model = create_model(name, 3, in_chans=1, img_size=size, **hp).eval()
+    assert min(cam_resolution(model, size)) >= 2
+    yy, xx = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
+    blob = torch.exp(-((yy - size / 3) ** 2 + (xx - size / 2) ** 2) / (size * 1.5))
+    x = torch.stack([blob, blob.flip(0)])[:, None] + 0.05 * torch.randn(2, 1, size, size)
+    maps = grad_cam(model, x)
+    assert maps.shape == (2, size, size)
+    assert maps.min() >= 0 and maps.max() <= 1
+    for m in maps:
+        assert m.std() > 1e-3  # not a constant map
+    assert model.cam_layer._forward_hooks == {}  # hook removed
+
+
+def test_attention_maps_of_vit_and_lstm():
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 32, 32)
+    vit = create_model("vit", 3, img_size=32, patch_size=8, dim=32, depth=1, heads=2)
+    kind, maps = attention_maps(vit, x)
+    assert kind == "image" and maps.shape == (3, 32, 32)
+    lstm = create_model("lstm", 3, img_size=32, proj_dim=16, hidden_size=16, num_layers=1)
+    kind, rows = attention_maps(lstm, x)
+    assert kind == "rows" and rows.shape == (3, 32) and rows.max() == pytest.approx(1.0)
+    assert attention_maps(create_model("cnn", 3, img_size=32, width=8), x) is None
+
+
+# ---------------------------------------------------------------- the ensemble file
+
+
+def _record(model_name, img_size, seed, **hp):
+    torch.manual_seed(seed)
+    cfg = TrainConfig(model=model_name, img_size=img_size, model_kwargs=hp)
+    model = E.build_model(cfg, 3)
+    return E.model_record(model, cfg, ["normal", "pneumonia", "tuberculosis"], 0.4, 0.2, {})
+
+
+def test_ensemble_file_loads_with_weights_only_and_predicts(tmp_path, capsys):
+    from PIL import Image
+
+    from ray_xray import predict
+
+    members = [
+        {**_record("resnet18", 32, 0), "temperature": 1.7},
+        {**_record("cnn", 48, 1, width=8, head_dims=[16], pool_size=2), "temperature": 0.8},
+    ]
+    obj = ensemble_object(members, [0.25, 0.75], "greedy", members[0]["classes"])
+    path = save_ensemble(obj, tmp_path / "ens" / "ensemble.pt")
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == ENSEMBLE_FORMAT and raw["weights"] == [0.25, 0.75]
+    assert load_ensemble(tmp_path / "ens")["members"][1]["temperature"] == 0.8
+    img = tmp_path / "x.png"
+    Image.fromarray((np.random.default_rng(0).random((60, 80)) * 255).astype(np.uint8)).save(img)
+
+    rows = predict.predict(raw, [str(img), str(img)], "cpu")
+    p = np.array(list(rows[0]["probabilities"].values()))
+    assert p.sum() == pytest.approx(1.0, abs=1e-6) and rows[0] == rows[1]
+    # by hand: weighted mean of tempered member softmaxes
+    expect = 0
+    for m, w in zip(members, [0.25, 0.75], strict=True):
+        single = predict.predict(m, [str(img)], "cpu")[0]["probabilities"]
+        logp = np.log(np.array(list(single.values())))
+        expect = expect + w * softmax(logp[None] / m["temperature"])[0]
+    assert np.allclose(p, expect, atol=2e-3)  # bf16 autocast rounding of the logits
+
+    # the CLI with a folder or the file, --json shape unchanged
+    predict.main([str(tmp_path / "ens"), str(img), "--json", "--device", "cpu"])
+    out = json.loads(capsys.readouterr().out)
+    assert set(out[0]) == {"image", "prediction", "probabilities"}
+    assert sum(out[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    # and a plain model record still works as before
+    E.atomic_save(members[0], tmp_path / "best_model.pt")
+    predict.main([str(tmp_path / "best_model.pt"), str(img), "--json", "--device", "cpu"])
+    assert json.loads(capsys.readouterr().out)[0]["prediction"] in members[0]["classes"]
+
+
+def test_ensemble_object_refuses_inconsistent_members():
+    rec = _record("resnet18", 32, 0)
+    with pytest.raises(ValueError, match="temperature"):
+        ensemble_object([rec], [1.0], "mean", rec["classes"])
+    with pytest.raises(ValueError, match="one weight per member"):
+        ensemble_object([{**rec, "temperature": 1.0}], [0.5, 0.5], "mean", rec["classes"])
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _cli(*args, module="ray_xray.ensemble", timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+        cwd=REPO, env={**os.environ}, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_ensemble_help_and_bad_input_is_one_line(tmp_path):
+    h = _cli("--help")
+    assert h.returncode == 0 and "--top-k" in h.stdout and "ensemble.pt" in h.stdout
+    (tmp_path / "notes.txt").write_text("hello")
+    for target, message in [
+        (tmp_path, "not a finished ray_xray sweep"),
+        (tmp_path / "missing", "no such experiment directory"),
+        (tmp_path / "notes.txt", "not a directory"),
+    ]:
+        p = _cli(target)
+        assert p.returncode == 2, p.stderr
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    p = _cli(tmp_path, "--top-k", "0")
+    assert p.returncode == 2 and "--top-k must be >= 1" in p.stderr
+
+
+# ---------------------------------------------------------------- on a real smoke sweep
+
+_SHARED: dict = {}
+
+
+def smoke_ensemble(tmp_path_factory) -> dict:
+    """One smoke sweep and one ensemble run per test session (shared with test_report.py).
+
+    A sweep that stalls is stopped with SIGINT (Tune then saves and writes results.parquet for
+    the trials that finished, and Ray shuts down cleanly) rather than killed.
+    """
+    if "result" not in _SHARED:
+        storage = tmp_path_factory.mktemp("ens_sweep")
+        p = subprocess.Popen(
+            [sys.executable, "-m", "ray_xray.tune", "--space", "all", "--smoke-test", "--trials",
+             "4", "--top-k", "4", "--storage", str(storage), "--name", "t"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+            env={**os.environ},
+        )  # fmt: skip
+        try:
+            out, _ = p.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGINT)
+            try:
+                out, _ = p.communicate(timeout=180)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, _ = p.communicate()
+            warnings.warn("the smoke sweep stalled and was interrupted after 900 s", stacklevel=1)
+        exp = storage / "t"
+        assert (exp / "results.parquet").is_file(), out[-4000:]
+        out_dir = storage / "ens"
+        q = _cli(exp, "--top-k", "4", "--out", out_dir, "--device", "cpu", "--json")
+        assert q.returncode == 0, q.stderr[-3000:]
+        _SHARED["result"] = {"exp": exp, "out": out_dir, "summary": json.loads(q.stdout),
+                             "stderr": q.stderr}  # fmt: skip
+    return _SHARED["result"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return smoke_ensemble(tmp_path_factory)
+
+
+@pytest.mark.slow_ray
+def test_ensemble_on_a_sweep_writes_its_files(sweep):
+    out = sweep["out"]
+    for name in ("report.html", "metrics.json", "comparison.csv", "ensemble.pt"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*tmp"))
+    obj = torch.load(out / "ensemble.pt", weights_only=True)
+    assert obj["format"] == ENSEMBLE_FORMAT and obj["members"]
+    assert sum(obj["weights"]) == pytest.approx(1.0)
+    assert all(m["temperature"] > 0 for m in obj["members"])
+    assert "ensemble: " in sweep["stderr"]  # progress on stderr
+
+
+@pytest.mark.slow_ray
+def test_greedy_ensemble_beats_or_ties_the_best_member_on_validation(sweep):
+    m = json.loads((sweep["out"] / "metrics.json").read_text())
+    assert 1 <= m["n_members"] <= 4
+    best_member = min(e["val"]["nll"] for e in m["members"])
+    greedy = next(e for e in m["ensembles"] if e["method"] == "greedy")
+    assert greedy["val"]["nll"] <= best_member + 1e-9
+    chosen = next(e for e in m["ensembles"] if e["chosen"])
+    assert chosen["val"]["nll"] <= greedy["val"]["nll"] + 1e-9
+    for e in m["members"]:  # temperature never made validation NLL worse
+        assert e["val"]["nll"] <= e["uncalibrated"]["val_nll"] + 1e-9
+    for entry in m["members"] + m["ensembles"]:
+        t = entry["test"]
+        assert {"accuracy", "macro_f1", "weighted_f1", "auc", "pr_ap_macro", "ece", "nll",
+                "confusion", "precision", "recall", "f1"} <= set(t)  # fmt: skip
+        for c in m["classes"]:
+            for target in ("0.90", "0.95"):
+                op = entry["operating_points"][c][target]
+                assert op["val_specificity"] >= float(target)
+
+
+@pytest.mark.slow_ray
+def test_predict_accepts_the_ensemble_file(sweep, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.fromarray((np.random.default_rng(1).random((40, 40)) * 255).astype(np.uint8)).save(img)
+    p = _cli(sweep["out"] / "ensemble.pt", img, "--json", module="ray_xray.predict")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
