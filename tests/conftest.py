@@ -51,4 +51,3 @@ def tiny_tree(tmp_path):
 def grey_png(path: Path, value: int = 128, size: int = 32) -> Path:
     Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
     return path
-

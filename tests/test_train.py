@@ -141,8 +141,18 @@ def test_config_rejects_bad_values():
     assert TrainConfig.from_dict({"model.dropout": 0.2}).model_kwargs == {"dropout": 0.2}
 
 
+@pytest.fixture
+def ray_session():
+    # fit() starts Ray inside this process: shut it down so later tests' sweeps (their own
+    # Ray, in a subprocess) do not share the 2 cores with an idle second cluster.
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 @pytest.mark.slow_ray
-def test_ddp_run_learns_and_covers_the_split(tmp_path):
+def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session):
     """Two DDP workers through TorchTrainer: each epoch they see every training image exactly
     once between them, the model ends above chance, and the outputs are complete."""
     from ray_xray.train import fit

@@ -25,6 +25,12 @@ from .worker import STATE_FILE, train_loop_per_worker
 log = logging.getLogger("ray_xray.train")
 
 
+# Ray Train gives a worker group 60 s to get its resources, then tears it down and retries.
+# When one trial's resources free only as the previous trial ends (every sweep on a small
+# machine), that churn was seen to leak placement groups and hang the sweep; waiting is right.
+RAY_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800"}
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -42,7 +48,7 @@ def init_ray(
     kwargs = dict(
         logging_level=logging.WARNING,
         log_to_driver=log_to_driver,
-        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        runtime_env={"env_vars": RAY_ENV},
     )
     if address:
         ray.init(address=address, **kwargs)
