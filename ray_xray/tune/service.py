@@ -55,6 +55,34 @@ class SweepOptions:
     argv: list[str] = field(default_factory=list)
 
 
+REPORTED = (
+    "train_loss",
+    "val_loss",
+    "val_acc",
+    "val_macro_f1",
+    "val_auc",
+    "epoch_s",
+    "images_per_s",
+)
+
+
+def check_objective(metrics: list[str], classes: list[str] | None) -> None:
+    """Every objective must be a metric the training loop reports (val_recall_<class> too)."""
+    known = set(REPORTED)
+    if classes is not None:
+        known |= {f"val_recall_{c}" for c in classes}
+    unknown = [
+        m
+        for m in metrics
+        if m not in known and (classes is not None or not m.startswith("val_recall_"))
+    ]
+    if unknown:
+        choices = ", ".join(sorted(known)) + ("" if classes else ", val_recall_<class>")
+        raise ValueError(
+            f"--objective {','.join(unknown)}: not a reported metric; choose from {choices}"
+        )
+
+
 def experiment_name(opts: SweepOptions, space: SearchSpace) -> str:
     if opts.name:
         return opts.name
@@ -174,6 +202,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     }
     if opts.gpus_per_trial:
         overrides["device"] = "cuda"
+    check_objective(opts.objective, None)  # names first: no data needed to refuse a typo
     # Validate data and fill the prepared cache once, before any trial starts.
     probe_cfg = space.resolve(space.default_config(), overrides)
     data = load_data(
@@ -182,21 +211,7 @@ def run_sweep(opts: SweepOptions) -> dict:
         limit_per_split=probe_cfg.limit_per_split,
         cache_root=opts.cache,
     )
-    reported = {
-        "train_loss",
-        "val_loss",
-        "val_acc",
-        "val_macro_f1",
-        "val_auc",
-        "epoch_s",
-        "images_per_s",
-    }
-    reported |= {f"val_recall_{c}" for c in data.classes}
-    unknown = [m for m in opts.objective if m not in reported]
-    if unknown:
-        raise ValueError(
-            f"--objective {','.join(unknown)}: not a reported metric; choose from {', '.join(sorted(reported))}"
-        )
+    check_objective(opts.objective, data.classes)
 
     # Worker output stays in Ray's logs: the console gets one line per trial event instead.
     init_ray(log_to_driver=False)
