@@ -120,6 +120,10 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"resumed from epoch {state['epoch']}", flush=True)
 
     maximise = cfg.monitor != "val_loss"
+    if start_epoch > cfg.epochs and history:
+        # Restored after the last epoch was saved but before the run was marked done (a
+        # killed sweep): report the final epoch again so Tune and its scheduler see a result.
+        ray.train.report(dict(history[-1]))
     for epoch in range(start_epoch, cfg.epochs + 1):
         if world > 1:
             train_loader.sampler.set_epoch(epoch)
