@@ -123,7 +123,7 @@ def train_loop_per_worker(config: dict) -> None:
     if start_epoch > cfg.epochs and history:
         # Restored after the last epoch was saved but before the run was marked done (a
         # killed sweep): report the final epoch again so Tune and its scheduler see a result.
-        ray.train.report(dict(history[-1]))
+        ray.train.report(dict(history[-1]), checkpoint=ckpt if rank == 0 else None)
     for epoch in range(start_epoch, cfg.epochs + 1):
         if world > 1:
             train_loader.sampler.set_epoch(epoch)
