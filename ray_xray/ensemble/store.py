@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..train.engine import CHECKPOINT_FORMAT, atomic_save
+from ..train.engine import CHECKPOINT_FORMAT, atomic_save, safe_load
 
 ENSEMBLE_FORMAT = "ray_xray/ensemble/1"
 
@@ -58,15 +57,7 @@ def check_ensemble(obj: dict, where: str = "ensemble") -> dict:
 
 
 def load_ensemble(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "ensemble.pt"
-    if not path.is_file():
-        raise ValueError(f"{path}: no such ensemble file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a loadable ensemble ({type(exc).__name__})") from None
+    path, obj = safe_load(path, "ensemble.pt", "ensemble")
     if not is_ensemble(obj):
         raise ValueError(f"{path}: not a ray_xray ensemble (no '{ENSEMBLE_FORMAT}' format)")
     return check_ensemble(obj, str(path))

@@ -274,18 +274,23 @@ def model_record(model: nn.Module, cfg: TrainConfig, classes: list[str], mean: f
     }
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a ray_xray checkpoint; refuses pickles that would run code, and foreign files."""
+def safe_load(path: str | Path, default_name: str, what: str) -> tuple[Path, object]:
+    """torch.load with weights_only=True (a pickle that would run code is refused), one-line errors."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / default_name
     if not path.is_file():
-        raise ValueError(f"{path}: no such checkpoint")
+        raise ValueError(f"{path}: no such {what}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return path, torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refusals come in several exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a loadable ray_xray checkpoint ({first[:160]})") from None
+        raise ValueError(f"{path}: not a loadable ray_xray {what} ({first[:160]})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a ray_xray checkpoint; refuses pickles that would run code, and foreign files."""
+    path, obj = safe_load(path, "checkpoint.pt", "checkpoint")
     if isinstance(obj, dict) and "best" in obj and isinstance(obj["best"], dict):
         obj = obj["best"]  # a training-state checkpoint: use its best model
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
