@@ -112,27 +112,26 @@ def resnet18_cbam(
     return model
 
 
-@register_model
-def alexnet(
-    num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.5
-) -> nn.Module:
+def _classic(arch: str, num_classes: int, in_chans: int, dropout: float) -> nn.Module:
+    """alexnet / vgg16: torchvision's layout, grey stem, CAM on the last features ReLU."""
     from torchvision import models as tvm  # lazy: torchvision costs ~1.5 s per process
 
-    model = tvm.alexnet(weights=None, num_classes=num_classes, dropout=float(dropout))
+    model = getattr(tvm, arch)(weights=None, num_classes=num_classes, dropout=float(dropout))
     model.features[0] = _grey_stem(model.features[0], in_chans)
     model.is_conv = True
     set_cam_layer(model, _no_inplace(model.features, len(model.features) - 2))
     return model
+
+
+@register_model
+def alexnet(
+    num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.5
+) -> nn.Module:
+    return _classic("alexnet", num_classes, in_chans, dropout)
 
 
 @register_model
 def vgg16(
     num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.5
 ) -> nn.Module:
-    from torchvision import models as tvm  # lazy: torchvision costs ~1.5 s per process
-
-    model = tvm.vgg16(weights=None, num_classes=num_classes, dropout=float(dropout))
-    model.features[0] = _grey_stem(model.features[0], in_chans)
-    model.is_conv = True
-    set_cam_layer(model, _no_inplace(model.features, len(model.features) - 2))
-    return model
+    return _classic("vgg16", num_classes, in_chans, dropout)
