@@ -15,6 +15,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "monitor": ("val_macro_f1", "val_acc", "val_auc", "val_loss"),
     "dedupe": ("off", "drop-cross-split", "drop-conflicts"),
+    "augment": ("seeds", "flip"),
 }
 
 
@@ -45,6 +46,7 @@ class TrainConfig:
     device: str = "auto"
     channels_last: bool = True  # conv models only; ignored elsewhere
     aug_strength: float = 1.0  # 0 = no augmentation, 1 = the seeds' recipe
+    augment: str = "seeds"  # "flip": horizontal flip only (strength > 0 turns it on)
     seed: int = 0
     workers: int = 1  # Ray Train DDP workers
     dedupe: str = "off"  # audit policy applied before training

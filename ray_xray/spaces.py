@@ -43,7 +43,7 @@ __all__ = [
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 SUFFIXES = (".yaml", ".yml")
-TOP_KEYS = ("description", "fixed", "params", "conditional", "smoke")
+TOP_KEYS = ("description", "fixed", "params", "conditional", "start", "smoke")
 BRANCH_KEYS = ("fixed", "params")
 SMOKE_RESERVED = ("models", "conditional")
 PARAM_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # type -> (required, optional)
@@ -141,6 +141,16 @@ class ParamSpec:
             return [("choice", c) for c in self.choices]
         return [("low", self.low), ("high", self.high)]
 
+    def contains(self, value: Any) -> bool:
+        """Whether a trial of this distribution could have drawn ``value``."""
+        if self.type == "categorical":
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.type == "int" and not isinstance(value, int):
+            return False
+        return self.low <= value <= self.high
+
     def same_distribution(self, other: ParamSpec) -> bool:
         """Optuna keeps one distribution kind per parameter name within a study."""
         if self.type != other.type:
@@ -180,6 +190,9 @@ class SearchSpace:
     raw: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     smoke: bool = False
+    # Known-good points the search evaluates first (Optuna enqueue_trial), so a sweep starts
+    # from the best recipe we know and spends its budget trying to beat it.
+    start: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def tunes_model(self) -> bool:
@@ -277,6 +290,8 @@ class SearchSpace:
                 if cond.params:
                     branch["params"] = {k: v.to_dict() for k, v in cond.params.items()}
                 out["conditional"][model] = branch
+        if self.start:
+            out["start"] = _plain(self.start)
         if not self.smoke and isinstance(self.raw.get("smoke"), Mapping):
             out["smoke"] = _plain(self.raw["smoke"])
         return out
@@ -319,6 +334,7 @@ def load_space(name_or_path: str | Path, smoke: bool = False) -> SearchSpace:
     try:
         base = _parse(raw, path)
         _validate(base, models)
+        _check_start(base)
         smoke_raw = raw.get("smoke")
         smoked = None
         if smoke_raw is not None:
@@ -400,6 +416,9 @@ def _parse(raw: Any, path: Path) -> SearchSpace:
         )
     if "smoke" in raw:
         _mapping(raw["smoke"], "smoke")
+    start = raw.get("start") or []
+    if not isinstance(start, list) or not all(isinstance(p, Mapping) for p in start):
+        raise SpaceError(f"start: must be a list of mappings (tuned name: value), got {start!r}")
     return SearchSpace(
         name=path.stem,
         path=path,
@@ -408,7 +427,27 @@ def _parse(raw: Any, path: Path) -> SearchSpace:
         conditional=conditional,
         raw=raw,
         description=description,
+        start=[dict(p) for p in start],
     )
+
+
+def _check_start(space: SearchSpace) -> None:
+    """Every start point names tuned settings only, with values their distributions allow."""
+    for i, point in enumerate(space.start):
+        where = f"start[{i}]"
+        model = point.get("model", space.models[0])
+        if space.tunes_model and not space.params["model"].contains(model):
+            raise SpaceError(f"{where}.model: {model!r} is not one of {_join(space.models)}")
+        tuned = space.params_for(model)
+        for key, value in point.items():
+            if key == "model" and space.tunes_model:
+                continue
+            if key not in tuned:
+                raise SpaceError(
+                    f"{where}.{key}: not tuned for model {model!r} (tuned: {_join(tuned)})"
+                )
+            if not tuned[key].contains(value):
+                raise SpaceError(f"{where}.{key}: {value!r} is outside {tuned[key].to_dict()}")
 
 
 def _parse_params(section: Any, where: str) -> dict[str, ParamSpec]:
@@ -784,8 +823,9 @@ def _apply_smoke(base: SearchSpace, smoke: Any, models: _Models) -> SearchSpace:
             _try_config({"model": model, key: value}, where)
             pin(cond.fixed, cond.params, key, value)
 
+    # Start points name full-size settings that smoke mode pins or narrows: not used there.
     return dataclasses.replace(
-        base, fixed=fixed, params=params, conditional=conditional, smoke=True
+        base, fixed=fixed, params=params, conditional=conditional, smoke=True, start=[]
     )
 
 

@@ -135,6 +135,7 @@ def test_space_tunes_the_common_knobs(name):
     assert space.fixed["loss"] == "focal"
     assert p["batch_size"].type == "categorical"
     assert p["aug_strength"].type == "float"
+    assert set(p["augment"].choices) == {"seeds", "flip"}
     for key in ("epochs", "img_size", "precision", "scheduler"):
         assert key in space.fixed
     for model in space.models:
@@ -466,6 +467,19 @@ BAD = {
         ALL + "smoke: {models: [cnn]}\n",
         "smoke.models: 'cnn' is not one of the params.model choices",
     ),
+    "start_not_list": (BASE + "start: {lr: 0.001}\n", "start: must be a list of mappings"),
+    "start_not_tuned": (
+        BASE + "start: [{lr: 0.001, epochs: 3}]\n",
+        "start[0].epochs: not tuned for model 'vit' (tuned: lr)",
+    ),
+    "start_out_of_range": (
+        BASE + "start: [{lr: 0.5}]\n",
+        "start[0].lr: 0.5 is outside {'type': 'float', 'low': 0.0001, 'high': 0.01, 'log': True}",
+    ),
+    "start_unknown_model": (
+        ALL + "start: [{model: cnn, lr: 0.001}]\n",
+        "start[0].model: 'cnn' is not one of vit, lstm",
+    ),
     "empty_file": ("", "expected a mapping with keys description, fixed, params"),
     "list_file": ("- a\n- b\n", "got a list"),
     "syntax_error": (BASE + "  aug: {type: float, low: 0.0\n", "invalid YAML at line"),
@@ -483,6 +497,26 @@ def test_bad_file(case, tmp_path, fake_registry):
     assert msg.startswith(f"{path}: "), msg
     assert expected in msg, msg
     assert "\n" not in msg
+
+
+def test_start_points_are_evaluated_first_and_dropped_in_smoke(tmp_path, fake_registry):
+    path = tmp_path / "start.yaml"
+    path.write_text(ALL + "start: [{model: lstm, lr: 0.002}]\nsmoke: {epochs: 1}\n")
+    space = load_space(path)
+    assert space.start == [{"model": "lstm", "lr": 0.002}]
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(space.start[0])
+    trial = study.ask()
+    fixed = space.define_by_run(trial)
+    assert trial.params == {"model": "lstm", "lr": 0.002} and fixed == {"epochs": 2}
+    assert load_space(path, smoke=True).start == []
+    assert load_space(_roundtrip(space, tmp_path)).start == space.start
+
+
+def _roundtrip(space: SearchSpace, tmp_path: Path) -> Path:
+    out = tmp_path / "saved.yaml"
+    out.write_text(space.to_yaml())
+    return out
 
 
 def test_bad_shipped_name_is_bare_file_name(tmp_path, monkeypatch):

@@ -86,8 +86,10 @@ class PreparedData:
     def class_counts(self, split: str = "train") -> np.ndarray:
         return np.bincount(self.labels[split], minlength=len(self.classes))
 
-    def dataset(self, split: str, in_chans: int = 1, aug_strength: float = 0.0) -> ImageDataset:
-        aug = TrainPreset(self.img_size, aug_strength) if split == "train" else EvalPreset()
+    def dataset(
+        self, split: str, in_chans: int = 1, aug_strength: float = 0.0, augment: str = "seeds"
+    ) -> ImageDataset:
+        aug = TrainPreset(self.img_size, aug_strength, augment) if split == "train" else EvalPreset()
         return ImageDataset(
             self.images[split], self.labels[split], aug, self.mean, self.std, in_chans
         )

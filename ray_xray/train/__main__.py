@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=CHOICES["device"], default=d.device)
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--aug-strength", type=float, default=d.aug_strength, help="0 = no augmentation")
+    p.add_argument(
+        "--augment", choices=CHOICES["augment"], default=d.augment,
+        help="seeds: flip+rotate+shift+contrast+crop; flip: horizontal flip only",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers, help="Ray Train DDP workers")
     p.add_argument(
@@ -101,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         label_smoothing=args.label_smoothing, class_weights=args.class_weights,
         scheduler=args.scheduler, warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
         patience=args.patience, monitor=args.monitor, precision=args.precision, device=args.device,
-        channels_last=not args.no_channels_last, aug_strength=args.aug_strength, seed=args.seed,
+        channels_last=not args.no_channels_last, aug_strength=args.aug_strength, augment=args.augment, seed=args.seed,
         workers=args.workers, dedupe=args.dedupe, allow_leakage=args.allow_leakage, skip_bad=args.skip_bad,
         limit_per_split=args.limit_per_split, model_kwargs=parse_kv(args.hp),
     )  # fmt: skip

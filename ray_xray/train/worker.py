@@ -88,7 +88,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model, move_to_device=device)
     bare = model.module if hasattr(model, "module") else model
 
-    train_ds = data.dataset("train", cfg.in_chans, cfg.aug_strength)
+    train_ds = data.dataset("train", cfg.in_chans, cfg.aug_strength, cfg.augment)
     # Drop a ragged last batch only when it would be tiny: BatchNorm cannot train on 1 image.
     drop_last = len(train_ds) // world % cfg.batch_size == 1
     train_loader = DataLoader(

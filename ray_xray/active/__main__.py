@@ -1,0 +1,284 @@
+"""`python -m ray_xray.active --model cnn --data DATA --strategy mc_dropout --repeats 3`.
+
+Runs the chosen strategies *and random sampling* from the same initial pools with the same
+training seeds, several seeds each, and writes the side-by-side comparison to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..cli import run
+from ..config import CHOICES, TrainConfig
+from ..train.__main__ import parse_kv
+from . import loop as L
+from . import report as R
+
+# The seed's cnn head (4096-2048 on a 7x7 pool) has 111M parameters, nearly all in the first
+# Linear: far too slow to retrain every round on a CPU. Use the head search_spaces/cnn.yaml
+# fixes (512-256 on a 4x4 pool) and width 32 (3.2M params; at 64 px bf16 one CPU core trains
+# ~200 img/s, 2.6x the rate of width 64). `--set model.width=64` etc. override these.
+CNN_DEFAULTS = {"width": 32, "head_dims": [512, 256], "pool_size": 4}
+SMOKE_MODEL = {"cnn": {"width": 8, "head_dims": [64], "pool_size": 2}}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2 (via cli.run), not usage + error
+        raise ValueError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = Parser(
+        prog="python -m ray_xray.active",
+        description="Pool-based active learning with a fair baseline: every strategy runs next "
+        "to random sampling from the same initial pool and seeds. Each round trains a fresh "
+        "model on the labelled set, tests it, and moves the top --query fraction of the "
+        "unlabelled pool (by the strategy's uncertainty score) to the labelled set.",
+    )
+    p.add_argument("--model", default="cnn", help="architecture (default %(default)s)")
+    p.add_argument("--data", default=d.data, help="folder, manifest.csv or synthetic:chest3[:N]")
+    p.add_argument(
+        "--initial",
+        type=float,
+        default=0.3,
+        help="stratified fraction of train labelled at the start (default %(default)s)",
+    )
+    p.add_argument(
+        "--query",
+        type=float,
+        default=0.1,
+        help="fraction of the original train size labelled per round (default %(default)s)",
+    )
+    p.add_argument("--rounds", type=int, default=5, help="query rounds after round 0")
+    p.add_argument("--strategy", default="entropy",
+                   help=f"one or a comma list of {', '.join(L.STRATEGIES)}; random always runs "
+                   "too (default %(default)s)")  # fmt: skip
+    p.add_argument("--mc-passes", type=int, default=10, help="MC-dropout stochastic passes (T)")
+    p.add_argument(
+        "--mc-score",
+        default="entropy",
+        choices=L.MC_SCORES,
+        help="mc_dropout: entropy of the mean prediction, or BALD (mutual information)",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="seeds per strategy (mean and sd)")
+    p.add_argument("--seed", type=int, default=0, help="first seed; repeats use seed, seed+1, ...")
+    p.add_argument("--focus-class", default=None,
+                   help="class whose F1 is highlighted (default tuberculosis if present, "
+                   "else the rarest training class)")  # fmt: skip
+    # Training of every round.
+    p.add_argument("--epochs", type=int, default=5, help="per round (default %(default)s)")
+    p.add_argument("--img-size", type=int, default=64, help="default %(default)s: CPU-friendly")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--loss", choices=CHOICES["loss"], default=d.loss)
+    p.add_argument("--focal-gamma", type=float, default=2.0, help="used when --loss focal")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any training setting, e.g. --set aug_strength=0.5 --set "
+                   "model.width=64 (repeatable)")  # fmt: skip
+    # Where and how.
+    p.add_argument("--out", default=None, help="output folder (default runs/active-<time>)")
+    p.add_argument("--cache", default=None, help="prepared-data cache (local path or s3://)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="run everything in this process, one run after another (no Ray)",
+    )
+    p.add_argument("--cpus-per-job", type=int, default=0,
+                   help="CPUs (and torch threads) per (strategy, seed) Ray task; default: the "
+                   "cluster's CPUs shared out, at least 1")  # fmt: skip
+    p.add_argument("--gpus-per-job", type=float, default=0.0)
+    p.add_argument("--limit-per-split", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="tiny: 32 px, 96 images per split, 2 rounds of 1 epoch, 2 seeds",
+    )
+    return p
+
+
+def strategies_from(text: str) -> list[str]:
+    names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    bad = [s for s in names if s not in L.STRATEGIES]
+    if bad or not names:
+        raise ValueError(
+            f"unknown strategy {', '.join(map(repr, bad)) or repr(text)}; "
+            f"choose from {', '.join(L.STRATEGIES)}"
+        )
+    # Random is the baseline every figure compares to: always run it, always last.
+    return [s for s in names if s != "random"] + ["random"]
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name in ("initial", "query"):
+        v = getattr(args, name)
+        if not 0 < v < 1:
+            raise ValueError(f"--{name} must be a fraction in (0, 1), got {v}")
+    for name, low in (("rounds", 1), ("repeats", 1), ("epochs", 1)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name} must be >= {low}")
+    used = args.initial + args.rounds * args.query
+    if used > 1 + 1e-9:  # refuse before loading any data; the exact count is checked after
+        raise ValueError(
+            f"--initial {args.initial} + {args.rounds} rounds x --query {args.query} = "
+            f"{used:g} of the training set: the pool runs out; use fewer --rounds or a smaller "
+            "--query"
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    base = {"model": args.model, "data": args.data, "img_size": args.img_size,
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+            "loss": args.loss, "focal_gamma": args.focal_gamma, "seed": args.seed,
+            "limit_per_split": args.limit_per_split}  # fmt: skip
+    kwargs = dict(CNN_DEFAULTS) if args.model == "cnn" else {}
+    if args.smoke_test:
+        kwargs.update(SMOKE_MODEL.get(args.model, {}))
+    settings = parse_kv(args.set)
+    return TrainConfig.from_dict({**base, "model_kwargs": kwargs, **settings})
+
+
+def pick_focus(classes: list[str], counts: np.ndarray, asked: str | None) -> str:
+    if asked is not None:
+        if asked not in classes:
+            raise ValueError(f"--focus-class {asked!r} is not a class ({', '.join(classes)})")
+        return asked
+    return "tuberculosis" if "tuberculosis" in classes else classes[int(np.argmin(counts))]
+
+
+def run_jobs(data, cfg, jobs, opts: dict, local: bool, cpus_per_job: int, gpus: float):
+    """Yield each (strategy, seed) run's rows as it finishes: in this process, or as Ray tasks
+    (one per run, so strategies and seeds spread over every CPU of the cluster)."""
+    if local or len(jobs) == 1:
+        for strategy, seed in jobs:
+            yield L.run_sequence(data, cfg, strategy, seed, **opts)
+        return
+    import os
+
+    import ray
+
+    from ..train.run import init_ray
+
+    # Every task prints near-identical round lines; Ray's log de-duplication would hide most.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    init_ray()
+    total = ray.cluster_resources().get("CPU", 1)
+    cpus = cpus_per_job or max(1, int(total // len(jobs)))
+    if cpus > total:  # such a task would wait forever for resources
+        raise ValueError(f"--cpus-per-job {cpus} but the cluster has {total:g} CPU(s)")
+    print(f"ray: {len(jobs)} runs as tasks of {cpus} CPU(s), {int(total // cpus)} at a time",
+          flush=True)  # fmt: skip
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(L.run_sequence)
+    data_ref = ray.put(data)  # shipped once, shared by every task on a node
+    pending = [
+        task.remote(data_ref, cfg, strategy, seed, threads=cpus, **opts) for strategy, seed in jobs
+    ]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])
+    time.sleep(1.0)  # let Ray's log monitor print the tasks' last lines before our table
+
+
+def round0_mismatch(rows: list[dict]) -> list[int]:
+    """Seeds whose round-0 test metrics differ between strategies (they train the same model)."""
+    bad = []
+    for seed in sorted({r["seed"] for r in rows}):
+        got = {(r["test_accuracy"], r["test_macro_f1"]) for r in rows
+               if r["seed"] == seed and r["round"] == 0}  # fmt: skip
+        if len(got) > 1:
+            bad.append(seed)
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.smoke_test:
+        args.img_size, args.epochs, args.rounds = 32, 1, min(args.rounds, 2)
+        args.repeats, args.mc_passes = min(args.repeats, 2), min(args.mc_passes, 3)
+        args.limit_per_split = args.limit_per_split or 96
+        args.batch_size = min(args.batch_size, 16)
+    check_args(args)
+    strategies = strategies_from(args.strategy)
+    if "mc_dropout" in strategies and args.mc_passes < 2:
+        raise ValueError("--mc-passes must be >= 2 (one pass has no spread to measure)")
+    cfg = config_from_args(args)
+
+    from ..data import absolute_spec, load_for_config
+    from ..train import engine as E
+
+    model = E.build_model(cfg, 3)  # fail fast on an unknown model or hyperparameter
+    if "mc_dropout" in strategies and not L.dropout_modules(model):
+        raise ValueError(f"--strategy mc_dropout needs dropout layers; {cfg.model} has none")
+    n_params = sum(p.numel() for p in model.parameters())
+    del model
+
+    cfg.data = absolute_spec(cfg.data)
+    data = load_for_config(cfg, args.cache)
+    y = data.labels["train"]
+    n_train = len(y)
+    n0, k = len(L.initial_pool(y, args.initial, 0)), L.query_size(n_train, args.query)
+    if n0 + args.rounds * k > n_train:
+        most = (n_train - n0) // k
+        raise ValueError(
+            f"--initial {args.initial} + {args.rounds} rounds x --query {args.query} needs "
+            f"{n0 + args.rounds * k} labels but train has {n_train}; use --rounds <= {most} "
+            "or a smaller --query"
+        )
+    focus = pick_focus(data.classes, data.class_counts(), args.focus_class)
+    seeds = [args.seed + i for i in range(args.repeats)]
+    # Longest runs first (scoring strategies), so the last task to finish is a short one.
+    jobs = [(s, seed) for s in strategies for seed in seeds]
+
+    out = Path(args.out or f"runs/active-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": "python -m ray_xray.active " + shlex.join(argv),
+        "argv": argv,
+        "strategies": strategies, "seeds": seeds, "initial": args.initial, "query": args.query,
+        "rounds": args.rounds, "mc_passes": args.mc_passes, "mc_score": args.mc_score,
+        "focus_class": focus, "classes": data.classes,
+        "n_train": n_train, "n_val": len(data.labels["val"]), "n_test": len(data.labels["test"]),
+        "n_initial": n0, "query_size": k, "final_labelled": n0 + args.rounds * k,
+        "train_counts": data.counts()["train"], "model_params": n_params,
+        "train_config": cfg.to_dict(),
+    }  # fmt: skip
+    R.write_atomic(out / "config.json", json.dumps(meta, indent=2))
+    print(
+        f"active learning: {', '.join(strategies)} x seeds {seeds} | train {n_train}, "
+        f"labels {n0} + {args.rounds} x {k} -> {n0 + args.rounds * k} | val "
+        f"{meta['n_val']}, test {meta['n_test']} | {cfg.model} ({n_params / 1e6:.2f}M params) "
+        f"{cfg.img_size}px {cfg.epochs} epochs, loss {cfg.loss} | focus {focus} -> {out}",
+        flush=True,
+    )
+
+    t0 = time.perf_counter()
+    opts = {"initial": args.initial, "query": args.query, "rounds": args.rounds,
+            "mc_passes": args.mc_passes, "mc_score": args.mc_score, "focus": focus}  # fmt: skip
+    rows: list[dict] = []
+    for got in run_jobs(data, cfg, jobs, opts, args.local, args.cpus_per_job, args.gpus_per_job):
+        rows += got
+        # Rewrite everything after each run: an interrupted experiment keeps what it finished.
+        R.write_outputs(out, rows, R.summarise(rows, focus), meta, plot=False)
+    summary = R.summarise(rows, focus)
+    R.write_outputs(out, rows, summary, meta)
+
+    print("\n" + R.table(summary, focus))
+    bad = round0_mismatch(rows)
+    if bad:  # CPU runs are deterministic; GPU kernels may not be
+        print(f"warning: round 0 differs between strategies for seed(s) {bad} "
+              "(non-deterministic kernels?)", flush=True)  # fmt: skip
+    print(f"\n{len(jobs)} runs in {time.perf_counter() - t0:.0f}s -> {out}/"
+          "{rounds.csv, summary.csv, results.json, learning_curve.png}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
