@@ -31,6 +31,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Every benchmark (tens of minutes on 2 cores; run on a quiet machine) -> benchmarks/RESULTS.md.
+# `make bench BENCH_ARGS=--quick` for a fast look; BENCH_ARGS="--only precision,roofline" for some.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
 clean:
 	rm -rf runs .pytest_cache
 

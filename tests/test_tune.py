@@ -117,3 +117,38 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path):
         assert epochs == list(range(1, len(epochs) + 1)), epochs
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{exp}/optuna.db")
     assert len(study.trials) <= 4 and sum(t.state.name == "COMPLETE" for t in study.trials) == 3
+
+
+def test_scheduler_searcher_and_epoch_budget_options():
+    """--scheduler/--searcher/--tpe-startup/--budget-epochs reach Tune (no Ray started)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import Searcher
+
+    from ray_xray.tune.__main__ import build_parser
+    from ray_xray.tune.service import BudgetedOptunaSearch, SweepOptions, _sampler, _tune_config
+
+    args = build_parser().parse_args(
+        ["--scheduler", "fifo", "--searcher", "random", "--tpe-startup", "3", "--budget-epochs", "12"]
+    )
+    assert (args.scheduler, args.searcher, args.tpe_startup, args.budget_epochs) == ("fifo", "random", 3, 12)
+    d = build_parser().parse_args([])
+    assert (d.scheduler, d.searcher, d.tpe_startup, d.budget_epochs) == ("asha", "tpe", 10, 0)
+    assert isinstance(_sampler(SweepOptions(searcher="random")), optuna.samplers.RandomSampler)
+    tpe = _sampler(SweepOptions(tpe_startup=3))
+    assert isinstance(tpe, optuna.samplers.TPESampler) and tpe._n_startup_trials == 3
+    space = load_space("resnet18", smoke=True)
+    for scheduler, cls in (("asha", ASHAScheduler), ("fifo", FIFOScheduler)):
+        config = _tune_config(SweepOptions(scheduler=scheduler, budget_epochs=5), space, "s3://b/exp",
+                              {"max_concurrent": 1})  # fmt: skip
+        assert type(config.scheduler) is cls
+        searcher = config.search_alg.searcher if hasattr(config.search_alg, "searcher") else config.search_alg
+        assert searcher.budget_epochs == 5
+    # --budget-epochs: no new trial once the trials reported that many epochs (each counted once).
+    search = BudgetedOptunaSearch(budget_epochs=3, space=space.define_by_run, metric="val_macro_f1", mode="max")
+    assert isinstance(search.suggest("a"), dict)
+    search.on_trial_result("a", {"training_iteration": 1, "val_macro_f1": 0.5})
+    search.on_trial_result("a", {"training_iteration": 2, "val_macro_f1": 0.6})
+    search.on_trial_complete("a", {"training_iteration": 2, "val_macro_f1": 0.6})  # Tune repeats the last
+    assert search.spent_epochs() == 2 and isinstance(search.suggest("b"), dict)
+    search.on_trial_complete("b", {"training_iteration": 1, "val_macro_f1": 0.4})
+    assert search.suggest("c") == Searcher.FINISHED

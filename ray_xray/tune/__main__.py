@@ -85,6 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-ensemble", action="store_true", help="skip the ensemble + report at the end"
     )
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--grace-epochs", type=int, default=d.grace_epochs, metavar="N",
+        help="ASHA: epochs every trial gets before it can be stopped (default: a third)",
+    )  # fmt: skip
+    p.add_argument(
+        "--scheduler", choices=("asha", "fifo"), default=d.scheduler,
+        help="asha: stop poor trials early (default); fifo: every trial runs all its epochs",
+    )  # fmt: skip
+    p.add_argument(
+        "--searcher", choices=("tpe", "random"), default=d.searcher,
+        help="tpe: Optuna TPE (default); random: random search",
+    )  # fmt: skip
+    p.add_argument(
+        "--tpe-startup", type=int, default=d.tpe_startup, metavar="N",
+        help="random trials before TPE models the space (default %(default)s, Optuna's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--budget-epochs", type=int, default=d.budget_epochs, metavar="N",
+        help="start no new trial once the trials have run N epochs in all; running trials "
+        "finish (0 = no limit)",
+    )  # fmt: skip
     p.add_argument("--cache", default=None, help="prepared-data cache (local path or s3://)")
     p.add_argument(
         "--smoke-test",
@@ -98,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.trials < 1:
         raise ValueError("--trials must be >= 1")
+    if args.grace_epochs < 0:
+        raise ValueError("--grace-epochs must be >= 0 (0 = a third of the epochs)")
+    if args.tpe_startup < 1 or args.budget_epochs < 0:
+        raise ValueError("--tpe-startup must be >= 1 and --budget-epochs >= 0")
     objective = [m.strip() for m in args.objective.split(",") if m.strip()]
     if not objective or len(objective) > 3:
         raise ValueError("--objective takes one to three comma-separated metrics")
@@ -106,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         storage=args.storage, name=args.name, resume=args.resume, objective=objective,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         workers_per_trial=args.workers_per_trial, wandb=args.wandb, wandb_project=args.wandb_project,
-        smoke_test=args.smoke_test, seed=args.seed, top_k=args.top_k, ensemble=not args.no_ensemble, cache=args.cache,
+        smoke_test=args.smoke_test, seed=args.seed, grace_epochs=args.grace_epochs, scheduler=args.scheduler, searcher=args.searcher,
+        tpe_startup=args.tpe_startup, budget_epochs=args.budget_epochs, top_k=args.top_k, ensemble=not args.no_ensemble, cache=args.cache,
         settings=parse_kv(args.set), argv=list(sys.argv[1:] if argv is None else argv),
     )  # fmt: skip
     if args.smoke_test and args.trials == SweepOptions.trials:

@@ -15,6 +15,7 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..data import absolute_spec, load_data
@@ -50,7 +51,13 @@ class SweepOptions:
     ensemble: bool = True
     max_failures: int = 1  # worker restarts inside a trial (from its last checkpoint)
     cache: str | None = None
-    grace_epochs: int = 1
+    # ASHA's first rung. 0 = a third of the epochs: with one-cycle warm-up, epoch-1 validation
+    # says little (a resnet18 that ends best was cut at epoch 1 behind a faster starter).
+    grace_epochs: int = 0
+    scheduler: str = "asha"  # "fifo": every trial runs all its epochs
+    searcher: str = "tpe"  # "random": Optuna's RandomSampler (random search)
+    tpe_startup: int = 10  # TPE's random trials before it models the space (Optuna's default)
+    budget_epochs: int = 0  # >0: start no new trial once trials have reported this many epochs
     settings: dict = field(default_factory=dict)  # --set KEY=VALUE overrides for every trial
     argv: list[str] = field(default_factory=list)
 
@@ -149,12 +156,12 @@ def make_callbacks(opts: SweepOptions, name: str) -> list:
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     mode = opts.wandb
-    if mode == "online" and not _wandb_has_key():
-        print(
-            "W&B: no API key found (WANDB_API_KEY or `wandb login`); logging offline instead",
-            file=sys.stderr,
-        )
-        mode = "offline"
+    if mode == "online":
+        problem = _wandb_online_problem()
+        if problem:
+            print(f"W&B: {problem}; logging offline instead (`wandb sync` uploads later)",
+                  file=sys.stderr)  # fmt: skip
+            mode = "offline"
     callbacks.append(
         WandbLoggerCallback(
             project=opts.wandb_project, group=name, mode=mode, excludes=["checkpoint_path"]
@@ -163,17 +170,30 @@ def make_callbacks(opts: SweepOptions, name: str) -> list:
     return callbacks
 
 
-def _wandb_has_key() -> bool:
+def _wandb_online_problem() -> str | None:
+    """Why online W&B would fail, checked before the sweep so a missing key or an unreachable
+    server costs nothing: W&B's own init retries for minutes inside each trial's logger."""
+    import netrc
     import os
+    import socket
+    from urllib.parse import urlsplit
 
-    if os.environ.get("WANDB_API_KEY"):
-        return True
+    url = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host = url.hostname or "api.wandb.ai"
+    has_key = bool(os.environ.get("WANDB_API_KEY"))
+    if not has_key:
+        try:
+            has_key = netrc.netrc().authenticators(host) is not None
+        except (OSError, netrc.NetrcParseError):
+            pass
+    if not has_key:
+        return "no API key found (WANDB_API_KEY or `wandb login`)"
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        import netrc
-
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        return f"{host}:{port} is unreachable ({exc.strerror or exc})"
+    return None
 
 
 def run_sweep(opts: SweepOptions) -> dict:
@@ -269,25 +289,28 @@ def _tune_config(
     if "://" not in exp_dir:
         # The study lives in the experiment directory so optuna-dashboard can open it.
         study_storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir}/optuna.db")
-    search = OptunaSearch(
+    search = BudgetedOptunaSearch(
+        budget_epochs=opts.budget_epochs,
         space=space.define_by_run,
+        points_to_evaluate=[dict(p) for p in space.start] or None,
         metric=metrics if multi else metrics[0],
         mode=modes if multi else modes[0],
-        sampler=optuna.samplers.TPESampler(seed=opts.seed),
+        sampler=_sampler(opts),
         study_name=Path(exp_dir).name,
         storage=study_storage,
     )
     epochs = space.resolve(space.default_config(), opts.settings).epochs
-    if multi:
+    if multi and opts.scheduler == "asha":
         print(
             "multi-objective: ASHA needs one metric, so trials run to the end (FIFO)",
             file=sys.stderr,
         )
+    if multi or opts.scheduler == "fifo":
         scheduler = FIFOScheduler()
     else:
         scheduler = ASHAScheduler(
             time_attr="epoch", metric=metrics[0], mode=modes[0], max_t=epochs,
-            grace_period=min(opts.grace_epochs, epochs), reduction_factor=3,
+            grace_period=min(opts.grace_epochs or max(1, epochs // 3), epochs), reduction_factor=3,
         )  # fmt: skip
     return tune.TuneConfig(
         search_alg=search,
@@ -298,6 +321,54 @@ def _tune_config(
         trial_dirname_creator=lambda t: t.trial_id,  # short, deterministic
         trial_name_creator=lambda t: t.trial_id,
     )
+
+
+SCHEDULERS, SEARCHERS = ("asha", "fifo"), ("tpe", "random")
+
+
+def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
+    if opts.searcher not in SEARCHERS:
+        raise ValueError(f"--searcher must be one of {', '.join(SEARCHERS)}, got {opts.searcher!r}")
+    if opts.scheduler not in SCHEDULERS:
+        raise ValueError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {opts.scheduler!r}")
+    if opts.searcher == "random":
+        return optuna.samplers.RandomSampler(seed=opts.seed)
+    if opts.tpe_startup < 1:
+        raise ValueError(f"--tpe-startup must be >= 1, got {opts.tpe_startup}")
+    return optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=opts.tpe_startup)
+
+
+class BudgetedOptunaSearch(OptunaSearch):
+    """OptunaSearch that starts no new trial once the trials have reported `budget_epochs`
+    epochs in all (0: no limit): an equal budget for schedulers that stop trials early and
+    those that do not. Running trials finish (ASHA may still stop them): stopping the whole
+    experiment instead killed trials in mid start-up, whose Ray Train workers' resources
+    then stayed reserved and hung the next sweep in the same Ray session."""
+
+    def __init__(self, *args, budget_epochs: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.budget_epochs = int(budget_epochs)
+        self.epochs_seen: set = set()  # (trial, iteration): Tune repeats a trial's last result
+
+    def spent_epochs(self) -> int:
+        return len(self.epochs_seen)
+
+    def _count(self, trial_id: str, result: dict | None) -> None:
+        if result and result.get("training_iteration") is not None:
+            self.epochs_seen.add((trial_id, result["training_iteration"]))
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._count(trial_id, result)
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._count(trial_id, result)
+        super().on_trial_complete(trial_id, result, error)
+
+    def suggest(self, trial_id: str):
+        if self.budget_epochs and self.spent_epochs() >= self.budget_epochs:
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
 
 
 def _run_config(opts: SweepOptions, name: str, storage: str) -> tune.RunConfig:

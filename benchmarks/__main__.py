@@ -1,0 +1,148 @@
+"""`python -m benchmarks [--quick] [--only NAME[,NAME]] [--data DIR] [--set NAME.KEY=VALUE]`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from . import common as C  # noqa: E402
+
+ABOUT = {
+    "overhead": "epoch time of a bare torch loop vs the same under TorchTrainer and a Tune trial",
+    "precision": "images/s of every model, fp32 vs bf16 autocast (and channels_last for conv)",
+    "roofline": "resnet18 training-step FLOP/s as a fraction of measured fp32/bf16 matmul peaks",
+    "datapath": "images/s from the prepared cache (with/without augmentation) vs decoding PNGs",
+    "search": "ASHA+TPE vs TPE vs random search on chest3 at an equal trial-epoch budget",
+    "scaling": "trials/hour with 1, 2, 4 trials in parallel, and a g5 (A10G) extrapolation",
+}
+# Minutes (full, --quick) on a quiet 2-core CPU: estimates, see "Benchmarks" in README.md.
+ROUGH_MINUTES = {
+    "overhead": (9, 1.5), "precision": (7, 3), "roofline": (1.5, 0.5), "datapath": (1.5, 0.5),
+    "search": (30, 4), "scaling": (10, 4.5),
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(
+        f"  {n:<10} {ABOUT[n]} (~{ROUGH_MINUTES[n][0]} min, --quick ~{ROUGH_MINUTES[n][1]} min)"
+        for n in C.ORDER
+    )
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the benchmarks; each writes benchmarks/results/<name>.json and "
+        "benchmarks/RESULTS.md is rebuilt from every JSON there.\n\nbenchmarks:\n" + lines,
+        epilog="Speed claims are ratios measured side by side in one run. Run on a quiet machine: "
+        "anything else using the CPU moves the numbers.",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny settings: a fast look, not a result")
+    p.add_argument(
+        "--only", default="", metavar="NAME[,NAME]", help=f"run only these ({', '.join(C.ORDER)})"
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="chest3 folder (default $RAY_XRAY_SHARED_DATA/chest3, else ../shared/data/chest3)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="override one benchmark setting, e.g. --set precision.models=resnet18,cnn "
+        "(--list-settings shows them)",
+    )
+    p.add_argument(
+        "--out",
+        default=str(C.BENCH_DIR),
+        help="where results/ and RESULTS.md go (default: the benchmarks folder)",
+    )
+    p.add_argument("--list-settings", action="store_true", help="print every setting and exit")
+    p.add_argument(
+        "--keep-runs", action="store_true", help="keep the Ray run folders under runs/bench/"
+    )
+    return p
+
+
+def parse_sets(items: list[str], names: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        bench, dot, setting = key.partition(".")
+        if not sep or not dot or not setting:
+            raise ValueError(f"--set {item}: expected NAME.KEY=VALUE")
+        if bench not in C.ORDER:
+            raise ValueError(f"--set {item}: unknown benchmark {bench!r} ({', '.join(C.ORDER)})")
+        if bench not in names:
+            raise ValueError(f"--set {item}: benchmark {bench!r} is not selected by --only")
+        out.setdefault(bench, {})[setting.strip()] = value.strip()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(C.ORDER)
+    unknown = [n for n in names if n not in C.ORDER]
+    if unknown:
+        raise ValueError(f"--only: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(C.ORDER)}")
+    modules = {n: importlib.import_module(f"benchmarks.{n}") for n in names}
+    if args.list_settings:
+        for n, mod in modules.items():
+            print(f"{n}:")
+            for k, v in mod.DEFAULTS["full"].items():
+                print(f"  {n}.{k} = {C._setting(v)}   (quick: {C._setting(mod.DEFAULTS['quick'][k])})")
+        return 0
+    sets = parse_sets(args.set, names)
+    settings = {n: C.resolve_settings(modules[n].DEFAULTS, args.quick, sets.get(n, {})) for n in names}
+    data = C.default_data(args.data)
+    out = Path(args.out).resolve()
+    C.OUT_DIR = out
+    command = "python -m benchmarks" + (" " + shlex.join(argv) if argv else "")
+    total = sum(ROUGH_MINUTES[n][1 if args.quick else 0] for n in names)
+    C.say("all", f"{', '.join(names)}{' (quick)' if args.quick else ''}: roughly {total:g} min on a "
+                 f"quiet 2-core machine; data {data}")  # fmt: skip
+    failed = []
+    for n in names:
+        C.say(n, f"start: {ABOUT[n]}")
+        load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+        t0 = time.perf_counter()
+        try:
+            res = modules[n].run(args.quick, data, settings[n], keep=args.keep_runs)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one benchmark failing must not lose the others' results
+            import traceback
+
+            traceback.print_exc()
+            C.say(n, f"FAILED: {type(exc).__name__}: {exc}")
+            failed.append(n)
+            continue
+        res.update(
+            command=command, quick=args.quick, machine=C.machine(), load_before=load_before,
+            duration_s=round(time.perf_counter() - t0, 1),
+        )  # fmt: skip
+        path = C.save(res, out)
+        C.say(n, f"done in {res['duration_s'] / 60:.1f} min -> {path}")
+        for h in res.get("headline", []):
+            C.say(n, f"headline: {h}")
+    md = C.write_markdown(out)
+    print(f"results: {md}")
+    if failed:
+        print(f"error: benchmark(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    from ray_xray.cli import run
+
+    run(main)

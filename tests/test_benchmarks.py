@@ -1,0 +1,164 @@
+"""The pure parts of benchmarks/: RESULTS.md rendering, settings, trial-epoch accounting.
+
+Nothing here times anything or starts Ray.
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # `benchmarks` is a folder of the repo, not an installed package
+
+from benchmarks import common as C  # noqa: E402
+from benchmarks.__main__ import parse_sets  # noqa: E402
+
+
+def sample(name: str, head: str, quick: bool = False) -> dict:
+    res = C.result(
+        name,
+        settings={"img_size": 128, "models": ["a", "b"]},
+        measured=f"what {name} measured",
+        tables=[C.table("t", ["variant", "img/s", "ratio"], [["fp32", 123.456, 1.0], ["bf16", 250.0, None]])],
+        headline=[head],
+        notes=["a note"],
+    )
+    res.update(command=f"python -m benchmarks --only {name}", quick=quick, duration_s=90.0,
+               machine={"cpu": "Test CPU", "usable_cpus": 2, "torch": "2.x", "ray": "2.y",
+                        "optuna": "4.z", "python": "3.11", "date": "2026-01-02T03:04:05+00:00",
+                        "cpu_flags": ["avx512_bf16"]})  # fmt: skip
+    return res
+
+
+def test_results_md_has_every_section_in_order_and_marks_missing_ones(tmp_path):
+    C.save(sample("roofline", "roofline headline"), tmp_path)
+    C.save(sample("precision", "bf16 is 1.8x", quick=True), tmp_path)
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert json.loads((tmp_path / "results" / "precision.json").read_text())["name"] == "precision"
+    # Sections follow the issue's numbering, whatever order they were run in.
+    assert md.index("## 2. Mixed precision") < md.index("## 3. Roofline")
+    assert "bf16 is 1.8x" in md and "roofline headline" in md
+    assert "| 1. Wrapper overhead | not run yet" in md and "| 5. Search efficiency | not run yet" in md
+    assert "`python -m benchmarks --only precision` (quick (indicative only) mode)" in md
+    assert "Test CPU (avx512_bf16), 2 CPUs, torch 2.x, ray 2.y, optuna 4.z" in md
+    assert "2026-01-02T03:04:05+00:00 (took 1.5 min)" in md
+    assert "| fp32 | 123 | 1.00 |" in md and "| bf16 | 250 | – |" in md
+    assert "settings: img_size=128, models=a,b" in md
+
+
+def test_rerunning_one_benchmark_replaces_only_its_section(tmp_path):
+    C.save(sample("precision", "old precision"), tmp_path)
+    C.save(sample("datapath", "datapath stays"), tmp_path)
+    C.save(sample("precision", "new precision"), tmp_path)
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "new precision" in md and "old precision" not in md and "datapath stays" in md
+    assert not list((tmp_path / "results").glob(".*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_cell_formatting():
+    assert [C.fmt(v) for v in (None, 1234.5, 123.4, 12.34, 1.234, 0.1234, float("nan"), 7, 12345, "a|b")] == [
+        "–", "1,234", "123", "12.3", "1.23", "0.123", "–", "7", "12,345", "a\\|b"
+    ]  # fmt: skip
+
+
+def test_settings_are_typed_like_their_defaults():
+    defaults = {"full": {"n": 3, "x": 1.5, "on": True, "models": [], "seeds": [0, 1], "s": "a"},
+                "quick": {"n": 1, "x": 0.5, "on": False, "models": [], "seeds": [0], "s": "b"}}  # fmt: skip
+    got = C.resolve_settings(defaults, False, {"n": "5", "x": "2", "on": "no", "models": "cnn,vit", "seeds": "3,4"})
+    assert got == {"n": 5, "x": 2.0, "on": False, "models": ["cnn", "vit"], "seeds": [3, 4], "s": "a"}
+    assert C.resolve_settings(defaults, True, {})["n"] == 1
+    with pytest.raises(ValueError, match="unknown setting"):
+        C.resolve_settings(defaults, False, {"nope": "1"})
+    assert parse_sets(["precision.models=cnn"], ["precision"]) == {"precision": {"models": "cnn"}}
+    with pytest.raises(ValueError, match="not selected"):
+        parse_sets(["search.budget=3"], ["precision"])
+    with pytest.raises(ValueError, match="NAME.KEY=VALUE"):
+        parse_sets(["budget=3"], ["search"])
+
+
+def test_interleave_rotates_the_order():
+    calls = []
+    C.interleave({k: (lambda k=k: calls.append(k) or 1.0) for k in "abc"}, repeats=3)
+    assert calls == list("abc" "bca" "cab")
+
+
+# ------------------------------------------------------------- search accounting
+
+
+def ev(t, trial, epoch, value):
+    return {"t": t, "trial": trial, "epoch": epoch, "value": value}
+
+
+def test_spend_curve_orders_reports_across_trials_and_cuts_at_the_budget():
+    from benchmarks.search import epochs_to_reach, spend_curve, value_at
+
+    events = [
+        ev(1.0, "A", 1, 0.50), ev(2.0, "B", 1, 0.40), ev(3.0, "A", 2, 0.60),
+        ev(3.0, "A", 2, 0.60),  # a restored trial re-reporting its last epoch: counted once
+        ev(4.0, "C", 1, float("nan")),  # a diverged epoch spends budget, never becomes the best
+        ev(5.0, "B", 2, 0.70), ev(6.0, "C", 2, 0.90),
+    ]  # fmt: skip
+    curve = spend_curve(list(reversed(events)), budget=5)
+    assert curve == [0.5, 0.5, 0.6, 0.6, 0.7]  # C's 0.90 came after the budget was spent
+    assert epochs_to_reach(curve, 0.6) == 3 and epochs_to_reach(curve, 0.65) == 5
+    assert epochs_to_reach(curve, 0.8) is None
+    assert value_at(curve, 2) == 0.5 and value_at(curve, 99) == 0.7  # stopped early: last best
+    assert value_at([], 3) is None
+    assert math.isnan(spend_curve([ev(1, "A", 1, None)], 3)[0])
+
+
+def test_search_summary_counts_trial_epochs_to_random_best(tmp_path, monkeypatch):
+    from benchmarks import search
+
+    monkeypatch.setattr(C, "OUT_DIR", tmp_path)
+    s = {**search.DEFAULTS["quick"], "budget": 6, "seeds": [0, 1]}
+
+    def run(curve, trials=3):
+        return {"curve": curve, "trials": trials, "trial_epochs": [2] * trials, "wall_s": 60.0, "errors": 0}
+
+    runs = {
+        "ASHA+TPE": {0: run([.5, .6, .8, .8, .8, .8], 5), 1: run([.4, .4, .5, .7, .7, .7], 5)},
+        "TPE": {0: run([.5, .6, .6, .7, .7, .75]), 1: run([.4, .4, .4, .4, .6, .6])},
+        "random": {0: run([.5, .6, .6, .7, .7, .7]), 1: run([.4, .4, .5, .5, .6, .65])},
+    }  # fmt: skip
+    res = search.summarise(s, runs)
+    reach = res["data"]["reach"]
+    assert reach["random"] == {"0": 4, "1": 6}  # where random found its own final best
+    assert reach["ASHA+TPE"] == {"0": 3, "1": 4}
+    assert reach["TPE"] == {"0": 4, "1": None}  # never reached seed 1's 0.65 within budget
+    table = res["tables"][0]["rows"]
+    asha = next(r for r in table if r[0] == "ASHA+TPE")
+    assert asha[1] == pytest.approx(0.75) and asha[6] == 3.5
+    assert next(r for r in table if r[0] == "TPE")[6] is None  # a median needs every seed
+    assert "ASHA+TPE after a median 3.5, 1.4x fewer" in res["headline"][1]
+    assert "TPE reached it in 1/2 seed(s)" in res["headline"][1]
+    assert (tmp_path / "results" / "search.png").is_file()
+
+
+def test_overhead_epochs_from_report_stamps():
+    from benchmarks.overhead import from_stamps, steady
+
+    stamps = [  # two runs' reports in one file; only those inside [start, end] belong to this one
+        {"epoch": 1, "epoch_s": 10.0, "t_in": 130.0, "t_out": 131.0},
+        {"epoch": 2, "epoch_s": 9.0, "t_in": 141.0, "t_out": 141.5},
+        {"epoch": 3, "epoch_s": 9.0, "t_in": 151.0, "t_out": 152.0},
+        {"epoch": 1, "epoch_s": 1.0, "t_in": 500.0, "t_out": 500.1},
+    ]  # fmt: skip
+    run = from_stamps(stamps, 100.0, 160.0)
+    assert [e["wall_s"] for e in run["epochs"]] == [31.0, 10.5, 10.5]
+    assert run["to_first_epoch_s"] == 20.0 and run["teardown_s"] == 8.0 and run["total_s"] == 60.0
+    assert steady(run["epochs"], "wall_s") == 21.0 and steady(run["epochs"], "epoch_s") == 18.0
+    with pytest.raises(RuntimeError, match="no report time stamps"):
+        from_stamps(stamps, 0.0, 1.0)
+
+
+def test_g5_estimate_is_bounded_by_the_slower_of_gpu_and_data_path():
+    from benchmarks.scaling import A10G, g5_estimate
+
+    w = {"epochs": 2, "n_train": 1000, "n_val": 300, "flops_per_image": 1e9, "data_rate_1core": 500.0}
+    gpu_epoch = 1e9 * (1000 + 100) / (A10G["bf16_tensor_tflops"] * 1e12 * 0.1)  # 0.088 s
+    assert g5_estimate(w, 20.0, 1, 0.1) == pytest.approx(20.0 + 2 * 2.0)  # data: 1000 / 500 img/s
+    assert g5_estimate(w, 20.0, 40, 0.1) == pytest.approx(20.0 + 2 * 40 * gpu_epoch)  # GPU shared 40 ways
