@@ -25,7 +25,7 @@ ABOUT = {
 }
 # Minutes (full, --quick) on a quiet 2-core CPU: estimates, see "Benchmarks" in README.md.
 ROUGH_MINUTES = {
-    "overhead": (9, 1.5), "precision": (7, 3), "roofline": (1.5, 0.5), "datapath": (1.5, 0.5),
+    "overhead": (9, 1.5), "precision": (7, 4), "roofline": (1.5, 0.5), "datapath": (1.5, 0.5),
     "search": (30, 4), "scaling": (10, 4.5),
 }  # fmt: skip
 
@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(ROUGH_MINUTES[n][1 if args.quick else 0] for n in names)
     C.say("all", f"{', '.join(names)}{' (quick)' if args.quick else ''}: roughly {total:g} min on a "
                  f"quiet 2-core machine; data {data}")  # fmt: skip
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5 * C.threads():
+        C.say("all", f"warning: the machine is busy (1-min load {load:.1f} on {C.threads()} CPUs); "
+                     "the numbers will be noisy, run on a quiet machine for results")  # fmt: skip
     failed = []
     for n in names:
         C.say(n, f"start: {ABOUT[n]}")

@@ -300,7 +300,9 @@ def render_markdown(results: dict[str, dict]) -> str:
         "Written by `python -m benchmarks` (`make bench`; `make bench BENCH_ARGS=--quick` for a "
         "fast look) from `benchmarks/results/*.json`; do not edit by hand. Speed claims are "
         "ratios of measurements taken side by side in the same run (interleaved, medians); the "
-        "absolute figures describe only the machine named in each section.",
+        "absolute figures describe only the machine named in each section. Check each "
+        "section's load average: well above the CPU count before a benchmark means something "
+        "else was running, and its numbers are noise.",
         "",
         "## Summary",
         "",
