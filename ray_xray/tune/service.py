@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -162,6 +163,12 @@ def make_callbacks(opts: SweepOptions, name: str) -> list:
             print(f"W&B: {problem}; logging offline instead (`wandb sync` uploads later)",
                   file=sys.stderr)  # fmt: skip
             mode = "offline"
+    if mode == "offline":
+        # Offline needs no key, and Ray's W&B callback would copy it into the logger actors'
+        # runtime_env, which Ray writes verbatim to its session logs (runtime_env_agent.log).
+        # WANDB_MODE=offline is what tells that callback not to demand a key.
+        os.environ.pop("WANDB_API_KEY", None)
+        os.environ["WANDB_MODE"] = "offline"
     callbacks.append(
         WandbLoggerCallback(
             project=opts.wandb_project, group=name, mode=mode, excludes=["checkpoint_path"]
