@@ -15,11 +15,12 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from ray_xray.io import write_atomic
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -223,17 +224,8 @@ def result(name: str, *, settings: dict, measured: str, tables: list[dict], head
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Temporary file in the same folder, then rename: never half a result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_json_default)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    """Atomically (ray_xray.io): never half a result."""
+    write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:
@@ -383,11 +375,7 @@ def save(res: dict, out_dir: Path) -> Path:
 def write_markdown(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     md = render_markdown(load_results(out_dir / "results"))
-    target = out_dir / "RESULTS.md"
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(md)
-    os.replace(tmp, target)
-    return target
+    return write_atomic(out_dir / "RESULTS.md", md)
 
 
 # ------------------------------------------------------------------ Ray
@@ -408,15 +396,11 @@ def _report_stamper():
         import os as _os
         import time as _time
 
-        import ray as _ray
         import ray.train as _train
 
-        if not _os.environ.get("RAY_ADDRESS"):
-            # Pin Ray's state API in this worker to its own cluster (see ray_session).
-            try:
-                _os.environ["RAY_ADDRESS"] = _ray.get_runtime_context().gcs_address
-            except Exception:  # noqa: BLE001 - never break a worker over this
-                pass
+        from ray_xray.train.run import pin_ray_address
+
+        pin_ray_address()  # see its docstring and ray_session
 
         original = _train.report
         if getattr(original, "_bench_stamped", False):
@@ -446,10 +430,8 @@ def ray_session(stamps: str | Path | None = None):
     Same runtime env as `ray_xray.train.run.init_ray` (so trials behave as in a real sweep)
     plus the stamping hook. Refuses to run inside an already-initialised Ray.
 
-    With a second local Ray instance on the machine (someone else's sweep), Ray's state API
-    cannot tell which one to ask ("Found multiple active Ray instances"), and Ray Train's
-    placement-group cleaner then never frees the CPUs of a trial Tune stopped: the next trial
-    waits forever. So RAY_ADDRESS is pinned to this instance in the driver and every worker.
+    RAY_ADDRESS is pinned to this instance in the driver and every worker: with a second local
+    Ray on the machine a sweep can hang otherwise (`ray_xray.train.run.pin_ray_address`).
     """
     import logging
 

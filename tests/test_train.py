@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -173,3 +174,13 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["workers"] == 2
     record = E.load_checkpoint(tmp_path / "run" / "best_model.pt")
     assert record["epoch"] == report["best_epoch"]
+
+    # Every Ray worker is pinned to this cluster: with a second local Ray on the machine an
+    # unpinned worker's state API cannot pick one, and a sweep hangs (train.run.pin_ray_address).
+    import ray
+
+    @ray.remote
+    def worker_address():
+        return os.environ.get("RAY_ADDRESS")
+
+    assert ray.get(worker_address.remote()) == ray.get_runtime_context().gcs_address

@@ -6,32 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..io import write_atomic
+
 # The index lists live in results.json only: they would make the CSV unreadable.
 LIST_KEYS = ("initial_idx", "queried_idx")
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Temporary file in the same folder, then rename: a reader never sees half a file.
-
-    (engine.atomic_save does the same for torch objects; this is its text/bytes twin.)
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are for sharing
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _csv(rows: list[dict]) -> str:

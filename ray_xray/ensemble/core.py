@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader
 from ..config import TrainConfig
 from ..data import ImageDataset, load_data
 from ..data.transforms import EvalPreset
+from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..train import engine as E
 from .calibration import apply_temperature, ece, fit_temperature, nll
@@ -227,12 +227,6 @@ def clean(obj):
     return obj
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def comparison_rows(metrics: dict, classes: list[str]) -> list[dict]:
     rows = []
     entries = [("member", m) for m in metrics["members"]]
@@ -389,11 +383,9 @@ def run_ensemble(
     log(f"saved {ens_path} ({len(keep)} member(s), method {chosen})")
 
     comp = pd.DataFrame(comparison_rows(metrics, classes))
-    tmp = out_dir / ".comparison.csv.tmp"
-    comp.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, out_dir / "comparison.csv")
+    write_atomic(out_dir / "comparison.csv", comp.to_csv(index=False, float_format="%.6g"))
 
-    _write_atomic(out_dir / "metrics.json", json.dumps(clean(metrics), indent=2))
+    write_atomic(out_dir / "metrics.json", json.dumps(clean(metrics), indent=2))
     report_path = None
     if report_html:
         from ..report import write_report
@@ -409,7 +401,7 @@ def run_ensemble(
         timings["report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     metrics["timings"] = timings
-    _write_atomic(out_dir / "metrics.json", json.dumps(clean(metrics), indent=2))
+    write_atomic(out_dir / "metrics.json", json.dumps(clean(metrics), indent=2))
     log(f"done in {timings['total_s']:.1f}s -> {out_dir}")
 
     chosen_test = ens_metrics[list(ensembles).index(chosen)]["test"]

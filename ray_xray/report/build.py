@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..io import write_atomic
 from . import html as H
 from . import plots as P
 
@@ -585,9 +585,6 @@ def write_report(ctx: dict) -> Path:
             body.append(H.para(msg[:400], "note"))
     body.append(H.para("Files beside this page: ensemble.pt, metrics.json, comparison.csv, "
                        "figures/*.png.", "meta"))  # fmt: skip
-    path = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(H.page(title, "".join(body)), encoding="utf-8")
-    os.replace(tmp, path)
+    path = write_atomic(out / "report.html", H.page(title, "".join(body)))
     _log(ctx, f"wrote {path}")
     return path

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
+from ..io import atomic_path
 from ..models import create_model
 
 CHECKPOINT_FORMAT = "ray_xray/1"
@@ -240,17 +239,9 @@ def seed_everything(seed: int) -> None:
 
 
 def atomic_save(obj: dict, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, then rename: never half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """torch.save through a temporary file and a rename: never half a checkpoint."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def model_record(model: nn.Module, cfg: TrainConfig, classes: list[str], mean: float, std: float,

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from .. import metrics as M
 from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
+from ..io import write_atomic
 from . import engine as E
 from .worker import STATE_FILE, train_loop_per_worker
 
@@ -29,6 +30,21 @@ log = logging.getLogger("ray_xray.train")
 # When one trial's resources free only as the previous trial ends (every sweep on a small
 # machine), that churn was seen to leak placement groups and hang the sweep; waiting is right.
 RAY_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800"}
+
+
+def pin_ray_address() -> None:
+    """Worker setup hook: point Ray's state API in this worker at its own cluster.
+
+    With a second local Ray on the machine (a colleague's sweep, a benchmark), the state API
+    cannot tell which instance to ask ("Found multiple active Ray instances"), and Ray Train's
+    placement-group cleaner then never frees the CPUs of a trial Tune stopped: the next trial
+    waits forever (seen here). An explicit RAY_ADDRESS removes the guess.
+    """
+    if not os.environ.get("RAY_ADDRESS"):
+        try:
+            os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        except Exception:  # noqa: BLE001 - never break a worker over this
+            pass
 
 
 def init_ray(
@@ -54,6 +70,7 @@ def init_ray(
         ray.init(address=address, **kwargs)
     else:
         # Bind to loopback only: never expose Ray's ports from a laptop or CI box.
+        kwargs["runtime_env"]["worker_process_setup_hook"] = pin_ray_address
         ray.init(
             num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs
         )
@@ -160,7 +177,5 @@ def fit(
         "params": int(sum(p.numel() for p in E.model_from_record(record).parameters())),
         "history": state["history"],
     }
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    write_atomic(out / "metrics.json", json.dumps(report, indent=2))
     return report

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..data import load_for_config
+from ..io import atomic_path, write_atomic
 from ..metrics import metric_mode
 from ..train.engine import atomic_save
 from ..train.run import evaluate_record
@@ -110,11 +111,10 @@ def finish(grid, exp_dir: str, space, opts, wall_s: float, local: bool) -> dict:
     table = pd.DataFrame(rows)
     if local:
         out = Path(exp_dir)
-        table.to_csv(out / "results.csv", index=False)
-        (out / "best_trials.json").write_text(json.dumps(top, indent=2, default=str))
-        tmp = out / ".results.parquet.tmp"
-        table.to_parquet(tmp, index=False)  # last: its presence marks the sweep finished
-        tmp.replace(out / "results.parquet")
+        write_atomic(out / "results.csv", table.to_csv(index=False))
+        write_atomic(out / "best_trials.json", json.dumps(top, indent=2, default=str))
+        with atomic_path(out / "results.parquet") as tmp:  # last: it marks the sweep finished
+            table.to_parquet(tmp, index=False)
     print_ranked(rows, key, mode, exp_dir, wall_s)
     return {"rows": rows, "top": top, "exp_dir": exp_dir, "wall_s": wall_s}
 

@@ -20,6 +20,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..data import absolute_spec, load_data
+from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..spaces import SearchSpace, load_space
 from ..train.run import init_ray
@@ -255,8 +256,8 @@ def run_sweep(opts: SweepOptions) -> dict:
     )
     if local:
         Path(exp_dir).mkdir(parents=True, exist_ok=True)
-        _write_text(Path(exp_dir) / "space.yaml", space.to_yaml())
-        _write_text(Path(exp_dir) / "sweep.json", json.dumps(
+        write_atomic(Path(exp_dir) / "space.yaml", space.to_yaml())
+        write_atomic(Path(exp_dir) / "sweep.json", json.dumps(
             {"command": "python -m ray_xray.tune " + shlex.join(opts.argv), "options": asdict(opts),
              "plan": plan, "overrides": overrides}, indent=2, default=str))  # fmt: skip
 
@@ -388,7 +389,3 @@ def _run_config(opts: SweepOptions, name: str, storage: str) -> tune.RunConfig:
     )
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

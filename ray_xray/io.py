@@ -1,0 +1,42 @@
+"""Atomic file writes: every result, checkpoint and report in the project goes through here.
+
+A temporary file in the same folder, then one rename: a reader (the dashboard, a resumed sweep,
+a user opening report.html mid-run) sees the old file or the new one, never half of one, and a
+failed write (disk full, a crash) leaves no `.tmp` litter behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write to; on success it replaces `path`.
+
+    For writers that want a file name (torch.save, DataFrame.to_parquet):
+        with atomic_path(out / "results.parquet") as tmp:
+            table.to_parquet(tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are for sharing
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write text (UTF-8) or bytes to `path` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
