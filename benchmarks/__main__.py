@@ -23,10 +23,10 @@ ABOUT = {
     "search": "ASHA+TPE vs TPE vs random search on chest3 at an equal trial-epoch budget",
     "scaling": "trials/hour with 1, 2, 4 trials in parallel, and a g5 (A10G) extrapolation",
 }
-# Minutes (full, --quick) on a quiet 2-core CPU: estimates, see "Benchmarks" in README.md.
+# Minutes (full, --quick) on a quiet 2-core CPU (full: measured 2026-11-22, RESULTS.md), see "Benchmarks" in README.md.
 ROUGH_MINUTES = {
-    "overhead": (9, 1.5), "precision": (7, 4), "roofline": (1.5, 0.5), "datapath": (1.5, 0.5),
-    "search": (30, 4), "scaling": (10, 4.5),
+    "overhead": (8, 1.5), "precision": (7.5, 4), "roofline": (1.5, 0.5), "datapath": (1, 0.5),
+    "search": (33, 4), "scaling": (14, 4.5),
 }  # fmt: skip
 
 
