@@ -398,7 +398,7 @@ def _report_stamper():
 
         import ray.train as _train
 
-        from ray_xray.train.run import pin_ray_address
+        from ray_xray.ray_env import pin_ray_address
 
         pin_ray_address()  # see its docstring and ray_session
 
@@ -431,24 +431,22 @@ def ray_session(stamps: str | Path | None = None):
     plus the stamping hook. Refuses to run inside an already-initialised Ray.
 
     RAY_ADDRESS is pinned to this instance in the driver and every worker: with a second local
-    Ray on the machine a sweep can hang otherwise (`ray_xray.train.run.pin_ray_address`).
+    Ray on the machine a sweep can hang otherwise (`ray_xray.ray_env.pin_ray_address`).
     """
     import logging
 
     import ray
 
-    from ray_xray.train.run import RAY_ENV
+    from ray_xray.ray_env import runtime_env
 
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process")
-    env = dict(RAY_ENV)
-    if stamps:
-        env[STAMP_ENV] = str(stamps)
+    env = runtime_env({STAMP_ENV: str(stamps)} if stamps else None, pin=False)
+    env["worker_process_setup_hook"] = _report_stamper()  # pins the address too
     saved = os.environ.pop("RAY_ADDRESS", None)
     ray.init(
         num_cpus=threads(), include_dashboard=True, dashboard_host="127.0.0.1",
-        logging_level=logging.WARNING, log_to_driver=False,
-        runtime_env={"env_vars": env, "worker_process_setup_hook": _report_stamper()},
+        logging_level=logging.WARNING, log_to_driver=False, runtime_env=env,
     )  # fmt: skip
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     try:

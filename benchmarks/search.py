@@ -14,6 +14,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+from ray_xray.io import atomic_path
 from ray_xray.spaces import load_space
 from ray_xray.tune.service import SweepOptions, run_sweep
 
@@ -277,9 +278,8 @@ def plot(runs: dict, budget: int, s: dict) -> str | None:
     ax.set_title(f"{s['space']} on chest3 at {s['img_size']} px ({len(s['seeds'])} seed(s); thin: per seed)")
     ax.legend()
     ax.grid(alpha=0.3)
-    out = Path(C.OUT_DIR) / "results" / "search.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    with atomic_path(Path(C.OUT_DIR) / "results" / "search.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return "results/search.png"

@@ -2,7 +2,8 @@
 
 A temporary file in the same folder, then one rename: a reader (the dashboard, a resumed sweep,
 a user opening report.html mid-run) sees the old file or the new one, never half of one, and a
-failed write (disk full, a crash) leaves no `.tmp` litter behind.
+failed write (disk full, an exception) leaves no `.tmp` litter behind. No fsync: this
+guards against a process dying, not against a power cut.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+# Read once (os.umask can only be read by setting it): files get the mode open() would give.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -28,7 +33,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are for sharing
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; give it open()'s mode
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

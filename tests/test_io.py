@@ -1,5 +1,6 @@
 """ray_xray.io: the one atomic writer every result, checkpoint and report goes through."""
 
+import os
 import stat
 
 import pytest
@@ -15,7 +16,9 @@ def test_write_atomic_text_bytes_and_new_folders(tmp_path):
     assert target.read_text(encoding="utf-8") == "µ-text"
     write_atomic(target, b"\x00\x01")
     assert target.read_bytes() == b"\x00\x01"
-    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # shared results, not owner-only
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # what open() would give
     assert sorted(p.name for p in target.parent.iterdir()) == ["r.json"]  # no temporary left
 
 

@@ -175,12 +175,18 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session):
     record = E.load_checkpoint(tmp_path / "run" / "best_model.pt")
     assert record["epoch"] == report["best_epoch"]
 
-    # Every Ray worker is pinned to this cluster: with a second local Ray on the machine an
-    # unpinned worker's state API cannot pick one, and a sweep hangs (train.run.pin_ray_address).
+    # Every Ray worker is pinned to its cluster: with a second local Ray on the machine an
+    # unpinned worker's state API cannot pick one, and a sweep hangs (ray_env.pin_ray_address).
+    # Twice in one process: Ray once kept the first cluster's setup hook in a shared dict.
     import ray
+
+    from ray_xray.train import init_ray
 
     @ray.remote
     def worker_address():
         return os.environ.get("RAY_ADDRESS")
 
-    assert ray.get(worker_address.remote()) == ray.get_runtime_context().gcs_address
+    for _ in range(2):
+        init_ray(num_cpus=1)
+        assert ray.get(worker_address.remote()) == ray.get_runtime_context().gcs_address
+        ray.shutdown()

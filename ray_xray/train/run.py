@@ -20,31 +20,11 @@ from .. import metrics as M
 from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
 from ..io import write_atomic
+from ..ray_env import runtime_env
 from . import engine as E
 from .worker import STATE_FILE, train_loop_per_worker
 
 log = logging.getLogger("ray_xray.train")
-
-
-# Ray Train gives a worker group 60 s to get its resources, then tears it down and retries.
-# When one trial's resources free only as the previous trial ends (every sweep on a small
-# machine), that churn was seen to leak placement groups and hang the sweep; waiting is right.
-RAY_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800"}
-
-
-def pin_ray_address() -> None:
-    """Worker setup hook: point Ray's state API in this worker at its own cluster.
-
-    With a second local Ray on the machine (a colleague's sweep, a benchmark), the state API
-    cannot tell which instance to ask ("Found multiple active Ray instances"), and Ray Train's
-    placement-group cleaner then never frees the CPUs of a trial Tune stopped: the next trial
-    waits forever (seen here). An explicit RAY_ADDRESS removes the guess.
-    """
-    if not os.environ.get("RAY_ADDRESS"):
-        try:
-            os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-        except Exception:  # noqa: BLE001 - never break a worker over this
-            pass
 
 
 def init_ray(
@@ -64,13 +44,12 @@ def init_ray(
     kwargs = dict(
         logging_level=logging.WARNING,
         log_to_driver=log_to_driver,
-        runtime_env={"env_vars": RAY_ENV},
     )
     if address:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address, runtime_env=runtime_env(pin=False), **kwargs)
     else:
         # Bind to loopback only: never expose Ray's ports from a laptop or CI box.
-        kwargs["runtime_env"]["worker_process_setup_hook"] = pin_ray_address
+        kwargs["runtime_env"] = runtime_env()  # every worker pinned to this cluster
         ray.init(
             num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs
         )
@@ -149,7 +128,7 @@ def fit(
     # and the workers then find a ready cache instead of all decoding at once.
     data = load_for_config(cfg, cache)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(cfg.to_json())  # the resolved config, beside the run
+    write_atomic(out / "config.json", cfg.to_json())  # the resolved config, beside the run
     init_ray()
     trainer = make_trainer(
         cfg, name="ray", storage=str(out), max_failures=max_failures, cache=cache

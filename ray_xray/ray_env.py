@@ -1,0 +1,40 @@
+"""What every local Ray this project starts gets: worker env vars and the address pin.
+
+Kept apart from `train.run` on purpose: Ray imports the setup hook's module in *every* worker
+process (idle ones, Tune's and Train's actors), so it must import nothing heavier than ray.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+# Ray Train gives a worker group 60 s to get its resources, then tears it down and retries.
+# When one trial's resources free only as the previous trial ends (every sweep on a small
+# machine), that churn was seen to leak placement groups and hang the sweep; waiting is right.
+RAY_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800"}
+
+
+def pin_ray_address() -> None:
+    """Worker setup hook: point Ray's state API in this worker at its own cluster.
+
+    With a second local Ray on the machine (a colleague's sweep, a benchmark), the state API
+    cannot tell which instance to ask ("Found multiple active Ray instances"), and Ray Train's
+    placement-group cleaner then never frees the CPUs of a trial Tune stopped: the next trial
+    waits forever (seen here). An explicit RAY_ADDRESS removes the guess.
+    """
+    if not os.environ.get("RAY_ADDRESS"):
+        try:
+            os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        except Exception:  # noqa: BLE001 - never break a worker over this
+            pass
+
+
+def runtime_env(extra_env: dict | None = None, pin: bool = True) -> dict:
+    """A fresh runtime_env for ray.init. Fresh matters: Ray writes the setup hook's key into
+    the env_vars dict it is given, and a shared dict would carry it into the next ray.init."""
+    env: dict = {"env_vars": {**RAY_ENV, **(extra_env or {})}}
+    if pin:
+        env["worker_process_setup_hook"] = pin_ray_address
+    return env
