@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-minutes",
         type=float,
         default=d.budget_minutes,
-        help="stop starting trials after this (0 = none)",
+        help="wall-clock limit: at M minutes running trials stop at their last epoch and "
+        "trials not yet started are left INCOMPLETE (0 = none)",
     )
     p.add_argument(
         "--storage",
