@@ -50,9 +50,12 @@ def init_ray(
     else:
         # Bind to loopback only: never expose Ray's ports from a laptop or CI box.
         kwargs["runtime_env"] = runtime_env()  # every worker pinned to this cluster
+        # address="local": a new cluster even when `ray start` left one on this machine (plain
+        # ray.init() would join it, and refuse num_cpus).
         ray.init(
-            num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs
-        )
+            address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+            dashboard_host="127.0.0.1", **kwargs,
+        )  # fmt: skip
 
 
 def worker_resources(cfg: TrainConfig, cpus_total: float | None = None) -> tuple[dict, int]:

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-minutes",
         type=float,
         default=d.budget_minutes,
-        help="wall-clock limit: at M minutes running trials stop at their last epoch and "
-        "trials not yet started are left INCOMPLETE (0 = none)",
+        help="wall-clock limit from Tune's start: at M minutes running trials stop at their "
+        "last finished epoch; trials without one end INCOMPLETE (0 = none)",
     )
     p.add_argument(
         "--storage",
