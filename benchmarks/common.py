@@ -441,8 +441,8 @@ def ray_session(stamps: str | Path | None = None):
 
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process")
-    env = runtime_env({STAMP_ENV: str(stamps)} if stamps else None, pin=False)
-    env["worker_process_setup_hook"] = _report_stamper()  # pins the address too
+    # The stamper's hook pins the address too.
+    env = runtime_env({STAMP_ENV: str(stamps)} if stamps else None, hook=_report_stamper())
     saved = os.environ.pop("RAY_ADDRESS", None)
     ray.init(
         num_cpus=threads(), include_dashboard=True, dashboard_host="127.0.0.1",

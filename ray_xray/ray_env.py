@@ -7,6 +7,7 @@ process (idle ones, Tune's and Train's actors), so it must import nothing heavie
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import ray
 
@@ -31,10 +32,12 @@ def pin_ray_address() -> None:
             pass
 
 
-def runtime_env(extra_env: dict | None = None, pin: bool = True) -> dict:
-    """A fresh runtime_env for ray.init. Fresh matters: Ray writes the setup hook's key into
-    the env_vars dict it is given, and a shared dict would carry it into the next ray.init."""
+def runtime_env(extra_env: dict | None = None, hook: Callable | None = pin_ray_address) -> dict:
+    """A fresh runtime_env for ray.init, with `hook` as every worker's setup hook (None: none).
+
+    Fresh matters: Ray writes the setup hook's key into the env_vars dict it is given, and a
+    shared dict would carry it into the next ray.init."""
     env: dict = {"env_vars": {**RAY_ENV, **(extra_env or {})}}
-    if pin:
-        env["worker_process_setup_hook"] = pin_ray_address
+    if hook is not None:
+        env["worker_process_setup_hook"] = hook
     return env

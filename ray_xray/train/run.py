@@ -41,15 +41,16 @@ def init_ray(
         return
     address = address or os.environ.get("RAY_ADDRESS")
     # Worker prints go straight to the console (Ray Train's print patch would log them twice).
+    # A cluster we start gets every worker pinned to it; one we join has its own address.
     kwargs = dict(
         logging_level=logging.WARNING,
         log_to_driver=log_to_driver,
+        runtime_env=runtime_env(hook=None) if address else runtime_env(),
     )
     if address:
-        ray.init(address=address, runtime_env=runtime_env(pin=False), **kwargs)
+        ray.init(address=address, **kwargs)
     else:
         # Bind to loopback only: never expose Ray's ports from a laptop or CI box.
-        kwargs["runtime_env"] = runtime_env()  # every worker pinned to this cluster
         # address="local": a new cluster even when `ray start` left one on this machine (plain
         # ray.init() would join it, and refuse num_cpus).
         ray.init(
