@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ray_xray.data import load_data
 from ray_xray.data.cache import decode
 from ray_xray.data.dataset import resolve_items
-from ray_xray.data.transforms import EvalPreset, TrainPreset, to_tensor
+from ray_xray.data.transforms import TrainPreset
 
 from . import common as C
 from .steps import TrainStep
@@ -33,19 +34,20 @@ class PngDataset(Dataset):
     """What training would do without the cache: read and decode every file, every epoch.
 
     Same decode (`ray_xray.data.cache.decode`: grey, shorter side to img_size, centre crop),
-    same augmentation and normalisation as the cached path."""
+    same augmentation and the same uint8 output as the cached path (normalising is the
+    device's job, `DeviceFeed`)."""
 
-    def __init__(self, paths, labels, img_size, transform, mean, std, in_chans=1):
+    def __init__(self, paths, labels, img_size, transform=None):
         self.paths, self.labels, self.img_size = list(paths), list(labels), img_size
-        self.transform, self.mean, self.std, self.in_chans = transform, mean, std, in_chans
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         pixels, _, _ = decode(Path(self.paths[i]).read_bytes(), self.img_size)
-        x = to_tensor(self.transform(pixels), self.mean, self.std, self.in_chans)
-        return x, int(self.labels[i]), i
+        x = pixels if self.transform is None else self.transform(pixels)
+        return torch.from_numpy(np.ascontiguousarray(x))[None], int(self.labels[i]), i
 
 
 def loader_rate(ds: Dataset, batch_size: int) -> float:
@@ -82,16 +84,15 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         Path(p).read_bytes()
 
     def cache_ds(strength: float, preset: str = "seeds"):
-        return Subset(prepared.dataset("train", 1, strength, preset), chosen)
+        return Subset(prepared.dataset("train", aug_strength=strength, augment=preset), chosen)
 
-    mean, std = prepared.mean, prepared.std
     variants = {
         "cache, no augmentation": cache_ds(0.0),
         "cache + flip (augment=flip)": cache_ds(1.0, "flip"),
         "cache + seeds augmentation": cache_ds(1.0, "seeds"),
-        "PNG decode, no augmentation": PngDataset(paths, labels, size, EvalPreset(), mean, std),
+        "PNG decode, no augmentation": PngDataset(paths, labels, size),
         "PNG decode + seeds augmentation": PngDataset(
-            paths, labels, size, TrainPreset(size, 1.0, "seeds"), mean, std
+            paths, labels, size, TrainPreset(size, 1.0, "seeds")
         ),
     }
     for ds in variants.values():  # warm-up: one batch each

@@ -13,13 +13,12 @@ import shutil
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
-from ray_xray import metrics as M
-from ray_xray.data import absolute_spec, class_weights, load_for_config
+from ray_xray.data import absolute_spec, load_for_config
 from ray_xray.data.cache import default_cache_root
 from ray_xray.spaces import load_space
 from ray_xray.train import engine as E
+from ray_xray.train.loop import Hooks, Progress, Trainer, fit
 from ray_xray.train.run import make_trainer
 from ray_xray.tune.service import SweepOptions, run_sweep
 
@@ -46,39 +45,35 @@ def workload(s: dict, data: str) -> tuple[dict, object]:
     return settings, space.resolve(space.default_config(model), overrides)
 
 
+class _Stamps(Hooks):
+    """Wall time of every epoch, from its start to the end of its validation."""
+
+    def __init__(self) -> None:
+        self.t0, self.walls = 0.0, []
+
+    def before_epoch(self, epoch: int) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_epoch(self, metrics: dict, improved: bool, progress: Progress) -> None:
+        self.walls.append(time.perf_counter() - self.t0)
+
+
 def bare_loop(cfg, cache: str, threads: int) -> dict:
-    """The training function's epoch loop without Ray: same calls, same order, same threads."""
+    """The training function's epoch loop without Ray: the same `Trainer.build` and `fit` the
+    Ray Train worker runs, same threads, only no reports or checkpoints."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     E.seed_everything(cfg.seed)
     data = load_for_config(cfg, cache)
-    device = torch.device("cpu")
-    precision = E.pick_precision(cfg.precision, device)
-    model = E.build_model(cfg, len(data.classes))
-    channels_last = E.uses_channels_last(cfg, model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_ds = data.dataset("train", cfg.in_chans, cfg.aug_strength, cfg.augment)
-    drop_last = len(train_ds) % cfg.batch_size == 1
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last)
-    val_loader = DataLoader(data.dataset("val", cfg.in_chans), batch_size=max(64, cfg.batch_size))
-    weights = class_weights(data.class_counts()) if cfg.class_weights else None
-    loss_fn = E.make_loss(cfg, weights)
-    opt = E.make_optimizer(cfg, model)
-    sched = E.Schedule(cfg, opt, len(train_loader))
-    scaler = E.make_scaler(device, precision)
+    tr = Trainer.build(cfg, data, torch.device("cpu"))
     setup_s = time.perf_counter() - t0
-    epochs = []
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        tr = E.train_one_epoch(model, train_loader, loss_fn, opt, sched, scaler, device, precision,
-                               cfg.grad_clip, channels_last)  # fmt: skip
-        y, prob, _ = E.predict_proba(model, val_loader, device, precision, channels_last)
-        epoch_s = time.perf_counter() - t0
-        summary = M.summary(y, prob, data.classes)
-        sched.step_epoch(summary[cfg.monitor])
-        epochs.append({"epoch": epoch, "epoch_s": epoch_s, "wall_s": time.perf_counter() - t0,
-                       "train_s": tr["train_s"], "val_macro_f1": summary["val_macro_f1"]})  # fmt: skip
+    stamps = _Stamps()
+    progress = fit(tr, hooks=stamps)
+    epochs = [
+        {"epoch": h["epoch"], "epoch_s": h["epoch_s"], "wall_s": wall, "train_s": h["train_s"],
+         "val_macro_f1": h["val_macro_f1"]}
+        for h, wall in zip(progress.history, stamps.walls, strict=True)
+    ]  # fmt: skip
     return {"setup_s": setup_s, "epochs": epochs}
 
 

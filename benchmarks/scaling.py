@@ -49,7 +49,7 @@ def data_rate(spec: str, img_size: int, aug_strength: float, augment: str, n: in
     torch.set_num_threads(1)
     try:
         d = load_data(spec, img_size)
-        ds = d.dataset("train", 1, aug_strength, augment)
+        ds = d.dataset("train", aug_strength=aug_strength, augment=augment)
         ds = Subset(ds, list(range(min(n, len(ds)))))
         next(iter(DataLoader(ds, batch_size=32)))
         t0, k = time.perf_counter(), 0

@@ -16,6 +16,7 @@ CHOICES = {
     "monitor": ("val_macro_f1", "val_acc", "val_auc", "val_loss"),
     "dedupe": ("off", "drop-cross-split", "drop-conflicts"),
     "augment": ("seeds", "flip"),
+    "augment_on": ("auto", "loader", "device"),
 }
 
 
@@ -47,6 +48,11 @@ class TrainConfig:
     channels_last: bool = True  # conv models only; ignored elsewhere
     aug_strength: float = 1.0  # 0 = no augmentation, 1 = the seeds' recipe
     augment: str = "seeds"  # "flip": horizontal flip only (strength > 0 turns it on)
+    # Where augmentation runs: "loader" (albumentations per image, CPU), "device" (one batched
+    # affine on the training device, data/feed.py); "auto": device on CUDA, loader on CPU.
+    augment_on: str = "auto"
+    loader_workers: int = 0  # DataLoader processes for loader-side augmentation (torchvision -j)
+    compile: bool = False  # torch.compile the model (compiles per trial: worth it for long runs)
     seed: int = 0
     workers: int = 1  # Ray Train DDP workers
     dedupe: str = "off"  # audit policy applied before training
@@ -63,6 +69,8 @@ class TrainConfig:
         for name in ("img_size", "in_chans", "epochs", "batch_size", "workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.loader_workers) < 0:
+            raise ValueError(f"config: loader_workers must be >= 0, got {self.loader_workers!r}")
         if self.in_chans not in (1, 3):
             raise ValueError(f"config: in_chans must be 1 or 3, got {self.in_chans}")
         if not self.lr > 0:

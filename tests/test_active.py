@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ray_xray.active import loop as L
 from ray_xray.active.__main__ import main
@@ -14,7 +13,7 @@ from ray_xray.cli import run
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
 from ray_xray.data.dataset import ImageDataset
-from ray_xray.data.transforms import EvalPreset
+from ray_xray.data.dataset import loader as make_loader
 from ray_xray.train import engine as E
 
 CPU = torch.device("cpu")
@@ -102,23 +101,24 @@ def planted(data, n_copies=24, n_blends=8):
     blends = ((imgs[a].astype(np.float32) + imgs[b]) / 2).round().astype(np.uint8)
     pool_imgs = np.concatenate([imgs[copies], blends])
     pool_y = np.concatenate([y[copies], y[a]])
-    ds = lambda im, lab: ImageDataset(im, lab, EvalPreset(), data.mean, data.std, 1)  # noqa: E731
-    protos = torch.stack([ds(imgs, y)[i][0] for i in labelled])
+    feed = data.feed(1, CPU)  # what training feeds the model: normalised on the device
+    protos = feed(torch.from_numpy(imgs[labelled])[:, None])
     pool_idx = np.arange(len(pool_imgs)) + 1000  # ids: copies 1000.., blends after
     is_blend = pool_idx >= 1000 + n_copies
-    return protos, y[labelled], DataLoader(ds(pool_imgs, pool_y), batch_size=64), pool_idx, is_blend
+    loader = make_loader(ImageDataset(pool_imgs, pool_y), 64)
+    return protos, y[labelled], loader, pool_idx, is_blend, feed
 
 
 @pytest.mark.parametrize("strategy", ["entropy", "margin", "mc_dropout"])
 def test_uncertainty_strategies_skip_copies_of_labelled_images(tiny_data, strategy):
-    protos, proto_y, loader, pool_idx, is_blend = planted(tiny_data)
+    protos, proto_y, loader, pool_idx, is_blend, feed = planted(tiny_data)
     k = int(is_blend.sum())
     if strategy == "mc_dropout":
         model = NearestPrototype(protos, proto_y, 3, p=0.05)
-        probs = L.mc_predict(model, loader, CPU, "fp32", passes=8, seed=0)
+        probs = L.mc_predict(model, loader, CPU, "fp32", passes=8, seed=0, feed=feed)
     else:
         model = NearestPrototype(protos, proto_y, 3)
-        probs = E.predict_proba(model, loader, CPU, "fp32")[1]
+        probs = E.predict_proba(model, loader, CPU, "fp32", feed=feed)[1]
     # The model really is sure about the copies (so the test is about the scores, not luck).
     mean = probs.mean(0) if probs.ndim == 3 else probs
     assert mean[~is_blend].max(1).min() > mean[is_blend].max(1).max()
@@ -143,13 +143,13 @@ def test_mc_dropout_passes_differ_and_bald_is_non_negative(tiny_data):
                                                                  "pool_size": 1})  # fmt: skip
     E.seed_everything(0)
     model = E.build_model(cfg, 3)
-    loader = DataLoader(tiny_data.dataset("test"), batch_size=32)
-    mc = L.mc_predict(model, loader, CPU, "fp32", passes=5, seed=0)
+    loader, feed = make_loader(tiny_data.dataset("test"), 32), tiny_data.feed(1, CPU)
+    mc = L.mc_predict(model, loader, CPU, "fp32", passes=5, seed=0, feed=feed)
     assert mc.shape == (5, len(tiny_data.labels["test"]), 3)
     assert not np.allclose(mc[0], mc[1])  # dropout really was on
-    assert np.array_equal(mc, L.mc_predict(model, loader, CPU, "fp32", passes=5, seed=0))
+    assert np.array_equal(mc, L.mc_predict(model, loader, CPU, "fp32", passes=5, seed=0, feed=feed))
     assert not any(m.training for m in model.modules())  # and is off again afterwards
-    a, b = (E.predict_proba(model, loader, CPU, "fp32")[1] for _ in range(2))
+    a, b = (E.predict_proba(model, loader, CPU, "fp32", feed=feed)[1] for _ in range(2))
     assert np.array_equal(a, b)  # plain scoring stays deterministic
 
     b = L.score("mc_dropout", mc, "bald")

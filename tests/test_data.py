@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ray_xray.data import DataError, load_data, load_table, normalise_label, patient_id
@@ -29,8 +30,9 @@ def test_synthetic_load_counts_and_normalisation():
     d = load_data("synthetic:binary:10", 32)
     assert d.classes == ["normal", "pneumonia"]
     assert d.counts()["train"] == {"normal": 10, "pneumonia": 10}
-    x, y, _ = d.dataset("train", in_chans=3, aug_strength=1.0)[0]
-    assert x.shape == (3, 32, 32) and y in (0, 1)
+    x, y, _ = d.dataset("train", aug_strength=1.0)[0]
+    assert x.shape == (1, 32, 32) and x.dtype == torch.uint8 and y in (0, 1)
+    assert d.feed(3, "cpu")(x[None]).shape == (1, 3, 32, 32)  # channels repeated on the device
     train = d.images["train"].astype(np.float32) / 255
     assert d.mean == pytest.approx(train.mean(), abs=1e-5)
 

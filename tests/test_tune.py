@@ -10,9 +10,9 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from ray_xray.data import load_data
+from ray_xray.data.dataset import loader as make_loader
 from ray_xray.spaces import list_spaces, load_space
 from ray_xray.train import engine as E
 
@@ -29,10 +29,11 @@ def test_every_space_trains_in_smoke_mode(name):
     cfg = space.resolve({**fixed, **trial.params}, {"data": "synthetic:chest3:8"})
     data = load_data(cfg.data, cfg.img_size, limit_per_split=16)
     model = E.build_model(cfg, len(data.classes))
-    loader = DataLoader(data.dataset("train", cfg.in_chans, cfg.aug_strength), batch_size=8)
+    loader = make_loader(data.dataset("train", aug_strength=cfg.aug_strength), 8)
     opt, dev = E.make_optimizer(cfg, model), torch.device("cpu")
     out = E.train_one_epoch(model, loader, E.make_loss(cfg, None), opt, E.Schedule(cfg, opt, len(loader)),
-                            E.make_scaler(dev, "fp32"), dev, "fp32", cfg.grad_clip)  # fmt: skip
+                            E.make_scaler(dev, "fp32"), dev, "fp32", cfg.grad_clip,
+                            feed=data.feed(cfg.in_chans, dev))  # fmt: skip
     assert out["train_images"] == 16 and out["train_loss"] > 0
 
 

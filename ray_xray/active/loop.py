@@ -21,12 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from .. import metrics as M
 from ..config import TrainConfig
-from ..data import class_weights
+from ..data.dataset import loader as make_loader
 from ..train import engine as E
+from ..train.loop import Hooks, Progress, Trainer, fit
 
 STRATEGIES = ("entropy", "margin", "mc_dropout", "random")
 MC_SCORES = ("entropy", "bald")
@@ -134,7 +135,7 @@ def dropout_modules(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def mc_predict(model, loader, device, precision, channels_last=False, passes=10,
-               seed=0) -> np.ndarray:  # fmt: skip
+               seed=0, feed=None) -> np.ndarray:  # fmt: skip
     """(passes, N, K) softmax outputs with dropout on and everything else (BatchNorm) in eval."""
     model.eval()
     for m in dropout_modules(model):
@@ -144,7 +145,7 @@ def mc_predict(model, loader, device, precision, channels_last=False, passes=10,
     out = []
     try:
         for x, _, _ in loader:
-            x = x.to(device, memory_format=fmt)
+            x = feed(x) if feed is not None else x.to(device, memory_format=fmt)
             with E.autocast(device, precision):
                 logits = torch.stack([model(x) for _ in range(passes)])
             out.append(F.softmax(logits.float(), -1).cpu().numpy())
@@ -153,73 +154,37 @@ def mc_predict(model, loader, device, precision, channels_last=False, passes=10,
     return np.concatenate(out, axis=1)
 
 
-def seed_augmentation(dataset, seed: int) -> None:
-    """albumentations 2 draws from its own generator, not numpy's: seed it, or two strategies
-    at the same seed would see different augmentations and round 0 would not match."""
-    aug = getattr(getattr(dataset, "transform", None), "aug", None)
-    if aug is not None and hasattr(aug, "set_random_seed"):
-        aug.set_random_seed(seed)
+class _KeepBest(Hooks):
+    """Active learning's side of `fit`: keep the best epoch's weights in memory (a round is
+    short and nothing needs them on disk)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.state, self.metrics = model, None, None
+
+    def on_epoch(self, metrics: dict, improved: bool, progress: Progress) -> None:
+        if improved:
+            self.metrics = metrics
+            self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
 
 def fit_round(cfg: TrainConfig, data, train_idx: np.ndarray, device: torch.device):
     """Train a fresh model on train[train_idx] for cfg.epochs; return it at its best validation
     epoch (by cfg.monitor, default val macro-F1) and a summary of the fit.
 
-    Plain engine, in-process: a TorchTrainer per round would add ~30 s of Ray Train start-up to
-    every round, more than a round of a small CNN costs on a CPU.
+    The same `fit` loop as the Ray Train worker, in-process: a TorchTrainer per round would add
+    ~30 s of Ray Train start-up to every round, more than a round of a small CNN costs on a CPU.
+    Class weights come from the *labelled* counts: that is the imbalance the model sees.
     """
     E.seed_everything(cfg.seed)
-    precision = E.pick_precision(cfg.precision, device)
-    model = E.build_model(cfg, len(data.classes)).to(device)
-    channels_last = E.uses_channels_last(cfg, model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    full = data.dataset("train", cfg.in_chans, cfg.aug_strength, cfg.augment)
-    seed_augmentation(full, cfg.seed)
-    train_ds = Subset(full, [int(i) for i in train_idx])
-    # A last batch of one image would break BatchNorm: drop it (as the Ray Train worker does).
-    drop_last = len(train_ds) % cfg.batch_size == 1
-    gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(
-        train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last, generator=gen
-    )
-    val_loader = DataLoader(data.dataset("val", cfg.in_chans), batch_size=256)
-
-    # Class weights come from the *labelled* counts: that is the imbalance the model sees.
-    counts = np.bincount(data.labels["train"][train_idx], minlength=len(data.classes))
-    loss_fn = E.make_loss(cfg, class_weights(counts) if cfg.class_weights else None).to(device)
-    opt = E.make_optimizer(cfg, model)
-    sched = E.Schedule(cfg, opt, len(loader))
-    scaler = E.make_scaler(device, precision)
-
-    maximise = cfg.monitor != "val_loss"
-    best, best_state, best_metrics, since_best, history = None, None, None, 0, []
+    tr = Trainer.build(cfg, data, device, train_idx=train_idx)
+    keep = _KeepBest(tr.bare)
     t0 = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        tr = E.train_one_epoch(
-            model, loader, loss_fn, opt, sched, scaler, device, precision, cfg.grad_clip,
-            channels_last,
-        )  # fmt: skip
-        y, prob, val_loss = E.predict_proba(model, val_loader, device, precision, channels_last)
-        m = {"epoch": epoch, "train_loss": tr["train_loss"], "val_loss": val_loss,
-             **M.summary(y, prob, data.classes)}  # fmt: skip
-        history.append(m)
-        value = m[cfg.monitor]
-        if best is None or (value > best if maximise else value < best):
-            # Keep the best weights in memory: a round is short and nothing needs them on disk.
-            best, best_metrics, since_best = value, m, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            since_best += 1
-        sched.step_epoch(value)
-        if cfg.patience and since_best >= cfg.patience:
-            break
-    model.load_state_dict(best_state)
-    model.eval()
-    fit = {"best_epoch": best_metrics["epoch"], "val": best_metrics, "history": history,
-           "train_s": time.perf_counter() - t0}  # fmt: skip
-    return model, precision, channels_last, fit
+    progress = fit(tr, hooks=keep)
+    tr.bare.load_state_dict(keep.state)
+    tr.bare.eval()
+    fit_summary = {"best_epoch": progress.best_epoch, "val": keep.metrics,
+                   "history": progress.history, "train_s": time.perf_counter() - t0}  # fmt: skip
+    return tr.bare, tr.precision, tr.channels_last, fit_summary, tr.feed
 
 
 def round_seed(seed: int, r: int) -> int:
@@ -240,28 +205,28 @@ def run_sequence(data, cfg: TrainConfig, strategy: str, seed: int, *, initial: f
     labelled = initial_pool(y_train, initial, seed)
     queried = np.array([], dtype=np.int64)  # what the previous round asked for (none in round 0)
     # Scoring sees the pool without augmentation: uncertainty about the image, not the crop.
-    pool_ds = data.dataset("train", cfg.in_chans, 0.0)
-    test_loader = DataLoader(data.dataset("test", cfg.in_chans), batch_size=256)
+    pool_ds = data.dataset("train")
+    test_loader = make_loader(data.dataset("test"), 256, device=device)
     tag = f"[{strategy} s{seed}]"
     rows = []
     for r in range(rounds + 1):
         t0 = time.perf_counter()
-        model, precision, cl, fit = fit_round(
+        model, precision, cl, summary, feed = fit_round(
             dataclasses.replace(cfg, seed=round_seed(seed, r)), data, labelled, device
         )
-        y, prob, _ = E.predict_proba(model, test_loader, device, precision, cl)
+        y, prob, _ = E.predict_proba(model, test_loader, device, precision, cl, feed=feed)
         test = M.full_report(y, prob, classes)
         row = {
             "strategy": strategy, "seed": seed, "round": r, "n_labelled": len(labelled),
             "n_queried": len(queried),
             "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
             **{f"test_f1_{c}": test["f1"][c] for c in classes},
-            "val_macro_f1": fit["val"]["val_macro_f1"], "best_epoch": fit["best_epoch"],
+            "val_macro_f1": summary["val"]["val_macro_f1"], "best_epoch": summary["best_epoch"],
             **{f"labelled_{c}": int(v) for c, v in
                zip(classes, np.bincount(y_train[labelled], minlength=len(classes)), strict=True)},
             **{f"queried_{c}": int(v) for c, v in
                zip(classes, np.bincount(y_train[queried], minlength=len(classes)), strict=True)},
-            "train_s": fit["train_s"],
+            "train_s": summary["train_s"],
         }  # fmt: skip
         if r == 0:
             row["initial_idx"] = labelled.tolist()
@@ -272,12 +237,12 @@ def run_sequence(data, cfg: TrainConfig, strategy: str, seed: int, *, initial: f
             pool = np.setdiff1d(np.arange(n_train), labelled)
             probs = None
             if strategy != "random":
-                loader = DataLoader(Subset(pool_ds, pool.tolist()), batch_size=256)
+                loader = make_loader(Subset(pool_ds, pool.tolist()), 256, device=device)
                 if strategy == "mc_dropout":
                     probs = mc_predict(model, loader, device, precision, cl, mc_passes,
-                                       seed=round_seed(seed, r))  # fmt: skip
+                                       seed=round_seed(seed, r), feed=feed)  # fmt: skip
                 else:
-                    probs = E.predict_proba(model, loader, device, precision, cl)[1]
+                    probs = E.predict_proba(model, loader, device, precision, cl, feed=feed)[1]
             rng = np.random.default_rng([seed, r])
             queried = select(score(strategy, probs, mc_score), pool, k, rng)
             # The invariants the whole comparison rests on: k new, distinct, train-only items.
@@ -293,7 +258,7 @@ def run_sequence(data, cfg: TrainConfig, strategy: str, seed: int, *, initial: f
             f"{tag:<20} round {r}/{rounds}  labels {row['n_labelled']:>5}"
             + (f" (+{len(row['queried_idx'])}: {mix})" if r else "")
             + f"  acc {test['accuracy']:.3f}  F1 {test['macro_f1']:.3f}{focus_txt}"
-            f"  best ep {fit['best_epoch']}  {row['round_s']:.1f}s",
+            f"  best ep {summary['best_epoch']}  {row['round_s']:.1f}s",
             flush=True,
         )
     return rows

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from . import synthetic
 from .cache import SCHEMA, cached, load_or_prepare
+from .feed import DeviceFeed
 from .sources import SPLITS, DataError, Item, carve_val, check_items, read_manifest, scan_folder
-from .transforms import EvalPreset, TrainPreset, to_tensor
+from .transforms import TrainPreset
 
 log = logging.getLogger("ray_xray.data")
 DEDUPE = ("off", "drop-cross-split", "drop-conflicts")
@@ -89,24 +90,72 @@ class PreparedData:
     def dataset(
         self, split: str, in_chans: int = 1, aug_strength: float = 0.0, augment: str = "seeds"
     ) -> ImageDataset:
-        aug = TrainPreset(self.img_size, aug_strength, augment) if split == "train" else EvalPreset()
-        return ImageDataset(
-            self.images[split], self.labels[split], aug, self.mean, self.std, in_chans
-        )
+        """uint8 images of one split, with the loader-side (albumentations) augmentation for
+        train when `aug_strength` > 0; normalisation happens on the device (`feed()`).
+
+        `in_chans` is accepted for older callers and ignored here: `feed()` repeats channels.
+        """
+        del in_chans
+        aug = TrainPreset(self.img_size, aug_strength, augment) if split == "train" else None
+        if aug is not None and aug.aug is None:
+            aug = None
+        return ImageDataset(self.images[split], self.labels[split], aug)
+
+    def feed(self, in_chans: int, device, channels_last: bool = False, augment=None) -> DeviceFeed:
+        """The `DeviceFeed` that turns this data's uint8 batches into normalised model input."""
+        return DeviceFeed(self.mean, self.std, in_chans, device, channels_last, augment)
 
 
 class ImageDataset(Dataset):
-    def __init__(self, images, labels, transform, mean, std, in_chans):
+    """uint8 images and labels; items are (uint8 tensor (1, H, W), label int, row index int).
+
+    Without a per-image `transform` an item is a view of the array (microseconds: a loader
+    needs no worker processes); the device does the rest (`DeviceFeed`).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None):
         self.images, self.labels, self.transform = images, labels, transform
-        self.mean, self.std, self.in_chans = mean, std, in_chans
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int):
         # The index rides along so DDP workers can prove they cover the split exactly once.
-        x = to_tensor(self.transform(self.images[i]), self.mean, self.std, self.in_chans)
-        return x, int(self.labels[i]), i
+        img = self.images[i] if self.transform is None else self.transform(self.images[i])
+        return torch.from_numpy(np.ascontiguousarray(img))[None], int(self.labels[i]), i
+
+
+def _base(ds):
+    while hasattr(ds, "dataset"):  # Subset
+        ds = ds.dataset
+    return ds
+
+
+def seed_augmentation(ds, seed: int) -> None:
+    """Seed a dataset's albumentations pipeline (it draws from its own generator, not numpy's):
+    two runs at one seed then see the same augmentations."""
+    aug = getattr(getattr(_base(ds), "transform", None), "aug", None)
+    if aug is not None and hasattr(aug, "set_random_seed"):
+        aug.set_random_seed(int(seed) % 2**32)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each loader process gets a copy of the same generator: reseed it, or every worker would
+    # hand out the same augmentations.
+    info = torch.utils.data.get_worker_info()
+    seed_augmentation(info.dataset, info.seed)
+
+
+def loader(ds, batch_size: int, *, shuffle: bool = False, drop_last: bool = False,
+           device=None, workers: int = 0, generator=None) -> DataLoader:  # fmt: skip
+    """A `DataLoader` over an `ImageDataset` (or a `Subset` of one): pinned memory on CUDA so
+    copies overlap compute, `workers` processes only where a per-image transform needs them."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+    return DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+        pin_memory=cuda, num_workers=workers, persistent_workers=workers > 0,
+        generator=generator, worker_init_fn=_seed_worker if workers else None,
+    )  # fmt: skip
 
 
 def apply_dedupe(table: pa.Table, policy: str) -> tuple[pa.Table, int]:

@@ -7,6 +7,8 @@ import cv2
 import numpy as np
 import torch
 
+from .feed import normalize
+
 
 class TrainPreset:
     """The seeds' recipe scaled by `strength`: 0 = off, 1 = as published, >1 = harder.
@@ -54,15 +56,6 @@ class TrainPreset:
         return image if self.aug is None else self.aug(image=image)["image"]
 
 
-class EvalPreset:
-    """Images are already resized in the cache: evaluation only normalises."""
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return image
-
-
 def to_tensor(image: np.ndarray, mean: float, std: float, in_chans: int) -> torch.Tensor:
     """uint8 HxW -> float (C,H,W), normalised with the *training split's* statistics."""
-    x = (torch.tensor(image, dtype=torch.float32) / 255.0 - mean) / std
-    x = x.unsqueeze(0)
-    return x.expand(in_chans, -1, -1).contiguous() if in_chans > 1 else x
+    return normalize(torch.as_tensor(image)[None, None], mean, std, in_chans)[0].contiguous()

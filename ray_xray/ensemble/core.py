@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
 from ..data import ImageDataset, load_data
-from ..data.transforms import EvalPreset
+from ..data.dataset import loader as make_loader
+from ..data.feed import DeviceFeed
 from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..train import engine as E
@@ -170,10 +170,10 @@ def member_probabilities(record: dict, data, device: torch.device, batch_size: i
     out = {}
     for split in ("val", "test"):
         # The member's own training-split normalisation (what predict uses), even on --data.
-        ds = ImageDataset(data.images[split], data.labels[split], EvalPreset(), pre["mean"],
-                          pre["std"], cfg.in_chans)  # fmt: skip
-        loader = DataLoader(ds, batch_size=batch_size)
-        y, prob, _ = E.predict_proba(model, loader, device, precision, channels_last)
+        feed = DeviceFeed(pre["mean"], pre["std"], cfg.in_chans, device, channels_last)
+        loader = make_loader(ImageDataset(data.images[split], data.labels[split]), batch_size,
+                             device=device)  # fmt: skip
+        y, prob, _ = E.predict_proba(model, loader, device, precision, channels_last, feed=feed)
         out[split] = (y, prob.astype(np.float64))
     return out
 

@@ -14,11 +14,12 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.config import LoggingConfig
-from torch.utils.data import DataLoader
 
 from .. import metrics as M
 from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
+from ..data.dataset import loader as make_loader
+from ..data.feed import DeviceFeed
 from ..io import write_atomic
 from ..ray_env import runtime_env
 from . import engine as E
@@ -114,9 +115,11 @@ def evaluate_record(
     channels_last = E.uses_channels_last(cfg, model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = DataLoader(data.dataset(split, cfg.in_chans), batch_size=128)
+    pre = record["preprocess"]  # the model's own normalisation, whatever data it sees
+    feed = DeviceFeed(pre["mean"], pre["std"], cfg.in_chans, dev, channels_last)
+    loader = make_loader(data.dataset(split), 128, device=dev)
     y, prob, _ = E.predict_proba(
-        model, loader, dev, E.pick_precision(cfg.precision, dev), channels_last
+        model, loader, dev, E.pick_precision(cfg.precision, dev), channels_last, feed=feed
     )
     return M.full_report(y, prob, record["classes"]), y, prob
 

@@ -11,13 +11,12 @@ import time
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader
 
-from .. import metrics as M
 from ..config import TrainConfig
-from ..data import class_weights, load_for_config
+from ..data import load_for_config
 from . import engine as E
+from .collectives import all_reduce_sum
+from .loop import Hooks, Progress, Trainer, fit
 
 STATE_FILE = "checkpoint.pt"
 
@@ -56,13 +55,63 @@ def fault_hook(cfg: TrainConfig, epoch: int, rank: int, resumed: bool, steps: in
     return None
 
 
-def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+class RayHooks(Hooks):
+    """Ray Train's side of `fit`: sums over workers, rank 0's early-stop decision, reports and
+    checkpoints (rank 0 saves the full training state, so a restart never redoes an epoch)."""
+
+    def __init__(self, cfg: TrainConfig, tr: Trainer, data, rank: int, world: int,
+                 resumed: bool, best_record: dict | None) -> None:  # fmt: skip
+        self.cfg, self.tr, self.data, self.rank, self.world = cfg, tr, data, rank, world
+        self.resumed, self.best_record = resumed, best_record
+
+    def on_step(self, epoch: int, steps: int):
+        return fault_hook(self.cfg, epoch, self.rank, self.resumed, steps)
+
+    def before_epoch(self, epoch: int) -> None:
+        if self.world > 1:
+            self.tr.train_loader.sampler.set_epoch(epoch)
+
+    def reduce_train(self, out: dict, coverage: torch.Tensor | None) -> dict:
+        sums = all_reduce_sum(
+            torch.tensor([out["train_loss"] * out["train_images"], out["train_images"]])
+        )
+        train = {"train_loss": float(sums[0] / sums[1]), "train_images": int(sums[1])}
+        if coverage is not None:  # how often each training image was seen, over all workers
+            coverage = all_reduce_sum(coverage)
+            train["train_images_seen"] = int(sums[1])
+            train["coverage_min"], train["coverage_max"] = int(coverage.min()), int(coverage.max())
+        return train
+
+    def agree_stop(self, stop: bool) -> bool:
+        # Ranks can disagree slightly on val metrics (BatchNorm buffers), so rank 0 decides.
+        return bool(all_reduce_sum(torch.tensor([float(stop and self.rank == 0)])).item() > 0)
+
+    def on_epoch(self, metrics: dict, improved: bool, progress: Progress) -> None:
+        cfg, tr = self.cfg, self.tr
+        if improved:
+            self.best_record = E.model_record(
+                tr.bare, cfg, self.data.classes, self.data.mean, self.data.std, metrics
+            )
+            self.best_record["epoch"] = metrics["epoch"]
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        print(_progress_line(metrics, cfg), flush=True)
+        if cfg.patience and progress.since_best >= cfg.patience:
+            print(f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs", flush=True)
+        state = {
+            **tr.state_dict(), "epoch": progress.epoch, "best_value": progress.best_value,
+            "since_best": progress.since_best, "best": self.best_record,
+            "history": progress.history,
+        }  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            E.atomic_save(state, os.path.join(tmp, STATE_FILE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's training function: `config` is a flat TrainConfig dict plus `_`-prefixed
+    runtime options (`_cache`: the Parquet cache root, `_threads`: torch threads)."""
     cfg, runtime = split_config(config)
     # Ray Train logs every report and checkpoint at INFO through the root logger; our one
     # epoch line says the same in a tenth of the space.
@@ -74,119 +123,35 @@ def train_loop_per_worker(config: dict) -> None:
     E.seed_everything(cfg.seed)
 
     data = load_for_config(cfg, runtime.get("_cache"))
-    device = (
-        ray.train.torch.get_device()
-        if E.pick_device(cfg.device).type == "cuda"
-        else torch.device("cpu")
-    )
-    precision = E.pick_precision(cfg.precision, device)
+    cuda = E.pick_device(cfg.device).type == "cuda"
+    device = ray.train.torch.get_device() if cuda else torch.device("cpu")
+    tr = Trainer.build(
+        cfg, data, device, world=world,
+        prepare_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=device),
+        prepare_loader=lambda dl: ray.train.torch.prepare_data_loader(dl, move_to_device=False),
+    )  # fmt: skip
 
-    model = E.build_model(cfg, len(data.classes))
-    channels_last = E.uses_channels_last(cfg, model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model, move_to_device=device)
-    bare = model.module if hasattr(model, "module") else model
-
-    train_ds = data.dataset("train", cfg.in_chans, cfg.aug_strength, cfg.augment)
-    # Drop a ragged last batch only when it would be tiny: BatchNorm cannot train on 1 image.
-    drop_last = len(train_ds) // world % cfg.batch_size == 1
-    train_loader = DataLoader(
-        train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last
-    )
-    train_loader = ray.train.torch.prepare_data_loader(train_loader, move_to_device=False)
-    val_loader = DataLoader(data.dataset("val", cfg.in_chans), batch_size=max(64, cfg.batch_size))
-
-    weights = class_weights(data.class_counts()) if cfg.class_weights else None
-    loss_fn = E.make_loss(cfg, weights).to(device)
-    opt = E.make_optimizer(cfg, model)
-    sched = E.Schedule(cfg, opt, len(train_loader))
-    scaler = E.make_scaler(device, precision)
-
-    start_epoch, best_value, best_record, since_best, resumed = 1, None, None, 0, False
-    history: list[dict] = []
+    progress, best_record, resumed = Progress(), None, False
     ckpt = ray.train.get_checkpoint()
     if ckpt:  # restarted after a failure, or a resumed sweep: continue, never redo an epoch
         with ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-        bare.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best_value = state["epoch"] + 1, state["best_value"]
-        best_record, since_best, resumed = state["best"], state["since_best"], True
-        history = state["history"]
+        tr.load_state_dict(state)
+        best_record, resumed = state["best"], True
+        progress = Progress(
+            epoch=state["epoch"], best_value=state["best_value"],
+            best_epoch=(best_record or {}).get("epoch", 0), since_best=state["since_best"],
+            history=state["history"],
+        )  # fmt: skip
         if rank == 0:
             print(f"resumed from epoch {state['epoch']}", flush=True)
 
-    maximise = cfg.monitor != "val_loss"
-    if start_epoch > cfg.epochs and history:
+    if progress.epoch >= cfg.epochs and progress.history:
         # Restored after the last epoch was saved but before the run was marked done (a
         # killed sweep): report the final epoch again so Tune and its scheduler see a result.
-        ray.train.report(dict(history[-1]), checkpoint=ckpt if rank == 0 else None)
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if world > 1:
-            train_loader.sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        coverage = torch.zeros(len(train_ds)) if world > 1 else None
-        hook = fault_hook(cfg, epoch, rank, resumed, len(train_loader))
-        tr = E.train_one_epoch(
-            model, train_loader, loss_fn, opt, sched, scaler, device, precision, cfg.grad_clip,
-            channels_last, coverage, on_step=hook,
-        )  # fmt: skip
-        sums = _all_reduce_sum(
-            torch.tensor([tr["train_loss"] * tr["train_images"], tr["train_images"]])
-        )
-        y, prob, val_loss = E.predict_proba(bare, val_loader, device, precision, channels_last)
-        epoch_s = time.perf_counter() - t0
-        metrics = {
-            "epoch": epoch,
-            "train_loss": float(sums[0] / sums[1]),
-            "val_loss": val_loss,
-            **M.summary(y, prob, data.classes),
-            "epoch_s": epoch_s,
-            "images_per_s": float(sums[1]) / tr["train_s"],
-            "lr": opt.param_groups[0]["lr"],
-        }
-        if coverage is not None:  # how often each training image was seen, over all workers
-            coverage = _all_reduce_sum(coverage)
-            metrics["train_images_seen"] = int(sums[1])
-            metrics["coverage_min"], metrics["coverage_max"] = (
-                int(coverage.min()),
-                int(coverage.max()),
-            )
-        value = metrics[cfg.monitor]
-        improved = best_value is None or (value > best_value if maximise else value < best_value)
-        if improved:
-            best_value, since_best = value, 0
-            best_record = E.model_record(bare, cfg, data.classes, data.mean, data.std, metrics)
-            best_record["epoch"] = epoch
-        else:
-            since_best += 1
-        sched.step_epoch(value)
-        metrics.update(best_epoch=best_record["epoch"], improved=int(improved))
-        metrics[f"best_{cfg.monitor}"] = best_value
-        # Ranks can disagree slightly on val metrics (BatchNorm buffers), so rank 0 decides.
-        stop = bool(cfg.patience and since_best >= cfg.patience) and rank == 0
-        stop = bool(_all_reduce_sum(torch.tensor([float(stop)])).item() > 0)
-        history.append(dict(metrics))
-        if rank == 0:
-            print(_progress_line(metrics, cfg), flush=True)
-            state = {
-                "epoch": epoch, "model": bare.state_dict(), "optimizer": opt.state_dict(),
-                "schedule": sched.state_dict(), "scaler": scaler.state_dict(),
-                "best_value": best_value, "since_best": since_best, "best": best_record,
-                "history": history,
-            }  # fmt: skip
-            with tempfile.TemporaryDirectory() as tmp:
-                E.atomic_save(state, os.path.join(tmp, STATE_FILE))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
-        if stop:
-            if rank == 0:
-                print(f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs", flush=True)
-            break
+        ray.train.report(dict(progress.history[-1]), checkpoint=ckpt if rank == 0 else None)
+    hooks = RayHooks(cfg, tr, data, rank, world, resumed, best_record)
+    fit(tr, progress, hooks, coverage_size=len(data.labels["train"]) if world > 1 else 0)
 
 
 def _progress_line(m: dict, cfg: TrainConfig) -> str:

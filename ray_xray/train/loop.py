@@ -1,0 +1,192 @@
+"""The one epoch loop: train, validate, track the best epoch, early-stop, step the plateau rule.
+
+`train_loop_per_worker` (Ray Train, worker.py) and active learning (active/loop.py) both run
+`fit`; what differs between them (all-reduces, reports and checkpoints, keeping the best weights
+in memory) comes in through `Hooks`. `Trainer.build` puts together the model, optimiser,
+schedule, loaders and the device feed the same way for both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import metrics as M
+from ..config import TrainConfig
+from ..data import class_weights
+from ..data.dataset import loader as make_loader
+from ..data.dataset import seed_augmentation
+from ..data.feed import BatchAugment, DeviceFeed, pick_augment_on
+from . import engine as E
+
+
+@dataclass
+class Trainer:
+    """Everything one training run steps: built once by `Trainer.build`, then used by `fit`."""
+
+    cfg: TrainConfig
+    model: nn.Module  # what trains (DDP-wrapped under Ray Train with several workers)
+    bare: nn.Module  # the plain module: evaluation and state dicts
+    loss_fn: nn.Module
+    opt: torch.optim.Optimizer
+    sched: E.Schedule
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    precision: str
+    channels_last: bool
+    feed: DeviceFeed
+    train_loader: object
+    val_loader: object
+    classes: list[str]
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, data, device: torch.device, *, train_idx=None,
+              prepare_model=None, prepare_loader=None, world: int = 1) -> Trainer:  # fmt: skip
+        """Model, optimiser, schedule and loaders for `data` (a `PreparedData`) on `device`.
+
+        `train_idx`: train on these training rows only (active learning's labelled set; class
+        weights then come from their counts). `prepare_model`/`prepare_loader`: Ray Train's
+        `prepare_model` / `prepare_data_loader` (DDP wrapping, distributed sampler).
+        """
+        precision = E.pick_precision(cfg.precision, device)
+        model = E.build_model(cfg, len(data.classes))
+        channels_last = E.uses_channels_last(cfg, model)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model = prepare_model(model) if prepare_model else model.to(device)
+        bare = model.module if hasattr(model, "module") else model
+        if cfg.compile:
+            model = torch.compile(model)
+
+        on = pick_augment_on(cfg.augment_on, device)
+        strength = cfg.aug_strength if on == "loader" else 0.0
+        train_ds = data.dataset("train", aug_strength=strength, augment=cfg.augment)
+        seed_augmentation(train_ds, cfg.seed)
+        augment = BatchAugment(cfg.aug_strength, cfg.augment) if on == "device" else None
+        labels = data.labels["train"]
+        if train_idx is not None:
+            train_ds = torch.utils.data.Subset(train_ds, [int(i) for i in train_idx])
+            labels = labels[np.asarray(train_idx, dtype=np.int64)]
+        # Drop a ragged last batch only when it would be tiny: BatchNorm cannot train on 1 image.
+        drop_last = len(train_ds) // world % cfg.batch_size == 1
+        gen = torch.Generator().manual_seed(cfg.seed)
+        workers = cfg.loader_workers if on == "loader" else 0
+        train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, drop_last=drop_last,
+                                   device=device, workers=workers, generator=gen)  # fmt: skip
+        if prepare_loader:
+            train_loader = prepare_loader(train_loader)
+        val_loader = make_loader(data.dataset("val"), max(64, cfg.batch_size), device=device)
+
+        counts = np.bincount(labels, minlength=len(data.classes))
+        loss_fn = E.make_loss(cfg, class_weights(counts) if cfg.class_weights else None)
+        opt = E.make_optimizer(cfg, model)
+        return cls(
+            cfg, model, bare, loss_fn.to(device), opt, E.Schedule(cfg, opt, len(train_loader)),
+            E.make_scaler(device, precision), device, precision, channels_last,
+            data.feed(cfg.in_chans, device, channels_last, augment), train_loader, val_loader,
+            list(data.classes),
+        )  # fmt: skip
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.bare.state_dict(), "optimizer": self.opt.state_dict(),
+            "schedule": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bare.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the last finished epoch, the best so far and the epochs since."""
+
+    epoch: int = 0
+    best_value: float | None = None
+    best_epoch: int = 0
+    since_best: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def update(self, epoch: int, value: float, maximise: bool) -> bool:
+        """Record `epoch`'s monitored value; True when it is the best so far."""
+        self.epoch = epoch
+        best = self.best_value
+        improved = best is None or (value > best if maximise else value < best)
+        if improved:
+            self.best_value, self.best_epoch, self.since_best = value, epoch, 0
+        else:
+            self.since_best += 1
+        return improved
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Hooks:
+    """What a caller of `fit` adds; the defaults are a single in-process run."""
+
+    def on_step(self, epoch: int, steps: int):
+        """A callable(step) run before every training step of `epoch`, or None."""
+        return None
+
+    def before_epoch(self, epoch: int) -> None:
+        """E.g. a distributed sampler's set_epoch."""
+
+    def reduce_train(self, out: dict, coverage: torch.Tensor | None) -> dict:
+        """The epoch's training figures over all workers: train_loss, train_images, ..."""
+        return {"train_loss": out["train_loss"], "train_images": out["train_images"]}
+
+    def agree_stop(self, stop: bool) -> bool:
+        """Whether every worker stops (one worker's decision, shared)."""
+        return stop
+
+    def on_epoch(self, metrics: dict, improved: bool, progress: Progress) -> None:
+        """After validation: report, checkpoint, keep the best weights..."""
+
+
+def fit(tr: Trainer, progress: Progress | None = None, hooks: Hooks | None = None,
+        coverage_size: int = 0) -> Progress:  # fmt: skip
+    """Train `tr` from the epoch after `progress.epoch` to `cfg.epochs`, or until `cfg.patience`
+    epochs pass without a better `cfg.monitor`. Every epoch: `train_one_epoch`, validation
+    metrics (`metrics.summary`), the plateau rule on the monitored value, then `hooks.on_epoch`.
+    `coverage_size` > 0 counts how often each training row was seen (DDP checks).
+    Returns the final `Progress` (its history holds one metrics dict per epoch)."""
+    cfg, hooks = tr.cfg, hooks or Hooks()
+    progress = progress or Progress()
+    maximise = cfg.monitor != "val_loss"
+    for epoch in range(progress.epoch + 1, cfg.epochs + 1):
+        hooks.before_epoch(epoch)
+        t0 = time.perf_counter()
+        coverage = torch.zeros(coverage_size) if coverage_size else None
+        out = E.train_one_epoch(
+            tr.model, tr.train_loader, tr.loss_fn, tr.opt, tr.sched, tr.scaler, tr.device,
+            tr.precision, cfg.grad_clip, tr.channels_last, coverage,
+            on_step=hooks.on_step(epoch, len(tr.train_loader)), feed=tr.feed,
+        )  # fmt: skip
+        train = hooks.reduce_train(out, coverage)
+        y, prob, val_loss = E.predict_proba(
+            tr.bare, tr.val_loader, tr.device, tr.precision, tr.channels_last, feed=tr.feed
+        )
+        metrics = {
+            "epoch": epoch, **train, "val_loss": val_loss, **M.summary(y, prob, tr.classes),
+            "train_s": out["train_s"], "epoch_s": time.perf_counter() - t0, "images_per_s": train["train_images"] / out["train_s"],
+            "lr": tr.opt.param_groups[0]["lr"],
+        }  # fmt: skip
+        improved = progress.update(epoch, metrics[cfg.monitor], maximise)
+        tr.sched.step_epoch(metrics[cfg.monitor])
+        metrics.update(best_epoch=progress.best_epoch, improved=int(improved))
+        metrics[f"best_{cfg.monitor}"] = progress.best_value
+        stop = hooks.agree_stop(bool(cfg.patience and progress.since_best >= cfg.patience))
+        progress.history.append(dict(metrics))
+        hooks.on_epoch(metrics, improved, progress)
+        if stop:
+            break
+    return progress
