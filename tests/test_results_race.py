@@ -192,6 +192,8 @@ def test_time_use_arithmetic_on_known_values():
     assert use["training_share"] == pytest.approx(0.70)
     low = R.time_use([{"wall_s": 40.0, "compute_s": 10.0, "cpus": 1.0, "gpus": 0.0}])
     assert "start-up dominates" in R.time_line(low)
+    tiny = R.time_use([{"wall_s": 165.0, "compute_s": 0.76, "cpus": 1.0, "gpus": 0.0}])
+    assert R.time_line(tiny).startswith("0.5% of trial CPU-seconds")
     assert R.time_use([])["training_share"] is None and R.time_line(R.time_use([])) is None
 
 

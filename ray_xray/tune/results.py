@@ -287,11 +287,12 @@ def time_line(use: dict) -> str | None:
     share = use.get("training_share")
     if share is None:
         return None
+    pct = f"{share:.0%}" if share >= 0.1 else f"{share:.1%}"  # 0.5%, not "0%"
+    res = use["resource"]
     text = (
-        f"{share:.0%} of trial {use['resource']}-seconds went to training+validation "
-        f"({use[use['resource'].lower() + '_s_training']:.0f} of "
-        f"{use[use['resource'].lower() + '_s_held']:.0f}); per-trial overhead "
-        f"(wall - train/val compute) median {use['median_overhead_s']:.1f}s"
+        f"{pct} of trial {res}-seconds went to training+validation "
+        f"({use[f'{res.lower()}_s_training']:.0f} of {use[f'{res.lower()}_s_held']:.0f}); "
+        f"per-trial overhead (wall - train/val compute) median {use['median_overhead_s']:.1f}s"
     )
     if share < 0.5:
         text += (
