@@ -208,4 +208,4 @@ def test_a_failing_results_step_is_not_reported_as_bad_input(monkeypatch, tmp_pa
     with pytest.raises(R.ResultsError) as info:  # cli.run lets it through: a traceback, exit 1
         run(lambda argv: finish_sweep([], exp, None, SweepOptions(), 1.0, True, {}), [])
     assert not isinstance(info.value, ValueError | FileNotFoundError | PermissionError)
-    assert "--resume --name sweep1" in str(info.value) and "No such file" in str(info.value)
+    assert "with --resume retries" in str(info.value) and "No such file" in str(info.value)

@@ -293,7 +293,7 @@ def finish_sweep(grid, exp_dir: str, space, opts: SweepOptions, wall: float, loc
     except Exception as exc:
         raise R.ResultsError(
             f"the sweep's trials ran and are kept in {exp_dir}, but writing its results failed "
-            f"({type(exc).__name__}: {exc}); --resume --name {Path(exp_dir).name} retries this step"
+            f"({type(exc).__name__}: {exc}); the same command with --resume retries this step"
         ) from exc
 
 
