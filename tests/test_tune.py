@@ -82,10 +82,13 @@ def test_smoke_sweep_writes_complete_results(tmp_path):
     assert record["model"] == "vit" and 0 <= best[0]["test"]["macro_f1"] <= 1
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{exp}/optuna.db")
     assert len(study.trials) == 4
-    assert (exp / "space.yaml").is_file() and "python -m ray_xray.tune" in (
-        exp / "sweep.json"
-    ).read_text()
+    sweep = json.loads((exp / "sweep.json").read_text())
+    assert (exp / "space.yaml").is_file() and "python -m ray_xray.tune" in sweep["command"]
     assert "rank" in out and "4 trials (0 failed)" in out
+    # Where trial time went: in the summary and in sweep.json.
+    assert 0 < sweep["time_use"]["training_share"] <= 1 and sweep["time_use"]["trials_timed"] == 4
+    assert "of trial CPU-seconds went to training+validation" in out
+    assert all(Path(p, "checkpoint.pt").is_file() for p in table["checkpoint_path"])
 
 
 @pytest.mark.slow_ray

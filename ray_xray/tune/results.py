@@ -1,10 +1,20 @@
-"""After a sweep: one table of every trial (Parquet + CSV), the top-k on test, a ranked printout."""
+"""After a sweep: one table of every trial (Parquet + CSV), the top-k on test, a ranked printout.
+
+Checkpoints come from what each trial's Ray Train run kept (its checkpoint manager's snapshot),
+never from the last path Tune saw: Tune can stop a trial (ASHA) while its Train run reports one
+more epoch, and `CheckpointConfig(num_to_keep=1)` then deletes the folder Tune last heard of.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import pickle
+import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +25,67 @@ from ..metrics import metric_mode
 from ..train.engine import atomic_save
 from ..train.run import evaluate_record
 from ..train.worker import STATE_FILE
+
+TRAIN_RUN = "train"  # trial_fn's Ray Train run name: its folder is <exp_dir>/<trial_id>/train
+# What reading a saved checkpoint raises when it is gone, truncated or not ours.
+UNREADABLE = (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError)
+
+
+class ResultsError(RuntimeError):
+    """The trials ran but the results step failed: not bad input (exit 1, with a traceback)."""
+
+
+@dataclass
+class Kept:
+    """What one trial's Ray Train run kept: `path` of its newest checkpoint (None if none),
+    `metrics` reported with each kept checkpoint (dicts, oldest first), `why` there is none."""
+
+    path: str | None
+    metrics: list[dict] = field(default_factory=list)
+    why: str = ""
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Ray's checkpoint manager logs a paragraph at INFO for every snapshot it reads."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def kept_checkpoint(run_dir: str) -> Kept:
+    """The newest checkpoint a Ray Train run kept, read through Ray's own `Result.from_path`
+    (the run's checkpoint manager snapshot). When the snapshot is missing or names a folder
+    that is gone, the newest `checkpoint_*` folder on local disk that holds our state file.
+    `run_dir`: local path or URI of the run (`<exp_dir>/<trial_id>/train`). Never raises for
+    a missing or damaged run: `Kept.why` says what was found instead."""
+    from ray.train.v2.api.result import Result as TrainResult
+
+    local = "://" not in run_dir
+    try:
+        with _quiet("ray.train"):
+            run = TrainResult.from_path(run_dir)
+        path = run.checkpoint.path if run.checkpoint is not None else None
+        if path is None:
+            why = "its Ray Train run reported no checkpoint"
+        elif local and not (Path(path) / STATE_FILE).is_file():
+            path, why = None, f"{path}/{STATE_FILE} is missing"
+        else:
+            return Kept(path, [m for _, m in run.best_checkpoints or []])
+    except Exception as exc:  # no run folder or snapshot, or one that names a deleted folder
+        why = " ".join(str(exc).split())[:200] or type(exc).__name__
+    newest = _newest_on_disk(run_dir) if local else None
+    return Kept(newest, [], "" if newest else f"no checkpoint kept: {why}")
+
+
+def _newest_on_disk(run_dir: str) -> str | None:
+    # Ray names checkpoint folders checkpoint_<YYYY-MM-DD_HH-MM-SS.ffffff>: name order is time order.
+    found = sorted(Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}"))
+    return str(found[-1].parent) if found else None
 
 
 def _error_reason(result) -> str:
@@ -29,33 +100,66 @@ def _error_reason(result) -> str:
     return (lines[-1] if lines else type(result.error).__name__)[:300]
 
 
-def trial_rows(grid, objective: str, mode: str) -> list[dict]:
+def merge_history(seen: list[dict], kept: list[dict]) -> tuple[list[dict], list[dict]]:
+    """One report per epoch, in epoch order: what Tune saw (`seen`, its last report of an epoch
+    wins: a restored trial re-reports its final epoch), plus the kept checkpoints' reports of
+    epochs after Tune's last (the run went on after Tune stopped listening). Returns
+    (history, the epochs Tune never saw)."""
+    by_epoch: dict = {}
+    for i, h in enumerate(seen):
+        e = h.get("epoch")
+        by_epoch[int(e) if _finite(e) else ("row", i)] = h
+    last = max((k for k in by_epoch if isinstance(k, int)), default=0)
+    unseen = sorted(
+        (m for m in kept if _finite(m.get("epoch")) and int(m["epoch"]) > last),
+        key=lambda m: m["epoch"],
+    )
+    for m in unseen:
+        by_epoch[int(m["epoch"])] = m
+    ints = sorted(k for k in by_epoch if isinstance(k, int))
+    rest = [k for k in by_epoch if not isinstance(k, int)]
+    return [by_epoch[k] for k in [*rest, *ints]], unseen
+
+
+def trial_rows(
+    grid, objective: str, mode: str, exp_dir: str, resources: dict | None = None
+) -> list[dict]:
+    """One row per trial of a Tune ResultGrid. `resources`: what each trial held,
+    {"cpus": float, "gpus": float}. Checkpoints: see `kept_checkpoint`."""
+    resources = resources or {}
     rows = []
     for result in grid:
+        trial_id = Path(result.path).name
         df = result.metrics_dataframe
-        history = df.to_dict("records") if df is not None and len(df) else []
+        seen = df.to_dict("records") if df is not None and len(df) else []
+        kept = kept_checkpoint(f"{exp_dir}/{trial_id}/{TRAIN_RUN}")
+        history, unseen = merge_history(seen, kept.metrics)
         last = history[-1] if history else {}
         values = [h.get(objective) for h in history if _finite(h.get(objective))]
         best = (max(values) if mode == "max" else min(values)) if values else None
-        ckpts = [
-            h.get("checkpoint_path") for h in history if isinstance(h.get("checkpoint_path"), str)
-        ]
+        wall = seen[-1].get("time_total_s") if seen else None
+        if _finite(wall):  # a lower bound when epochs ran after Tune's last report
+            wall += sum(m.get("epoch_s") or 0.0 for m in unseen)
         config = dict(result.config or {})
         rows.append({
-            "trial_id": Path(result.path).name,
+            "trial_id": trial_id,
             # INCOMPLETE: no error, but not one epoch reported (sweep stopped or budget ran out).
             "status": "ERROR" if result.error else ("TERMINATED" if history else "INCOMPLETE"),
-            "error": _error_reason(result),
+            # Why it failed; or, for a trial that trained, why it has no checkpoint to use.
+            "error": _error_reason(result) or (kept.why if history else ""),
             "model": config.get("model"),
             "epochs": int(last.get("epoch") or 0),
             f"best_{objective}": best,
             "best_epoch": last.get("best_epoch"),
             "last_val_loss": last.get("val_loss"),
             "last_val_acc": last.get("val_acc"),
-            "wall_s": last.get("time_total_s"),
+            "wall_s": wall,
             # Train+validate time; wall_s - compute_s is what Ray/Tune start-up cost this trial.
             "compute_s": sum(h.get("epoch_s") or 0.0 for h in history),
-            "checkpoint_path": ckpts[-1] if ckpts else None,
+            "epochs_after_tune_stopped": len(unseen),
+            "cpus": resources.get("cpus"),
+            "gpus": resources.get("gpus"),
+            "checkpoint_path": kept.path,
             "trial_dir": result.path,
             "config": json.dumps(config, sort_keys=True, default=str),
             **{f"config/{k}": (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in config.items()},
@@ -68,58 +172,137 @@ def _finite(v) -> bool:
 
 
 def load_record(checkpoint_path: str) -> dict:
+    """The best-model record inside a trial checkpoint (folder holding STATE_FILE).
+    Raises one of UNREADABLE when the file is gone, truncated or not a ray_xray state."""
     import torch
 
     state = torch.load(Path(checkpoint_path) / STATE_FILE, map_location="cpu", weights_only=True)
     return state["best"]
 
 
-def finish(grid, exp_dir: str, space, opts, wall_s: float, local: bool) -> dict:
+def finish(
+    grid, exp_dir: str, space, opts, wall_s: float, local: bool, plan: dict | None = None
+) -> dict:
+    """Write the sweep's results (results.csv, best_trials.json, best_model.pt, the time use in
+    sweep.json, results.parquet last as the finished mark) and print the ranking. `plan`: the
+    sweep's resource plan (cpus_per_trial). A trial whose checkpoint is gone or unreadable gets
+    its reason in the `error` column and the next-best trial takes its place in the top-k."""
     objective = opts.objective[0]
     mode = metric_mode(objective)
-    rows = trial_rows(grid, objective, mode)
+    resources = {"cpus": (plan or {}).get("cpus_per_trial"), "gpus": opts.gpus_per_trial}
+    rows = trial_rows(grid, objective, mode, exp_dir, resources)
     key = f"best_{objective}"
-    ranked = sorted(
-        (r for r in rows if _finite(r[key]) and r["checkpoint_path"]),
-        key=lambda r: r[key], reverse=mode == "max",
-    )  # fmt: skip
-    top = []
-    if ranked and local:
-        datasets: dict[str, object] = {}  # one load per distinct data setting of the top-k
-        for rank, row in enumerate(ranked[: opts.top_k], start=1):
-            record = load_record(row["checkpoint_path"])
-            cfg = record["config"]
-            key_ = json.dumps(
-                [cfg[k] for k in ("data", "img_size", "limit_per_split", "seed", "dedupe")]
-            )
-            if key_ not in datasets:
-                datasets[key_] = load_for_config(cfg, opts.cache)
-            data = datasets[key_]
-            test, _, _ = evaluate_record(record, data, "test")
-            row["test_macro_f1"], row["test_accuracy"], row["test_auc"] = (
-                test["macro_f1"],
-                test["accuracy"],
-                test["auc"],
-            )
-            for c, v in test["recall"].items():
-                row[f"test_recall_{c}"] = v
-            top.append({"rank": rank, "trial_id": row["trial_id"], "model": row["model"], key: row[key],
-                        "best_epoch": record.get("epoch"), "checkpoint": row["checkpoint_path"],
-                        "config": record["config"], "test": test})  # fmt: skip
-            if rank == 1:
-                atomic_save(record, Path(exp_dir) / "best_model.pt")
+    top = evaluate_top(rows, key, mode, opts, exp_dir) if local else []
+    use = time_use(rows)
     table = pd.DataFrame(rows)
     if local:
         out = Path(exp_dir)
         write_atomic(out / "results.csv", table.to_csv(index=False))
         write_atomic(out / "best_trials.json", json.dumps(top, indent=2, default=str))
+        _record_time_use(out / "sweep.json", use)
         with atomic_path(out / "results.parquet") as tmp:  # last: it marks the sweep finished
             table.to_parquet(tmp, index=False)
-    print_ranked(rows, key, mode, exp_dir, wall_s)
-    return {"rows": rows, "top": top, "exp_dir": exp_dir, "wall_s": wall_s}
+    print_ranked(rows, key, mode, exp_dir, wall_s, use)
+    return {"rows": rows, "top": top, "exp_dir": exp_dir, "wall_s": wall_s, "time_use": use}
 
 
-def print_ranked(rows: list[dict], key: str, mode: str, exp_dir: str, wall_s: float) -> None:
+def evaluate_top(rows: list[dict], key: str, mode: str, opts, exp_dir: str) -> list[dict]:
+    """The best `opts.top_k` trials with a readable checkpoint, evaluated on test (rows get
+    test_* columns); rank 1's model is saved as best_model.pt. Returns best_trials.json's list."""
+    ranked = sorted(
+        (r for r in rows if _finite(r[key]) and r["checkpoint_path"]),
+        key=lambda r: r[key], reverse=mode == "max",
+    )  # fmt: skip
+    top: list[dict] = []
+    datasets: dict[str, object] = {}  # one load per distinct data setting of the top-k
+    for row in ranked:
+        if len(top) >= opts.top_k:
+            break
+        try:
+            record = load_record(row["checkpoint_path"])
+        except UNREADABLE as exc:
+            row["error"] = f"checkpoint unreadable: {type(exc).__name__}: {exc}"[:300]
+            row["checkpoint_path"] = None  # not a candidate for the ensemble either
+            continue
+        cfg = record["config"]
+        key_ = json.dumps(
+            [cfg[k] for k in ("data", "img_size", "limit_per_split", "seed", "dedupe")]
+        )
+        if key_ not in datasets:
+            datasets[key_] = load_for_config(cfg, opts.cache)
+        test, _, _ = evaluate_record(record, datasets[key_], "test")
+        row["test_macro_f1"], row["test_accuracy"], row["test_auc"] = (
+            test["macro_f1"], test["accuracy"], test["auc"],
+        )  # fmt: skip
+        for c, v in test["recall"].items():
+            row[f"test_recall_{c}"] = v
+        rank = len(top) + 1
+        top.append({"rank": rank, "trial_id": row["trial_id"], "model": row["model"], key: row[key],
+                    "best_epoch": record.get("epoch"), "checkpoint": row["checkpoint_path"],
+                    "config": record["config"], "test": test})  # fmt: skip
+        if rank == 1:
+            atomic_save(record, Path(exp_dir) / "best_model.pt")
+    return top
+
+
+def time_use(rows: list[dict]) -> dict:
+    """Where the trials' reserved resources went. Per resource (CPU, GPU): resource-seconds
+    held = sum over timed trials of wall_s x units held; training = sum of compute_s (train +
+    validation) x units. `training_share` = training / held for the scarce resource (GPU when
+    trials held GPUs, else CPU), in [0, 1]; None when no trial was timed. Trials without a
+    wall time (none reported) are left out; a trial's compute_s counts at most its wall_s."""
+    timed = [r for r in rows if _finite(r.get("wall_s")) and r["wall_s"] > 0]
+    out: dict = {"trials_timed": len(timed)}
+    over = [r["wall_s"] - r["compute_s"] for r in timed]
+    out["median_overhead_s"] = statistics.median(over) if over else None
+    for res in ("cpus", "gpus"):
+        units = [
+            r.get(res) if _finite(r.get(res)) else (1.0 if res == "cpus" else 0.0) for r in timed
+        ]
+        held = sum(r["wall_s"] * u for r, u in zip(timed, units, strict=True))
+        training = sum(
+            min(r["compute_s"], r["wall_s"]) * u for r, u in zip(timed, units, strict=True)
+        )
+        name = res[:-1]
+        out[f"{name}_s_held"], out[f"{name}_s_training"] = held, training
+    scarce = "gpu" if out["gpu_s_held"] > 0 else "cpu"
+    out["resource"] = scarce.upper()
+    held = out[f"{scarce}_s_held"]
+    out["training_share"] = out[f"{scarce}_s_training"] / held if held > 0 else None
+    return out
+
+
+def _record_time_use(sweep_json: Path, use: dict) -> None:
+    """Add the time use to sweep.json (written at the start with the command and the plan)."""
+    try:
+        data = json.loads(sweep_json.read_text())
+    except (OSError, json.JSONDecodeError):
+        data = {}
+    data["time_use"] = use
+    write_atomic(sweep_json, json.dumps(data, indent=2, default=str))
+
+
+def time_line(use: dict) -> str | None:
+    """The summary's sentence on where trial time went (None when no trial was timed)."""
+    share = use.get("training_share")
+    if share is None:
+        return None
+    pct = f"{share:.0%}" if share >= 0.1 else f"{share:.1%}"  # 0.5%, not "0%"
+    res = use["resource"]
+    text = (
+        f"{pct} of trial {res}-seconds went to training+validation "
+        f"({use[f'{res.lower()}_s_training']:.0f} of {use[f'{res.lower()}_s_held']:.0f}); "
+        f"per-trial overhead (wall - train/val compute) median {use['median_overhead_s']:.1f}s"
+    )
+    if share < 0.5:
+        text += (
+            ": start-up dominates; more epochs per trial or fewer trials at a time use it better"
+        )
+    return text
+
+
+def print_ranked(rows: list[dict], key: str, mode: str, exp_dir: str, wall_s: float,
+                 use: dict | None = None) -> None:  # fmt: skip
     order = sorted(
         rows,
         key=lambda r: (not _finite(r[key]), -(r[key] or 0) if mode == "max" else (r[key] or 0)),
@@ -136,10 +319,8 @@ def print_ranked(rows: list[dict], key: str, mode: str, exp_dir: str, wall_s: fl
         if r["error"]:
             print(f"      reason: {r['error']}")
     n_err = sum(r["status"] == "ERROR" for r in rows)
-    over = [r["wall_s"] - r["compute_s"] for r in rows if _finite(r["wall_s"])]
-    if over:
-        print(
-            f"\nper-trial overhead (wall - train/val compute): median {sorted(over)[len(over) // 2]:.1f}s"
-        )
+    line = time_line(use or time_use(rows))
+    if line:
+        print(f"\n{line}")
     print(f"\n{len(rows)} trials ({n_err} failed) in {wall_s:.0f}s. Results: {exp_dir}/results.parquet, "
           f"best_trials.json, best_model.pt", file=sys.stdout)  # fmt: skip

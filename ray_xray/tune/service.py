@@ -277,14 +277,38 @@ def run_sweep(opts: SweepOptions) -> dict:
     )
     grid = tuner.fit()
     wall = time.perf_counter() - t0
-    summary = R.finish(grid, exp_dir, space, opts, wall, local)
+    summary = finish_sweep(grid, exp_dir, space, opts, wall, local, plan)
     if opts.ensemble and local and summary["top"]:
-        from ..ensemble import run_ensemble
-
         print("\nensemble of the best trials (--no-ensemble to skip):", file=sys.stderr)
-        device = "cuda" if opts.gpus_per_trial else "auto"
-        summary["ensemble"] = run_ensemble(exp_dir, top_k=opts.top_k, data=opts.data, device=device)
+        summary["ensemble"] = _ensemble(exp_dir, opts)
     return summary
+
+
+def finish_sweep(grid, exp_dir: str, space, opts: SweepOptions, wall: float, local: bool,
+                 plan: dict) -> dict:  # fmt: skip
+    """R.finish, where any failure is ours, not the user's: the trials ran and are safe on
+    storage, so it must not read as bad input (exit 2). Raises R.ResultsError (exit 1)."""
+    try:
+        return R.finish(grid, exp_dir, space, opts, wall, local, plan)
+    except Exception as exc:
+        raise R.ResultsError(
+            f"the sweep's trials ran and are kept in {exp_dir}, but writing its results failed "
+            f"({type(exc).__name__}: {exc}); the same command with --resume retries this step"
+        ) from exc
+
+
+def _ensemble(exp_dir: str, opts: SweepOptions) -> dict:
+    """The ensemble + report after the results are written; its failure is not bad input."""
+    from ..ensemble import run_ensemble
+
+    device = "cuda" if opts.gpus_per_trial else "auto"
+    try:
+        return run_ensemble(exp_dir, top_k=opts.top_k, data=opts.data, device=device)
+    except Exception as exc:
+        raise R.ResultsError(
+            f"the sweep's results are written in {exp_dir}, but its ensemble step failed "
+            f"({type(exc).__name__}: {exc}); `python -m ray_xray.ensemble {exp_dir}` retries it"
+        ) from exc
 
 
 def _tune_config(
