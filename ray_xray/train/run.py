@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from .. import metrics as M
 from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
+from ..data.cache import cache_location
 from ..io import write_atomic
 from ..ray_env import runtime_env
 from . import engine as E
@@ -127,6 +128,7 @@ def fit(
     """One run through TorchTrainer; writes config.json, best_model.pt, metrics.json in `out`."""
     out = Path(out).resolve()
     cfg.data = absolute_spec(cfg.data)
+    cache = cache_location(cache)  # absolute before the workers (another directory) get it
     t0 = time.perf_counter()
     # Load (and cache) the data here first: bad data fails in one line before Ray starts,
     # and the workers then find a ready cache instead of all decoding at once.
