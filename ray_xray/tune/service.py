@@ -418,9 +418,7 @@ def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
     if opts.searcher not in SEARCHERS:
         raise ValueError(f"--searcher must be one of {', '.join(SEARCHERS)}, got {opts.searcher!r}")
     if opts.scheduler not in SCHEDULERS:
-        raise ValueError(
-            f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {opts.scheduler!r}"
-        )
+        raise ValueError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {opts.scheduler!r}")
     if opts.searcher == "random":
         return optuna.samplers.RandomSampler(seed=opts.seed)
     if opts.tpe_startup < 1:
@@ -451,9 +449,7 @@ class BudgetedOptunaSearch(OptunaSearch):
         self._count(trial_id, result)
         super().on_trial_result(trial_id, result)
 
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._count(trial_id, result)
         super().on_trial_complete(trial_id, result, error)
 
@@ -471,3 +467,5 @@ def _run_config(opts: SweepOptions, name: str, storage: str) -> tune.RunConfig:
         verbose=0,  # our ConsoleReporter prints one line per result instead
         failure_config=tune.FailureConfig(max_failures=0),  # a failing config is a finding
     )
+
+
