@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m ray_xray.audit",
         description="Counts, duplicates (exact and near, within and across splits), label "
-        "conflicts, patient overlap and unreadable files of a dataset.",
+        "conflicts, patient overlap, unreadable files, and every file not used with the reason.",
     )
     p.add_argument(
         "data", help="folder ROOT/{train,val,test}/<label>/, manifest.csv, or synthetic:chest3"
@@ -42,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     log = functools.partial(print, file=sys.stderr)
     # Unreadable files are findings here, not failures.
+    skipped = []  # every file not used, with the reason: listed, never silent
     table, bad, _ = load_table(
-        args.data, args.img_size, skip_bad=True, cache_root=args.cache, log_fn=log
-    )
+        args.data, args.img_size, skip_bad=True, cache_root=args.cache, log_fn=log,
+        skipped=skipped,
+    )  # fmt: skip
     table, dropped = apply_dedupe(table, args.dedupe)
-    report = audit(table, bad, args.near_threshold)
+    report = audit(table, bad, args.near_threshold, skipped)
     report["dedupe"] = {"policy": args.dedupe, "dropped": dropped}
     if args.json:
         print(json.dumps(report, indent=2))

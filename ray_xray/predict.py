@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import UnidentifiedImageError
 
 from .cli import run
 from .data.cache import decode
+from .data.images import UnreadableImage
+from .data.sources import path_text
 from .data.transforms import to_tensor
 from .train.engine import (
     CHECKPOINT_FORMAT,
@@ -63,17 +64,20 @@ def _read_images(paths: list[str]) -> list[bytes]:
         try:
             blobs.append(Path(path).read_bytes())
         except FileNotFoundError:
-            raise ValueError(f"{path}: no such image") from None
+            raise ValueError(f"{path_text(path)}: no such image") from None
         except OSError as exc:
-            raise ValueError(f"{path}: not a readable image ({type(exc).__name__})") from None
+            raise ValueError(
+                f"{path_text(path)}: not a readable image ({type(exc).__name__})"
+            ) from None
     return blobs
 
 
 def _decode(blob: bytes, path: str, img_size: int):
+    """Decoded as training decoded it (DICOM, 16-bit, EXIF orientation); one-line errors."""
     try:
-        pixels, _, _ = decode(blob, img_size)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"{path}: not a readable image ({type(exc).__name__})") from None
+        pixels, _, _ = decode(blob, img_size, path)
+    except UnreadableImage as exc:
+        raise ValueError(f"{path_text(path)}: {exc}") from None
     return pixels
 
 
@@ -98,7 +102,7 @@ def _logits(record: dict, blobs: list[bytes], paths: list[str], dev, decoded: di
 def _rows(paths: list[str], prob, classes: list[str]) -> list[dict]:
     return [
         {
-            "image": path,
+            "image": path_text(path),
             "prediction": classes[int(p.argmax())],
             "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
         }
@@ -137,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint",
         help="best_model.pt, a run directory, a trial checkpoint, or an ensemble.pt (or its folder)",
     )
-    ap.add_argument("images", nargs="+", help="PNG/JPEG files")
+    ap.add_argument(
+        "images", nargs="+", help="image files: PNG, JPEG, BMP, TIFF, WebP or DICOM (.dcm)"
+    )
     ap.add_argument("--json", action="store_true", help="print a JSON list")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = ap.parse_args(argv)

@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
 
     from ..data import absolute_spec, load_for_config
+    from ..data.cache import cache_location
     from ..train import engine as E
 
     model = E.build_model(cfg, 3)  # fail fast on an unknown model or hyperparameter
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     del model
 
     cfg.data = absolute_spec(cfg.data)
+    args.cache = cache_location(args.cache)  # expanded and absolute, as for --data
     data = load_for_config(cfg, args.cache)
     y = data.labels["train"]
     n_train = len(y)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from .sources import SPLITS
+from .sources import SPLITS, Skipped, skipped_summary
 
 # Cosine similarity of mean-centred 32x32 thumbnails (also against the mirror image).
 # 0.98 is the threshold ../shared/data was de-duplicated with; see README for measured rates.
@@ -50,8 +50,13 @@ def _groups(table: pa.Table, column: str) -> list[list[int]]:
 
 
 def audit(
-    table: pa.Table, unreadable: list[str] | None = None, near_threshold: float = NEAR_THRESHOLD
+    table: pa.Table,
+    unreadable: list[str] | None = None,
+    near_threshold: float = NEAR_THRESHOLD,
+    skipped: list[Skipped] | None = None,
 ) -> dict:
+    """The findings as a JSON-able dict. `skipped`: every file not used, with its reason
+    (load_table's `skipped`), reported as `skipped` (a list) and `skipped_summary` (one line)."""
     path = table.column("path").to_pylist()
     split = table.column("split").to_pylist()
     label = table.column("label").to_pylist()
@@ -119,6 +124,8 @@ def audit(
         "patients": len(by_patient),
         "patient_overlap_cross_split": overlap,
         "unreadable": list(unreadable or []),
+        "skipped": [{"path": s.path, "reason": s.reason} for s in skipped or []],
+        "skipped_summary": skipped_summary(list(skipped or [])),
         "image_sizes": dict(sizes.most_common(10)),
     }
 
@@ -155,6 +162,18 @@ def format_report(report: dict, source: str) -> str:
     flag("unreadable files", len(report["unreadable"]))
     for p in report["unreadable"][:10]:
         lines.append(f"       {p}")
+    skipped = report.get("skipped", [])
+    # Hidden files are never data: counted, listed by --json only. Every other skipped file
+    # may be an image the user expected to be used, so each is named with its reason.
+    shown = [s for s in skipped if s["reason"] != "hidden"]
+    lines.append(
+        f"  [{'!!' if shown else 'ok'}] {report.get('skipped_summary', 'skipped: 0 files')}"
+    )
+    for s in shown:
+        lines.append(f"       {s['path']}  ({s['reason']})")
+    if len(shown) < len(skipped):
+        lines.append(f"       ({len(skipped) - len(shown)} hidden files: names starting with '.' "
+                     "or under __MACOSX are never data; --json lists them)")  # fmt: skip
     for g in report["cross_split_duplicates"][:5]:
         lines.append("       " + "  ==  ".join(f"{m['split']}/{m['label']}:{m['path']}" for m in g))
     for p in report["near_duplicates_cross_split"][:5]:

@@ -10,7 +10,6 @@ cluster reads the same prepared data.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import uuid
 from pathlib import Path
@@ -19,11 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .sources import DataError, Item
+from .images import UnreadableImage, read_grey
+from .sources import DataError, Item, Skipped, path_text
 
-CACHE_VERSION = "1"  # bump when the stored layout or preprocessing changes
+# Bump when the stored layout or preprocessing changes. 2: 16-bit scaled, EXIF orientation,
+# DICOM, reasons stored beside the unreadable paths.
+CACHE_VERSION = "2"
 
 SCHEMA = pa.schema(
     [
@@ -41,23 +43,36 @@ SCHEMA = pa.schema(
 )
 
 
+def cache_location(root: str | None = None) -> str:
+    """Where the prepared-data cache lives: `root`, else $RAY_XRAY_CACHE, else
+    ~/.cache/ray_xray; `~` expanded and made absolute (Ray workers run in another directory),
+    a URI (s3://...) as given. Resolve it once in the driver and hand workers the result."""
+    root = root or os.environ.get("RAY_XRAY_CACHE") or "~/.cache/ray_xray"
+    if "://" in root:
+        return root
+    return str(Path(root).expanduser().resolve())
+
+
 def default_cache_root() -> str:
-    return os.environ.get("RAY_XRAY_CACHE") or str(Path.home() / ".cache" / "ray_xray")
+    return cache_location(None)
 
 
 def _fs(root: str) -> tuple[pafs.FileSystem, str]:
+    root = cache_location(root)
     if "://" in root:
         return pafs.FileSystem.from_uri(root)
     Path(root).mkdir(parents=True, exist_ok=True)
-    return pafs.LocalFileSystem(), str(Path(root).resolve())
+    return pafs.LocalFileSystem(), root
 
 
-def decode(data: bytes, img_size: int) -> tuple[np.ndarray, tuple[int, int], str]:
-    """Bytes -> (grey uint8 img_size x img_size, original (w, h), original mode)."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        orig, mode = im.size, im.mode
-        grey = im.convert("L")
+def decode(data: bytes, img_size: int, name: str = "") -> tuple[np.ndarray, tuple[int, int], str]:
+    """Bytes of an image file -> (grey uint8 img_size x img_size, (w, h) as shown, mode).
+
+    Decoding as `images.read_grey` (EXIF orientation, 16-bit scaled, DICOM); `name` is the
+    file's name. Raises UnreadableImage with the one-line reason.
+    """
+    pixels, orig, mode = read_grey(data, name)
+    grey = Image.fromarray(pixels)
     if grey.size != (img_size, img_size):
         # Shorter side to img_size, centre crop: keeps the anatomy's aspect ratio.
         w, h = grey.size
@@ -75,7 +90,7 @@ def read_sources(items: list[Item]) -> tuple[list[bytes], list[str]]:
         try:
             data = Path(it.path).read_bytes()
         except OSError as exc:
-            raise DataError(f"{it.path}: cannot read ({exc.strerror})") from None
+            raise DataError(f"{path_text(it.path)}: cannot read ({exc.strerror})") from None
         datas.append(data)
         hashes.append(hashlib.sha1(data).hexdigest())
     return datas, hashes
@@ -86,29 +101,32 @@ def cache_key(items: list[Item], hashes: list[str], img_size: int) -> str:
     for it, sha in sorted(
         zip(items, hashes, strict=True), key=lambda p: (p[1], p[0].split, p[0].path)
     ):
-        h.update(f"{sha}|{it.label}|{it.split}|{Path(it.path).name}\n".encode())
+        h.update(f"{sha}|{it.label}|{it.split}|{path_text(Path(it.path).name)}\n".encode())
     return h.hexdigest()[:20]
 
 
 def build_table(
     items: list[Item], datas: list[bytes], hashes: list[str], img_size: int, skip_bad: bool
 ) -> tuple[pa.Table, list[str]]:
+    """Decode every item -> (table in SCHEMA, `path<TAB>reason` of each unreadable file).
+
+    Paths are stored as path_text gives them. Raises DataError naming the first unreadable
+    file unless `skip_bad`.
+    """
     rows: dict[str, list] = {name: [] for name in SCHEMA.names}
     bad = []
     for it, data, sha in zip(items, datas, hashes, strict=True):
+        path = path_text(it.path)
         try:
-            pixels, (w, h), mode = decode(data, img_size)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            pixels, (w, h), mode = decode(data, img_size, it.path)
+        except UnreadableImage as exc:
             if not skip_bad:
-                raise DataError(
-                    f"{it.path}: not a readable image ({type(exc).__name__}); "
-                    "use --skip-bad to leave such files out"
-                ) from None
-            bad.append(it.path)
+                raise DataError(f"{path}: {exc}; use --skip-bad to leave such files out") from None
+            bad.append(f"{path}\t{exc}")
             continue
         for name, value in zip(
             SCHEMA.names,
-            (it.path, it.label, it.split, it.patient, sha,
+            (path, it.label, it.split, it.patient, sha,
              hashlib.sha1(pixels.tobytes()).hexdigest(), w, h, mode, pixels.tobytes()),
             strict=True,
         ):  # fmt: skip
@@ -127,7 +145,7 @@ def cached(key: str, build, cache_root: str | None = None, log=print):
         extra = []
         if fs.get_file_info(extra_file).type == pafs.FileType.File:
             with fs.open_input_stream(extra_file) as fh:
-                extra = [line for line in fh.read().decode().splitlines() if line]
+                extra = [line for line in fh.read().decode("utf-8").splitlines() if line]
         return pq.read_table(target, filesystem=fs), extra, target
     log(f"preparing data -> {target}")
     table, extra = build()
@@ -136,7 +154,7 @@ def cached(key: str, build, cache_root: str | None = None, log=print):
         pq.write_table(table, tmp, filesystem=fs)
         if extra:
             with fs.open_output_stream(extra_file) as fh:
-                fh.write("\n".join(extra).encode())
+                fh.write("\n".join(extra).encode("utf-8"))
         fs.move(tmp, target)  # atomic rename on a local disk; S3 puts are atomic anyway
     finally:
         if fs.get_file_info(tmp).type == pafs.FileType.File:
@@ -150,10 +168,16 @@ def load_or_prepare(
     cache_root: str | None = None,
     skip_bad: bool = False,
     log=print,
-) -> tuple[pa.Table, list[str], str]:
-    """Return (table, unreadable paths, cache location); decodes only on a cache miss."""
+) -> tuple[pa.Table, list[Skipped], str]:
+    """Return (table, unreadable files with the reason, cache location); decodes only on a
+    cache miss."""
     datas, hashes = read_sources(items)
     key = cache_key(items, hashes, img_size) + ("-skipbad" if skip_bad else "")
-    return cached(
+    table, extra, where = cached(
         key, lambda: build_table(items, datas, hashes, img_size, skip_bad), cache_root, log
     )
+    bad = []
+    for line in extra:
+        path, _, reason = line.partition("\t")
+        bad.append(Skipped(path, f"unreadable: {reason or 'not a readable image'}"))
+    return table, bad, where

@@ -15,7 +15,17 @@ from torch.utils.data import DataLoader, Dataset
 from . import synthetic
 from .cache import SCHEMA, cached, load_or_prepare
 from .feed import DeviceFeed
-from .sources import SPLITS, DataError, Item, carve_val, check_items, read_manifest, scan_folder
+from .sources import (
+    SPLITS,
+    DataError,
+    Item,
+    Skipped,
+    carve_val,
+    check_items,
+    read_manifest,
+    scan,
+    skipped_summary,
+)
 from .transforms import TrainPreset
 
 log = logging.getLogger("ray_xray.data")
@@ -29,12 +39,18 @@ def absolute_spec(spec: str) -> str:
     return str(Path(spec).expanduser().resolve())
 
 
-def resolve_items(spec: str) -> list[Item]:
-    """A folder (its manifest.csv when there is one), a manifest CSV path."""
+def resolve_items(spec: str, skipped: list[Skipped] | None = None) -> list[Item]:
+    """A folder (its manifest.csv when there is one), a manifest CSV path. Files a folder
+    scan leaves out are appended to `skipped`."""
     path = Path(spec).expanduser()
     if path.is_dir():
         manifest = path / "manifest.csv"
-        items = read_manifest(manifest) if manifest.is_file() else scan_folder(path)
+        if manifest.is_file():
+            items = read_manifest(manifest)
+        else:
+            items, left_out = scan(path)
+            if skipped is not None:
+                skipped.extend(left_out)
     elif path.suffix.lower() == ".csv":
         items = read_manifest(path)
     else:
@@ -53,16 +69,27 @@ def synthetic_table(spec: str, img_size: int, seed: int = 0) -> pa.Table:
 
 
 def load_table(
-    spec: str, img_size: int, skip_bad: bool = False, cache_root: str | None = None, log_fn=None
+    spec: str,
+    img_size: int,
+    skip_bad: bool = False,
+    cache_root: str | None = None,
+    log_fn=None,
+    skipped: list[Skipped] | None = None,
 ) -> tuple[pa.Table, list[str], str]:
-    """(table of prepared images, unreadable paths, where it came from)."""
+    """(table of prepared images, unreadable paths, where it came from). Every file not used
+    (scan skips, unreadable files), with its reason, is appended to `skipped`."""
     if spec.startswith("synthetic"):
         name, sizes = synthetic.parse(spec)
         key = f"synthetic-v{synthetic.VERSION}-{name}-{sizes['train']}-{img_size}"
         build = lambda: (synthetic_table(spec, img_size), [])  # noqa: E731
         return cached(key, build, cache_root, log_fn or log.info)
-    items = resolve_items(spec)
-    return load_or_prepare(items, img_size, cache_root, skip_bad, log=log_fn or log.info)
+    skipped = skipped if skipped is not None else []
+    items = resolve_items(spec, skipped)
+    table, bad, where = load_or_prepare(
+        items, img_size, cache_root, skip_bad, log=log_fn or log.info
+    )
+    skipped.extend(bad)
+    return table, [b.path for b in bad], where
 
 
 @dataclass
@@ -77,6 +104,7 @@ class PreparedData:
     img_size: int
     dropped: dict[str, int] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)  # files not used (unreadable too)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -200,7 +228,8 @@ def load_data(
     seed: int = 0,
     cache_root: str | None = None,
 ) -> PreparedData:
-    table, bad, source = load_table(spec, img_size, skip_bad, cache_root)
+    skipped: list[Skipped] = []
+    table, bad, source = load_table(spec, img_size, skip_bad, cache_root, skipped=skipped)
     table, n_dropped = apply_dedupe(table, dedupe)
     n_leak = leakage(table)
     if n_leak and not allow_leakage:
@@ -228,12 +257,13 @@ def load_data(
     mean, std = float(train.mean()), float(train.std()) or 1.0
     data = PreparedData(
         classes, images, labels, split_paths, mean, std, source, img_size,
-        dropped={"dedupe": n_dropped, "unreadable": len(bad)}, unreadable=bad,
+        dropped={"dedupe": n_dropped, "unreadable": len(bad)}, unreadable=bad, skipped=skipped,
     )  # fmt: skip
     log.info(
-        "data %s: %s",
+        "data %s: %s; %s",
         spec,
         ", ".join(f"{s} {len(data.labels[s])}" for s in SPLITS),
+        skipped_summary(skipped),
     )
     return data
 

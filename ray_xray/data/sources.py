@@ -7,15 +7,23 @@ Every source becomes a list of `Item`s (path, label, split, patient); everything
 from __future__ import annotations
 
 import csv
+import logging
+import os
 import re
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
+from .images import IMAGE_EXTS, sniff_dicom
+
+log = logging.getLogger("ray_xray.data")
 SPLITS = ("train", "val", "test")
+# Never data: names starting with "." (macOS ._name AppleDouble files, .DS_Store, .git) and
+# the __MACOSX folder macOS zips carry.
+JUNK_DIRS = frozenset({"__MACOSX"})
 
 _SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -56,9 +64,59 @@ class Item:
     patient: str = ""  # "" when the name carries no patient id
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A file under a data folder that is not used, and why."""
+
+    path: str  # as path_text() gives it
+    reason: str  # "hidden", "not an image file (.txt)", "unreadable: <why>" ...
+
+    @property
+    def kind(self) -> str:
+        """The reason without its detail: what the count line groups by."""
+        return self.reason.split(" (")[0].split(":")[0]
+
+
+def skipped_summary(skipped: list[Skipped]) -> str:
+    """`skipped: N files (a hidden, b not an image file ...)`, also for N = 0."""
+    kinds = Counter(s.kind for s in skipped)
+    detail = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+    return f"skipped: {len(skipped)} files" + (f" ({detail})" if detail else "")
+
+
+def path_text(path: str) -> str:
+    """`path` as valid UTF-8 text (Parquet, JSON and the console need it).
+
+    Python keeps a file name's non-UTF-8 bytes as lone surrogates ('\\udce9'); they become
+    `\\xe9`, which path_from_text turns back into the byte. Other paths are returned as is.
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def path_from_text(text: str) -> str:
+    """Inverse of path_text: a path that opens the file path_text was given."""
+    if "\\x" not in text or os.path.lexists(text):
+        return text
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m[1], 16)]), text.encode("utf-8"))
+    return os.fsdecode(raw)
+
+
+def folder_key(name: str) -> str:
+    """A folder name as a label before aliases: `Viral Pneumonia` -> `viral_pneumonia`."""
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
+
+
 def normalise_label(name: str) -> str:
-    key = re.sub(r"[\s\-]+", "_", name.strip().lower())
+    key = folder_key(name)
     return _LABEL_ALIASES.get(key, key)
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in JUNK_DIRS
 
 
 def normalise_split(name: str) -> str | None:
@@ -75,34 +133,134 @@ def patient_id(name: str) -> str:
 
 
 def scan_folder(root: str | Path) -> list[Item]:
-    """`ROOT/{train,val,test}/<label>/*.{png,jpg,jpeg}`, split and label names matched loosely."""
+    """The images of a folder tree (see `scan`), without the list of skipped files."""
+    return scan(root)[0]
+
+
+def scan(root: str | Path) -> tuple[list[Item], list[Skipped]]:
+    """`ROOT/{train,val,test}/<label>/**` -> (items, every other file and why it is skipped).
+
+    Split and label folder names are matched loosely (`Training`, `NORMAL`, `TB`); images may
+    sit in sub-folders of a class folder. Hidden names (`.x`, `__MACOSX`) are never data.
+    Raises DataError when there is no such folder, when two folders are the same split, or
+    when nothing in it is an image.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder")
+    skipped: list[Skipped] = []
+
+    def skip(path: Path, reason: str) -> None:
+        skipped.append(Skipped(path_text(str(path)), reason))
+
+    folders = _class_folders(root, skip)
+    labels = assign_labels(folders)
     items = []
-    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        split = normalise_split(split_dir.name)
-        if split is None:
-            continue
-        for label_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            label = normalise_label(label_dir.name)
-            for f in sorted(label_dir.iterdir()):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
-                    items.append(Item(str(f.resolve()), label, split, patient_id(f.name)))
+    for split, dirs in folders.items():
+        for d in dirs:
+            for f, hidden in _walk(d):
+                if hidden:
+                    skip(f, "hidden")
+                elif not f.is_file():
+                    skip(f, "not a regular file")
+                elif f.suffix.lower() in IMAGE_EXTS or sniff_dicom(f):
+                    items.append(Item(str(f.resolve()), labels[d], split, patient_id(f.name)))
+                else:
+                    skip(f, f"not an image file ({f.suffix.lower() or 'no extension'})")
     if not items:
-        raise DataError(f"{root}: no images under {{train,val,test}}/<label>/")
-    return items
+        hint = [str(d) for d in sorted(root.iterdir()) if d.is_dir() and _class_folders(d, None)]
+        raise DataError(
+            f"{root}: no images under {{train,val,test}}/<label>/ ({skipped_summary(skipped)})"
+            + (f"; the splits are one level down: --data {hint[0]}" if hint else "")
+        )
+    return items, skipped
+
+
+def _class_folders(root: Path, skip: Callable | None) -> dict[str, list[Path]]:
+    """{split: its class folders}; what is neither goes to `skip` (None: just look)."""
+    splits: dict[str, Path] = {}
+    for entry in sorted(root.iterdir()):
+        split = (
+            normalise_split(entry.name) if entry.is_dir() and not is_hidden(entry.name) else None
+        )
+        if split is None:
+            if skip:
+                _skip_tree(entry, "not under a split folder (train/val/test)", skip)
+        elif split in splits:
+            raise DataError(f"{splits[split]} and {entry} are both split '{split}': keep one")
+        else:
+            splits[split] = entry
+    folders: dict[str, list[Path]] = {}
+    for split, split_dir in splits.items():
+        folders[split] = []
+        for entry in sorted(split_dir.iterdir()):
+            if entry.is_dir() and not is_hidden(entry.name):
+                folders[split].append(entry)
+            elif skip:
+                _skip_tree(entry, "not inside a class folder", skip)
+    return folders
+
+
+def _skip_tree(entry: Path, reason: str, skip: Callable) -> None:
+    if not entry.is_dir():
+        skip(entry, "hidden" if is_hidden(entry.name) else reason)
+        return
+    for f, hidden in _walk(entry):
+        skip(f, "hidden" if hidden or is_hidden(entry.name) else reason)
+
+
+def _walk(top: Path) -> Iterator[tuple[Path, bool]]:
+    """Every file under `top`, sorted, and whether a name below `top` on its way is hidden.
+    Linked folders are followed, each real folder once (a link loop ends)."""
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        here = Path(dirpath)
+        hidden_dir = any(is_hidden(part) for part in here.relative_to(top).parts)
+        for name in sorted(filenames):
+            yield here / name, hidden_dir or is_hidden(name)
+
+
+def assign_labels(folders: dict[str, list[Path]]) -> dict[Path, str]:
+    """Class folder -> label. Loose names (`NORMAL` -> normal, `Viral Pneumonia` -> pneumonia)
+    only where that merges nothing: when two folders of one split read as the same class
+    (`Bacterial Pneumonia`, `Viral Pneumonia`), those keep their own names in every split."""
+    clash: dict[str, set[str]] = defaultdict(set)
+    for dirs in folders.values():
+        by_label = defaultdict(set)
+        for d in dirs:
+            by_label[normalise_label(d.name)].add(folder_key(d.name))
+        for label, keys in by_label.items():
+            if len(keys) > 1:
+                clash[label] |= keys
+    for label, keys in clash.items():
+        log.warning("class folders %s would all read as '%s': kept apart", sorted(keys), label)
+    return {
+        d: folder_key(d.name) if normalise_label(d.name) in clash else normalise_label(d.name)
+        for dirs in folders.values()
+        for d in dirs
+    }
 
 
 def read_manifest(csv_path: str | Path) -> list[Item]:
-    """A CSV with at least `file,label,split`; `file` relative to the CSV's folder."""
+    """A CSV with at least `file,label,split`; `file` relative to the CSV's folder.
+
+    Read as UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8" writes one).
+    """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such manifest")
     base = csv_path.parent
     items = []
-    with csv_path.open(newline="") as fh:
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
+        if reader.fieldnames:  # "file, label" with a space after the comma reads the same
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
         missing = {"file", "label", "split"} - set(reader.fieldnames or [])
         if missing:
             raise DataError(f"{csv_path}: manifest lacks column(s) {', '.join(sorted(missing))}")

@@ -18,6 +18,7 @@ from ray.train.v2.api.config import LoggingConfig
 from .. import metrics as M
 from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
+from ..data.cache import cache_location
 from ..data.dataset import loader as make_loader
 from ..data.feed import DeviceFeed
 from ..io import write_atomic
@@ -130,6 +131,7 @@ def fit(
     """One run through TorchTrainer; writes config.json, best_model.pt, metrics.json in `out`."""
     out = Path(out).resolve()
     cfg.data = absolute_spec(cfg.data)
+    cache = cache_location(cache)  # absolute before the workers (another directory) get it
     t0 = time.perf_counter()
     # Load (and cache) the data here first: bad data fails in one line before Ray starts,
     # and the workers then find a ready cache instead of all decoding at once.

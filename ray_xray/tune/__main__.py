@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="local path or s3://bucket/prefix (default $RAY_XRAY_STORAGE or %(default)s)",
     )
     p.add_argument(
-        "--name", default=None, help="experiment name (default: SPACE-DATA); the same name resumes"
+        "--name",
+        default=None,
+        help="experiment name (default: SPACE-DATA-HASH, HASH of the data's absolute path); the "
+        "same name resumes, for the same data and settings only",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted sweep of this name"
@@ -107,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start no new trial once the trials have run N epochs in all; running trials "
         "finish (0 = no limit)",
     )  # fmt: skip
-    p.add_argument("--cache", default=None, help="prepared-data cache (local path or s3://)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="prepared-data cache (local path or s3://; default $RAY_XRAY_CACHE or "
+        "~/.cache/ray_xray)",
+    )
     p.add_argument(
         "--smoke-test",
         action="store_true",

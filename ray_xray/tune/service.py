@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..data import absolute_spec, load_data
+from ..data.cache import cache_location
 from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..spaces import SearchSpace, load_space
@@ -93,14 +95,86 @@ def check_objective(metrics: list[str], classes: list[str] | None) -> None:
 
 
 def experiment_name(opts: SweepOptions, space: SearchSpace) -> str:
+    """--name, else SPACE-DATA[-smoke]; DATA is the folder's (or CSV's) name and a hash of its
+    absolute path, so a/chest_xray and b/chest_xray never share a sweep. Call after
+    resolve_paths (the hash is of the absolute path)."""
     if opts.name:
         return opts.name
-    data = (
-        Path(opts.data).name
-        if not opts.data.startswith("synthetic")
-        else opts.data.replace(":", "-")
-    )
+    if opts.data.startswith("synthetic"):
+        data = opts.data.replace(":", "-")
+    else:
+        p = Path(opts.data)
+        digest = hashlib.sha1(opts.data.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+        data = f"{p.stem if p.suffix.lower() == '.csv' else p.name}-{digest}"
     return f"{space.name}-{data}{'-smoke' if opts.smoke_test else ''}"
+
+
+def resolve_paths(opts: SweepOptions) -> None:
+    """Expand `~` and make --data, --storage and --cache (or $RAY_XRAY_CACHE) absolute, once,
+    in the driver: trial workers run in another directory and would read a relative path
+    against it (a relative --cache made each worker decode everything again there)."""
+    opts.data = absolute_spec(opts.data)
+    opts.storage = storage_uri(opts.storage)
+    opts.cache = cache_location(opts.cache)
+
+
+# What must match for a sweep to resume another: a sweep of other data or settings would
+# re-run the stored trials on the new data and mix both in optuna.db.
+SAME_SWEEP_OPTIONS = ("data", "settings", "objective", "seed", "smoke_test", "workers_per_trial")
+
+
+def sweep_identity(opts: SweepOptions, space: SearchSpace, classes: list[str] | None) -> dict:
+    """The part of sweep.json that says which sweep this is: options, space, classes."""
+    ident = {
+        "options": {k: getattr(opts, k) for k in SAME_SWEEP_OPTIONS},
+        "space_name": space.name,
+        "space_sha1": hashlib.sha1(space.to_yaml().encode()).hexdigest(),
+    }
+    if classes is not None:
+        ident["classes"] = list(classes)
+    return ident
+
+
+def sweep_differences(stored: dict, new: dict) -> list[str]:
+    """Names of what differs between a stored sweep.json and `new` (sweep_identity's form);
+    only what both record is compared (older sweep.json files lack classes and the space)."""
+    old_opts, new_opts = stored.get("options") or {}, new.get("options") or {}
+    diffs = [
+        k
+        for k in SAME_SWEEP_OPTIONS
+        if k in old_opts and k in new_opts and old_opts[k] != new_opts[k]
+    ]
+    for key, label in (("space_name", "space"), ("space_sha1", "space"), ("classes", "classes")):
+        if key in stored and key in new and stored[key] != new[key] and label not in diffs:
+            diffs.append(label)
+    return diffs
+
+
+def check_resumable(exp_dir: str, new: dict) -> None:
+    """Refuse (ValueError, one line, no file touched) to resume the interrupted sweep in
+    `exp_dir` when its sweep.json differs from this command's identity `new`."""
+    record = Path(exp_dir) / "sweep.json"
+    if "://" in exp_dir or not record.is_file():
+        return
+    try:
+        stored = json.loads(record.read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{record}: unreadable; pass --name to start a separate sweep") from None
+    diffs = sweep_differences(stored, new)
+    if not diffs:
+        return
+
+    def describe(rec: dict) -> str:
+        classes = rec.get("classes")
+        return f"{rec.get('options', {}).get('data', '?')}" + (
+            f" ({len(classes)} classes: {', '.join(classes)})" if classes else ""
+        )
+
+    raise ValueError(
+        f"{exp_dir} holds an interrupted sweep of {describe(stored)}; this command is for "
+        f"{describe(new)} and differs in {', '.join(diffs)}: pass --name NAME to start a "
+        "separate sweep (the first command, rerun as it was, resumes that one)"
+    )
 
 
 def storage_uri(storage: str) -> str:
@@ -206,8 +280,9 @@ def _wandb_online_problem() -> str | None:
 
 def run_sweep(opts: SweepOptions) -> dict:
     space = load_space(opts.space, smoke=opts.smoke_test)
+    resolve_paths(opts)
     name = experiment_name(opts, space)
-    storage = storage_uri(opts.storage)
+    storage = opts.storage
     check_storage(storage)
     exp_dir = f"{storage}/{name}"
     local = "://" not in storage
@@ -216,12 +291,11 @@ def run_sweep(opts: SweepOptions) -> dict:
             f"{exp_dir} already holds a finished sweep; pick another --name (or --resume to re-read it)"
         )
     restoring = tune.Tuner.can_restore(exp_dir)
-    if restoring and not opts.resume:
-        print(f"found an interrupted sweep at {exp_dir}: resuming it", file=sys.stderr)
     if opts.resume and not restoring:
         raise ValueError(f"--resume: no sweep to resume at {exp_dir}")
+    if restoring:  # first what needs no data: another dataset fails before it is read
+        check_resumable(exp_dir, sweep_identity(opts, space, None))
 
-    opts.data = absolute_spec(opts.data)
     overrides = {
         **opts.settings,
         "data": opts.data,
@@ -240,6 +314,11 @@ def run_sweep(opts: SweepOptions) -> dict:
         cache_root=opts.cache,
     )
     check_objective(opts.objective, data.classes)
+    identity = sweep_identity(opts, space, data.classes)
+    if restoring:
+        check_resumable(exp_dir, identity)
+        if not opts.resume:
+            print(f"found an interrupted sweep at {exp_dir}: resuming it", file=sys.stderr)
 
     # Worker output stays in Ray's logs: the console gets one line per trial event instead.
     init_ray(log_to_driver=False)
@@ -258,8 +337,9 @@ def run_sweep(opts: SweepOptions) -> dict:
         Path(exp_dir).mkdir(parents=True, exist_ok=True)
         write_atomic(Path(exp_dir) / "space.yaml", space.to_yaml())
         write_atomic(Path(exp_dir) / "sweep.json", json.dumps(
-            {"command": "python -m ray_xray.tune " + shlex.join(opts.argv), "options": asdict(opts),
-             "plan": plan, "overrides": overrides}, indent=2, default=str))  # fmt: skip
+            {"command": "python -m ray_xray.tune " + shlex.join(opts.argv), **identity,
+             "options": asdict(opts), "plan": plan, "overrides": overrides},
+            indent=2, default=str))  # fmt: skip
 
     t0 = time.perf_counter()
     if restoring:
