@@ -72,14 +72,13 @@ def _run(inst: dict, *cmd: str, timeout: float = 120) -> subprocess.CompletedPro
 def test_wheel_carries_the_search_spaces_and_the_console_script(installed):
     import zipfile
 
-    names = zipfile.ZipFile(installed["wheel"]).namelist()
+    wheel = zipfile.ZipFile(installed["wheel"])
+    names = wheel.namelist()
     shipped = sorted(Path(n).stem for n in names if n.startswith("ray_xray/search_spaces/"))
     expected = sorted(p.stem for p in (REPO / "ray_xray" / "search_spaces").iterdir())
     assert shipped == expected and "resnet18" in shipped and "README" in shipped
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "ray-xray = ray_xray.__main__:console" in zipfile.ZipFile(installed["wheel"]).read(
-        entry
-    ).decode()
+    assert "ray-xray = ray_xray.__main__:console" in wheel.read(entry).decode()
 
 
 def test_installed_copy_runs_outside_the_checkout(installed):
