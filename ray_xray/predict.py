@@ -108,6 +108,11 @@ def _rows(paths: list[str], prob, classes: list[str]) -> list[dict]:
 
 
 def predict(record: dict, paths: list[str], device: str = "auto") -> list[dict]:
+    """Rows ``{"image", "prediction", "probabilities": {class: p}}``, one per image file.
+
+    ``record``: from ``load_model_or_ensemble``. For arrays or tensors use ``ray_xray.load``.
+    Raises ValueError naming a missing or unreadable file.
+    """
     if record.get("format") == ENSEMBLE_FORMAT:
         return predict_ensemble(record, paths, device)
     dev = pick_device(device)
