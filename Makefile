@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install --quiet "torch>=2.4" "torchvision>=0.19"
 	$(PY) -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 	$(PY) -c "import ray_xray, ray.tune, ray.train, optuna, albumentations"
+	$(VENV)/bin/ray-xray --help >/dev/null
 	touch $(STAMP)
 
 # A short real sweep: 8 trials across architectures on synthetic X-rays at 64 px, 4 epochs each.

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .cli import run
@@ -111,6 +112,11 @@ def _rows(paths: list[str], prob, classes: list[str]) -> list[dict]:
 
 
 def predict(record: dict, paths: list[str], device: str = "auto") -> list[dict]:
+    """Rows ``{"image", "prediction", "probabilities": {class: p}}``, one per image file.
+
+    ``record``: from ``load_model_or_ensemble``. For arrays or tensors use ``ray_xray.load``.
+    Raises ValueError naming a missing or unreadable file.
+    """
     if record.get("format") == ENSEMBLE_FORMAT:
         return predict_ensemble(record, paths, device)
     dev = pick_device(device)
@@ -131,6 +137,31 @@ def predict_ensemble(ensemble: dict, paths: list[str], device: str = "auto") -> 
         total = p if total is None else total + p
     total = total / total.sum(1, keepdim=True)
     return _rows(paths, total.numpy(), ensemble["classes"])
+
+
+def probabilities(
+    record: dict, blobs: list[bytes], names: list[str], device: str = "auto"
+) -> np.ndarray:
+    """Class probabilities of encoded images (PNG/JPEG/... bytes) under a model or an ensemble.
+
+    ``record``: a model record or an ensemble dict (``load_model_or_ensemble``); ``names``
+    label each blob in error messages. Each image is decoded, resized and normalised exactly
+    as ``predict`` does for files. Returns a float64 (N, K) array, K = ``len(record["classes"])``,
+    rows summing to 1 (an ensemble: the weighted mean of its members' temperature-scaled
+    softmax). Raises ValueError naming the image when one cannot be decoded.
+    """
+    ensemble = record.get("format") == ENSEMBLE_FORMAT
+    if not blobs:
+        return np.zeros((0, len(record["classes"])), dtype=np.float64)
+    members = record["members"] if ensemble else [record]
+    weights = record["weights"] if ensemble else [1.0]
+    dev, decoded, total = pick_device(device), {}, None
+    for member, weight in zip(members, weights, strict=True):
+        logits = _logits(member, blobs, names, dev, decoded)
+        t = float(member.get("temperature", 1.0)) if ensemble else 1.0
+        p = torch.softmax(logits.double() / t, 1) * float(weight)
+        total = p if total is None else total + p
+    return (total / total.sum(1, keepdim=True)).numpy()
 
 
 def main(argv: list[str] | None = None) -> int:

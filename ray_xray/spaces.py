@@ -1,10 +1,14 @@
-"""Search spaces: YAML files in ``search_spaces/`` turned into Optuna define-by-run functions.
+"""Search spaces: YAML files turned into Optuna define-by-run functions.
+
+The built-in spaces ship inside the package (``ray_xray/search_spaces/``, package data found
+through ``importlib.resources``); folders named in ``$RAY_XRAY_SPACES`` (``os.pathsep``-separated)
+are searched first, so your own spaces are usable by name too, and any YAML path works as well.
 
 A space fixes some settings, tunes others and, when it searches over architectures, tunes
 per-model hyperparameters only for the model a trial picked. Every key is a flat
 :class:`~ray_xray.config.TrainConfig` field (``lr``) or a model hyperparameter (``model.dropout``);
 ``SearchSpace.resolve`` turns one sampled flat config into a ``TrainConfig``.
-The file format is described in ``search_spaces/README.md``.
+The file format is described in ``ray_xray/search_spaces/README.md``.
 
     space = load_space("vit", smoke=args.smoke_test)
     searcher = OptunaSearch(space=space.define_by_run, metric=..., mode=...)
@@ -22,8 +26,10 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +39,19 @@ from ray_xray.config import TrainConfig
 
 __all__ = [
     "SPACES_DIR",
+    "SPACES_ENV",
     "Conditional",
     "ParamSpec",
     "SearchSpace",
     "SpaceError",
     "list_spaces",
     "load_space",
+    "space_dirs",
 ]
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# Package data: present in the wheel as in a checkout (a zipped install is not supported).
+SPACES_DIR = Path(str(resources.files("ray_xray") / "search_spaces")).resolve()
+SPACES_ENV = "RAY_XRAY_SPACES"  # extra folders of spaces, searched before the built-in ones
 SUFFIXES = (".yaml", ".yml")
 TOP_KEYS = ("description", "fixed", "params", "conditional", "start", "smoke")
 BRANCH_KEYS = ("fixed", "params")
@@ -307,15 +317,36 @@ class SearchSpace:
 # --------------------------------------------------------------------------- loading
 
 
+def space_dirs() -> list[Path]:
+    """Folders searched for a space name, first match wins: ``$RAY_XRAY_SPACES``, then built-ins.
+
+    ``$RAY_XRAY_SPACES`` holds folders separated by ``os.pathsep`` (``:`` on Linux); empty
+    entries are skipped. Raises ``SpaceError`` when a named folder does not exist, so a typo
+    is not silently ignored.
+    """
+    dirs = []
+    for entry in os.environ.get(SPACES_ENV, "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        folder = Path(entry).expanduser()
+        if not folder.is_dir():
+            raise SpaceError(f"${SPACES_ENV}: {entry}: no such folder")
+        dirs.append(folder.resolve())
+    return [*dirs, SPACES_DIR]
+
+
 def list_spaces() -> list[str]:
-    """Names of the spaces in ``search_spaces/``."""
-    if not SPACES_DIR.is_dir():
-        return []
-    return sorted({p.stem for p in SPACES_DIR.iterdir() if p.suffix in SUFFIXES and p.is_file()})
+    """Names of the spaces in ``$RAY_XRAY_SPACES`` folders and the built-in ones, sorted."""
+    names = set()
+    for folder in space_dirs():
+        if folder.is_dir():
+            names |= {p.stem for p in folder.iterdir() if p.suffix in SUFFIXES and p.is_file()}
+    return sorted(names)
 
 
 def load_space(name_or_path: str | Path, smoke: bool = False) -> SearchSpace:
-    """Load and validate a space: a name (``vit``) from ``search_spaces/`` or a YAML path.
+    """Load and validate a space: a name (``vit``: ``$RAY_XRAY_SPACES`` folders, then the
+    built-in ones) or a path to a YAML file.
 
     ``smoke=True`` applies the file's ``smoke:`` block (tiny, seconds-long trials). Both the
     plain and the smoke variant are validated either way.
@@ -359,13 +390,14 @@ def _find(name_or_path: str | Path) -> Path:
         if not path.is_file():
             raise SpaceError(f"{text}: no such search space file")
         return path
-    for suffix in SUFFIXES:
-        path = SPACES_DIR / f"{text}{suffix}"
-        if path.is_file():
-            return path
+    for folder in space_dirs():
+        for suffix in SUFFIXES:
+            path = folder / f"{text}{suffix}"
+            if path.is_file():
+                return path
     raise SpaceError(
         f"unknown search space {text!r} (available: {_join(list_spaces()) or 'none'}; "
-        f"or pass a path to your own .yaml)"
+        f"or pass a path to your own .yaml, or name its folder in ${SPACES_ENV})"
     )
 
 
@@ -882,27 +914,29 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m ray_xray.spaces", description=__doc__.splitlines()[0]
     )
     ap.add_argument(
-        "space", nargs="?", help="name in search_spaces/ or path to a .yaml: print it resolved"
+        "space",
+        nargs="?",
+        help=f"a space name (built-in or in ${SPACES_ENV} folders) or a .yaml path: print it",
     )
     ap.add_argument("--smoke", action="store_true", help="apply the smoke: block")
     ap.add_argument("--check", action="store_true", help="validate every space (plain and smoke)")
     args = ap.parse_args(argv)
-    try:
-        if args.space:
-            print(load_space(args.space, smoke=args.smoke).to_yaml(), end="")
-        elif args.check:
-            for name in list_spaces():
-                load_space(name)
-                load_space(name, smoke=True)
-                print(f"ok  {name}")
-        else:
-            for name in list_spaces():
-                print(f"{name:16s} {load_space(name).description}")
-    except SpaceError as e:
-        print(f"error: {e}")
-        return 1
+    if args.space:
+        print(load_space(args.space, smoke=args.smoke).to_yaml(), end="")
+    elif args.check:
+        for name in list_spaces():
+            load_space(name)
+            load_space(name, smoke=True)
+            print(f"ok  {name}")
+    else:
+        for name in list_spaces():
+            space = load_space(name)
+            where = "" if space.path.parent == SPACES_DIR else f"  [{space.path}]"
+            print(f"{name:16s} {space.description}{where}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ray_xray.cli import run
+
+    run(main)

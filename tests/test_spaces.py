@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -116,8 +117,39 @@ def test_fake_registry_matches_real_one():
 
 def test_list_spaces():
     assert list_spaces() == EXPECTED
-    assert SPACES_DIR == Path(spaces.__file__).resolve().parent.parent / "search_spaces"
+    assert SPACES_DIR == Path(spaces.__file__).resolve().parent / "search_spaces"
     assert (SPACES_DIR / "README.md").is_file()
+
+
+def test_user_space_folders_come_first(tmp_path, monkeypatch):
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine.mkdir()
+    other.mkdir()
+    (mine / "my_vit.yaml").write_text("description: mine\n" + BASE)
+    (other / "resnet18.yml").write_text("description: shadows the built-in\n" + BASE)
+    monkeypatch.setenv(spaces.SPACES_ENV, f"{mine}{os.pathsep}{os.pathsep}{other}")
+    assert spaces.space_dirs() == [mine.resolve(), other.resolve(), SPACES_DIR]
+    assert list_spaces() == sorted({*EXPECTED, "my_vit"})
+    space = load_space("my_vit")
+    assert space.path == mine / "my_vit.yaml" and space.description == "mine"
+    assert load_space("resnet18").path == other / "resnet18.yml"  # first folder wins
+    assert load_space("vit").path == SPACES_DIR / "vit.yaml"  # built-ins stay reachable
+
+
+def test_missing_user_space_folder_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(spaces.SPACES_ENV, str(tmp_path / "nope"))
+    with pytest.raises(SpaceError, match=r"^\$RAY_XRAY_SPACES: .*nope: no such folder$"):
+        list_spaces()
+
+
+def test_spaces_cli_lists_prints_and_fails_in_one_line(capsys):
+    assert spaces.main([]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == EXPECTED
+    assert spaces.main(["cnn", "--smoke"]) == 0
+    assert "smoke overrides applied" in capsys.readouterr().out
+    with pytest.raises(SpaceError, match="unknown search space 'nope'"):
+        spaces.main(["nope"])  # cli.run turns it into one `error:` line, exit 2
 
 
 @pytest.mark.parametrize("name", list_spaces())

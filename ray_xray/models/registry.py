@@ -68,7 +68,12 @@ def create_model(
     pretrained: str | Path | None = None,
     **hp: Any,
 ) -> nn.Module:
-    """Build model ``name``; ``pretrained`` is a local state-dict file, never a download."""
+    """Build model ``name``; ``pretrained`` is a local state-dict file, never a download.
+
+    The model maps a float batch (B, in_chans, img_size, img_size) to logits (B, num_classes);
+    ``hp`` are its hyperparameters (``model_hparams(name)`` lists them with defaults).
+    Raises ValueError for an unknown name or hyperparameter, or unusable ``pretrained`` weights.
+    """
     fn = _builder(name)
     # Search spaces write "unset" as None; dropping it lets the builder's default apply.
     hp = {k: v for k, v in hp.items() if v is not None}

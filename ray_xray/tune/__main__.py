@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--space",
         default=d.space,
-        help="search space name in search_spaces/ (or a YAML path); default %(default)s",
+        help="search space: a built-in name (python -m ray_xray.spaces lists them), one in a "
+        "$RAY_XRAY_SPACES folder, or a YAML path; default %(default)s",
     )
     p.add_argument(
         "--data",

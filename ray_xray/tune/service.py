@@ -36,6 +36,13 @@ DONE_FILE = "results.parquet"
 
 @dataclass
 class SweepOptions:
+    """Everything one sweep needs; the ``python -m ray_xray.tune`` flags map onto these fields.
+
+    ``ray_xray.sweep(...)`` builds one from keyword arguments. Units: ``budget_minutes`` in
+    minutes of wall clock (0 = none), ``*_per_trial`` in CPUs/GPUs (fractions share), epochs
+    counted per trial (``grace_epochs``) or summed over trials (``budget_epochs``, 0 = none).
+    """
+
     space: str = "resnet18"
     data: str = "synthetic:chest3"
     trials: int = 20
@@ -279,6 +286,12 @@ def _wandb_online_problem() -> str | None:
 
 
 def run_sweep(opts: SweepOptions) -> dict:
+    """Run (or resume) a sweep into ``STORAGE/NAME``; starts a local Ray unless RAY_ADDRESS is set.
+
+    Returns ``{"rows", "top", "exp_dir", "wall_s"}`` (plus ``"ensemble"`` when one was built):
+    one dict per trial, the best ``top_k`` with test metrics, the experiment folder, seconds.
+    Raises ValueError on a bad space, data, objective, storage or resource request.
+    """
     space = load_space(opts.space, smoke=opts.smoke_test)
     resolve_paths(opts)
     name = experiment_name(opts, space)
