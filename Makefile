@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE=1
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: install demo test lint bench clean cluster-local cluster-local-down
+.PHONY: install demo test lint bench gpu-check clean cluster-local cluster-local-down
 
 install: $(STAMP)
 
@@ -37,6 +37,17 @@ lint: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# On any CUDA machine, no download: the `cuda` tests (every model x fp32/bf16/fp16, NCCL
+# collectives, the device input path, a 2-trial sweep on one GPU), then the feed benchmark and its
+# table (results in runs/gpu-check/). Uses .venv when there is one, else python3 (e.g. with the
+# offline wheel bundle of ../shared/gpu_bundle on PYTHONPATH).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	@$(GPU_PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'error: gpu-check: no CUDA GPU visible')"
+	$(GPU_PY) -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
+	$(GPU_PY) -m benchmarks --only feed --out runs/gpu-check
+	@sed -n '/^\*images/,/^$$/p' runs/gpu-check/RESULTS.md
 
 clean:
 	rm -rf runs .pytest_cache

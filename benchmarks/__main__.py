@@ -22,11 +22,12 @@ ABOUT = {
     "datapath": "images/s from the prepared cache (with/without augmentation) vs decoding PNGs",
     "search": "ASHA+TPE vs TPE vs random search on chest3 at an equal trial-epoch budget",
     "scaling": "trials/hour with 1, 2, 4 trials in parallel, and a g5 (A10G) extrapolation",
+    "feed": "pure training step vs a real epoch through the real loader, per augmentation side",
 }
 # Minutes (full, --quick) on a quiet 2-core CPU (full: measured 2026-11-22, RESULTS.md), see "Benchmarks" in README.md.
 ROUGH_MINUTES = {
     "overhead": (8, 1.5), "precision": (7.5, 4), "roofline": (1.5, 0.5), "datapath": (1, 0.5),
-    "search": (33, 4), "scaling": (14, 4.5),
+    "search": (33, 4), "scaling": (14, 4.5), "feed": (12, 1),
 }  # fmt: skip
 
 

@@ -26,7 +26,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 OUT_DIR = BENCH_DIR  # where results/ and RESULTS.md go; the runner's --out sets it
 # Order of the sections in RESULTS.md (and of `make bench`).
-ORDER = ("overhead", "precision", "roofline", "datapath", "search", "scaling")
+ORDER = ("overhead", "precision", "roofline", "datapath", "search", "scaling", "feed")
 TITLES = {
     "overhead": "1. Wrapper overhead",
     "precision": "2. Mixed precision",
@@ -34,6 +34,7 @@ TITLES = {
     "datapath": "4. Data path",
     "search": "5. Search efficiency",
     "scaling": "6. Scaling",
+    "feed": "7. Feed",
 }
 
 
@@ -57,6 +58,8 @@ def machine() -> dict[str, Any]:
         "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "niceness": os.nice(0) if hasattr(os, "nice") else None,
     }
+    if torch.cuda.is_available():  # the GPU a GPU benchmark ran on
+        info["gpu"] = torch.cuda.get_device_name(0)
     for lib in ("ray", "optuna", "torchvision", "numpy"):
         try:
             info[lib] = __import__(lib).__version__

@@ -16,6 +16,18 @@ def _isolated_cache(tmp_path_factory):
     os.environ["RAY_XRAY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests skip, saying why, where no GPU is visible (CI, a laptop)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU visible (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("RAY_XRAY_SHARED_DATA", REPO.parent / "shared" / "data"))
 
