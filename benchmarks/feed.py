@@ -24,7 +24,7 @@ from . import common as C
 NAME = "feed"
 DEFAULTS = {
     "full": {"models": ["resnet18", "cnn_lstm"], "sizes": [128, 224], "batch_size": 64,
-             "images": 512, "cuda_images": 3072, "repeats": 2,
+             "images": 256, "cuda_images": 3072, "repeats": 2,
              "presets": ["none", "flip", "seeds"]},
     "quick": {"models": ["resnet18"], "sizes": [64], "batch_size": 16, "images": 64,
               "cuda_images": 512, "repeats": 1, "presets": ["none", "seeds"]},

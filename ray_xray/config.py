@@ -52,6 +52,9 @@ class TrainConfig:
     # affine on the training device, data/feed.py); "auto": device on CUDA, loader on CPU.
     augment_on: str = "auto"
     loader_workers: int = 0  # DataLoader processes for loader-side augmentation (torchvision -j)
+    # Full training state (weights + optimiser) saved every N epochs, and always when the best
+    # epoch changes: a restart redoes at most N-1 epochs; N > 1 cuts checkpoint traffic.
+    checkpoint_every: int = 1
     compile: bool = False  # torch.compile the model (compiles per trial: worth it for long runs)
     seed: int = 0
     workers: int = 1  # Ray Train DDP workers
@@ -66,7 +69,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"config: {name}={value!r} is not one of {', '.join(allowed)}")
-        for name in ("img_size", "in_chans", "epochs", "batch_size", "workers"):
+        for name in ("img_size", "in_chans", "epochs", "batch_size", "workers", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)!r}")
         if int(self.loader_workers) < 0:

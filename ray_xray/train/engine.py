@@ -53,6 +53,11 @@ def autocast(device: torch.device, precision: str):
 
 def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     # Only fp16 underflows gradients; bf16 has fp32's exponent range.
+    if precision == "fp16" and device.type == "cuda":
+        # cuBLAS may reduce split-K fp16 GEMMs in fp16 (PyTorch's default allows it): with the
+        # 9,216-25,088-wide inputs of the alexnet/vgg16/cnn heads that loses precision and can
+        # overflow. A defensive setting, not a verified fix of the fp16 divergence (issue #15).
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 

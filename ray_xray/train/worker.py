@@ -93,12 +93,17 @@ class RayHooks(Hooks):
                 tr.bare, cfg, self.data.classes, self.data.mean, self.data.std, metrics
             )
             self.best_record["epoch"] = metrics["epoch"]
-        if self.rank != 0:
+        if self.rank == 0:
+            print(_progress_line(metrics, cfg), flush=True)
+            if cfg.patience and progress.since_best >= cfg.patience:
+                print(f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs", flush=True)
+        # Always when the best changed (the kept checkpoint then holds the best model whatever
+        # epoch ASHA stops at), else every `checkpoint_every` epochs and at the last one.
+        epoch = metrics["epoch"]
+        save = improved or epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
+        if self.rank != 0 or not save:
             ray.train.report(metrics)
             return
-        print(_progress_line(metrics, cfg), flush=True)
-        if cfg.patience and progress.since_best >= cfg.patience:
-            print(f"early stop: no {cfg.monitor} gain for {cfg.patience} epochs", flush=True)
         state = {
             **tr.state_dict(), "epoch": progress.epoch, "best_value": progress.best_value,
             "since_best": progress.since_best, "best": self.best_record,
