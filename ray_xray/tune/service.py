@@ -292,7 +292,9 @@ def run_sweep(opts: SweepOptions) -> dict:
     one dict per trial, the best ``top_k`` with test metrics, the experiment folder, seconds.
     Raises ValueError on a bad space, data, objective, storage or resource request.
     """
-    space = load_space(opts.space, smoke=opts.smoke_test)
+    # --set values are pinned in the space, as smoke: values are: a tuned key leaves the
+    # study's parameters, so Optuna never records a value that no trial trained with.
+    space = load_space(opts.space, smoke=opts.smoke_test).with_settings(opts.settings)
     resolve_paths(opts)
     name = experiment_name(opts, space)
     storage = opts.storage
@@ -309,8 +311,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     if restoring:  # first what needs no data: another dataset fails before it is read
         check_resumable(exp_dir, sweep_identity(opts, space, None))
 
-    overrides = {
-        **opts.settings,
+    overrides = {  # what no space sets: every trial of the sweep shares them
         "data": opts.data,
         "seed": opts.seed,
         "workers": opts.workers_per_trial,
@@ -424,7 +425,7 @@ def _tune_config(
         study_name=Path(exp_dir).name,
         storage=study_storage,
     )
-    epochs = space.resolve(space.default_config(), opts.settings).epochs
+    epochs = space.resolve(space.default_config()).epochs
     if multi and opts.scheduler == "asha":
         print(
             "multi-objective: ASHA needs one metric, so trials run to the end (FIFO)",
