@@ -31,3 +31,44 @@ def test_plateau_factor_patience_and_floor_are_settings():
     for bad in ({"plateau_factor": 1.0}, {"plateau_patience": -1}, {"min_lr": -1.0}):
         with pytest.raises(ValueError, match="plateau|min_lr"):
             TrainConfig(**bad)
+
+
+SEEDS = {  # space -> what the seed's recipe trains with
+    "seed_cnn": {"model": "cnn", "optimizer": "adam", "scheduler": "plateau",
+                 "model_kwargs": {"head_dims": [4096, 2048], "width": 64, "pool_size": 7}},
+    "seed_lstm": {"model": "lstm", "optimizer": "adam", "scheduler": "plateau",
+                  "model_kwargs": {"hidden_size": 512, "proj_dim": 512, "num_layers": 3}},
+    "seed_vit": {"model": "vit", "optimizer": "adamw", "scheduler": "cosine",
+                 "model_kwargs": {"dim": 512, "depth": 6, "heads": 8, "patch_size": 16}},
+    "seed_resnet18_cbam": {"model": "resnet18_cbam", "optimizer": "adam", "scheduler": "plateau"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SEEDS))
+def test_seed_spaces_start_from_the_seeds_recipe(name):
+    """A sweep's first trial in a seed space is the seed's recipe at its size (224 px)."""
+    from ray_xray.spaces import load_space
+
+    space = load_space(name)
+    assert len(space.start) == 1
+    cfg = space.resolve({**space.fixed_for(space.models[0]), **space.start[0]})
+    want = SEEDS[name]
+    assert cfg.img_size == 224 and 30 <= cfg.epochs <= 70 and cfg.focal_gamma == 0.0
+    assert (cfg.model, cfg.optimizer, cfg.scheduler) == (want["model"], want["optimizer"],
+                                                         want["scheduler"])  # fmt: skip
+    for kw, value in want.get("model_kwargs", {}).items():
+        assert cfg.model_kwargs[kw] == value, kw
+    if cfg.scheduler == "plateau":
+        assert (cfg.plateau_factor, cfg.plateau_patience) == (0.5, 5)
+
+
+def test_cpu_spaces_reach_the_seeds_model_sizes_but_default_small():
+    from ray_xray.spaces import load_space
+
+    vit, lstm, every = load_space("vit"), load_space("lstm"), load_space("all")
+    assert 512 in vit.params["model.dim"].choices and vit.default_config()["model.dim"] == 128
+    assert 512 in lstm.params["model.hidden_size"].choices
+    assert lstm.default_config()["model.hidden_size"] == 64
+    assert 512 in every.params_for("vit")["model.dim"].choices
+    assert 512 in every.params_for("lstm")["model.hidden_size"].choices
+    assert (vit.fixed["img_size"], vit.fixed["optimizer"]) == (128, "adamw")  # CPU defaults
