@@ -72,3 +72,68 @@ def test_cpu_spaces_reach_the_seeds_model_sizes_but_default_small():
     assert 512 in every.params_for("vit")["model.dim"].choices
     assert 512 in every.params_for("lstm")["model.hidden_size"].choices
     assert (vit.fixed["img_size"], vit.fixed["optimizer"]) == (128, "adamw")  # CPU defaults
+
+
+def test_rgb_pretrained_stem_is_kept_for_grey_input(tmp_path):
+    """A local RGB state dict (as torchvision's ImageNet file) loaded into a grey resnet18: the
+    stem's filters are summed over colour, so grey x gives what the RGB model gives (x, x, x)."""
+    from ray_xray.models import create_model
+
+    torch.manual_seed(0)
+    rgb = create_model("resnet18_cbam", 3, in_chans=3, img_size=64).eval()
+    path = tmp_path / "rgb.pt"
+    torch.save(rgb.state_dict(), path)
+    grey = create_model("resnet18_cbam", 3, in_chans=1, img_size=64, pretrained=path).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(grey(x), rgb(x.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-5)
+
+
+TIMM = ["timm/convnext_tiny", "timm/densenet121", "timm/efficientnet_b0"]
+
+
+def test_timm_models_are_registered_with_the_common_signature():
+    from ray_xray.models import list_models, model_hparams
+
+    assert set(TIMM) <= set(list_models())
+    for name in TIMM:
+        assert model_hparams(name) == {"dropout": 0.0, "hub_weights": False}
+
+
+@pytest.mark.parametrize("name", TIMM)
+def test_timm_models_build_train_and_load_grey_weights(name, tmp_path):
+    """Built without weights (no download): grey forward/backward, a Grad-CAM layer, and a local
+    RGB state dict loaded with its stem summed (the grey output equals the RGB one on x,x,x)."""
+    pytest.importorskip("timm")
+    from ray_xray.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, 3, in_chans=1, img_size=64, dropout=0.1)
+    assert model.is_conv and model.cam_layer is not None
+    out = model(torch.randn(2, 1, 64, 64))
+    assert out.shape == (2, 3)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    rgb = create_model(name, 3, in_chans=3, img_size=64).eval()
+    torch.save(rgb.state_dict(), tmp_path / "rgb.pt")
+    grey = create_model(name, 3, in_chans=1, img_size=64, pretrained=tmp_path / "rgb.pt").eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(grey(x), rgb(x.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-4)
+
+
+def test_timm_model_without_timm_says_what_to_install(monkeypatch):
+    import builtins
+
+    from ray_xray.models import create_model
+
+    real_import = builtins.__import__
+
+    def no_timm(name, *args, **kwargs):
+        if name == "timm" or name.startswith("timm."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    with pytest.raises(ValueError, match=r"needs timm: pip install 'ray_xray\[timm\]'"):
+        create_model("timm/densenet121", 3)
