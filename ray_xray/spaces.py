@@ -203,6 +203,8 @@ class SearchSpace:
     # Known-good points the search evaluates first (Optuna enqueue_trial), so a sweep starts
     # from the best recipe we know and spends its budget trying to beat it.
     start: list[dict[str, Any]] = field(default_factory=list)
+    # Sweep-wide settings pinned by ``with_settings`` (``--set``), for the saved space's header.
+    pinned: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tunes_model(self) -> bool:
@@ -280,6 +282,21 @@ class SearchSpace:
         except (TypeError, ValueError) as e:
             raise SpaceError(f"{self.label}: {_config_msg(e)}") from None
 
+    def with_settings(self, settings: Mapping[str, Any], where: str = "--set") -> SearchSpace:
+        """The space with sweep-wide settings (``--set KEY=VALUE``) pinned, as ``smoke:`` does:
+        a tuned key moves from params to fixed, so the study never samples it, and a fixed one
+        takes the new value. ``model`` narrows a tuned model to that one choice; a ``model.<kw>``
+        that only some of a tuned model's choices take is pinned for those models only. Start
+        points lose the pinned keys (and the points of other models). Returns a new, validated
+        space; raises ``SpaceError`` (one line naming ``where`` and the key) on a bad setting."""
+        if not settings:
+            return self
+        try:
+            pinned = _pin_settings(self, dict(settings), _Models(_models_api()), where)
+        except SpaceError as e:
+            raise SpaceError(f"{self.label}: {e}") from None
+        return pinned
+
     @property
     def label(self) -> str:
         return _label(self.path)
@@ -309,6 +326,8 @@ class SearchSpace:
     def to_yaml(self) -> str:
         """YAML to save beside an experiment; ``load_space`` reads it back."""
         mode = " with smoke overrides applied" if self.smoke else ""
+        if self.pinned:
+            mode += f"{' and' if mode else ' with'} --set {_join(f'{k}={v!r}' for k, v in self.pinned.items())}"
         header = f"# search space {self.name!r}{mode}, from {self.path}\n"
         body = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, width=100)
         return header + body
@@ -810,9 +829,7 @@ def _apply_smoke(base: SearchSpace, smoke: Any, models: _Models) -> SearchSpace:
         conditional = {m: c for m, c in conditional.items() if m in chosen}
     model_names = list(params["model"].choices) if "model" in params else base.models
 
-    def pin(fixed_: dict, params_: dict, key: str, value: Any) -> None:
-        params_.pop(key, None)
-        fixed_[key] = value
+    pin = _pin
 
     for key, value in smoke.items():
         if key in SMOKE_RESERVED:
@@ -859,6 +876,89 @@ def _apply_smoke(base: SearchSpace, smoke: Any, models: _Models) -> SearchSpace:
     return dataclasses.replace(
         base, fixed=fixed, params=params, conditional=conditional, smoke=True, start=[]
     )
+
+
+def _pin(fixed: dict, params: dict, key: str, value: Any) -> None:
+    """Fix ``key`` to ``value`` (no longer tuned if it was)."""
+    params.pop(key, None)
+    fixed[key] = copy.deepcopy(value)
+
+
+def _takers(kw: str, model_names: list[str], models: _Models) -> list[str]:
+    """The models among ``model_names`` that take hyperparameter ``kw`` (all when unchecked)."""
+    out = []
+    for name in model_names:
+        hparams = models.hparams(name)
+        if hparams is None or kw == "pretrained" or kw in hparams:
+            out.append(name)
+    return out
+
+
+def _pin_settings(
+    base: SearchSpace, settings: dict[str, Any], models: _Models, where: str
+) -> SearchSpace:
+    """``SearchSpace.with_settings``: every setting pinned like a ``smoke:`` value."""
+    fixed, params = dict(base.fixed), dict(base.params)
+    conditional = {
+        m: Conditional(dict(c.fixed), dict(c.params)) for m, c in base.conditional.items()
+    }
+    start = [dict(p) for p in base.start]
+    if "model" in settings:
+        model = settings["model"]
+        if not isinstance(model, str):
+            raise SpaceError(f"{where} model: must be a model name, got {model!r}")
+        if base.tunes_model:
+            if model not in base.models:
+                raise SpaceError(
+                    f"{where} model: {model!r} is not one of the params.model choices "
+                    f"({_join(base.models)}){_did_you_mean(model, base.models)}"
+                )
+            params["model"] = dataclasses.replace(params["model"], choices=(model,))
+            conditional = {m: c for m, c in conditional.items() if m == model}
+            start = [p for p in start if p.get("model", base.models[0]) == model]
+        else:
+            fixed["model"] = model
+    model_names = list(params["model"].choices) if "model" in params else [fixed["model"]]
+    for key, value in settings.items():
+        if key == "model":
+            continue
+        label = f"{where} {key}"
+        if isinstance(value, Mapping):
+            raise SpaceError(f"{label}: must be a constant, got a mapping")
+        targets = model_names
+        if key.startswith("model.") and "model" in params:
+            targets = _takers(key[len("model.") :], model_names, models)
+            if not targets:
+                raise SpaceError(
+                    f"{label}: not a hyperparameter of any model of this space "
+                    f"({_join(model_names)})"
+                )
+        for default in _defaults(key, label, targets, models):
+            _check_value(value, default, label)
+        _try_config({"model": targets[0], key: value}, label)
+        if targets == model_names:
+            _pin(fixed, params, key, value)
+            for cond in conditional.values():  # the setting wins over model-specific values
+                if key in cond.fixed or key in cond.params:
+                    _pin(cond.fixed, cond.params, key, value)
+        else:
+            for m in targets:
+                cond = conditional.setdefault(m, Conditional())
+                _pin(cond.fixed, cond.params, key, value)
+        for point in start:
+            point.pop(key, None)
+    pinned = dataclasses.replace(
+        base, fixed=fixed, params=params, conditional=conditional,
+        start=[p for p in start if p], pinned={**base.pinned, **settings},
+    )  # fmt: skip
+    try:
+        _validate(pinned, models)
+        _check_start(pinned)
+    except SpaceError as e:
+        raise SpaceError(
+            f"with {where} {_join(f'{k}={v!r}' for k, v in settings.items())}: {e}"
+        ) from None
+    return pinned
 
 
 # --------------------------------------------------------------------------- helpers

@@ -25,6 +25,10 @@ EXPECTED = [
     "lstm",
     "resnet18",
     "resnet18_cbam",
+    "seed_cnn",
+    "seed_lstm",
+    "seed_resnet18_cbam",
+    "seed_vit",
     "vgg16",
     "vit",
 ]

@@ -144,7 +144,8 @@ def test_scheduler_searcher_and_epoch_budget_options():
     for scheduler, cls in (("asha", ASHAScheduler), ("fifo", FIFOScheduler)):
         config = _tune_config(SweepOptions(scheduler=scheduler, budget_epochs=5), space, "s3://b/exp",
                               {"max_concurrent": 1})  # fmt: skip
-        assert type(config.scheduler) is cls
+        assert isinstance(config.scheduler, cls)  # ASHA is a FIFOScheduler too:
+        assert isinstance(config.scheduler, ASHAScheduler) == (cls is ASHAScheduler)
         searcher = config.search_alg.searcher if hasattr(config.search_alg, "searcher") else config.search_alg
         assert searcher.budget_epochs == 5
     # --budget-epochs: no new trial once the trials reported that many epochs (each counted once).

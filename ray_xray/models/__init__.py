@@ -6,7 +6,7 @@ attention of their last forward pass in ``last_attention``.
 """
 
 # Importing the family modules is what registers their builders.
-from . import cnn, recurrent, torchvision_models, vit  # noqa: F401
+from . import cnn, recurrent, timm_models, torchvision_models, vit  # noqa: F401
 from .registry import (
     count_params,
     create_model,

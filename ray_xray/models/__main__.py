@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .registry import count_params, create_model, list_models
+from .timm_models import timm_available
 
 # The seeds' published sizes at 224x224 RGB, 3 classes: a drift here means the layout changed.
 REFERENCE_PARAMS = {"lstm": 18_066_948, "vit": 19_411_971}
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.models.split(",") if args.models else list_models()
+    # timm's models are listed only when the optional timm package is there to build them.
+    default = [n for n in list_models() if not n.startswith("timm/") or timm_available()]
+    names = args.models.split(",") if args.models else default
     unknown = [n for n in names if n not in list_models()]
     if unknown:
         ap.error(f"unknown model(s) {', '.join(unknown)}; choose from: {', '.join(list_models())}")

@@ -22,9 +22,10 @@ _REGISTRY: dict[str, Builder] = {}
 _COMMON = ("num_classes", "in_chans", "img_size")
 
 
-def register_model(fn: Builder) -> Builder:
-    """Register ``fn`` under its ``__name__``; validates the signature at import time."""
-    name = fn.__name__
+def register_model(fn: Builder, name: str | None = None) -> Builder:
+    """Register ``fn`` under ``name`` (default its ``__name__``); validates the signature at
+    import time."""
+    name = name or fn.__name__
     if name in _REGISTRY:
         raise ValueError(f"model '{name}' is registered twice")
     params = inspect.signature(fn).parameters
@@ -93,8 +94,9 @@ def create_model(
 def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
     """Load matching tensors from a state-dict file; mismatched shapes are skipped with a warning.
 
-    Skipping (rather than failing) is what makes ImageNet or other-task checkpoints usable
-    when the stem has a different channel count or the head a different class count.
+    Skipping (rather than failing) is what makes other-task checkpoints usable when the head
+    has a different class count. An RGB (ImageNet) stem loaded into a grey model is kept, its
+    filters summed over the colour channels (`_grey_filters`), not dropped.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -108,6 +110,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
     state = {k.removeprefix("module."): v for k, v in state.items()}
 
     own = model.state_dict()
+    state = {k: _grey_filters(v, own[k]) if k in own else v for k, v in state.items()}
     keep = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     if not keep:
         raise ValueError(f"no tensor in {path} matches this model's parameters")
@@ -127,6 +130,18 @@ def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
             stacklevel=3,
         )
     return model
+
+
+def _grey_filters(weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """An RGB stem's filters (out, 3, kh, kw) for a grey model (out, 1, kh, kw): summed over the
+    colour channels, so a grey image x gives what the RGB model gives for (x, x, x) (the usual
+    fix, timm's too); anything else is returned unchanged."""
+    if (
+        weight.ndim == 4 and target.ndim == 4 and weight.shape[1] == 3 and target.shape[1] == 1
+        and weight.shape[0] == target.shape[0] and weight.shape[2:] == target.shape[2:]
+    ):  # fmt: skip
+        return weight.sum(dim=1, keepdim=True)
+    return weight
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

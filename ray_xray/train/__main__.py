@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weights", action="store_true", help="inverse-frequency class weights")
     p.add_argument("--scheduler", choices=CHOICES["scheduler"], default=d.scheduler)
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument(
+        "--plateau-factor", type=float, default=d.plateau_factor,
+        help="--scheduler plateau: lr multiplier when the monitored metric stalls",
+    )  # fmt: skip
+    p.add_argument(
+        "--plateau-patience", type=int, default=d.plateau_patience,
+        help="--scheduler plateau: epochs without improvement before the lr drops",
+    )  # fmt: skip
+    p.add_argument("--min-lr", type=float, default=d.min_lr, help="--scheduler plateau: lr floor")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max grad norm, 0 = off")
     p.add_argument(
         "--patience", type=int, default=d.patience, help="early stopping patience, 0 = off"
@@ -104,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         optimizer=args.optimizer, loss=args.loss, focal_gamma=args.focal_gamma,
         label_smoothing=args.label_smoothing, class_weights=args.class_weights,
         scheduler=args.scheduler, warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
+        plateau_factor=args.plateau_factor, plateau_patience=args.plateau_patience, min_lr=args.min_lr,
         patience=args.patience, monitor=args.monitor, precision=args.precision, device=args.device,
         channels_last=not args.no_channels_last, aug_strength=args.aug_strength, augment=args.augment, seed=args.seed,
         workers=args.workers, dedupe=args.dedupe, allow_leakage=args.allow_leakage, skip_bad=args.skip_bad,

@@ -136,11 +136,12 @@ class Schedule:
 
         if self.kind == "cosine" or warm:
             self.batch_sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        if self.kind == "plateau":  # the seeds' factor 0.5, patience 5
+        if self.kind == "plateau":  # defaults: the seeds' factor 0.5, patience 5
             mode = "min" if cfg.monitor == "val_loss" else "max"
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode=mode, factor=0.5, patience=5
-            )
+                opt, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+                min_lr=cfg.min_lr,
+            )  # fmt: skip
 
     def step_batch(self) -> None:
         self.step += 1

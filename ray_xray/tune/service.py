@@ -16,9 +16,7 @@ from pathlib import Path
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.schedulers import FIFOScheduler
 
 from ..data import absolute_spec, load_data
 from ..data.cache import cache_location
@@ -28,6 +26,7 @@ from ..spaces import SearchSpace, load_space
 from ..train.run import init_ray
 from . import results as R
 from .console import ConsoleReporter
+from .searcher import RungScheduler, SweepSearch
 from .trial import TOKEN_CPU, trial_fn
 
 log = logging.getLogger("ray_xray.tune")
@@ -292,7 +291,9 @@ def run_sweep(opts: SweepOptions) -> dict:
     one dict per trial, the best ``top_k`` with test metrics, the experiment folder, seconds.
     Raises ValueError on a bad space, data, objective, storage or resource request.
     """
-    space = load_space(opts.space, smoke=opts.smoke_test)
+    # --set values are pinned in the space, as smoke: values are: a tuned key leaves the
+    # study's parameters, so Optuna never records a value that no trial trained with.
+    space = load_space(opts.space, smoke=opts.smoke_test).with_settings(opts.settings)
     resolve_paths(opts)
     name = experiment_name(opts, space)
     storage = opts.storage
@@ -309,8 +310,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     if restoring:  # first what needs no data: another dataset fails before it is read
         check_resumable(exp_dir, sweep_identity(opts, space, None))
 
-    overrides = {
-        **opts.settings,
+    overrides = {  # what no space sets: every trial of the sweep shares them
         "data": opts.data,
         "seed": opts.seed,
         "workers": opts.workers_per_trial,
@@ -414,8 +414,9 @@ def _tune_config(
     if "://" not in exp_dir:
         # The study lives in the experiment directory so optuna-dashboard can open it.
         study_storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir}/optuna.db")
-    search = BudgetedOptunaSearch(
+    search = SweepSearch(
         budget_epochs=opts.budget_epochs,
+        key=exp_dir,  # shared with the scheduler: which trials it cut (PRUNED in the study)
         space=space.define_by_run,
         points_to_evaluate=[dict(p) for p in space.start] or None,
         metric=metrics if multi else metrics[0],
@@ -424,7 +425,7 @@ def _tune_config(
         study_name=Path(exp_dir).name,
         storage=study_storage,
     )
-    epochs = space.resolve(space.default_config(), opts.settings).epochs
+    epochs = space.resolve(space.default_config()).epochs
     if multi and opts.scheduler == "asha":
         print(
             "multi-objective: ASHA needs one metric, so trials run to the end (FIFO)",
@@ -433,8 +434,8 @@ def _tune_config(
     if multi or opts.scheduler == "fifo":
         scheduler = FIFOScheduler()
     else:
-        scheduler = ASHAScheduler(
-            time_attr="epoch", metric=metrics[0], mode=modes[0], max_t=epochs,
+        scheduler = RungScheduler(
+            key=exp_dir, time_attr="epoch", metric=metrics[0], mode=modes[0], max_t=epochs,
             grace_period=min(opts.grace_epochs or max(1, epochs // 3), epochs), reduction_factor=3,
         )  # fmt: skip
     return tune.TuneConfig(
@@ -449,6 +450,7 @@ def _tune_config(
 
 
 SCHEDULERS, SEARCHERS = ("asha", "fifo"), ("tpe", "random")
+BudgetedOptunaSearch = SweepSearch  # its former name
 
 
 def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
@@ -461,39 +463,6 @@ def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
     if opts.tpe_startup < 1:
         raise ValueError(f"--tpe-startup must be >= 1, got {opts.tpe_startup}")
     return optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=opts.tpe_startup)
-
-
-class BudgetedOptunaSearch(OptunaSearch):
-    """OptunaSearch that starts no new trial once the trials have reported `budget_epochs`
-    epochs in all (0: no limit): an equal budget for schedulers that stop trials early and
-    those that do not. Running trials finish (ASHA may still stop them): stopping the whole
-    experiment instead killed trials in mid start-up, whose Ray Train workers' resources
-    then stayed reserved and hung the next sweep in the same Ray session."""
-
-    def __init__(self, *args, budget_epochs: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.budget_epochs = int(budget_epochs)
-        self.epochs_seen: set = set()  # (trial, iteration): Tune repeats a trial's last result
-
-    def spent_epochs(self) -> int:
-        return len(self.epochs_seen)
-
-    def _count(self, trial_id: str, result: dict | None) -> None:
-        if result and result.get("training_iteration") is not None:
-            self.epochs_seen.add((trial_id, result["training_iteration"]))
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._count(trial_id, result)
-        super().on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self._count(trial_id, result)
-        super().on_trial_complete(trial_id, result, error)
-
-    def suggest(self, trial_id: str):
-        if self.budget_epochs and self.spent_epochs() >= self.budget_epochs:
-            return Searcher.FINISHED
-        return super().suggest(trial_id)
 
 
 def _run_config(opts: SweepOptions, name: str, storage: str) -> tune.RunConfig:
