@@ -176,8 +176,21 @@ def summary_section(ctx: dict) -> str:
 
 def comparison_section(ctx: dict) -> str:
     m, classes = ctx["metrics"], ctx["classes"]
-    headers = ["name", "kind", "T", "weight", "val macro-F1", "val NLL", "accuracy [95% CI]",
-               "macro-F1 [95% CI]", "weighted-F1", "ROC-AUC [95% CI]", "PR-AP", "ECE", "NLL"]
+    headers = [
+        "name",
+        "kind",
+        "T",
+        "weight",
+        "val macro-F1",
+        "val NLL",
+        "accuracy [95% CI]",
+        "macro-F1 [95% CI]",
+        "weighted-F1",
+        "ROC-AUC [95% CI]",
+        "PR-AP",
+        "ECE",
+        "NLL",
+    ]
     headers += [f"recall {c}" for c in classes]  # fmt: skip
     rows, cls = [], []
     for kind, entries in (("member", m["members"]), ("ensemble", m["ensembles"])):

@@ -42,7 +42,9 @@ def ci(value, interval, digits: int = 3) -> Shown | None:
     lo, hi = (list(interval) + [None, None])[:2] if interval else (None, None)
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return Shown(num(float(value), digits))
-    return Shown(f"{num(float(value), digits)} [{num(float(lo), digits)}, {num(float(hi), digits)}]")
+    return Shown(
+        f"{num(float(value), digits)} [{num(float(lo), digits)}, {num(float(hi), digits)}]"
+    )
 
 
 def esc(value) -> str:

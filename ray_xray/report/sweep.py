@@ -285,7 +285,8 @@ def importance_section(ctx: dict, figs, study, msg: str) -> str:
 
     try:
         imp = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
     except Exception as exc:  # fANOVA on a degenerate sweep (one value per parameter...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return H.section("Hyperparameter importance", H.para(
@@ -328,4 +329,3 @@ def sweep_sections(ctx: dict, figs) -> list[tuple[str, object]]:
         ("history", lambda: history_section(ctx, figs, *study())),
         ("importance", lambda: importance_section(ctx, figs, *study())),
     ]
-
