@@ -101,16 +101,18 @@ def optuna_figure(plot_fn, study, path: Path, **kw) -> Path:
     saved as a PNG; `kw` goes to the plot function (params=, target_name=)."""
     import warnings
 
-    with warnings.catch_warnings():
+    # rc_context: Optuna switches matplotlib to its ggplot style globally, which would grey
+    # every later figure of the report; the context restores the settings on exit.
+    with plt.rc_context(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
         ax = plot_fn(study, **kw)
-    first = ax.flat[0] if isinstance(ax, np.ndarray) else ax
-    fig = first.figure
-    if isinstance(ax, np.ndarray) and ax.size > 4:
-        fig.set_size_inches(min(3.0 * ax.size, 14), 3.4)
-    elif fig.get_size_inches()[0] < 6:
-        fig.set_size_inches(7, 3.8)
-    return _save(fig, path)
+        first = ax.flat[0] if isinstance(ax, np.ndarray) else ax
+        fig = first.figure
+        if isinstance(ax, np.ndarray) and ax.size > 4:
+            fig.set_size_inches(min(3.0 * ax.size, 14), 3.4)
+        elif fig.get_size_inches()[0] < 6:
+            fig.set_size_inches(7, 3.8)
+        return _save(fig, path)
 
 
 def importance_bars(importances: dict[str, float], path: Path, title: str) -> Path:
@@ -244,8 +246,11 @@ def reliability(panels: list[tuple[str, dict, float]], path: Path) -> Path:
         ax.set_xlabel("confidence (top class)")
         ax.set_title(f"{title}\nECE {e:.3f}, n = {int(b['count'].sum())}", fontsize=9)
     axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
+    # Below the panels: inside one it would cover the bin counts of the top bars.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=3, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))  # fmt: skip
     return _save(fig, path)
 
 
