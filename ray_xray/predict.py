@@ -3,6 +3,11 @@
 CHECKPOINT is one model (best_model.pt, a run directory, a trial checkpoint) or an ensemble
 (`ensemble.pt` from `python -m ray_xray.ensemble`, or the folder holding it): the ensemble's
 answer is the weighted mean of its temperature-calibrated members' probabilities.
+
+`--operating-point CLASS@POINT` (repeatable) adds a yes/no decision per image: positive for
+CLASS when its probability is >= the threshold. POINT is a name the ensemble stored (e.g.
+`sens0.90`, `spec0.95`: thresholds fixed on validation by `python -m ray_xray.ensemble`) or a
+probability threshold written as a number (`tuberculosis@0.37`).
 """
 
 from __future__ import annotations
@@ -111,6 +116,47 @@ def _rows(paths: list[str], prob, classes: list[str]) -> list[dict]:
     ]
 
 
+def resolve_operating_point(record: dict, spec: str) -> dict:
+    """'CLASS@NAME' or 'CLASS@THRESHOLD' -> {"class", "point", "threshold"} for this record.
+
+    NAME is one of the record's stored points (``record["operating_points"][CLASS]``, written
+    by ``python -m ray_xray.ensemble``); THRESHOLD a probability in [0, 1]. Raises ValueError
+    (one line, listing what is available) for an unknown class or point.
+    """
+    cls, sep, point = spec.rpartition("@")
+    classes = list(record["classes"])
+    if not sep or not cls or not point:
+        raise ValueError(f"--operating-point {spec!r}: expected CLASS@POINT, e.g. "
+                         f"{classes[-1]}@sens0.90 or {classes[-1]}@0.5")  # fmt: skip
+    if cls not in classes:
+        raise ValueError(f"--operating-point {spec!r}: no class {cls!r} (classes: "
+                         f"{', '.join(classes)})")  # fmt: skip
+    stored = (record.get("operating_points") or {}).get(cls) or {}
+    if point in stored:
+        return {"class": cls, "point": point, "threshold": float(stored[point])}
+    try:
+        t = float(point)
+    except ValueError:
+        have = ", ".join(sorted(stored)) or "none (only an ensemble.pt stores them)"
+        raise ValueError(f"--operating-point {spec!r}: no stored point {point!r} for {cls} "
+                         f"(stored: {have}; or give a probability threshold)") from None  # fmt: skip
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"--operating-point {spec!r}: a threshold must be in [0, 1]")
+    return {"class": cls, "point": point, "threshold": t}
+
+
+def apply_operating_points(rows: list[dict], points: list[dict]) -> list[dict]:
+    """Adds "decisions": [{"class", "point", "threshold", "probability", "positive"}] to each
+    row (positive when the class probability >= threshold). Returns the same rows."""
+    for r in rows:
+        r["decisions"] = [
+            {**p, "probability": r["probabilities"][p["class"]],
+             "positive": bool(r["probabilities"][p["class"]] >= p["threshold"])}
+            for p in points
+        ]  # fmt: skip
+    return rows
+
+
 def predict(record: dict, paths: list[str], device: str = "auto") -> list[dict]:
     """Rows ``{"image", "prediction", "probabilities": {class: p}}``, one per image file.
 
@@ -177,18 +223,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", action="store_true", help="print a JSON list")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument(
+        "--operating-point", action="append", default=[], metavar="CLASS@POINT",
+        help="add a positive/negative call for CLASS: POINT is a stored point of the ensemble "
+        "(sens0.90, spec0.95, ...) or a probability threshold (0.37); repeatable",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     record = load_model_or_ensemble(args.checkpoint)
+    points = [resolve_operating_point(record, s) for s in args.operating_point]
     rows = predict(record, args.images, args.device)
+    if points:  # no "decisions" key unless asked: --json output stays as it was
+        apply_operating_points(rows, points)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     classes = record["classes"]
     width = max(len(r["image"]) for r in rows)
-    print(f"{'image':<{width}}  {'prediction':<12} " + " ".join(f"{c[:12]:>12}" for c in classes))
+    names = [f"{p['class']}@{p['point']}" for p in points]
+    cols = [max(len(n), 8) for n in names]
+    print(f"{'image':<{width}}  {'prediction':<12} " + " ".join(f"{c[:12]:>12}" for c in classes)
+          + "".join(f"  {n:>{w}}" for n, w in zip(names, cols, strict=True)))  # fmt: skip
     for r in rows:
         probs = " ".join(f"{r['probabilities'][c]:>12.4f}" for c in classes)
-        print(f"{r['image']:<{width}}  {r['prediction']:<12} {probs}")
+        calls = "".join(f"  {'positive' if d['positive'] else 'negative':>{w}}"
+                        for d, w in zip(r.get("decisions", []), cols, strict=True))  # fmt: skip
+        print(f"{r['image']:<{width}}  {r['prediction']:<12} {probs}{calls}")
+    for p in points:
+        print(f"{p['class']}@{p['point']}: positive when P({p['class']}) >= {p['threshold']:.6g}")
     return 0
 
 

@@ -100,8 +100,10 @@ def test_operating_point_reaches_the_target_specificity_on_validation(target, se
     y = rng.integers(0, 2, n)
     score = np.clip(rng.normal(0.35 + 0.3 * y, 0.15), 0, 1).round(2)  # rounding makes ties
     prob = np.stack([1 - score, score], 1)
-    ops = operating_points(y, prob, y, prob, ["neg", "pos"], targets=(target,))
-    row = ops["pos"][f"{target:.2f}"]
+    ops = operating_points(y, prob, y, prob, ["neg", "pos"], specificities=(target,),
+                           sensitivities=())  # fmt: skip
+    assert list(ops["pos"]) == [f"spec{target:.2f}"]
+    row = ops["pos"][f"spec{target:.2f}"]
     assert row["val_specificity"] >= target
     assert row["test_specificity"] == row["val_specificity"]  # same data: same numbers
     # the most sensitive such threshold: any lower observed score breaks the target
@@ -303,8 +305,10 @@ def test_greedy_ensemble_beats_or_ties_the_best_member_on_validation(sweep):
                 "confusion", "precision", "recall", "f1"} <= set(t)  # fmt: skip
         for c in m["classes"]:
             for target in ("0.90", "0.95"):
-                op = entry["operating_points"][c][target]
+                op = entry["operating_points"][c][f"spec{target}"]
                 assert op["val_specificity"] >= float(target)
+                op = entry["operating_points"][c][f"sens{target}"]
+                assert op["val_sensitivity"] >= float(target)
 
 
 @pytest.mark.slow_ray

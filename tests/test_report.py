@@ -146,7 +146,8 @@ def fake_sweep(root, specs, objective=("val_macro_f1", "val_loss")):
         ckpt = root / tid / "train" / "checkpoint_000001"
         ckpt.mkdir(parents=True)
         torch.save({"best": rec}, ckpt / "checkpoint.pt")
-        log = [{"epoch": e, "val_macro_f1": 0.3 + 0.05 * e - 0.01 * i, "val_loss": 1.1 - 0.1 * e + 0.02 * i}
+        log = [{"epoch": e, "val_macro_f1": 0.3 + 0.05 * e - 0.01 * i, "val_loss": 1.1 - 0.1 * e + 0.02 * i,
+                "train_loss": 1.0 - 0.2 * e, "timestamp": 1.7e9 + 60 * i + 20 * e, "time_total_s": 20.0 * e}
                for e in (1, 2)]  # fmt: skip
         (root / tid / "result.json").write_text("\n".join(map(json.dumps, log)) + "\n")
         rows.append({"trial_id": tid, "status": "TERMINATED", "error": "", "model": name, "epochs": 2,
@@ -158,9 +159,26 @@ def fake_sweep(root, specs, objective=("val_macro_f1", "val_loss")):
                  "trial_dir": str(root / "broken"), "config/model": "vit", "config/lr": 0.1,
                  "config/img_size": 32})  # fmt: skip
     pd.DataFrame(rows).to_parquet(root / "results.parquet")
-    options = {"data": "synthetic:chest3", "objective": list(objective)}
-    (root / "sweep.json").write_text(json.dumps({"options": options}))
+    options = {"data": "synthetic:chest3", "objective": list(objective), "trials": 8,
+               "budget_minutes": 3.0}  # fmt: skip
+    command = "python -m ray_xray.tune --trials 8 --budget-minutes 3"
+    (root / "sweep.json").write_text(json.dumps({"command": command, "options": options}))
     return root
+
+
+def add_optuna_db(root, rows):
+    """optuna.db as OptunaSearch leaves it: one trial per (lr, img_size), valued by `last`
+    (Optuna's record of the last report), which the report must NOT rank by."""
+    import optuna
+
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
+            "img_size": optuna.distributions.CategoricalDistribution([24, 32])}  # fmt: skip
+    study = optuna.create_study(study_name=root.name, storage=f"sqlite:///{root}/optuna.db",
+                                direction="maximize")  # fmt: skip
+    for lr, size, last in rows:
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "img_size": size}, distributions=dist, value=last))  # fmt: skip
+    return study
 
 
 def test_report_of_a_mixed_sweep_without_ray(tmp_path):
@@ -195,3 +213,95 @@ def test_report_of_a_mixed_sweep_without_ray(tmp_path):
     Image.fromarray(np.full((40, 40), 90, np.uint8)).save(png)
     rows = predict.predict(obj, [str(png)], "cpu")
     assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def _sections(page: str) -> dict[str, str]:
+    """{section id: its HTML} of a report page."""
+    return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, flags=re.S))
+
+
+def test_report_sections_intervals_and_operating_points_end_to_end(tmp_path, capsys):
+    """A synthetic sweep with an optuna.db: the report has the context block, intervals,
+    both kinds of operating points, every trial's curves and the Optuna views on the ranked
+    value; metrics.json holds the intervals; predict applies a stored operating point."""
+    import torch
+    from PIL import Image
+
+    from ray_xray import predict
+    from ray_xray import stats as S
+    from ray_xray.ensemble import run_ensemble
+    from ray_xray.report.sweep import ranked_study
+
+    exp = fake_sweep(tmp_path / "exp", [
+        ("cnn", 32, {"width": 8, "head_dims": [16], "pool_size": 2}),
+        ("cnn", 32, {"width": 4, "head_dims": [8], "pool_size": 2}),
+        ("cnn", 32, {"width": 6, "head_dims": [8], "pool_size": 2}),
+    ], objective=("val_macro_f1",))  # fmt: skip
+    # Optuna's "last" values rank trial 2 first; results.parquet's best ranks trial 0 first.
+    add_optuna_db(exp, [(1e-3, 32, 0.1), (5e-4, 32, 0.2), (1e-3 / 3, 32, 0.9)])
+    run_ensemble(exp, top_k=3, device="cpu", sensitivities=(0.9, 0.97))
+    out = exp / "ensemble"
+    page = (out / "report.html").read_text()
+    assert "failed:" not in page and "could not be drawn" not in page
+    sec = _sections(page)
+    for anchor in ("context", "comparison", "intervals", "operating-points", "curves",
+                   "history", "importance", "calibration", "roc"):  # fmt: skip
+        assert anchor in sec, anchor
+    ctx = sec["context"]
+    assert "python -m ray_xray.tune --trials 8 --budget-minutes 3" in ctx
+    assert "asked 8 · started 4" in ctx and "failed 1" in ctx
+    assert "3 of 8 trials started" not in ctx and "4 of 8 trials started: ended by the time " \
+        "budget (--budget-minutes 3" in ctx  # fmt: skip
+    assert "train: normal" in ctx and "test: normal" in ctx and "torch " in ctx
+    for name in ("optuna_history", "optuna_slice", "best_so_far", "training_curves"):
+        assert f"figures/{name}.png" in sec.get("history", "") + sec["curves"], name
+    assert '<div class="scroll"><table>' in sec["comparison"]  # wide tables scroll in their box
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    chosen = next(e for e in metrics["ensembles"] if e["chosen"])
+    iv = chosen["test"]["intervals"]
+    for c in metrics["classes"]:
+        sens = iv["per_class"][c]["sensitivity"]
+        assert sens["n"] == chosen["test"]["support"][c]
+        assert sens["ci"] == pytest.approx(list(S.wilson(sens["k"], sens["n"])))
+        lo, hi = iv["bootstrap"]["auc_per_class"][c]
+        assert lo <= chosen["test"]["auc_per_class"][c] <= hi
+        # the interval is printed in the per-class table, as the report rounds it
+        assert f"{sens['value']:.3f} [{sens['ci'][0]:.3f}, {sens['ci'][1]:.3f}]" in sec["intervals"]
+    assert iv["bootstrap"]["n_boot"] >= 1000
+    points = chosen["operating_points"]["tuberculosis"]
+    assert set(points) == {"spec0.90", "spec0.95", "sens0.90", "sens0.97"}
+    assert points["sens0.97"]["val_sensitivity"] >= 0.97
+    assert "sensitivity &gt;= 0.97" in sec["operating-points"]
+
+    # importance and the Optuna views use results.parquet's best value, not Optuna's last
+    from ray_xray.ensemble.core import read_experiment
+
+    study, _ = ranked_study(read_experiment(exp))
+    by_id = {t.user_attrs["trial_id"]: t.value for t in study.trials}
+    assert by_id == pytest.approx({"trial000": 0.4, "trial001": 0.39, "trial002": 0.38})
+
+    obj = torch.load(out / "ensemble.pt", weights_only=True)
+    t_sens = obj["operating_points"]["tuberculosis"]["sens0.90"]
+    assert t_sens == pytest.approx(points["sens0.90"]["threshold"])
+    png = tmp_path / "x.png"
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(png)
+    capsys.readouterr()
+    assert predict.main([str(out), str(png), "--device", "cpu", "--json",
+                         "--operating-point", "tuberculosis@sens0.90",
+                         "--operating-point", "normal@0.5"]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)
+    d_tb, d_n = rows[0]["decisions"]
+    assert d_tb["threshold"] == pytest.approx(t_sens) and d_tb["point"] == "sens0.90"
+    assert d_tb["positive"] == (rows[0]["probabilities"]["tuberculosis"] >= t_sens)
+    assert d_n["positive"] == (rows[0]["probabilities"]["normal"] >= 0.5)
+    assert predict.main([str(out / "ensemble.pt"), str(png), "--device", "cpu",
+                         "--operating-point", "tuberculosis@sens0.90"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    call = "positive" if d_tb["positive"] else "negative"
+    assert "tuberculosis@sens0.90" in text and call in text.splitlines()[1]
+    assert f"P(tuberculosis) >= {t_sens:.6g}" in text
+    with pytest.raises(ValueError, match="no stored point 'sens0.80'.*sens0.90"):
+        predict.resolve_operating_point(obj, "tuberculosis@sens0.80")
+    with pytest.raises(ValueError, match="no class 'tb'"):
+        predict.resolve_operating_point(obj, "tb@sens0.90")

@@ -9,6 +9,17 @@ from ..cli import run
 from .checks import check_experiment_dir, check_top_k
 
 
+def targets(text: str) -> tuple[float, ...]:
+    """'0.9,0.95' -> (0.9, 0.95); each strictly between 0 and 1 (argparse reports the error)."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not values or not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"targets must be in (0, 1), got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ray_xray.ensemble",
@@ -26,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default EXPERIMENT/ensemble)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run the members (default %(default)s: GPU when available)")  # fmt: skip
+    p.add_argument("--specificity", type=targets, default=(0.90, 0.95), metavar="T[,T...]",
+                   help="operating points by target specificity (default 0.90,0.95)")  # fmt: skip
+    p.add_argument("--sensitivity", type=targets, default=(0.90, 0.95), metavar="T[,T...]",
+                   help="operating points by target sensitivity (default 0.90,0.95)")  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="skip report.html and its figures")
     p.add_argument("--json", action="store_true", help="print the result summary as JSON")
     return p
@@ -38,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     from .core import run_ensemble
 
     result = run_ensemble(args.experiment, top_k=args.top_k, data=args.data, out=args.out,
-                          device=args.device, report_html=not args.no_report)  # fmt: skip
+                          device=args.device, report_html=not args.no_report,
+                          specificities=args.specificity, sensitivities=args.sensitivity)  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0

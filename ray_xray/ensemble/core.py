@@ -24,7 +24,7 @@ from ..metrics import metric_mode  # noqa: I001
 from ..train import engine as E
 from .calibration import apply_temperature, ece, fit_temperature, nll
 from .checks import check_experiment_dir, check_top_k
-from .scores import operating_points, report
+from .scores import SENSITIVITIES, SPECIFICITIES, operating_points, report, stored_points
 from .select import combine, greedy_select, mean_weights, score_weights
 from .store import ensemble_object, save_ensemble
 
@@ -257,12 +257,20 @@ def run_ensemble(
     out: str | Path | None = None,
     device: str = "auto",
     report_html: bool = True,
+    specificities: tuple[float, ...] = SPECIFICITIES,
+    sensitivities: tuple[float, ...] = SENSITIVITIES,
 ) -> dict:
     """Ensemble the top_k trials of a finished sweep; write ensemble.pt + report to `out`.
 
-    Returns {"out", "ensemble", "report", "metrics", "comparison", "chosen", "summary",
-    "timings"}. Raises ValueError on bad input (not a sweep, no usable trial, misaligned data).
+    `specificities` / `sensitivities`: the operating-point targets in (0, 1) (thresholds fixed
+    on validation; the chosen ensemble's are stored in ensemble.pt for predict's
+    --operating-point). Returns {"out", "ensemble", "report", "metrics", "comparison", "chosen",
+    "summary", "timings"}. Raises ValueError on bad input (not a sweep, no usable trial,
+    misaligned data, a target outside (0, 1)).
     """
+    for target in (*specificities, *sensitivities):
+        if not 0 < float(target) < 1:
+            raise ValueError(f"operating-point targets must be in (0, 1), got {target}")
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     top_k = check_top_k(top_k)
@@ -328,8 +336,10 @@ def run_ensemble(
 
     # ---- metrics
     def full(yv, pv, yt, pt):
-        return {"val": report(yv, pv, classes), "test": report(yt, pt, classes),
-                "operating_points": operating_points(yv, pv, yt, pt, classes)}  # fmt: skip
+        # Intervals on test only: that is where the reported figures come from.
+        return {"val": report(yv, pv, classes), "test": report(yt, pt, classes, intervals=True),
+                "operating_points": operating_points(yv, pv, yt, pt, classes, specificities,
+                                                     sensitivities)}  # fmt: skip
 
     member_metrics = []
     for i, m in enumerate(members):
@@ -377,7 +387,9 @@ def run_ensemble(
     obj = ensemble_object(
         records, [w / total for _, w in keep], chosen, classes,
         extra={"member_names": [m.name for m, _ in keep], "experiment": exp_path.name,
-               "data": spec, "description": ENSEMBLE_METHODS[chosen]},
+               "data": spec, "description": ENSEMBLE_METHODS[chosen],
+               "operating_points": stored_points(
+                   ens_metrics[list(ensembles).index(chosen)]["operating_points"])},
     )  # fmt: skip
     ens_path = save_ensemble(obj, out_dir / "ensemble.pt")
     log(f"saved {ens_path} ({len(keep)} member(s), method {chosen})")

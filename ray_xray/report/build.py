@@ -83,48 +83,6 @@ def read_history(trial_dir: Path | None) -> dict:
     return out
 
 
-def param_importance(exp_dir: Path, objective: list[str]) -> tuple[dict | None, str]:
-    """(importances, message). Never raises: a sweep too small for fANOVA says so instead."""
-    db = exp_dir / "optuna.db"
-    if not db.is_file():
-        return None, "No optuna.db in the experiment folder, so no importance analysis."
-    try:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = f"sqlite:///{db}"
-        names = optuna.get_all_study_names(storage)
-        if not names:
-            return None, "optuna.db holds no study."
-        name = exp_dir.name if exp_dir.name in names else names[0]
-        study = optuna.load_study(study_name=name, storage=storage)
-        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if len(done) < 2:
-            return None, (
-                f"Only {len(done)} completed Optuna trial(s): too few to estimate "
-                "hyperparameter importance (needs at least 2, and many more to be meaningful)."
-            )
-        multi = len(study.directions) > 1
-        imp = optuna.importance.get_param_importances(
-            study,
-            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
-            target=(lambda t: t.values[0]) if multi else None,
-        )
-        if not imp:
-            return None, "No hyperparameter was sampled in every completed trial."
-        msg = (
-            f"fANOVA importance of each hyperparameter for {objective[0]} over {len(done)} "
-            "completed Optuna trials (only parameters present in every trial: per-architecture "
-            "ones are left out when the architecture varied)."
-        )
-        if len(done) < 10:
-            msg += f" With {len(done)} trials these numbers are very rough."
-        return dict(imp), msg
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return None, f"Hyperparameter importance could not be computed: {first[:240]}"
-
-
 def pareto_mask(points: np.ndarray, modes: list[str]) -> list[bool]:
     """True for points no other point dominates (>= on every objective, > on one)."""
     signed = points * np.array([1.0 if m == "max" else -1.0 for m in modes])
@@ -182,8 +140,9 @@ def summary_section(ctx: dict) -> str:
         return ", ".join(f"{class_html(c)} {t['recall'][c]:.3f}" for c in classes)
 
     n_members = sum(1 for w in chosen["weights"].values() if w > 0)
-    acc = et["accuracy"]
-    half = 1.96 * math.sqrt(max(acc * (1 - acc), 1e-9) / max(et["n"], 1))
+    iv = et.get("intervals") or {}
+    acc_ci = (iv.get("accuracy") or {}).get("ci") or [math.nan, math.nan]
+    f1_ci = (iv.get("bootstrap") or {}).get("macro_f1")
     text = (
         f"Best single trial <b>{H.esc(best['name'])}</b> (rank 1 by the sweep's "
         f"{H.esc(m['ranking_metric'][5:])}): test macro-F1 <b>{bt['macro_f1']:.3f}</b>, "
@@ -194,32 +153,56 @@ def summary_section(ctx: dict) -> str:
         f"recall {recalls(et)}, ECE {et['ece']:.3f}. "
         f"The ensemble method was picked by the lowest validation NLL among the three built; test "
         f"data ({et['n']} images) was used only for these numbers — with that many images, "
-        f"accuracy is known to about ±{half:.3f} (95% interval)."
+        f"the ensemble's accuracy {et['accuracy']:.3f} has a 95% interval of "
+        f"{H.num(acc_ci[0])}–{H.num(acc_ci[1])} (Wilson)"
+        + (f" and its macro-F1 {H.num(f1_ci[0])}–{H.num(f1_ci[1])} (bootstrap)" if f1_ci else "")
+        + "; the section 'Uncertainty per class' gives every class's."
     )
     for c in classes:
         if is_highlight(c):
             d = et["recall"][c] - bt["recall"][c]
             word = "higher" if d > 0 else "lower" if d < 0 else "the same"
+            sens = ((iv.get("per_class") or {}).get(c) or {}).get("sensitivity") or {}
+            lo, hi = sens.get("ci") or [math.nan, math.nan]
             text += (
                 f" <b>{class_html(c)} recall</b> (sensitivity): {bt['recall'][c]:.3f} for the best "
                 f"trial, {et['recall'][c]:.3f} for the ensemble ({word}"
                 + (f", {d:+.3f}" if d else "")
-                + f"; {et['support'][c]} such test images)."
+                + f"; {et['support'][c]} such test images, 95% interval "
+                f"{H.num(lo)}–{H.num(hi)})."
             )
     return H.raw_para(text, "summary")
 
 
 def comparison_section(ctx: dict) -> str:
     m, classes = ctx["metrics"], ctx["classes"]
-    headers = ["name", "kind", "T", "weight", "val macro-F1", "val NLL", "accuracy", "macro-F1",
-               "weighted-F1", "ROC-AUC", "PR-AP", "ECE", "NLL"] + [f"recall {c}" for c in classes]  # fmt: skip
+    headers = [
+        "name",
+        "kind",
+        "T",
+        "weight",
+        "val macro-F1",
+        "val NLL",
+        "accuracy [95% CI]",
+        "macro-F1 [95% CI]",
+        "weighted-F1",
+        "ROC-AUC [95% CI]",
+        "PR-AP",
+        "ECE",
+        "NLL",
+    ]
+    headers += [f"recall {c}" for c in classes]  # fmt: skip
     rows, cls = [], []
     for kind, entries in (("member", m["members"]), ("ensemble", m["ensembles"])):
         for e in entries:
             t = e["test"]
+            iv = t.get("intervals") or {}
+            boot = iv.get("bootstrap") or {}
+            acc = H.ci(t["accuracy"], (iv.get("accuracy") or {}).get("ci"))
             rows.append([e["name"], kind, e.get("temperature"), e.get("chosen_weight"),
-                         e["val"]["macro_f1"], e["val"]["nll"], t["accuracy"], t["macro_f1"],
-                         t["weighted_f1"], t["auc"], t["pr_ap_macro"], t["ece"], t["nll"]]
+                         e["val"]["macro_f1"], e["val"]["nll"], acc,
+                         H.ci(t["macro_f1"], boot.get("macro_f1")), t["weighted_f1"],
+                         H.ci(t["auc"], boot.get("auc")), t["pr_ap_macro"], t["ece"], t["nll"]]
                         + [t["recall"][c] for c in classes])  # fmt: skip
             cls.append("chosen" if e.get("chosen") else "")
     cap = H.para(
@@ -227,32 +210,96 @@ def comparison_section(ctx: dict) -> str:
         "accuracy, F1 and AUC do not change with T, ECE and NLL do) and every ensemble. "
         "'weight' is the member's weight in the chosen ensemble (highlighted). PR-AP is the "
         "macro average of per-class average precision; ECE uses 15 equal-width bins on the "
-        "top-class confidence. Full numbers, per-class precision/F1 and validation metrics are in "
-        "metrics.json and comparison.csv."
+        "top-class confidence. Intervals: Wilson 95% for accuracy, stratified bootstrap (seeded) "
+        "95% for macro-F1 and ROC-AUC. Full numbers, per-class precision/F1 and validation "
+        "metrics are in metrics.json and comparison.csv."
     )
     return H.section("Members and ensembles on test", cap, H.table(headers, rows, cls),
                      anchor="comparison")  # fmt: skip
+
+
+def threshold_text(t) -> str | None:
+    """Enough digits to tell thresholds near 0 or 1 apart (0.999962, 3.1e-05), not '0.000'."""
+    if t is None or not math.isfinite(t):
+        return None
+    return H.Shown(f"{t:.3g}" if 0 < t < 1e-3 else f"{t:.6g}")
+
+
+def _op_rows(entry: dict, classes: list[str]) -> list[list]:
+    rows = []
+    for c in classes:
+        for name, r in entry["operating_points"][c].items():
+            test = r.get("test") or {}
+            sens, spec = test.get("sensitivity") or {}, test.get("specificity") or {}
+            kind = r.get("kind", "specificity")
+            rows.append([c, name, f"{kind} >= {r.get('target', float(name[-4:])):.2f}",
+                         threshold_text(r["threshold"]), r.get("threshold_logit"),
+                         r["val_sensitivity"], r["val_specificity"],
+                         H.ci(r["test_sensitivity"], sens.get("ci")),
+                         H.ci(r["test_specificity"], spec.get("ci"))])  # fmt: skip
+    return rows
 
 
 def operating_section(ctx: dict) -> str:
     m, classes = ctx["metrics"], ctx["classes"]
     chosen = next(e for e in m["ensembles"] if e["chosen"])
     parts = [H.para(
-        "Clinical operating points: for each class, the threshold on that class's probability "
-        "that reaches 90% (and 95%) specificity on validation (lowest such threshold, i.e. the "
-        "most sensitive one), and the sensitivity and specificity that same threshold gives on "
-        "test. A case is called positive for the class when its probability is >= the threshold."
+        "Clinical operating points, both ways: for each class, the threshold on that class's "
+        "probability fixed on validation to reach a target specificity (the lowest such "
+        "threshold, i.e. the most sensitive one: confirmation) or a target sensitivity (the "
+        "highest such threshold, i.e. the most specific one: screening and triage, e.g. "
+        "tuberculosis at >= 90% sensitivity), and what that same threshold gives on test, with "
+        "Wilson 95% intervals. A case is positive for the class when its probability is >= the "
+        "threshold; log-odds = ln(t / (1 - t)) tells thresholds near 0 or 1 apart. The chosen "
+        "ensemble's points are stored in ensemble.pt: python -m ray_xray.predict ensemble.pt "
+        "IMAGE --operating-point CLASS@NAME applies one (NAME as in the second column)."
+    )]  # fmt: skip
+    headers = ["class", "name", "target on validation", "threshold", "log-odds", "val sensitivity",
+               "val specificity", "test sensitivity [95% CI]", "test specificity [95% CI]"]  # fmt: skip
+    for entry in (chosen, m["members"][0]):
+        parts.append(H.raw_para(f"<b>{H.esc(entry['name'])}</b>"))
+        parts.append(H.table(headers, _op_rows(entry, classes)))
+    return H.section("Operating points", *parts, anchor="operating-points")
+
+
+def intervals_section(ctx: dict) -> str:
+    """Per class: sensitivity, specificity, precision (Wilson), ROC-AUC (bootstrap), PR-AP."""
+    m, classes = ctx["metrics"], ctx["classes"]
+    chosen = next(e for e in m["ensembles"] if e["chosen"])
+    parts = [H.para(
+        "What each test figure could plausibly be, given how many images it rests on. "
+        "Sensitivity (= recall), specificity and precision (= PPV) are one-vs-rest at the "
+        "argmax decision, with Wilson 95% score intervals (k/n shown: a 1.000 on 99 images is "
+        "compatible with 0.963); ROC-AUC per class and macro-F1 / macro AUC with stratified, "
+        "seeded percentile-bootstrap 95% intervals (resampling within each true class); PR-AP "
+        "is the average precision per class (prevalence is its chance level)."
     )]  # fmt: skip
     for entry in (chosen, m["members"][0]):
+        t = entry["test"]
+        iv = t.get("intervals")
+        if not iv:
+            continue
+        boot = iv["bootstrap"]
         rows = []
         for c in classes:
-            for target, r in entry["operating_points"][c].items():
-                rows.append([c, float(target), r["threshold"], r["val_sensitivity"],
-                             r["val_specificity"], r["test_sensitivity"], r["test_specificity"]])  # fmt: skip
-        parts.append(H.raw_para(f"<b>{H.esc(entry['name'])}</b>"))
-        parts.append(H.table(["class", "target specificity", "threshold", "val sensitivity",
-                              "val specificity", "test sensitivity", "test specificity"], rows))  # fmt: skip
-    return H.section("Operating points", *parts, anchor="operating-points")
+            pc = iv["per_class"][c]
+            frac = lambda p: f"{p['k']}/{p['n']}"  # noqa: E731
+            rows.append([c, t["support"][c], H.ci(pc["sensitivity"]["value"], pc["sensitivity"]["ci"]),
+                         frac(pc["sensitivity"]),
+                         H.ci(pc["specificity"]["value"], pc["specificity"]["ci"]),
+                         frac(pc["specificity"]),
+                         H.ci(pc["precision"]["value"], pc["precision"]["ci"]), frac(pc["precision"]),
+                         H.ci(t["auc_per_class"][c], boot["auc_per_class"].get(c)),
+                         t["pr_ap"][c]])  # fmt: skip
+        parts.append(H.raw_para(
+            f"<b>{H.esc(entry['name'])}</b>: macro-F1 {H.esc(H.ci(t['macro_f1'], boot['macro_f1']))}"
+            f", macro ROC-AUC {H.esc(H.ci(t['auc'], boot['auc']) or '–')}, accuracy "
+            f"{H.esc(H.ci(t['accuracy'], iv['accuracy']['ci']))} ({boot['n_boot']} bootstrap "
+            f"resamples, seed {boot['seed']})."))  # fmt: skip
+        parts.append(H.table(["class", "test n", "sensitivity [95% CI]", "k/n",
+                              "specificity [95% CI]", "k/n", "precision [95% CI]", "k/n",
+                              "ROC-AUC [95% CI]", "PR-AP"], rows))  # fmt: skip
+    return H.section("Uncertainty per class", *parts, anchor="intervals")
 
 
 def trial_section(ctx: dict) -> str:
@@ -288,33 +335,6 @@ def trial_section(ctx: dict) -> str:
         f"The top {len(member_ids)} usable trials form the ensemble pool."
     )
     return H.section("Trials", cap, H.table(headers, rows, small_sig=True), anchor="trials")
-
-
-def curves_section(ctx: dict, figs: Figures) -> str:
-    curves = []
-    for m in ctx["members"][:6]:
-        h = read_history(m.trial_dir)
-        if h["epoch"]:
-            curves.append((f"#{m.rank} {m.name}", h))
-    if not curves:
-        return H.section("Training curves", H.para("No per-epoch logs (result.json) found."))
-    return H.section("Training curves", figs.make(
-        "training_curves",
-        "Validation macro-F1 (left, higher is better) and validation loss (right) per epoch for "
-        "the top trials, from each trial's result.json.",
-        P.training_curves, curves,
-    ), anchor="curves")  # fmt: skip
-
-
-def importance_section(ctx: dict, figs: Figures) -> str:
-    exp = ctx["exp"]
-    imp, msg = param_importance(exp["exp_dir"], exp["objective"])
-    parts = [H.para(msg, None if imp else "note")]
-    if imp:
-        parts.append(figs.make("param_importance", "Hyperparameter importance (fANOVA, sums to 1).",
-                               P.importance_bars, imp, title=f"importance for {exp['objective'][0]}"))  # fmt: skip
-        parts.append(H.table(["parameter", "importance"], [[k, v] for k, v in imp.items()]))
-    return H.section("Hyperparameter importance", *parts, anchor="importance")
 
 
 def pareto_section(ctx: dict, figs: Figures) -> str:
@@ -375,7 +395,8 @@ def evaluation_sections(ctx: dict, figs: Figures) -> str:
         classes), anchor="confusion")]  # fmt: skip
     out.append(H.section("ROC and precision-recall curves", figs.make(
         "roc_pr", f"One-vs-rest ROC (left) and precision-recall (right) curves per class for "
-        f"{ens_name} on test. Dashed line: chance.", P.roc_pr, y, ens["test_prob"], classes,
+        f"{ens_name} on test. Dashed line: chance. When every class's AUC is 0.97 or more, "
+        "each panel has a zoomed inset of its top corner.", P.roc_pr, y, ens["test_prob"], classes,
         title=ens_name), anchor="roc"))  # fmt: skip
     panels = [
         (f"{best_m.name}\nas trained", reliability_bins(y, best_m.test_raw),
@@ -387,7 +408,8 @@ def evaluation_sections(ctx: dict, figs: Figures) -> str:
     ]  # fmt: skip
     out.append(H.section("Calibration", figs.make(
         "reliability", "Reliability diagrams on test (15 confidence bins): blue bars are the "
-        "accuracy of the cases in each bin, red the gap to their mean confidence; a calibrated "
+        "accuracy of the cases in each bin, red hatching the gap to their mean confidence, the "
+        "number over each bar how many cases the bin holds; a calibrated "
         "model follows the dashed diagonal. Best trial before and after temperature scaling "
         "(T fitted on validation), then the chosen ensemble.", P.reliability, panels),
         anchor="calibration"))  # fmt: skip
@@ -563,12 +585,22 @@ def write_report(ctx: dict) -> Path:
         f"experiment <code>{H.esc(m['experiment_dir'])}</code></p>"
     )
     body = [header, summary_section(ctx)]
+    from .sweep import sweep_sections
+
+    try:
+        sweep_steps = dict(sweep_sections(ctx, figs))
+    except Exception as exc:  # unreadable trial logs cost these sections, not the report
+        _log(ctx, f"sweep sections failed: {type(exc).__name__}: {exc}")
+        sweep_steps = {}
     steps = [
+        ("context", sweep_steps.get("context")),
         ("comparison", lambda: comparison_section(ctx)),
+        ("intervals", lambda: intervals_section(ctx)),
         ("operating points", lambda: operating_section(ctx)),
         ("trials", lambda: trial_section(ctx)),
-        ("curves", lambda: curves_section(ctx, figs)),
-        ("importance", lambda: importance_section(ctx, figs)),
+        ("curves", sweep_steps.get("curves")),
+        ("history", sweep_steps.get("history")),
+        ("importance", sweep_steps.get("importance")),
         ("pareto", lambda: pareto_section(ctx, figs)),
         ("evaluation", lambda: evaluation_sections(ctx, figs)),
         ("samples", lambda: samples_section(ctx, figs)),
@@ -577,6 +609,8 @@ def write_report(ctx: dict) -> Path:
         ("method", lambda: method_section(ctx)),
     ]
     for name, fn in steps:
+        if fn is None:
+            continue
         try:
             body.append(fn())
         except Exception as exc:

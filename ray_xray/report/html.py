@@ -12,7 +12,11 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { font-size: 1.25em; border-bottom: 1px solid #d0d7de; padding-bottom: 0.2em; margin-top: 1.8em; }
 .meta { color: #57606a; margin-top: 0; }
 .summary { background: #f6f8fa; border-left: 4px solid #0969da; padding: 0.6em 1em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
+.scroll { overflow-x: auto; max-width: 100%; margin: 0.6em 0; }
+table { border-collapse: collapse; font-size: 0.85em; }
+td.ci { white-space: nowrap; }
+.context td, .context th { text-align: left; }
+.context { font-size: 0.92em; }
 th, td { border: 1px solid #d0d7de; padding: 3px 7px; text-align: right; }
 th { background: #f6f8fa; }
 td.text, th.text { text-align: left; }
@@ -24,6 +28,23 @@ figcaption { color: #57606a; font-size: 0.9em; max-width: 900px; }
 .hl { background: #ffebe9; font-weight: 600; padding: 0 3px; }
 code { background: #f6f8fa; padding: 0 3px; }
 """
+
+
+class Shown(str):
+    """Text already formatted as a number (an interval "0.97 [0.93, 0.99]"): right-aligned,
+    kept on one line, escaped like any text."""
+
+
+def ci(value, interval, digits: int = 3) -> Shown | None:
+    """'0.987 [0.962, 0.998]': a value with its 95 % interval (None when the value is)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    lo, hi = (list(interval) + [None, None])[:2] if interval else (None, None)
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return Shown(num(float(value), digits))
+    return Shown(
+        f"{num(float(value), digits)} [{num(float(lo), digits)}, {num(float(hi), digits)}]"
+    )
 
 
 def esc(value) -> str:
@@ -48,6 +69,8 @@ def num(value, digits: int = 3, small_sig: bool = False) -> str:
 
 
 def cell(value, digits: int = 3, small_sig: bool = False) -> str:
+    if isinstance(value, Shown):
+        return f'<td class="ci">{esc(value)}</td>'
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"<td>{num(value, digits, small_sig)}</td>"
     if value is None:
@@ -63,7 +86,16 @@ def table(headers: list[str], rows: list[list], row_classes: list[str] | None = 
     for i, row in enumerate(rows):
         cls = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
         body.append(f"<tr{cls}>" + "".join(cell(v, digits, small_sig) for v in row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # The wrapper scrolls sideways inside the page instead of pushing wide tables past it.
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")  # fmt: skip
+
+
+def definitions(pairs: list[tuple[str, str]], cls: str = "context") -> str:
+    """A two-column table of (label, already-escaped HTML) pairs: the context block."""
+    rows = "".join(f'<tr><th class="text">{esc(k)}</th><td class="text">{v}</td></tr>'
+                   for k, v in pairs)  # fmt: skip
+    return f'<div class="scroll"><table class="{esc(cls)}"><tbody>{rows}</tbody></table></div>'
 
 
 def figure(src: str, caption: str, alt: str | None = None) -> str:

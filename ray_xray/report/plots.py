@@ -42,6 +42,79 @@ def training_curves(curves: list[tuple[str, dict]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def learning_curves(curves: list[dict], metric: str, path: Path) -> Path:
+    """Every trial's per-epoch train loss, val loss and val `metric`, one panel each.
+
+    curves: {"label", "highlight" (bool: drawn in colour and named in the legend; the others
+    thin grey), "epoch": [...], "train_loss": [...], "val_loss": [...], metric: [...]}.
+    Train below val loss while val rises = over-fitting; a short line = stopped early (ASHA).
+    """
+    keys = ("train_loss", "val_loss", metric)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    grey_done = False
+    for c in sorted(curves, key=lambda c: c["highlight"]):  # highlighted ones drawn on top
+        for ax, key in zip(axes, keys, strict=True):
+            if not c.get(key) or not np.isfinite(np.asarray(c[key], float)).any():
+                continue
+            if c["highlight"]:
+                ax.plot(c["epoch"], c[key], marker="o", ms=3, lw=1.6, label=c["label"])
+            else:
+                label = None if grey_done or ax is not axes[0] else "other trials"
+                ax.plot(c["epoch"], c[key], c="#8c959f", lw=0.8, alpha=0.6, label=label)
+        grey_done = grey_done or not c["highlight"]
+    for ax, title in zip(axes, ("training loss", "validation loss", f"validation {metric[4:]}"),
+                         strict=True):  # fmt: skip
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=min(len(labels), 6),
+                   bbox_to_anchor=(0.5, 0.0), frameon=False)  # fmt: skip
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def best_so_far(trials: list[tuple[str, float, float]], mode: str, metric: str,
+                path: Path) -> Path:  # fmt: skip
+    """The sweep's best value so far against wall-clock minutes since it started.
+
+    trials: (trial id, minutes when the trial reported its best, that best value).
+    """
+    trials = sorted(trials, key=lambda t: t[1])
+    xs = np.array([t[1] for t in trials], float)
+    ys = np.array([t[2] for t in trials], float)
+    best = np.maximum.accumulate(ys) if mode == "max" else np.minimum.accumulate(ys)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.scatter(xs, ys, s=18, c="#4c72b0", label="a trial's best epoch")
+    ax.step(xs, best, where="post", c=BAD, lw=1.5, label="best so far")
+    ax.set_xlabel("minutes since the sweep's first trial started")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right" if mode == "max" else "upper right")
+    return _save(fig, path)
+
+
+def optuna_figure(plot_fn, study, path: Path, **kw) -> Path:
+    """One of optuna.visualization.matplotlib's plots (history, parallel coordinates, slice)
+    saved as a PNG; `kw` goes to the plot function (params=, target_name=)."""
+    import warnings
+
+    # rc_context: Optuna switches matplotlib to its ggplot style globally, which would grey
+    # every later figure of the report; the context restores the settings on exit.
+    with plt.rc_context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+        ax = plot_fn(study, **kw)
+        first = ax.flat[0] if isinstance(ax, np.ndarray) else ax
+        fig = first.figure
+        if isinstance(ax, np.ndarray) and ax.size > 4:
+            fig.set_size_inches(min(3.0 * ax.size, 14), 3.4)
+        elif fig.get_size_inches()[0] < 6:
+            fig.set_size_inches(7, 3.8)
+        return _save(fig, path)
+
+
 def importance_bars(importances: dict[str, float], path: Path, title: str) -> Path:
     items = sorted(importances.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(items) + 1))
@@ -93,17 +166,42 @@ def confusion_matrices(panels: list[tuple[str, list[list[int]]]], classes: list[
     return _save(fig, path)
 
 
-def roc_pr(y: np.ndarray, prob: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+def _inset(ax, lines: list[tuple], xlim: tuple, ylim: tuple, where: list[float]) -> None:
+    """A zoomed copy of `lines` ((x, y, colour)) so curves that hug a corner stay apart."""
+    ins = ax.inset_axes(where)
+    for x, y, colour in lines:
+        ins.plot(x, y, c=colour, lw=1.2)
+    ins.set_xlim(*xlim)
+    ins.set_ylim(*ylim)
+    ins.tick_params(labelsize=6)
+    ins.grid(alpha=0.3)
+    ax.indicate_inset_zoom(ins, edgecolor="#57606a")
+
+
+def roc_pr(y: np.ndarray, prob: np.ndarray, classes: list[str], path: Path, title: str,
+           zoom_above: float = 0.97) -> Path:  # fmt: skip
+    """One-vs-rest ROC and PR per class. When every class's AUC is >= `zoom_above` the curves
+    hug the top-left (ROC) / top-right (PR) corner; each panel then gets a zoomed inset of
+    that corner, so the per-class lines can be told apart."""
+    from sklearn.metrics import roc_auc_score
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    roc_lines, pr_lines, aucs = [], [], []
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, c in enumerate(classes):
         pos = y == k
         if not pos.any() or pos.all():
             continue
+        colour = colours[k % len(colours)]
         fpr, tpr, _ = roc_curve(pos, prob[:, k])
-        a1.plot(fpr, tpr, label=c)
+        auc = roc_auc_score(pos, prob[:, k])
+        aucs.append(auc)
+        a1.plot(fpr, tpr, c=colour, label=f"{c} (AUC {auc:.3f})")
         prec, rec, _ = precision_recall_curve(pos, prob[:, k])
-        a2.plot(rec, prec, label=f"{c} (prevalence {pos.mean():.2f})")
-    a1.plot([0, 1], [0, 1], ls="--", c="#999999", lw=1)
+        a2.plot(rec, prec, c=colour, label=f"{c} (prevalence {pos.mean():.2f})")
+        roc_lines.append((fpr, tpr, colour))
+        pr_lines.append((rec, prec, colour))
+    a1.plot([0, 1], [0, 1], ls="--", c="#999999", lw=1, label="chance")
     a1.set_xlabel("1 - specificity (false-positive rate)")
     a1.set_ylabel("sensitivity (recall)")
     a1.set_title(f"ROC, one-vs-rest: {title}", fontsize=9)
@@ -115,12 +213,16 @@ def roc_pr(y: np.ndarray, prob: np.ndarray, classes: list[str], path: Path, titl
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7, loc="lower left" if ax is a2 else "lower right")
+    if aucs and min(aucs) >= zoom_above:
+        _inset(a1, roc_lines, (0.0, 0.1), (0.9, 1.002), [0.3, 0.35, 0.4, 0.4])
+        _inset(a2, pr_lines, (0.9, 1.002), (0.9, 1.002), [0.12, 0.35, 0.4, 0.4])
     fig.tight_layout()
     return _save(fig, path)
 
 
 def reliability(panels: list[tuple[str, dict, float]], path: Path) -> Path:
-    """panels: (title, calibration.reliability_bins(...), ece)."""
+    """panels: (title, calibration.reliability_bins(...), ece). The number over each bar is
+    how many cases fell in that bin (a bar of 3 cases says little)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.3), sharey=True)
     axes = np.atleast_1d(axes)
     for ax, (title, b, e) in zip(axes, panels, strict=True):
@@ -129,17 +231,26 @@ def reliability(panels: list[tuple[str, dict, float]], path: Path) -> Path:
         used = b["count"] > 0
         ax.bar(edges[:-1][used], b["accuracy"][used], width=width, align="edge",
                color="#4c72b0", edgecolor="white", label="accuracy in bin")  # fmt: skip
+        # The gap is an outline, not a tint: where confidence is below accuracy it lies over the
+        # blue bar, and a translucent fill would make a third colour the legend does not show.
         ax.bar(edges[:-1][used], b["confidence"][used] - b["accuracy"][used],
-               bottom=b["accuracy"][used], width=width, align="edge", color=BAD, alpha=0.3,
-               label="gap to confidence")  # fmt: skip
-        ax.plot([0, 1], [0, 1], ls="--", c="#333333", lw=1)
+               bottom=b["accuracy"][used], width=width, align="edge", facecolor="none",
+               edgecolor=BAD, hatch="////", lw=0.8, label="gap to mean confidence")  # fmt: skip
+        ax.plot([0, 1], [0, 1], ls="--", c="#333333", lw=1, label="perfect calibration")
+        for x, n, top in zip(edges[:-1][used], b["count"][used],
+                             np.fmax(b["accuracy"][used], b["confidence"][used]), strict=True):  # fmt: skip
+            ax.text(x + width / 2, min(top + 0.02, 0.97), f"{int(n)}", ha="center",
+                    va="bottom", fontsize=5.5, color="#333333", rotation=90)  # fmt: skip
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence (top class)")
-        ax.set_title(f"{title}\nECE {e:.3f}", fontsize=9)
+        ax.set_title(f"{title}\nECE {e:.3f}, n = {int(b['count'].sum())}", fontsize=9)
     axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
+    # Below the panels: inside one it would cover the bin counts of the top bars.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=3, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))  # fmt: skip
     return _save(fig, path)
 
 
