@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # Every benchmark (tens of minutes on 2 cores; run on a quiet machine) -> benchmarks/RESULTS.md.
-# `make bench BENCH_ARGS=--quick` for a fast look; BENCH_ARGS="--only precision,roofline" for some.
+# `make bench BENCH_ARGS=--smoke-test` for a fast look (--quick: its old name); BENCH_ARGS="--only precision,roofline" for some.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)
