@@ -197,3 +197,31 @@ def test_predict_on_a_folder_without_a_model_names_what_it_looked_for(tmp_path, 
     line = _one_line_error(main, [str(tmp_path), str(tmp_path / "x.png")], capsys)
     assert "no best_model.pt or ensemble.pt in this folder" in line
     assert "checkpoint.pt" not in line.split("(")[0]
+
+
+def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from ray_xray.tune import console
+
+    clock = [1000.0]
+    monkeypatch.setattr(console.time, "time", lambda: clock[0])
+    r = console.ConsoleReporter("val_loss", total=4, budget_s=600)  # lower is better
+    a, b = (SimpleNamespace(trial_id=t, config={"model": "cnn"}, last_result={}, error_file=None)
+            for t in ("a_00000", "a_00001"))  # fmt: skip
+    for t in (a, b):
+        r.on_trial_start(0, [], t)
+    r.on_trial_result(0, [], a, {"val_loss": 0.9, "epoch": 1})
+    r.on_trial_result(0, [], b, {"val_loss": 0.5, "epoch": 1})
+    r.on_trial_result(0, [], a, {"val_loss": 0.7, "epoch": 2})
+    clock[0] += 130
+    r.on_trial_complete(0, [], a)
+    assert r.status() == (
+        "status: 1/4 trials finished, 1 running | best val_loss 0.5 (trial a_00001) | "
+        "2m10s elapsed, 7m50s left of the budget"
+    )
+    r.on_trial_error(0, [], b)
+    err = capsys.readouterr().err
+    assert "status: 2/4 trials finished (1 failed), 0 running" in err  # a line after each end
+    r.budget_s = 0
+    assert r.status().endswith("2m10s elapsed, ~2m10s left at this pace")
