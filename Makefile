@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE=1
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: install demo test lint bench gpu-check clean cluster-local cluster-local-down
+.PHONY: install demo test test-fast lint bench gpu-check clean cluster-local cluster-local-down
 
 install: $(STAMP)
 
@@ -26,14 +26,19 @@ demo: $(STAMP)
 	$(PY) -m ray_xray.tune --space all --trials 8 --set epochs=4 --set img_size=64 \
 		--storage runs/tune --name demo-$$(date +%Y%m%d-%H%M%S)
 
+# Everything (about 10 minutes on 2 CPU cores; --durations shows where the time went).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# Without the Ray tests (about 2 minutes): for every edit; `make test` before a merge.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not slow_ray" --timeout 120
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # Every benchmark (tens of minutes on 2 cores; run on a quiet machine) -> benchmarks/RESULTS.md.
-# `make bench BENCH_ARGS=--quick` for a fast look; BENCH_ARGS="--only precision,roofline" for some.
+# `make bench BENCH_ARGS=--smoke-test` for a fast look (--quick: its old name); BENCH_ARGS="--only precision,roofline" for some.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--quick] [--only NAME[,NAME]] [--data DIR] [--set NAME.KEY=VALUE]`."""
+"""`python -m benchmarks [--smoke-test] [--only NAME[,NAME]] [--data DIR] [--set NAME.KEY=VALUE]`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from ray_xray.cli import HelpFormatter  # noqa: E402
+
 from . import common as C  # noqa: E402
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The benchmark list keeps its lines; every option shows its default."""
 
 ABOUT = {
     "overhead": "epoch time of a bare torch loop vs the same under TorchTrainer and a Tune trial",
@@ -24,7 +30,7 @@ ABOUT = {
     "scaling": "trials/hour with 1, 2, 4 trials in parallel, and a g5 (A10G) extrapolation",
     "feed": "pure training step vs a real epoch through the real loader, per augmentation side",
 }
-# Minutes (full, --quick) on a quiet 2-core CPU (full: measured 2026-11-22, RESULTS.md), see "Benchmarks" in README.md.
+# Minutes (full, --smoke-test) on a quiet 2-core CPU (full: measured 2026-11-22, RESULTS.md), see "Benchmarks" in README.md.
 ROUGH_MINUTES = {
     "overhead": (8, 1.5), "precision": (7.5, 4), "roofline": (1.5, 0.5), "datapath": (1, 0.5),
     "search": (33, 4), "scaling": (14, 4.5), "feed": (12, 1),
@@ -33,18 +39,21 @@ ROUGH_MINUTES = {
 
 def build_parser() -> argparse.ArgumentParser:
     lines = "\n".join(
-        f"  {n:<10} {ABOUT[n]} (~{ROUGH_MINUTES[n][0]} min, --quick ~{ROUGH_MINUTES[n][1]} min)"
+        f"  {n:<10} {ABOUT[n]} (~{ROUGH_MINUTES[n][0]} min, --smoke-test ~{ROUGH_MINUTES[n][1]} min)"
         for n in C.ORDER
     )
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
         description="Run the benchmarks; each writes benchmarks/results/<name>.json and "
         "benchmarks/RESULTS.md is rebuilt from every JSON there.\n\nbenchmarks:\n" + lines,
         epilog="Speed claims are ratios measured side by side in one run. Run on a quiet machine: "
         "anything else using the CPU moves the numbers.",
     )
-    p.add_argument("--quick", action="store_true", help="tiny settings: a fast look, not a result")
+    p.add_argument(
+        "--smoke-test", dest="quick", action="store_true", help="tiny settings: a fast look"
+    )
+    p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # the old name
     p.add_argument(
         "--only", default="", metavar="NAME[,NAME]", help=f"run only these ({', '.join(C.ORDER)})"
     )

@@ -292,7 +292,7 @@ def render_markdown(results: dict[str, dict]) -> str:
     lines = [
         "# Benchmark results",
         "",
-        "Written by `python -m benchmarks` (`make bench`; `make bench BENCH_ARGS=--quick` for a "
+        "Written by `python -m benchmarks` (`make bench`; `make bench BENCH_ARGS=--smoke-test` for a "
         "fast look) from `benchmarks/results/*.json`; do not edit by hand. Speed claims are "
         "ratios of measurements taken side by side in the same run (interleaved, medians); the "
         "absolute figures describe only the machine named in each section. Check each "

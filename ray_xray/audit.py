@@ -7,7 +7,7 @@ import functools
 import json
 import sys
 
-from .cli import run
+from .cli import HelpFormatter, run
 from .data.audit import NEAR_THRESHOLD, audit, format_report
 from .data.dataset import DEDUPE, apply_dedupe, load_table
 
@@ -15,6 +15,7 @@ from .data.dataset import DEDUPE, apply_dedupe, load_table
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m ray_xray.audit",
+        formatter_class=HelpFormatter,
         description="Counts, duplicates (exact and near, within and across splits), label "
         "conflicts, patient overlap, unreadable files, and every file not used with the reason.",
     )
@@ -25,9 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--dedupe", choices=DEDUPE, default="off", help="apply a policy and audit what remains"
     )
-    p.add_argument(
-        "--img-size", type=int, default=128, help="size images are prepared at (default 128)"
-    )
+    p.add_argument("--img-size", type=int, default=128, help="size images are prepared at")
     p.add_argument(
         "--near-threshold",
         type=float,

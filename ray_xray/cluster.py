@@ -392,13 +392,17 @@ def summary(config_path: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import HelpFormatter
+
     p = argparse.ArgumentParser(
         prog="python -m ray_xray.cluster",
+        formatter_class=HelpFormatter,
         description="Tools for running ray_xray on a Ray cluster (cluster/README.md).",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     c = sub.add_parser(
         "check",
+        formatter_class=HelpFormatter,
         help="validate cluster-launcher YAML files offline",
         description=(
             "Validate Ray cluster-launcher YAML files offline (no cloud call, no credentials). "

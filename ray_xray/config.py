@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
+import numbers
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +22,50 @@ CHOICES = {
     "augment": ("seeds", "flip"),
     "augment_on": ("auto", "loader", "device"),
 }
+
+# One line of help per setting: `python -m ray_xray.train --help` is generated from these.
+HELP = {
+    "model": "architecture (python -m ray_xray.models lists them)",
+    "data": "folder, manifest.csv or synthetic:chest3|binary[:N]",
+    "img_size": "images are resized to SIZE x SIZE pixels",
+    "in_chans": "input channels: 1 (grey) or 3 (grey repeated, for ImageNet weights)",
+    "epochs": "training epochs",
+    "batch_size": "images per optimiser step (per DDP worker)",
+    "lr": "peak learning rate",
+    "weight_decay": "optimiser weight decay",
+    "optimizer": "optimiser",
+    "momentum": "SGD momentum (sgd only)",
+    "loss": "ce: cross-entropy; focal: focal loss (see focal_gamma)",
+    "focal_gamma": "focal-loss gamma (0 is exactly cross-entropy)",
+    "label_smoothing": "label smoothing of the loss",
+    "class_weights": "weight the loss by inverse class frequency of the training split",
+    "scheduler": "learning-rate schedule",
+    "warmup_epochs": "linear learning-rate warm-up, in epochs (fractions allowed)",
+    "plateau_factor": "plateau schedule: lr multiplier when the monitored metric stalls",
+    "plateau_patience": "plateau schedule: epochs without improvement before the lr drops",
+    "min_lr": "plateau schedule: lr floor",
+    "grad_clip": "max gradient norm (0 = off)",
+    "patience": "early stopping after N epochs without improvement of monitor (0 = off)",
+    "monitor": "validation metric that picks the best epoch",
+    "precision": "auto: bf16 autocast where fast, else fp32",
+    "device": "auto: CUDA when available",
+    "channels_last": "channels-last memory layout for conv models",
+    "aug_strength": "augmentation strength (0 = none, 1 = the seeds' recipe)",
+    "augment": "seeds: flip+rotate+shift+contrast+crop; flip: horizontal flip only",
+    "augment_on": "where augmentation runs (auto: device on CUDA, loader on CPU)",
+    "loader_workers": "data-loading processes per training worker (torchvision's --workers)",
+    "compile": "torch.compile the model (compiles per run: worth it for long runs)",
+    "checkpoint_every": "save the training state every N epochs (and when the best changes)",
+    "seed": "random seed",
+    "workers": "Ray Train DDP workers (Ray's num_workers)",
+    "dedupe": "duplicate policy applied before training",
+    "allow_leakage": "train even if test shares images with train",
+    "skip_bad": "leave unreadable images out instead of failing",
+    "limit_per_split": "keep at most N images per split (0 = all; for smoke tests)",
+    "model_kwargs": "model hyperparameters (model.KEY=VALUE)",
+}
+# Names the command lines use where the field's own name is ambiguous (--set takes both).
+ALIASES = {"lr_scheduler": "scheduler", "num_workers": "workers"}
 
 
 @dataclass
@@ -70,6 +118,8 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name, kind in field_types().items():
+            setattr(self, name, _typed(name, getattr(self, name), kind))
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -111,7 +161,9 @@ class TrainConfig:
             else:
                 unknown.append(key)
         if unknown:
-            raise ValueError(f"config: unknown setting(s) {', '.join(sorted(unknown))}")
+            raise ValueError(
+                f"config: {'; '.join(unknown_key_message(k) for k in sorted(unknown))}"
+            )
         return cls(**known, model_kwargs=model_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,3 +171,112 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+              dict: "a mapping"}  # fmt: skip
+
+
+@functools.cache
+def field_types() -> dict[str, type]:
+    """Setting name -> its Python type (bool, int, float, str or dict)."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {name: typing.get_origin(t) or t for name, t in hints.items()}
+
+
+def _typed(name: str, value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (3 -> 3.0 for a float; 4.0 -> 4 for an int); ValueError otherwise."""
+    ok = False
+    if kind is bool:
+        ok = value is True or value is False or type(value).__name__ == "bool_"  # numpy's too
+    elif kind is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if isinstance(value, float) and value.is_integer():
+            value, ok = int(value), True
+    elif kind is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ValueError(
+            f"config: {name}={value!r} is not {TYPE_WORDS.get(kind, kind.__name__)} "
+            f"({name} takes {_takes(name, kind)})"
+        )
+    return kind(value) if kind in (bool, int, float) else value
+
+
+def _takes(name: str, kind: type) -> str:
+    if name in CHOICES:
+        return "one of " + ", ".join(CHOICES[name])
+    return {bool: "true/false", int: "an integer", float: "a number (e.g. 0.001)"}.get(
+        kind, TYPE_WORDS.get(kind, kind.__name__)
+    )
+
+
+def unknown_key_message(key: str) -> str:
+    """``unknown setting 'epoch' (did you mean 'epochs'?)`` plus the valid names, one line."""
+    names = sorted((TrainConfig.field_names() - {"model_kwargs"}) | set(ALIASES))
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (
+        f"unknown setting {key!r}{hint}; settings are {', '.join(names)} and model.KEY for "
+        "model hyperparameters"
+    )
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_value(key: str, text: str) -> Any:
+    """One setting given as text (``--set KEY=VALUE``, ``--lr 1e-3``) -> its typed value.
+
+    ``key`` is a TrainConfig field (or an ALIASES name); ``model.KEY`` values are parsed as
+    JSON when they parse, else kept as text. Raises ValueError with one line naming the key,
+    the value and the expected type or choices (``lr takes a number (e.g. 0.001), got 'abc'``).
+    """
+    if key.startswith("model."):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    key = ALIASES.get(key, key)
+    kind = field_types().get(key)
+    if kind is None or key == "model_kwargs":
+        raise ValueError(unknown_key_message(key))
+    value: Any = text.strip()
+    try:
+        if kind is bool:
+            if value.lower() not in _TRUE + _FALSE:
+                raise ValueError
+            value = value.lower() in _TRUE
+        elif kind in (int, float):
+            value = kind(value)
+    except ValueError:
+        raise ValueError(f"{key} takes {_takes(key, kind)}, got {text!r}") from None
+    if key in CHOICES and value not in CHOICES[key]:
+        close = difflib.get_close_matches(value, CHOICES[key], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{key} takes {_takes(key, kind)}, got {text!r}{hint}")
+    return value
+
+
+def parse_settings(items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """``["epochs=4", "model.dropout=0.3"]`` -> ``{"epochs": 4, "model.dropout": 0.3}``.
+
+    Keys are TrainConfig fields (or the ALIASES names, stored under the field's name) or
+    ``model.KEY``; values are checked against the field's type and choices. Raises ValueError,
+    one line starting ``{flag} ITEM:``, for a missing ``=``, an unknown key (with the closest
+    valid name) or a value of the wrong type.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{flag} {item}: expected KEY=VALUE, e.g. {flag} epochs=4")
+        try:
+            value = parse_value(key, text)
+        except ValueError as e:
+            raise ValueError(f"{flag} {item}: {e}") from None
+        out[key if key.startswith("model.") else ALIASES.get(key, key)] = value
+    return out

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import run
+from .cli import HelpFormatter, run
 from .data.cache import decode
 from .data.images import UnreadableImage
 from .data.sources import path_text
@@ -37,11 +37,17 @@ ENSEMBLE_FORMAT = "ray_xray/ensemble/1"  # ray_xray.ensemble.store.ENSEMBLE_FORM
 
 
 def resolve_checkpoint(path: str) -> Path:
+    """The file a path names: itself, or a folder's best_model.pt, ensemble.pt or (a trial
+    checkpoint's) checkpoint.pt. Raises ValueError for a folder holding none of them."""
     p = Path(path)
     if p.is_dir():
-        for name in ("best_model.pt", "ensemble.pt"):
+        for name in ("best_model.pt", "ensemble.pt", "checkpoint.pt"):
             if (p / name).is_file():
                 return p / name
+        raise ValueError(
+            f"{path}: no best_model.pt or ensemble.pt in this folder (give a run or sweep "
+            "folder, an ensemble folder, a trial checkpoint, or the .pt file itself)"
+        )
     return p
 
 
@@ -212,7 +218,9 @@ def probabilities(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m ray_xray.predict", description="Class probabilities for image files."
+        prog="python -m ray_xray.predict",
+        description="Class probabilities for image files.",
+        formatter_class=HelpFormatter,
     )
     ap.add_argument(
         "checkpoint",
@@ -222,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         "images", nargs="+", help="image files: PNG, JPEG, BMP, TIFF, WebP or DICOM (.dcm)"
     )
     ap.add_argument("--json", action="store_true", help="print a JSON list")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where to run the model (auto: GPU when available)")  # fmt: skip
     ap.add_argument(
         "--operating-point", action="append", default=[], metavar="CLASS@POINT",
         help="add a positive/negative call for CLASS: POINT is a stored point of the ensemble "

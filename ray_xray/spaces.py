@@ -1009,20 +1009,27 @@ _Dumper.add_representer(list, _represent_list)
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import sys
+
+    from .cli import HelpFormatter, note_renamed
 
     ap = argparse.ArgumentParser(
-        prog="python -m ray_xray.spaces", description=__doc__.splitlines()[0]
+        prog="python -m ray_xray.spaces",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
     )
     ap.add_argument(
         "space",
         nargs="?",
         help=f"a space name (built-in or in ${SPACES_ENV} folders) or a .yaml path: print it",
     )
-    ap.add_argument("--smoke", action="store_true", help="apply the smoke: block")
+    ap.add_argument("--smoke-test", action="store_true", help="apply the smoke: block")
+    ap.add_argument("--smoke", action="store_true", dest="smoke_test", help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help="validate every space (plain and smoke)")
     args = ap.parse_args(argv)
+    note_renamed(sys.argv[1:] if argv is None else argv, {"--smoke": "--smoke-test"})
     if args.space:
-        print(load_space(args.space, smoke=args.smoke).to_yaml(), end="")
+        print(load_space(args.space, smoke=args.smoke_test).to_yaml(), end="")
     elif args.check:
         for name in list_spaces():
             load_space(name)

@@ -1,4 +1,10 @@
+import contextlib
+import io
+import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +14,17 @@ from PIL import Image
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 REPO = Path(__file__).resolve().parent.parent
+# Seconds any Ray-starting test may run (pytest-timeout), and the shared smoke sweep's own limit
+# (below it, so a stalled sweep is interrupted cleanly and reported, not killed mid-write).
+RAY_TEST_TIMEOUT_S = 900
+SMOKE_SWEEP_LIMIT_S = 600
+
+
+def pytest_collection_modifyitems(config, items):
+    # Every Ray test gets a timeout (pytest-timeout), unless it sets its own.
+    for item in items:
+        if item.get_closest_marker("slow_ray") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(RAY_TEST_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,3 +80,49 @@ def tiny_tree(tmp_path):
 def grey_png(path: Path, value: int = 128, size: int = 32) -> Path:
     Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """The one smoke sweep of a test session, shared by every check that reads one
+    (test_tune, test_ensemble, test_report): `ray_xray.tune --space all --smoke-test --trials 4
+    --top-k 4` in a subprocess (its ensemble + report included), then `ray_xray.ensemble` on it
+    in this process (`--no-report`, output in `cli_out`).
+
+    A sweep with no result after SMOKE_SWEEP_LIMIT_S is interrupted (SIGINT: Tune saves and Ray
+    shuts down) and every test that reads it fails with its last output.
+    Returns {"exp", "out" (the sweep's own ensemble folder), "output" (the sweep's console),
+    "cli_out", "summary" (the ensemble command's --json), "stderr" (its progress lines)}.
+    """
+    storage = tmp_path_factory.mktemp("smoke_sweep")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ray_xray.tune", "--space", "all", "--smoke-test", "--trials",
+         "4", "--top-k", "4", "--storage", str(storage), "--name", "t"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        env={**os.environ}, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _ = p.communicate(timeout=SMOKE_SWEEP_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGINT)
+        try:
+            out, _ = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
+        pytest.fail(
+            f"the smoke sweep stalled: no result after {SMOKE_SWEEP_LIMIT_S} s, interrupted; "
+            f"its last output:\n{out[-4000:]}"
+        )
+    if p.returncode != 0:
+        pytest.fail(f"the smoke sweep failed (exit {p.returncode}):\n{out[-4000:]}")
+    exp = storage / "t"
+    from ray_xray.ensemble.__main__ import main as ensemble_main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = ensemble_main([str(exp), "--top-k", "4", "--out", str(storage / "ens"),
+                              "--device", "cpu", "--json", "--no-report"])  # fmt: skip
+    assert code == 0, stderr.getvalue()[-3000:]
+    return {"exp": exp, "out": exp / "ensemble", "output": out, "cli_out": storage / "ens",
+            "summary": json.loads(stdout.getvalue()), "stderr": stderr.getvalue()}  # fmt: skip

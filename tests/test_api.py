@@ -219,7 +219,7 @@ def test_sweep_records_the_equivalent_command():
 
 
 def test_fit_refuses_bad_settings_before_ray(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown setting\(s\) epocs"):
+    with pytest.raises(ValueError, match=r"unknown setting 'epocs' \(did you mean 'epochs'\?\)"):
         ray_xray.fit("cnn", out=tmp_path / "r", epocs=1)
     with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) no_such_kw"):
         ray_xray.fit("cnn", out=tmp_path / "r", model_kwargs={"no_such_kw": 1})

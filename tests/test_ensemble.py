@@ -5,11 +5,6 @@ sweep (made once per test session by `smoke_ensemble`, also used by test_report.
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -207,72 +202,36 @@ def test_ensemble_object_refuses_inconsistent_members():
 # ---------------------------------------------------------------- CLI
 
 
-def _cli(*args, module="ray_xray.ensemble", timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-        cwd=REPO, env={**os.environ}, timeout=timeout,
-    )  # fmt: skip
+def test_ensemble_help_and_bad_input_is_one_line(tmp_path, capsys):
+    from ray_xray.cli import run
+    from ray_xray.ensemble.__main__ import main
 
+    def err_of(*args):  # in-process: the console script's own path, no interpreter start-up
+        with pytest.raises(SystemExit) as exc:
+            run(main, list(map(str, args)))
+        assert exc.value.code == 2
+        return capsys.readouterr().err.strip().splitlines()
 
-def test_ensemble_help_and_bad_input_is_one_line(tmp_path):
-    h = _cli("--help")
-    assert h.returncode == 0 and "--top-k" in h.stdout and "ensemble.pt" in h.stdout
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "--top-k" in out and "ensemble.pt" in out
     (tmp_path / "notes.txt").write_text("hello")
     for target, message in [
         (tmp_path, "not a finished ray_xray sweep"),
         (tmp_path / "missing", "no such experiment directory"),
         (tmp_path / "notes.txt", "not a directory"),
     ]:
-        p = _cli(target)
-        assert p.returncode == 2, p.stderr
-        lines = p.stderr.strip().splitlines()
+        lines = err_of(target)
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
-    p = _cli(tmp_path, "--top-k", "0")
-    assert p.returncode == 2 and "--top-k must be >= 1" in p.stderr
+    assert "--top-k must be >= 1" in err_of(tmp_path, "--top-k", "0")[0]
 
 
 # ---------------------------------------------------------------- on a real smoke sweep
 
-_SHARED: dict = {}
-
-
-def smoke_ensemble(tmp_path_factory) -> dict:
-    """One smoke sweep and one ensemble run per test session (shared with test_report.py).
-
-    A sweep that stalls is stopped with SIGINT (Tune then saves and writes results.parquet for
-    the trials that finished, and Ray shuts down cleanly) rather than killed.
-    """
-    if "result" not in _SHARED:
-        storage = tmp_path_factory.mktemp("ens_sweep")
-        p = subprocess.Popen(
-            [sys.executable, "-m", "ray_xray.tune", "--space", "all", "--smoke-test", "--trials",
-             "4", "--top-k", "4", "--storage", str(storage), "--name", "t"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-            env={**os.environ},
-        )  # fmt: skip
-        try:
-            out, _ = p.communicate(timeout=900)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGINT)
-            try:
-                out, _ = p.communicate(timeout=180)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                out, _ = p.communicate()
-            warnings.warn("the smoke sweep stalled and was interrupted after 900 s", stacklevel=1)
-        exp = storage / "t"
-        assert (exp / "results.parquet").is_file(), out[-4000:]
-        out_dir = storage / "ens"
-        q = _cli(exp, "--top-k", "4", "--out", out_dir, "--device", "cpu", "--json")
-        assert q.returncode == 0, q.stderr[-3000:]
-        _SHARED["result"] = {"exp": exp, "out": out_dir, "summary": json.loads(q.stdout),
-                             "stderr": q.stderr}  # fmt: skip
-    return _SHARED["result"]
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    return smoke_ensemble(tmp_path_factory)
+@pytest.fixture
+def sweep(smoke_sweep):
+    return smoke_sweep  # tests/conftest.py: one smoke sweep per session
 
 
 @pytest.mark.slow_ray
@@ -285,7 +244,17 @@ def test_ensemble_on_a_sweep_writes_its_files(sweep):
     assert obj["format"] == ENSEMBLE_FORMAT and obj["members"]
     assert sum(obj["weights"]) == pytest.approx(1.0)
     assert all(m["temperature"] > 0 for m in obj["members"])
+    assert "ensemble: " in sweep["output"]  # the sweep's ensemble step shows its progress
+
+
+@pytest.mark.slow_ray
+def test_ensemble_command_on_a_sweep(sweep):
+    out = sweep["cli_out"]
+    assert (out / "ensemble.pt").is_file() and (out / "metrics.json").is_file()
+    assert not (out / "report.html").exists()  # --no-report
     assert "ensemble: " in sweep["stderr"]  # progress on stderr
+    s = sweep["summary"]["summary"]
+    assert 0 <= s["ensemble"]["test_macro_f1"] <= 1 and s["best_member"]["name"]
 
 
 @pytest.mark.slow_ray
@@ -312,12 +281,13 @@ def test_greedy_ensemble_beats_or_ties_the_best_member_on_validation(sweep):
 
 
 @pytest.mark.slow_ray
-def test_predict_accepts_the_ensemble_file(sweep, tmp_path):
+def test_predict_accepts_the_ensemble_file(sweep, tmp_path, capsys):
     from PIL import Image
+
+    from ray_xray.predict import main
 
     img = tmp_path / "x.png"
     Image.fromarray((np.random.default_rng(1).random((40, 40)) * 255).astype(np.uint8)).save(img)
-    p = _cli(sweep["out"] / "ensemble.pt", img, "--json", module="ray_xray.predict")
-    assert p.returncode == 0, p.stderr
-    rows = json.loads(p.stdout)
+    assert main([str(sweep["out"] / "ensemble.pt"), str(img), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
     assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)

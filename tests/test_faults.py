@@ -85,6 +85,7 @@ fixed: {model: cnn_lstm, epochs: 2, img_size: 32, limit_per_split: 48, batch_siz
         precision: fp32, model.channels: [8, 16], model.hidden_size: 16}
 params:
   lr: {type: categorical, choices: [0.001, 0.04, 1.0e+30]}
+start: [{lr: 0.001}, {lr: 0.04}, {lr: 1.0e+30}]  # each fault once, whatever the sampler draws
 """
 
 
@@ -99,16 +100,16 @@ def test_failing_trials_are_reported_and_nothing_leaks(tmp_path):
     env = {**FAKE_SECRETS, "RAY_XRAY_FAULT": "raise_if_lr:0.04", "WANDB_DIR": str(tmp_path / "wandb"),
            "WANDB_MODE": "offline"}  # fmt: skip
     (tmp_path / "wandb").mkdir()
-    r = _run("ray_xray.tune", "--space", str(space), "--trials", "6", "--storage", str(tmp_path / "exp"),
+    r = _run("ray_xray.tune", "--space", str(space), "--trials", "3", "--storage", str(tmp_path / "exp"),
              "--name", "faulty", "--wandb", "offline", "--cpus-per-trial", "1", "--seed", "1", env=env,
              timeout=900)  # fmt: skip
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     exp = tmp_path / "exp" / "faulty"
     table = pd.read_parquet(exp / "results.parquet")
-    assert len(table) == 6
+    assert len(table) == 3
     lr = table["config/lr"]
     ok, nan, oom = table[lr == 0.001], table[lr > 1e20], table[lr == 0.04]
-    assert len(ok) and len(nan) and len(oom)  # seed 1 samples all three; the sweep went on
+    assert len(ok) == len(nan) == len(oom) == 1  # the start points; the sweep went on
     assert (ok["status"] == "TERMINATED").all()
     assert (nan["status"] == "ERROR").all() and nan["error"].str.contains("loss became").all()
     assert (oom["status"] == "ERROR").all() and oom["error"].str.contains("out of memory").all()

@@ -6,7 +6,6 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from test_ensemble import smoke_ensemble
 
 from ray_xray.ensemble.calibration import reliability_bins
 from ray_xray.report import html as H
@@ -87,9 +86,9 @@ def test_figures_render_to_small_pngs(tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size < 400_000
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    return smoke_ensemble(tmp_path_factory)
+@pytest.fixture
+def sweep(smoke_sweep):
+    return smoke_sweep  # tests/conftest.py: one smoke sweep per session
 
 
 @pytest.mark.slow_ray

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import run
-from ..config import CHOICES, TrainConfig
-from ..train.__main__ import parse_kv
+from ..cli import Parser, run
+from ..config import CHOICES, HELP, TrainConfig, parse_settings
 from . import loop as L
 from . import report as R
 
@@ -29,11 +28,6 @@ CNN_DEFAULTS = {"width": 32, "head_dims": [512, 256], "pool_size": 4}
 SMOKE_MODEL = {"cnn": {"width": 8, "head_dims": [64], "pool_size": 2}}
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2 (via cli.run), not usage + error
-        raise ValueError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = Parser(
@@ -43,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         "model on the labelled set, tests it, and moves the top --query fraction of the "
         "unlabelled pool (by the strategy's uncertainty score) to the labelled set.",
     )
-    p.add_argument("--model", default="cnn", help="architecture (default %(default)s)")
-    p.add_argument("--data", default=d.data, help="folder, manifest.csv or synthetic:chest3[:N]")
+    p.add_argument("--model", default="cnn", help=HELP["model"])
+    p.add_argument("--data", default=d.data, help=HELP["data"])
     p.add_argument(
         "--initial",
         type=float,
@@ -57,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="fraction of the original train size labelled per round (default %(default)s)",
     )
-    p.add_argument("--rounds", type=int, default=5, help="query rounds after round 0")
+    p.add_argument(
+        "--rounds", type=int, default=5, help="query rounds after round 0 (default %(default)s)"
+    )
     p.add_argument("--strategy", default="entropy",
                    help=f"one or a comma list of {', '.join(L.STRATEGIES)}; random always runs "
                    "too (default %(default)s)")  # fmt: skip
@@ -76,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Training of every round.
     p.add_argument("--epochs", type=int, default=5, help="per round (default %(default)s)")
     p.add_argument("--img-size", type=int, default=64, help="default %(default)s: CPU-friendly")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--loss", choices=CHOICES["loss"], default=d.loss)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=HELP["batch_size"])
+    p.add_argument("--lr", type=float, default=d.lr, help=HELP["lr"])
+    p.add_argument("--loss", choices=CHOICES["loss"], default=d.loss, help=HELP["loss"])
     p.add_argument("--focal-gamma", type=float, default=2.0, help="used when --loss focal")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any training setting, e.g. --set aug_strength=0.5 --set "
@@ -94,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-job", type=int, default=0,
                    help="CPUs (and torch threads) per (strategy, seed) Ray task; default: the "
                    "cluster's CPUs shared out, at least 1")  # fmt: skip
-    p.add_argument("--gpus-per-job", type=float, default=0.0)
-    p.add_argument("--limit-per-split", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--gpus-per-job", type=float, default=0.0, help="GPUs per Ray task")
+    p.add_argument("--limit-per-split", type=int, default=0, help=HELP["limit_per_split"])
     p.add_argument(
         "--smoke-test",
         action="store_true",
@@ -141,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     kwargs = dict(CNN_DEFAULTS) if args.model == "cnn" else {}
     if args.smoke_test:
         kwargs.update(SMOKE_MODEL.get(args.model, {}))
-    settings = parse_kv(args.set)
+    settings = parse_settings(args.set)
     return TrainConfig.from_dict({**base, "model_kwargs": kwargs, **settings})
 
 

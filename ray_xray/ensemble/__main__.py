@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import run
+from ..cli import HelpFormatter, run
 from .checks import check_experiment_dir, check_top_k
 
 
@@ -23,6 +23,7 @@ def targets(text: str) -> tuple[float, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ray_xray.ensemble",
+        formatter_class=HelpFormatter,
         description="Take the K best trials of a finished sweep (by its validation objective, "
         "across architectures), calibrate each by temperature scaling on validation, combine them "
         "(equal mean, macro-F1-weighted mean, greedy Caruana selection on validation NLL) and keep "

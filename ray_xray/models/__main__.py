@@ -74,21 +74,25 @@ def reference_checks(names: list[str]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli import HelpFormatter
+
     ap = argparse.ArgumentParser(
         prog="python -m ray_xray.models",
+        formatter_class=HelpFormatter,
         description="List the registered models with parameter counts and CPU step times "
         "(forward+backward, ms per image, fp32 and bf16 autocast).",
     )
     ap.add_argument("--models", default=None, help="comma-separated names (default: all)")
-    ap.add_argument("--img-size", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--in-chans", type=int, default=1)
-    ap.add_argument("--num-classes", type=int, default=3)
+    ap.add_argument("--img-size", type=int, default=128, help="image side in pixels")
+    ap.add_argument("--batch-size", type=int, default=8, help="images per timed step")
+    ap.add_argument("--in-chans", type=int, default=1, help="input channels (1 or 3)")
+    ap.add_argument("--num-classes", type=int, default=3, help="output classes")
     # Two warm-up steps: the first step of a process pays oneDNN's kernel selection, the second
     # still paid it for some RNN/BN shapes here (5x slower than steady state).
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per precision")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per precision")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's)")  # fmt: skip
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
 

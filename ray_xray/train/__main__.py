@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 
-from ..cli import run
-from ..config import CHOICES, TrainConfig
-from ..data import DEDUPE
+from ..cli import Parser, UserError, note_renamed, run
+from ..config import CHOICES, HELP, TrainConfig, field_types, parse_settings, parse_value
 
 
 def parse_kv(items: list[str]) -> dict:
@@ -26,106 +26,97 @@ def parse_kv(items: list[str]) -> dict:
     return out
 
 
+# Fields whose flag is not `--field-name` (the field's name is ambiguous on a command line);
+# RENAMED: old spellings, still taken for one release (hidden from --help).
+FLAGS = {"scheduler": "--lr-scheduler", "workers": "--num-workers"}
+RENAMED = {"--scheduler": "--lr-scheduler", "--workers": "--num-workers"}
+CONFIG_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
+UNSET = object()  # what a setting's flag holds when it was not given
+
+
+def _setting_type(name: str):
+    """argparse ``type=`` for one setting: TrainConfig's parsing, one-line errors."""
+
+    def convert(text: str):
+        try:
+            return parse_value(name, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = name  # argparse names the type in its "invalid value" message
+    return convert
+
+
+def add_config_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig field (help and default from config.HELP and the dataclass)."""
+    d, types = TrainConfig(), field_types()
+    group = p.add_argument_group("training settings (each is also --set KEY=VALUE)")
+    for name in CONFIG_FIELDS:
+        if name in skip:
+            continue
+        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        kw = {"dest": name, "default": getattr(d, name), "help": HELP[name]}
+        if types[name] is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if name in CHOICES:
+            metavar = "{" + ",".join(CHOICES[name]) + "}"
+        else:
+            metavar = {int: "N", float: "X"}.get(types[name], name.upper())
+        group.add_argument(flag, type=_setting_type(name), metavar=metavar, **kw)
+        for old in (o for o, new in RENAMED.items() if new == flag):
+            group.add_argument(old, **{**kw, "help": argparse.SUPPRESS}, type=_setting_type(name))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m ray_xray.train",
         description="Train one model through Ray Train (TorchTrainer); the best checkpoint is "
         "evaluated on test and saved with config.json and metrics.json in --out.",
     )
-    p.add_argument(
-        "--model",
-        default=d.model,
-        help=f"architecture (default {d.model}); see python -m ray_xray.models",
-    )
-    p.add_argument(
-        "--data",
-        default=d.data,
-        help="folder, manifest.csv or synthetic:chest3|binary[:N] (default %(default)s)",
-    )
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--img-size", type=int, default=d.img_size)
-    p.add_argument("--in-chans", type=int, default=d.in_chans, choices=(1, 3))
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--optimizer", choices=CHOICES["optimizer"], default=d.optimizer)
-    p.add_argument("--loss", choices=CHOICES["loss"], default=d.loss)
-    p.add_argument("--focal-gamma", type=float, default=d.focal_gamma)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--class-weights", action="store_true", help="inverse-frequency class weights")
-    p.add_argument("--scheduler", choices=CHOICES["scheduler"], default=d.scheduler)
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    p.add_argument(
-        "--plateau-factor", type=float, default=d.plateau_factor,
-        help="--scheduler plateau: lr multiplier when the monitored metric stalls",
-    )  # fmt: skip
-    p.add_argument(
-        "--plateau-patience", type=int, default=d.plateau_patience,
-        help="--scheduler plateau: epochs without improvement before the lr drops",
-    )  # fmt: skip
-    p.add_argument("--min-lr", type=float, default=d.min_lr, help="--scheduler plateau: lr floor")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max grad norm, 0 = off")
-    p.add_argument(
-        "--patience", type=int, default=d.patience, help="early stopping patience, 0 = off"
-    )
-    p.add_argument("--monitor", choices=CHOICES["monitor"], default=d.monitor)
-    p.add_argument("--precision", choices=CHOICES["precision"], default=d.precision)
-    p.add_argument("--device", choices=CHOICES["device"], default=d.device)
-    p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--aug-strength", type=float, default=d.aug_strength, help="0 = no augmentation")
-    p.add_argument(
-        "--augment", choices=CHOICES["augment"], default=d.augment,
-        help="seeds: flip+rotate+shift+contrast+crop; flip: horizontal flip only",
-    )  # fmt: skip
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers, help="Ray Train DDP workers")
-    p.add_argument(
-        "--hp",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model hyperparameter (repeatable)",
-    )
-    p.add_argument(
-        "--dedupe", choices=DEDUPE, default="off", help="drop duplicates before training"
-    )
-    p.add_argument(
-        "--allow-leakage", action="store_true", help="train even if test shares images with train"
-    )
-    p.add_argument(
-        "--skip-bad", action="store_true", help="leave unreadable images out instead of failing"
-    )
-    p.add_argument("--limit-per-split", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any training setting by its name, e.g. --set epochs=4 --set "
+                   "model.dropout=0.3 (repeatable; as in tune and active)")  # fmt: skip
+    p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                   help="model hyperparameter (repeatable; same as --set model.KEY=VALUE)")  # fmt: skip
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<time>)")
-    p.add_argument("--cache", default=None, help="prepared-data cache (local path or s3://)")
+    p.add_argument("--cache", default=None,
+                   help="prepared-data cache (local path or s3://; default $RAY_XRAY_CACHE or "
+                   "~/.cache/ray_xray)")  # fmt: skip
     p.add_argument(
         "--max-failures", type=int, default=2, help="worker restarts from the last checkpoint"
     )
-    p.add_argument("--smoke-test", action="store_true", help="2 epochs, 32 px, 64 images per split")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="at most 2 epochs, 32 px, 64 images per split")  # fmt: skip
+    add_config_arguments(p)
     return p
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; setting flags that were not given hold ``UNSET``."""
+    blank = argparse.Namespace(**dict.fromkeys(CONFIG_FIELDS, UNSET))
+    return build_parser().parse_args(argv, namespace=blank)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    cfg = TrainConfig(
-        model=args.model, data=args.data, img_size=args.img_size, in_chans=args.in_chans,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        optimizer=args.optimizer, loss=args.loss, focal_gamma=args.focal_gamma,
-        label_smoothing=args.label_smoothing, class_weights=args.class_weights,
-        scheduler=args.scheduler, warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
-        plateau_factor=args.plateau_factor, plateau_patience=args.plateau_patience, min_lr=args.min_lr,
-        patience=args.patience, monitor=args.monitor, precision=args.precision, device=args.device,
-        channels_last=not args.no_channels_last, aug_strength=args.aug_strength, augment=args.augment, seed=args.seed,
-        workers=args.workers, dedupe=args.dedupe, allow_leakage=args.allow_leakage, skip_bad=args.skip_bad,
-        limit_per_split=args.limit_per_split, model_kwargs=parse_kv(args.hp),
-    )  # fmt: skip
+    """Defaults < --set < explicit flags; a setting given both ways is refused."""
+    settings = parse_settings(args.set)
+    for k, v in parse_kv(args.hp).items():
+        settings[f"model.{k}"] = v
+    flags = {k: getattr(args, k) for k in CONFIG_FIELDS if getattr(args, k) is not UNSET}
+    both = sorted(set(settings) & set(flags))
+    if both:
+        raise UserError(f"{both[0]} is given twice, as a flag and as --set {both[0]}=...")
+    cfg = TrainConfig.from_dict({**settings, **flags})
     if args.smoke_test:
         cfg.epochs, cfg.img_size, cfg.limit_per_split = min(cfg.epochs, 2), 32, 64
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    note_renamed(argv, RENAMED)
     cfg = config_from_args(args)
     from ..models import create_model
 

@@ -6,14 +6,19 @@ import argparse
 import os
 import sys
 
-from ..cli import run
-from ..train.__main__ import parse_kv
+from ..cli import Parser, UserError, note_renamed, run
+from ..config import parse_settings
 from .service import SweepOptions, run_sweep
+
+# Old option spellings, still taken for one release (hidden from --help).
+RENAMED = {"--scheduler": "--trial-scheduler", "--workers-per-trial": "--num-workers"}
+# Settings every trial gets from tune's own options, not from --set.
+OWN_OPTIONS = {"data": "--data", "seed": "--seed", "workers": "--num-workers"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = SweepOptions()
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m ray_xray.tune",
         description="Search hyperparameters with Ray Tune + Optuna (TPE) + ASHA. Every trial trains "
         "through Ray Train; results land in STORAGE/NAME (results.parquet, best_trials.json, "
@@ -23,15 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--space",
         default=d.space,
         help="search space: a built-in name (python -m ray_xray.spaces lists them), one in a "
-        "$RAY_XRAY_SPACES folder, or a YAML path; default %(default)s",
+        "$RAY_XRAY_SPACES folder, or a YAML path",
     )
     p.add_argument(
         "--data",
         default=d.data,
-        help="folder, manifest.csv or synthetic:chest3|binary[:N] (default %(default)s)",
+        help="folder, manifest.csv or synthetic:chest3|binary[:N]",
     )
     p.add_argument(
-        "--trials", type=int, default=d.trials, help="number of trials (default %(default)s)"
+        "--trials", type=int, default=d.trials, help="number of trials (--smoke-test: 4)"
     )
     p.add_argument(
         "--budget-minutes",
@@ -66,16 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="CPUs per trial (default: half the cluster's)",
     )
-    p.add_argument(
-        "--workers-per-trial", type=int, default=1, help="DDP workers per trial (Ray Train)"
-    )
+    for flag, help_ in (
+        ("--num-workers", "Ray Train DDP workers per trial (Ray's num_workers)"),
+        ("--workers-per-trial", argparse.SUPPRESS),
+    ):  # old name
+        p.add_argument(flag, dest="workers_per_trial", type=int, default=1, metavar="N",
+                       help=help_)  # fmt: skip
     p.add_argument(
         "--wandb",
         choices=("off", "offline", "online"),
         default="off",
-        help="W&B logging (default off)",
+        help="Weights & Biases logging",
     )
-    p.add_argument("--wandb-project", default=d.wandb_project)
+    p.add_argument("--wandb-project", default=d.wandb_project, help="W&B project name")
     p.add_argument(
         "--top-k", type=int, default=d.top_k, help="best trials evaluated on test and kept"
     )
@@ -84,27 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a setting for every trial, e.g. --set epochs=4 --set img_size=64",
+        help="any training setting for every trial (overrides the space), e.g. --set epochs=4 "
+        "--set model.dropout=0.3; python -m ray_xray.train --help lists them (repeatable)",
     )
     p.add_argument(
         "--no-ensemble", action="store_true", help="skip the ensemble + report at the end"
     )
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the searcher and every trial")
     p.add_argument(
         "--grace-epochs", type=int, default=d.grace_epochs, metavar="N",
         help="ASHA: epochs every trial gets before it can be stopped (default: a third)",
     )  # fmt: skip
-    p.add_argument(
-        "--scheduler", choices=("asha", "fifo"), default=d.scheduler,
-        help="asha: stop poor trials early (default); fifo: every trial runs all its epochs",
-    )  # fmt: skip
+    for flag, help_ in (
+        (
+            "--trial-scheduler",
+            "asha: stop poor trials early; fifo: every trial runs all its epochs",
+        ),
+        ("--scheduler", argparse.SUPPRESS),  # old name
+    ):
+        p.add_argument(flag, dest="scheduler", choices=("asha", "fifo"), default=d.scheduler,
+                       help=help_)  # fmt: skip
     p.add_argument(
         "--searcher", choices=("tpe", "random"), default=d.searcher,
-        help="tpe: Optuna TPE (default); random: random search",
+        help="tpe: Optuna TPE; random: random search",
     )  # fmt: skip
     p.add_argument(
         "--tpe-startup", type=int, default=d.tpe_startup, metavar="N",
-        help="random trials before TPE models the space (default %(default)s, Optuna's)",
+        help="random trials before TPE models the space (default %(default)s, as Optuna's)",
     )  # fmt: skip
     p.add_argument(
         "--budget-epochs", type=int, default=d.budget_epochs, metavar="N",
@@ -120,13 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--smoke-test",
         action="store_true",
-        help="4 tiny trials of 2 epochs (about 2 minutes on a CPU)",
+        help="4 tiny trials of 2 epochs (about 2 minutes on a CPU); the space's smoke: block",
     )
     return p
 
 
+def settings_from(items: list[str]) -> dict:
+    """``--set`` items checked against TrainConfig; settings tune's own options give refused."""
+    settings = parse_settings(items)
+    for key, flag in OWN_OPTIONS.items():
+        if key in settings:
+            raise UserError(f"--set {key}=...: tune sets {key} for every trial; use {flag}")
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    note_renamed(argv, RENAMED)
+    settings = settings_from(args.set)
     if args.trials < 1:
         raise ValueError("--trials must be >= 1")
     if args.grace_epochs < 0:
@@ -143,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         workers_per_trial=args.workers_per_trial, wandb=args.wandb, wandb_project=args.wandb_project,
         smoke_test=args.smoke_test, seed=args.seed, grace_epochs=args.grace_epochs, scheduler=args.scheduler, searcher=args.searcher,
         tpe_startup=args.tpe_startup, budget_epochs=args.budget_epochs, top_k=args.top_k, ensemble=not args.no_ensemble, cache=args.cache,
-        settings=parse_kv(args.set), argv=list(sys.argv[1:] if argv is None else argv),
+        settings=settings, argv=argv,
     )  # fmt: skip
     if args.smoke_test and args.trials == SweepOptions.trials:
         opts.trials = 4

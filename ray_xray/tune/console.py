@@ -1,4 +1,5 @@
-"""One compact console line per trial event instead of Tune's periodic tables."""
+"""One compact console line per trial event instead of Tune's periodic tables, and one status
+line: trials finished/running/total, the best so far with its trial, elapsed and time left."""
 
 from __future__ import annotations
 
@@ -7,15 +8,92 @@ import time
 
 from ray import tune
 
+from ..metrics import metric_mode
+
+# Off a terminal (CI logs, a file) the status is a plain line after every trial that ends and
+# at most this often otherwise; on a terminal it is redrawn in place at the bottom.
+STATUS_EVERY_S = 60.0
+REDRAW_EVERY_S = 1.0
+
 
 class ConsoleReporter(tune.Callback):
-    def __init__(self, metric: str):
-        self.metric, self.t0 = metric, time.time()
+    """Prints trial events and the sweep's status line on stderr.
 
+    Args:
+        metric: the objective shown ("val_macro_f1"); higher or lower is better by its name.
+        total: trials the sweep will run (0: unknown).
+        budget_s: the sweep's wall-clock budget in seconds (0: none); the time left is shown.
+    """
+
+    def __init__(self, metric: str, total: int = 0, budget_s: float = 0.0):
+        self.metric, self.total, self.budget_s = metric, int(total), float(budget_s or 0)
+        self.t0 = time.time()
+        self.sign = 1.0 if metric_mode(metric) == "max" else -1.0
+        self.started: set[str] = set()
+        self.ended: dict[str, str] = {}  # trial id -> "done" | "error"
+        self.best: tuple[float, str] | None = None  # (value, trial id)
+        self.tty = sys.stderr.isatty()
+        self._drawn = False  # a status line is on screen (terminal only)
+        self._last_status = 0.0
+
+    # ------------------------------------------------------------------ output
     def _say(self, text: str) -> None:
+        self._clear()
         print(f"[{time.time() - self.t0:6.0f}s] {text}", file=sys.stderr, flush=True)
+        if self.tty:
+            self._draw()
+
+    def _clear(self) -> None:
+        if self._drawn:
+            sys.stderr.write("\r\033[K")
+            self._drawn = False
+
+    def _draw(self) -> None:
+        sys.stderr.write("\r\033[K" + self.status())
+        sys.stderr.flush()
+        self._drawn, self._last_status = True, time.time()
+
+    def _status_line(self) -> None:
+        """After a trial ends (and now and then): the status, as a line or redrawn."""
+        if self.tty:
+            self._draw()
+        else:
+            print(f"[{time.time() - self.t0:6.0f}s] {self.status()}", file=sys.stderr, flush=True)
+            self._last_status = time.time()
+
+    def status(self) -> str:
+        """``status: 2/8 trials finished (1 failed), 2 running | best val_macro_f1 0.812
+        (trial a_00001) | 3m10s elapsed, 6m50s left of the budget``."""
+        elapsed = time.time() - self.t0
+        n_end = len(self.ended)
+        failed = sum(v == "error" for v in self.ended.values())
+        running = len(self.started) - sum(t in self.started for t in self.ended)
+        total = f"/{self.total}" if self.total else ""
+        parts = [
+            f"status: {n_end}{total} trials finished"
+            + (f" ({failed} failed)" if failed else "")
+            + f", {running} running"
+        ]
+        if self.best is not None:
+            parts.append(f"best {self.metric} {_fmt(self.best[0])} (trial {self.best[1]})")
+        times = f"{_dur(elapsed)} elapsed"
+        if self.budget_s:
+            times += f", {_dur(max(0.0, self.budget_s - elapsed))} left of the budget"
+        elif self.total and n_end and n_end < self.total:
+            times += f", ~{_dur(elapsed / n_end * (self.total - n_end))} left at this pace"
+        parts.append(times)
+        return " | ".join(parts)
+
+    # ------------------------------------------------------------------ Tune's hooks
+    def on_step_end(self, iteration, trials, **info):
+        now = time.time()
+        if self.tty and now - self._last_status >= REDRAW_EVERY_S:
+            self._draw()
+        elif not self.tty and self.started and now - self._last_status >= STATUS_EVERY_S:
+            self._status_line()
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.add(trial.trial_id)
         cfg = trial.config
         shown = {
             k: v
@@ -27,23 +105,47 @@ class ConsoleReporter(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
+        if isinstance(value, int | float) and value == value:  # not NaN
+            if self.best is None or self.sign * value > self.sign * self.best[0]:
+                self.best = (float(value), trial.trial_id)
         self._say(
             f"{trial.trial_id} epoch {result.get('epoch', '?'):>2}  {self.metric} {_fmt(value)}  "
             f"val_loss {_fmt(result.get('val_loss'))}  {_fmt(result.get('epoch_s'))}s"
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = "done"
         last = trial.last_result or {}
+        best = _fmt(last.get("best_" + self.metric))
         self._say(
-            f"{trial.trial_id} done   epochs {last.get('epoch', 0)}  best {self.metric} {_fmt(last.get('best_' + self.metric))}"
+            f"{trial.trial_id} done   epochs {last.get('epoch', 0)}  best {self.metric} {best}"
         )
+        self._status_line()
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = "error"
         reason = str(trial.error_file or "")
         self._say(f"{trial.trial_id} ERROR  (see {reason})")
+        self._status_line()
+
+    def on_experiment_end(self, trials, **info):
+        if self._drawn:  # leave the last status on screen, then a clean line
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._drawn = False
 
 
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def _dur(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``3700`` -> ``1h01m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

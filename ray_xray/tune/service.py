@@ -232,7 +232,7 @@ def plan_resources(opts: SweepOptions) -> dict:
 
 
 def make_callbacks(opts: SweepOptions, name: str) -> list:
-    callbacks = [ConsoleReporter(opts.objective[0])]
+    callbacks = [ConsoleReporter(opts.objective[0], opts.trials, opts.budget_minutes * 60)]
     if opts.wandb == "off":
         return callbacks
     from ray.air.integrations.wandb import WandbLoggerCallback

@@ -1,0 +1,227 @@
+"""One command-line grammar (issue #20, item 4): --set everywhere, help and defaults on every
+flag, "did you mean", one-line value errors, new names with the old ones kept. In-process."""
+
+import argparse
+import dataclasses
+import importlib
+
+import pytest
+
+from ray_xray.__main__ import COMMANDS
+from ray_xray.cli import HelpFormatter, run
+from ray_xray.config import HELP, TrainConfig, parse_settings
+from ray_xray.train import __main__ as train_cli
+from ray_xray.tune import __main__ as tune_cli
+
+
+def _parser_of(module: str, monkeypatch) -> argparse.ArgumentParser:
+    """The parser a command's main() builds (caught at parse_args; nothing runs)."""
+
+    class Caught(Exception):
+        pass
+
+    seen = []
+
+    def catch(self, *args, **kwargs):
+        seen.append(self)
+        raise Caught
+
+    mod = importlib.import_module(module)
+    if not hasattr(mod, "main"):
+        mod = importlib.import_module(module + ".__main__")
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    with pytest.raises(Caught):
+        mod.main(["x"])
+    monkeypatch.undo()
+    return seen[0]
+
+
+def _parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+@pytest.mark.parametrize("module", [m for m, _ in COMMANDS.values()] + ["benchmarks"])
+def test_every_flag_has_help_and_shows_its_default(module, monkeypatch):
+    for parser in _parsers(_parser_of(module, monkeypatch)):
+        assert issubclass(parser.formatter_class, HelpFormatter), parser.prog
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            if action.help == argparse.SUPPRESS:  # an old spelling kept for one release
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help, f"{parser.prog} {name}: no help"
+            if action.default not in (None, False, "", []):
+                assert "default" in formatter._get_help_string(action), f"{parser.prog} {name}"
+
+
+def test_train_flags_are_generated_from_every_setting():
+    parser = train_cli.build_parser()
+    dests = {a.dest for a in parser._actions}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model_kwargs"}
+    assert fields <= dests and fields <= set(HELP)
+    help_text = parser.format_help()
+    for flag in ("--lr-scheduler", "--num-workers", "--loader-workers", "--no-channels-last"):
+        assert flag in help_text
+    assert "--scheduler" not in help_text.replace("--lr-scheduler", "")  # old name: hidden
+
+
+def _train_cfg(argv):
+    return train_cli.config_from_args(train_cli.parse_args(argv))
+
+
+def test_train_set_flags_and_old_names_agree():
+    by_flags = _train_cfg(
+        ["--epochs", "3", "--lr-scheduler", "cosine", "--num-workers", "2", "--loader-workers",
+         "2", "--no-channels-last", "--class-weights", "--hp", "dropout=0.3"]
+    )  # fmt: skip
+    by_set = _train_cfg(
+        ["--set", "epochs=3", "--set", "lr_scheduler=cosine", "--set", "num_workers=2",
+         "--set", "loader_workers=2", "--set", "channels_last=false", "--set",
+         "class_weights=true", "--set", "model.dropout=0.3"]
+    )  # fmt: skip
+    old = _train_cfg(
+        ["--epochs", "3", "--scheduler", "cosine", "--workers", "2", "--loader-workers", "2",
+         "--no-channels-last", "--class-weights", "--set", "model.dropout=0.3"]
+    )  # fmt: skip
+    assert by_flags == by_set == old
+    assert (by_set.scheduler, by_set.workers, by_set.loader_workers) == ("cosine", 2, 2)
+    assert by_set.model_kwargs == {"dropout": 0.3} and by_set.channels_last is False
+    assert _train_cfg([]) == TrainConfig()  # nothing given: the dataclass defaults
+    smoke = _train_cfg(["--smoke-test", "--set", "epochs=5"])
+    assert (smoke.epochs, smoke.img_size, smoke.limit_per_split) == (2, 32, 64)
+
+
+def _one_line_error(main, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        run(main, argv)
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("note:")]
+    assert exc.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+BAD_SETTINGS = [
+    (["--set", "lr=abc"], "--set lr=abc: lr takes a number (e.g. 0.001), got 'abc'"),
+    (["--set", "epoch=4"], "unknown setting 'epoch' (did you mean 'epochs'?); settings are "),
+    (["--set", "epochs=2.5"], "--set epochs=2.5: epochs takes an integer, got '2.5'"),
+    (["--set", "optimizer=adm"], "optimizer takes one of adamw, adam, sgd, got 'adm' (did you"),
+    (["--set", "class_weights=maybe"], "class_weights takes true/false, got 'maybe'"),
+    (["--set", "epochs"], "--set epochs: expected KEY=VALUE"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_SETTINGS)
+@pytest.mark.parametrize("command", ["train", "tune", "active"])
+def test_bad_settings_are_one_line_naming_key_value_and_type(command, argv, message, capsys,
+                                                             tmp_path):  # fmt: skip
+    main = importlib.import_module(f"ray_xray.{command}.__main__").main
+    line = _one_line_error(main, [*argv, "--out" if command != "tune" else "--storage",
+                                  str(tmp_path / "o")], capsys)  # fmt: skip
+    assert message in line and "Traceback" not in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr", "abc"], "argument --lr: lr takes a number (e.g. 0.001), got 'abc'"),
+        (["--optimizer", "rmsprop"], "optimizer takes one of adamw, adam, sgd, got 'rmsprop'"),
+        (["--set", "epochs=3", "--epochs", "4"], "epochs is given twice"),
+        (["--num-workers", "0"], "workers must be >= 1"),
+    ],
+)
+def test_train_flag_errors_are_one_line(argv, message, capsys, tmp_path):
+    assert message in _one_line_error(train_cli.main, [*argv, "--out", str(tmp_path)], capsys)
+
+
+def test_tune_refuses_settings_its_own_options_give(capsys, tmp_path):
+    line = _one_line_error(tune_cli.main, ["--set", "workers=2", "--storage", str(tmp_path)],
+                           capsys)  # fmt: skip
+    assert "use --num-workers" in line
+
+
+def test_tune_new_names_and_old_spellings_agree(capsys):
+    parse = tune_cli.build_parser().parse_args
+    new = parse(["--trial-scheduler", "fifo", "--num-workers", "2"])
+    old = parse(["--scheduler", "fifo", "--workers-per-trial", "2"])
+    assert (new.scheduler, new.workers_per_trial) == (old.scheduler, old.workers_per_trial)
+    assert (new.scheduler, new.workers_per_trial) == ("fifo", 2)
+    help_text = tune_cli.build_parser().format_help()
+    assert "--trial-scheduler" in help_text and "--workers-per-trial" not in help_text
+
+
+def test_old_spellings_get_a_note(capsys, tmp_path):
+    _one_line_error(tune_cli.main, ["--scheduler", "fifo", "--trials", "0"], capsys)
+    from ray_xray.cli import note_renamed
+
+    note_renamed(["--scheduler=fifo", "--x"], tune_cli.RENAMED)
+    assert "note: --scheduler is now --trial-scheduler" in capsys.readouterr().err
+
+
+def test_smoke_test_is_one_spelling_with_the_old_ones_kept():
+    from benchmarks.__main__ import build_parser as bench_parser
+
+    assert bench_parser().parse_args(["--smoke-test"]).quick
+    assert bench_parser().parse_args(["--quick"]).quick
+    assert "--smoke-test" in bench_parser().format_help()
+    from ray_xray import spaces
+
+    assert spaces.main(["cnn", "--smoke-test"]) == 0
+
+
+def test_parse_settings_values_and_aliases():
+    got = parse_settings(["lr=3e-4", "epochs=4", "channels_last=no", "num_workers=2",
+                          "lr_scheduler=cosine", "model.head_dims=[64, 32]", "model.act=gelu"])  # fmt: skip
+    assert got == {"lr": 3e-4, "epochs": 4, "channels_last": False, "workers": 2,
+                   "scheduler": "cosine", "model.head_dims": [64, 32], "model.act": "gelu"}  # fmt: skip
+
+
+def test_config_type_errors_name_key_value_and_type():
+    with pytest.raises(ValueError, match=r"^config: lr='abc' is not a number \(lr takes a number"):
+        TrainConfig(lr="abc")
+    with pytest.raises(ValueError, match=r"unknown setting 'epoch' \(did you mean 'epochs'\?\)"):
+        TrainConfig.from_dict({"epoch": 4})
+    cfg = TrainConfig(epochs=4.0, lr=1)  # integral floats and ints are taken as they mean
+    assert (cfg.epochs, type(cfg.epochs), cfg.lr, type(cfg.lr)) == (4, int, 1.0, float)
+
+
+def test_predict_on_a_folder_without_a_model_names_what_it_looked_for(tmp_path, capsys):
+    from ray_xray.predict import main
+
+    line = _one_line_error(main, [str(tmp_path), str(tmp_path / "x.png")], capsys)
+    assert "no best_model.pt or ensemble.pt in this folder" in line
+    assert "checkpoint.pt" not in line.split("(")[0]
+
+
+def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from ray_xray.tune import console
+
+    clock = [1000.0]
+    monkeypatch.setattr(console.time, "time", lambda: clock[0])
+    r = console.ConsoleReporter("val_loss", total=4, budget_s=600)  # lower is better
+    a, b = (SimpleNamespace(trial_id=t, config={"model": "cnn"}, last_result={}, error_file=None)
+            for t in ("a_00000", "a_00001"))  # fmt: skip
+    for t in (a, b):
+        r.on_trial_start(0, [], t)
+    r.on_trial_result(0, [], a, {"val_loss": 0.9, "epoch": 1})
+    r.on_trial_result(0, [], b, {"val_loss": 0.5, "epoch": 1})
+    r.on_trial_result(0, [], a, {"val_loss": 0.7, "epoch": 2})
+    clock[0] += 130
+    r.on_trial_complete(0, [], a)
+    assert r.status() == (
+        "status: 1/4 trials finished, 1 running | best val_loss 0.5 (trial a_00001) | "
+        "2m10s elapsed, 7m50s left of the budget"
+    )
+    r.on_trial_error(0, [], b)
+    err = capsys.readouterr().err
+    assert "status: 2/4 trials finished (1 failed), 0 running" in err  # a line after each end
+    r.budget_s = 0
+    assert r.status().endswith("2m10s elapsed, ~2m10s left at this pace")
