@@ -21,28 +21,22 @@ SMOKE_SWEEP_LIMIT_S = 600
 
 
 def pytest_collection_modifyitems(config, items):
-    # Every Ray test gets a timeout (pytest-timeout), unless it sets its own.
+    """Every Ray test gets a timeout (pytest-timeout) unless it sets its own; `cuda` tests skip,
+    saying why, where no GPU is visible (CI, a laptop)."""
+    import torch
+
+    no_gpu = pytest.mark.skip(reason="no CUDA GPU visible (torch.cuda.is_available() is False)")
     for item in items:
         if item.get_closest_marker("slow_ray") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(RAY_TEST_TIMEOUT_S))
+        if item.get_closest_marker("cuda") and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     # Tests never touch the user's ~/.cache: every session gets its own prepared-data cache.
     os.environ["RAY_XRAY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-
-
-def pytest_collection_modifyitems(config, items):
-    """`cuda` tests skip, saying why, where no GPU is visible (CI, a laptop)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="no CUDA GPU visible (torch.cuda.is_available() is False)")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
 
 
 def shared_data_dir() -> Path:
