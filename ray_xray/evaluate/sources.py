@@ -197,12 +197,22 @@ def class_folder_items(root: Path) -> list[Item]:
     return items
 
 
-def _table(spec: str, size: int, skip_bad: bool, cache: str | None):
-    """(prepared table, note) of any data spec at `size` px."""
+def _unknown(spec: str, labels, index: dict, classes: list[str]) -> None:
+    unknown = sorted({normalise_label(v) for v in labels} - set(index))
+    if unknown:
+        raise UserError(f"{spec}: class(es) {', '.join(unknown)} unknown to the model "
+                        f"(it knows {', '.join(classes)})")  # fmt: skip
+
+
+def _table(spec: str, size: int, split: str, skip_bad: bool, cache: str | None, subject):
+    """(prepared table, splits the data has, note) of any data spec at `size` px. Only the
+    asked-for split is decoded (an external set's train split is never needed here), after
+    its labels are checked against the model's classes."""
     from ..data.cache import load_or_prepare
 
     if spec.startswith("synthetic"):
-        return load_table(spec, size, skip_bad, cache)[0], ""
+        table = load_table(spec, size, skip_bad, cache)[0]
+        return table, sorted(set(table.column("split").to_pylist())), ""
     try:
         items = resolve_items(spec)
         note = ""
@@ -212,8 +222,14 @@ def _table(spec: str, size: int, skip_bad: bool, cache: str | None):
         if not items:
             raise
         note = "no split folders: every image counts as test"
+    have = sorted({i.split for i in items})
+    items = [i for i in items if split == "all" or i.split == split]
+    if not items:
+        return None, have, note
+    index = {normalise_label(c) for c in subject.classes}
+    _unknown(spec, [i.label for i in items], dict.fromkeys(index), subject.classes)
     table, _, _ = load_or_prepare(items, size, cache, skip_bad, log=log.info)
-    return table, note
+    return table, have, note
 
 
 def external_set(spec: str, subject: Subject, split: str, skip_bad: bool = False,
@@ -224,18 +240,15 @@ def external_set(spec: str, subject: Subject, split: str, skip_bad: bool = False
     index = {normalise_label(c): k for k, c in enumerate(subject.classes)}
     views, labels, paths, note = {}, None, None, ""
     for size in subject.sizes:
-        table, note = _table(spec, size, skip_bad, cache)
-        splits = table.column("split").to_pylist()
+        table, have, note = _table(spec, size, split, skip_bad, cache, subject)
+        splits = table.column("split").to_pylist() if table is not None else []
         keep = [i for i, s in enumerate(splits) if split == "all" or s == split]
         if not keep:
-            have = ", ".join(sorted(set(splits))) or "none"
-            raise UserError(f"{spec}: no '{split}' images (splits present: {have}); "
-                            "choose one with --split, or --split all")  # fmt: skip
+            raise UserError(f"{spec}: no '{split}' images (splits present: "
+                            f"{', '.join(have) or 'none'}); choose one with --split, or "
+                            "--split all")  # fmt: skip
         names = [normalise_label(v) for v in table.column("label").to_pylist()]
-        unknown = sorted({names[i] for i in keep} - set(index))
-        if unknown:
-            raise UserError(f"{spec}: class(es) {', '.join(unknown)} unknown to the model "
-                            f"(it knows {', '.join(subject.classes)})")  # fmt: skip
+        _unknown(spec, [names[i] for i in keep], index, subject.classes)
         y = np.array([index[names[i]] for i in keep], dtype=np.int64)
         all_paths, blobs = table.column("path").to_pylist(), table.column("image").to_pylist()
         p = [all_paths[i] for i in keep]
