@@ -301,3 +301,25 @@ def test_shared_chest3_test_split_as_external_data(run_dir, tmp_path, shared_dat
     assert not r.is_own_data and not r.partial and r.n > 100
     assert set(r.shift["drops"]) >= {"accuracy", "macro_f1", "auc"}
     assert Path(r.out, "report.html").is_file()
+
+
+# ---------------------------------------------------------------- val vs test in sweep reports
+
+
+def test_val_test_agreement_warns_on_the_pneumonia2_sweep():
+    import pandas as pd
+
+    from ray_xray.report.agreement import val_test_agreement
+
+    repo = Path(__file__).resolve().parent.parent
+    t = pd.read_csv(repo / "docs/results/sweep-pneumonia2/ensemble_comparison.csv")
+    m = t[t["kind"] == "member"]
+    a = val_test_agreement(list(m["name"]), list(m["val_macro_f1"]), list(m["test_macro_f1"]))
+    # val order 1..5 has test ranks 4, 5, 1, 2, 3: sum d^2 = 30, rho = 1 - 6*30/(5*24) = -0.5
+    assert a["n"] == 5 and a["spearman"] == pytest.approx(-0.5)
+    assert a["best_by_val"]["name"] == "resnet18:6f3ceba4" and a["best_by_val"]["test_rank"] == 4
+    assert a["warning"].startswith("validation and test disagree on the order of the 5")
+    same = val_test_agreement(list("abcd"), [0.9, 0.8, 0.7, 0.6], [0.85, 0.8, 0.6, 0.65])
+    assert same["spearman"] == pytest.approx(0.8) and same["warning"] is None
+    few = val_test_agreement(["a", "b"], [0.9, 0.8], [0.1, 0.2])
+    assert few["spearman"] is None and few["warning"] is None and few["n"] == 2
