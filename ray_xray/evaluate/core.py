@@ -138,6 +138,33 @@ def _load(subject: Subject, data: str, split: str, own: bool, want_ref: bool, sk
     return ev, info, refs, notes
 
 
+def _compare(subject: Subject, refs: dict, parts: dict, data: str, dev, shift: bool,
+             n_boot: int, seed: int) -> tuple:  # fmt: skip
+    """(operating points, shift block, {"y", "prob"} of the own test split, warnings) from the
+    model's own splits in `refs` ({"val"[, "test"]}); `shift`: compare with its own test."""
+    y, prob = parts["y"], parts["prob"]
+    op, shift_block, ref_arrays, warnings = None, None, None, []
+    if "val" not in refs:
+        if shift:
+            shift_block = shift_check(subject, None, parts, data, dev, n_boot, seed)[0]
+        return op, shift_block, ref_arrays, warnings
+    p_val = probabilities(subject, refs["val"], dev)[0]
+    sets = {"eval": (y, prob)}
+    if shift and "test" in refs:
+        shift_block, warnings, p_ref = shift_check(
+            subject, refs["test"], parts, data, dev, n_boot, seed
+        )
+        sets["reference_test"] = (refs["test"].labels, p_ref)
+        ref_arrays = {"y": refs["test"].labels, "prob": p_ref}
+    op = operating_points(refs["val"].labels, p_val, sets, subject.classes)
+    warnings += [
+        f"{c}: the threshold for {float(t):.0%} specificity on validation gives "
+        f"{r['eval_specificity']:.0%} specificity here"
+        for c, rows in op.items() for t, r in rows.items() if r.get("eval_holds") is False
+    ]  # fmt: skip
+    return op, shift_block, ref_arrays, warnings
+
+
 def evaluate(checkpoint: str, data: str, split: str = "test", *, out: str | Path | None = None,
              stress: bool = False, n_boot: int = 1000, seed: int = 0, device: str = "auto",
              images: bool = True, shift: bool = True, skip_bad: bool = False,
@@ -181,26 +208,11 @@ def evaluate(checkpoint: str, data: str, split: str = "test", *, out: str | Path
             f"partial evaluation: no {', '.join(info['missing_classes'])} images in this set; "
             "macro-F1 and AUC average over the classes present, and their recall is undefined"
         )
-    op, shift_block, ref_arrays = None, None, None
-    if "val" in refs:
-        p_val = probabilities(subject, refs["val"], dev)[0]
-        sets = {"eval": (y, prob)}
-        if not own and shift and "test" in refs:
-            shift_block, more, p_ref = shift_check(
-                subject, refs["test"], {"y": y, "prob": prob, "headline": headline,
-                                        "samples": samples}, data, dev, n_boot, seed)  # fmt: skip
-            warnings += more
-            sets["reference_test"] = (refs["test"].labels, p_ref)
-            ref_arrays = {"y": refs["test"].labels, "prob": p_ref}
-        op = operating_points(refs["val"].labels, p_val, sets, classes)
-        warnings += [
-            f"{c}: the threshold for {float(t):.0%} specificity on validation gives "
-            f"{r['eval_specificity']:.0%} specificity here"
-            for c, rows in op.items() for t, r in rows.items() if r.get("eval_holds") is False
-        ]  # fmt: skip
-    elif not own and shift:
-        shift_block = shift_check(subject, None, {"y": y, "prob": prob, "headline": headline},
-                                  data, dev, n_boot, seed)[0]  # fmt: skip
+    parts = {"y": y, "prob": prob, "headline": headline, "samples": samples}
+    op, shift_block, ref_arrays, more = _compare(
+        subject, refs, parts, data, dev, shift and not own, n_boot, seed
+    )
+    warnings += more
     stress_block = None
     if stress:
         t1 = time.perf_counter()
