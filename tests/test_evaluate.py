@@ -221,6 +221,9 @@ def test_partial_sets_unknown_classes_and_plain_class_folders(run_dir, tmp_path,
     assert r.warnings[0].startswith("partial evaluation: no pneumonia")
     assert any("no split folders" in n for n in r.notes)
     assert np.isnan(r.headline["recall_pneumonia"]["value"])
+    # The shift check compares like with like: the reference averages over the same 2 classes.
+    assert r.shift["classes_compared"] == ["normal", "tuberculosis"]
+    assert "recall_pneumonia" not in r.shift["drops"]
     assert not (tmp_path / "ev" / "figures" / "samples.png").exists()
     shutil.copytree(src / "normal", flat / "covid")
     code, _, err = _cli([str(run_dir), str(flat)], capsys)

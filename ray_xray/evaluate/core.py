@@ -100,11 +100,16 @@ def shift_check(subject: Subject, ref_test: EvalSet | None, result_parts: dict, 
                  "readable here: no intervals, no ECE comparison)", "drops": rows,
                  "ece": {"new": ece(y, prob)}}, [], None)  # fmt: skip
     p_ref = probabilities(subject, ref_test, dev)[0]
-    ref_head, ref_samples = S.with_intervals(ref_test.labels, p_ref, classes, n_boot, seed)
+    # A partial set is compared on its own classes: the reference's macro-F1/AUC average over
+    # the same ones.
+    only = S.present(y, len(classes))
+    ref_head, ref_samples = S.with_intervals(ref_test.labels, p_ref, classes, n_boot, seed,
+                                             only=only)  # fmt: skip
     drops = S.drops(ref_head, ref_samples, result_parts["headline"], result_parts["samples"])
     warnings = [_headline_warning(k, d, data) for k, d in drops.items() if d["significant"]]
     block = {
         "reference": f"the model's own test split: {ref_test.name}", "n_reference": len(ref_test),
+        "classes_compared": [c for c, keep in zip(classes, only, strict=True) if keep],
         "reference_headline": ref_head, "drops": drops,
         "ece": {"reference": ece(ref_test.labels, p_ref), "new": ece(y, prob)},
     }  # fmt: skip

@@ -35,11 +35,13 @@ def _stratified_index(y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray
     return np.concatenate(blocks, 1), np.concatenate(labels)
 
 
-def _metrics(y: np.ndarray, pred: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict:
+def _metrics(y: np.ndarray, pred: np.ndarray, prob: np.ndarray, classes: list[str],
+             only=None) -> dict:  # fmt: skip
     """Metrics of R sets at once: y (N,) labels (the same in every set: stratified), pred (R, N),
-    prob (R, N, K). Returns name -> (R,) float64; NaN where undefined."""
+    prob (R, N, K). Returns name -> (R,) float64; NaN where undefined. `only` (bool (K,)):
+    average macro-F1 and AUC over these classes only (a partial set's classes)."""
     k = len(classes)
-    have = present(y, k)
+    have = present(y, k) if only is None else present(y, k) & np.asarray(only, dtype=bool)
     correct = pred == y[None]
     out = {"accuracy": correct.mean(1)}
     f1s, aucs = [], []
@@ -50,7 +52,7 @@ def _metrics(y: np.ndarray, pred: np.ndarray, prob: np.ndarray, classes: list[st
         tp = (correct & pos[None]).sum(1)
         recall = tp / n_pos if n_pos else np.full(len(pred), np.nan)
         out[f"recall_{name}"] = recall
-        if not n_pos:
+        if not have[c]:
             continue
         f1s.append(2 * tp / (n_pred + n_pos))  # = 2PR/(P+R); denominator >= n_pos > 0
         if n_pos < len(y):
@@ -63,19 +65,19 @@ def _metrics(y: np.ndarray, pred: np.ndarray, prob: np.ndarray, classes: list[st
     return out
 
 
-def point(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[str, float]:
+def point(y: np.ndarray, prob: np.ndarray, classes: list[str], only=None) -> dict[str, float]:
     """accuracy, macro_f1, auc and recall_<class> of one set: y int (N,), prob float (N, K).
 
     macro_f1/auc average over the classes present in `y`; recall of an absent class is NaN.
     """
     y = np.asarray(y, dtype=np.int64)
     prob = np.asarray(prob, dtype=np.float64)
-    m = _metrics(y, prob.argmax(1)[None], prob[None], classes)
+    m = _metrics(y, prob.argmax(1)[None], prob[None], classes, only)
     return {name: float(v[0]) for name, v in m.items()}
 
 
 def bootstrap(y: np.ndarray, prob: np.ndarray, classes: list[str], n_boot: int = 1000,
-              seed: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+              seed: int = 0, only=None) -> dict[str, np.ndarray]:  # fmt: skip
     """Class-stratified bootstrap samples of `point`'s metrics: name -> (n_boot,) float64.
 
     Resampled in chunks (memory stays ~N x 250 x K floats whatever n_boot is).
@@ -89,7 +91,7 @@ def bootstrap(y: np.ndarray, prob: np.ndarray, classes: list[str], n_boot: int =
     parts: dict[str, list] = {}
     for start in range(0, n_boot, 250):
         rows = idx[start : start + 250]
-        for name, v in _metrics(y_sorted, pred[rows], prob[rows], classes).items():
+        for name, v in _metrics(y_sorted, pred[rows], prob[rows], classes, only).items():
             parts.setdefault(name, []).append(v)
     return {name: np.concatenate(v) for name, v in parts.items()}
 
@@ -106,10 +108,10 @@ def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
 
 
 def with_intervals(y, prob, classes: list[str], n_boot: int = 1000, seed: int = 0,
-                   level: float = LEVEL) -> tuple[dict, dict]:  # fmt: skip
+                   level: float = LEVEL, only=None) -> tuple[dict, dict]:  # fmt: skip
     """({metric: {"value", "low", "high"}}, the bootstrap samples) for `point`'s metrics."""
-    values = point(y, prob, classes)
-    samples = bootstrap(y, prob, classes, n_boot, seed)
+    values = point(y, prob, classes, only)
+    samples = bootstrap(y, prob, classes, n_boot, seed, only)
     out = {}
     for name, v in values.items():
         lo, hi = interval(samples[name], level) if name in samples else (math.nan, math.nan)
