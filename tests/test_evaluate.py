@@ -161,7 +161,10 @@ def test_evaluate_a_train_run_on_its_own_data_matches_the_training_evaluation(ru
     r = evaluate(str(run_dir), SPEC, out=tmp_path / "ev", n_boot=200, device="cpu")
     rec = E.load_checkpoint(run_dir / "best_model.pt")
     full, y, _ = evaluate_record(rec, load_data(SPEC, 32), "test", "cpu")
-    assert r.is_own_data and r.shift is None and r.n == len(y) == 18
+    assert r.is_own_data and r.n == len(y) == 18
+    # Its own test split is compared with its own validation split.
+    assert r.shift["reference_split"] == "val" and r.shift["n_reference"] == 18
+    assert r.reference["split"] == "val"
     assert r.metrics["accuracy"] == pytest.approx(full["accuracy"])
     assert r.metrics["macro_f1"] == pytest.approx(full["macro_f1"])
     assert r.headline["macro_f1"]["value"] == pytest.approx(full["macro_f1"])

@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     print("  recall " + "  ".join(f"{c} {_fmt(h[f'recall_{c}'])}" for c in r.classes))
     if r.shift and "reference" in r.shift.get("ece", {}):
         e = r.shift["ece"]
-        print(f"  ECE {e['new']:.3f} here, {e['reference']:.3f} on the model's own test split")
+        ref = r.shift.get("reference_split", "test")
+        print(f"  ECE {e['new']:.3f} here, {e['reference']:.3f} on the model's own {ref} split")
     for w in r.warnings:
         print(f"warning: {w}")
     print(f"wrote {r.out}/metrics.json and report.html")

@@ -73,47 +73,52 @@ def operating_points(y_val, p_val, sets: dict, classes: list[str],
     return out
 
 
-def _headline_warning(name: str, d: dict, data: str) -> str:
-    return (f"{name.replace('_', ' ')} fell from {d['reference']:.3f} on the model's own test "
-            f"split to {d['new']:.3f} on {data} (drop {d['drop']:.3f}, 95% interval "
+def _headline_warning(name: str, d: dict, data: str, ref_split: str) -> str:
+    return (f"{name.replace('_', ' ')} fell from {d['reference']:.3f} on the model's own "
+            f"{ref_split} split to {d['new']:.3f} on {data} (drop {d['drop']:.3f}, 95% interval "
             f"{d['low']:.3f} to {d['high']:.3f}: beyond resampling noise)")  # fmt: skip
 
 
-def shift_check(subject: Subject, ref_test: EvalSet | None, result_parts: dict, data: str,
-                dev, n_boot: int, seed: int) -> tuple[dict, list[str], np.ndarray | None]:  # fmt: skip
-    """The comparison with the model's own figures (its test split when readable, else the
-    validation metrics its checkpoint stores). Returns (shift block, warning lines, the
-    model's probabilities on its own test split or None)."""
+def _stored_reference(subject: Subject, parts: dict) -> dict:
+    """The shift block when the model's own data cannot be read: its stored val metrics."""
     from ..ensemble.calibration import ece
 
-    y, prob = result_parts["y"], result_parts["prob"]
-    classes = subject.classes
-    if ref_test is None:
-        stored = subject.members[0].get("metrics", {}) if subject.kind == "model" else {}
-        ref = {k[len("val_"):].replace("acc", "accuracy", 1): v for k, v in stored.items()
-               if k.startswith("val_") and k != "val_loss"}  # fmt: skip
-        new = result_parts["headline"]
-        rows = {k: {"reference": v, "new": new[k]["value"], "drop": v - new[k]["value"],
-                    "low": None, "high": None, "significant": False}
-                for k, v in ref.items() if k in new and math.isfinite(new[k]["value"])}  # fmt: skip
-        return ({"reference": "validation metrics stored in the checkpoint (own data not "
-                 "readable here: no intervals, no ECE comparison)", "drops": rows,
-                 "ece": {"new": ece(y, prob)}}, [], None)  # fmt: skip
-    p_ref = probabilities(subject, ref_test, dev)[0]
+    stored = subject.members[0].get("metrics", {}) if subject.kind == "model" else {}
+    ref = {k[len("val_"):].replace("acc", "accuracy", 1): v for k, v in stored.items()
+           if k.startswith("val_") and k != "val_loss"}  # fmt: skip
+    new = parts["headline"]
+    rows = {k: {"reference": v, "new": new[k]["value"], "drop": v - new[k]["value"],
+                "low": None, "high": None, "significant": False}
+            for k, v in ref.items() if k in new and math.isfinite(new[k]["value"])}  # fmt: skip
+    return {"reference": "validation metrics stored in the checkpoint (own data not readable "
+            "here: no intervals, no ECE comparison)", "reference_split": "val", "drops": rows,
+            "ece": {"new": ece(parts["y"], parts["prob"])}}  # fmt: skip
+
+
+def shift_check(subject: Subject, ref: EvalSet, p_ref: np.ndarray, ref_split: str, parts: dict,
+                data: str, n_boot: int, seed: int) -> tuple[dict, list[str]]:  # fmt: skip
+    """This set against one of the model's own splits (`ref`, probabilities `p_ref`): the drop
+    of each headline metric with its interval, ECE on both. Returns (block, warning lines)."""
+    from ..ensemble.calibration import ece
+
+    y, prob, classes = parts["y"], parts["prob"], subject.classes
     # A partial set is compared on its own classes: the reference's macro-F1/AUC average over
     # the same ones.
     only = S.present(y, len(classes))
-    ref_head, ref_samples = S.with_intervals(ref_test.labels, p_ref, classes, n_boot, seed,
+    ref_head, ref_samples = S.with_intervals(ref.labels, p_ref, classes, n_boot, seed,
                                              only=only)  # fmt: skip
-    drops = S.drops(ref_head, ref_samples, result_parts["headline"], result_parts["samples"])
-    warnings = [_headline_warning(k, d, data) for k, d in drops.items() if d["significant"]]
+    drops = S.drops(ref_head, ref_samples, parts["headline"], parts["samples"])
+    warnings = [
+        _headline_warning(k, d, data, ref_split) for k, d in drops.items() if d["significant"]
+    ]
     block = {
-        "reference": f"the model's own test split: {ref_test.name}", "n_reference": len(ref_test),
+        "reference": f"the model's own {ref_split} split: {ref.name}", "reference_split":
+        ref_split, "n_reference": len(ref),
         "classes_compared": [c for c, keep in zip(classes, only, strict=True) if keep],
         "reference_headline": ref_head, "drops": drops,
-        "ece": {"reference": ece(ref_test.labels, p_ref), "new": ece(y, prob)},
+        "ece": {"reference": ece(ref.labels, p_ref), "new": ece(y, prob)},
     }  # fmt: skip
-    return block, warnings, p_ref
+    return block, warnings
 
 
 def _load(subject: Subject, data: str, split: str, own: bool, want_ref: bool, skip_bad: bool,
@@ -143,24 +148,26 @@ def _load(subject: Subject, data: str, split: str, own: bool, want_ref: bool, sk
     return ev, info, refs, notes
 
 
-def _compare(subject: Subject, refs: dict, parts: dict, data: str, dev, shift: bool,
+def _compare(subject: Subject, refs: dict, parts: dict, data: str, dev, shift: str | None,
              n_boot: int, seed: int) -> tuple:  # fmt: skip
-    """(operating points, shift block, {"y", "prob"} of the own test split, warnings) from the
-    model's own splits in `refs` ({"val"[, "test"]}); `shift`: compare with its own test."""
+    """(operating points, shift block, {"y", "prob"} of the reference split, warnings) from
+    the model's own splits in `refs` ({"val"[, "test"]}). `shift`: the own split to compare
+    this set with ("test" for other data, "val" for its own test split), None: no check."""
     y, prob = parts["y"], parts["prob"]
     op, shift_block, ref_arrays, warnings = None, None, None, []
     if "val" not in refs:
-        if shift:
-            shift_block = shift_check(subject, None, parts, data, dev, n_boot, seed)[0]
+        if shift == "test":
+            shift_block = _stored_reference(subject, parts)
         return op, shift_block, ref_arrays, warnings
     p_val = probabilities(subject, refs["val"], dev)[0]
     sets = {"eval": (y, prob)}
-    if shift and "test" in refs:
-        shift_block, warnings, p_ref = shift_check(
-            subject, refs["test"], parts, data, dev, n_boot, seed
-        )
-        sets["reference_test"] = (refs["test"].labels, p_ref)
-        ref_arrays = {"y": refs["test"].labels, "prob": p_ref}
+    if shift in refs:
+        p_ref = p_val if shift == "val" else probabilities(subject, refs[shift], dev)[0]
+        shift_block, warnings = shift_check(subject, refs[shift], p_ref, shift, parts, data,
+                                            n_boot, seed)  # fmt: skip
+        ref_arrays = {"y": refs[shift].labels, "prob": p_ref, "split": shift}
+        if shift == "test":
+            sets["reference_test"] = (refs["test"].labels, p_ref)
     op = operating_points(refs["val"].labels, p_val, sets, subject.classes)
     warnings += [
         f"{c}: the threshold for {float(t):.0%} specificity on validation gives "
@@ -214,8 +221,15 @@ def evaluate(checkpoint: str, data: str, split: str = "test", *, out: str | Path
             "macro-F1 and AUC average over the classes present, and their recall is undefined"
         )
     parts = {"y": y, "prob": prob, "headline": headline, "samples": samples}
+    # Other data is compared with the model's own test split; its own test split with its
+    # validation split (the pneumonia2 lesson: validation need not resemble test).
+    against = "test"
+    if not shift or (own and split != "test"):
+        against = None
+    elif own:
+        against = "val"
     op, shift_block, ref_arrays, more = _compare(
-        subject, refs, parts, data, dev, shift and not own, n_boot, seed
+        subject, refs, parts, data, dev, against, n_boot, seed
     )
     warnings += more
     stress_block = None

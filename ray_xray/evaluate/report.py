@@ -81,8 +81,8 @@ def curve_sections(r: EvalResult, figs: Figures) -> str:
             "chance.", P.roc_pr, r.y, r.prob, r.classes, title=r.split), anchor="roc"))  # fmt: skip
     panels = [(f"{r.split} of this set", reliability_bins(r.y, r.prob), r.metrics["ece"])]
     if r.reference is not None and r.shift:
-        panels.append(("model's own test split", reliability_bins(r.reference["y"],
-                       r.reference["prob"]), r.shift["ece"]["reference"]))  # fmt: skip
+        panels.append((f"model's own {r.reference['split']} split", reliability_bins(
+            r.reference["y"], r.reference["prob"]), r.shift["ece"]["reference"]))  # fmt: skip
     out.append(H.section("Calibration", figs.make(
         "reliability", "Reliability diagrams (15 confidence bins): bars are the accuracy in "
         "each bin, red the gap to its mean confidence; a calibrated model follows the diagonal.",
@@ -95,7 +95,7 @@ def operating_section(r: EvalResult) -> str:
         return H.section("Operating points", H.para(
             "No operating points: the model's own validation split is not readable here.",
             "note"))  # fmt: skip
-    ref = r.shift is not None and r.reference is not None
+    ref = r.reference is not None and r.reference["split"] == "test"
     headers = ["class", "target specificity", "threshold", "val sensitivity", "val specificity",
                "sensitivity here", "specificity here", "holds"]  # fmt: skip
     if ref:
@@ -126,14 +126,18 @@ def shift_section(r: EvalResult) -> str:
                      d["high"], "DROP" if d["significant"] else ""])  # fmt: skip
         cls.append("chosen" if d["significant"] else "")
     e = s["ece"]
-    cap = (f"This set is not the model's own data. Reference: {s['reference']}. Drop = "
+    ref_split = s.get("reference_split", "test")
+    why = ("This is the model's own test split, compared with its validation split: a drop "
+           "means validation flatters the model (it does not resemble test)."
+           if r.is_own_data else "This set is not the model's own data.")  # fmt: skip
+    cap = (f"{why} Reference: {s['reference']}. Drop = "
            "reference - this set; its interval comes from independent stratified bootstraps of "
            "the two sets. Highlighted rows: the whole interval is above 0, a loss beyond "
            f"resampling noise. ECE here {e['new']:.3f}"
-           + (f", on the model's own test split {e['reference']:.3f}." if "reference" in e
+           + (f", on the model's own {ref_split} split {e['reference']:.3f}." if "reference" in e
               else "."))  # fmt: skip
     return H.section("Shift check", H.para(cap), H.table(
-        ["metric", "own test", "this set", "drop", "95% low", "95% high", ""], rows, cls),
+        ["metric", f"own {ref_split}", "this set", "drop", "95% low", "95% high", ""], rows, cls),
         anchor="shift")  # fmt: skip
 
 

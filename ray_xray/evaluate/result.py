@@ -35,7 +35,8 @@ class EvalResult:
     auc, recall_<class> as {"value", "low", "high"} (stratified bootstrap percentile interval).
     `operating_points`: class -> target specificity -> threshold from the model's own
     validation split and what it gives here. `shift`: the comparison with the model's own test
-    split when this set is other data (None otherwise). `stress`: `stress.run_stress`'s table.
+    split when this set is other data, with its validation split when this is its own test
+    split (None otherwise). `stress`: `stress.run_stress`'s table.
     """
 
     checkpoint: str
