@@ -104,7 +104,8 @@ def operating_section(r: EvalResult) -> str:
     for c, targets in r.operating_points.items():
         for t, p in targets.items():
             row = [c, float(t), p["threshold"], p.get("val_sensitivity"), p.get("val_specificity"),
-                   p["eval_sensitivity"], p["eval_specificity"], p["eval_holds"]]  # fmt: skip
+                   p["eval_sensitivity"], p["eval_specificity"],
+                   {True: "yes", False: "NO"}.get(p["eval_holds"], "–")]  # fmt: skip
             if ref:
                 row += [p["reference_test_sensitivity"], p["reference_test_specificity"]]
             rows.append(row)
