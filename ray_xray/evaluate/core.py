@@ -18,7 +18,7 @@ from ..io import write_atomic
 from ..train import engine as E
 from . import stats as S
 from .infer import probabilities
-from .result import EvalResult
+from .result import EvalResult, metric_name
 from .sources import (
     SPLIT_CHOICES,
     EvalSet,
@@ -73,9 +73,9 @@ def operating_points(y_val, p_val, sets: dict, classes: list[str],
     return out
 
 
-def _headline_warning(name: str, d: dict, data: str, ref_split: str) -> str:
-    return (f"{name.replace('_', ' ')} fell from {d['reference']:.3f} on the model's own "
-            f"{ref_split} split to {d['new']:.3f} on {data} (drop {d['drop']:.3f}, 95% interval "
+def _headline_warning(name: str, d: dict, where: str, ref_split: str) -> str:
+    return (f"{metric_name(name)} fell from {d['reference']:.3f} on the model's own {ref_split} "
+            f"split to {d['new']:.3f} on {where} (drop {d['drop']:.3f}, 95% interval "
             f"{d['low']:.3f} to {d['high']:.3f}: beyond resampling noise)")  # fmt: skip
 
 
@@ -228,8 +228,9 @@ def evaluate(checkpoint: str, data: str, split: str = "test", *, out: str | Path
         against = None
     elif own:
         against = "val"
+    where = f"its {split} split" if own else data
     op, shift_block, ref_arrays, more = _compare(
-        subject, refs, parts, data, dev, against, n_boot, seed
+        subject, refs, parts, where, dev, against, n_boot, seed
     )
     warnings += more
     stress_block = None

@@ -13,7 +13,7 @@ from ..io import write_atomic
 from ..report import html as H
 from ..report import plots as P
 from ..report.build import Figures, _pick_cases, _title, class_html
-from .result import EvalResult
+from .result import EvalResult, metric_name
 from .sources import Subject
 
 
@@ -123,7 +123,7 @@ def shift_section(r: EvalResult) -> str:
         return ""
     rows, cls = [], []
     for name, d in s["drops"].items():
-        rows.append([name.replace("_", " "), d["reference"], d["new"], d["drop"], d["low"],
+        rows.append([metric_name(name), d["reference"], d["new"], d["drop"], d["low"],
                      d["high"], "DROP" if d["significant"] else ""])  # fmt: skip
         cls.append("chosen" if d["significant"] else "")
     e = s["ece"]

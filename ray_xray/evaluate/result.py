@@ -10,6 +10,13 @@ import numpy as np
 
 FORMAT = "ray_xray/evaluation/1"
 
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "auc": "ROC-AUC"}
+
+
+def metric_name(key: str) -> str:
+    """`macro_f1` -> `macro-F1`, `recall_glioma` -> `recall of glioma`."""
+    return METRIC_NAMES.get(key) or key.replace("recall_", "recall of ", 1)
+
 
 def clean(obj):
     """JSON-safe: numpy scalars to Python, NaN/inf to None, tuples to lists."""
