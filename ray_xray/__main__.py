@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("ray_xray.tune", "hyperparameter sweep: Ray Tune + Optuna TPE + ASHA over a space"),
     "train": ("ray_xray.train", "train one model through Ray Train; evaluate it on test"),
     "predict": ("ray_xray.predict", "class probabilities of image files from a model/ensemble"),
+    "evaluate": ("ray_xray.evaluate", "metrics with intervals, shift check and report on any set"),
     "ensemble": ("ray_xray.ensemble", "calibrate and ensemble a finished sweep's best trials"),
     "spaces": ("ray_xray.spaces", "list, print or check the search spaces"),
     "models": ("ray_xray.models", "the model table: parameters and step time per architecture"),

@@ -109,7 +109,7 @@ def test_unknown_command_is_one_error_line():
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [
         "error: unknown command 'tuen' (did you mean 'tune'?); choose from "
-        "tune, train, predict, ensemble, spaces, models, audit, active, cluster"
+        "tune, train, predict, evaluate, ensemble, spaces, models, audit, active, cluster"
     ]
     assert _ray_xray().returncode == 2  # nothing given: usage on stderr
 

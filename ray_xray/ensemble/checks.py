@@ -22,3 +22,18 @@ def check_top_k(top_k) -> int:
     if int(top_k) < 1:
         raise ValueError("--top-k must be >= 1")
     return int(top_k)
+
+
+def relocate(path, exp_dir: Path, trial_id: str) -> Path | None:
+    """A stored path as written, or re-rooted under exp_dir when the sweep folder moved."""
+    if not isinstance(path, str) or not path:
+        return None
+    p = Path(path)
+    if p.exists():
+        return p
+    parts = p.parts
+    if trial_id in parts:
+        q = exp_dir.joinpath(*parts[parts.index(trial_id) :])
+        if q.exists():
+            return q
+    return None

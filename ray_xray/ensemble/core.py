@@ -23,7 +23,7 @@ from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..train import engine as E
 from .calibration import apply_temperature, ece, fit_temperature, nll
-from .checks import check_experiment_dir, check_top_k
+from .checks import check_experiment_dir, check_top_k, relocate
 from .scores import SENSITIVITIES, SPECIFICITIES, operating_points, report, stored_points
 from .select import combine, greedy_select, mean_weights, score_weights
 from .store import ensemble_object, save_ensemble
@@ -91,21 +91,6 @@ def read_experiment(exp_dir: str | Path) -> dict:
             raise ValueError(f"{exp}/results.parquet: column '{col}' missing")
     return {"exp_dir": exp.resolve(), "table": table, "sweep": sweep, "options": options,
             "objective": objective, "key": key, "mode": metric_mode(objective[0])}  # fmt: skip
-
-
-def relocate(path, exp_dir: Path, trial_id: str) -> Path | None:
-    """A stored path as written, or re-rooted under exp_dir when the sweep folder moved."""
-    if not isinstance(path, str) or not path:
-        return None
-    p = Path(path)
-    if p.exists():
-        return p
-    parts = p.parts
-    if trial_id in parts:
-        q = exp_dir.joinpath(*parts[parts.index(trial_id) :])
-        if q.exists():
-            return q
-    return None
 
 
 def rank_trials(exp: dict) -> pd.DataFrame:
@@ -250,6 +235,19 @@ def comparison_rows(metrics: dict, classes: list[str]) -> list[dict]:
     return rows
 
 
+def agreement_and_origin(metrics: dict, spec: str) -> None:
+    """Add how validation and test rank the members, and how the val split was made."""
+    from ..report.agreement import val_origin, val_test_agreement
+
+    members = metrics["members"]
+    agreement = val_test_agreement([e["name"] for e in members],
+                                   [e["val"]["macro_f1"] for e in members],
+                                   [e["test"]["macro_f1"] for e in members])  # fmt: skip
+    metrics["val_test_agreement"], metrics["val_origin"] = agreement, val_origin(spec)
+    if agreement["warning"]:
+        log(f"warning: {agreement['warning']}")
+
+
 def run_ensemble(
     exp_dir: str | Path,
     top_k: int = 5,
@@ -379,6 +377,7 @@ def run_ensemble(
         "ece_bins": 15, "chosen": f"ensemble_{chosen}",
         "members": member_metrics, "ensembles": ens_metrics,
     }  # fmt: skip
+    agreement_and_origin(metrics, spec)
 
     # ---- ensemble.pt: only members the chosen method gives weight
     keep = [(m, w) for m, w in zip(members, best["weights"], strict=True) if w > 0]

@@ -171,7 +171,42 @@ def summary_section(ctx: dict) -> str:
                 + f"; {et['support'][c]} such test images, 95% interval "
                 f"{H.num(lo)}–{H.num(hi)})."
             )
+    agreement = m.get("val_test_agreement") or members_agreement(m)
+    if agreement.get("warning"):
+        text += f" <b>Warning:</b> {H.esc(agreement['warning'])}."
     return H.raw_para(text, "summary")
+
+
+def members_agreement(m: dict) -> dict:
+    """`agreement.val_test_agreement` over the evaluated members (val and test macro-F1)."""
+    from .agreement import val_test_agreement
+
+    members = m["members"]
+    return val_test_agreement([e["name"] for e in members],
+                              [e["val"]["macro_f1"] for e in members],
+                              [e["test"]["macro_f1"] for e in members])  # fmt: skip
+
+
+def agreement_section(ctx: dict) -> str:
+    from .agreement import val_origin
+
+    m = ctx["metrics"]
+    a = m.get("val_test_agreement") or members_agreement(m)
+    rows = sorted(([e["name"], e["val"]["macro_f1"], e["test"]["macro_f1"]] for e in m["members"]),
+                  key=lambda r: -r[1])  # fmt: skip
+    rho = "–" if a["spearman"] is None else f"{a['spearman']:+.2f}"
+    text = (
+        f"Spearman rank correlation between validation and test macro-F1 over the {a['n']} "
+        f"evaluated trials: {rho}"
+        + (" (3 or more trials with distinct scores are needed)." if a["spearman"] is None else
+           f" (p = {a['p_value']:.2f}; 1 = same order, -1 = reversed).")
+        + f" Validation split: {m.get('val_origin') or val_origin(m.get('data'))}."
+    )  # fmt: skip
+    parts = [H.para(text)]
+    if a.get("warning"):
+        parts.append(H.raw_para(f"<b>warning:</b> {H.esc(a['warning'])}", "note"))
+    parts.append(H.table(["trial (by validation)", "val macro-F1", "test macro-F1"], rows))
+    return H.section("Validation vs test", *parts, anchor="agreement")
 
 
 def comparison_section(ctx: dict) -> str:
@@ -342,7 +377,8 @@ def pareto_section(ctx: dict, figs: Figures) -> str:
     objective = exp["objective"]
     if len(objective) < 2:
         return ""
-    from ray_xray.ensemble.core import metric_mode, relocate
+    from ray_xray.ensemble.checks import relocate
+    from ray_xray.metrics import metric_mode
 
     names, values = [], []
     for r in exp["table"].to_dict("records"):
@@ -596,6 +632,7 @@ def write_report(ctx: dict) -> Path:
         ("context", sweep_steps.get("context")),
         ("comparison", lambda: comparison_section(ctx)),
         ("intervals", lambda: intervals_section(ctx)),
+        ("agreement", lambda: agreement_section(ctx)),
         ("operating points", lambda: operating_section(ctx)),
         ("trials", lambda: trial_section(ctx)),
         ("curves", sweep_steps.get("curves")),

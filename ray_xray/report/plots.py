@@ -317,3 +317,52 @@ def row_attention_grid(cases: list[dict], n_cols: int, path: Path) -> Path:
         ax_bar.set_xticks([])
         ax_bar.tick_params(labelleft=False, left=False)
     return _save(fig, path)
+
+
+def cam_triplets(rows: list[list[dict | None]], row_labels: list[str], path: Path) -> Path:
+    """Grad-CAM as original / heat map / overlay: rows of cases {"image" HxW uint8, "map" HxW in
+    [0, 1], "title", "correct"}, each case three panels wide; None = an empty case."""
+    n_rows, per_row = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, 3 * per_row, figsize=(1.5 * 3 * per_row, 1.75 * n_rows),
+                             squeeze=False)  # fmt: skip
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for i, row in enumerate(rows):
+        axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
+        for j in range(per_row):
+            case = row[j] if j < len(row) else None
+            a0, a1, a2 = axes[i, 3 * j : 3 * j + 3]
+            if case is None:
+                a1.text(0.5, 0.5, "no case", ha="center", va="center", fontsize=7, color="#777")
+                continue
+            a0.imshow(case["image"], cmap="gray", vmin=0, vmax=255)
+            a1.imshow(case["map"], cmap="jet", vmin=0, vmax=1)
+            a2.imshow(case["image"], cmap="gray", vmin=0, vmax=255)
+            a2.imshow(case["map"], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            a1.set_title(case["title"], fontsize=6, color=GOOD if case["correct"] else BAD)
+            if i == 0:
+                for ax, name in zip((a0, a2), ("original", "overlay"), strict=True):
+                    ax.set_xlabel(name, fontsize=6)
+                a1.set_xlabel("heat map", fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def stress_curves(rows: list[dict], metric: str, path: Path, title: str = "") -> Path:
+    """One line per perturbation: `metric` against severity (0 = clean, shared by all).
+    rows: {"perturbation", "severity", metric: float} (stress.run_stress's rows)."""
+    clean = next(r[metric] for r in rows if r["severity"] == 0)
+    names = list(dict.fromkeys(r["perturbation"] for r in rows if r["severity"] > 0))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name in names:
+        pts = [(0, clean)] + [(r["severity"], r[metric]) for r in rows if r["perturbation"] == name]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
+    ax.set_xlabel("severity (0 = unchanged)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,270 @@
+"""`evaluate(checkpoint, data)`: metrics with intervals, operating points, shift check, stress
+test for any model or ensemble on any labelled set; writes metrics.json and report.html."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..cli import UserError
+from ..io import write_atomic
+from ..train import engine as E
+from . import stats as S
+from .infer import probabilities
+from .result import EvalResult, metric_name
+from .sources import (
+    SPLIT_CHOICES,
+    EvalSet,
+    Subject,
+    external_set,
+    own_sets,
+    reachable,
+    resolve_subject,
+    same_data,
+)
+
+SPECIFICITIES = (0.90, 0.95)
+
+
+def log(msg: str) -> None:
+    print(f"evaluate: {msg}", file=sys.stderr, flush=True)
+
+
+def default_out(subject: Subject, data: str, split: str) -> Path:
+    """runs/evaluate/<model>_on_<data>_<split>, names made file-system safe."""
+    run = subject.path.parent.name if subject.path.is_file() else subject.path.name
+    name = Path(data.rstrip("/")).name if "://" not in data else data
+    raw = f"{subject.members[0]['model'] if subject.kind == 'model' else 'ensemble'}-{run}"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{raw}_on_{name}_{split}")
+    return Path("runs") / "evaluate" / safe
+
+
+def operating_points(y_val, p_val, sets: dict, classes: list[str],
+                     targets=SPECIFICITIES) -> dict:  # fmt: skip
+    """Per class and target specificity: the lowest threshold on the class's probability that
+    reaches the target on the model's own validation split (`ensemble.scores`' rule), and the
+    sensitivity/specificity it gives on each of `sets` ({name: (y, prob)}), with `holds`:
+    the specificity is not significantly (z 1.96) below the target on that set."""
+    from ..ensemble.scores import sens_spec, threshold_for_specificity
+
+    out: dict = {}
+    for k, c in enumerate(classes):
+        out[c] = {}
+        pos_v = np.asarray(y_val) == k
+        for target in targets:
+            t = threshold_for_specificity(p_val[~pos_v, k], p_val[:, k], target)
+            row: dict = {"threshold": t}
+            if t is not None:
+                row["val_sensitivity"], row["val_specificity"] = sens_spec(pos_v, p_val[:, k], t)
+            for name, (y, p) in sets.items():
+                pos = np.asarray(y) == k
+                sens, spec = sens_spec(pos, p[:, k], t) if t is not None else (math.nan,) * 2
+                row[f"{name}_sensitivity"], row[f"{name}_specificity"] = sens, spec
+                row[f"{name}_holds"] = (S.specificity_holds(spec, target, int((~pos).sum()))
+                                        if t is not None else None)  # fmt: skip
+            out[c][f"{target:.2f}"] = row
+    return out
+
+
+def _headline_warning(name: str, d: dict, where: str, ref_split: str) -> str:
+    return (f"{metric_name(name)} fell from {d['reference']:.3f} on the model's own {ref_split} "
+            f"split to {d['new']:.3f} on {where} (drop {d['drop']:.3f}, 95% interval "
+            f"{d['low']:.3f} to {d['high']:.3f}: beyond resampling noise)")  # fmt: skip
+
+
+def _stored_reference(subject: Subject, parts: dict) -> dict:
+    """The shift block when the model's own data cannot be read: its stored val metrics."""
+    from ..ensemble.calibration import ece
+
+    stored = subject.members[0].get("metrics", {}) if subject.kind == "model" else {}
+    ref = {k[len("val_"):].replace("acc", "accuracy", 1): v for k, v in stored.items()
+           if k.startswith("val_") and k != "val_loss"}  # fmt: skip
+    new = parts["headline"]
+    rows = {k: {"reference": v, "new": new[k]["value"], "drop": v - new[k]["value"],
+                "low": None, "high": None, "significant": False}
+            for k, v in ref.items() if k in new and math.isfinite(new[k]["value"])}  # fmt: skip
+    return {"reference": "validation metrics stored in the checkpoint (own data not readable "
+            "here: no intervals, no ECE comparison)", "reference_split": "val", "drops": rows,
+            "ece": {"new": ece(parts["y"], parts["prob"])}}  # fmt: skip
+
+
+def shift_check(subject: Subject, ref: EvalSet, p_ref: np.ndarray, ref_split: str, parts: dict,
+                data: str, n_boot: int, seed: int) -> tuple[dict, list[str]]:  # fmt: skip
+    """This set against one of the model's own splits (`ref`, probabilities `p_ref`): the drop
+    of each headline metric with its interval, ECE on both. Returns (block, warning lines)."""
+    from ..ensemble.calibration import ece
+
+    y, prob, classes = parts["y"], parts["prob"], subject.classes
+    # A partial set is compared on its own classes: the reference's macro-F1/AUC average over
+    # the same ones.
+    only = S.present(y, len(classes))
+    ref_head, ref_samples = S.with_intervals(ref.labels, p_ref, classes, n_boot, seed,
+                                             only=only)  # fmt: skip
+    drops = S.drops(ref_head, ref_samples, parts["headline"], parts["samples"])
+    warnings = [
+        _headline_warning(k, d, data, ref_split) for k, d in drops.items() if d["significant"]
+    ]
+    block = {
+        "reference": f"the model's own {ref_split} split: {ref.name}", "reference_split":
+        ref_split, "n_reference": len(ref),
+        "classes_compared": [c for c, keep in zip(classes, only, strict=True) if keep],
+        "reference_headline": ref_head, "drops": drops,
+        "ece": {"reference": ece(ref.labels, p_ref), "new": ece(y, prob)},
+    }  # fmt: skip
+    return block, warnings
+
+
+def _load(subject: Subject, data: str, split: str, own: bool, want_ref: bool, skip_bad: bool,
+          cache: str | None) -> tuple[EvalSet, dict, dict, list[str]]:  # fmt: skip
+    """(evaluation set, class info, reference sets {"val", "test"} of the model's own data,
+    notes). The own data is read for the operating points (val) and the shift check (test)."""
+    notes: list[str] = []
+    if own:
+        need = list(dict.fromkeys([split, "val"]))
+        sets = own_sets(subject, need, cache)
+        ev = sets[split]
+        present = [c for k, c in enumerate(subject.classes) if (ev.labels == k).any()]
+        info = {"data_classes": present, "missing_classes":
+                [c for c in subject.classes if c not in present], "note": ""}  # fmt: skip
+        return ev, info, {"val": sets["val"]}, notes
+    ev, info = external_set(data, subject, split, skip_bad, cache)
+    refs: dict = {}
+    if not reachable(subject.own_data):
+        notes.append(f"the model's own data ({subject.own_data}) is not readable here: no "
+                     "operating points from its validation split, shift check from stored "
+                     "figures only")  # fmt: skip
+        return ev, info, refs, notes
+    try:
+        refs = own_sets(subject, ["val", "test"] if want_ref else ["val"], cache)
+    except ValueError as exc:  # moved or changed since training: evaluate without it
+        notes.append(f"the model's own data could not be loaded ({exc}): no reference figures")
+    return ev, info, refs, notes
+
+
+def _compare(subject: Subject, refs: dict, parts: dict, data: str, dev, shift: str | None,
+             n_boot: int, seed: int) -> tuple:  # fmt: skip
+    """(operating points, shift block, {"y", "prob"} of the reference split, warnings) from
+    the model's own splits in `refs` ({"val"[, "test"]}). `shift`: the own split to compare
+    this set with ("test" for other data, "val" for its own test split), None: no check."""
+    y, prob = parts["y"], parts["prob"]
+    op, shift_block, ref_arrays, warnings = None, None, None, []
+    if "val" not in refs:
+        if shift == "test":
+            shift_block = _stored_reference(subject, parts)
+        return op, shift_block, ref_arrays, warnings
+    p_val = probabilities(subject, refs["val"], dev)[0]
+    sets = {"eval": (y, prob)}
+    if shift in refs:
+        p_ref = p_val if shift == "val" else probabilities(subject, refs[shift], dev)[0]
+        shift_block, warnings = shift_check(subject, refs[shift], p_ref, shift, parts, data,
+                                            n_boot, seed)  # fmt: skip
+        ref_arrays = {"y": refs[shift].labels, "prob": p_ref, "split": shift}
+        if shift == "test":
+            sets["reference_test"] = (refs["test"].labels, p_ref)
+    op = operating_points(refs["val"].labels, p_val, sets, subject.classes)
+    warnings += [
+        f"{c}: the threshold for {float(t):.0%} specificity on validation gives "
+        f"{r['eval_specificity']:.0%} specificity here"
+        for c, rows in op.items() for t, r in rows.items() if r.get("eval_holds") is False
+    ]  # fmt: skip
+    return op, shift_block, ref_arrays, warnings
+
+
+def evaluate(checkpoint: str, data: str, split: str = "test", *, out: str | Path | None = None,
+             stress: bool = False, n_boot: int = 1000, seed: int = 0, device: str = "auto",
+             images: bool = True, shift: bool = True, skip_bad: bool = False,
+             cache: str | None = None, stress_limit: int = 400,
+             report_html: bool = True) -> EvalResult:  # fmt: skip
+    """Evaluate a model or ensemble (`checkpoint`: anything `predict` takes, or a sweep folder)
+    on `split` of `data` (anything `--data` takes). Writes metrics.json and report.html (with
+    figures/; `images=False` leaves out the figures that show images) to `out`, default
+    runs/evaluate/<model>_on_<data>_<split>. Returns the `EvalResult`.
+
+    Raises UserError (exit 2) for a missing checkpoint, an unknown split, an empty split or a
+    data class the model does not know.
+    """
+    from ..ensemble.scores import report
+
+    t0 = time.perf_counter()
+    if split not in SPLIT_CHOICES:
+        raise UserError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
+    if n_boot < 0:
+        raise UserError(f"--bootstrap must be >= 0, got {n_boot}")
+    subject = resolve_subject(checkpoint)
+    dev = E.pick_device(device)
+    own = same_data(data, subject.own_data)
+    log(f"{subject.name}: {len(subject.members)} member(s), classes {', '.join(subject.classes)}; "
+        f"data {data} ({split}){' = its own data' if own else ''}")  # fmt: skip
+    ev, info, refs, notes = _load(subject, data, split, own, shift, skip_bad, cache)
+    if subject.note:
+        notes.insert(0, f"checkpoint: {subject.note}")
+    if info["note"]:
+        notes.append(f"data: {info['note']}")
+    timings = {"data_s": time.perf_counter() - t0}
+
+    t1 = time.perf_counter()
+    prob, member_prob = probabilities(subject, ev, dev)
+    y, classes = ev.labels, subject.classes
+    headline, samples = S.with_intervals(y, prob, classes, n_boot, seed)
+    timings["predict_s"] = time.perf_counter() - t1
+    warnings: list[str] = []
+    if info["missing_classes"]:
+        warnings.append(
+            f"partial evaluation: no {', '.join(info['missing_classes'])} images in this set; "
+            "macro-F1 and AUC average over the classes present, and their recall is undefined"
+        )
+    parts = {"y": y, "prob": prob, "headline": headline, "samples": samples}
+    # Other data is compared with the model's own test split; its own test split with its
+    # validation split (the pneumonia2 lesson: validation need not resemble test).
+    against = "test"
+    if not shift or (own and split != "test"):
+        against = None
+    elif own:
+        against = "val"
+    where = f"its {split} split" if own else data
+    op, shift_block, ref_arrays, more = _compare(
+        subject, refs, parts, where, dev, against, n_boot, seed
+    )
+    warnings += more
+    stress_block = None
+    if stress:
+        t1 = time.perf_counter()
+        from .stress import run_stress
+
+        stress_block = run_stress(subject, ev, dev, stress_limit, seed, log)
+        timings["stress_s"] = time.perf_counter() - t1
+    result = EvalResult(
+        checkpoint=str(subject.path), model=subject.name, kind=subject.kind, data=data,
+        split=split, own_data=subject.own_data, is_own_data=own, classes=classes,
+        data_classes=info["data_classes"], missing_classes=info["missing_classes"], n=len(y),
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        metrics=report(y, prob, classes), headline=headline,
+        bootstrap={"resamples": n_boot, "seed": seed, "level": S.LEVEL, "stratified": True},
+        operating_points=op, shift=shift_block, stress=stress_block, warnings=warnings,
+        notes=notes, timings=timings, y=y, prob=prob, member_prob=member_prob, images=ev.views,
+        reference=ref_arrays,
+    )  # fmt: skip
+    write(result, Path(out) if out else default_out(subject, data, split), subject, images,
+          report_html)  # fmt: skip
+    return result
+
+
+def write(result: EvalResult, out: Path, subject: Subject, images: bool, html: bool) -> None:
+    """metrics.json (and report.html + figures/) in `out`; paths land in result.timings."""
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    result.out = str(out)
+    if html:
+        from .report import write_report
+
+        write_report(result, subject, out, images=images, log=log)
+    result.timings["report_s"] = time.perf_counter() - t0
+    write_atomic(out / "metrics.json", json.dumps(result.to_json(), indent=2))
+    log(f"wrote {out / 'metrics.json'}" + (f", {out / 'report.html'}" if html else ""))
