@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..cli import run
+from ..cli import HelpFormatter, run
 
 SPLITS = ("test", "val", "train", "all")
 
@@ -14,8 +14,9 @@ SPLITS = ("test", "val", "train", "all")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ray_xray.evaluate",
+        formatter_class=HelpFormatter,
         description="Evaluate a model or ensemble on a labelled set: metrics.json (accuracy, "
-        "F1, AUC, recall per class with 95%% stratified bootstrap intervals, ECE, operating "
+        "F1, AUC, recall per class with 95% stratified bootstrap intervals, ECE, operating "
         "points) and report.html (confusion, ROC/PR, reliability, samples, Grad-CAM). On other "
         "data than the model's own, a shift check compares with the model's own test split; "
         "--stress adds metrics under acquisition changes (gamma, blur, noise, JPEG ...).",
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-images", action="store_true", help="leave sample and Grad-CAM figures "
                    "(which show the images) out of report.html")  # fmt: skip
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run the model (auto: GPU when available)")  # fmt: skip
     p.add_argument("--cache", default=None, help="prepared-data cache folder")
     return p
 
