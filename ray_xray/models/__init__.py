@@ -1,7 +1,8 @@
 """Model zoo: ``create_model("resnet18", num_classes=3, in_chans=1, img_size=128, **hp)``.
 
-Every model exposes ``is_conv`` (channels_last helps) and ``cam_layer`` (the module whose
-(B, C, h, w) output Grad-CAM should hook, or None); ``lstm`` and ``vit`` also keep the
+Every model exposes ``is_conv`` (channels_last helps), ``cam_layer`` (its last (B, C, h, w)
+feature map's module, or None) and ``cam_stages`` (the modules Grad-CAM may hook, shallow to
+deep; it picks one per input size); ``lstm`` and ``vit`` also keep the
 attention of their last forward pass in ``last_attention``.
 """
 

@@ -69,7 +69,7 @@ class SimpleCNN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        set_cam_layer(self, self.features[-1].act)
+        set_cam_layer(self, self.features[-1].act, [b.act for b in self.features])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.pool(self.features(x)))

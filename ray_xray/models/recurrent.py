@@ -187,7 +187,8 @@ class CNNRNN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        set_cam_layer(self, self.features[-2])
+        relus = [m for m in self.features if isinstance(m, nn.ReLU)]
+        set_cam_layer(self, self.features[-2], relus)
 
     def forward(self, x: Tensor) -> Tensor:
         f = self.features(x)

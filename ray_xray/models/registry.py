@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +156,20 @@ def is_convolutional(model: nn.Module | str) -> bool:
     return bool(getattr(model, "is_conv", False))
 
 
-def set_cam_layer(model: nn.Module, layer: nn.Module | None) -> None:
+def set_cam_layer(
+    model: nn.Module, layer: nn.Module | None, stages: Sequence[nn.Module] = ()
+) -> None:
+    """Set ``model.cam_layer`` (the last 4-D feature map, or None) and ``model.cam_stages``.
+
+    ``stages``: the modules Grad-CAM may hook, shallow to deep (each gives (B, C, h, w) and no
+    later op changes that output in place); empty means ``(layer,)``. Grad-CAM picks one of
+    them per input size (ray_xray.ensemble.gradcam.cam_target).
+    """
     # object.__setattr__ keeps nn.Module from registering the layer a second time, which
     # would duplicate its tensors in state_dict() under a "cam_layer." prefix.
     object.__setattr__(model, "cam_layer", layer)
+    if layer is None:
+        stages = ()
+    elif not stages:
+        stages = (layer,)
+    object.__setattr__(model, "cam_stages", tuple(stages))

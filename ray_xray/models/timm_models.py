@@ -16,11 +16,12 @@ from torch import nn
 
 from .registry import register_model, set_cam_layer
 
-# timm name -> the module whose output Grad-CAM uses (the last 4-D feature map, no in-place op).
+# timm name -> the modules Grad-CAM may hook, shallow to deep (4-D outputs no later op changes
+# in place; strides 4, 8, 16, 32); the last is cam_layer, the last 4-D feature map.
 ARCHS = {
-    "densenet121": "features.denseblock4",
-    "efficientnet_b0": "conv_head",
-    "convnext_tiny": "stages.3",
+    "densenet121": tuple(f"features.denseblock{i}" for i in (1, 2, 3, 4)),
+    "efficientnet_b0": ("blocks.1", "blocks.2", "blocks.4", "conv_head"),
+    "convnext_tiny": tuple(f"stages.{i}" for i in range(4)),
 }
 
 
@@ -41,7 +42,8 @@ def _build(
         drop_rate=float(dropout),  # before the classifier
     )  # fmt: skip
     model.is_conv = True
-    set_cam_layer(model, model.get_submodule(ARCHS[arch]))
+    stages = [model.get_submodule(name) for name in ARCHS[arch]]
+    set_cam_layer(model, stages[-1], stages)
     return model
 
 

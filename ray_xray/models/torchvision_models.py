@@ -84,7 +84,7 @@ def _resnet18(num_classes: int, in_chans: int, dropout: float) -> nn.Module:
     # Dropout rides on the (parameter-free) pooling slot so "fc.weight" keeps torchvision's key.
     model.avgpool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Dropout(dropout))
     model.is_conv = True
-    set_cam_layer(model, model.layer4)
+    set_cam_layer(model, model.layer4, [model.layer1, model.layer2, model.layer3, model.layer4])
     return model
 
 
@@ -113,13 +113,16 @@ def resnet18_cbam(
 
 
 def _classic(arch: str, num_classes: int, in_chans: int, dropout: float) -> nn.Module:
-    """alexnet / vgg16: torchvision's layout, grey stem, CAM on the last features ReLU."""
+    """alexnet / vgg16: torchvision's layout, grey stem; Grad-CAM stages: the ReLU before each
+    max-pool (the last one is ``cam_layer``)."""
     from torchvision import models as tvm  # lazy: torchvision costs ~1.5 s per process
 
     model = getattr(tvm, arch)(weights=None, num_classes=num_classes, dropout=float(dropout))
     model.features[0] = _grey_stem(model.features[0], in_chans)
     model.is_conv = True
-    set_cam_layer(model, _no_inplace(model.features, len(model.features) - 2))
+    pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+    stages = [_no_inplace(model.features, i - 1) for i in pools]
+    set_cam_layer(model, stages[-1], stages)
     return model
 
 
