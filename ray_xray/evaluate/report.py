@@ -200,7 +200,7 @@ def _explainer(subject: Subject):
 
 
 def gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
-    from ..ensemble.gradcam import grad_cam
+    from ..ensemble.gradcam import cam_target, grad_cam
 
     found = _explainer(subject)
     if found is None:
@@ -227,8 +227,10 @@ def gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
             rows.append(cells)
             labels.append(f"{c}: {kind}")
     where = f"{res[0]}x{res[1]}" if res else "?"
+    chosen = cam_target(model, int(pre["img_size"]), int(pre["in_chans"]))
+    layer = chosen.name if chosen else "?"
     cap = (f"Grad-CAM of {rec['model']} (member {i + 1} of {len(subject.members)}; its "
-           f"{type(model.cam_layer).__name__} layer, a {where} feature map at {pre['img_size']} "
+           f"layer {layer}, a {where} feature map at {pre['img_size']} "
            "px): per true class two correctly (green) and two wrongly (red) predicted images, "
            "each as original, heat map (red = most evidence for the predicted class) and "
            "overlay. Evidence on borders, labels or outside the anatomy suggests a shortcut.")  # fmt: skip

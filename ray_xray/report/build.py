@@ -498,7 +498,7 @@ def gradcam_candidate(ctx: dict):
 
 
 def gradcam_section(ctx: dict, figs: Figures) -> str:
-    from ray_xray.ensemble.gradcam import grad_cam
+    from ray_xray.ensemble.gradcam import cam_target, grad_cam
 
     classes, y = ctx["classes"], ctx["y_test"]
     found = gradcam_candidate(ctx)
@@ -525,14 +525,17 @@ def gradcam_section(ctx: dict, figs: Figures) -> str:
         rows.append(cells)
         labels.append(f"true {cls}")
     where = f"{res[0]}x{res[1]} feature map" if res else "feature map"
+    chosen = cam_target(model, mem.data_key[0], int(mem.config.get("in_chans", 1)))
+    layer = chosen.name if chosen else "?"
     cap = (
         f"Grad-CAM of {mem.name} (rank {mem.rank}: the best-ranked convolutional member whose "
         "Grad-CAM layer is larger than 1x1; "
-        f"{type(model.cam_layer).__name__} layer, {where} at {mem.data_key[0]} px) on test "
+        f"layer {layer}, {where} at {mem.data_key[0]} px) on test "
         "images: per true class two correct (green) then two wrong (red) cases. The heat map "
         "(red = most) is where the evidence for the predicted class came from: ReLU of the "
         "gradient-weighted sum of the layer's feature maps, upsampled to the image and scaled "
-        "to [0, 1]."
+        "to [0, 1] (pytorch-grad-cam). The layer is the deepest whose map is at least 8x8 and "
+        "1/16 of the image side (the Grad-CAM paper used 14x14 at 224 px)."
     )
     if res and min(res) < 2:
         cap += " At this image size the layer is 1x1, so the maps carry no spatial information."
