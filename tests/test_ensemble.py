@@ -24,7 +24,7 @@ from ray_xray.ensemble import (
     threshold_for_specificity,
 )
 from ray_xray.ensemble.calibration import softmax
-from ray_xray.ensemble.gradcam import cam_resolution
+from ray_xray.ensemble.gradcam import cam_resolution, cam_target, min_cam_side
 from ray_xray.ensemble.store import ENSEMBLE_FORMAT, ensemble_object, load_ensemble, save_ensemble
 from ray_xray.models import create_model
 from ray_xray.train import engine as E
@@ -127,7 +127,112 @@ def test_gradcam_maps_have_the_image_shape_and_are_not_constant(name, size, hp):
     assert maps.min() >= 0 and maps.max() <= 1
     for m in maps:
         assert m.std() > 1e-3  # not a constant map
-    assert model.cam_layer._forward_hooks == {}  # hook removed
+    for stage in model.cam_stages:
+        assert stage._forward_hooks == {}  # hooks removed
+    assert all(p.grad is None for p in model.parameters())  # no gradients left behind
+
+
+@pytest.mark.parametrize("size, name, side", [(128, "layer3", 8), (224, "layer3", 14),
+                                              (256, "layer3", 16), (32, "layer1", 8)])  # fmt: skip
+def test_cam_target_is_the_deepest_stage_with_enough_resolution(size, name, side):
+    # resnet18's stages are 1/4, 1/8, 1/16, 1/32 of the side: layer4 is 4x4 at 128 px.
+    model = create_model("resnet18", 3, img_size=size)
+    chosen = cam_target(model, size)
+    assert chosen.name == name and chosen.layer is model.get_submodule(name)
+    assert chosen.size == (side, side) and cam_resolution(model, size) == (side, side)
+    assert min(chosen.size) >= min_cam_side(size) == max(8, -(-size // 16))
+
+
+def test_cam_target_of_the_cnn_and_of_models_without_stages():
+    cnn = create_model("cnn", 3, img_size=64, width=4, head_dims=[8], pool_size=2)
+    # Five blocks; block k's ReLU sees 64 / 2**k: 64, 32, 16, 8, 4 -> the fourth (8x8).
+    assert cam_target(cnn, 64)[::2] == ("features.3.act", (8, 8))
+    vit = create_model("vit", 3, img_size=32, patch_size=8, dim=32, depth=1, heads=2)
+    assert cam_target(vit, 32) is None and cam_resolution(vit, 32) is None
+
+
+def _direct_grad_cam(model, layer, x, target):
+    """Grad-CAM by hand (paper formula), to check the library computes what the paper says."""
+    store = {}
+    handle = layer.register_forward_hook(lambda _m, _i, out: store.update(a=out))
+    try:
+        logits = model(x)
+        score = logits.gather(1, target.view(-1, 1)).sum()
+        (grad,) = torch.autograd.grad(score, store["a"])
+    finally:
+        handle.remove()
+    cam = torch.relu((grad.mean((2, 3), keepdim=True) * store["a"]).sum(1, keepdim=True))
+
+    def scale(m):
+        lo, hi = m.amin((1, 2, 3), keepdim=True), m.amax((1, 2, 3), keepdim=True)
+        return (m - lo) / (hi - lo + 1e-7)
+
+    up = torch.nn.functional.interpolate(scale(cam), x.shape[-2:], mode="bilinear")
+    return scale(up)[:, 0].detach().numpy()
+
+
+def test_grad_cam_is_the_librarys_gradcam_on_the_picked_layer():
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3, img_size=64).eval()
+    x, target = torch.randn(3, 1, 64, 64), torch.tensor([0, 2, 1])
+    maps = grad_cam(model, x, target)
+    assert maps.shape == (3, 64, 64) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1 and (maps.max((1, 2)) > 0.99).all()
+    layer = model.layer2  # 8x8 at 64 px: the picked one
+    assert cam_target(model, 64).layer is layer
+    with GradCAM(model=model, target_layers=[layer]) as cam:
+        direct = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in target])
+    np.testing.assert_allclose(maps, direct, atol=1e-5)
+    # ... and that is the paper's formula (bilinear resizes by cv2 vs torch: same up to rounding).
+    np.testing.assert_allclose(maps, _direct_grad_cam(model, layer, x, target), atol=1e-4)
+    # No target: the predicted class.
+    pred = model(x).argmax(1)
+    np.testing.assert_allclose(grad_cam(model, x), grad_cam(model, x, pred), atol=1e-6)
+
+
+class _Quadrants(torch.nn.Module):
+    """Class 0's logit is the mean of a feature seen only in the top-right quadrant, class 1's
+    of one seen only in the bottom-left: a planted answer for where Grad-CAM must look."""
+
+    is_conv = True
+
+    def __init__(self, side):
+        super().__init__()
+        from ray_xray.models.registry import set_cam_layer
+
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+        self.act = torch.nn.ReLU()
+        mask = torch.zeros(1, 2, side, side)
+        h = side // 2
+        mask[0, 0, :h, h:] = 1  # channel 0: top-right
+        mask[0, 1, h:, :h] = 1  # channel 1: bottom-left
+        self.register_buffer("mask", mask)
+        self.gate = torch.nn.Identity()  # the hook point: masked features
+        set_cam_layer(self, self.gate, [self.gate])
+
+    def forward(self, x):
+        f = self.gate(self.act(self.conv(x)) * self.mask)
+        return f.mean((2, 3)) * 10
+
+
+def test_grad_cam_puts_its_mass_where_the_planted_score_looks():
+    torch.manual_seed(0)
+    side, h = 32, 16
+    model = _Quadrants(side)
+    with torch.no_grad():  # positive features everywhere: only the score tells the quadrants
+        model.conv.weight.fill_(0.1)
+        model.conv.bias.fill_(0.1)
+    x = torch.rand(2, 1, side, side)
+    for cls, (rows, cols) in ((0, (slice(0, h), slice(h, None))),
+                              (1, (slice(h, None), slice(0, h)))):  # fmt: skip
+        maps = grad_cam(model, x, torch.tensor([cls, cls]))
+        inside = maps[:, rows, cols].sum((1, 2)) / maps.sum((1, 2))
+        # Bilinear upsampling blurs nothing here (the layer is at full resolution), but the
+        # borders of a 3x3 conv still count: at least 95% of the mass in the quadrant.
+        assert (inside > 0.95).all(), (cls, inside)
 
 
 def test_attention_maps_of_vit_and_lstm():
@@ -228,6 +333,7 @@ def test_ensemble_help_and_bad_input_is_one_line(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- on a real smoke sweep
+
 
 @pytest.fixture
 def sweep(smoke_sweep):
