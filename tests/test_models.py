@@ -121,11 +121,15 @@ def test_cam_layer(name):
     model = _model(name, 1, 64).train()
     layer = model.cam_layer
     # The hook target must not be registered twice (it would duplicate state_dict entries).
-    assert not any(k.startswith("cam_layer") for k in model.state_dict())
+    assert not any(k.startswith(("cam_layer", "cam_stages")) for k in model.state_dict())
     if name not in CONV:
-        assert layer is None
+        assert layer is None and model.cam_stages == ()
         return
     assert any(m is layer for m in model.modules())
+    # Grad-CAM's candidate stages: submodules, shallow to deep, ending with cam_layer.
+    mods = list(model.modules())
+    order = [next(i for i, m in enumerate(mods) if m is st) for st in model.cam_stages]
+    assert order == sorted(order) and model.cam_stages[-1] is layer
     seen = {}
     hooks = [
         layer.register_forward_hook(lambda m, i, o: seen.__setitem__("act", o)),
