@@ -13,7 +13,7 @@ _EXPORTS = {
     "apply_temperature": "calibration", "ece": "calibration", "fit_temperature": "calibration",
     "nll": "calibration", "reliability_bins": "calibration",
     "run_ensemble": "core",
-    "attention_maps": "gradcam", "grad_cam": "gradcam",
+    "attention_maps": "gradcam", "cam_target": "gradcam", "grad_cam": "gradcam",
     "operating_points": "scores", "report": "scores", "threshold_for_specificity": "scores",
     "combine": "select", "greedy_select": "select",
     "ENSEMBLE_FORMAT": "store", "is_ensemble": "store", "load_ensemble": "store",
