@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
@@ -98,7 +99,13 @@ class SweepSearch(OptunaSearch):
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             step = result.get("training_iteration")
             self.reported.setdefault(trial_id, set()).add(step)
-        super().on_trial_result(trial_id, result)
+        try:
+            super().on_trial_result(trial_id, result)
+        except UpdateFinishedTrialError:
+            # A resumed sweep restores this searcher from before the kill, while optuna.db
+            # already holds the trial as finished (a trial restored after its last epoch
+            # re-reports it): nothing is left to tell Optuna, and the trial must not fail.
+            self._completed_trials.add(trial_id)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -111,7 +118,11 @@ class SweepSearch(OptunaSearch):
         step, last = result.get("training_iteration"), None if multi else result.get(self.metric)
         if not multi and _finite(last) and step not in self.reported.get(trial_id, set()):
             # Tune does not pass the result it stops a trial on to on_trial_result.
-            ot_trial.report(last, step)
+            try:
+                ot_trial.report(last, step)
+            except UpdateFinishedTrialError:  # finished in optuna.db before a resume
+                self._completed_trials.add(trial_id)
+                return None
         best = self.best.get(trial_id)
         if self.key is not None and trial_id in cut_trials(self.key):
             state, values = TrialState.PRUNED, None  # Optuna keeps its last intermediate value
