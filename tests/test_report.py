@@ -111,6 +111,13 @@ def test_report_references_every_figure_and_every_figure_exists(sweep):
     for heading in ("Trials", "Training curves", "Hyperparameter importance", "Calibration",
                     "Grad-CAM", "Operating points"):  # fmt: skip
         assert f"<h2>{heading}</h2>" in page
+    # The real smoke sweep's report has the views issue #21 asked for, not only the fake one's.
+    sec = _sections(page)
+    for anchor in ("context", "intervals", "agreement", "operating-points", "history"):
+        assert anchor in sec, anchor
+    assert "python -m ray_xray.tune" in sec["context"] and "asked 4" in sec["context"]
+    for point in ("spec0.90", "spec0.95", "sens0.90", "sens0.95"):
+        assert point in sec["operating-points"], point
 
 
 @pytest.mark.slow_ray
