@@ -45,3 +45,23 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+def json_safe(obj):
+    """For json.dumps: numpy scalars and arrays to Python, NaN/inf to None (JSON has neither),
+    tuples to lists, keys to str; everything else as is."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.integer | np.bool_):
+        return obj.item()
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    return obj

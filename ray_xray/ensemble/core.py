@@ -4,7 +4,6 @@ ensembles chosen on validation -> ensemble.pt, metrics.json, comparison.csv, rep
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from ..config import TrainConfig
 from ..data import ImageDataset, load_data
 from ..data.dataset import loader as make_loader
 from ..data.feed import DeviceFeed
-from ..io import write_atomic
+from ..io import json_safe, write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..train import engine as E
 from .calibration import apply_temperature, ece, fit_temperature, nll
@@ -197,19 +196,7 @@ def choose(ensembles: dict) -> str:
 # ---------------------------------------------------------------- outputs
 
 
-def clean(obj):
-    """JSON-safe: numpy scalars to Python, NaN/inf to None, tuples to lists."""
-    if isinstance(obj, dict):
-        return {str(k): clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return clean(obj.tolist())
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
+clean = json_safe  # one JSON-safe converter: ray_xray/io.py
 
 
 def comparison_rows(metrics: dict, classes: list[str]) -> list[dict]:

@@ -3,10 +3,11 @@ renders it (the arrays ride along for the figures and stay out of the JSON)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+
+from ..io import json_safe
 
 FORMAT = "ray_xray/evaluation/1"
 
@@ -18,19 +19,7 @@ def metric_name(key: str) -> str:
     return METRIC_NAMES.get(key) or key.replace("recall_", "recall of ", 1)
 
 
-def clean(obj):
-    """JSON-safe: numpy scalars to Python, NaN/inf to None, tuples to lists."""
-    if isinstance(obj, dict):
-        return {str(k): clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return clean(obj.tolist())
-    if isinstance(obj, np.integer | np.bool_):
-        return obj.item()
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
+clean = json_safe  # one JSON-safe converter: ray_xray/io.py
 
 
 @dataclass
