@@ -58,4 +58,5 @@ class TrainPreset:
 
 def to_tensor(image: np.ndarray, mean: float, std: float, in_chans: int) -> torch.Tensor:
     """uint8 HxW -> float (C,H,W), normalised with the *training split's* statistics."""
-    return normalize(torch.as_tensor(image)[None, None], mean, std, in_chans)[0].contiguous()
+    # torch.tensor copies: a read-only array (a decoded cache row) would warn if shared.
+    return normalize(torch.tensor(image)[None, None], mean, std, in_chans)[0].contiguous()
