@@ -116,14 +116,11 @@ class PreparedData:
         return np.bincount(self.labels[split], minlength=len(self.classes))
 
     def dataset(
-        self, split: str, in_chans: int = 1, aug_strength: float = 0.0, augment: str = "seeds"
+        self, split: str, aug_strength: float = 0.0, augment: str = "seeds"
     ) -> ImageDataset:
         """uint8 images of one split, with the loader-side (albumentations) augmentation for
-        train when `aug_strength` > 0; normalisation happens on the device (`feed()`).
-
-        `in_chans` is accepted for older callers and ignored here: `feed()` repeats channels.
-        """
-        del in_chans
+        train when `aug_strength` > 0; normalisation and channels happen on the device
+        (`feed()`)."""
         aug = TrainPreset(self.img_size, aug_strength, augment) if split == "train" else None
         if aug is not None and aug.aug is None:
             aug = None

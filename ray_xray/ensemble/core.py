@@ -14,10 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import TrainConfig
 from ..data import ImageDataset, load_data
 from ..data.dataset import loader as make_loader
-from ..data.feed import DeviceFeed
 from ..io import json_safe, write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..train import engine as E
@@ -144,17 +142,11 @@ def load_member_data(members: list[Member], spec: str, cache: str | None) -> dic
 
 
 def member_probabilities(record: dict, data, device: torch.device, batch_size: int = 256):
-    cfg = TrainConfig.from_dict(record["config"])
-    model = E.model_from_record(record).to(device)
-    channels_last = E.uses_channels_last(cfg, model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    precision = E.pick_precision(cfg.precision, device)
-    pre = record["preprocess"]
+    """{"val"|"test": (labels (N,), float64 probabilities (N, K))} of one member, with the
+    member's own training-split normalisation (what predict uses), even on --data."""
+    model, feed, precision, channels_last = E.inference_setup(record, device)
     out = {}
     for split in ("val", "test"):
-        # The member's own training-split normalisation (what predict uses), even on --data.
-        feed = DeviceFeed(pre["mean"], pre["std"], cfg.in_chans, device, channels_last)
         loader = make_loader(ImageDataset(data.images[split], data.labels[split]), batch_size,
                              device=device)  # fmt: skip
         y, prob, _ = E.predict_proba(model, loader, device, precision, channels_last, feed=feed)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..config import TrainConfig
-from ..data.feed import DeviceFeed
 from ..train import engine as E
 from .sources import EvalSet, Subject
 
@@ -19,14 +17,7 @@ from .sources import EvalSet, Subject
 def member_logits(record: dict, images: np.ndarray, device: torch.device,
                   batch_size: int = 256) -> np.ndarray:  # fmt: skip
     """float64 logits (N, K) of one model record on uint8 images (N, S, S), S its img_size."""
-    cfg = TrainConfig.from_dict(record["config"])
-    model = E.model_from_record(record).to(device)
-    channels_last = E.uses_channels_last(cfg, model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    pre = record["preprocess"]
-    feed = DeviceFeed(pre["mean"], pre["std"], cfg.in_chans, device, channels_last)
-    precision = E.pick_precision(cfg.precision, device)
+    model, feed, precision, _ = E.inference_setup(record, device)
     out = []
     for start in range(0, len(images), batch_size):
         x = feed(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])))

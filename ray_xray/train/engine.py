@@ -325,6 +325,22 @@ def load_checkpoint(path: str | Path) -> dict:
     return obj
 
 
+def inference_setup(record: dict, device: torch.device):
+    """(model, feed, precision, channels_last) to run a saved model on `device` as validation
+    did: eval mode, the record's memory format and precision, and a `DeviceFeed` with the
+    record's own training normalisation (whatever data it is shown)."""
+    from ..data.feed import DeviceFeed
+
+    cfg = TrainConfig.from_dict(record["config"])
+    model = model_from_record(record).to(device)
+    channels_last = uses_channels_last(cfg, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    pre = record["preprocess"]
+    feed = DeviceFeed(pre["mean"], pre["std"], cfg.in_chans, device, channels_last)
+    return model, feed, pick_precision(cfg.precision, device), channels_last
+
+
 def model_from_record(record: dict) -> nn.Module:
     cfg = TrainConfig.from_dict(record["config"])
     model = build_model(cfg, len(record["classes"]))

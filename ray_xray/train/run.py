@@ -20,7 +20,6 @@ from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
 from ..data.cache import cache_location
 from ..data.dataset import loader as make_loader
-from ..data.feed import DeviceFeed
 from ..io import write_atomic
 from ..ray_env import runtime_env
 from . import engine as E
@@ -110,18 +109,10 @@ def evaluate_record(
     record: dict, data, split: str = "test", device: str = "auto"
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Full metrics of a saved model on one split (+ labels and probabilities)."""
-    cfg = TrainConfig.from_dict(record["config"])
     dev = E.pick_device(device)
-    model = E.model_from_record(record).to(dev)
-    channels_last = E.uses_channels_last(cfg, model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    pre = record["preprocess"]  # the model's own normalisation, whatever data it sees
-    feed = DeviceFeed(pre["mean"], pre["std"], cfg.in_chans, dev, channels_last)
+    model, feed, precision, channels_last = E.inference_setup(record, dev)
     loader = make_loader(data.dataset(split), 128, device=dev)
-    y, prob, _ = E.predict_proba(
-        model, loader, dev, E.pick_precision(cfg.precision, dev), channels_last, feed=feed
-    )
+    y, prob, _ = E.predict_proba(model, loader, dev, precision, channels_last, feed=feed)
     return M.full_report(y, prob, record["classes"]), y, prob
 
 
