@@ -21,8 +21,9 @@ from . import common as C  # noqa: E402
 class _Formatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
     """The benchmark list keeps its lines; every option shows its default."""
 
+
 ABOUT = {
-    "overhead": "epoch time of a bare torch loop vs the same under TorchTrainer and a Tune trial",
+    "overhead": "where a Tune trial's wall time goes, phase by phase, beside a bare torch loop",
     "precision": "images/s of every model, fp32 vs bf16 autocast (and channels_last for conv)",
     "roofline": "resnet18 training-step FLOP/s as a fraction of measured fp32/bf16 matmul peaks",
     "datapath": "images/s from the prepared cache (with/without augmentation) vs decoding PNGs",
@@ -103,16 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(C.ORDER)
     unknown = [n for n in names if n not in C.ORDER]
     if unknown:
-        raise ValueError(f"--only: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(C.ORDER)}")
+        raise ValueError(
+            f"--only: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(C.ORDER)}"
+        )
     modules = {n: importlib.import_module(f"benchmarks.{n}") for n in names}
     if args.list_settings:
         for n, mod in modules.items():
             print(f"{n}:")
             for k, v in mod.DEFAULTS["full"].items():
-                print(f"  {n}.{k} = {C._setting(v)}   (quick: {C._setting(mod.DEFAULTS['quick'][k])})")
+                print(
+                    f"  {n}.{k} = {C._setting(v)}   (quick: {C._setting(mod.DEFAULTS['quick'][k])})"
+                )
         return 0
     sets = parse_sets(args.set, names)
-    settings = {n: C.resolve_settings(modules[n].DEFAULTS, args.quick, sets.get(n, {})) for n in names}
+    settings = {
+        n: C.resolve_settings(modules[n].DEFAULTS, args.quick, sets.get(n, {})) for n in names
+    }
     data = C.default_data(args.data)
     out = Path(args.out).resolve()
     C.OUT_DIR = out

@@ -67,12 +67,18 @@ def machine() -> dict[str, Any]:
             info[lib] = None
     try:
         text = Path("/proc/cpuinfo").read_text()
-        names = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")]
-        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+        names = [
+            ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")
+        ]
+        flags = next(
+            (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
+        )
         if names:
             info["cpu"] = names[0]
         # The instruction sets that decide bf16 speed on a CPU.
-        info["cpu_flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+        info["cpu_flags"] = [
+            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags
+        ]
         physical = {
             ln.split(":", 1)[1].strip()
             for ln in text.splitlines()
@@ -163,7 +169,9 @@ def say(name: str, text: str) -> None:
 
 
 def interleave(
-    measure: dict[str, Callable[[], float]], repeats: int, on_round: Callable[[int], None] | None = None
+    measure: dict[str, Callable[[], float]],
+    repeats: int,
+    on_round: Callable[[int], None] | None = None,
 ) -> dict[str, list[float]]:
     """Call every measurement once per round, rotating the order each round (A B C, B C A, ...):
     slow drift of a shared machine then hits every variant alike. Returns the samples."""
@@ -305,7 +313,7 @@ def render_markdown(results: dict[str, dict]) -> str:
         "|---|---|---|---|",
     ]
     names = [n for n in ORDER if n in results] + sorted(set(results) - set(ORDER))
-    for n in list(ORDER) + names[len([n for n in ORDER if n in results]):]:
+    for n in list(ORDER) + names[len([n for n in ORDER if n in results]) :]:
         if n not in results:
             lines.append(f"| {TITLES[n]} | not run yet (`python -m benchmarks --only {n}`) | | |")
             continue
@@ -313,7 +321,9 @@ def render_markdown(results: dict[str, dict]) -> str:
         head = fmt(r["headline"][0]) if r.get("headline") else ""
         mode = "quick" if r.get("quick") else "full"
         date = (r.get("machine") or {}).get("date", "")[:10]
-        lines.append(f"| [{r.get('title', n)}](#{_anchor(r.get('title', n))}) | {head} | {mode} | {date} |")
+        lines.append(
+            f"| [{r.get('title', n)}](#{_anchor(r.get('title', n))}) | {head} | {mode} | {date} |"
+        )
     lines.append("")
     for n in names:
         lines += render_section(results[n])
@@ -331,7 +341,11 @@ def render_section(r: dict) -> list[str]:
     lines.append(f"- date: {m.get('date', '')}{took}")
     if m.get("load_avg_1min") is not None:
         before = r.get("load_before")
-        load = f"{before:g} before, {m['load_avg_1min']:g} after" if before is not None else f"{m['load_avg_1min']:g}"
+        load = (
+            f"{before:g} before, {m['load_avg_1min']:g} after"
+            if before is not None
+            else f"{m['load_avg_1min']:g}"
+        )
         nice = f"; ran at niceness {m['niceness']}" if m.get("niceness") else ""
         lines.append(f"- load average (1 min): {load}{nice}")
     if r.get("settings"):
@@ -427,8 +441,9 @@ def _report_stamper():
 
 
 @contextlib.contextmanager
-def ray_session(stamps: str | Path | None = None):
-    """A local Ray for one benchmark, with report time stamps; shut down afterwards.
+def ray_session(stamps: str | Path | None = None, env: dict | None = None):
+    """A local Ray for one benchmark, with report time stamps; shut down afterwards. `env`:
+    more environment variables for every worker (e.g. $RAY_XRAY_TRACE).
 
     Same runtime env as `ray_xray.train.run.init_ray` (so trials behave as in a real sweep)
     plus the stamping hook. Refuses to run inside an already-initialised Ray.
@@ -440,12 +455,15 @@ def ray_session(stamps: str | Path | None = None):
 
     import ray
 
-    from ray_xray.ray_env import runtime_env
+    from ray_xray.ray_env import pin_ray_address, runtime_env
 
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process")
     # The stamper's hook pins the address too.
-    env = runtime_env({STAMP_ENV: str(stamps)} if stamps else None, hook=_report_stamper())
+    extra = {**(env or {}), **({STAMP_ENV: str(stamps)} if stamps else {})}
+    # Without stamps, the project's own hook: the stamper imports ray.train in every Ray
+    # process (Tune's queue, Train's helper actors), which added ~0.7 s of CPU to each.
+    env = runtime_env(extra, hook=_report_stamper() if stamps else pin_ray_address)
     saved = os.environ.pop("RAY_ADDRESS", None)
     ray.init(
         num_cpus=threads(), include_dashboard=True, dashboard_host="127.0.0.1",

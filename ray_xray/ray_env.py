@@ -16,6 +16,11 @@ import ray
 # machine), that churn was seen to leak placement groups and hang the sweep; waiting is right.
 RAY_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800"}
 
+# Only for a Ray this project starts on one machine (a cluster we join keeps Ray's defaults).
+# Every trial's Ray Train run starts a preemption-watcher actor (one more process, ~0.4 s of
+# CPU) that polls for node drains, which a single-machine Ray never has.
+LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
 
 def pin_ray_address() -> None:
     """Worker setup hook: point Ray's state API in this worker at its own cluster.
@@ -32,12 +37,14 @@ def pin_ray_address() -> None:
             pass
 
 
-def runtime_env(extra_env: dict | None = None, hook: Callable | None = pin_ray_address) -> dict:
-    """A fresh runtime_env for ray.init, with `hook` as every worker's setup hook (None: none).
+def runtime_env(extra_env: dict | None = None, hook: Callable | None = pin_ray_address,
+                local: bool = True) -> dict:  # fmt: skip
+    """A fresh runtime_env for ray.init, with `hook` as every worker's setup hook (None: none);
+    `local`: a Ray started here (adds LOCAL_ENV), not a cluster joined by address.
 
     Fresh matters: Ray writes the setup hook's key into the env_vars dict it is given, and a
     shared dict would carry it into the next ray.init."""
-    env: dict = {"env_vars": {**RAY_ENV, **(extra_env or {})}}
+    env: dict = {"env_vars": {**RAY_ENV, **(LOCAL_ENV if local else {}), **(extra_env or {})}}
     if hook is not None:
         env["worker_process_setup_hook"] = hook
     return env

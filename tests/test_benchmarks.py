@@ -138,21 +138,37 @@ def test_search_summary_counts_trial_epochs_to_random_best(tmp_path, monkeypatch
     assert (tmp_path / "results" / "search.png").is_file()
 
 
-def test_overhead_epochs_from_report_stamps():
-    from benchmarks.overhead import from_stamps, steady
+def test_overhead_phases_from_trace_and_launch_times():
+    from benchmarks.overhead import trial_phases
 
-    stamps = [  # two runs' reports in one file; only those inside [start, end] belong to this one
-        {"epoch": 1, "epoch_s": 10.0, "t_in": 130.0, "t_out": 131.0},
-        {"epoch": 2, "epoch_s": 9.0, "t_in": 141.0, "t_out": 141.5},
-        {"epoch": 3, "epoch_s": 9.0, "t_in": 151.0, "t_out": 152.0},
-        {"epoch": 1, "epoch_s": 1.0, "t_in": 500.0, "t_out": 500.1},
+    trace = [  # one trial: its function (pid 10), its worker (pid 20); another trial's marks interleave
+        {"event": "trial_start", "t": 102.0, "pid": 10, "trial": "t1"},
+        {"event": "worker_start", "t": 115.0, "pid": 20, "trial": "t1"},
+        {"event": "data_loaded", "t": 115.5, "pid": 20, "trial": "t1"},
+        {"event": "model_built", "t": 117.0, "pid": 20, "trial": "t1"},
+        {"event": "epoch_start", "t": 117.5, "pid": 20, "epoch": 1},
+        {"event": "epoch_start", "t": 118.0, "pid": 99, "epoch": 1},  # not this trial's worker
+        {"event": "epoch_end", "t": 127.5, "pid": 20, "epoch": 1, "epoch_s": 9.5},
+        {"event": "reported", "t": 128.0, "pid": 20, "epoch": 1},
+        {"event": "epoch_start", "t": 128.1, "pid": 20, "epoch": 2},
+        {"event": "epoch_end", "t": 138.1, "pid": 20, "epoch": 2, "epoch_s": 10.0},
+        {"event": "reported", "t": 139.1, "pid": 20, "epoch": 2},
+        {"event": "worker_end", "t": 139.2, "pid": 20, "trial": "t1"},
+        {"event": "trial_end", "t": 141.1, "pid": 10, "trial": "t1"},
     ]  # fmt: skip
-    run = from_stamps(stamps, 100.0, 160.0)
-    assert [e["wall_s"] for e in run["epochs"]] == [31.0, 10.5, 10.5]
-    assert run["to_first_epoch_s"] == 20.0 and run["teardown_s"] == 8.0 and run["total_s"] == 60.0
-    assert steady(run["epochs"], "wall_s") == 21.0 and steady(run["epochs"], "epoch_s") == 18.0
-    with pytest.raises(RuntimeError, match="no report time stamps"):
-        from_stamps(stamps, 0.0, 1.0)
+    p = trial_phases(trace, {10: 100.0, 20: 111.0})["t1"]
+    assert p["tune actor start"] == 2.0 and p["controller + worker group"] == 9.0
+    assert p["worker process start"] == 4.0 and p["data load"] == 0.5
+    assert p["model build"] == 2.0  # data loaded -> first epoch starts
+    assert p["compute (train + val)"] == 19.5 and p["epochs"] == 2
+    assert p["report + checkpoint"] == pytest.approx(1.5)  # 0.5 + 1.0
+    assert p["other in the loop"] == pytest.approx(0.6)  # 0.5 + 0.0 in epochs, 0.1 between
+    assert p["teardown"] == pytest.approx(2.0) and p["total"] == pytest.approx(41.1)
+    assert sum(v for k, v in p.items() if k not in ("total", "epochs")) == pytest.approx(p["total"])
+    with pytest.raises(RuntimeError, match="incomplete trace"):
+        trial_phases([r for r in trace if r["event"] != "data_loaded"], {10: 100.0, 20: 111.0})
+    with pytest.raises(RuntimeError, match="launch times"):
+        trial_phases(trace, {10: 100.0})
 
 
 def test_g5_estimate_is_bounded_by_the_slower_of_gpu_and_data_path():

@@ -240,7 +240,7 @@ def test_multi_node_ddp_and_sweep(cluster, tmp_path):
     import pandas as pd
 
     from ray_xray.config import TrainConfig
-    from ray_xray.train.run import make_trainer
+    from ray_xray.train.launch import make_trainer
     from ray_xray.tune.service import SweepOptions, run_sweep
 
     c, worker_nodes = cluster

@@ -271,6 +271,17 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
+DATA_SETTINGS = ("data", "img_size", "skip_bad", "dedupe", "allow_leakage", "limit_per_split",
+                 "seed")  # fmt: skip
+
+
+def shared_key(cfg) -> tuple:
+    """The TrainConfig settings (object or dict) that decide what `load_for_config` returns:
+    two configs with the same key get the same `PreparedData`."""
+    c = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    return tuple(c[k] for k in DATA_SETTINGS)
+
+
 def load_for_config(cfg, cache_root: str | None = None) -> PreparedData:
     """The data exactly as a training run with this TrainConfig (or its dict) sees it."""
     c = cfg if isinstance(cfg, dict) else cfg.to_dict()

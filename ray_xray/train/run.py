@@ -12,8 +12,6 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from ray.train.torch import TorchTrainer
-from ray.train.v2.api.config import LoggingConfig
 
 from .. import metrics as M
 from ..config import TrainConfig
@@ -23,7 +21,8 @@ from ..data.dataset import loader as make_loader
 from ..io import write_atomic
 from ..ray_env import runtime_env
 from . import engine as E
-from .worker import STATE_FILE, train_loop_per_worker
+from .launch import make_trainer
+from .worker import STATE_FILE
 
 log = logging.getLogger("ray_xray.train")
 
@@ -46,7 +45,7 @@ def init_ray(
     kwargs = dict(
         logging_level=logging.WARNING,
         log_to_driver=log_to_driver,
-        runtime_env=runtime_env(hook=None) if address else runtime_env(),
+        runtime_env=runtime_env(hook=None, local=False) if address else runtime_env(),
     )
     if address:
         ray.init(address=address, **kwargs)
@@ -58,45 +57,6 @@ def init_ray(
             address="local", num_cpus=num_cpus, include_dashboard=dashboard,
             dashboard_host="127.0.0.1", **kwargs,
         )  # fmt: skip
-
-
-def worker_resources(cfg: TrainConfig, cpus_total: float | None = None) -> tuple[dict, int]:
-    """CPUs per DDP worker (and torch threads): share what the cluster has."""
-    cpus_total = cpus_total or ray.cluster_resources().get("CPU", 1)
-    per = max(1.0, float(int(cpus_total // cfg.workers)))
-    return {"CPU": per}, int(per)
-
-
-def make_trainer(cfg: TrainConfig, name: str, storage: str, *, cpus_per_worker: float | None = None,
-                 gpus_per_worker: float = 0.0, max_failures: int = 2, cache: str | None = None,
-                 callbacks: list | None = None) -> TorchTrainer:  # fmt: skip
-    if cpus_per_worker is None:
-        resources, threads = worker_resources(cfg)
-    else:
-        resources, threads = {"CPU": cpus_per_worker}, max(1, int(round(cpus_per_worker)))
-    use_gpu = E.pick_device(cfg.device).type == "cuda" or gpus_per_worker > 0
-    if use_gpu and gpus_per_worker:
-        resources["GPU"] = gpus_per_worker  # fractional GPUs share one card between trials
-    loop_config = {**cfg.to_dict(), "_threads": threads, "_cache": cache}
-    mode = "min" if cfg.monitor == "val_loss" else "max"
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage,
-            # Keep the best checkpoint; Ray also always keeps the latest (for restarts).
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=cfg.monitor, checkpoint_score_order=mode
-            ),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            logging_config=LoggingConfig(log_level="WARNING"),  # our own epoch line is enough
-            callbacks=callbacks or [],
-        ),
-    )
 
 
 def read_state(checkpoint: ray.train.Checkpoint) -> dict:

@@ -1,5 +1,15 @@
-"""The search service: `python -m ray_xray.tune --space vit`."""
+"""The search service: `python -m ray_xray.tune --space vit`.
 
-from .service import SweepOptions, run_sweep
+`SweepOptions` and `run_sweep` are imported on first use: every trial's Tune function process
+imports this package (for `trial.trial_fn`) and must not pay for Optuna and the service.
+"""
+
+import importlib
 
 __all__ = ["SweepOptions", "run_sweep"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return getattr(importlib.import_module("ray_xray.tune.service"), name)
+    raise AttributeError(f"module 'ray_xray.tune' has no attribute {name!r}")

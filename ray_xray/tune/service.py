@@ -18,8 +18,9 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from ..data import absolute_spec, load_data
+from ..data import absolute_spec, load_for_config
 from ..data.cache import cache_location
+from ..data.dataset import shared_key
 from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..spaces import SearchSpace, load_space
@@ -320,12 +321,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     check_objective(opts.objective, None)  # names first: no data needed to refuse a typo
     # Validate data and fill the prepared cache once, before any trial starts.
     probe_cfg = space.resolve(space.default_config(), overrides)
-    data = load_data(
-        opts.data,
-        probe_cfg.img_size,
-        limit_per_split=probe_cfg.limit_per_split,
-        cache_root=opts.cache,
-    )
+    data = load_for_config(probe_cfg, opts.cache)
     check_objective(opts.objective, data.classes)
     identity = sweep_identity(opts, space, data.classes)
     if restoring:
@@ -342,6 +338,8 @@ def run_sweep(opts: SweepOptions) -> dict:
         "max_failures": opts.max_failures,
         "cache": opts.cache,
         "exp_dir": exp_dir,
+        # Prepared once here, read by every trial from Ray's object store (worker.shared_data).
+        "data": (shared_key(probe_cfg), ray.put(data)),
     }
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, overrides=overrides, runtime=runtime), {"cpu": TOKEN_CPU}
@@ -457,7 +455,9 @@ def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
     if opts.searcher not in SEARCHERS:
         raise ValueError(f"--searcher must be one of {', '.join(SEARCHERS)}, got {opts.searcher!r}")
     if opts.scheduler not in SCHEDULERS:
-        raise ValueError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {opts.scheduler!r}")
+        raise ValueError(
+            f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {opts.scheduler!r}"
+        )
     if opts.searcher == "random":
         return optuna.samplers.RandomSampler(seed=opts.seed)
     if opts.tpe_startup < 1:
@@ -473,5 +473,3 @@ def _run_config(opts: SweepOptions, name: str, storage: str) -> tune.RunConfig:
         verbose=0,  # our ConsoleReporter prints one line per result instead
         failure_config=tune.FailureConfig(max_failures=0),  # a failing config is a finding
     )
-
-

@@ -9,17 +9,20 @@ from __future__ import annotations
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from .. import trace
 from ..config import TrainConfig
-from ..train.run import make_trainer
+from ..train.launch import make_trainer
 
 TOKEN_CPU = 0.01  # the Tune function only waits on its trainer
 
 
 def trial_fn(config: dict, overrides: dict, runtime: dict) -> None:
     """`config`: what Optuna sampled plus the space's constants; `overrides`: sweep-wide
-    TrainConfig settings (data, seed ...); `runtime`: resources and cache location."""
-    cfg = TrainConfig.from_dict({**config, **overrides})
+    TrainConfig settings (data, seed ...); `runtime`: resources, cache location and the
+    sweep's prepared data (`data`: (key, ObjectRef), see `worker.shared_data`)."""
     ctx = tune.get_context()
+    trace.mark("trial_start", trial=ctx.get_trial_id())
+    cfg = TrainConfig.from_dict({**config, **overrides})
     trainer = make_trainer(
         cfg,
         # Deterministic name + storage: a restored trial finds its run and resumes from its
@@ -32,7 +35,9 @@ def trial_fn(config: dict, overrides: dict, runtime: dict) -> None:
         max_failures=runtime["max_failures"],
         cache=runtime.get("cache"),
         callbacks=[TuneReportCallback()],
+        runtime={"_data": runtime.get("data"), "_trial": ctx.get_trial_id()},
     )
     result = trainer.fit()
+    trace.mark("trial_end", trial=ctx.get_trial_id())
     if result.error:
         raise result.error

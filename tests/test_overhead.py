@@ -1,0 +1,142 @@
+"""What makes a trial cheaper to start and to checkpoint (issue #16), checked without a sweep:
+light trial-process imports, Ray Train without Ray Data's actor, data from the object store,
+one copy of the best model per checkpoint written straight into storage, and the trace marks
+the overhead benchmark reads."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ray_xray import trace
+from ray_xray.config import TrainConfig
+from ray_xray.data.dataset import shared_key
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_trace_marks_only_when_the_variable_names_a_file(tmp_path, monkeypatch):
+    path = tmp_path / "trace.jsonl"
+    monkeypatch.delenv(trace.TRACE_ENV, raising=False)
+    trace.mark("trial_start", trial="a")
+    assert trace.read(path) == []
+    monkeypatch.setenv(trace.TRACE_ENV, str(path))
+    trace.mark("trial_start", trial="a")
+    trace.mark("epoch_end", epoch=1, epoch_s=2.5)
+    recs = trace.read(path)
+    assert [r["event"] for r in recs] == ["trial_start", "epoch_end"]
+    assert recs[0]["trial"] == "a" and recs[0]["pid"] == os.getpid() and recs[1]["epoch_s"] == 2.5
+    assert recs[0]["t"] <= recs[1]["t"]
+
+
+def test_the_trial_process_imports_no_training_code():
+    # Every trial's Tune function process imports ray_xray.tune.trial; the training code
+    # (engine, data pipeline, albumentations) and the search service (optuna) are not its job.
+    code = (
+        "import sys, ray_xray.tune.trial, ray_xray.train.launch\n"
+        "heavy = ['optuna', 'albumentations', 'sklearn', 'ray_xray.train.engine', "
+        "'ray_xray.data.dataset', 'ray_xray.tune.service', 'torchvision']\n"
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120, check=True)  # fmt: skip
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_lazy_package_names_still_resolve():
+    import ray_xray.train as T
+    import ray_xray.tune as U
+
+    assert T.make_trainer.__module__ == "ray_xray.train.launch"
+    assert callable(T.train_loop_per_worker) and U.SweepOptions.__name__ == "SweepOptions"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        T.nope  # noqa: B018
+
+
+def test_trainer_drops_ray_datas_callback_only_without_datasets():
+    import ray.data
+
+    from ray_xray.train.launch import make_trainer
+
+    cfg = TrainConfig(model="cnn", epochs=1)
+    trainer = make_trainer(cfg, name="x", storage="/tmp/unused", cpus_per_worker=1)
+    names = [type(cb).__name__ for cb in trainer._create_default_callbacks()]
+    assert "DatasetsCallback" not in names
+    assert {"BackendSetupCallback", "AcceleratorSetupCallback"} <= set(names)  # the rest stays
+    trainer.datasets = {"train": ray.data.range(2)}  # a user's Ray Dataset keeps the machinery
+    assert "DatasetsCallback" in [type(cb).__name__ for cb in trainer._create_default_callbacks()]
+
+
+def test_shared_data_is_used_only_for_the_same_data_settings(monkeypatch):
+    from ray_xray.train import worker as W
+
+    cfg = TrainConfig(data="synthetic:chest3", img_size=32)
+    monkeypatch.setattr(W.ray, "get", lambda ref, timeout=None: {"ref": ref})
+    assert W.shared_data(cfg, (shared_key(cfg), "REF")) == {"ref": "REF"}
+    other = TrainConfig(data="synthetic:chest3", img_size=64)  # a space tuning img_size
+    assert W.shared_data(other, (shared_key(cfg), "REF")) is None
+    assert W.shared_data(cfg, None) is None
+
+    def gone(ref, timeout=None):
+        raise RuntimeError("owner died")  # a resumed sweep's old driver
+
+    monkeypatch.setattr(W.ray, "get", gone)
+    assert W.shared_data(cfg, (shared_key(cfg), "REF")) is None
+
+
+def test_shared_key_covers_every_setting_load_for_config_reads():
+    base = TrainConfig(data="synthetic:chest3")
+    for change in ({"img_size": 64}, {"dedupe": "drop-cross-split"}, {"limit_per_split": 8}, {"seed": 1},
+                   {"skip_bad": True}, {"allow_leakage": True}, {"data": "synthetic:binary"}):  # fmt: skip
+        assert shared_key(TrainConfig(**{**base.to_dict(), **change})) != shared_key(base), change
+    assert shared_key(TrainConfig(**{**base.to_dict(), "lr": 0.5})) == shared_key(base)
+
+
+class _Storage:
+    def __init__(self, root: Path) -> None:
+        import pyarrow.fs
+
+        self.root, self.storage_filesystem = root, pyarrow.fs.LocalFileSystem()
+
+    @staticmethod
+    def make_default_checkpoint_dir_name() -> str:
+        return "checkpoint_2026-12-01_00-00-00.000000"
+
+    def build_checkpoint_path_from_name(self, name: str) -> str:
+        return str(self.root / name)
+
+
+def test_checkpoint_is_written_once_into_storage_with_one_copy_of_the_best(tmp_path, monkeypatch):
+    import ray.train
+
+    from ray_xray.train import worker as W
+
+    model = torch.nn.Linear(256, 256)
+    state = {"model": model.state_dict(), "epoch": 3}
+    reports = []
+    monkeypatch.setattr(
+        ray.train,
+        "get_context",
+        lambda: type("C", (), {"get_storage": lambda s: _Storage(tmp_path)})(),
+    )
+    monkeypatch.setattr(ray.train, "report", lambda metrics, **kw: reports.append((metrics, kw)))
+    # Improved this epoch: the best record holds the very same tensors as the model state.
+    W.report_with_state({"epoch": 3}, {**state, "best": {"state_dict": state["model"]}})
+    ((metrics, kw),) = reports
+    assert kw["checkpoint_upload_mode"] == ray.train.CheckpointUploadMode.NO_UPLOAD
+    path = Path(kw["checkpoint"].path)
+    assert path.parent == tmp_path and path.name == kw["checkpoint_dir_name"]
+    loaded = torch.load(path / W.STATE_FILE, map_location="cpu", weights_only=True)
+    assert torch.equal(loaded["best"]["state_dict"]["weight"], model.weight.detach())
+    shared_size = (path / W.STATE_FILE).stat().st_size
+    # The same state with a separate copy of the best weights (what was written before).
+    copy = {k: v.clone() for k, v in state["model"].items()}
+    torch.save({**state, "best": {"state_dict": copy}}, tmp_path / "two_copies.pt")
+    weights = 257 * 256 * 4
+    assert (tmp_path / "two_copies.pt").stat().st_size - shared_size == pytest.approx(
+        weights, rel=0.05
+    )
