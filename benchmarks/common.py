@@ -28,7 +28,7 @@ OUT_DIR = BENCH_DIR  # where results/ and RESULTS.md go; the runner's --out sets
 # Order of the sections in RESULTS.md (and of `make bench`).
 ORDER = ("overhead", "precision", "roofline", "datapath", "search", "scaling", "feed")
 TITLES = {
-    "overhead": "1. Wrapper overhead",
+    "overhead": "1. Trial overhead",
     "precision": "2. Mixed precision",
     "roofline": "3. Roofline",
     "datapath": "4. Data path",

@@ -41,7 +41,7 @@ def test_results_md_has_every_section_in_order_and_marks_missing_ones(tmp_path):
     # Sections follow the numbering, whatever order they were run in.
     assert md.index("## 2. Mixed precision") < md.index("## 3. Roofline")
     assert "bf16 is 1.8x" in md and "roofline headline" in md
-    assert "| 1. Wrapper overhead | not run yet" in md and "| 5. Search efficiency | not run yet" in md
+    assert "| 1. Trial overhead | not run yet" in md and "| 5. Search efficiency | not run yet" in md
     assert "`python -m benchmarks --only precision` (quick (indicative only) mode)" in md
     assert "Test CPU (avx512_bf16), 2 CPUs, torch 2.x, ray 2.y, optuna 4.z" in md
     assert "2026-01-02T03:04:05+00:00 (took 1.5 min)" in md
