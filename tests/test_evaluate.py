@@ -329,3 +329,31 @@ def test_val_test_agreement_warns_on_the_pneumonia2_sweep():
     assert same["spearman"] == pytest.approx(0.8) and same["warning"] is None
     few = val_test_agreement(["a", "b"], [0.9, 0.8], [0.1, 0.2])
     assert few["spearman"] is None and few["warning"] is None and few["n"] == 2
+
+
+def test_a_train_run_gets_a_report_with_its_training_curves(run_dir, tmp_path, capsys):
+    """`python -m ray_xray.train` ends with OUT/report/report.html (training curves from the
+    run's metrics.json history, then the evaluation); an unreadable run gives one warning."""
+    import shutil
+
+    from ray_xray.config import TrainConfig
+    from ray_xray.train.__main__ import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_macro_f1": 0.3 * e}
+               for e in (1, 2)]  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps({"history": history}))
+    cfg = TrainConfig(model="cnn", data=SPEC, img_size=32, device="cpu")
+    write_report(str(run), cfg, None)
+    page = (run / "report" / "report.html").read_text()
+    assert "Training curves" in page and "figures/training_curves.png" in page
+    assert "2 epochs; best validation macro-F1 0.600 at epoch 2" in page
+    assert (run / "report" / "figures" / "training_curves.png").stat().st_size > 1000
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["n"] > 0
+    assert f"report: {run / 'report' / 'report.html'}" in capsys.readouterr().out
+
+    write_report(str(tmp_path / "nothing-here"), cfg, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("warning: no report (") and "python -m ray_xray.evaluate" in err[-1]

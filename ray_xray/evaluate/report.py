@@ -240,6 +240,38 @@ def gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
                      anchor="gradcam")  # fmt: skip
 
 
+def run_history(subject: Subject) -> list[dict]:
+    """Per-epoch metrics of the `train` run a single model comes from: the `history` in
+    metrics.json beside its best_model.pt ([] for an ensemble or a checkpoint without one)."""
+    import json
+
+    if subject.kind != "model":
+        return []
+    run = subject.path if subject.path.is_dir() else subject.path.parent
+    try:
+        history = json.loads((run / "metrics.json").read_text()).get("history")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return history if isinstance(history, list) else []
+
+
+def history_section(subject: Subject, figs: Figures) -> str:
+    """Training curves (train loss, val loss, val macro-F1 per epoch) of a `train` run; "" when
+    the checkpoint carries no history."""
+    history = run_history(subject)
+    if not history:
+        return ""
+    keys = ("epoch", "train_loss", "val_loss", "val_macro_f1")
+    curve = {k: [h.get(k) for h in history] for k in keys}
+    best = max(history, key=lambda h: h.get("val_macro_f1") or -1.0)
+    cap = (f"{len(history)} epochs; best validation macro-F1 {best.get('val_macro_f1', float('nan')):.3f} "
+           f"at epoch {best.get('epoch')} (the checkpoint evaluated here). Training loss below a "
+           "rising validation loss means over-fitting.")  # fmt: skip
+    fig = figs.make("training_curves", cap, P.learning_curves,
+                    [{"label": subject.name, "highlight": True, **curve}], "val_macro_f1")  # fmt: skip
+    return H.section("Training curves", fig)
+
+
 def method_section(r: EvalResult) -> str:
     b = r.bootstrap
     text = (
@@ -264,6 +296,7 @@ def write_report(r: EvalResult, subject: Subject, out: Path, images: bool = True
               f"{H.esc(r.created)} · checkpoint <code>{H.esc(r.checkpoint)}</code></p>")  # fmt: skip
     steps = [
         ("summary", lambda: summary_section(r)),
+        ("history", lambda: history_section(subject, figs)),
         ("metrics", lambda: metrics_section(r)),
         ("shift", lambda: shift_section(r)),
         ("curves", lambda: curve_sections(r, figs)),

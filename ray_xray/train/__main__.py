@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
 from ..cli import Parser, UserError, note_renamed, run
 from ..config import CHOICES, HELP, TrainConfig, field_types, parse_settings, parse_value
@@ -88,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--smoke-test", action="store_true",
                    help="at most 2 epochs, 32 px, 64 images per split")  # fmt: skip
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="after training, evaluate the best model on test into OUT/report/ "
+                   "(report.html: training curves, metrics with intervals, confusion, ROC/PR, "
+                   "calibration, operating points, samples, Grad-CAM; as python -m "
+                   "ray_xray.evaluate OUT DATA)")  # fmt: skip
     add_config_arguments(p)
     return p
 
@@ -134,7 +140,24 @@ def main(argv: list[str] | None = None) -> int:
         f"recall: {recalls}\nbest epoch {report['best_epoch']}, wall {report['wall_s']:.0f}s -> {out}",
         file=sys.stdout,
     )
+    if args.report:
+        write_report(out, cfg, args.cache)
     return 0
+
+
+def write_report(out: str, cfg: TrainConfig, cache: str | None) -> None:
+    """OUT/report/report.html through `ray_xray.evaluate` (test split, bootstrap intervals).
+    The run is complete without it: a failure is one warning line naming the command to retry."""
+    from ..evaluate.core import evaluate
+
+    dest = Path(out) / "report"
+    try:
+        evaluate(out, cfg.data, "test", out=dest, cache=cache, device=cfg.device)
+    except Exception as exc:  # noqa: BLE001 - the trained model is safe either way
+        print(f"warning: no report ({type(exc).__name__}: {exc}); retry with: python -m "
+              f"ray_xray.evaluate {out} {cfg.data} --out {dest}", file=sys.stderr)  # fmt: skip
+        return
+    print(f"report: {dest / 'report.html'}", file=sys.stdout)
 
 
 if __name__ == "__main__":
