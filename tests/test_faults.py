@@ -31,7 +31,7 @@ def _run(module, *args, env=None, timeout=600):
 def test_worker_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "run"
     r = _run("ray_xray.train", "--model", "cnn_lstm", "--data", "synthetic:chest3:20", "--img-size", "32",
-             "--epochs", "3", "--out", str(out), env={"RAY_XRAY_FAULT": "kill:2"})  # fmt: skip
+             "--epochs", "3", "--no-report", "--out", str(out), env={"RAY_XRAY_FAULT": "kill:2"})  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from epoch 1" in r.stdout + r.stderr
     history = json.loads((out / "metrics.json").read_text())["history"]
