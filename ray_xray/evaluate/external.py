@@ -17,7 +17,7 @@ from ..train import engine as E
 from . import stats as S
 from .core import shift_check
 from .infer import probabilities
-from .sources import EvalSet, Subject, external_set, own_sets
+from .sources import EvalSet, Subject, data_key, external_set, own_sets
 
 SPLIT = "all"  # every image of an external set, whatever split folders it has
 
@@ -45,15 +45,18 @@ def score_model(subject: Subject, ev: EvalSet, ref: EvalSet | None, p_ref, spec:
     return out
 
 
-def _own_test(subject: Subject, cache: str | None, dev, log: Callable) -> tuple:
+def _own_test(subject: Subject, cache: str | None, dev, log: Callable, memo: dict) -> tuple:
     """(the model's own test EvalSet, its probabilities there), or (None, None) with a log line
-    when its own data cannot be loaded (then no drops are reported)."""
+    when its own data cannot be loaded (then no drops are reported). `memo` keeps each
+    loaded test split by (data, member data settings): members of one sweep share it."""
+    key = (subject.own_data, tuple(sorted({repr(data_key(m)) for m in subject.members})))
     try:
-        ref = own_sets(subject, ["test"], cache)["test"]
+        if key not in memo:
+            memo[key] = own_sets(subject, ["test"], cache)["test"]
     except ValueError as exc:
         log(f"{subject.name}: its own test split could not be loaded ({exc}): no drops")
         return None, None
-    return ref, probabilities(subject, ref, dev)[0]
+    return memo[key], probabilities(subject, memo[key], dev)[0]
 
 
 def score_sets(subjects: list[Subject], specs: list[str], *, device: str = "auto",
@@ -68,9 +71,10 @@ def score_sets(subjects: list[Subject], specs: list[str], *, device: str = "auto
     set or a class the models do not know (`external_set`)."""
     dev = E.pick_device(device)
     loaded: dict[tuple, tuple[EvalSet, dict]] = {}
+    own: dict[tuple, EvalSet] = {}
     per_spec: list[list[dict]] = [[] for _ in specs]
     for subject in subjects:
-        ref, p_ref = _own_test(subject, cache, dev, log)
+        ref, p_ref = _own_test(subject, cache, dev, log, own)
         for i, spec in enumerate(specs):
             key = (spec, tuple(subject.sizes))
             if key not in loaded:
