@@ -198,7 +198,10 @@ def test_members_and_ensemble_are_scored_after_the_choice_and_equal_evaluate(tmp
     assert f"{f1['value']:.3f} [{f1['low']:.3f}, {f1['high']:.3f}]" in html
     row = next(ln for ln in table.splitlines() if ln.strip().startswith("cnn:trial000"))
     assert f"{f1['value']:.3f} [{f1['low']:.3f}, {f1['high']:.3f}]" in row
-    assert f"{ext} (24 images)" in table and "ensemble_" in table
+    assert f"{ext} (24 images)" in table and s["models"][2]["name"] == with_ext["chosen"]
+    ens_f1 = s["models"][2]["headline"]["macro_f1"]
+    row = next(ln for ln in table.splitlines() if ln.strip().startswith(with_ext["chosen"]))
+    assert f"{ens_f1['value']:.3f} [{ens_f1['low']:.3f}, {ens_f1['high']:.3f}]" in row
 
 
 def test_without_an_ensemble_the_members_are_still_scored(tmp_path, capsys):

@@ -34,8 +34,8 @@ def external_section(metrics: dict) -> str:
         "reported only: the ranking, the members' temperatures and the ensemble were fixed on "
         "validation before these sets were read. Intervals: 95% class-stratified bootstrap "
         f"({boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}); 'drop' is "
-        "the model's macro-F1 on its own test split minus here, with the interval of the "
-        "difference (independent bootstraps of both sets). ECE: 15 bins, here and on own test. "
+        "the model's macro-F1 on its own test split (over the classes the set has) minus here, "
+        "with the interval of the difference (independent bootstraps of both sets). ECE: 15 bins, here and on own test. "
         "Each row equals python -m ray_xray.evaluate CHECKPOINT DATA --split all, which adds "
         "the figures, operating points and a stress test."
     )]  # fmt: skip

@@ -92,8 +92,9 @@ def score(opts, top: list[dict], ensemble_path: str | Path | None = None) -> dic
 
     subjects = [replace(resolve_subject(str(t["checkpoint"])), name=f"{t['model']}:{t['trial_id']}")
                 for t in top]  # fmt: skip
-    if ensemble_path is not None:
-        subjects.append(resolve_subject(str(ensemble_path)))
+    if ensemble_path is not None:  # "ensemble_greedy of EXP" -> "ensemble_greedy"
+        ens = resolve_subject(str(ensemble_path))
+        subjects.append(replace(ens, name=ens.name.partition(" of ")[0]))
     device = "cuda" if opts.gpus_per_trial else "auto"
     sets = score_sets(subjects, list(opts.external), device=device, n_boot=N_BOOT, seed=SEED,
                       cache=opts.cache, skip_bad=bool(opts.settings.get("skip_bad", False)))  # fmt: skip
@@ -188,6 +189,7 @@ def print_table(block: dict) -> None:
                   f"{_num(h['accuracy']['value']):>8} {_num(h['auc']['value']):>6} "
                   f"{_num((drop or {}).get('reference')):>8}  {_ci(drop, 'drop')}{star}")  # fmt: skip
     print(
-        "* the drop's interval excludes 0 (beyond resampling noise). Figures: best_trials.json"
-        " (members), ensemble/metrics.json and report.html (with the ensemble)."
+        "own test: the model's macro-F1 on its own test split, over the classes the set has; "
+        "* the drop's interval excludes 0 (beyond resampling noise).\nFigures: "
+        "best_trials.json (members), ensemble/metrics.json and report.html (with the ensemble)."
     )
