@@ -80,7 +80,7 @@ def _bad_sweep(args: list[str], tmp_path, capsys) -> list[str]:
         ("synthetic", "--external synthetic:nope: unknown synthetic task; choose from chest3, "
                       "binary"),
         ("own", "--external synthetic:chest3:8: that is the sweep's own --data"),
-        ("unknown_class", "class(es) cat unknown to the model (it knows normal, pneumonia, "
+        ("unknown_class", "class(es) cat unknown to the sweep's data (it knows normal, pneumonia, "
                           "tuberculosis)"),
         ("empty", "/empty: no images under {train,val,test}/<label>/ (skipped: 0 files); "
                   "nor under <label>/ (class folders, no split folders)"),

@@ -213,10 +213,11 @@ def labelled_items(spec: str) -> tuple[list[Item], str]:
         return items, "no split folders: every image counts as test"
 
 
-def set_classes(spec: str, classes: list[str]) -> dict:
+def set_classes(spec: str, classes: list[str], whose: str = "the model") -> dict:
     """Which of a model's `classes` the labelled set `spec` holds, from its file list or the
     synthetic task's labels (no image is decoded): {"data_classes", "missing_classes", "note"},
-    in the model's class order. Classes match by name as `external_set` matches them.
+    in the model's class order. Classes match by name as `external_set` matches them;
+    `whose` names the owner of `classes` in the error ("the model", "the sweep's data").
 
     Raises UserError/DataError (one line) for a spec that is not a folder, manifest or known
     synthetic task, a set with no images, or a class the model does not know."""
@@ -233,16 +234,16 @@ def set_classes(spec: str, classes: list[str]) -> dict:
     if not labels:
         raise UserError(f"{spec}: no labelled images")
     index = {normalise_label(c): c for c in classes}
-    _unknown(spec, labels, index, classes)
+    _unknown(spec, labels, index, classes, whose)
     present = {index[normalise_label(v)] for v in labels}
     return {"data_classes": [c for c in classes if c in present],
             "missing_classes": [c for c in classes if c not in present], "note": note}  # fmt: skip
 
 
-def _unknown(spec: str, labels, index: dict, classes: list[str]) -> None:
+def _unknown(spec: str, labels, index: dict, classes: list[str], whose: str = "the model") -> None:
     unknown = sorted({normalise_label(v) for v in labels} - set(index))
     if unknown:
-        raise UserError(f"{spec}: class(es) {', '.join(unknown)} unknown to the model "
+        raise UserError(f"{spec}: class(es) {', '.join(unknown)} unknown to {whose} "
                         f"(it knows {', '.join(classes)})")  # fmt: skip
 
 

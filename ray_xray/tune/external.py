@@ -72,7 +72,7 @@ def check_classes(specs: list[str], classes: list[str]) -> list[dict]:
     out = []
     for spec in specs:
         try:
-            info = set_classes(spec, classes)
+            info = set_classes(spec, classes, "the sweep's data")
         except ValueError as exc:
             raise UserError(f"--external {exc}") from None
         if info["missing_classes"]:
