@@ -248,8 +248,9 @@ def run_ensemble(
     `specificities` / `sensitivities`: the operating-point targets in (0, 1) (thresholds fixed
     on validation; the chosen ensemble's are stored in ensemble.pt for predict's
     --operating-point). Returns {"out", "ensemble", "report", "metrics", "comparison", "chosen",
-    "summary", "timings", "external" (what `external` returned, else None)}. Raises ValueError on bad input (not a sweep, no usable trial,
-    misaligned data, a target outside (0, 1)).
+    "summary", "timings", "external" (what `external` returned, else None)}. Raises
+    ValueError on bad input (not a sweep, no usable trial, misaligned data, a target outside
+    (0, 1)).
     """
     for target in (*specificities, *sensitivities):
         if not 0 < float(target) < 1:
