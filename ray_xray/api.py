@@ -64,12 +64,14 @@ def sweep(
         **options: any other ``ray_xray.tune.SweepOptions`` field: ``budget_minutes``,
             ``gpus_per_trial``, ``cpus_per_trial``, ``workers_per_trial``, ``top_k``,
             ``ensemble`` (False: skip the ensemble), ``seed``, ``scheduler`` ("asha"/"fifo"),
-            ``searcher`` ("tpe"/"random"), ``wandb`` ("off"/"offline"/"online"), ``cache``, ...
+            ``searcher`` ("tpe"/"random"), ``wandb`` ("off"/"offline"/"online"), ``cache``,
+            ``external`` (labelled sets scored at the end, a list or ``"a,b"``), ...
 
     Returns:
         ``{"exp_dir": str, "top": [...], "rows": [...], "wall_s": float}`` plus ``"ensemble"``
-        when one was built. ``top`` lists the best trials, best first, each with ``rank``,
-        ``model``, ``best_<objective>``, ``config``, ``checkpoint`` and its ``test`` metrics;
+        when one was built, and ``"external"`` (the figures on each ``external`` set). ``top``
+        lists the best trials, best first, each with ``rank``, ``model``, ``best_<objective>``,
+        ``config``, ``checkpoint``, its ``test`` metrics (and ``external`` ones);
         ``rows`` has one dict per trial (as ``results.parquet``). ``exp_dir`` holds
         ``best_model.pt``, which ``ray_xray.load(exp_dir)`` opens.
 
@@ -90,6 +92,9 @@ def sweep(
         name=name, settings=dict(settings or {}), **options,
     )  # fmt: skip
     opts.trials = trials if trials is not None else (4 if smoke_test else SweepOptions.trials)
+    from .tune.external import parse_specs
+
+    opts.external = parse_specs(opts.external)
     _check_sweep(opts)
     opts.argv = _cli_argv(opts)  # sweep.json records the equivalent command
     return run_sweep(opts)
@@ -118,7 +123,7 @@ def _cli_argv(opts: Any) -> list[str]:
         elif isinstance(value, bool):
             argv.append(f"--{f.name.replace('_', '-')}")
         else:
-            text = ",".join(value) if f.name == "objective" else str(value)
+            text = ",".join(value) if f.name in ("objective", "external") else str(value)
             argv += [f"--{f.name.replace('_', '-')}", text]
     for key, value in opts.settings.items():
         argv += ["--set", f"{key}={json.dumps(value)}"]

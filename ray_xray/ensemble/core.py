@@ -236,14 +236,21 @@ def run_ensemble(
     report_html: bool = True,
     specificities: tuple[float, ...] = SPECIFICITIES,
     sensitivities: tuple[float, ...] = SENSITIVITIES,
+    external=None,
 ) -> dict:
     """Ensemble the top_k trials of a finished sweep; write ensemble.pt + report to `out`.
+
+    `external`: None, or a callable given the saved ensemble.pt path once the members, their
+    temperatures and the ensemble are fixed on validation; the dict it returns is stored as
+    metrics.json's "external" and drawn as the report's 'External sets' section (a sweep's
+    --external: ray_xray/tune/external.py). It cannot change what was chosen.
 
     `specificities` / `sensitivities`: the operating-point targets in (0, 1) (thresholds fixed
     on validation; the chosen ensemble's are stored in ensemble.pt for predict's
     --operating-point). Returns {"out", "ensemble", "report", "metrics", "comparison", "chosen",
-    "summary", "timings"}. Raises ValueError on bad input (not a sweep, no usable trial,
-    misaligned data, a target outside (0, 1)).
+    "summary", "timings", "external" (what `external` returned, else None)}. Raises
+    ValueError on bad input (not a sweep, no usable trial, misaligned data, a target outside
+    (0, 1)).
     """
     for target in (*specificities, *sensitivities):
         if not 0 < float(target) < 1:
@@ -371,6 +378,8 @@ def run_ensemble(
     )  # fmt: skip
     ens_path = save_ensemble(obj, out_dir / "ensemble.pt")
     log(f"saved {ens_path} ({len(keep)} member(s), method {chosen})")
+    if external is not None:  # after everything was chosen and saved: reported, never used
+        metrics["external"] = external(ens_path)
 
     comp = pd.DataFrame(comparison_rows(metrics, classes))
     write_atomic(out_dir / "comparison.csv", comp.to_csv(index=False, float_format="%.6g"))
@@ -405,5 +414,5 @@ def run_ensemble(
             "ensemble": {"name": f"ensemble_{chosen}", "test_macro_f1": chosen_test["macro_f1"],
                          "test_ece": chosen_test["ece"]},
         },
-        "timings": timings,
+        "timings": timings, "external": metrics.get("external"),
     }  # fmt: skip

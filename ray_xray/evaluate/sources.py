@@ -197,10 +197,53 @@ def class_folder_items(root: Path) -> list[Item]:
     return items
 
 
-def _unknown(spec: str, labels, index: dict, classes: list[str]) -> None:
+def labelled_items(spec: str) -> tuple[list[Item], str]:
+    """(items, note) of a folder or manifest CSV, listed without decoding an image. A folder of
+    class folders with no split folders gives every image the split 'test' (the note says so).
+    Raises DataError when `spec` is neither (missing, or no images in class folders)."""
+    try:
+        return resolve_items(spec), ""
+    except DataError as exc:
+        root = Path(spec).expanduser()
+        items = class_folder_items(root) if root.is_dir() else []
+        if not items and root.is_dir() and not (root / "manifest.csv").is_file():
+            raise DataError(f"{exc}; nor under <label>/ (class folders, no split folders)") from None
+        if not items:
+            raise
+        return items, "no split folders: every image counts as test"
+
+
+def set_classes(spec: str, classes: list[str], whose: str = "the model") -> dict:
+    """Which of a model's `classes` the labelled set `spec` holds, from its file list or the
+    synthetic task's labels (no image is decoded): {"data_classes", "missing_classes", "note"},
+    in the model's class order. Classes match by name as `external_set` matches them;
+    `whose` names the owner of `classes` in the error ("the model", "the sweep's data").
+
+    Raises UserError/DataError (one line) for a spec that is not a folder, manifest or known
+    synthetic task, a set with no images, or a class the model does not know."""
+    from ..data import synthetic
+
+    if spec.startswith("synthetic"):
+        try:
+            labels, note = list(synthetic.TASKS[synthetic.parse(spec)[0]]), ""
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    else:
+        items, note = labelled_items(spec)
+        labels = [i.label for i in items]
+    if not labels:
+        raise UserError(f"{spec}: no labelled images")
+    index = {normalise_label(c): c for c in classes}
+    _unknown(spec, labels, index, classes, whose)
+    present = {index[normalise_label(v)] for v in labels}
+    return {"data_classes": [c for c in classes if c in present],
+            "missing_classes": [c for c in classes if c not in present], "note": note}  # fmt: skip
+
+
+def _unknown(spec: str, labels, index: dict, classes: list[str], whose: str = "the model") -> None:
     unknown = sorted({normalise_label(v) for v in labels} - set(index))
     if unknown:
-        raise UserError(f"{spec}: class(es) {', '.join(unknown)} unknown to the model "
+        raise UserError(f"{spec}: class(es) {', '.join(unknown)} unknown to {whose} "
                         f"(it knows {', '.join(classes)})")  # fmt: skip
 
 
@@ -213,15 +256,7 @@ def _table(spec: str, size: int, split: str, skip_bad: bool, cache: str | None, 
     if spec.startswith("synthetic"):
         table = load_table(spec, size, skip_bad, cache)[0]
         return table, sorted(set(table.column("split").to_pylist())), ""
-    try:
-        items = resolve_items(spec)
-        note = ""
-    except DataError:
-        root = Path(spec).expanduser()
-        items = class_folder_items(root) if root.is_dir() else []
-        if not items:
-            raise
-        note = "no split folders: every image counts as test"
+    items, note = labelled_items(spec)
     have = sorted({i.split for i in items})
     items = [i for i in items if split == "all" or i.split == split]
     if not items:

@@ -613,6 +613,15 @@ def method_section(ctx: dict) -> str:
                      anchor="method")  # fmt: skip
 
 
+def _external_step(metrics: dict):
+    """The 'External sets' section's step, None when the sweep scored no external set."""
+    if not metrics.get("external"):
+        return None
+    from .external import external_section
+
+    return lambda: external_section(metrics)
+
+
 def write_report(ctx: dict) -> Path:
     out = Path(ctx["out"])
     figs = Figures(ctx)
@@ -636,6 +645,7 @@ def write_report(ctx: dict) -> Path:
         ("comparison", lambda: comparison_section(ctx)),
         ("intervals", lambda: intervals_section(ctx)),
         ("agreement", lambda: agreement_section(ctx)),
+        ("external", _external_step(m)),
         ("operating points", lambda: operating_section(ctx)),
         ("trials", lambda: trial_section(ctx)),
         ("curves", sweep_steps.get("curves")),

@@ -8,6 +8,7 @@ import sys
 
 from ..cli import Parser, UserError, note_renamed, run
 from ..config import parse_settings
+from .external import parse_specs
 from .service import SweepOptions, run_sweep
 
 # Old option spellings, still taken for one release (hidden from --help).
@@ -98,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-ensemble", action="store_true", help="skip the ensemble + report at the end"
     )
+    p.add_argument(
+        "--external", action="append", default=[], metavar="DATA[,DATA]",
+        help="labelled sets from elsewhere (anything --data takes, or a folder of class "
+        "folders), checked before the sweep: at the end the top-k members and the ensemble are "
+        "scored on all their images, with intervals and the drop from their own test split "
+        "(reported only, never used to choose; repeatable)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the searcher and every trial")
     p.add_argument(
         "--grace-epochs", type=int, default=d.grace_epochs, metavar="N",
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         workers_per_trial=args.workers_per_trial, wandb=args.wandb, wandb_project=args.wandb_project,
         smoke_test=args.smoke_test, seed=args.seed, grace_epochs=args.grace_epochs, scheduler=args.scheduler, searcher=args.searcher,
         tpe_startup=args.tpe_startup, budget_epochs=args.budget_epochs, top_k=args.top_k, ensemble=not args.no_ensemble, cache=args.cache,
-        settings=settings, argv=argv,
+        settings=settings, external=parse_specs(args.external), argv=argv,
     )  # fmt: skip
     if args.smoke_test and args.trials == SweepOptions.trials:
         opts.trials = 4

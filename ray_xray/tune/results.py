@@ -198,12 +198,18 @@ def finish(
     if local:
         out = Path(exp_dir)
         write_atomic(out / "results.csv", table.to_csv(index=False))
-        write_atomic(out / "best_trials.json", json.dumps(top, indent=2, default=str))
+        write_best_trials(out, top)
         _record_time_use(out / "sweep.json", use)
         with atomic_path(out / "results.parquet") as tmp:  # last: it marks the sweep finished
             table.to_parquet(tmp, index=False)
     print_ranked(rows, key, mode, exp_dir, wall_s, use)
     return {"rows": rows, "top": top, "exp_dir": exp_dir, "wall_s": wall_s, "time_use": use}
+
+
+def write_best_trials(exp_dir: str | Path, top: list[dict]) -> Path:
+    """best_trials.json (the one place it is written): `top`, evaluate_top's list, best first,
+    each entry possibly with "external" (ray_xray/tune/external.py). Returns the path."""
+    return write_atomic(Path(exp_dir) / "best_trials.json", json.dumps(top, indent=2, default=str))
 
 
 def evaluate_top(rows: list[dict], key: str, mode: str, opts, exp_dir: str) -> list[dict]:

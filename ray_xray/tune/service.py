@@ -25,6 +25,7 @@ from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..spaces import SearchSpace, load_space
 from ..train.run import init_ray
+from . import external as X
 from . import results as R
 from .console import ConsoleReporter
 from .searcher import RungScheduler, SweepSearch
@@ -70,6 +71,8 @@ class SweepOptions:
     tpe_startup: int = 10  # TPE's random trials before it models the space (Optuna's default)
     budget_epochs: int = 0  # >0: start no new trial once trials have reported this many epochs
     settings: dict = field(default_factory=dict)  # --set KEY=VALUE overrides for every trial
+    # --external: labelled sets scored at the end (top-k + ensemble), never used to choose
+    external: list[str] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)
 
 
@@ -296,6 +299,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     # study's parameters, so Optuna never records a value that no trial trained with.
     space = load_space(opts.space, smoke=opts.smoke_test).with_settings(opts.settings)
     resolve_paths(opts)
+    X.check_specs(opts)  # a missing --external folder fails before any data is read
     name = experiment_name(opts, space)
     storage = opts.storage
     check_storage(storage)
@@ -323,6 +327,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     probe_cfg = space.resolve(space.default_config(), overrides)
     data = load_for_config(probe_cfg, opts.cache)
     check_objective(opts.objective, data.classes)
+    X.check_classes(opts.external, data.classes)
     identity = sweep_identity(opts, space, data.classes)
     if restoring:
         check_resumable(exp_dir, identity)
@@ -369,9 +374,12 @@ def run_sweep(opts: SweepOptions) -> dict:
     grid = tuner.fit()
     wall = time.perf_counter() - t0
     summary = finish_sweep(grid, exp_dir, space, opts, wall, local, plan)
+    external = X.ExternalStep(opts, summary["top"]) if opts.external and summary["top"] else None
     if opts.ensemble and local and summary["top"]:
         print("\nensemble of the best trials (--no-ensemble to skip):", file=sys.stderr)
-        summary["ensemble"] = _ensemble(exp_dir, opts)
+        summary["ensemble"] = _ensemble(exp_dir, opts, external)
+    if external:
+        summary["external"] = external.finish(exp_dir)
     return summary
 
 
@@ -388,13 +396,15 @@ def finish_sweep(grid, exp_dir: str, space, opts: SweepOptions, wall: float, loc
         ) from exc
 
 
-def _ensemble(exp_dir: str, opts: SweepOptions) -> dict:
-    """The ensemble + report after the results are written; its failure is not bad input."""
+def _ensemble(exp_dir: str, opts: SweepOptions, external=None) -> dict:
+    """The ensemble + report after the results are written; its failure is not bad input.
+    `external`: run_ensemble's hook (X.ExternalStep), called once the ensemble is saved."""
     from ..ensemble import run_ensemble
 
     device = "cuda" if opts.gpus_per_trial else "auto"
     try:
-        return run_ensemble(exp_dir, top_k=opts.top_k, data=opts.data, device=device)
+        return run_ensemble(exp_dir, top_k=opts.top_k, data=opts.data, device=device,
+                            external=external)  # fmt: skip
     except Exception as exc:
         raise R.ResultsError(
             f"the sweep's results are written in {exp_dir}, but its ensemble step failed "
