@@ -19,7 +19,7 @@ RAY_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_WORKER_GROUP_START_TI
 # Only for a Ray this project starts on one machine (a cluster we join keeps Ray's defaults).
 # Every trial's Ray Train run starts a preemption-watcher actor (one more process, ~0.4 s of
 # CPU) that polls for node drains, which a single-machine Ray never has.
-LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def pin_ray_address() -> None:
