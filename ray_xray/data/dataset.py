@@ -148,7 +148,7 @@ class ImageDataset(Dataset):
         # The index rides along so DDP workers can prove they cover the split exactly once.
         img = self.images[i] if self.transform is None else self.transform(self.images[i])
         # A copy: a sweep's arrays come read-only from Ray's object store (torch warns on those).
-        return torch.from_numpy(np.array(img, dtype=np.uint8, order="C"))[None], int(self.labels[i]), i
+        return torch.from_numpy(np.array(img, order="C"))[None], int(self.labels[i]), i
 
 
 def _base(ds):
