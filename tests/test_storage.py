@@ -1,7 +1,9 @@
-"""A sweep's own files on a storage URI (tune/storage.py): no Ray cluster here. A file:// URI goes through pyarrow's filesystem layer
+"""A sweep's own files on a storage URI (tune/storage.py), W&B without the key in Ray's hands
+(tune/wandb_log.py): no Ray cluster here. A file:// URI goes through pyarrow's filesystem layer
 exactly as s3:// does; only the filesystem object differs."""
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from ray_xray.train import engine as E
 from ray_xray.tune import results as R
 from ray_xray.tune.service import SweepOptions
 from ray_xray.tune.storage import StudyUpload, SweepFiles, tool_commands
+
+MARKER = "wandbMARKERd41d8cd98f00b204e9800998ecf8427e0"  # a fake key, found nowhere it must not be
 
 
 @pytest.fixture
@@ -136,6 +140,74 @@ def test_tool_commands_name_the_sweeps_real_paths(tmp_path):
     assert s3[2].endswith("optuna-dashboard sqlite:///runs/tune/exp/optuna.db")
     uri = tool_commands(SweepFiles(f"file://{tmp_path}/exp"))
     assert uri[0].endswith(f"tensorboard --logdir {tmp_path}/exp")  # file://: the path itself
+
+
+class _Trial:
+    trial_id, config, local_path, experiment_dir_name = "t1", {"lr": 0.1}, "/nonexistent", "e"
+
+    def __str__(self):
+        return self.trial_id
+
+
+def test_wandb_logger_actors_get_the_key_as_an_argument_not_a_runtime_env(monkeypatch):
+    """What Ray's callback hands to ray.remote: the runtime_env (which Ray logs) has no key;
+    the actor's constructor has it; the driver keeps it in its environment; a pickled
+    callback (Tune pickles callbacks) does not carry it."""
+    from ray.air.integrations import wandb as ray_wandb
+
+    from ray_xray.tune.wandb_log import KeySafeWandbCallback, _KeyedLoggingActor
+
+    seen = {}
+
+    class FakeActorClass:
+        def __init__(self, cls):
+            seen["cls"] = cls
+
+        def remote(self, **kwargs):
+            seen["kwargs"] = kwargs
+            return type("Handle", (), {"run": type("M", (), {"remote": lambda self: "future"})()})()
+
+    def fake_remote(**options):
+        seen["options"] = options
+        return FakeActorClass
+
+    monkeypatch.setattr(ray_wandb.ray, "remote", fake_remote)
+    monkeypatch.setattr(ray_wandb, "Queue", lambda **kw: "queue")
+    monkeypatch.setattr(ray_wandb, "_force_on_current_node", lambda: {})
+    monkeypatch.setenv("WANDB_API_KEY", MARKER)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cb = KeySafeWandbCallback(project="p", group="g", mode="online")
+    cb.setup()
+    assert MARKER.encode() not in pickle.dumps(cb)  # as Tune pickles it, after setup
+    cb.log_trial_start(_Trial())
+    assert seen["cls"] is _KeyedLoggingActor
+    assert MARKER not in repr(seen["options"])  # Ray's runtime_env: what its agent logs
+    assert seen["kwargs"]["api_key"] == MARKER and seen["kwargs"]["mode"] == "online"
+    assert os.environ["WANDB_API_KEY"] == MARKER  # the driver still has it
+
+
+def test_wandb_logger_actor_sets_the_key_in_its_own_process_before_wandb_init(
+    monkeypatch, tmp_path
+):
+    from ray.air.integrations.wandb import _QueueItem
+
+    from ray_xray.tune.wandb_log import _KeyedLoggingActor
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)  # the actor chdirs into its logdir
+    queue = type("Q", (), {"get": lambda self: (_QueueItem.END, None)})()
+    actor = _KeyedLoggingActor(logdir=str(tmp_path), queue=queue, exclude=[], to_config=[],
+                               api_key=MARKER, project="p")  # fmt: skip
+    keys = []
+
+    class FakeRun:
+        config = type("C", (), {})()
+
+    fake = type("W", (), {"init": lambda self, *a, **k: keys.append(os.environ.get("WANDB_API_KEY")) or FakeRun(),
+                          "finish": lambda self: None})()  # fmt: skip
+    actor._wandb = fake
+    actor.run()
+    assert keys == [MARKER]
 
 
 def test_study_upload_copies_optuna_db_after_each_trial(tmp_path, tmpdir_env):

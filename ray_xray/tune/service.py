@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -245,7 +246,7 @@ def make_callbacks(opts: SweepOptions, name: str, wandb_dir: str | Path | None =
     callbacks = [ConsoleReporter(opts.objective[0], opts.trials, opts.budget_minutes * 60)]
     if opts.wandb == "off":
         return callbacks
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from .wandb_log import KeySafeWandbCallback
 
     mode = opts.wandb
     if mode == "online":
@@ -255,14 +256,15 @@ def make_callbacks(opts: SweepOptions, name: str, wandb_dir: str | Path | None =
                   file=sys.stderr)  # fmt: skip
             mode = "offline"
     if mode == "offline":
-        # Offline needs no key, and Ray's W&B callback would copy it into the logger actors'
-        # runtime_env, which Ray writes verbatim to its session logs (runtime_env_agent.log).
-        # WANDB_MODE=offline is what tells that callback not to demand a key.
+        # Offline needs no key: drop it. WANDB_MODE=offline is what tells Ray's W&B callback
+        # not to demand one.
         os.environ.pop("WANDB_API_KEY", None)
         os.environ["WANDB_MODE"] = "offline"
     extra = {"dir": str(wandb_dir)} if wandb_dir and not os.environ.get("WANDB_DIR") else {}
+    # Online, the logger actors get the key as an argument: Ray's own callback put it in their
+    # runtime_env, which Ray writes verbatim to its session logs (runtime_env_agent.log).
     callbacks.append(
-        WandbLoggerCallback(
+        KeySafeWandbCallback(
             project=opts.wandb_project,
             group=name,
             mode=mode,
@@ -352,7 +354,13 @@ def run_sweep(opts: SweepOptions) -> dict:
             print(f"found an interrupted sweep at {exp_dir}: resuming it", file=sys.stderr)
 
     # Worker output stays in Ray's logs: the console gets one line per trial event instead.
-    init_ray(log_to_driver=False)
+    hide_key = contextlib.nullcontext()
+    if opts.wandb != "off":  # Ray's processes do not inherit the key: it stays in this one
+        from .wandb_log import key_hidden
+
+        hide_key = key_hidden()
+    with hide_key:
+        init_ray(log_to_driver=False)
     plan = plan_resources(opts)
     runtime = {
         "cpus_per_worker": plan["cpus_per_worker"],
