@@ -67,8 +67,9 @@ def sweep(
             ``searcher`` ("tpe"/"random"), ``wandb`` ("off"/"offline"/"online"), ``cache``, ...
 
     Returns:
-        ``{"exp_dir": str, "top": [...], "rows": [...], "wall_s": float}`` plus ``"ensemble"``
-        when one was built. ``top`` lists the best trials, best first, each with ``rank``,
+        ``{"exp_dir": str, "top": [...], "rows": [...], "wall_s": float, "commands": [...]}``
+        plus ``"ensemble"`` when one was built; ``commands`` are the lines the sweep prints last
+        (TensorBoard, optuna-dashboard, ``wandb sync`` with the sweep's real paths). ``top`` lists the best trials, best first, each with ``rank``,
         ``model``, ``best_<objective>``, ``config``, ``checkpoint`` and its ``test`` metrics;
         ``rows`` has one dict per trial (as ``results.parquet``). ``exp_dir`` holds
         ``best_model.pt``, which ``ray_xray.load(exp_dir)`` opens.

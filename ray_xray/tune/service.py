@@ -433,6 +433,10 @@ def _ensemble(exp_dir: str, opts: SweepOptions, files: SweepFiles, rows: list[di
         files.pull(*(f"{r['trial_id']}/{f}" for r in rows for f in ("result.json", "progress.csv")))
         out = run_ensemble(files.stage, top_k=opts.top_k, data=opts.data, device=device)
         files.push("ensemble")
+        if files.remote:  # name the storage's files, not the local copy (removed at the end)
+            stage = f"{files.stage}/"
+            out = {k: files.where(v[len(stage) :]) if isinstance(v, str) and v.startswith(stage)
+                   else v for k, v in out.items()}  # fmt: skip
         return out
     except Exception as exc:
         where = exp_dir if not files.remote else f"a local copy of {exp_dir}"
