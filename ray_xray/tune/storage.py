@@ -133,7 +133,8 @@ class SweepFiles:
         for name in names:
             src = self.stage / name
             if src.is_dir():
-                for path in sorted(p for p in src.rglob("*") if p.is_file()):
+                # Links (W&B's latest-run, debug.log) would be copies: only real files go.
+                for path in sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink()):
                     if not (path.name.startswith(".") and path.name.endswith(".tmp")):
                         written.append(self._upload(path, path.relative_to(self.stage).as_posix()))
             elif src.is_file():
