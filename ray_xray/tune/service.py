@@ -26,7 +26,7 @@ from ..metrics import metric_mode  # noqa: I001
 from ..spaces import SearchSpace, load_space
 from ..train.run import init_ray
 from . import results as R
-from .console import ConsoleReporter
+from .console import ConsoleReporter, NoRayBanner
 from .searcher import RungScheduler, SweepSearch
 from .storage import STUDY_FILE, StudyUpload, SweepFiles, tool_commands
 from .trial import TOKEN_CPU, trial_fn
@@ -518,7 +518,7 @@ def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
 def _run_config(
     opts: SweepOptions, name: str, storage: str, files: SweepFiles | None = None
 ) -> tune.RunConfig:
-    callbacks = make_callbacks(opts, name, files.stage if files else None)
+    callbacks = [NoRayBanner(), *make_callbacks(opts, name, files.stage if files else None)]
     if files is not None and files.remote:
         callbacks.append(StudyUpload(files))
     return tune.RunConfig(
