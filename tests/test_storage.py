@@ -262,6 +262,19 @@ def test_wandb_logger_actor_sets_the_key_in_its_own_process_before_wandb_init(
     assert keys == [MARKER]
 
 
+def test_a_restored_offline_wandb_callback_needs_no_key(monkeypatch, tmp_path):
+    """A resumed sweep gets its callbacks back from Tune's pickle, without the sweep setting
+    WANDB_MODE: Ray's key lookup refused ("No WandB API key found") offline runs then."""
+    from ray_xray.tune.wandb_log import KeySafeWandbCallback
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    cb = pickle.loads(pickle.dumps(KeySafeWandbCallback(project="p", mode="offline")))
+    cb.setup()
+    assert os.environ["WANDB_MODE"] == "offline" and cb._key is None
+
+
 def test_study_upload_copies_optuna_db_after_each_trial(tmp_path, tmpdir_env):
     files = SweepFiles(f"file://{tmp_path}/store/exp")
     url = f"sqlite:///{files.local_path('optuna.db')}"

@@ -59,8 +59,13 @@ class KeySafeWandbCallback(WandbLoggerCallback):
             )
 
     def setup(self, *args, **kwargs):
+        mode = self.kwargs.get("mode")
+        if mode in ("offline", "disabled"):
+            # What tells Ray's key lookup that no key is needed. The sweep sets it when it
+            # builds this callback; a resumed sweep gets this callback back from Tune's pickle.
+            os.environ["WANDB_MODE"] = mode
         super().setup(*args, **kwargs)  # Ray's key lookup: sets WANDB_API_KEY when it finds one
-        self._key = os.environ.get(WANDB_ENV_VAR)
+        self._key = None if mode in ("offline", "disabled") else os.environ.get(WANDB_ENV_VAR)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()  # Tune pickles its callbacks: never with the key
