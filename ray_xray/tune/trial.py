@@ -6,6 +6,8 @@ the supported shape. The function itself holds a token CPU; the trainer's worker
 
 from __future__ import annotations
 
+import time
+
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -38,6 +40,29 @@ def trial_fn(config: dict, overrides: dict, runtime: dict) -> None:
         runtime={"_data": runtime.get("data"), "_trial": ctx.get_trial_id()},
     )
     result = trainer.fit()
+    wait_for_tune_to_read_reports()
     trace.mark("trial_end", trial=ctx.get_trial_id())
     if result.error:
         raise result.error
+
+
+def wait_for_tune_to_read_reports(limit_s: float = 30.0) -> None:
+    """Return only once Tune has taken the run's last report from the callback's queue.
+
+    Ray 2.60's function session deadlocks when the trial function ends while a report that
+    `TuneReportCallback` queued is still unread: its main thread then forwards that report into
+    a result queue nobody empties (seen here twice in CI, in a sweep whose trials end a fraction
+    of a second after their last report). Polls the session's private `_inter_actor_queue`;
+    when Ray renames it, this returns at once, as before.
+    """
+    from ray.train._internal.session import get_session
+
+    queue = getattr(get_session(), "_inter_actor_queue", None)
+    deadline = time.monotonic() + limit_s
+    while queue is not None and time.monotonic() < deadline:
+        try:
+            if queue.empty():
+                return
+        except Exception:  # noqa: BLE001 - a queue actor that is gone has nothing left to read
+            return
+        time.sleep(0.05)
