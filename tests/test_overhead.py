@@ -58,7 +58,7 @@ def test_lazy_package_names_still_resolve():
 
 
 def test_trainer_drops_ray_datas_callback_only_without_datasets():
-    import ray.data
+    import ray
 
     from ray_xray.train.launch import make_trainer
 
@@ -67,8 +67,11 @@ def test_trainer_drops_ray_datas_callback_only_without_datasets():
     names = [type(cb).__name__ for cb in trainer._create_default_callbacks()]
     assert "DatasetsCallback" not in names
     assert {"BackendSetupCallback", "AcceleratorSetupCallback"} <= set(names)  # the rest stays
-    trainer.datasets = {"train": ray.data.range(2)}  # a user's Ray Dataset keeps the machinery
+    # A user's Ray Dataset keeps the machinery (a stand-in: ray.data.range would start a Ray in
+    # this process, which later tests' init_ray would then join without its worker hook).
+    trainer.datasets = {"train": ["a Ray Dataset"]}
     assert "DatasetsCallback" in [type(cb).__name__ for cb in trainer._create_default_callbacks()]
+    assert not ray.is_initialized()
 
 
 def test_shared_data_is_used_only_for_the_same_data_settings(monkeypatch):
