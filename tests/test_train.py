@@ -145,10 +145,13 @@ def test_config_rejects_bad_values():
 @pytest.fixture
 def ray_session():
     # fit() starts Ray inside this process: shut it down so later tests' sweeps (their own
-    # Ray, in a subprocess) do not share the 2 cores with an idle second cluster.
-    yield
+    # Ray, in a subprocess) do not share the 2 cores with an idle second cluster. And before:
+    # a Ray an earlier in-process test left running (without this project's worker hook) would
+    # otherwise be joined by init_ray.
     import ray
 
+    ray.shutdown()
+    yield
     ray.shutdown()
 
 
