@@ -68,10 +68,12 @@ def sweep(
             ``external`` (labelled sets scored at the end, a list or ``"a,b"``), ...
 
     Returns:
-        ``{"exp_dir": str, "top": [...], "rows": [...], "wall_s": float}`` plus ``"ensemble"``
-        when one was built, and ``"external"`` (the figures on each ``external`` set). ``top``
-        lists the best trials, best first, each with ``rank``, ``model``, ``best_<objective>``,
-        ``config``, ``checkpoint``, its ``test`` metrics (and ``external`` ones);
+        ``{"exp_dir": str, "top": [...], "rows": [...], "wall_s": float, "commands": [...]}``
+        plus ``"ensemble"`` when one was built, and ``"external"`` (the figures on each
+        ``external`` set); ``commands`` are the lines the sweep prints last (TensorBoard,
+        optuna-dashboard, ``wandb sync`` with the sweep's real paths). ``top`` lists the best
+        trials, best first, each with ``rank``, ``model``, ``best_<objective>``, ``config``,
+        ``checkpoint``, its ``test`` metrics (and ``external`` ones);
         ``rows`` has one dict per trial (as ``results.parquet``). ``exp_dir`` holds
         ``best_model.pt``, which ``ray_xray.load(exp_dir)`` opens.
 

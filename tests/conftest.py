@@ -79,9 +79,10 @@ def grey_png(path: Path, value: int = 128, size: int = 32) -> Path:
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory):
     """The one smoke sweep of a test session, shared by every check that reads one
-    (test_tune, test_ensemble, test_report): `ray_xray.tune --space all --smoke-test --trials 4
-    --top-k 4` in a subprocess (its ensemble + report included), then `ray_xray.ensemble` on it
-    in this process (`--no-report`, output in `cli_out`).
+    (test_tune, test_ensemble, test_report, test_storage): `ray_xray.tune --space all
+    --smoke-test --trials 4 --top-k 4 --wandb offline` in a subprocess (its ensemble + report
+    included; W&B's own caches in the storage folder), then `ray_xray.ensemble` on it in this
+    process (`--no-report`, output in `cli_out`).
 
     A sweep with no result after SMOKE_SWEEP_LIMIT_S is interrupted (SIGINT: Tune saves and Ray
     shuts down) and every test that reads it fails with its last output.
@@ -91,9 +92,10 @@ def smoke_sweep(tmp_path_factory):
     storage = tmp_path_factory.mktemp("smoke_sweep")
     p = subprocess.Popen(
         [sys.executable, "-m", "ray_xray.tune", "--space", "all", "--smoke-test", "--trials",
-         "4", "--top-k", "4", "--storage", str(storage), "--name", "t"],
+         "4", "--top-k", "4", "--storage", str(storage), "--name", "t", "--wandb", "offline"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-        env={**os.environ}, start_new_session=True,
+        env={**os.environ, "WANDB_CACHE_DIR": str(storage / "wandb-cache"),
+             "WANDB_CONFIG_DIR": str(storage / "wandb-config")}, start_new_session=True,
     )  # fmt: skip
     try:
         out, _ = p.communicate(timeout=SMOKE_SWEEP_LIMIT_S)

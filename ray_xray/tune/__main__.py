@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--storage",
         default=os.environ.get("RAY_XRAY_STORAGE", d.storage),
-        help="local path or s3://bucket/prefix (default $RAY_XRAY_STORAGE or %(default)s)",
+        help="local folder or a URI pyarrow opens (s3://bucket/prefix, gs://..., file:///path): "
+        "every result file goes to STORAGE/NAME (default $RAY_XRAY_STORAGE or %(default)s)",
     )
     p.add_argument(
         "--name",
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wandb",
         choices=("off", "offline", "online"),
         default="off",
-        help="Weights & Biases logging",
+        help="Weights & Biases logging: one run per trial in STORAGE/NAME/wandb/",
     )
     p.add_argument("--wandb-project", default=d.wandb_project, help="W&B project name")
     p.add_argument(

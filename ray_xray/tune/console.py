@@ -7,6 +7,8 @@ import sys
 import time
 
 from ray import tune
+from ray.tune.experimental.output import AirVerbosity
+from ray.tune.experimental.output import ProgressReporter as _AirReporter
 
 from ..metrics import metric_mode
 
@@ -149,3 +151,29 @@ def _dur(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class NoRayBanner(_AirReporter):
+    """Keeps Ray Tune's start banner off the console. Tune prints it, whatever the verbosity,
+    through the first of its progress reporters among the callbacks: a table, and a
+    `tensorboard --logdir` naming Ray's staging folder in its session directory (temporary;
+    the event files are copied to STORAGE/NAME, which the sweep's last lines name). Put first
+    in the callbacks, this one is asked and prints nothing; Ray's own reporter still gets every
+    other event (trial errors included)."""
+
+    # Above SILENT: every per-event print of the base class returns at once.
+    _heartbeat_threshold = _start_end_verbosity = _intermediate_result_verbosity = (
+        AirVerbosity.VERBOSE
+    )
+
+    def __init__(self):
+        super().__init__(AirVerbosity.SILENT)
+
+    def experiment_started(self, *args, **kwargs) -> None:
+        pass
+
+    def on_trial_error(self, *args, **kwargs) -> None:
+        pass  # Ray's own reporter prints it (once)
+
+    def on_trial_recover(self, *args, **kwargs) -> None:
+        pass

@@ -181,40 +181,57 @@ def load_record(checkpoint_path: str) -> dict:
 
 
 def finish(
-    grid, exp_dir: str, space, opts, wall_s: float, local: bool, plan: dict | None = None
-) -> dict:
+    grid, exp_dir: str, space, opts, wall_s: float, local: bool = True,
+    plan: dict | None = None, files=None,
+) -> dict:  # fmt: skip
     """Write the sweep's results (results.csv, best_trials.json, best_model.pt, the time use in
-    sweep.json, results.parquet last as the finished mark) and print the ranking. `plan`: the
-    sweep's resource plan (cpus_per_trial). A trial whose checkpoint is gone or unreadable gets
-    its reason in the `error` column and the next-best trial takes its place in the top-k."""
+    sweep.json, optuna.db, results.parquet last as the finished mark) and print the ranking.
+    `plan`: the sweep's resource plan (cpus_per_trial). A trial whose checkpoint is gone or
+    unreadable gets its reason in the `error` column and the next-best trial takes its place
+    in the top-k. `files`: the sweep's `storage.SweepFiles` (default: made from `exp_dir`, a
+    local path or a URI; `local` is not consulted, the storage kind comes from `exp_dir`): for
+    a URI, the files are written to its local copy and then copied to the storage, and
+    checkpoint and trial paths in the results are URIs. Raises OSError when the storage
+    refuses a write."""
+    from .storage import STUDY_FILE, SweepFiles
+
+    files = files if files is not None else SweepFiles(exp_dir)
     objective = opts.objective[0]
     mode = metric_mode(objective)
     resources = {"cpus": (plan or {}).get("cpus_per_trial"), "gpus": opts.gpus_per_trial}
     rows = trial_rows(grid, objective, mode, exp_dir, resources)
+    for row in rows:  # where the storage has them (URIs for a URI storage)
+        row["checkpoint_path"] = files.to_uri(row["checkpoint_path"])
+        row["trial_dir"] = files.to_uri(row["trial_dir"])
     key = f"best_{objective}"
-    top = evaluate_top(rows, key, mode, opts, exp_dir) if local else []
+    top = evaluate_top(rows, key, mode, opts, files.stage, fetch=files.fetch)
     use = time_use(rows)
     table = pd.DataFrame(rows)
-    if local:
-        out = Path(exp_dir)
-        write_atomic(out / "results.csv", table.to_csv(index=False))
-        write_best_trials(out, top)
-        _record_time_use(out / "sweep.json", use)
-        with atomic_path(out / "results.parquet") as tmp:  # last: it marks the sweep finished
-            table.to_parquet(tmp, index=False)
-    print_ranked(rows, key, mode, exp_dir, wall_s, use)
+    out = files.stage
+    write_atomic(files.local_path("results.csv"), table.to_csv(index=False))
+    write_best_trials(out, top)
+    _record_time_use(out / "sweep.json", use)
+    with atomic_path(out / "results.parquet") as tmp:  # last: it marks the sweep finished
+        table.to_parquet(tmp, index=False)
+    files.push("results.csv", "best_trials.json", "best_model.pt", "sweep.json", STUDY_FILE,
+               "results.parquet")  # fmt: skip
+    print_ranked(rows, key, mode, files.where(), wall_s, use)
     return {"rows": rows, "top": top, "exp_dir": exp_dir, "wall_s": wall_s, "time_use": use}
 
 
 def write_best_trials(exp_dir: str | Path, top: list[dict]) -> Path:
     """best_trials.json (the one place it is written): `top`, evaluate_top's list, best first,
-    each entry possibly with "external" (ray_xray/tune/external.py). Returns the path."""
+    each entry possibly with "external" (ray_xray/tune/external.py). `exp_dir`: a local folder
+    (a URI storage's stage, pushed by the caller). Returns the path."""
     return write_atomic(Path(exp_dir) / "best_trials.json", json.dumps(top, indent=2, default=str))
 
 
-def evaluate_top(rows: list[dict], key: str, mode: str, opts, exp_dir: str) -> list[dict]:
+def evaluate_top(rows: list[dict], key: str, mode: str, opts, exp_dir: str | Path,
+                 fetch=None) -> list[dict]:  # fmt: skip
     """The best `opts.top_k` trials with a readable checkpoint, evaluated on test (rows get
-    test_* columns); rank 1's model is saved as best_model.pt. Returns best_trials.json's list."""
+    test_* columns); rank 1's model is saved as `exp_dir`/best_model.pt (a local folder).
+    `fetch(checkpoint_path, STATE_FILE)`: the local folder holding that checkpoint's state file
+    (`storage.SweepFiles.fetch`; default: the path itself). Returns best_trials.json's list."""
     ranked = sorted(
         (r for r in rows if _finite(r[key]) and r["checkpoint_path"]),
         key=lambda r: r[key], reverse=mode == "max",
@@ -225,7 +242,8 @@ def evaluate_top(rows: list[dict], key: str, mode: str, opts, exp_dir: str) -> l
         if len(top) >= opts.top_k:
             break
         try:
-            record = load_record(row["checkpoint_path"])
+            where = row["checkpoint_path"]
+            record = load_record(fetch(where, STATE_FILE) if fetch else where)
         except UNREADABLE as exc:
             row["error"] = f"checkpoint unreadable: {type(exc).__name__}: {exc}"[:300]
             row["checkpoint_path"] = None  # not a candidate for the ensemble either

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,8 +28,9 @@ from ..spaces import SearchSpace, load_space
 from ..train.run import init_ray
 from . import external as X
 from . import results as R
-from .console import ConsoleReporter
+from .console import ConsoleReporter, NoRayBanner
 from .searcher import RungScheduler, SweepSearch
+from .storage import STUDY_FILE, StudyUpload, SweepFiles, tool_commands
 from .trial import TOKEN_CPU, trial_fn
 
 log = logging.getLogger("ray_xray.tune")
@@ -160,11 +162,14 @@ def sweep_differences(stored: dict, new: dict) -> list[str]:
     return diffs
 
 
-def check_resumable(exp_dir: str, new: dict) -> None:
+def check_resumable(exp_dir: str, new: dict, folder: str | Path | None = None) -> None:
     """Refuse (ValueError, one line, no file touched) to resume the interrupted sweep in
-    `exp_dir` when its sweep.json differs from this command's identity `new`."""
-    record = Path(exp_dir) / "sweep.json"
-    if "://" in exp_dir or not record.is_file():
+    `exp_dir` when its sweep.json differs from this command's identity `new`. `folder`: the
+    local folder holding that sweep.json (default `exp_dir`; for a URI, its local copy)."""
+    if folder is None and "://" in exp_dir:
+        return
+    record = Path(folder if folder is not None else exp_dir) / "sweep.json"
+    if not record.is_file():
         return
     try:
         stored = json.loads(record.read_text())
@@ -235,11 +240,17 @@ def plan_resources(opts: SweepOptions) -> dict:
     }
 
 
-def make_callbacks(opts: SweepOptions, name: str) -> list:
+def make_callbacks(opts: SweepOptions, name: str, wandb_dir: str | Path | None = None) -> list:
+    """Tune callbacks: the console lines, and W&B logging unless ``opts.wandb == "off"``.
+
+    `wandb_dir`: the folder whose ``wandb/`` subfolder gets the W&B run files (``dir`` of
+    ``wandb.init``; WANDB_DIR, when set, wins; None: W&B's default, the logger's working
+    directory). Online without a key or a reachable server falls back to offline, saying so.
+    """
     callbacks = [ConsoleReporter(opts.objective[0], opts.trials, opts.budget_minutes * 60)]
     if opts.wandb == "off":
         return callbacks
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from .wandb_log import KeySafeWandbCallback
 
     mode = opts.wandb
     if mode == "online":
@@ -249,14 +260,20 @@ def make_callbacks(opts: SweepOptions, name: str) -> list:
                   file=sys.stderr)  # fmt: skip
             mode = "offline"
     if mode == "offline":
-        # Offline needs no key, and Ray's W&B callback would copy it into the logger actors'
-        # runtime_env, which Ray writes verbatim to its session logs (runtime_env_agent.log).
-        # WANDB_MODE=offline is what tells that callback not to demand a key.
+        # Offline needs no key: drop it. WANDB_MODE=offline is what tells Ray's W&B callback
+        # not to demand one.
         os.environ.pop("WANDB_API_KEY", None)
         os.environ["WANDB_MODE"] = "offline"
+    extra = {"dir": str(wandb_dir)} if wandb_dir and not os.environ.get("WANDB_DIR") else {}
+    # Online, the logger actors get the key as an argument: Ray's own callback put it in their
+    # runtime_env, which Ray writes verbatim to its session logs (runtime_env_agent.log).
     callbacks.append(
-        WandbLoggerCallback(
-            project=opts.wandb_project, group=name, mode=mode, excludes=["checkpoint_path"]
+        KeySafeWandbCallback(
+            project=opts.wandb_project,
+            group=name,
+            mode=mode,
+            excludes=["checkpoint_path"],
+            **extra,
         )
     )
     return callbacks
@@ -304,8 +321,8 @@ def run_sweep(opts: SweepOptions) -> dict:
     storage = opts.storage
     check_storage(storage)
     exp_dir = f"{storage}/{name}"
-    local = "://" not in storage
-    if local and (Path(exp_dir) / DONE_FILE).exists() and not opts.resume:
+    files = SweepFiles(exp_dir)  # the sweep's own files, on any storage (tune/storage.py)
+    if files.exists(DONE_FILE) and not opts.resume:
         raise ValueError(
             f"{exp_dir} already holds a finished sweep; pick another --name (or --resume to re-read it)"
         )
@@ -313,7 +330,10 @@ def run_sweep(opts: SweepOptions) -> dict:
     if opts.resume and not restoring:
         raise ValueError(f"--resume: no sweep to resume at {exp_dir}")
     if restoring:  # first what needs no data: another dataset fails before it is read
-        check_resumable(exp_dir, sweep_identity(opts, space, None))
+        files.pull("sweep.json", STUDY_FILE)  # a URI's files, to their local copy
+        check_resumable(exp_dir, sweep_identity(opts, space, None), files.stage)
+    else:
+        files.reset()  # no study or results of an earlier run with this URI
 
     overrides = {  # what no space sets: every trial of the sweep shares them
         "data": opts.data,
@@ -330,12 +350,18 @@ def run_sweep(opts: SweepOptions) -> dict:
     X.check_classes(opts.external, data.classes)
     identity = sweep_identity(opts, space, data.classes)
     if restoring:
-        check_resumable(exp_dir, identity)
+        check_resumable(exp_dir, identity, files.stage)
         if not opts.resume:
             print(f"found an interrupted sweep at {exp_dir}: resuming it", file=sys.stderr)
 
     # Worker output stays in Ray's logs: the console gets one line per trial event instead.
-    init_ray(log_to_driver=False)
+    hide_key = contextlib.nullcontext()
+    if opts.wandb != "off":  # Ray's processes do not inherit the key: it stays in this one
+        from .wandb_log import key_hidden
+
+        hide_key = key_hidden()
+    with hide_key:
+        init_ray(log_to_driver=False)
     plan = plan_resources(opts)
     runtime = {
         "cpus_per_worker": plan["cpus_per_worker"],
@@ -349,13 +375,12 @@ def run_sweep(opts: SweepOptions) -> dict:
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, overrides=overrides, runtime=runtime), {"cpu": TOKEN_CPU}
     )
-    if local:
-        Path(exp_dir).mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(exp_dir) / "space.yaml", space.to_yaml())
-        write_atomic(Path(exp_dir) / "sweep.json", json.dumps(
-            {"command": "python -m ray_xray.tune " + shlex.join(opts.argv), **identity,
-             "options": asdict(opts), "plan": plan, "overrides": overrides},
-            indent=2, default=str))  # fmt: skip
+    write_atomic(files.local_path("space.yaml"), space.to_yaml())
+    write_atomic(files.local_path("sweep.json"), json.dumps(
+        {"command": "python -m ray_xray.tune " + shlex.join(opts.argv), **identity,
+         "options": asdict(opts), "plan": plan, "overrides": overrides},
+        indent=2, default=str))  # fmt: skip
+    files.push("space.yaml", "sweep.json")
 
     t0 = time.perf_counter()
     if restoring:
@@ -363,8 +388,8 @@ def run_sweep(opts: SweepOptions) -> dict:
             exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
     else:
-        tuner = tune.Tuner(trainable, tune_config=_tune_config(opts, space, exp_dir, plan),
-                           run_config=_run_config(opts, name, storage))  # fmt: skip
+        tuner = tune.Tuner(trainable, tune_config=_tune_config(opts, space, exp_dir, plan, files),
+                           run_config=_run_config(opts, name, storage, files))  # fmt: skip
     print(
         f"sweep {name}: space {space.name}, up to {opts.trials} trials, {plan['max_concurrent']} at a time "
         f"({plan['cpus_per_trial']:g} CPU{f', {opts.gpus_per_trial:g} GPU' if opts.gpus_per_trial else ''} each), "
@@ -373,22 +398,30 @@ def run_sweep(opts: SweepOptions) -> dict:
     )
     grid = tuner.fit()
     wall = time.perf_counter() - t0
-    summary = finish_sweep(grid, exp_dir, space, opts, wall, local, plan)
+    wandb_dir = os.environ.get("WANDB_DIR") or files.stage
+    if opts.wandb != "off" and not os.environ.get("WANDB_DIR"):
+        files.push("wandb")  # the W&B runs (all finished once fit returns)
+    summary = finish_sweep(grid, exp_dir, space, opts, wall, not files.remote, plan, files)
     external = X.ExternalStep(opts, summary["top"]) if opts.external and summary["top"] else None
-    if opts.ensemble and local and summary["top"]:
+    if opts.ensemble and summary["top"]:
         print("\nensemble of the best trials (--no-ensemble to skip):", file=sys.stderr)
-        summary["ensemble"] = _ensemble(exp_dir, opts, external)
-    if external:
-        summary["external"] = external.finish(exp_dir)
+        summary["ensemble"] = _ensemble(exp_dir, opts, files, summary["rows"], external)
+    if external:  # written in the local stage, then to the storage (a no-op when local)
+        summary["external"] = external.finish(str(files.stage))
+        files.push("best_trials.json", "ensemble")
+    commands = tool_commands(files, wandb_dir if opts.wandb != "off" else None)
+    print("\nopen the results with:\n" + "\n".join(f"  {c}" for c in commands))
+    summary["commands"] = commands
+    files.cleanup()  # a URI's local copy: everything is on the storage now
     return summary
 
 
 def finish_sweep(grid, exp_dir: str, space, opts: SweepOptions, wall: float, local: bool,
-                 plan: dict) -> dict:  # fmt: skip
+                 plan: dict, files: SweepFiles | None = None) -> dict:  # fmt: skip
     """R.finish, where any failure is ours, not the user's: the trials ran and are safe on
     storage, so it must not read as bad input (exit 2). Raises R.ResultsError (exit 1)."""
     try:
-        return R.finish(grid, exp_dir, space, opts, wall, local, plan)
+        return R.finish(grid, exp_dir, space, opts, wall, local, plan, files)
     except Exception as exc:
         raise R.ResultsError(
             f"the sweep's trials ran and are kept in {exp_dir}, but writing its results failed "
@@ -396,32 +429,49 @@ def finish_sweep(grid, exp_dir: str, space, opts: SweepOptions, wall: float, loc
         ) from exc
 
 
-def _ensemble(exp_dir: str, opts: SweepOptions, external=None) -> dict:
+def _ensemble(exp_dir: str, opts: SweepOptions, files: SweepFiles, rows: list[dict],
+              external=None) -> dict:  # fmt: skip
     """The ensemble + report after the results are written; its failure is not bad input.
+    It runs on the sweep's local files (`files.stage`: for a URI, a copy holding the results,
+    the top trials' checkpoints and every trial's result.json), then goes to the storage.
     `external`: run_ensemble's hook (X.ExternalStep), called once the ensemble is saved."""
     from ..ensemble import run_ensemble
 
     device = "cuda" if opts.gpus_per_trial else "auto"
     try:
-        return run_ensemble(exp_dir, top_k=opts.top_k, data=opts.data, device=device,
-                            external=external)  # fmt: skip
+        files.pull(*(f"{r['trial_id']}/{f}" for r in rows for f in ("result.json", "progress.csv")))
+        out = run_ensemble(files.stage, top_k=opts.top_k, data=opts.data, device=device,
+                           external=external)  # fmt: skip
+        files.push("ensemble")
+        if files.remote:  # name the storage's files, not the local copy (removed at the end)
+            stage = f"{files.stage}/"
+            out = {k: files.where(v[len(stage) :]) if isinstance(v, str) and v.startswith(stage)
+                   else v for k, v in out.items()}  # fmt: skip
+        return out
     except Exception as exc:
+        where = exp_dir if not files.remote else f"a local copy of {exp_dir}"
         raise R.ResultsError(
             f"the sweep's results are written in {exp_dir}, but its ensemble step failed "
-            f"({type(exc).__name__}: {exc}); `python -m ray_xray.ensemble {exp_dir}` retries it"
+            f"({type(exc).__name__}: {exc}); `python -m ray_xray.ensemble` on {where} retries it"
         ) from exc
 
 
 def _tune_config(
-    opts: SweepOptions, space: SearchSpace, exp_dir: str, plan: dict
+    opts: SweepOptions,
+    space: SearchSpace,
+    exp_dir: str,
+    plan: dict,
+    files: SweepFiles | None = None,
 ) -> tune.TuneConfig:
     metrics = opts.objective
     modes = [metric_mode(m) for m in metrics]
     multi = len(metrics) > 1
     study_storage = None
-    if "://" not in exp_dir:
-        # The study lives in the experiment directory so optuna-dashboard can open it.
-        study_storage = optuna.storages.RDBStorage(f"sqlite:///{exp_dir}/optuna.db")
+    if files is not None or "://" not in exp_dir:
+        # The study is optuna.db in the experiment folder, so optuna-dashboard can open it (for
+        # a URI: in its local copy, pushed to the storage after every trial and at the end).
+        db = (files.local_path(STUDY_FILE) if files else Path(exp_dir) / STUDY_FILE).as_posix()
+        study_storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
     search = SweepSearch(
         budget_epochs=opts.budget_epochs,
         key=exp_dir,  # shared with the scheduler: which trials it cut (PRUNED in the study)
@@ -475,11 +525,16 @@ def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=opts.tpe_startup)
 
 
-def _run_config(opts: SweepOptions, name: str, storage: str) -> tune.RunConfig:
+def _run_config(
+    opts: SweepOptions, name: str, storage: str, files: SweepFiles | None = None
+) -> tune.RunConfig:
+    callbacks = [NoRayBanner(), *make_callbacks(opts, name, files.stage if files else None)]
+    if files is not None and files.remote:
+        callbacks.append(StudyUpload(files))
     return tune.RunConfig(
         name=name,
         storage_path=storage,
-        callbacks=make_callbacks(opts, name),
+        callbacks=callbacks,
         verbose=0,  # our ConsoleReporter prints one line per result instead
         failure_config=tune.FailureConfig(max_failures=0),  # a failing config is a finding
     )
