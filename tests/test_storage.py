@@ -275,6 +275,36 @@ def test_a_restored_offline_wandb_callback_needs_no_key(monkeypatch, tmp_path):
     assert os.environ["WANDB_MODE"] == "offline" and cb._key is None
 
 
+def test_sweep_end_tells_every_wandb_logger_to_finish_and_waits_a_bounded_time(monkeypatch):
+    """Ray's callback waits at the sweep's end for logger actors it never told to stop: one
+    whose trial got no `log_trial_end` hung a CI sweep. Ours sends END first; offline it waits
+    at most OFFLINE_FINISH_TIMEOUT_S, not Ray's 30 minutes."""
+    from ray.air.integrations import wandb as ray_wandb
+    from ray.air.integrations.wandb import _QueueItem
+
+    from ray_xray.tune.wandb_log import OFFLINE_FINISH_TIMEOUT_S, KeySafeWandbCallback
+
+    puts, waits, killed = [], [], []
+    queue = type("Q", (), {"put": lambda self, item: puts.append(item)})()
+
+    def fake_wait(futures, num_returns, timeout):
+        waits.append(timeout)
+        assert puts == [(_QueueItem.END, None)], "waited before telling the actor to finish"
+        return futures, []
+
+    monkeypatch.setattr(ray_wandb.ray, "wait", fake_wait)
+    monkeypatch.setattr(ray_wandb.ray, "kill", killed.append)
+    cb = KeySafeWandbCallback(project="p", mode="offline")
+    trial = _Trial()
+    cb._trial_queues[trial] = queue
+    cb._trial_logging_actors[trial] = "actor"
+    cb._trial_logging_futures[trial] = "future"
+    cb._logging_future_to_trial["future"] = trial
+    cb.on_experiment_end([trial])
+    assert waits == [OFFLINE_FINISH_TIMEOUT_S] and killed == ["actor"]
+    assert not cb._trial_logging_actors
+
+
 def test_study_upload_copies_optuna_db_after_each_trial(tmp_path, tmpdir_env):
     files = SweepFiles(f"file://{tmp_path}/store/exp")
     url = f"sqlite:///{files.local_path('optuna.db')}"

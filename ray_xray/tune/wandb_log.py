@@ -15,7 +15,15 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from ray.air.integrations.wandb import WANDB_ENV_VAR, WandbLoggerCallback, _WandbLoggingActor
+from ray.air.integrations.wandb import (
+    WANDB_ENV_VAR,
+    WandbLoggerCallback,
+    _WandbLoggingActor,
+)
+
+OFFLINE_FINISH_TIMEOUT_S = 120
+"""How long the sweep waits at its end for offline logger actors to finish: writing a local
+run takes seconds; Ray's default (30 min) is sized for uploads."""
 
 
 @contextlib.contextmanager
@@ -66,6 +74,17 @@ class KeySafeWandbCallback(WandbLoggerCallback):
             os.environ["WANDB_MODE"] = mode
         super().setup(*args, **kwargs)  # Ray's key lookup: sets WANDB_API_KEY when it finds one
         self._key = None if mode in ("offline", "disabled") else os.environ.get(WANDB_ENV_VAR)
+
+    def on_experiment_end(self, trials, **info):
+        # Ray's callback waits (up to `upload_timeout`) for every logger actor to finish but
+        # never tells them to: an actor whose trial got no `log_trial_end` (a result logged
+        # after the trial ended restarts one) waits on its queue for an END item forever.
+        # Seen as a hung sweep in CI. Send END to every actor still running, then wait.
+        for trial in list(self._trial_logging_actors):
+            self._signal_logging_actor_stop(trial=trial)
+        if self.kwargs.get("mode") in ("offline", "disabled"):
+            self._upload_timeout = min(self._upload_timeout, OFFLINE_FINISH_TIMEOUT_S)
+        super().on_experiment_end(trials, **info)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()  # Tune pickles its callbacks: never with the key
