@@ -98,7 +98,9 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
     for ds in variants.values():  # warm-up: one batch each
         next(iter(DataLoader(ds, batch_size=bs)))
     measure = {k: (lambda ds=ds: loader_rate(ds, bs)) for k, ds in variants.items()}
-    C.say(NAME, f"resnet18 bf16+channels_last training step for reference ({s['model_steps']} steps)")
+    C.say(
+        NAME, f"resnet18 bf16+channels_last training step for reference ({s['model_steps']} steps)"
+    )
     step = TrainStep("resnet18", size, bs, channels_last=True)
     step.run(2, "bf16")
     measure["resnet18 training step (consumer)"] = lambda: step.rate(s["model_steps"], "bf16")
@@ -121,6 +123,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                  C.spread(samples["resnet18 training step (consumer)"])])  # fmt: skip
     cache_plain = rates["cache, no augmentation"]
     cache_aug = rates["cache + seeds augmentation"]
+
     def share(rate: float) -> float:
         return (1 / rate) / (1 / rate + 1 / model_rate)
 
@@ -145,12 +148,20 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             f"epoch 2 onwards. {s['repeats']} round(s), rotating order, medians. A resnet18 "
             "bf16 + channels_last training step is timed alongside as the consumer."
         ),
-        tables=[C.table(
-            "images/s delivered to the model",
-            ["path", "img/s", "vs PNG decode (no aug)", "vs PNG decode (same aug)",
-             "% of a resnet18 epoch", "spread"],
-            rows,
-        )],  # fmt: skip
+        tables=[
+            C.table(
+                "images/s delivered to the model",
+                [
+                    "path",
+                    "img/s",
+                    "vs PNG decode (no aug)",
+                    "vs PNG decode (same aug)",
+                    "% of a resnet18 epoch",
+                    "spread",
+                ],
+                rows,
+            )
+        ],  # fmt: skip
         headline=headline,
         data={"rates": rates, "model_rate": model_rate, "samples": samples, "images": n},
         notes=[

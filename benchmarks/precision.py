@@ -91,9 +91,14 @@ def measure_model(name: str, s: dict) -> dict:
     steps_by_layout[False] = plain
     for label, prec, cl in variants_for(plain.is_conv):
         if cl and cl not in steps_by_layout:
-            steps_by_layout[cl] = TrainStep(name, s["img_size"], s["batch_size"], channels_last=True)
+            steps_by_layout[cl] = TrainStep(
+                name, s["img_size"], s["batch_size"], channels_last=True
+            )
         variants.append((label, prec, steps_by_layout[cl]))
-    out: dict = {"params": sum(p.numel() for p in plain.model.parameters()), "is_conv": plain.is_conv}
+    out: dict = {
+        "params": sum(p.numel() for p in plain.model.parameters()),
+        "is_conv": plain.is_conv,
+    }
     errors = {}
     measure, steps = {}, {}
     for label, prec, st in variants:
@@ -103,7 +108,7 @@ def measure_model(name: str, s: dict) -> dict:
         except RuntimeError as exc:  # report, do not abort the table
             errors[label] = str(exc).splitlines()[0][:200]
             continue
-        measure[label] = (lambda st=st, prec=prec, n=steps[label]: st.rate(n, prec))
+        measure[label] = lambda st=st, prec=prec, n=steps[label]: st.rate(n, prec)
     samples = C.interleave(measure, s["repeats"])
     rates = {k: C.median(v) for k, v in samples.items()}
     out.update(rates=rates, samples=samples, steps=steps, errors=errors)

@@ -43,9 +43,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             a = torch.randn(n, n, generator=g).to(dtype)
             b = torch.randn(n, n, generator=g).to(dtype)
             torch.mm(a, b)  # warm-up: oneDNN picks its kernel on first use
-            measure[f"mm {dtype_name} {n}"] = (
-                lambda a=a, b=b: matmul_gflops(a, b, s["seconds"] / 2)
-            )
+            measure[f"mm {dtype_name} {n}"] = lambda a=a, b=b: matmul_gflops(a, b, s["seconds"] / 2)
     C.say(NAME, f"{s['model']} step at {s['img_size']} px, batch {s['batch_size']}")
     steps = {False: TrainStep(s["model"], s["img_size"], s["batch_size"], channels_last=False)}
     if steps[False].is_conv:
@@ -69,7 +67,9 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         for n in s["matmul_sizes"]:
             vals = samples[f"mm {dtype_name} {n}"]
             best = max(best, max(vals))
-            peak_rows.append([f"{dtype_name} matmul {n}x{n}", C.median(vals), max(vals), C.spread(vals)])
+            peak_rows.append(
+                [f"{dtype_name} matmul {n}x{n}", C.median(vals), max(vals), C.spread(vals)]
+            )
         peaks[dtype_name] = best
     per_image = flops["total"] / s["batch_size"]
     step_rows, achieved = [], {}
@@ -82,7 +82,9 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                            "of_fp32_peak": gflops / peaks["fp32"], "of_bf16_peak": gflops / peaks["bf16"]}  # fmt: skip
         step_rows.append([f"{s['model']} {label}", ips, gflops, 100 * gflops / peaks["fp32"],
                           100 * gflops / peaks["bf16"], C.spread(samples[label])])  # fmt: skip
-    best_bf16 = max((k for k in achieved if k.startswith("bf16")), key=lambda k: achieved[k]["gflops"])
+    best_bf16 = max(
+        (k for k in achieved if k.startswith("bf16")), key=lambda k: achieved[k]["gflops"]
+    )
     headline = [
         f"{s['model']} training step reaches {C.pct(achieved[best_bf16]['of_bf16_peak'])} of the "
         f"bf16 matmul peak ({achieved[best_bf16]['gflops']:.0f} of {peaks['bf16']:.0f} GFLOP/s, "
@@ -103,14 +105,29 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             f"round(s), {C.threads()} torch threads."
         ),
         tables=[
-            C.table("measured matmul peaks, GFLOP/s", ["matmul", "median", "best", "spread"], peak_rows),
-            C.table("training step against the peaks",
-                    ["step", "img/s", "GFLOP/s", "% of fp32 peak", "% of bf16 peak", "spread"], step_rows),
-            C.table("counted FLOPs per image by operator (forward + backward), GFLOP", ["op", "GFLOP"], op_rows),
+            C.table(
+                "measured matmul peaks, GFLOP/s", ["matmul", "median", "best", "spread"], peak_rows
+            ),
+            C.table(
+                "training step against the peaks",
+                ["step", "img/s", "GFLOP/s", "% of fp32 peak", "% of bf16 peak", "spread"],
+                step_rows,
+            ),
+            C.table(
+                "counted FLOPs per image by operator (forward + backward), GFLOP",
+                ["op", "GFLOP"],
+                op_rows,
+            ),
         ],  # fmt: skip
         headline=headline,
-        data={"flops_per_step": flops, "flops_per_image": per_image, "peaks_gflops": peaks,
-              "achieved": achieved, "samples": samples, "steps": n_steps},  # fmt: skip
+        data={
+            "flops_per_step": flops,
+            "flops_per_image": per_image,
+            "peaks_gflops": peaks,
+            "achieved": achieved,
+            "samples": samples,
+            "steps": n_steps,
+        },  # fmt: skip
         notes=[
             "FLOPs counted are matmuls and convolutions only (elementwise work, BatchNorm and "
             "AdamW are not), so the fractions are a lower bound of how busy the CPU is.",

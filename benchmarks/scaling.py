@@ -160,8 +160,10 @@ def summarise(s: dict, cfg, threads: int, levels: list[dict], est: dict) -> dict
         by = {lv["concurrent"]: lv for lv in levels}
         headline.append(
             "trials/hour on this machine: "
-            + ", ".join(f"{c} at a time {by[c]['trials_per_hour']:.0f} ({by[c]['trials_per_hour'] / base:.2f}x)"
-                        for c in sorted(by))  # fmt: skip
+            + ", ".join(
+                f"{c} at a time {by[c]['trials_per_hour']:.0f} ({by[c]['trials_per_hour'] / base:.2f}x)"
+                for c in sorted(by)
+            )  # fmt: skip
             + f"; per-trial overhead {secs(startup)} vs {secs(levels[0]['trial_compute_s'])} of compute"
         )
     r = est["resnet18"]
@@ -184,14 +186,34 @@ def summarise(s: dict, cfg, threads: int, levels: list[dict], est: dict) -> dict
             "minus its train+validation compute (start-up, checkpoints, reporting)."
         ),
         tables=[
-            C.table("measured on this machine",
-                    ["trials at a time", "CPUs per trial", "torch threads", "trials", "wall s",
-                     "trials/hour", "vs 1 at a time", "trial wall s (median)", "compute s",
-                     "overhead s"], rows),
-            C.table("ESTIMATE for AWS g5 (A10G), not measured: trials/hour per node",
-                    ["instance", "workload", "trials per GPU", "trials at a time",
-                     f"A10G at {int(UTILISATION[0] * 100)}% of bf16 peak",
-                     f"at {int(UTILISATION[1] * 100)}%"], g5_rows),
+            C.table(
+                "measured on this machine",
+                [
+                    "trials at a time",
+                    "CPUs per trial",
+                    "torch threads",
+                    "trials",
+                    "wall s",
+                    "trials/hour",
+                    "vs 1 at a time",
+                    "trial wall s (median)",
+                    "compute s",
+                    "overhead s",
+                ],
+                rows,
+            ),
+            C.table(
+                "ESTIMATE for AWS g5 (A10G), not measured: trials/hour per node",
+                [
+                    "instance",
+                    "workload",
+                    "trials per GPU",
+                    "trials at a time",
+                    f"A10G at {int(UTILISATION[0] * 100)}% of bf16 peak",
+                    f"at {int(UTILISATION[1] * 100)}%",
+                ],
+                g5_rows,
+            ),
         ],  # fmt: skip
         headline=headline,
         data={"levels": levels, "g5_inputs": est, "a10g": A10G, "g5": G5, "startup_s": startup},
@@ -205,7 +227,11 @@ def secs(x: float) -> str:
 
 def g5_text(est: dict, startup: float, utilisation: tuple[float, float]) -> list[str]:
     def gpu_epoch(x, u):
-        return x["flops_per_image"] * (x["n_train"] + x["n_val"] / 3) / (A10G["bf16_tensor_tflops"] * 1e12 * u)
+        return (
+            x["flops_per_image"]
+            * (x["n_train"] + x["n_val"] / 3)
+            / (A10G["bf16_tensor_tflops"] * 1e12 * u)
+        )
 
     lines = [
         "g5 extrapolation (an ESTIMATE, not a measurement). Published figures: NVIDIA's A10 "

@@ -113,7 +113,10 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             for seed in s["seeds"]:
                 for method, (scheduler, searcher) in METHODS.items():
                     i += 1
-                    C.say(NAME, f"[{i}/{total}] {method}, seed {seed}, budget {s['budget']} trial-epochs")
+                    C.say(
+                        NAME,
+                        f"[{i}/{total}] {method}, seed {seed}, budget {s['budget']} trial-epochs",
+                    )
                     opts = SweepOptions(
                         space=s["space"], data=spec, storage=str(work),
                         name=f"{method.replace('+', '_').lower()}-s{seed}", seed=seed,
@@ -125,7 +128,9 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                         budget_epochs=s["budget"],
                     )  # fmt: skip
                     summary = run_sweep(opts)
-                    events = [ev for row in summary["rows"] for ev in trial_events(row["trial_dir"])]
+                    events = [
+                        ev for row in summary["rows"] for ev in trial_events(row["trial_dir"])
+                    ]
                     runs[method][seed] = {
                         "curve": spend_curve(events, s["budget"]),
                         # Trials that ran at least one epoch (the budget can stop one before).
@@ -198,22 +203,40 @@ def summarise(s: dict, runs: dict[str, dict[int, dict]], n_start: int = 0) -> di
             C.table(
                 f"at {budget} trial-epochs, and trial-epochs needed to reach random search's "
                 "final best (same seed)",
-                ["search", "best val macro-F1 (mean)", "sd", "per seed", "trials (mean)",
-                 "trial-epochs to random's best, per seed", "median", "wall min (mean)"],
+                [
+                    "search",
+                    "best val macro-F1 (mean)",
+                    "sd",
+                    "per seed",
+                    "trials (mean)",
+                    "trial-epochs to random's best, per seed",
+                    "median",
+                    "wall min (mean)",
+                ],
                 rows,
             ),
-            C.table("best validation macro-F1 (mean over seeds) after a fraction of the budget",
-                    ["search"] + [f"{int(fr * 100)}% ({max(1, round(fr * budget))})" for fr in fractions],
-                    at_rows),
+            C.table(
+                "best validation macro-F1 (mean over seeds) after a fraction of the budget",
+                ["search"]
+                + [f"{int(fr * 100)}% ({max(1, round(fr * budget))})" for fr in fractions],
+                at_rows,
+            ),
         ],  # fmt: skip
         headline=headline,
         figures=[figure] if figure else [],
-        data={"runs": runs, "reach": {m: {str(k): v for k, v in d.items()} for m, d in reach.items()}},
+        data={
+            "runs": runs,
+            "reach": {m: {str(k): v for k, v in d.items()} for m, d in reach.items()},
+        },
         notes=[
             "Same seed = same first random configurations for all three searches (TPE's start-up "
             "trials come from Optuna's RandomSampler with that seed): the curves differ only by "
             "what TPE and ASHA do with them."
-            + (f" The space's {n_start} `start` point(s) are evaluated first by every search." if n_start else ""),
+            + (
+                f" The space's {n_start} `start` point(s) are evaluated first by every search."
+                if n_start
+                else ""
+            ),
             "`--budget-epochs` starts no new trial once the budget is spent but lets running "
             "trials finish, so a search may run a few epochs past it; those are not counted "
             "(the curves stop at the budget).",
@@ -275,7 +298,9 @@ def plot(runs: dict, budget: int, s: dict) -> str | None:
         ax.step(range(1, budget + 1), mean, where="post", color=colours.get(m), lw=2, label=m)
     ax.set_xlabel("trial-epochs spent")
     ax.set_ylabel("best validation macro-F1 so far")
-    ax.set_title(f"{s['space']} on chest3 at {s['img_size']} px ({len(s['seeds'])} seed(s); thin: per seed)")
+    ax.set_title(
+        f"{s['space']} on chest3 at {s['img_size']} px ({len(s['seeds'])} seed(s); thin: per seed)"
+    )
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

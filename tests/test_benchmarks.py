@@ -22,7 +22,11 @@ def sample(name: str, head: str, quick: bool = False) -> dict:
         name,
         settings={"img_size": 128, "models": ["a", "b"]},
         measured=f"what {name} measured",
-        tables=[C.table("t", ["variant", "img/s", "ratio"], [["fp32", 123.456, 1.0], ["bf16", 250.0, None]])],
+        tables=[
+            C.table(
+                "t", ["variant", "img/s", "ratio"], [["fp32", 123.456, 1.0], ["bf16", 250.0, None]]
+            )
+        ],
         headline=[head],
         notes=["a note"],
     )
@@ -41,7 +45,9 @@ def test_results_md_has_every_section_in_order_and_marks_missing_ones(tmp_path):
     # Sections follow the numbering, whatever order they were run in.
     assert md.index("## 2. Mixed precision") < md.index("## 3. Roofline")
     assert "bf16 is 1.8x" in md and "roofline headline" in md
-    assert "| 1. Trial overhead | not run yet" in md and "| 5. Search efficiency | not run yet" in md
+    assert (
+        "| 1. Trial overhead | not run yet" in md and "| 5. Search efficiency | not run yet" in md
+    )
     assert "`python -m benchmarks --only precision` (quick (indicative only) mode)" in md
     assert "Test CPU (avx512_bf16), 2 CPUs, torch 2.x, ray 2.y, optuna 4.z" in md
     assert "2026-01-02T03:04:05+00:00 (took 1.5 min)" in md
@@ -67,8 +73,17 @@ def test_cell_formatting():
 def test_settings_are_typed_like_their_defaults():
     defaults = {"full": {"n": 3, "x": 1.5, "on": True, "models": [], "seeds": [0, 1], "s": "a"},
                 "quick": {"n": 1, "x": 0.5, "on": False, "models": [], "seeds": [0], "s": "b"}}  # fmt: skip
-    got = C.resolve_settings(defaults, False, {"n": "5", "x": "2", "on": "no", "models": "cnn,vit", "seeds": "3,4"})
-    assert got == {"n": 5, "x": 2.0, "on": False, "models": ["cnn", "vit"], "seeds": [3, 4], "s": "a"}
+    got = C.resolve_settings(
+        defaults, False, {"n": "5", "x": "2", "on": "no", "models": "cnn,vit", "seeds": "3,4"}
+    )
+    assert got == {
+        "n": 5,
+        "x": 2.0,
+        "on": False,
+        "models": ["cnn", "vit"],
+        "seeds": [3, 4],
+        "s": "a",
+    }
     assert C.resolve_settings(defaults, True, {})["n"] == 1
     with pytest.raises(ValueError, match="unknown setting"):
         C.resolve_settings(defaults, False, {"nope": "1"})
@@ -82,7 +97,7 @@ def test_settings_are_typed_like_their_defaults():
 def test_interleave_rotates_the_order():
     calls = []
     C.interleave({k: (lambda k=k: calls.append(k) or 1.0) for k in "abc"}, repeats=3)
-    assert calls == list("abc" "bca" "cab")
+    assert calls == list("abcbcacab")
 
 
 # ------------------------------------------------------------- search accounting
@@ -117,7 +132,13 @@ def test_search_summary_counts_trial_epochs_to_random_best(tmp_path, monkeypatch
     s = {**search.DEFAULTS["quick"], "budget": 6, "seeds": [0, 1]}
 
     def run(curve, trials=3):
-        return {"curve": curve, "trials": trials, "trial_epochs": [2] * trials, "wall_s": 60.0, "errors": 0}
+        return {
+            "curve": curve,
+            "trials": trials,
+            "trial_epochs": [2] * trials,
+            "wall_s": 60.0,
+            "errors": 0,
+        }
 
     runs = {
         "ASHA+TPE": {0: run([.5, .6, .8, .8, .8, .8], 5), 1: run([.4, .4, .5, .7, .7, .7], 5)},
@@ -174,7 +195,15 @@ def test_overhead_phases_from_trace_and_launch_times():
 def test_g5_estimate_is_bounded_by_the_slower_of_gpu_and_data_path():
     from benchmarks.scaling import A10G, g5_estimate
 
-    w = {"epochs": 2, "n_train": 1000, "n_val": 300, "flops_per_image": 1e9, "data_rate_1core": 500.0}
+    w = {
+        "epochs": 2,
+        "n_train": 1000,
+        "n_val": 300,
+        "flops_per_image": 1e9,
+        "data_rate_1core": 500.0,
+    }
     gpu_epoch = 1e9 * (1000 + 100) / (A10G["bf16_tensor_tflops"] * 1e12 * 0.1)  # 0.088 s
     assert g5_estimate(w, 20.0, 1, 0.1) == pytest.approx(20.0 + 2 * 2.0)  # data: 1000 / 500 img/s
-    assert g5_estimate(w, 20.0, 40, 0.1) == pytest.approx(20.0 + 2 * 40 * gpu_epoch)  # GPU shared 40 ways
+    assert g5_estimate(w, 20.0, 40, 0.1) == pytest.approx(
+        20.0 + 2 * 40 * gpu_epoch
+    )  # GPU shared 40 ways

@@ -136,9 +136,23 @@ def test_scheduler_searcher_and_epoch_budget_options():
     from ray_xray.tune.service import BudgetedOptunaSearch, SweepOptions, _sampler, _tune_config
 
     args = build_parser().parse_args(
-        ["--trial-scheduler", "fifo", "--searcher", "random", "--tpe-startup", "3", "--budget-epochs", "12"]
+        [
+            "--trial-scheduler",
+            "fifo",
+            "--searcher",
+            "random",
+            "--tpe-startup",
+            "3",
+            "--budget-epochs",
+            "12",
+        ]
     )
-    assert (args.scheduler, args.searcher, args.tpe_startup, args.budget_epochs) == ("fifo", "random", 3, 12)
+    assert (args.scheduler, args.searcher, args.tpe_startup, args.budget_epochs) == (
+        "fifo",
+        "random",
+        3,
+        12,
+    )
     d = build_parser().parse_args([])
     assert (d.scheduler, d.searcher, d.tpe_startup, d.budget_epochs) == ("asha", "tpe", 10, 0)
     assert isinstance(_sampler(SweepOptions(searcher="random")), optuna.samplers.RandomSampler)
@@ -150,14 +164,22 @@ def test_scheduler_searcher_and_epoch_budget_options():
                               {"max_concurrent": 1})  # fmt: skip
         assert isinstance(config.scheduler, cls)  # ASHA is a FIFOScheduler too:
         assert isinstance(config.scheduler, ASHAScheduler) == (cls is ASHAScheduler)
-        searcher = config.search_alg.searcher if hasattr(config.search_alg, "searcher") else config.search_alg
+        searcher = (
+            config.search_alg.searcher
+            if hasattr(config.search_alg, "searcher")
+            else config.search_alg
+        )
         assert searcher.budget_epochs == 5
     # --budget-epochs: no new trial once the trials reported that many epochs (each counted once).
-    search = BudgetedOptunaSearch(budget_epochs=3, space=space.define_by_run, metric="val_macro_f1", mode="max")
+    search = BudgetedOptunaSearch(
+        budget_epochs=3, space=space.define_by_run, metric="val_macro_f1", mode="max"
+    )
     assert isinstance(search.suggest("a"), dict)
     search.on_trial_result("a", {"training_iteration": 1, "val_macro_f1": 0.5})
     search.on_trial_result("a", {"training_iteration": 2, "val_macro_f1": 0.6})
-    search.on_trial_complete("a", {"training_iteration": 2, "val_macro_f1": 0.6})  # Tune repeats the last
+    search.on_trial_complete(
+        "a", {"training_iteration": 2, "val_macro_f1": 0.6}
+    )  # Tune repeats the last
     assert search.spent_epochs() == 2 and isinstance(search.suggest("b"), dict)
     search.on_trial_complete("b", {"training_iteration": 1, "val_macro_f1": 0.4})
     assert search.suggest("c") == Searcher.FINISHED

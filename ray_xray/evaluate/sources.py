@@ -207,7 +207,9 @@ def labelled_items(spec: str) -> tuple[list[Item], str]:
         root = Path(spec).expanduser()
         items = class_folder_items(root) if root.is_dir() else []
         if not items and root.is_dir() and not (root / "manifest.csv").is_file():
-            raise DataError(f"{exc}; nor under <label>/ (class folders, no split folders)") from None
+            raise DataError(
+                f"{exc}; nor under <label>/ (class folders, no split folders)"
+            ) from None
         if not items:
             raise
         return items, "no split folders: every image counts as test"
