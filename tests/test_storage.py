@@ -236,6 +236,7 @@ def test_wandb_logger_actors_get_the_key_as_an_argument_not_a_runtime_env(monkey
     assert MARKER not in repr(seen["options"])  # Ray's runtime_env: what its agent logs
     assert seen["kwargs"]["api_key"] == MARKER and seen["kwargs"]["mode"] == "online"
     assert os.environ["WANDB_API_KEY"] == MARKER  # the driver still has it
+    cb._trial_logging_actors.clear()  # its __del__ would signal the fake queue
 
 
 def test_wandb_logger_actor_sets_the_key_in_its_own_process_before_wandb_init(

@@ -3,12 +3,13 @@ line: trials finished/running/total, the best so far with its trial, elapsed and
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
+from collections.abc import Iterator
 
 from ray import tune
-from ray.tune.experimental.output import AirVerbosity
-from ray.tune.experimental.output import ProgressReporter as _AirReporter
 
 from ..metrics import metric_mode
 
@@ -153,27 +154,24 @@ def _dur(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-class NoRayBanner(_AirReporter):
-    """Keeps Ray Tune's start banner off the console. Tune prints it, whatever the verbosity,
-    through the first of its progress reporters among the callbacks: a table, and a
-    `tensorboard --logdir` naming Ray's staging folder in its session directory (temporary;
-    the event files are copied to STORAGE/NAME, which the sweep's last lines name). Put first
-    in the callbacks, this one is asked and prints nothing; Ray's own reporter still gets every
-    other event (trial errors included)."""
+@contextlib.contextmanager
+def ray_console_quiet() -> Iterator[None]:
+    """Ray Tune's own console output off for the block (the sweep's `Tuner.fit`).
 
-    # Above SILENT: every per-event print of the base class returns at once.
-    _heartbeat_threshold = _start_end_verbosity = _intermediate_result_verbosity = (
-        AirVerbosity.VERBOSE
-    )
-
-    def __init__(self):
-        super().__init__(AirVerbosity.SILENT)
-
-    def experiment_started(self, *args, **kwargs) -> None:
-        pass
-
-    def on_trial_error(self, *args, **kwargs) -> None:
-        pass  # Ray's own reporter prints it (once)
-
-    def on_trial_recover(self, *args, **kwargs) -> None:
-        pass
+    With verbose=0, Tune 2.60's default ("new") output still prints a start banner: a table
+    and a `tensorboard --logdir` naming Ray's temporary staging folder in its session
+    directory (the event files are copied to STORAGE/NAME, which the sweep's last lines name).
+    Its legacy output (``RAY_AIR_NEW_OUTPUT=0``, read when `fit` starts) prints nothing at
+    verbose=0; `ConsoleReporter` prints every trial event. A callback that swallowed the
+    banner instead left Ray's own reporter without a start time: it crashed the sweep on the
+    first trial error. The variable is put back afterwards.
+    """
+    old = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = old

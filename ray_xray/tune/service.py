@@ -28,7 +28,7 @@ from ..spaces import SearchSpace, load_space
 from ..train.run import init_ray
 from . import external as X
 from . import results as R
-from .console import ConsoleReporter, NoRayBanner
+from .console import ConsoleReporter, ray_console_quiet
 from .searcher import RungScheduler, SweepSearch
 from .storage import STUDY_FILE, StudyUpload, SweepFiles, tool_commands
 from .trial import TOKEN_CPU, trial_fn
@@ -396,7 +396,8 @@ def run_sweep(opts: SweepOptions) -> dict:
         f"objective {','.join(opts.objective)} -> {exp_dir}",
         file=sys.stderr,
     )
-    grid = tuner.fit()
+    with ray_console_quiet():
+        grid = tuner.fit()
     wall = time.perf_counter() - t0
     wandb_dir = os.environ.get("WANDB_DIR") or files.stage
     if opts.wandb != "off" and not os.environ.get("WANDB_DIR"):
@@ -528,7 +529,7 @@ def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
 def _run_config(
     opts: SweepOptions, name: str, storage: str, files: SweepFiles | None = None
 ) -> tune.RunConfig:
-    callbacks = [NoRayBanner(), *make_callbacks(opts, name, files.stage if files else None)]
+    callbacks = [*make_callbacks(opts, name, files.stage if files else None)]
     if files is not None and files.remote:
         callbacks.append(StudyUpload(files))
     return tune.RunConfig(
