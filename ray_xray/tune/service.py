@@ -24,6 +24,7 @@ from ..data.cache import cache_location
 from ..data.dataset import shared_key
 from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
+from ..ray_env import cloud_keys_kept_out_of_ray_logs
 from ..spaces import SearchSpace, load_space
 from ..train.run import init_ray
 from . import external as X
@@ -396,7 +397,7 @@ def run_sweep(opts: SweepOptions) -> dict:
         f"objective {','.join(opts.objective)} -> {exp_dir}",
         file=sys.stderr,
     )
-    with ray_console_quiet():
+    with ray_console_quiet(), cloud_keys_kept_out_of_ray_logs():
         grid = tuner.fit()
     wall = time.perf_counter() - t0
     wandb_dir = os.environ.get("WANDB_DIR") or files.stage
