@@ -28,6 +28,9 @@ class TrainingDiverged(RuntimeError):
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device for a `device` setting: ``auto`` is cuda where this process sees a GPU,
+    else cpu; ``cpu``/``cuda``/``cuda:N`` as given. Raises ValueError for ``cuda`` with no GPU
+    visible (`launch.wants_gpu` decides, in the driver, whether workers get one)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda asked for, but no CUDA GPU is visible")
     if name == "auto":

@@ -75,6 +75,14 @@ class KeySafeWandbCallback(WandbLoggerCallback):
         super().setup(*args, **kwargs)  # Ray's key lookup: sets WANDB_API_KEY when it finds one
         self._key = None if mode in ("offline", "disabled") else os.environ.get(WANDB_ENV_VAR)
 
+    def log_trial_end(self, trial, failed: bool = False):
+        # Ray's callback assumes the trial's logger actor is still there. One whose `run` has
+        # already ended (W&B refused the key, wandb crashed) was cleaned up at the previous
+        # trial's end, and the KeyError here crashed the whole sweep at this trial's end.
+        if trial in self._trial_queues:
+            self._signal_logging_actor_stop(trial=trial)
+        self._cleanup_logging_actors()
+
     def on_experiment_end(self, trials, **info):
         # Ray's callback waits (up to `upload_timeout`) for every logger actor to finish but
         # never tells them to: an actor whose trial got no `log_trial_end` (a result logged
