@@ -76,23 +76,46 @@ def grey_png(path: Path, value: int = 128, size: int = 32) -> Path:
     return path
 
 
+SYNTHETIC_CLASSES = ("normal", "pneumonia", "tuberculosis")
+
+
+def write_external(root: Path, per_class: int = 8, size: int = 40, classes=SYNTHETIC_CLASSES,
+                   seed: int = 7) -> Path:  # fmt: skip
+    """ROOT/<CLASS>/*.png (upper-case folder names, as many public sets have), no split
+    folders; rendered from seeds no synthetic:chest3 split uses."""
+    from ray_xray.data.synthetic import render
+
+    for ci, label in enumerate(classes):
+        d = root / label.upper()
+        d.mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            s = seed * 10_000_000 + 5_000_000 + ci * 1000 + k
+            img = render(label if label in SYNTHETIC_CLASSES else "normal", s, size)
+            Image.fromarray(img).save(d / f"{label}_{k}.png")
+    return root
+
+
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory):
     """The one smoke sweep of a test session, shared by every check that reads one
     (test_tune, test_ensemble, test_report, test_storage): `ray_xray.tune --space all
-    --smoke-test --trials 4 --top-k 4 --wandb offline` in a subprocess (its ensemble + report
-    included; W&B's own caches in the storage folder), then `ray_xray.ensemble` on it in this
-    process (`--no-report`, output in `cli_out`).
+    --smoke-test --trials 4 --top-k 4 --wandb offline --external SITE_B` in a subprocess (its
+    ensemble + report included; W&B's own caches in the storage folder; SITE_B holds 18
+    synthetic images from other seeds), then `ray_xray.ensemble` on it in this process
+    (`--no-report`, output in `cli_out`).
 
     A sweep with no result after SMOKE_SWEEP_LIMIT_S is interrupted (SIGINT: Tune saves and Ray
     shuts down) and every test that reads it fails with its last output.
     Returns {"exp", "out" (the sweep's own ensemble folder), "output" (the sweep's console),
-    "cli_out", "summary" (the ensemble command's --json), "stderr" (its progress lines)}.
+    "cli_out", "summary" (the ensemble command's --json), "stderr" (its progress lines),
+    "external" (SITE_B's path)}.
     """
     storage = tmp_path_factory.mktemp("smoke_sweep")
+    external = str(write_external(storage / "site_b", 6))  # 18 images, for test_external
     p = subprocess.Popen(
         [sys.executable, "-m", "ray_xray.tune", "--space", "all", "--smoke-test", "--trials",
-         "4", "--top-k", "4", "--storage", str(storage), "--name", "t", "--wandb", "offline"],
+         "4", "--top-k", "4", "--storage", str(storage), "--name", "t", "--wandb", "offline",
+         "--external", external],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
         env={**os.environ, "WANDB_CACHE_DIR": str(storage / "wandb-cache"),
              "WANDB_CONFIG_DIR": str(storage / "wandb-config")}, start_new_session=True,
@@ -121,4 +144,5 @@ def smoke_sweep(tmp_path_factory):
                               "--device", "cpu", "--json", "--no-report"])  # fmt: skip
     assert code == 0, stderr.getvalue()[-3000:]
     return {"exp": exp, "out": exp / "ensemble", "output": out, "cli_out": storage / "ens",
+            "external": external,
             "summary": json.loads(stdout.getvalue()), "stderr": stderr.getvalue()}  # fmt: skip

@@ -8,37 +8,17 @@ from other seeds than the sweep's synthetic:chest3 images. Without Ray: a fake s
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from conftest import write_external
 
 from ray_xray.tune import external as X
 from ray_xray.tune.service import SweepOptions
 
-REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("normal", "pneumonia", "tuberculosis")
-
-
-def write_external(root: Path, per_class: int = 8, size: int = 40, classes=CLASSES,
-                   seed: int = 7) -> Path:  # fmt: skip
-    """ROOT/<CLASS>/*.png (upper-case folder names, as many public sets have), no split
-    folders; rendered from seeds no synthetic:chest3 split uses."""
-    from ray_xray.data.synthetic import render
-
-    for ci, label in enumerate(classes):
-        d = root / label.upper()
-        d.mkdir(parents=True, exist_ok=True)
-        for k in range(per_class):
-            s = seed * 10_000_000 + 5_000_000 + ci * 1000 + k
-            img = render(label if label in CLASSES else "normal", s, size)
-            Image.fromarray(img).save(d / f"{label}_{k}.png")
-    return root
 
 
 # ---------------------------------------------------------------- checks before the sweep
@@ -241,22 +221,13 @@ def test_a_failed_scoring_is_a_results_error_naming_the_retry(tmp_path, monkeypa
 
 
 @pytest.mark.slow_ray
-@pytest.mark.timeout(300)
-def test_a_sweep_with_external_sets(tmp_path):
-    """2 smoke trials of the cnn space on synthetic:chest3:8, one external folder: the top-k
+def test_a_sweep_with_external_sets(smoke_sweep, tmp_path):
+    """The session's smoke sweep (tests/conftest.py) ran with one external folder: the top-k
     figures land in best_trials.json, the ensemble's in its metrics.json and report, the
     table in the console; ranking and ensemble are those of validation alone."""
-    from ray_xray.ensemble import run_ensemble
     from ray_xray.evaluate import evaluate
 
-    ext = str(write_external(tmp_path / "site_b", 6))
-    cmd = [sys.executable, "-m", "ray_xray.tune", "--space", "cnn", "--smoke-test", "--trials",
-           "2", "--top-k", "2", "--data", "synthetic:chest3:8", "--external", ext,
-           "--storage", str(tmp_path / "runs"), "--name", "ext"]  # fmt: skip
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=280,
-                       env={**os.environ})  # fmt: skip
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    exp = tmp_path / "runs" / "ext"
+    exp, ext, out = smoke_sweep["exp"], smoke_sweep["external"], smoke_sweep["output"]
     table = pd.read_parquet(exp / "results.parquet")
     best = json.loads((exp / "best_trials.json").read_text())
     by_val = table.sort_values("best_val_macro_f1", ascending=False, kind="stable")
@@ -274,9 +245,9 @@ def test_a_sweep_with_external_sets(tmp_path):
     metrics = json.loads((exp / "ensemble" / "metrics.json").read_text())
     ens_row = metrics["external"]["sets"][0]["models"][-1]
     assert ens_row["kind"] == "ensemble"
-    # The saved ensemble is the one validation alone picks.
-    again = run_ensemble(exp, top_k=2, device="cpu", out=tmp_path / "again", report_html=False)
+    # The saved ensemble is the one validation alone picks: the ensemble command, which
+    # knows nothing of the external set, chose the same from the same sweep.
     assert _ensemble_state(exp / "ensemble" / "ensemble.pt") == _ensemble_state(
-        Path(again["ensemble"]))  # fmt: skip
+        smoke_sweep["cli_out"] / "ensemble.pt")  # fmt: skip
     assert 'id="external"' in (exp / "ensemble" / "report.html").read_text()
-    assert "external sets (reported only" in p.stdout and f"{ext} (18 images)" in p.stdout
+    assert "external sets (reported only" in out and f"{ext} (18 images)" in out

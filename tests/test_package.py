@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -105,16 +106,32 @@ def test_installed_copy_runs_outside_the_checkout(installed):
 
 @pytest.mark.slow_ray
 def test_smoke_sweep_and_predict_from_the_wheel(installed, tmp_path):
-    storage = tmp_path / "runs"
-    out = _run(
-        installed, installed["python"], "-m", "ray_xray.tune", "--space", "resnet18",
-        "--smoke-test", "--trials", "1", "--wandb", "off", "--storage", str(storage),
-        "--name", "wheel", timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    exp = storage / "wheel"
+    """A named-space smoke sweep from the installed wheel, with the relative paths a user types
+    (`--data d --storage runs --cache relcache`, run in the data's folder): the prepared-data
+    cache is written once, where asked, and the trial workers (other processes, other working
+    directories) read it instead of decoding the images again into a cache of their own."""
+    from conftest import write_tree
+
+    cwd = tmp_path / "project"
+    write_tree(cwd / "d", per_class=4, size=40)
+    ray_tmp = tempfile.mkdtemp(prefix="rx", dir="/tmp")  # short: Ray's socket paths
+    try:
+        out = _run(
+            {**installed, "cwd": cwd, "env": {**installed["env"], "RAY_TMPDIR": ray_tmp}},
+            installed["python"], "-m", "ray_xray.tune", "--space", "resnet18", "--smoke-test",
+            "--trials", "1", "--wandb", "off", "--no-ensemble", "--data", "d", "--storage",
+            "runs", "--cache", "relcache", "--name", "wheel", timeout=600,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert list(Path(ray_tmp).rglob("*.parquet")) == []  # no cache under Ray's session
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    exp = cwd / "runs" / "wheel"
     assert (exp / "results.parquet").is_file() and (exp / "best_model.pt").is_file()
     assert (exp / "space.yaml").read_text().startswith("# search space 'resnet18' with smoke")
+    assert list((cwd / "relcache").glob("*.parquet"))
+    elsewhere = [p for p in cwd.rglob("*.parquet") if "relcache" not in p.parts]
+    assert [p for p in elsewhere if p.name != "results.parquet"] == []
 
     from PIL import Image
 

@@ -306,6 +306,42 @@ def test_sweep_end_tells_every_wandb_logger_to_finish_and_waits_a_bounded_time(m
     assert not cb._trial_logging_actors
 
 
+def test_a_trial_whose_wandb_logger_already_ended_ends_without_error(monkeypatch):
+    """A logger actor whose run ended early (W&B refused the key) is cleaned up at another
+    trial's end; Ray's callback then raised KeyError at this trial's end, ending the sweep."""
+    from ray.air.integrations import wandb as ray_wandb
+
+    from ray_xray.tune.wandb_log import KeySafeWandbCallback
+
+    monkeypatch.setattr(ray_wandb.ray, "wait", lambda futures, **kw: (futures, []))
+    cb = KeySafeWandbCallback(project="p", mode="offline")
+    cb.log_trial_end(_Trial(), failed=True)  # no logger left for it: nothing to stop
+    assert not cb._trial_logging_actors
+
+
+def test_tune_puts_no_aws_key_in_a_trial_runtime_env(monkeypatch):
+    """Ray Tune copies AWS keys from the driver's environment into every trial actor's
+    runtime_env, which Ray's agent logs in clear; during a sweep's fit it copies none (and
+    still copies the rest), and Ray's list is back afterwards."""
+    from ray.tune.execution import class_cache
+
+    from ray_xray.ray_env import CLOUD_KEYS, cloud_keys_kept_out_of_ray_logs
+
+    for k in CLOUD_KEYS:
+        monkeypatch.setenv(k, MARKER)
+    monkeypatch.setenv("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    before = set(class_cache.ENV_VARS_TO_PROPAGATE)
+
+    def runtime_env_of_a_trial(cls) -> dict:
+        return class_cache._ActorClassCache().get(cls)._default_options["runtime_env"]
+
+    assert MARKER in repr(runtime_env_of_a_trial(type("T0", (), {})))  # Ray's own behaviour
+    with cloud_keys_kept_out_of_ray_logs():
+        env = runtime_env_of_a_trial(type("T1", (), {}))
+    assert MARKER not in repr(env) and env["env_vars"]["RAY_CHDIR_TO_TRIAL_DIR"] == "0"
+    assert class_cache.ENV_VARS_TO_PROPAGATE == before
+
+
 def test_study_upload_copies_optuna_db_after_each_trial(tmp_path, tmpdir_env):
     files = SweepFiles(f"file://{tmp_path}/store/exp")
     url = f"sqlite:///{files.local_path('optuna.db')}"
@@ -393,15 +429,6 @@ def test_readme_commands_open_the_files_a_sweep_wrote(smoke_sweep):
     assert len(optuna.load_study(study_name="t", storage=url).trials) == 4
 
 
-TINY_SPACE = """
-description: the smallest real sweep (storage and secret tests)
-fixed: {model: cnn_lstm, epochs: 1, img_size: 32, limit_per_split: 48, batch_size: 16,
-        precision: fp32, model.channels: [8, 16], model.hidden_size: 16}
-params:
-  lr: {type: categorical, choices: [0.001, 0.003]}
-"""
-
-
 class FakeWandbServer:
     """A W&B server that refuses everything (401) and records each request's Authorization
     header: an online W&B run fails at once, after showing which key it was given."""
@@ -432,30 +459,37 @@ class FakeWandbServer:
         self.server.server_close()
 
 
+@pytest.mark.slow
 @pytest.mark.slow_ray
-def test_uri_sweep_writes_every_file_to_storage_and_never_logs_the_wandb_key(tmp_path):
-    """What a cluster user needs, on a file:// URI (the same pyarrow code path as s3://): every
-    result file and the study reach the storage, the local copy is gone (the ensemble step on
-    a URI: test_results_and_ensemble_of_a_uri_sweep_reach_the_storage, without Ray); and an
-    online W&B sweep hands its (fake) key to the W&B server but to no file: not Ray's session
-    logs (runtime_env_agent.log held it before), not the sweep folder, not W&B's caches."""
+def test_failing_trials_on_a_uri_are_reported_and_no_secret_leaks(tmp_path):
+    """One sweep for a cluster user's worries (file:// takes the same pyarrow path as s3://):
+    - lr 1e30 diverges (NaN), lr 0.04 raises an injected OOM, lr 0.001 trains: the sweep
+      finishes, the failures carry their reason, Optuna records them as failed;
+    - every result file and the study reach the storage and the local copy is gone (the
+      ensemble step on a URI: test_results_and_ensemble_of_a_uri_sweep_reach_the_storage);
+    - online W&B hands its (fake) key to the W&B server but to no file: not Ray's session logs
+      (runtime_env_agent.log held it before), the sweep folder or W&B's caches; nor does any
+      other secret of the environment (cloud keys) land in a file."""
+    from test_faults import FAKE_SECRETS, FAULTY_SPACE
+
     marker = "rxMARK" + secrets.token_hex(17)  # 40 characters, like a W&B key
-    space = tmp_path / "tiny.yaml"
-    space.write_text(TINY_SPACE)
+    space = tmp_path / "faulty.yaml"
+    space.write_text(FAULTY_SPACE)
     server = FakeWandbServer()
     # Ray's session folder and the sweep's local copy go under TMPDIR: a short path (Ray's
     # socket paths must stay under 108 bytes), removed at the end.
     short = Path(tempfile.mkdtemp(prefix="rx", dir="/tmp"))
     try:
-        env = {**os.environ, "TMPDIR": str(short), "WANDB_API_KEY": marker,
+        env = {**os.environ, **FAKE_SECRETS, "TMPDIR": str(short), "WANDB_API_KEY": marker,
                "WANDB_BASE_URL": server.url, "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
-               "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}  # fmt: skip
+               "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+               "RAY_XRAY_FAULT": "raise_if_lr:0.04"}  # fmt: skip
         env.pop("WANDB_MODE", None)
         env.pop("WANDB_DIR", None)
         r = subprocess.run(
-            [sys.executable, "-m", "ray_xray.tune", "--space", str(space), "--trials", "1",
-             "--top-k", "1", "--storage", f"file://{tmp_path}/bucket", "--name", "c",
-             "--wandb", "online", "--no-ensemble"],
+            [sys.executable, "-m", "ray_xray.tune", "--space", str(space), "--trials", "3",
+             "--storage", f"file://{tmp_path}/bucket", "--name", "c", "--wandb", "online",
+             "--cpus-per-trial", "0.5", "--seed", "1", "--no-ensemble"],
             capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
         )  # fmt: skip
         out = r.stdout + r.stderr
@@ -464,15 +498,26 @@ def test_uri_sweep_writes_every_file_to_storage_and_never_logs_the_wandb_key(tmp
         for name in ("space.yaml", "sweep.json", "optuna.db", "results.parquet", "results.csv",
                      "best_trials.json", "best_model.pt"):  # fmt: skip
             assert (exp / name).is_file(), f"{name} not on the storage"
+
+        # The failures: each start point once, the sweep went on, each failure says why.
         table = pd.read_parquet(exp / "results.parquet")
-        assert len(table) == 1 and set(table["status"]) == {"TERMINATED"}
-        assert table["checkpoint_path"].str.startswith(f"file://{exp}/").all()
-        assert Path(table.loc[0, "checkpoint_path"][len("file://") :], "checkpoint.pt").is_file()
-        best = json.loads((exp / "best_trials.json").read_text())
-        assert best[0]["checkpoint"] == table.loc[0, "checkpoint_path"]
-        assert E.load_checkpoint(exp / "best_model.pt")["model"] == "cnn_lstm"
+        lr = table["config/lr"]
+        ok, nan, oom = table[lr == 0.001], table[lr > 1e20], table[lr == 0.04]
+        assert len(table) == 3 and len(ok) == len(nan) == len(oom) == 1
+        assert (ok["status"] == "TERMINATED").all()
+        assert (nan["status"] == "ERROR").all() and nan["error"].str.contains("loss became").all()
+        assert (oom["status"] == "ERROR").all()
+        assert oom["error"].str.contains("out of memory").all()
         study = optuna.load_study(study_name="c", storage=f"sqlite:///{exp}/optuna.db")
-        assert [t.state.name for t in study.trials] == ["COMPLETE"]
+        assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL", "FAIL"]
+
+        # The files: on the storage, named by URI; the local stage is gone.
+        good = ok.iloc[0]["checkpoint_path"]
+        assert table["checkpoint_path"].dropna().str.startswith(f"file://{exp}/").all()
+        assert Path(good[len("file://") :], "checkpoint.pt").is_file()
+        best = json.loads((exp / "best_trials.json").read_text())
+        assert best[0]["checkpoint"] == good
+        assert E.load_checkpoint(exp / "best_model.pt")["model"] == "cnn_lstm"
         assert "time_use" in json.loads((exp / "sweep.json").read_text())  # the final copy
         assert not list((short / f"ray_xray-{os.getuid()}" / "stage").iterdir())  # cleaned up
         assert f"tensorboard --logdir {exp}" in out and f"sqlite:///{exp}/optuna.db" in out
@@ -480,17 +525,18 @@ def test_uri_sweep_writes_every_file_to_storage_and_never_logs_the_wandb_key(tmp
         # The key went where it belongs, through the logger actors (online W&B) ...
         basic = "Basic " + base64.b64encode(f"api:{marker}".encode()).decode()
         assert basic in server.auth, f"the W&B logger never used the key: {server.auth}"
-        # ... and nowhere else.
+        # ... and nowhere else; nor did any other secret.
         sessions = list((short / "ray").glob("session_2*"))
         assert sessions and list(sessions[0].rglob("runtime_env_agent.log")), "no Ray logs?"
         forms = [marker.encode(), basic.split()[1].encode()]
+        forms += [v.encode() for k, v in FAKE_SECRETS.items() if k != "WANDB_API_KEY"]
         scanned, leaks = 0, []
         for root in (short, tmp_path):
             for f in root.rglob("*"):
                 if f.is_file() and not f.is_symlink() and not f.is_socket():
                     data, scanned = f.read_bytes(), scanned + 1
                     leaks += [str(f) for form in forms if form in data]
-        assert not leaks, f"the W&B key was written to: {leaks}"
+        assert not leaks, f"a secret was written to: {leaks}"
         assert scanned > 50 and marker not in out
     finally:
         server.close()

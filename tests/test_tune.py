@@ -94,8 +94,9 @@ def test_smoke_sweep_writes_complete_results(smoke_sweep):
 
 @pytest.mark.slow_ray
 def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path):
-    args = ["--space", "cnn_lstm", "--smoke-test", "--trials", "3", "--cpus-per-trial", "2",
-            "--storage", str(tmp_path), "--name", "resume"]  # fmt: skip
+    # 2 trials, one at a time: the first finishes before the kill, the second runs after it.
+    args = ["--space", "cnn_lstm", "--smoke-test", "--trials", "2", "--cpus-per-trial", "2",
+            "--storage", str(tmp_path), "--name", "resume", "--no-ensemble"]  # fmt: skip
     p = _tune(*args, start_new_session=True)
     finished, deadline = None, time.time() + 400
     for line in p.stdout:  # kill the driver as soon as one trial has finished
@@ -112,7 +113,7 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path):
     out, _ = r.communicate(timeout=600)
     assert r.returncode == 0, out
     table = pd.read_parquet(exp / "results.parquet")
-    assert len(table) == 3 and table["trial_id"].is_unique and finished in set(table["trial_id"])
+    assert len(table) == 2 and table["trial_id"].is_unique and finished in set(table["trial_id"])
     assert set(table["status"]) == {"TERMINATED"}
     # No epoch ran twice: the training history in each trial's last checkpoint lists every
     # epoch once (a trial that finished just before the kill is restored and only re-reports).
@@ -123,7 +124,7 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path):
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{exp}/optuna.db")
     # Every trial is recorded once as finished: COMPLETE, or PRUNED where ASHA cut it short.
     states = [t.state.name for t in study.trials]
-    assert len(states) <= 4 and sum(s in ("COMPLETE", "PRUNED") for s in states) == 3, states
+    assert len(states) <= 3 and sum(s in ("COMPLETE", "PRUNED") for s in states) == 2, states
     assert states.count("PRUNED") == int((table["epochs"] < table["epochs"].max()).sum()), states
 
 
