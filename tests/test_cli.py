@@ -199,7 +199,49 @@ def test_predict_on_a_folder_without_a_model_names_what_it_looked_for(tmp_path, 
     assert "checkpoint.pt" not in line.split("(")[0]
 
 
-def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys):
+# The shape of a Tune trial's error.txt (Ray 2.60): a chained traceback through Ray's internals.
+TUNE_ERROR_TXT = """Failure # 1 (occurred at 2026-12-01_05-52-14)
+ray::ImplicitFunc.train() (pid=22712, ip=192.0.2.2, repr=trial_fn)
+  File "ray/tune/trainable/trainable.py", line 329, in train
+    raise skipped from exception_cause(skipped)
+ray.train.WorkerGroupError: Training failed due to worker errors:
+[Rank 0 Error Snippet]:
+  File "ray_xray/train/worker.py", line 55, in hook
+    raise RuntimeError("injected fault: CUDA out of memory")
+RuntimeError: injected fault: CUDA out of memory
+"""
+
+
+def test_tune_traceback_of_a_failed_trial_stays_off_the_console():
+    """While a sweep runs, Tune's ~60-line traceback per failed trial is dropped (the reporter
+    prints one line; error.txt keeps it), other Tune errors are not, and the filter goes."""
+    import logging
+
+    from ray_xray.tune import console
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log = logging.getLogger(console.TUNE_CONTROLLER_LOG)
+    log.addHandler(handler)
+    try:
+        with console.ray_console_quiet():
+            log.error("Trial task failed for trial a_00001", exc_info=RuntimeError("x"))
+            log.error("Experiment state snapshotting failed")
+        log.error("Trial task failed for trial a_00002")
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["Experiment state snapshotting failed", "Trial task failed for trial a_00002"]
+
+
+def test_error_reason_is_the_last_line_naming_the_error():
+    from ray_xray.tune.console import error_reason
+
+    assert error_reason(TUNE_ERROR_TXT) == "RuntimeError: injected fault: CUDA out of memory"
+    assert error_reason("") == "" and error_reason("  killed\n") == "killed"
+
+
+def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys, tmp_path):
     from types import SimpleNamespace
 
     from ray_xray.tune import console
@@ -220,8 +262,12 @@ def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys)
         "status: 1/4 trials finished, 1 running | best val_loss 0.5 (trial a_00001) | "
         "2m10s elapsed, 7m50s left of the budget"
     )
+    (tmp_path / "error.txt").write_text(TUNE_ERROR_TXT)
+    b.error_file = str(tmp_path / "error.txt")
     r.on_trial_error(0, [], b)
     err = capsys.readouterr().err
     assert "status: 2/4 trials finished (1 failed), 0 running" in err  # a line after each end
+    assert (f"a_00001 ERROR  RuntimeError: injected fault: CUDA out of memory  (traceback: "
+            f"{tmp_path / 'error.txt'})") in err  # fmt: skip
     r.budget_s = 0
     assert r.status().endswith("2m10s elapsed, ~2m10s left at this pace")

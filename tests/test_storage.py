@@ -521,6 +521,9 @@ def test_failing_trials_on_a_uri_are_reported_and_no_secret_leaks(tmp_path):
         assert "time_use" in json.loads((exp / "sweep.json").read_text())  # the final copy
         assert not list((short / f"ray_xray-{os.getuid()}" / "stage").iterdir())  # cleaned up
         assert f"tensorboard --logdir {exp}" in out and f"sqlite:///{exp}/optuna.db" in out
+        # Each failure is one console line with its reason, not Tune's 60-line traceback.
+        assert "ERROR  RuntimeError: injected fault: CUDA out of memory" in out
+        assert "Trial task failed for trial" not in out
 
         # The key went where it belongs, through the logger actors (online W&B) ...
         basic = "Basic " + base64.b64encode(f"api:{marker}".encode()).decode()

@@ -4,10 +4,12 @@ line: trials finished/running/total, the best so far with its trial, elapsed and
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from ray import tune
 
@@ -127,8 +129,12 @@ class ConsoleReporter(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended[trial.trial_id] = "error"
-        reason = str(trial.error_file or "")
-        self._say(f"{trial.trial_id} ERROR  (see {reason})")
+        path = str(trial.error_file or "")
+        try:
+            reason = error_reason(Path(path).read_text(errors="replace")) if path else ""
+        except OSError:
+            reason = ""
+        self._say(f"{trial.trial_id} ERROR  {reason or 'failed'}  (traceback: {path})")
         self._status_line()
 
     def on_experiment_end(self, trials, **info):
@@ -154,6 +160,28 @@ def _dur(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+TUNE_CONTROLLER_LOG = "ray.tune.execution.tune_controller"
+
+
+def error_reason(text: str) -> str:
+    """The one line that says why a trial failed, from its error text (Ray's chained
+    traceback): the last line naming an error, at most 300 characters ("" for no text)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if any(tag in ln for tag in ("Error", "Diverged", "Exception", "loss became")):
+            return ln[:300]
+    return lines[-1][:300] if lines else ""
+
+
+class _NoTrialTraceback(logging.Filter):
+    """Drops Tune's console traceback of a failed trial (about 60 lines each, through Ray's
+    worker internals): `ConsoleReporter` prints one line with the reason and the error file,
+    which keeps the whole traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Trial task failed for trial")
+
+
 @contextlib.contextmanager
 def ray_console_quiet() -> Iterator[None]:
     """Ray Tune's own console output off for the block (the sweep's `Tuner.fit`).
@@ -164,13 +192,17 @@ def ray_console_quiet() -> Iterator[None]:
     Its legacy output (``RAY_AIR_NEW_OUTPUT=0``, read when `fit` starts) prints nothing at
     verbose=0; `ConsoleReporter` prints every trial event. A callback that swallowed the
     banner instead left Ray's own reporter without a start time: it crashed the sweep on the
-    first trial error. The variable is put back afterwards.
+    first trial error. Tune's traceback of each failed trial is left out too
+    (`_NoTrialTraceback`). Both are put back afterwards.
     """
     old = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    controller_log, no_traceback = logging.getLogger(TUNE_CONTROLLER_LOG), _NoTrialTraceback()
+    controller_log.addFilter(no_traceback)
     try:
         yield
     finally:
+        controller_log.removeFilter(no_traceback)
         if old is None:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:

@@ -25,6 +25,7 @@ from ..metrics import metric_mode
 from ..train.engine import atomic_save
 from ..train.run import evaluate_record
 from ..train.worker import STATE_FILE
+from .console import error_reason
 
 TRAIN_RUN = "train"  # trial_fn's Ray Train run name: its folder is <exp_dir>/<trial_id>/train
 # What reading a saved checkpoint raises when it is gone, truncated or not ours.
@@ -89,15 +90,10 @@ def _newest_on_disk(run_dir: str) -> str | None:
 
 
 def _error_reason(result) -> str:
-    """The one line that says why a trial failed (last line of the chained exception)."""
+    """The one line that says why a trial failed (see `console.error_reason`)."""
     if result.error is None:
         return ""
-    text = str(result.error).strip().splitlines()
-    lines = [ln.strip() for ln in text if ln.strip()]
-    for ln in reversed(lines):
-        if any(tag in ln for tag in ("Error", "Diverged", "Exception", "loss became")):
-            return ln[:300]
-    return (lines[-1] if lines else type(result.error).__name__)[:300]
+    return error_reason(str(result.error)) or type(result.error).__name__
 
 
 def merge_history(seen: list[dict], kept: list[dict]) -> tuple[list[dict], list[dict]]:
