@@ -184,6 +184,42 @@ def test_members_and_ensemble_are_scored_after_the_choice_and_equal_evaluate(tmp
     assert f"{ens_f1['value']:.3f} [{ens_f1['low']:.3f}, {ens_f1['high']:.3f}]" in row
 
 
+def test_the_ensemble_command_scores_external_sets(tmp_path, capsys):
+    """`python -m ray_xray.ensemble EXP --external DATA` (in-process, as the console script
+    runs it): the same figures as the sweep's --external, in --json's output, the ensemble's
+    metrics.json and best_trials.json; the table goes to stderr so stdout stays JSON; a
+    missing set is one error line before any model is loaded."""
+    from test_report import fake_sweep
+
+    from ray_xray.cli import run
+    from ray_xray.ensemble.__main__ import main
+    from ray_xray.tune import results as R
+
+    hp = {"width": 8, "head_dims": [16], "pool_size": 2}
+    exp = fake_sweep(tmp_path / "exp", [("cnn", 32, hp), ("cnn", 48, hp)])
+    R.write_best_trials(exp, _fake_top(exp))  # what the sweep wrote
+    ext = str(write_external(tmp_path / "site_b", 4))
+    assert main([str(exp), "--top-k", "2", "--external", ext, "--device", "cpu", "--json",
+                 "--no-report", "--out", str(tmp_path / "ens")]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    (s,) = result["external"]["sets"]
+    assert (s["data"], s["n"]) == (ext, 12) and [m["kind"] for m in s["models"]][-1] == "ensemble"
+    assert len(s["models"]) == 3 and f"{ext} (12 images)" in captured.err
+    metrics = json.loads((tmp_path / "ens" / "metrics.json").read_text())
+    assert metrics["external"] == result["external"]
+    best = json.loads((exp / "best_trials.json").read_text())
+    assert [b["external"][ext]["headline"] for b in best] == [
+        m["headline"] for m in s["models"][:2]
+    ]
+
+    with pytest.raises(SystemExit) as exc:
+        run(main, [str(exp), "--external", str(tmp_path / "nowhere"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err == [f"error: --external {tmp_path / 'nowhere'}: no such "
+                                           "folder or manifest"]  # fmt: skip
+
+
 def test_without_an_ensemble_the_members_are_still_scored(tmp_path, capsys):
     from test_report import fake_sweep
 

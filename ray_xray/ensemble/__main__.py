@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 
 from ..cli import HelpFormatter, run
 from .checks import check_experiment_dir, check_top_k
@@ -42,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="operating points by target specificity (default 0.90,0.95)")  # fmt: skip
     p.add_argument("--sensitivity", type=targets, default=(0.90, 0.95), metavar="T[,T...]",
                    help="operating points by target sensitivity (default 0.90,0.95)")  # fmt: skip
+    p.add_argument("--external", action="append", default=None, metavar="DATA[,DATA]",
+                   help="labelled sets from elsewhere (folder, manifest or synthetic:), scored "
+                   "once the ensemble is chosen and saved, never used to choose: each of the "
+                   "top K of best_trials.json and the ensemble, with intervals and the drop from "
+                   "its own test split; as the sweep's --external (default: none)")  # fmt: skip
     p.add_argument("--no-report", action="store_true", help="skip report.html and its figures")
     p.add_argument("--json", action="store_true", help="print the result summary as JSON")
     return p
@@ -51,11 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_top_k(args.top_k)  # before the heavy imports: bad input answers at once
     check_experiment_dir(args.experiment)
+    external = None
+    if args.external:  # checked before any model is loaded
+        from ..tune.external import for_finished_sweep
+
+        external = for_finished_sweep(args.experiment, args.external, args.top_k, args.device)
     from .core import run_ensemble
 
     result = run_ensemble(args.experiment, top_k=args.top_k, data=args.data, out=args.out,
                           device=args.device, report_html=not args.no_report,
-                          specificities=args.specificity, sensitivities=args.sensitivity)  # fmt: skip
+                          specificities=args.specificity, sensitivities=args.sensitivity,
+                          external=external)  # fmt: skip
+    if external is not None:  # each member's figures into best_trials.json; the table
+        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+            result["external"] = external.finish(str(args.experiment))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0

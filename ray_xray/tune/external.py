@@ -146,6 +146,33 @@ class ExternalStep:
         return self.block
 
 
+def for_finished_sweep(exp_dir: str | Path, values, top_k: int, device: str = "auto"
+                       ) -> ExternalStep:  # fmt: skip
+    """The `ExternalStep` for `python -m ray_xray.ensemble EXP --external DATA[,DATA]`: the
+    sweep's recorded options (sweep.json: its data, cache, settings, classes) and the first
+    `top_k` entries of its best_trials.json. Checks the sets as a sweep does before its
+    trials (same errors: UserError, one line); `device` "cuda" scores on the GPU."""
+    import json
+    from types import SimpleNamespace
+
+    exp = Path(exp_dir)
+    record = {}
+    if (exp / "sweep.json").is_file():
+        record = json.loads((exp / "sweep.json").read_text())
+    options = record.get("options", {})
+    if not (exp / "best_trials.json").is_file():
+        raise UserError(f"--external: {exp} has no best_trials.json (a sweep writes it)")
+    top = json.loads((exp / "best_trials.json").read_text())[:top_k]
+    data = options.get("data")
+    opts = SimpleNamespace(external=values, data=absolute_spec(data) if data else None,
+                           cache=options.get("cache"), settings=options.get("settings") or {},
+                           gpus_per_trial=1 if device == "cuda" else 0, ensemble=True)  # fmt: skip
+    check_specs(opts)
+    if record.get("classes"):
+        check_classes(opts.external, list(record["classes"]))
+    return ExternalStep(opts, top)
+
+
 def store(exp_dir: str | Path, top: list[dict], block: dict) -> None:
     """Each member's figures into its best_trials.json entry: entry["external"][spec] =
     {"split", "n", "missing_classes", "headline", "drops", "ece", "warnings"}."""
