@@ -2,9 +2,12 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -96,29 +99,78 @@ def write_external(root: Path, per_class: int = 8, size: int = 40, classes=SYNTH
 
 
 @pytest.fixture(scope="session")
-def smoke_sweep(tmp_path_factory):
+def wheel_venv(tmp_path_factory) -> dict:
+    """{"python", "script", "site", "cwd", "env", "wheel"} of a fresh venv holding only the
+    wheel built from this checkout (tests/test_package.py says how: offline, no build
+    isolation, the running environment's packages seen through a .pth line)."""
+    root = tmp_path_factory.mktemp("wheel")
+    src = root / "src"  # a copy, so the build leaves no build/ or egg-info in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    shutil.copytree(
+        REPO / "ray_xray", src / "ray_xray", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = pip + ["wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", root / "dist"]
+    subprocess.run([*build, str(src)], check=True, capture_output=True)
+    (wheel,) = (root / "dist").glob("ray_xray-*.whl")
+
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    python = venv / "bin" / "python"
+    site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+    )  # fmt: skip
+    deps = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    (site / "zz_test_deps.pth").write_text("".join(f"{d}\n" for d in deps))
+    subprocess.run(
+        [*pip, "--python", python, "install", "--no-deps", "--no-index", wheel],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    cwd = root / "elsewhere"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return {
+        "python": str(python), "script": str(venv / "bin" / "ray-xray"), "site": site,
+        "cwd": cwd, "env": env, "wheel": wheel,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory, wheel_venv):
     """The one smoke sweep of a test session, shared by every check that reads one
-    (test_tune, test_ensemble, test_report, test_storage): `ray_xray.tune --space all
-    --smoke-test --trials 4 --top-k 4 --wandb offline --external SITE_B` in a subprocess (its
-    ensemble + report included; W&B's own caches in the storage folder; SITE_B holds 18
-    synthetic images from other seeds), then `ray_xray.ensemble` on it in this process
-    (`--no-report`, output in `cli_out`).
+    (test_tune, test_ensemble, test_report, test_storage, test_external, test_package):
+    `ray_xray.tune --space all --smoke-test --trials 4 --top-k 4 --cpus-per-trial 0.5
+    --storage runs --cache relcache --wandb offline --external SITE_B` (all 4 trials at once:
+    one wave of start-ups instead of two), run as a user runs it: from the installed
+    wheel (`wheel_venv`), in a folder of its own (ROOT), with relative paths. Its ensemble and
+    report are included; W&B's own caches are kept in ROOT; SITE_B holds 18 synthetic images
+    from other seeds; Ray's session folder is a temporary RAY_TMPDIR. Then `ray_xray.ensemble`
+    on it in this process (`--no-report`, output in `cli_out`).
 
     A sweep with no result after SMOKE_SWEEP_LIMIT_S is interrupted (SIGINT: Tune saves and Ray
     shuts down) and every test that reads it fails with its last output.
     Returns {"exp", "out" (the sweep's own ensemble folder), "output" (the sweep's console),
     "cli_out", "summary" (the ensemble command's --json), "stderr" (its progress lines),
-    "external" (SITE_B's path)}.
+    "external" (SITE_B's path), "root" (ROOT), "ray_parquet" (Parquet files found in Ray's
+    session folder before it was removed)}.
     """
-    storage = tmp_path_factory.mktemp("smoke_sweep")
-    external = str(write_external(storage / "site_b", 6))  # 18 images, for test_external
+    root = tmp_path_factory.mktemp("smoke_sweep")
+    storage = root / "runs"
+    external = str(write_external(root / "site_b", 6))  # 18 images, for test_external
+    ray_tmp = tempfile.mkdtemp(prefix="rx", dir="/tmp")  # short: Ray's socket paths
     p = subprocess.Popen(
-        [sys.executable, "-m", "ray_xray.tune", "--space", "all", "--smoke-test", "--trials",
-         "4", "--top-k", "4", "--storage", str(storage), "--name", "t", "--wandb", "offline",
-         "--external", external],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-        env={**os.environ, "WANDB_CACHE_DIR": str(storage / "wandb-cache"),
-             "WANDB_CONFIG_DIR": str(storage / "wandb-config")}, start_new_session=True,
+        [wheel_venv["python"], "-m", "ray_xray.tune", "--space", "all", "--smoke-test",
+         "--trials", "4", "--top-k", "4", "--cpus-per-trial", "0.5", "--storage", "runs",
+         "--cache", "relcache", "--name", "t", "--wandb", "offline", "--external", external],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root,
+        env={**wheel_venv["env"], "WANDB_CACHE_DIR": str(root / "wandb-cache"),
+             "WANDB_CONFIG_DIR": str(root / "wandb-config"), "RAY_TMPDIR": ray_tmp},
+        start_new_session=True,
     )  # fmt: skip
     try:
         out, _ = p.communicate(timeout=SMOKE_SWEEP_LIMIT_S)
@@ -133,6 +185,9 @@ def smoke_sweep(tmp_path_factory):
             f"the smoke sweep stalled: no result after {SMOKE_SWEEP_LIMIT_S} s, interrupted; "
             f"its last output:\n{out[-4000:]}"
         )
+    finally:
+        ray_parquet = list(Path(ray_tmp).rglob("*.parquet"))
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     if p.returncode != 0:
         pytest.fail(f"the smoke sweep failed (exit {p.returncode}):\n{out[-4000:]}")
     exp = storage / "t"
@@ -144,5 +199,5 @@ def smoke_sweep(tmp_path_factory):
                               "--device", "cpu", "--json", "--no-report"])  # fmt: skip
     assert code == 0, stderr.getvalue()[-3000:]
     return {"exp": exp, "out": exp / "ensemble", "output": out, "cli_out": storage / "ens",
-            "external": external,
+            "external": external, "root": root, "ray_parquet": ray_parquet,
             "summary": json.loads(stdout.getvalue()), "stderr": stderr.getvalue()}  # fmt: skip

@@ -1,4 +1,5 @@
-"""The wheel: built from the checkout, installed into a fresh venv, run from outside the checkout.
+"""The wheel: built from the checkout, installed into a fresh venv, run from outside the checkout
+(the `wheel_venv` fixture in tests/conftest.py; the session's smoke sweep runs from it).
 
 Offline and quick: the wheel is built without build isolation (setuptools from the running
 environment), and the new venv sees the running environment's packages (torch, ray, ...)
@@ -10,12 +11,7 @@ runs is the installed wheel, never the checkout.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-import sysconfig
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,44 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> dict:
-    """{"python", "script", "site", "cwd", "env"} of a venv holding only the built wheel."""
-    root = tmp_path_factory.mktemp("wheel")
-    src = root / "src"  # a copy, so the build leaves no build/ or egg-info in the checkout
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(REPO / name, src / name)
-    shutil.copytree(
-        REPO / "ray_xray", src / "ray_xray", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    build = pip + ["wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", root / "dist"]
-    subprocess.run([*build, str(src)], check=True, capture_output=True)
-    (wheel,) = (root / "dist").glob("ray_xray-*.whl")
-
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
-    python = venv / "bin" / "python"
-    site = Path(
-        subprocess.run(
-            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip()
-    )  # fmt: skip
-    deps = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
-    (site / "zz_test_deps.pth").write_text("".join(f"{d}\n" for d in deps))
-    subprocess.run(
-        [*pip, "--python", python, "install", "--no-deps", "--no-index", wheel],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    cwd = root / "elsewhere"
-    cwd.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return {
-        "python": str(python), "script": str(venv / "bin" / "ray-xray"), "site": site,
-        "cwd": cwd, "env": env, "wheel": wheel,
-    }  # fmt: skip
+@pytest.fixture
+def installed(wheel_venv) -> dict:
+    return wheel_venv  # tests/conftest.py: built once per session (the smoke sweep runs from it)
 
 
 def _run(inst: dict, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -105,33 +66,22 @@ def test_installed_copy_runs_outside_the_checkout(installed):
 
 
 @pytest.mark.slow_ray
-def test_smoke_sweep_and_predict_from_the_wheel(installed, tmp_path):
-    """A named-space smoke sweep from the installed wheel, with the relative paths a user types
-    (`--data d --storage runs --cache relcache`, run in the data's folder): the prepared-data
-    cache is written once, where asked, and the trial workers (other processes, other working
-    directories) read it instead of decoding the images again into a cache of their own."""
-    from conftest import write_tree
-
-    cwd = tmp_path / "project"
-    write_tree(cwd / "d", per_class=4, size=40)
-    ray_tmp = tempfile.mkdtemp(prefix="rx", dir="/tmp")  # short: Ray's socket paths
-    try:
-        out = _run(
-            {**installed, "cwd": cwd, "env": {**installed["env"], "RAY_TMPDIR": ray_tmp}},
-            installed["python"], "-m", "ray_xray.tune", "--space", "resnet18", "--smoke-test",
-            "--trials", "1", "--wandb", "off", "--no-ensemble", "--data", "d", "--storage",
-            "runs", "--cache", "relcache", "--name", "wheel", timeout=600,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert list(Path(ray_tmp).rglob("*.parquet")) == []  # no cache under Ray's session
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    exp = cwd / "runs" / "wheel"
+def test_smoke_sweep_and_predict_from_the_wheel(installed, smoke_sweep, tmp_path):
+    """The session's smoke sweep ran from the installed wheel, with the relative paths a user
+    types (`--storage runs --cache relcache`, tests/conftest.py): a named space, the
+    prepared-data cache written once where asked, and the trial workers (other processes,
+    other working directories) reading it instead of decoding the images into a cache of
+    their own, or into Ray's session folder."""
+    root, exp = smoke_sweep["root"], smoke_sweep["exp"]
+    assert exp == root / "runs" / "t"
     assert (exp / "results.parquet").is_file() and (exp / "best_model.pt").is_file()
-    assert (exp / "space.yaml").read_text().startswith("# search space 'resnet18' with smoke")
-    assert list((cwd / "relcache").glob("*.parquet"))
-    elsewhere = [p for p in cwd.rglob("*.parquet") if "relcache" not in p.parts]
+    header = (exp / "space.yaml").read_text().splitlines()[0]
+    assert header.startswith("# search space 'all' with smoke")
+    assert str(installed["site"] / "ray_xray" / "search_spaces" / "all.yaml") in header  # wheel's
+    assert list((root / "relcache").glob("*.parquet"))
+    elsewhere = [p for p in root.rglob("*.parquet") if "relcache" not in p.parts]
     assert [p for p in elsewhere if p.name != "results.parquet"] == []
+    assert smoke_sweep["ray_parquet"] == []
 
     from PIL import Image
 
