@@ -19,8 +19,12 @@ RAY_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_WORKER_GROUP_START_TI
 
 # Only for a Ray this project starts on one machine (a cluster we join keeps Ray's defaults).
 # Every trial's Ray Train run starts a preemption-watcher actor (one more process, ~0.4 s of
-# CPU) that polls for node drains, which a single-machine Ray never has.
-LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# CPU) that polls for node drains, which a single-machine Ray never has. Ray Train's controller
+# polls its workers every 2 s by default, and a trial's start and end each wait for a poll:
+# 0.5 s took 1.4 s off the median trial overhead (benchmarks/RESULTS.md section 1, 13.0 s vs
+# 14.4 s). A trial that ends that fast must wait for Tune to read its last report
+# (tune/trial.py: wait_for_tune_to_read_reports), else Ray 2.60's function session deadlocks.
+LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 def pin_ray_address() -> None:

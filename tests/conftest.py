@@ -144,9 +144,8 @@ def wheel_venv(tmp_path_factory) -> dict:
 def smoke_sweep(tmp_path_factory, wheel_venv):
     """The one smoke sweep of a test session, shared by every check that reads one
     (test_tune, test_ensemble, test_report, test_storage, test_external, test_package):
-    `ray_xray.tune --space all --smoke-test --trials 4 --top-k 4 --cpus-per-trial 0.5
-    --storage runs --cache relcache --wandb offline --external SITE_B` (all 4 trials at once:
-    one wave of start-ups instead of two), run as a user runs it: from the installed
+    `ray_xray.tune --space all --smoke-test --trials 4 --top-k 4 --storage runs --cache
+    relcache --wandb offline --external SITE_B`, run as a user runs it: from the installed
     wheel (`wheel_venv`), in a folder of its own (ROOT), with relative paths. Its ensemble and
     report are included; W&B's own caches are kept in ROOT; SITE_B holds 18 synthetic images
     from other seeds; Ray's session folder is a temporary RAY_TMPDIR. Then `ray_xray.ensemble`
@@ -165,8 +164,8 @@ def smoke_sweep(tmp_path_factory, wheel_venv):
     ray_tmp = tempfile.mkdtemp(prefix="rx", dir="/tmp")  # short: Ray's socket paths
     p = subprocess.Popen(
         [wheel_venv["python"], "-m", "ray_xray.tune", "--space", "all", "--smoke-test",
-         "--trials", "4", "--top-k", "4", "--cpus-per-trial", "0.5", "--storage", "runs",
-         "--cache", "relcache", "--name", "t", "--wandb", "offline", "--external", external],
+         "--trials", "4", "--top-k", "4", "--storage", "runs", "--cache", "relcache", "--name",
+         "t", "--wandb", "offline", "--external", external],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root,
         env={**wheel_venv["env"], "WANDB_CACHE_DIR": str(root / "wandb-cache"),
              "WANDB_CONFIG_DIR": str(root / "wandb-config"), "RAY_TMPDIR": ray_tmp},
