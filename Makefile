@@ -30,9 +30,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
-# Without the Ray tests (about 2 minutes): for every edit; `make test` before a merge.
+# Without the Ray tests and the two biggest models' training steps, over every core
+# (pytest-xdist; under 2 minutes on 2 cores): for every edit; `make test` before a merge.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not slow_ray" --timeout 120
+	$(PY) -m pytest -q -n auto -m "not slow and not slow_ray" --timeout 120
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -28,6 +28,7 @@ from ray_xray.models import (
 MODELS = [m for m in list_models() if not m.startswith("timm/")]
 # ~100M+ parameters: building them dominates test time, so they are built once per config.
 HEAVY = {"cnn", "vgg16", "alexnet"}
+BIG = {"vgg16", "alexnet"}  # over 50M parameters
 CONV = {"cnn", "cnn_lstm", "resnet18", "resnet18_cbam", "alexnet", "vgg16"}
 
 
@@ -178,7 +179,10 @@ TRAIN_HP = {
 TRAIN_PX = {"vgg16": 32}
 
 
-@pytest.mark.parametrize("name", MODELS)
+# The two 60-130M-parameter models take 5-15 s here: `make test` runs them, test-fast skips them.
+@pytest.mark.parametrize(
+    "name", [pytest.param(m, marks=pytest.mark.slow) if m in BIG else m for m in MODELS]
+)
 def test_adam_lowers_loss(name):
     torch.manual_seed(0)
     px, n = TRAIN_PX.get(name, 64), 6 if name in HEAVY else 8
