@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(PY) -m ray_xray.tune --space all --trials 8 --set epochs=4 --set img_size=64 \
 		--storage runs/tune --name demo-$$(date +%Y%m%d-%H%M%S)
 
-# Everything (about 9 minutes on 2 CPU cores; --durations shows where the time went).
+# Everything (9-12 minutes on 2 CPU cores; --durations shows where the time went).
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
