@@ -155,11 +155,10 @@ def for_finished_sweep(exp_dir: str | Path, values, top_k: int, device: str = "a
     import json
     from types import SimpleNamespace
 
-    exp = Path(exp_dir)
-    record = {}
-    if (exp / "sweep.json").is_file():
-        record = json.loads((exp / "sweep.json").read_text())
-    options = record.get("options", {})
+    from ..ensemble.core import read_experiment  # the sweep folder's reader (one error line)
+
+    swept = read_experiment(exp_dir)
+    exp, record, options = Path(exp_dir), swept["sweep"], swept["options"]
     if not (exp / "best_trials.json").is_file():
         raise UserError(f"--external: {exp} has no best_trials.json (a sweep writes it)")
     top = json.loads((exp / "best_trials.json").read_text())[:top_k]

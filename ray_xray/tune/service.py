@@ -530,7 +530,7 @@ def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
 def _run_config(
     opts: SweepOptions, name: str, storage: str, files: SweepFiles | None = None
 ) -> tune.RunConfig:
-    callbacks = [*make_callbacks(opts, name, files.stage if files else None)]
+    callbacks = make_callbacks(opts, name, files.stage if files else None)
     if files is not None and files.remote:
         callbacks.append(StudyUpload(files))
     return tune.RunConfig(
