@@ -19,8 +19,10 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "monitor": ("val_macro_f1", "val_acc", "val_auc", "val_loss"),
     "dedupe": ("off", "drop-cross-split", "drop-conflicts"),
-    "augment": ("seeds", "flip"),
+    "augment": ("seeds", "flip", "robust"),
     "augment_on": ("auto", "loader", "device"),
+    "normalize": ("dataset", "image", "imagenet"),
+    "equalize": ("none", "hist"),
 }
 
 # One line of help per setting: `python -m ray_xray.train --help` is generated from these.
@@ -51,8 +53,12 @@ HELP = {
     "device": "auto: CUDA when available",
     "channels_last": "channels-last memory layout for conv models",
     "aug_strength": "augmentation strength (0 = none, 1 = the seeds' recipe)",
-    "augment": "seeds: flip+rotate+shift+contrast+crop; flip: horizontal flip only",
-    "augment_on": "where augmentation runs (auto: device on CUDA, loader on CPU)",
+    "augment": "seeds: flip+rotate+shift+contrast+crop; flip: horizontal flip only; robust: "
+    "seeds + gamma, blur, noise, down-scaling, JPEG (what a new site changes; loader only)",
+    "augment_on": "where augmentation runs (auto: device on CUDA, loader on CPU; robust: loader)",
+    "normalize": "input scaling: dataset (training split mean/std), image (each image's own "
+    "mean/std: z-score), imagenet (ImageNet's mean/std, for pretrained backbones)",
+    "equalize": "hist: equalise each image's grey-level histogram before normalising",
     "loader_workers": "data-loading processes per training worker (torchvision's --workers)",
     "compile": "torch.compile the model (compiles per run: worth it for long runs)",
     "checkpoint_every": "save the training state every N epochs (and when the best changes)",
@@ -104,6 +110,8 @@ class TrainConfig:
     # Where augmentation runs: "loader" (albumentations per image, CPU), "device" (one batched
     # affine on the training device, data/feed.py); "auto": device on CUDA, loader on CPU.
     augment_on: str = "auto"
+    normalize: str = "dataset"  # "image": per-image z-score; "imagenet": ImageNet's mean/std
+    equalize: str = "none"  # "hist": per-image histogram equalisation (data/feed.py)
     loader_workers: int = 0  # DataLoader processes for loader-side augmentation (torchvision -j)
     # Full training state (weights + optimiser) saved every N epochs, and always when the best
     # epoch changes: a restart redoes at most N-1 epochs; N > 1 cuts checkpoint traffic.

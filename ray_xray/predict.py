@@ -23,7 +23,6 @@ from .cli import HelpFormatter, run
 from .data.cache import decode
 from .data.images import UnreadableImage
 from .data.sources import path_text
-from .data.transforms import to_tensor
 from .train.engine import (
     CHECKPOINT_FORMAT,
     autocast,
@@ -31,6 +30,7 @@ from .train.engine import (
     model_from_record,
     pick_device,
     pick_precision,
+    record_feed,
 )
 
 ENSEMBLE_FORMAT = "ray_xray/ensemble/1"  # ray_xray.ensemble.store.ENSEMBLE_FORMAT
@@ -100,11 +100,11 @@ def _logits(record: dict, blobs: list[bytes], paths: list[str], dev, decoded: di
     size = int(pre["img_size"])
     if size not in decoded:
         decoded[size] = [_decode(b, p, size) for b, p in zip(blobs, paths, strict=True)]
-    xs = [to_tensor(px, pre["mean"], pre["std"], pre["in_chans"]) for px in decoded[size]]
+    feed = record_feed(record, dev)  # the record's own scaling, as training fed it
     out = []
     with torch.no_grad():
-        for start in range(0, len(xs), 64):
-            batch = torch.stack(xs[start : start + 64]).to(dev)
+        for start in range(0, len(decoded[size]), 64):
+            batch = feed(torch.from_numpy(np.stack(decoded[size][start : start + 64])))
             with autocast(dev, pick_precision(record["config"].get("precision", "auto"), dev)):
                 logits = model(batch)
             out.append(logits.float().cpu())

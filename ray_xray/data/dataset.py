@@ -126,9 +126,12 @@ class PreparedData:
             aug = None
         return ImageDataset(self.images[split], self.labels[split], aug)
 
-    def feed(self, in_chans: int, device, channels_last: bool = False, augment=None) -> DeviceFeed:
-        """The `DeviceFeed` that turns this data's uint8 batches into normalised model input."""
-        return DeviceFeed(self.mean, self.std, in_chans, device, channels_last, augment)
+    def feed(self, in_chans: int, device, channels_last: bool = False, augment=None,
+             normalize: str = "dataset", equalize: str = "none") -> DeviceFeed:  # fmt: skip
+        """The `DeviceFeed` that turns this data's uint8 batches into model input (this data's
+        training statistics; `normalize`/`equalize` as in `TrainConfig`)."""
+        return DeviceFeed(self.mean, self.std, in_chans, device, channels_last, augment,
+                          normalize=normalize, equalize=equalize)  # fmt: skip
 
 
 class ImageDataset(Dataset):

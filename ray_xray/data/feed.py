@@ -28,13 +28,61 @@ import torch.nn.functional as F
 AUGMENT_ON = ("auto", "loader", "device")
 
 
-def normalize(x: torch.Tensor, mean: float, std: float, in_chans: int) -> torch.Tensor:
-    """uint8 or [0, 255] float (N, 1, H, W) -> float32 (N, in_chans, H, W), (x/255 - mean)/std.
+# ImageNet's per-channel statistics (torchvision's weights' transforms); a grey input gets their
+# mean over the three channels.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# A perfectly equalised histogram is uniform on [0, 1]: mean 1/2, std 1/sqrt(12).
+EQUALIZED_MEAN, EQUALIZED_STD = 0.5, 12**-0.5
 
-    `mean`/`std` are the training split's statistics on the [0, 1] scale (`PreparedData`).
+
+def normalize(x: torch.Tensor, mean: float, std: float, in_chans: int,
+              mode: str = "dataset") -> torch.Tensor:  # fmt: skip
+    """uint8 or [0, 255] float (N, 1, H, W) -> float32 (N, in_chans, H, W).
+
+    `mode` (TrainConfig.normalize): "dataset": (x/255 - mean)/std with `mean`/`std` the training
+    split's statistics on the [0, 1] scale (`PreparedData`); "image": each image's own z-score
+    (its std floored at 1/255, so a blank image stays finite); "imagenet": ImageNet's mean/std,
+    per channel for 3-channel input, their means for grey. Raises ValueError for another mode.
     """
-    x = (x.float() / 255.0 - mean) / std
-    return x.expand(-1, in_chans, -1, -1) if in_chans > 1 else x
+    x = x.float() / 255.0
+    if mode == "image":
+        m = x.mean(dim=(1, 2, 3), keepdim=True)
+        s = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1 / 255)
+        x = (x - m) / s
+    elif mode == "dataset":
+        x = (x - mean) / std
+    elif mode != "imagenet":
+        raise ValueError(f"normalize must be dataset, image or imagenet, got {mode!r}")
+    x = x.expand(-1, in_chans, -1, -1) if in_chans > 1 else x
+    if mode == "imagenet":
+        chans = in_chans if in_chans == 3 else 1
+        m = torch.tensor(IMAGENET_MEAN, device=x.device)
+        s = torch.tensor(IMAGENET_STD, device=x.device)
+        m, s = (m, s) if chans == 3 else (m.mean(0, keepdim=True), s.mean(0, keepdim=True))
+        x = (x - m[None, :, None, None]) / s[None, :, None, None]
+    return x
+
+
+def equalize_hist(x: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation of each image: uint8 or [0, 255] float (N, 1, H, W) -> float32 grey
+    levels in [0, 255], same shape, on the same device (batched: one scatter_add and one gather).
+
+    The mapping is OpenCV's `cv2.equalizeHist`: level v -> round(255 (cdf(v) - cdf_min) /
+    (H W - cdf_min)), cdf_min the count of the darkest level present; a one-level image is left
+    as it is. Float input (after augmentation) is rounded to whole grey levels first.
+    """
+    n = x.shape[0]
+    levels = x.round().clamp(0, 255).long().reshape(n, -1)
+    hist = torch.zeros(n, 256, device=x.device, dtype=torch.float64)
+    hist.scatter_add_(1, levels, torch.ones_like(levels, dtype=torch.float64))
+    cdf = hist.cumsum(1)
+    cdf_min = torch.where(hist > 0, cdf, torch.full_like(cdf, float("inf"))).amin(1, keepdim=True)
+    total = cdf[:, -1:]
+    span = (total - cdf_min).clamp_min(1)
+    lut = ((cdf - cdf_min).clamp_min(0) * 255 / span).round()
+    flat = total == cdf_min  # one grey level: cv2 leaves such an image unchanged
+    lut = torch.where(flat, torch.arange(256, device=x.device, dtype=lut.dtype)[None], lut)
+    return torch.gather(lut, 1, levels).reshape(x.shape).float()
 
 
 class BatchAugment:
@@ -48,8 +96,13 @@ class BatchAugment:
     """
 
     def __init__(self, strength: float = 1.0, preset: str = "seeds") -> None:
+        if preset == "robust":
+            raise ValueError(
+                "augment=robust runs on the loader only (JPEG re-compression has no batched "
+                "version): use augment_on=loader or auto"
+            )
         if preset not in ("seeds", "flip"):
-            raise ValueError(f"augment: unknown preset {preset!r} (seeds, flip)")
+            raise ValueError(f"augment: unknown preset {preset!r} (seeds, flip, robust)")
         self.s, self.preset = max(0.0, float(strength)), preset
 
     @property
@@ -113,14 +166,23 @@ class DeviceFeed:
     """Turns a loader's batch into the model's input on `device`.
 
     `feed(x)` with x uint8 (N, 1, H, W) (or already-augmented uint8 from a loader-side preset)
-    returns float32 (N, in_chans, H, W) on `device`, normalised by the training split's
-    `mean`/`std` ([0, 1] scale), in channels_last when asked; `feed(x, train=True)` applies
-    `augment` first (a `BatchAugment`, or None when the loader already augmented).
+    returns float32 (N, in_chans, H, W) on `device`: histogram-equalised when `equalize="hist"`,
+    then scaled as `normalize` says (`normalize()`; "dataset" uses the training split's
+    `mean`/`std` on the [0, 1] scale, which `equalize="hist"` replaces by those of a uniform
+    histogram), in channels_last when asked; `feed(x, train=True)` applies `augment` first (a
+    `BatchAugment`, or None when the loader already augmented). Train, validation, `predict`
+    and `evaluate` all go through this one path, so a model sees the same scaling everywhere.
     """
 
     def __init__(self, mean: float, std: float, in_chans: int, device: torch.device,
-                 channels_last: bool = False, augment: BatchAugment | None = None) -> None:  # fmt: skip
+                 channels_last: bool = False, augment: BatchAugment | None = None,
+                 normalize: str = "dataset", equalize: str = "none") -> None:  # fmt: skip
+        if equalize not in ("none", "hist"):
+            raise ValueError(f"equalize must be none or hist, got {equalize!r}")
+        if equalize == "hist":
+            mean, std = EQUALIZED_MEAN, EQUALIZED_STD
         self.mean, self.std, self.in_chans = float(mean), float(std), int(in_chans)
+        self.norm, self.equalize = normalize, equalize == "hist"
         self.device, self.augment = torch.device(device), augment
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -130,16 +192,29 @@ class DeviceFeed:
             x = x[:, None]
         if train and self.augment is not None and self.augment.active:
             x = self.augment(x.float())
-        return normalize(x, self.mean, self.std, self.in_chans).contiguous(memory_format=self.fmt)
+        if self.equalize:
+            x = equalize_hist(x)
+        x = normalize(x, self.mean, self.std, self.in_chans, self.norm)
+        return x.contiguous(memory_format=self.fmt)
+
+    @classmethod
+    def for_config(cls, cfg, mean: float, std: float, device: torch.device,
+                   channels_last: bool = False, augment: BatchAugment | None = None) -> DeviceFeed:  # fmt: skip
+        """The feed for a `TrainConfig` (its in_chans, normalize, equalize) and data statistics."""
+        return cls(mean, std, cfg.in_chans, device, channels_last, augment,
+                   normalize=cfg.normalize, equalize=cfg.equalize)  # fmt: skip
 
 
-def pick_augment_on(augment_on: str, device: torch.device) -> str:
+def pick_augment_on(augment_on: str, device: torch.device, preset: str = "seeds") -> str:
     """Where the augmentation runs: `loader` (albumentations, per image, on CPU) or `device`
     (`BatchAugment`, per batch). `auto`: the device on CUDA (the loader cannot keep a GPU fed:
     2,700 images/s measured on an H200 host against a 7,155 images/s step), the loader on CPU
-    (albumentations, what users configure)."""
+    (albumentations, what users configure), and the loader for the `robust` preset (JPEG
+    re-compression per image). Raises ValueError for an unknown value."""
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {', '.join(AUGMENT_ON)}, got {augment_on!r}")
+    if augment_on == "auto" and preset == "robust":
+        return "loader"
     if augment_on == "auto":
         return "device" if torch.device(device).type == "cuda" else "loader"
     return augment_on

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from ..data.feed import DeviceFeed
 from ..io import write_atomic
 from ..report import html as H
 from ..report import plots as P
 from ..report.build import Figures, _pick_cases, _title, class_html
+from ..train.engine import record_feed
 from .result import EvalResult, metric_name
 from .sources import Subject
 
@@ -210,7 +210,7 @@ def gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
     rec = subject.members[i]
     pre = rec["preprocess"]
     imgs = r.images[int(pre["img_size"])]
-    feed = DeviceFeed(pre["mean"], pre["std"], int(pre["in_chans"]), torch.device("cpu"))
+    feed = record_feed(rec, torch.device("cpu"))
     prob = r.member_prob[i]
     pred, conf = prob.argmax(1), prob.max(1)
     rows, labels = [], []

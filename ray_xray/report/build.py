@@ -114,12 +114,9 @@ def _pick_cases(y, pred, conf, k: int, n_correct: int, n_wrong: int) -> tuple[li
 
 def _batch(data, idx: list[int], record: dict) -> torch.Tensor:
     """Test images `idx` as the member saw them (its own normalisation and channels)."""
-    from ray_xray.data.transforms import to_tensor
+    from ray_xray.train.engine import record_feed
 
-    pre = record["preprocess"]
-    return torch.stack(
-        [to_tensor(data.images["test"][i], pre["mean"], pre["std"], pre["in_chans"]) for i in idx]
-    )
+    return record_feed(record, torch.device("cpu"))(torch.from_numpy(data.images["test"][idx]))
 
 
 def _title(classes, t: int, p: int, prob: float) -> str:

@@ -332,16 +332,24 @@ def inference_setup(record: dict, device: torch.device):
     """(model, feed, precision, channels_last) to run a saved model on `device` as validation
     did: eval mode, the record's memory format and precision, and a `DeviceFeed` with the
     record's own training normalisation (whatever data it is shown)."""
-    from ..data.feed import DeviceFeed
-
     cfg = TrainConfig.from_dict(record["config"])
     model = model_from_record(record).to(device)
     channels_last = uses_channels_last(cfg, model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    pre = record["preprocess"]
-    feed = DeviceFeed(pre["mean"], pre["std"], cfg.in_chans, device, channels_last)
+    feed = record_feed(record, device, channels_last)
     return model, feed, pick_precision(cfg.precision, device), channels_last
+
+
+def record_feed(record: dict, device: torch.device, channels_last: bool = False):
+    """The `DeviceFeed` that turns uint8 (N, 1, H, W) images into a saved model's input as its
+    training did: the record's data statistics, in_chans, `normalize` and `equalize` (records
+    saved before those settings existed get their defaults, which is what they trained with)."""
+    from ..data.feed import DeviceFeed
+
+    cfg = TrainConfig.from_dict(record["config"])
+    pre = record["preprocess"]
+    return DeviceFeed.for_config(cfg, pre["mean"], pre["std"], device, channels_last)
 
 
 def model_from_record(record: dict) -> nn.Module:

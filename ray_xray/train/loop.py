@@ -63,7 +63,7 @@ class Trainer:
         if cfg.compile:
             model = torch.compile(model)
 
-        on = pick_augment_on(cfg.augment_on, device)
+        on = pick_augment_on(cfg.augment_on, device, cfg.augment)
         strength = cfg.aug_strength if on == "loader" else 0.0
         train_ds = data.dataset("train", aug_strength=strength, augment=cfg.augment)
         seed_augmentation(train_ds, cfg.seed)
@@ -85,11 +85,11 @@ class Trainer:
         counts = np.bincount(labels, minlength=len(data.classes))
         loss_fn = E.make_loss(cfg, class_weights(counts) if cfg.class_weights else None)
         opt = E.make_optimizer(cfg, model)
+        feed = data.feed(cfg.in_chans, device, channels_last, augment, cfg.normalize, cfg.equalize)
         return cls(
             cfg, model, bare, loss_fn.to(device), opt, E.Schedule(cfg, opt, len(train_loader)),
-            E.make_scaler(device, precision), device, precision, channels_last,
-            data.feed(cfg.in_chans, device, channels_last, augment), train_loader, val_loader,
-            list(data.classes),
+            E.make_scaler(device, precision), device, precision, channels_last, feed,
+            train_loader, val_loader, list(data.classes),
         )  # fmt: skip
 
     def state_dict(self) -> dict:
