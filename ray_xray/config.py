@@ -150,6 +150,11 @@ class TrainConfig:
             )
         if self.focal_gamma < 0:
             raise ValueError(f"config: focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.augment == "robust" and self.augment_on == "device":
+            raise ValueError(
+                "config: augment=robust runs on the loader only (JPEG re-compression has no "
+                "batched version): use augment_on=loader or auto"
+            )
 
     @classmethod
     def field_names(cls) -> set[str]:

@@ -97,6 +97,8 @@ def test_robust_preset_adds_site_changes_and_runs_on_the_loader_only():
         TrainPreset(64, 1.0, "rand")
     with pytest.raises(ValueError, match="robust runs on the loader only"):
         BatchAugment(1.0, "robust")
+    with pytest.raises(ValueError, match="augment=robust runs on the loader only"):
+        TrainConfig(augment="robust", augment_on="device")  # refused before any training
     assert pick_augment_on("auto", torch.device("cuda"), "robust") == "loader"
     assert pick_augment_on("auto", torch.device("cuda"), "seeds") == "device"
 
