@@ -86,6 +86,8 @@ def test_smoke_sweep_writes_complete_results(smoke_sweep):
     sweep = json.loads((exp / "sweep.json").read_text())
     assert (exp / "space.yaml").is_file() and "python -m ray_xray.tune" in sweep["command"]
     assert "rank" in out and "4 trials (0 failed)" in out
+    # Ray's warning that it turned token authentication on by default is not shown (auth stays on).
+    assert "Token authentication is enabled" not in out
     # Where trial time went: in the summary and in sweep.json.
     assert 0 < sweep["time_use"]["training_share"] <= 1 and sweep["time_use"]["trials_timed"] == 4
     assert "of trial CPU-seconds went to training+validation" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -53,10 +54,33 @@ def init_ray(
         # Bind to loopback only: never expose Ray's ports from a laptop or CI box.
         # address="local": a new cluster even when `ray start` left one on this machine (plain
         # ray.init() would join it, and refuse num_cpus).
-        ray.init(
-            address="local", num_cpus=num_cpus, include_dashboard=dashboard,
-            dashboard_host="127.0.0.1", **kwargs,
-        )  # fmt: skip
+        with token_auth_said():
+            ray.init(
+                address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                dashboard_host="127.0.0.1", **kwargs,
+            )  # fmt: skip
+
+
+class _AuthDefaultNote(logging.Filter):
+    """Drops Ray's warning that it turned token authentication on by default (Ray 2.60): a new
+    user reads a warning as a problem, and it names an opt-out that would weaken the cluster.
+    Any other message of that logger (e.g. auth turned off) still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+@contextlib.contextmanager
+def token_auth_said():
+    """Starts a local Ray with Ray's own authentication default, without its console warning
+    about that default (`_AuthDefaultNote`)."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    note = _AuthDefaultNote()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
 
 
 def read_state(checkpoint: ray.train.Checkpoint) -> dict:
