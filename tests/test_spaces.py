@@ -90,19 +90,19 @@ def _fake_api():
     return (lambda: sorted(FAKE_HPARAMS), lambda name: dict(FAKE_HPARAMS[name]))
 
 
-REAL_API = spaces._models_api()
+REAL_API = spaces.checks._models_api()
 
 
 @pytest.fixture(autouse=True)
 def registry(monkeypatch):
     """Use the real model registry when it imports, the brief's description otherwise."""
     if REAL_API is None:
-        monkeypatch.setattr(spaces, "_models_api", _fake_api)
+        monkeypatch.setattr(spaces.checks, "_models_api", _fake_api)
 
 
 @pytest.fixture
 def fake_registry(monkeypatch):
-    monkeypatch.setattr(spaces, "_models_api", _fake_api)
+    monkeypatch.setattr(spaces.checks, "_models_api", _fake_api)
 
 
 @pytest.mark.skipif(REAL_API is None, reason="ray_xray.models not importable")
@@ -121,7 +121,7 @@ def test_fake_registry_matches_real_one():
 
 def test_list_spaces():
     assert list_spaces() == EXPECTED
-    assert SPACES_DIR == Path(spaces.__file__).resolve().parent / "search_spaces"
+    assert SPACES_DIR == Path(spaces.__file__).resolve().parent.parent / "search_spaces"
     assert (SPACES_DIR / "README.md").is_file()
 
 
@@ -557,7 +557,7 @@ def _roundtrip(space: SearchSpace, tmp_path: Path) -> Path:
 
 def test_bad_shipped_name_is_bare_file_name(tmp_path, monkeypatch):
     (tmp_path / "broken.yaml").write_text(BASE + "  lr2: {type: float, low: 0.1, high: 0.2}\n")
-    monkeypatch.setattr(spaces, "SPACES_DIR", tmp_path)
+    monkeypatch.setattr(spaces.files, "SPACES_DIR", tmp_path)
     with pytest.raises(
         SpaceError, match=r"^broken.yaml: params.lr2: unknown setting 'lr2' \(did you mean 'lr'\?\)"
     ):
@@ -577,7 +577,7 @@ def test_python_tags_are_refused_without_running(tmp_path):
 
 
 def test_model_keywords_unchecked_without_registry(tmp_path, monkeypatch):
-    monkeypatch.setattr(spaces, "_models_api", lambda: None)
+    monkeypatch.setattr(spaces.checks, "_models_api", lambda: None)
     path = tmp_path / "x.yaml"
     path.write_text(BASE + "  model.whatever: {type: int, low: 1, high: 2}\n")
     assert "model.whatever" in load_space(path).params
