@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 import yaml
 
 from ray_xray import spaces
+from ray_xray.cli import UserError
 from ray_xray.config import TrainConfig
 from ray_xray.spaces import SPACES_DIR, SearchSpace, SpaceError, list_spaces, load_space
 
@@ -154,6 +157,31 @@ def test_spaces_cli_lists_prints_and_fails_in_one_line(capsys):
     assert "smoke overrides applied" in capsys.readouterr().out
     with pytest.raises(SpaceError, match="unknown search space 'nope'"):
         spaces.main(["nope"])  # cli.run turns it into one `error:` line, exit 2
+
+
+def test_spaces_cli_check_one_file(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    assert spaces.main(["--check", str(good)]) == 0
+    assert capsys.readouterr().out == f"ok  {good}\n"
+    with pytest.raises(UserError, match=r"^unrecognized arguments: --bogus \(see --help\)$"):
+        spaces.main(["--bogus"])
+
+
+def test_spaces_cli_check_bad_file_is_one_error_line_exit_2(tmp_path):
+    """The real command (cli.run): a bad file is one `error:` line naming file and key, exit 2."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE + "  weight_decay: {type: float, low: 0.1, high: 0.01}\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(spaces.__file__).parents[2])}
+    out = subprocess.run(
+        [sys.executable, "-m", "ray_xray.spaces", "--check", str(bad)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out
+    assert out.stdout == ""
+    assert out.stderr.splitlines() == [
+        f"error: {bad}: params.weight_decay: low (0.1) > high (0.01)"
+    ], out.stderr
 
 
 @pytest.mark.parametrize("name", list_spaces())

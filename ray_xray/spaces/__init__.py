@@ -25,7 +25,7 @@ The modules, in the order a file goes through them:
 - ``pinning``: the ``smoke:`` block and ``--set``
 - ``space``: ``SearchSpace`` and ``load_space``
 - ``cli``: ``python -m ray_xray.spaces`` lists the spaces, ``... NAME [--smoke-test]`` prints
-  one resolved, ``... --check`` validates them all
+  one resolved, ``... --check [NAME]`` validates one or all
 """
 
 from .cli import main
