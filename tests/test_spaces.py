@@ -544,6 +544,49 @@ BAD = {
         ALL + "start: [{model: cnn, lr: 0.001}]\n",
         "start[0].model: 'cnn' is not one of vit, lstm",
     ),
+    # the range rules are optuna.distributions' own, reworded
+    "log_and_step": (
+        BASE + "  aug_strength: {type: float, low: 0.1, high: 1.0, log: true, step: 0.1}\n",
+        "params.aug_strength: log and step cannot be combined",
+    ),
+    "int_log_low_zero": (
+        BASE + "  model.depth: {type: int, low: 0, high: 4, log: true}\n",
+        "params.model.depth: log: true needs low > 0, got low (0)",
+    ),
+    "step_not_positive": (
+        BASE + "  model.depth: {type: int, low: 1, high: 5, step: -1}\n",
+        "params.model.depth: step must be > 0, got -1",
+    ),
+    "not_a_multiple_of_step": (
+        BASE + "  model.depth: {type: int, low: 1, high: 10, step: 4}\n",
+        "params.model.depth: high - low (10 - 1) is not a multiple of step (4)",
+    ),
+    # the file's shape is the pydantic schema's, reworded
+    "missing_type": (
+        BASE + "  aug_strength: {low: 0.0, high: 1.0}\n",
+        "params.aug_strength: missing key 'type' (float, int, categorical)",
+    ),
+    "non_finite_bound": (
+        BASE + "  aug_strength: {type: float, low: 0.0, high: .inf}\n",
+        "params.aug_strength: high must be finite, got inf",
+    ),
+    "duplicate_choice": (
+        BASE + "  batch_size: {type: categorical, choices: [16, 16]}\n",
+        "params.batch_size: choices must be distinct, got 16 twice",
+    ),
+    "branch_unknown_key": (
+        ALL + "conditional:\n  vit: {fix: {model.depth: 2}}\n",
+        "conditional.vit: unknown key 'fix' (did you mean 'fixed'?) (allowed: fixed, params)",
+    ),
+    "spec_key_not_string": (
+        BASE + "  aug_strength: {type: float, low: 0.0, high: 1.0, 1: 2}\n",
+        "params.aug_strength: unexpected key(s) 1 for type float",
+    ),
+    "start_point_not_mapping": (BASE + "start: [3]\n", "start[0]: must be a mapping, got 3"),
+    "smoke_models_not_names": (
+        ALL + "smoke: {models: [3]}\n",
+        "smoke.models[0]: must be a string, got 3",
+    ),
     "empty_file": ("", "expected a mapping with keys description, fixed, params"),
     "list_file": ("- a\n- b\n", "got a list"),
     "syntax_error": (BASE + "  aug: {type: float, low: 0.0\n", "invalid YAML at line"),
