@@ -182,6 +182,7 @@ def _message(errors: list[dict[str, Any]]) -> str:
 
 
 def _one(e: dict[str, Any]) -> str:
+    """One pydantic error as ``where: field must be ..., got value``."""
     loc, typ, value = tuple(e["loc"]), e["type"], e.get("input")
     if "[key]" in loc:  # a mapping key that is not a string: (..., section, key, "[key]")
         at = loc.index("[key]") - 1
@@ -196,7 +197,7 @@ def _one(e: dict[str, Any]) -> str:
     if not loc and typ == "model_type":
         got = "empty" if value is None else f"a {type(value).__name__}"
         return f"expected a mapping with keys {join(SpaceFile.model_fields)}, got {got}"
-    if kind is None and _is_param(loc) and typ == "model_attributes_type":
+    if _is_param(loc) and typ == "model_attributes_type":  # a constant where a spec belongs
         return f"{where}: expected a mapping such as {_SPEC_EXAMPLE}, got {value!r} (constants belong in fixed)"
     prefix = f"{where}: {field} " if field else f"{where}: "
     if typ == "value_error":
