@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 import yaml
 
 from ray_xray import spaces
+from ray_xray.cli import UserError
 from ray_xray.config import TrainConfig
 from ray_xray.spaces import SPACES_DIR, SearchSpace, SpaceError, list_spaces, load_space
 
@@ -90,19 +93,19 @@ def _fake_api():
     return (lambda: sorted(FAKE_HPARAMS), lambda name: dict(FAKE_HPARAMS[name]))
 
 
-REAL_API = spaces._models_api()
+REAL_API = spaces.checks._models_api()
 
 
 @pytest.fixture(autouse=True)
 def registry(monkeypatch):
     """Use the real model registry when it imports, the brief's description otherwise."""
     if REAL_API is None:
-        monkeypatch.setattr(spaces, "_models_api", _fake_api)
+        monkeypatch.setattr(spaces.checks, "_models_api", _fake_api)
 
 
 @pytest.fixture
 def fake_registry(monkeypatch):
-    monkeypatch.setattr(spaces, "_models_api", _fake_api)
+    monkeypatch.setattr(spaces.checks, "_models_api", _fake_api)
 
 
 @pytest.mark.skipif(REAL_API is None, reason="ray_xray.models not importable")
@@ -121,7 +124,7 @@ def test_fake_registry_matches_real_one():
 
 def test_list_spaces():
     assert list_spaces() == EXPECTED
-    assert SPACES_DIR == Path(spaces.__file__).resolve().parent / "search_spaces"
+    assert SPACES_DIR == Path(spaces.__file__).resolve().parent.parent / "search_spaces"
     assert (SPACES_DIR / "README.md").is_file()
 
 
@@ -154,6 +157,31 @@ def test_spaces_cli_lists_prints_and_fails_in_one_line(capsys):
     assert "smoke overrides applied" in capsys.readouterr().out
     with pytest.raises(SpaceError, match="unknown search space 'nope'"):
         spaces.main(["nope"])  # cli.run turns it into one `error:` line, exit 2
+
+
+def test_spaces_cli_check_one_file(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    assert spaces.main(["--check", str(good)]) == 0
+    assert capsys.readouterr().out == f"ok  {good}\n"
+    with pytest.raises(UserError, match=r"^unrecognized arguments: --bogus \(see --help\)$"):
+        spaces.main(["--bogus"])
+
+
+def test_spaces_cli_check_bad_file_is_one_error_line_exit_2(tmp_path):
+    """The real command (cli.run): a bad file is one `error:` line naming file and key, exit 2."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE + "  weight_decay: {type: float, low: 0.1, high: 0.01}\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(spaces.__file__).parents[2])}
+    out = subprocess.run(
+        [sys.executable, "-m", "ray_xray.spaces", "--check", str(bad)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out
+    assert out.stdout == ""
+    assert out.stderr.splitlines() == [
+        f"error: {bad}: params.weight_decay: low (0.1) > high (0.01)"
+    ], out.stderr
 
 
 @pytest.mark.parametrize("name", list_spaces())
@@ -520,6 +548,49 @@ BAD = {
         ALL + "start: [{model: cnn, lr: 0.001}]\n",
         "start[0].model: 'cnn' is not one of vit, lstm",
     ),
+    # the range rules are optuna.distributions' own, reworded
+    "log_and_step": (
+        BASE + "  aug_strength: {type: float, low: 0.1, high: 1.0, log: true, step: 0.1}\n",
+        "params.aug_strength: log and step cannot be combined",
+    ),
+    "int_log_low_zero": (
+        BASE + "  model.depth: {type: int, low: 0, high: 4, log: true}\n",
+        "params.model.depth: log: true needs low > 0, got low (0)",
+    ),
+    "step_not_positive": (
+        BASE + "  model.depth: {type: int, low: 1, high: 5, step: -1}\n",
+        "params.model.depth: step must be > 0, got -1",
+    ),
+    "not_a_multiple_of_step": (
+        BASE + "  model.depth: {type: int, low: 1, high: 10, step: 4}\n",
+        "params.model.depth: high - low (10 - 1) is not a multiple of step (4)",
+    ),
+    # the file's shape is the pydantic schema's, reworded
+    "missing_type": (
+        BASE + "  aug_strength: {low: 0.0, high: 1.0}\n",
+        "params.aug_strength: missing key 'type' (float, int, categorical)",
+    ),
+    "non_finite_bound": (
+        BASE + "  aug_strength: {type: float, low: 0.0, high: .inf}\n",
+        "params.aug_strength: high must be finite, got inf",
+    ),
+    "duplicate_choice": (
+        BASE + "  batch_size: {type: categorical, choices: [16, 16]}\n",
+        "params.batch_size: choices must be distinct, got 16 twice",
+    ),
+    "branch_unknown_key": (
+        ALL + "conditional:\n  vit: {fix: {model.depth: 2}}\n",
+        "conditional.vit: unknown key 'fix' (did you mean 'fixed'?) (allowed: fixed, params)",
+    ),
+    "spec_key_not_string": (
+        BASE + "  aug_strength: {type: float, low: 0.0, high: 1.0, 1: 2}\n",
+        "params.aug_strength: unexpected key(s) 1 for type float",
+    ),
+    "start_point_not_mapping": (BASE + "start: [3]\n", "start[0]: must be a mapping, got 3"),
+    "smoke_models_not_names": (
+        ALL + "smoke: {models: [3]}\n",
+        "smoke.models[0]: must be a string, got 3",
+    ),
     "empty_file": ("", "expected a mapping with keys description, fixed, params"),
     "list_file": ("- a\n- b\n", "got a list"),
     "syntax_error": (BASE + "  aug: {type: float, low: 0.0\n", "invalid YAML at line"),
@@ -561,7 +632,7 @@ def _roundtrip(space: SearchSpace, tmp_path: Path) -> Path:
 
 def test_bad_shipped_name_is_bare_file_name(tmp_path, monkeypatch):
     (tmp_path / "broken.yaml").write_text(BASE + "  lr2: {type: float, low: 0.1, high: 0.2}\n")
-    monkeypatch.setattr(spaces, "SPACES_DIR", tmp_path)
+    monkeypatch.setattr(spaces.files, "SPACES_DIR", tmp_path)
     with pytest.raises(
         SpaceError, match=r"^broken.yaml: params.lr2: unknown setting 'lr2' \(did you mean 'lr'\?\)"
     ):
@@ -581,7 +652,7 @@ def test_python_tags_are_refused_without_running(tmp_path):
 
 
 def test_model_keywords_unchecked_without_registry(tmp_path, monkeypatch):
-    monkeypatch.setattr(spaces, "_models_api", lambda: None)
+    monkeypatch.setattr(spaces.checks, "_models_api", lambda: None)
     path = tmp_path / "x.yaml"
     path.write_text(BASE + "  model.whatever: {type: int, low: 1, high: 2}\n")
     assert "model.whatever" in load_space(path).params
