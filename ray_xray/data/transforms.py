@@ -77,7 +77,13 @@ def site_changes(img_size: int, s: float) -> list:
         A.RandomGamma(gamma_limit=(100 / g, 100 * g), p=p),
         A.GaussianBlur(blur_limit=0, sigma_limit=(0.2, sigma), p=p),
         A.GaussNoise(std_range=(0.0, min(1.0, 8 * s / 255)), p=p),
-        A.Downscale(scale_range=(1 / (1 + s), 0.9), p=p),
+        # Area-average down, bilinear up (as a lower-resolution acquisition, and as the stress
+        # test does): albumentations' default nearest-neighbour makes blocks no scanner makes.
+        A.Downscale(
+            scale_range=(1 / (1 + s), 0.9),
+            interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
+            p=p,
+        ),
         A.ImageCompression(quality_range=(max(5, round(90 - 60 * s)), 95), p=p),
     ]
 
