@@ -24,14 +24,18 @@ SMOKE_SWEEP_LIMIT_S = 600
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every Ray test gets a timeout (pytest-timeout) unless it sets its own; `cuda` tests skip,
-    saying why, where no GPU is visible (CI, a laptop)."""
+    """Every Ray test gets a timeout (pytest-timeout) unless it sets its own; Ray tests and the
+    tests that use the session's wheel are `serial` (`make test` runs them in its second, serial
+    pass: Ray start-ups competing for 2 cores run slower in parallel, and the wheel is built
+    once per process); `cuda` tests skip, saying why, where no GPU is visible (CI, a laptop)."""
     import torch
 
     no_gpu = pytest.mark.skip(reason="no CUDA GPU visible (torch.cuda.is_available() is False)")
     for item in items:
         if item.get_closest_marker("slow_ray") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(RAY_TEST_TIMEOUT_S))
+        if item.get_closest_marker("slow_ray") or "wheel_venv" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.serial)
         if item.get_closest_marker("cuda") and not torch.cuda.is_available():
             item.add_marker(no_gpu)
 
