@@ -16,8 +16,9 @@ from PIL import Image
 import ray_xray
 from ray_xray import predict
 from ray_xray.api import _cli_argv
+from ray_xray.checkpoint import ensemble_record as ensemble_object
+from ray_xray.checkpoint import save_ensemble
 from ray_xray.config import TrainConfig
-from ray_xray.ensemble.store import ensemble_object, save_ensemble
 from ray_xray.train import engine as E
 
 REPO = Path(__file__).resolve().parent.parent

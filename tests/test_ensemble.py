@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from ray_xray.calibration import softmax
+from ray_xray.checkpoint import ENSEMBLE_FORMAT, load_ensemble, save_ensemble
+from ray_xray.checkpoint import ensemble_record as ensemble_object
 from ray_xray.config import TrainConfig
 from ray_xray.ensemble import (
     apply_temperature,
@@ -23,9 +26,7 @@ from ray_xray.ensemble import (
     operating_points,
     threshold_for_specificity,
 )
-from ray_xray.ensemble.calibration import softmax
-from ray_xray.ensemble.gradcam import cam_resolution, cam_target, min_cam_side
-from ray_xray.ensemble.store import ENSEMBLE_FORMAT, ensemble_object, load_ensemble, save_ensemble
+from ray_xray.gradcam import cam_resolution, cam_target, min_cam_side
 from ray_xray.models import create_model
 from ray_xray.train import engine as E
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_xray.ensemble.calibration import reliability_bins
+from ray_xray.calibration import reliability_bins
 from ray_xray.report import html as H
 from ray_xray.report import plots as P
 from ray_xray.report.build import pareto_mask, read_history

@@ -89,7 +89,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     x = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
-    assert loaded["classes"] == ["a", "b", "c"] and loaded["preprocess"]["mean"] == 0.5
+    assert loaded["classes"] == ["a", "b", "c"] and E.preprocess(loaded)["mean"] == 0.5
     assert not list(tmp_path.glob(".*tmp"))  # no temporary left behind
 
 
