@@ -49,7 +49,7 @@ def default_out(subject: Subject, data: str, split: str) -> Path:
 def operating_points(y_val, p_val, sets: dict, classes: list[str],
                      targets=SPECIFICITIES) -> dict:  # fmt: skip
     """Per class and target specificity: the lowest threshold on the class's probability that
-    reaches the target on the model's own validation split (`ensemble.scores`' rule), and the
+    reaches the target on the model's own validation split (`ray_xray.scores`' rule), and the
     sensitivity/specificity it gives on each of `sets` ({name: (y, prob)}), with `holds`:
     the specificity is not significantly (z 1.96) below the target on that set."""
     from ..scores import sens_spec, threshold_for_specificity

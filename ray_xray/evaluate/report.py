@@ -1,5 +1,5 @@
 """report.html of one evaluation, rendered from an `EvalResult` with the sweep report's parts
-(`report.html` for tables and the page, `report.plots` for figures, `ensemble.gradcam`)."""
+(`report.html` for tables and the page, `report.plots` for figures, `ray_xray.gradcam`)."""
 
 from __future__ import annotations
 

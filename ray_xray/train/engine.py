@@ -1,4 +1,6 @@
-"""Plain torch, no Ray: precision, loss, optimiser, schedule, one epoch, evaluation, checkpoints.
+"""Plain torch, no Ray: precision, loss, optimiser, schedule, one epoch, evaluation, saved models.
+
+The checkpoint files themselves (writing, reading, the format) are `ray_xray.checkpoint`'s.
 
 `train_loop_per_worker` (worker.py) strings these together under Ray Train; the benchmark's
 bare loop calls the very same functions, so the two can be compared honestly.
@@ -15,13 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import (  # noqa: F401 (engine's old names for the checkpoint functions)
-    CHECKPOINT_FORMAT,
-    atomic_save,
-    load_checkpoint,
-    model_record,
-    preprocess,
-)
+from ..checkpoint import preprocess
 from ..config import TrainConfig
 from ..models import create_model
 
@@ -277,7 +273,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------- saved models
 
 
 def inference_setup(record: dict, device: torch.device):

@@ -14,7 +14,7 @@ import ray.train.torch
 import torch
 
 from .. import trace
-from ..checkpoint import load_state, save_state, training_state
+from ..checkpoint import load_state, model_record, save_state, training_state
 from ..config import TrainConfig
 from ..data import load_for_config
 from ..data.dataset import shared_key
@@ -93,7 +93,7 @@ class RayHooks(Hooks):
         trace.mark("epoch_end", epoch=metrics["epoch"], epoch_s=metrics["epoch_s"])
         cfg, tr = self.cfg, self.tr
         if improved:
-            self.best_record = E.model_record(
+            self.best_record = model_record(
                 tr.bare, cfg, self.data.classes, self.data.mean, self.data.std, metrics
             )
             self.best_record["epoch"] = metrics["epoch"]
