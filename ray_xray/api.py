@@ -197,10 +197,10 @@ def load(path: str | os.PathLike, device: str = "auto") -> Predictor:
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    from .predict import load_model_or_ensemble, resolve_checkpoint
+    from .checkpoint import load_model_or_ensemble, resolve
 
-    record = load_model_or_ensemble(str(path))
-    return Predictor(record, resolve_checkpoint(str(path)), device)
+    record = load_model_or_ensemble(path)
+    return Predictor(record, resolve(path), device)
 
 
 class Predictor:
@@ -216,15 +216,15 @@ class Predictor:
     """
 
     def __init__(self, record: dict, path: str | os.PathLike, device: str = "auto"):
-        from .predict import ENSEMBLE_FORMAT
+        from .checkpoint import is_ensemble, preprocess
 
         self.record = record
         self.path = Path(path)
         self.device = device
-        self.kind = "ensemble" if record.get("format") == ENSEMBLE_FORMAT else "model"
+        self.kind = "ensemble" if is_ensemble(record) else "model"
         self.classes: list[str] = list(record["classes"])
         members = record["members"] if self.kind == "ensemble" else [record]
-        self.img_sizes = sorted({int(m["preprocess"]["img_size"]) for m in members})
+        self.img_sizes = sorted({preprocess(m)["img_size"] for m in members})
 
     def __repr__(self) -> str:
         return (

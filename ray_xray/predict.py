@@ -19,55 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import is_ensemble, load_model_or_ensemble, preprocess
 from .cli import HelpFormatter, run
 from .data.cache import decode
 from .data.images import UnreadableImage
 from .data.sources import path_text
-from .train.engine import (
-    CHECKPOINT_FORMAT,
-    autocast,
-    load_checkpoint,
-    model_from_record,
-    pick_device,
-    pick_precision,
-    record_feed,
-)
-
-ENSEMBLE_FORMAT = "ray_xray/ensemble/1"  # ray_xray.ensemble.store.ENSEMBLE_FORMAT
-
-
-def resolve_checkpoint(path: str) -> Path:
-    """The file a path names: itself, or a folder's best_model.pt, ensemble.pt or (a trial
-    checkpoint's) checkpoint.pt. Raises ValueError for a folder holding none of them."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best_model.pt", "ensemble.pt", "checkpoint.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise ValueError(
-            f"{path}: no best_model.pt or ensemble.pt in this folder (give a run or sweep "
-            "folder, an ensemble folder, a trial checkpoint, or the .pt file itself)"
-        )
-    return p
-
-
-def load_model_or_ensemble(path: str) -> dict:
-    """A model record, or an ensemble dict (format ray_xray/ensemble/1)."""
-    p = resolve_checkpoint(path)
-    if p.is_file():
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception:
-            obj = None  # load_checkpoint below gives the one-line reason
-        if isinstance(obj, dict) and obj.get("format") == ENSEMBLE_FORMAT:
-            from .ensemble.store import check_ensemble
-
-            return check_ensemble(obj, str(p))
-        if isinstance(obj, dict) and isinstance(obj.get("best"), dict):
-            obj = obj["best"]  # as load_checkpoint does, without reading the file twice
-        if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-            return obj
-    return load_checkpoint(p)  # directories, and the one-line reason for anything else
+from .train.engine import autocast, model_from_record, pick_device, pick_precision, record_feed
 
 
 def _read_images(paths: list[str]) -> list[bytes]:
@@ -95,9 +52,8 @@ def _decode(blob: bytes, path: str, img_size: int):
 
 def _logits(record: dict, blobs: list[bytes], paths: list[str], dev, decoded: dict) -> torch.Tensor:
     """fp32 logits (N, K) of one model; `decoded` caches pixels per img_size across members."""
-    pre = record["preprocess"]
     model = model_from_record(record).to(dev)
-    size = int(pre["img_size"])
+    size = preprocess(record)["img_size"]
     if size not in decoded:
         decoded[size] = [_decode(b, p, size) for b, p in zip(blobs, paths, strict=True)]
     feed = record_feed(record, dev)  # the record's own scaling, as training fed it
@@ -169,7 +125,7 @@ def predict(record: dict, paths: list[str], device: str = "auto") -> list[dict]:
     ``record``: from ``load_model_or_ensemble``. For arrays or tensors use ``ray_xray.load``.
     Raises ValueError naming a missing or unreadable file.
     """
-    if record.get("format") == ENSEMBLE_FORMAT:
+    if is_ensemble(record):
         return predict_ensemble(record, paths, device)
     dev = pick_device(device)
     logits = _logits(record, _read_images(paths), paths, dev, {})
@@ -202,7 +158,7 @@ def probabilities(
     rows summing to 1 (an ensemble: the weighted mean of its members' temperature-scaled
     softmax). Raises ValueError naming the image when one cannot be decoded.
     """
-    ensemble = record.get("format") == ENSEMBLE_FORMAT
+    ensemble = is_ensemble(record)
     if not blobs:
         return np.zeros((0, len(record["classes"])), dtype=np.float64)
     members = record["members"] if ensemble else [record]

@@ -14,10 +14,12 @@ import torch
 from PIL import Image
 
 import ray_xray
+from ray_xray import checkpoint as C
 from ray_xray import predict
 from ray_xray.api import _cli_argv
+from ray_xray.checkpoint import ensemble_record as ensemble_object
+from ray_xray.checkpoint import save_ensemble
 from ray_xray.config import TrainConfig
-from ray_xray.ensemble.store import ensemble_object, save_ensemble
 from ray_xray.train import engine as E
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,13 +34,13 @@ def _record(model_name: str, img_size: int, seed: int, **hp) -> dict:
     torch.manual_seed(seed)
     # fp32: the file and array paths must agree to float rounding, not bf16's
     cfg = TrainConfig(model=model_name, img_size=img_size, precision="fp32", model_kwargs=hp)
-    return E.model_record(E.build_model(cfg, 3), cfg, CLASSES, 0.4, 0.2, {})
+    return C.model_record(E.build_model(cfg, 3), cfg, CLASSES, 0.4, 0.2, {})
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("run") / "best_model.pt"
-    E.atomic_save(_record("cnn", 32, 0, width=8, head_dims=[16], pool_size=2), path)
+    C.atomic_save(_record("cnn", 32, 0, width=8, head_dims=[16], pool_size=2), path)
     return path
 
 

@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from ray_xray import checkpoint as C
+from ray_xray.calibration import softmax
+from ray_xray.checkpoint import ENSEMBLE_FORMAT, load_ensemble, save_ensemble
+from ray_xray.checkpoint import ensemble_record as ensemble_object
 from ray_xray.config import TrainConfig
 from ray_xray.ensemble import (
     apply_temperature,
@@ -23,9 +27,7 @@ from ray_xray.ensemble import (
     operating_points,
     threshold_for_specificity,
 )
-from ray_xray.ensemble.calibration import softmax
-from ray_xray.ensemble.gradcam import cam_resolution, cam_target, min_cam_side
-from ray_xray.ensemble.store import ENSEMBLE_FORMAT, ensemble_object, load_ensemble, save_ensemble
+from ray_xray.gradcam import cam_resolution, cam_target, min_cam_side
 from ray_xray.models import create_model
 from ray_xray.train import engine as E
 
@@ -254,7 +256,7 @@ def _record(model_name, img_size, seed, **hp):
     torch.manual_seed(seed)
     cfg = TrainConfig(model=model_name, img_size=img_size, model_kwargs=hp)
     model = E.build_model(cfg, 3)
-    return E.model_record(model, cfg, ["normal", "pneumonia", "tuberculosis"], 0.4, 0.2, {})
+    return C.model_record(model, cfg, ["normal", "pneumonia", "tuberculosis"], 0.4, 0.2, {})
 
 
 def test_ensemble_file_loads_with_weights_only_and_predicts(tmp_path, capsys):
@@ -291,7 +293,7 @@ def test_ensemble_file_loads_with_weights_only_and_predicts(tmp_path, capsys):
     assert set(out[0]) == {"image", "prediction", "probabilities"}
     assert sum(out[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     # and a plain model record still works as before
-    E.atomic_save(members[0], tmp_path / "best_model.pt")
+    C.atomic_save(members[0], tmp_path / "best_model.pt")
     predict.main([str(tmp_path / "best_model.pt"), str(img), "--json", "--device", "cpu"])
     assert json.loads(capsys.readouterr().out)[0]["prediction"] in members[0]["classes"]
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import write_tree
 
+from ray_xray import checkpoint as C
 from ray_xray.evaluate import stats as S
 from ray_xray.evaluate.stress import PERTURBATIONS, perturb, stratified_subset
 
@@ -26,7 +27,6 @@ def run_dir(tmp_path_factory):
 
     from ray_xray.config import TrainConfig
     from ray_xray.data import load_for_config
-    from ray_xray.train import engine as E
     from ray_xray.train.loop import Trainer, fit
 
     torch.manual_seed(0)
@@ -37,8 +37,8 @@ def run_dir(tmp_path_factory):
     tr = Trainer.build(cfg, data, torch.device("cpu"))
     progress = fit(tr)
     out = tmp_path_factory.mktemp("run")
-    rec = E.model_record(tr.bare, cfg, data.classes, data.mean, data.std, progress.history[-1])
-    E.atomic_save(rec, out / "best_model.pt")
+    rec = C.model_record(tr.bare, cfg, data.classes, data.mean, data.std, progress.history[-1])
+    C.atomic_save(rec, out / "best_model.pt")
     return out
 
 
@@ -155,11 +155,10 @@ def test_stratified_subset_keeps_every_class():
 def test_evaluate_a_train_run_on_its_own_data_matches_the_training_evaluation(run_dir, tmp_path):
     from ray_xray.data import load_data
     from ray_xray.evaluate import evaluate
-    from ray_xray.train import engine as E
     from ray_xray.train.run import evaluate_record
 
     r = evaluate(str(run_dir), SPEC, out=tmp_path / "ev", n_boot=200, device="cpu")
-    rec = E.load_checkpoint(run_dir / "best_model.pt")
+    rec = C.load_checkpoint(run_dir / "best_model.pt")
     full, y, _ = evaluate_record(rec, load_data(SPEC, 32), "test", "cpu")
     assert r.is_own_data and r.n == len(y) == 18
     # Its own test split is compared with its own validation split.

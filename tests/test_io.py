@@ -6,8 +6,8 @@ import stat
 import pytest
 import torch
 
+from ray_xray.checkpoint import atomic_save, safe_load
 from ray_xray.io import atomic_path, write_atomic
-from ray_xray.train.engine import atomic_save, safe_load
 
 
 def test_write_atomic_text_bytes_and_new_folders(tmp_path):
@@ -35,6 +35,6 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_litter(tmp_path):
 def test_atomic_save_round_trips_a_checkpoint(tmp_path):
     path = tmp_path / "best_model.pt"
     atomic_save({"state": {"w": torch.ones(2)}, "epoch": 3}, path)
-    _, back = safe_load(path, "best_model.pt", "checkpoint")
+    back = safe_load(path)
     assert back["epoch"] == 3 and torch.equal(back["state"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["best_model.pt"]

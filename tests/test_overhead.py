@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ray_xray import trace
+from ray_xray.checkpoint import STATE_FILE, safe_load
 from ray_xray.config import TrainConfig
 from ray_xray.data.dataset import shared_key
 
@@ -133,9 +134,9 @@ def test_checkpoint_is_written_once_into_storage_with_one_copy_of_the_best(tmp_p
     assert kw["checkpoint_upload_mode"] == ray.train.CheckpointUploadMode.NO_UPLOAD
     path = Path(kw["checkpoint"].path)
     assert path.parent == tmp_path and path.name == kw["checkpoint_dir_name"]
-    loaded = torch.load(path / W.STATE_FILE, map_location="cpu", weights_only=True)
+    loaded = safe_load(path / STATE_FILE)
     assert torch.equal(loaded["best"]["state_dict"]["weight"], model.weight.detach())
-    shared_size = (path / W.STATE_FILE).stat().st_size
+    shared_size = (path / STATE_FILE).stat().st_size
     # The same state with a separate copy of the best weights (what was written before).
     copy = {k: v.clone() for k, v in state["model"].items()}
     torch.save({**state, "best": {"state_dict": copy}}, tmp_path / "two_copies.pt")

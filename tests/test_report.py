@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_xray.ensemble.calibration import reliability_bins
+from ray_xray import checkpoint as C
+from ray_xray.calibration import reliability_bins
 from ray_xray.report import html as H
 from ray_xray.report import plots as P
 from ray_xray.report.build import pareto_mask, read_history
@@ -147,7 +148,7 @@ def fake_sweep(root, specs, objective=("val_macro_f1", "val_loss")):
         torch.manual_seed(i)
         cfg = TrainConfig(model=name, img_size=size, model_kwargs=hp, limit_per_split=48, epochs=2)
         data = load_data(cfg.data, size, limit_per_split=48)
-        rec = E.model_record(E.build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
+        rec = C.model_record(E.build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
         tid = f"trial{i:03d}"
         ckpt = root / tid / "train" / "checkpoint_000001"
         ckpt.mkdir(parents=True)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ray_xray import checkpoint as C
 from ray_xray.cli import run
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
@@ -27,7 +28,7 @@ def _state(epoch: int, f1: float, seed: int) -> dict:
     cfg = TrainConfig(model="cnn", img_size=32, limit_per_split=48, epochs=2,
                       model_kwargs={"width": 8, "head_dims": [16], "pool_size": 2})  # fmt: skip
     data = load_data(cfg.data, cfg.img_size, limit_per_split=48)
-    record = E.model_record(E.build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
+    record = C.model_record(E.build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
     record["epoch"] = epoch
     history = [_report(e, f1, seed) for e in range(1, epoch + 1)]
     return {"epoch": epoch, "best": record, "history": history}
@@ -120,7 +121,7 @@ def test_results_use_the_checkpoint_the_train_run_kept(raced_sweep, capsys):
     best = json.loads((exp / "best_trials.json").read_text())
     assert [b["trial_id"] for b in best] == ["raced", "plain"] and best[0]["best_epoch"] == 2
     assert 0 <= best[0]["test"]["macro_f1"] <= 1 and table["test_macro_f1"].notna().sum() == 2
-    assert E.load_checkpoint(exp / "best_model.pt")["epoch"] == 2
+    assert C.load_checkpoint(exp / "best_model.pt")["epoch"] == 2
     # Where the time went, in sweep.json beside the command written at the start.
     sweep = json.loads((exp / "sweep.json").read_text())
     assert sweep["command"] == "python -m ray_xray.tune"

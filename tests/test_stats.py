@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from ray_xray import stats as S
-from ray_xray.ensemble.scores import (
+from ray_xray.scores import (
     log_odds,
     operating_points,
     report,

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from test_results_race import F1, _seen, train_run, tune_result
 
-from ray_xray.train import engine as E
+from ray_xray import checkpoint as C
 from ray_xray.tune import results as R
 from ray_xray.tune.service import SweepOptions
 from ray_xray.tune.storage import StudyUpload, SweepFiles, tool_commands
@@ -118,7 +118,7 @@ def test_results_and_ensemble_of_a_uri_sweep_reach_the_storage(tmp_path, tmpdir_
     assert table.loc[0, "trial_dir"] == f"file://{exp}/t1"
     best = json.loads((exp / "best_trials.json").read_text())
     assert best[0]["checkpoint"] == f"file://{kept}" and 0 <= best[0]["test"]["macro_f1"] <= 1
-    assert E.load_checkpoint(exp / "best_model.pt")["epoch"] == 1
+    assert C.load_checkpoint(exp / "best_model.pt")["epoch"] == 1
     assert json.loads((exp / "sweep.json").read_text())["time_use"]["trials_timed"] == 1
     # The checkpoint was read from the stage's copy, not from the storage's own folder.
     assert (files.stage / "t1" / "train" / kept.name / "checkpoint.pt").is_file()
@@ -517,7 +517,7 @@ def test_failing_trials_on_a_uri_are_reported_and_no_secret_leaks(tmp_path):
         assert Path(good[len("file://") :], "checkpoint.pt").is_file()
         best = json.loads((exp / "best_trials.json").read_text())
         assert best[0]["checkpoint"] == good
-        assert E.load_checkpoint(exp / "best_model.pt")["model"] == "cnn_lstm"
+        assert C.load_checkpoint(exp / "best_model.pt")["model"] == "cnn_lstm"
         assert "time_use" in json.loads((exp / "sweep.json").read_text())  # the final copy
         assert not list((short / f"ray_xray-{os.getuid()}" / "stage").iterdir())  # cleaned up
         assert f"tensorboard --logdir {exp}" in out and f"sqlite:///{exp}/optuna.db" in out

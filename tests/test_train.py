@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ray_xray import checkpoint as C
 from ray_xray.config import TrainConfig
 from ray_xray.train import engine as E
 
@@ -82,14 +83,14 @@ def test_diverging_loss_stops_with_a_reason():
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     cfg = TrainConfig(model="resnet18", img_size=32)
     model = E.build_model(cfg, 3).eval()
-    record = E.model_record(model, cfg, ["a", "b", "c"], 0.5, 0.25, {"val_acc": 0.9})
-    E.atomic_save(record, tmp_path / "best_model.pt")
-    loaded = E.load_checkpoint(tmp_path / "best_model.pt")
+    record = C.model_record(model, cfg, ["a", "b", "c"], 0.5, 0.25, {"val_acc": 0.9})
+    C.atomic_save(record, tmp_path / "best_model.pt")
+    loaded = C.load_checkpoint(tmp_path / "best_model.pt")
     again = E.model_from_record(loaded)
     x = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
-    assert loaded["classes"] == ["a", "b", "c"] and loaded["preprocess"]["mean"] == 0.5
+    assert loaded["classes"] == ["a", "b", "c"] and C.preprocess(loaded)["mean"] == 0.5
     assert not list(tmp_path.glob(".*tmp"))  # no temporary left behind
 
 
@@ -102,14 +103,14 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "evil.pt"
     with bad.open("wb") as fh:
-        pickle.dump({"format": E.CHECKPOINT_FORMAT, "x": _Evil()}, fh)
+        pickle.dump({"format": C.CHECKPOINT_FORMAT, "x": _Evil()}, fh)
     with pytest.raises(ValueError, match="not a loadable ray_xray checkpoint"):
-        E.load_checkpoint(bad)
+        C.load_checkpoint(bad)
     assert not (tmp_path / "PWNED").exists()
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(ValueError, match="not a ray_xray checkpoint"):
-        E.load_checkpoint(foreign)
+        C.load_checkpoint(foreign)
 
 
 @pytest.mark.parametrize(
@@ -175,7 +176,7 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session):
     assert set(metrics["test"]["recall"]) == {"normal", "pneumonia", "tuberculosis"}
     assert len(metrics["test"]["confusion"]) == 3
     assert json.loads((tmp_path / "run" / "config.json").read_text())["workers"] == 2
-    record = E.load_checkpoint(tmp_path / "run" / "best_model.pt")
+    record = C.load_checkpoint(tmp_path / "run" / "best_model.pt")
     assert record["epoch"] == report["best_epoch"]
 
     # Every Ray worker is pinned to its cluster: with a second local Ray on the machine an

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ray_xray import checkpoint as C
 from ray_xray.data import load_data
 from ray_xray.data.dataset import loader as make_loader
 from ray_xray.spaces import list_spaces, load_space
@@ -78,7 +79,7 @@ def test_smoke_sweep_writes_complete_results(smoke_sweep):
     assert {"config/lr", "best_val_macro_f1", "checkpoint_path", "wall_s"} <= set(table.columns)
     best = json.loads((exp / "best_trials.json").read_text())
     assert best[0]["checkpoint"].startswith(str(exp))  # on the experiment's storage
-    record = E.load_checkpoint(exp / "best_model.pt")
+    record = C.load_checkpoint(exp / "best_model.pt")
     assert record["model"] in {"resnet18", "cnn", "vit", "cnn_lstm"}  # all.yaml's smoke models
     assert 0 <= best[0]["test"]["macro_f1"] <= 1
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{exp}/optuna.db")

@@ -8,7 +8,8 @@ import json
 import sys
 
 from ..cli import HelpFormatter, run
-from .checks import check_experiment_dir, check_top_k
+from ..sweep_folder import check_sweep_folder
+from .checks import check_top_k
 
 
 def targets(text: str) -> tuple[float, ...]:
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_top_k(args.top_k)  # before the heavy imports: bad input answers at once
-    check_experiment_dir(args.experiment)
+    check_sweep_folder(args.experiment)
     external = None
     if args.external:  # checked before any model is loaded
         from ..tune.external import for_finished_sweep

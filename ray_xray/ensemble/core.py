@@ -14,16 +14,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..calibration import apply_temperature, ece, fit_temperature, nll
+from ..checkpoint import ENSEMBLE_FILE, ensemble_record, load_checkpoint, preprocess, save_ensemble
 from ..data import ImageDataset, load_data
 from ..data.dataset import loader as make_loader
 from ..io import json_safe, write_atomic
-from ..metrics import metric_mode  # noqa: I001
+from ..scores import SENSITIVITIES, SPECIFICITIES, operating_points, report, stored_points
+from ..sweep_folder import read_experiment, relocate
 from ..train import engine as E
-from .calibration import apply_temperature, ece, fit_temperature, nll
-from .checks import check_experiment_dir, check_top_k, relocate
-from .scores import SENSITIVITIES, SPECIFICITIES, operating_points, report, stored_points
+from .checks import check_top_k
 from .select import combine, greedy_select, mean_weights, score_weights
-from .store import ensemble_object, save_ensemble
 
 ENSEMBLE_METHODS = {
     "greedy": "greedy forward selection with replacement (Caruana et al., 2004) on validation NLL",
@@ -60,36 +60,6 @@ class Member:
 # ---------------------------------------------------------------- reading the sweep
 
 
-def read_experiment(exp_dir: str | Path) -> dict:
-    exp = check_experiment_dir(exp_dir)
-    try:
-        table = pd.read_parquet(exp / "results.parquet")
-    except Exception as exc:
-        raise ValueError(f"{exp}/results.parquet: unreadable ({type(exc).__name__})") from None
-    sweep = {}
-    if (exp / "sweep.json").is_file():
-        try:
-            sweep = json.loads((exp / "sweep.json").read_text())
-        except json.JSONDecodeError:
-            raise ValueError(f"{exp}/sweep.json: not valid JSON") from None
-    options = sweep.get("options", {}) if isinstance(sweep, dict) else {}
-    objective = options.get("objective") or []
-    if isinstance(objective, str):
-        objective = [m for m in objective.split(",") if m]
-    key = f"best_{objective[0]}" if objective else None
-    if key not in table.columns:
-        found = [c for c in table.columns if c.startswith("best_") and c != "best_epoch"]
-        if not found:
-            raise ValueError(f"{exp}/results.parquet: no best_<metric> column")
-        key = found[0]
-        objective = [key[len("best_") :], *objective[1:]]
-    for col in ("trial_id", "status", "checkpoint_path"):
-        if col not in table.columns:
-            raise ValueError(f"{exp}/results.parquet: column '{col}' missing")
-    return {"exp_dir": exp.resolve(), "table": table, "sweep": sweep, "options": options,
-            "objective": objective, "key": key, "mode": metric_mode(objective[0])}  # fmt: skip
-
-
 def rank_trials(exp: dict) -> pd.DataFrame:
     """Usable trials (not ERROR, a finite objective, a checkpoint on disk), best first."""
     t = exp["table"].copy()
@@ -104,8 +74,9 @@ def rank_trials(exp: dict) -> pd.DataFrame:
     return ranked.reset_index(drop=True)
 
 
-def data_key(cfg: dict) -> tuple:
-    return (int(cfg["img_size"]), int(cfg.get("limit_per_split", 0)), int(cfg.get("seed", 0)),
+def data_key(record: dict) -> tuple:
+    cfg = record["config"]
+    return (preprocess(record)["img_size"], int(cfg.get("limit_per_split", 0)), int(cfg.get("seed", 0)),
             cfg.get("dedupe", "off"), bool(cfg.get("skip_bad", False)),
             bool(cfg.get("allow_leakage", False)))  # fmt: skip
 
@@ -273,14 +244,14 @@ def run_ensemble(
             break
         tid = str(row["trial_id"])
         try:
-            record = E.load_checkpoint(row["_ckpt"])
+            record = load_checkpoint(row["_ckpt"])
         except ValueError as exc:  # a damaged checkpoint costs one member, not the run
             log(f"skipping trial {tid}: {exc}")
             continue
         rank = len(members) + 1
         members.append(Member(
             name=f"{record['model']}:{tid}", trial_id=tid, model_name=record["model"], rank=rank,
-            sweep_metric=float(row["_metric"]), record=record, data_key=data_key(record["config"]),
+            sweep_metric=float(row["_metric"]), record=record, data_key=data_key(record),
             trial_dir=relocate(row.get("trial_dir"), exp_path, tid) or (
                 exp_path / tid if (exp_path / tid).is_dir() else None),
         ))  # fmt: skip
@@ -330,7 +301,7 @@ def run_ensemble(
         entry = {
             "name": m.name, "trial_id": m.trial_id, "model": m.model_name, "rank": m.rank,
             f"sweep_{exp['key']}": m.sweep_metric, "temperature": m.temperature,
-            "img_size": m.data_key[0], "in_chans": int(m.config.get("in_chans", 1)),
+            **{k: preprocess(m.record)[k] for k in ("img_size", "in_chans")},
             "chosen_weight": best["weights"][i],
             "uncalibrated": {"val_nll": nll(y_val, m.val_raw), "val_ece": ece(y_val, m.val_raw),
                              "test_nll": nll(y_test, m.test_raw), "test_ece": ece(y_test, m.test_raw)},
@@ -369,14 +340,14 @@ def run_ensemble(
     keep = [(m, w) for m, w in zip(members, best["weights"], strict=True) if w > 0]
     records = [{**m.record, "temperature": float(m.temperature)} for m, _ in keep]
     total = sum(w for _, w in keep)
-    obj = ensemble_object(
+    obj = ensemble_record(
         records, [w / total for _, w in keep], chosen, classes,
         extra={"member_names": [m.name for m, _ in keep], "experiment": exp_path.name,
                "data": spec, "description": ENSEMBLE_METHODS[chosen],
                "operating_points": stored_points(
                    ens_metrics[list(ensembles).index(chosen)]["operating_points"])},
     )  # fmt: skip
-    ens_path = save_ensemble(obj, out_dir / "ensemble.pt")
+    ens_path = save_ensemble(obj, out_dir / ENSEMBLE_FILE)
     log(f"saved {ens_path} ({len(keep)} member(s), method {chosen})")
     if external is not None:  # after everything was chosen and saved: reported, never used
         metrics["external"] = external(ens_path)

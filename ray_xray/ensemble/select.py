@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import nll
+from ..calibration import nll
 
 GREEDY_ROUNDS = 25
 MIN_GAIN = 1e-6

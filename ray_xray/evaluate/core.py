@@ -49,10 +49,10 @@ def default_out(subject: Subject, data: str, split: str) -> Path:
 def operating_points(y_val, p_val, sets: dict, classes: list[str],
                      targets=SPECIFICITIES) -> dict:  # fmt: skip
     """Per class and target specificity: the lowest threshold on the class's probability that
-    reaches the target on the model's own validation split (`ensemble.scores`' rule), and the
+    reaches the target on the model's own validation split (`ray_xray.scores`' rule), and the
     sensitivity/specificity it gives on each of `sets` ({name: (y, prob)}), with `holds`:
     the specificity is not significantly (z 1.96) below the target on that set."""
-    from ..ensemble.scores import sens_spec, threshold_for_specificity
+    from ..scores import sens_spec, threshold_for_specificity
 
     out: dict = {}
     for k, c in enumerate(classes):
@@ -81,7 +81,7 @@ def _headline_warning(name: str, d: dict, where: str, ref_split: str) -> str:
 
 def _stored_reference(subject: Subject, parts: dict) -> dict:
     """The shift block when the model's own data cannot be read: its stored val metrics."""
-    from ..ensemble.calibration import ece
+    from ..calibration import ece
 
     stored = subject.members[0].get("metrics", {}) if subject.kind == "model" else {}
     ref = {k[len("val_"):].replace("acc", "accuracy", 1): v for k, v in stored.items()
@@ -99,7 +99,7 @@ def shift_check(subject: Subject, ref: EvalSet, p_ref: np.ndarray, ref_split: st
                 data: str, n_boot: int, seed: int) -> tuple[dict, list[str]]:  # fmt: skip
     """This set against one of the model's own splits (`ref`, probabilities `p_ref`): the drop
     of each headline metric with its interval, ECE on both. Returns (block, warning lines)."""
-    from ..ensemble.calibration import ece
+    from ..calibration import ece
 
     y, prob, classes = parts["y"], parts["prob"], subject.classes
     # A partial set is compared on its own classes: the reference's macro-F1/AUC average over
@@ -190,7 +190,7 @@ def evaluate(checkpoint: str, data: str, split: str = "test", *, out: str | Path
     Raises UserError (exit 2) for a missing checkpoint, an unknown split, an empty split or a
     data class the model does not know.
     """
-    from ..ensemble.scores import report
+    from ..scores import report
 
     t0 = time.perf_counter()
     if split not in SPLIT_CHOICES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..checkpoint import preprocess
 from ..train import engine as E
 from .sources import EvalSet, Subject
 
@@ -43,7 +44,7 @@ def probabilities(subject: Subject, data: EvalSet, device: torch.device,
     views = views if views is not None else data.views
     per_member, total = [], None
     for rec, w, t in zip(subject.members, subject.weights, subject.temperatures, strict=True):
-        p = _softmax(member_logits(rec, views[int(rec["preprocess"]["img_size"])], device) / t)
+        p = _softmax(member_logits(rec, views[preprocess(rec)["img_size"]], device) / t)
         per_member.append(p)
         total = p * w if total is None else total + p * w
     return total / total.sum(1, keepdims=True), per_member

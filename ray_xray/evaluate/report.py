@@ -1,5 +1,5 @@
 """report.html of one evaluation, rendered from an `EvalResult` with the sweep report's parts
-(`report.html` for tables and the page, `report.plots` for figures, `ensemble.gradcam`)."""
+(`report.html` for tables and the page, `report.plots` for figures, `ray_xray.gradcam`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import preprocess
 from ..io import write_atomic
 from ..report import html as H
 from ..report import plots as P
@@ -69,7 +70,7 @@ def metrics_section(r: EvalResult) -> str:
 
 
 def curve_sections(r: EvalResult, figs: Figures) -> str:
-    from ..ensemble.calibration import reliability_bins
+    from ..calibration import reliability_bins
 
     out = [H.section("Confusion matrix", figs.make(
         "confusion", "Counts and row percentages (recall on the diagonal).",
@@ -181,7 +182,7 @@ def samples_section(r: EvalResult, figs: Figures) -> str:
 def _explainer(subject: Subject):
     """(member index, model, cam resolution) of the highest-weight convolutional member whose
     Grad-CAM layer is at least 2x2 (else any convolutional one); None without one."""
-    from ..ensemble.gradcam import cam_resolution, supports_gradcam
+    from ..gradcam import cam_resolution, supports_gradcam
     from ..train.engine import model_from_record
 
     order = sorted(range(len(subject.members)), key=lambda i: -subject.weights[i])
@@ -191,8 +192,8 @@ def _explainer(subject: Subject):
         model = model_from_record(rec)
         if not supports_gradcam(model):
             continue
-        pre = rec["preprocess"]
-        res = cam_resolution(model, int(pre["img_size"]), int(pre["in_chans"]))
+        pre = preprocess(rec)
+        res = cam_resolution(model, pre["img_size"], pre["in_chans"])
         if res and min(res) >= 2:
             return i, model, res
         fallback = fallback or (i, model, res)
@@ -200,7 +201,7 @@ def _explainer(subject: Subject):
 
 
 def gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
-    from ..ensemble.gradcam import cam_target, grad_cam
+    from ..gradcam import cam_target, grad_cam
 
     found = _explainer(subject)
     if found is None:
@@ -208,8 +209,8 @@ def gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
             "No convolutional model with a Grad-CAM layer here (lstm/vit).", "note"))  # fmt: skip
     i, model, res = found
     rec = subject.members[i]
-    pre = rec["preprocess"]
-    imgs = r.images[int(pre["img_size"])]
+    pre = preprocess(rec)
+    imgs = r.images[pre["img_size"]]
     feed = record_feed(rec, torch.device("cpu"))
     prob = r.member_prob[i]
     pred, conf = prob.argmax(1), prob.max(1)
@@ -227,7 +228,7 @@ def gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
             rows.append(cells)
             labels.append(f"{c}: {kind}")
     where = f"{res[0]}x{res[1]}" if res else "?"
-    chosen = cam_target(model, int(pre["img_size"]), int(pre["in_chans"]))
+    chosen = cam_target(model, pre["img_size"], pre["in_chans"])
     layer = chosen.name if chosen else "?"
     cap = (f"Grad-CAM of {rec['model']} (member {i + 1} of {len(subject.members)}; its "
            f"layer {layer}, a {where} feature map at {pre['img_size']} "

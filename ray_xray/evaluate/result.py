@@ -26,7 +26,7 @@ clean = json_safe  # one JSON-safe converter: ray_xray/io.py
 class EvalResult:
     """One model or ensemble on one labelled set.
 
-    `metrics`: the sweep report's set (`ensemble.scores.report`: accuracy, macro/weighted F1,
+    `metrics`: the sweep report's set (`ray_xray.scores.report`: accuracy, macro/weighted F1,
     per-class precision/recall/F1/AUC/AP, confusion, NLL, ECE). `headline`: accuracy, macro_f1,
     auc, recall_<class> as {"value", "low", "high"} (stratified bootstrap percentile interval).
     `operating_points`: class -> target specificity -> threshold from the model's own

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import preprocess
 from ..cli import UserError
 from ..data.dataset import absolute_spec, load_data, load_table, resolve_items
 from ..data.sources import (
@@ -25,6 +26,7 @@ from ..data.sources import (
     normalise_split,
     patient_id,
 )
+from ..sweep_folder import is_sweep_folder, sweep_model
 
 log = logging.getLogger("ray_xray.evaluate")
 SPLIT_CHOICES = ("test", "val", "train", "all")
@@ -51,7 +53,7 @@ class Subject:
     @property
     def sizes(self) -> list[int]:
         """The distinct input sizes (px) of the members, in member order."""
-        return list(dict.fromkeys(int(m["preprocess"]["img_size"]) for m in self.members))
+        return list(dict.fromkeys(preprocess(m)["img_size"] for m in self.members))
 
 
 @dataclass
@@ -78,33 +80,23 @@ class EvalSet:
 # ---------------------------------------------------------------- the model
 
 
-def is_sweep_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "results.parquet").is_file()
-
-
 def resolve_subject(checkpoint: str) -> Subject:
     """A model record or ensemble from anything `predict` takes, or a sweep folder (its
     ensemble/ensemble.pt; best_model.pt with a note when the sweep was never ensembled).
     Raises UserError / ValueError with one line."""
-    from ..predict import ENSEMBLE_FORMAT, load_model_or_ensemble
+    from ..checkpoint import is_ensemble, load_model_or_ensemble
 
     p = Path(checkpoint).expanduser()
     if not p.exists():
         raise UserError(f"{checkpoint}: no such checkpoint, run, ensemble or sweep folder")
     note = ""
     if is_sweep_folder(p):
-        if (p / "ensemble" / "ensemble.pt").is_file():
-            p, note = p / "ensemble" / "ensemble.pt", "a sweep folder: its ensemble"
-        elif (p / "best_model.pt").is_file():
-            p = p / "best_model.pt"
-            note = ("a sweep folder without ensemble/ensemble.pt: its best trial by validation "
-                    "(run python -m ray_xray.ensemble for the ensemble)")  # fmt: skip
-        else:
-            raise UserError(
-                f"{checkpoint}: a sweep folder with neither ensemble/ nor best_model.pt"
-            )
-    obj = load_model_or_ensemble(str(p))
-    if obj.get("format") == ENSEMBLE_FORMAT:
+        try:
+            p, note = sweep_model(p)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    obj = load_model_or_ensemble(p)
+    if is_ensemble(obj):
         members = list(obj["members"])
         own = obj.get("data") or members[0]["config"].get("data")
         name = f"ensemble_{obj.get('method', '?')}"
@@ -121,7 +113,7 @@ def resolve_subject(checkpoint: str) -> Subject:
 def data_key(record: dict) -> tuple:
     """How a member's own data was loaded: (img_size, limit, seed, dedupe, skip_bad, leakage)."""
     cfg = record["config"]
-    return (int(record["preprocess"]["img_size"]), int(cfg.get("limit_per_split", 0)),
+    return (preprocess(record)["img_size"], int(cfg.get("limit_per_split", 0)),
             int(cfg.get("seed", 0)), cfg.get("dedupe", "off"), bool(cfg.get("skip_bad", False)),
             bool(cfg.get("allow_leakage", False)))  # fmt: skip
 

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import safe_load
+
 Builder = Callable[..., nn.Module]
 
 _REGISTRY: dict[str, Builder] = {}
@@ -101,7 +103,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"pretrained weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_load(path, "pretrained weights file")
     # Training checkpoints often wrap the weights; DDP prefixes every key with "module.".
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -163,7 +165,7 @@ def set_cam_layer(
 
     ``stages``: the modules Grad-CAM may hook, shallow to deep (each gives (B, C, h, w) and no
     later op changes that output in place); empty means ``(layer,)``. Grad-CAM picks one of
-    them per input size (ray_xray.ensemble.gradcam.cam_target).
+    them per input size (ray_xray.gradcam.cam_target).
     """
     # object.__setattr__ keeps nn.Module from registering the layer a second time, which
     # would duplicate its tensors in state_dict() under a "cam_layer." prefix.

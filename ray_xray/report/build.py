@@ -374,8 +374,8 @@ def pareto_section(ctx: dict, figs: Figures) -> str:
     objective = exp["objective"]
     if len(objective) < 2:
         return ""
-    from ray_xray.ensemble.checks import relocate
     from ray_xray.metrics import metric_mode
+    from ray_xray.sweep_folder import relocate
 
     names, values = [], []
     for r in exp["table"].to_dict("records"):
@@ -412,7 +412,7 @@ def pareto_section(ctx: dict, figs: Figures) -> str:
 
 def evaluation_sections(ctx: dict, figs: Figures) -> str:
     m, classes = ctx["metrics"], ctx["classes"]
-    from ray_xray.ensemble.calibration import reliability_bins
+    from ray_xray.calibration import reliability_bins
 
     best_m = ctx["members"][0]
     chosen = ctx["chosen"]
@@ -476,10 +476,18 @@ def samples_section(ctx: dict, figs: Figures) -> str:
                      anchor="samples")  # fmt: skip
 
 
+def _size_chans(record: dict) -> tuple[int, int]:
+    """(img_size, in_chans) of a member's model record."""
+    from ray_xray.checkpoint import preprocess
+
+    pre = preprocess(record)
+    return pre["img_size"], pre["in_chans"]
+
+
 def gradcam_candidate(ctx: dict):
     """The best-ranked convolutional member whose Grad-CAM layer is at least 2x2 (a 1x1 map,
     e.g. resnet18 at 32 px, is flat); failing that the best convolutional member at all."""
-    from ray_xray.ensemble.gradcam import cam_resolution, supports_gradcam
+    from ray_xray.gradcam import cam_resolution, supports_gradcam
     from ray_xray.train.engine import model_from_record
 
     fallback = None
@@ -487,7 +495,7 @@ def gradcam_candidate(ctx: dict):
         model = model_from_record(mem.record)
         if not supports_gradcam(model):
             continue
-        res = cam_resolution(model, mem.data_key[0], int(mem.config.get("in_chans", 1)))
+        res = cam_resolution(model, *_size_chans(mem.record))
         if res and min(res) >= 2:
             return mem, model, res
         fallback = fallback or (mem, model, res)
@@ -495,7 +503,7 @@ def gradcam_candidate(ctx: dict):
 
 
 def gradcam_section(ctx: dict, figs: Figures) -> str:
-    from ray_xray.ensemble.gradcam import cam_target, grad_cam
+    from ray_xray.gradcam import cam_target, grad_cam
 
     classes, y = ctx["classes"], ctx["y_test"]
     found = gradcam_candidate(ctx)
@@ -522,12 +530,12 @@ def gradcam_section(ctx: dict, figs: Figures) -> str:
         rows.append(cells)
         labels.append(f"true {cls}")
     where = f"{res[0]}x{res[1]} feature map" if res else "feature map"
-    chosen = cam_target(model, mem.data_key[0], int(mem.config.get("in_chans", 1)))
+    chosen = cam_target(model, *_size_chans(mem.record))
     layer = chosen.name if chosen else "?"
     cap = (
         f"Grad-CAM of {mem.name} (rank {mem.rank}: the best-ranked convolutional member whose "
         "Grad-CAM layer is larger than 1x1; "
-        f"layer {layer}, {where} at {mem.data_key[0]} px) on test "
+        f"layer {layer}, {where} at {_size_chans(mem.record)[0]} px) on test "
         "images: per true class two correct (green) then two wrong (red) cases. The heat map "
         "(red = most) is where the evidence for the predicted class came from: ReLU of the "
         "gradient-weighted sum of the layer's feature maps, upsampled to the image and scaled "
@@ -541,7 +549,7 @@ def gradcam_section(ctx: dict, figs: Figures) -> str:
 
 
 def attention_section(ctx: dict, figs: Figures) -> str:
-    from ray_xray.ensemble.gradcam import attention_maps
+    from ray_xray.gradcam import attention_maps
     from ray_xray.train.engine import model_from_record
 
     classes, y = ctx["classes"], ctx["y_test"]

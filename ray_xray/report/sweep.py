@@ -137,7 +137,7 @@ def context_section(ctx: dict) -> str:
 
 def trial_histories(exp: dict) -> dict[str, list[dict]]:
     """{trial_id: result.json rows, one per epoch (the last report of each)}."""
-    from ..ensemble.core import relocate  # noqa: PLC0415 (the report imports the ensemble lazily)
+    from ..sweep_folder import relocate  # noqa: PLC0415 (the report imports the ensemble lazily)
     from .build import read_history
 
     out = {}

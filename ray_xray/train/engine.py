@@ -1,4 +1,6 @@
-"""Plain torch, no Ray: precision, loss, optimiser, schedule, one epoch, evaluation, checkpoints.
+"""Plain torch, no Ray: precision, loss, optimiser, schedule, one epoch, evaluation, saved models.
+
+The checkpoint files themselves (writing, reading, the format) are `ray_xray.checkpoint`'s.
 
 `train_loop_per_worker` (worker.py) strings these together under Ray Train; the benchmark's
 bare loop calls the very same functions, so the two can be compared honestly.
@@ -9,18 +11,15 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import preprocess
 from ..config import TrainConfig
-from ..io import atomic_path
 from ..models import create_model
-
-CHECKPOINT_FORMAT = "ray_xray/1"
 
 
 class TrainingDiverged(RuntimeError):
@@ -274,58 +273,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def atomic_save(obj: dict, path: str | Path) -> None:
-    """torch.save through a temporary file and a rename: never half a checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def model_record(model: nn.Module, cfg: TrainConfig, classes: list[str], mean: float, std: float,
-                 metrics: dict) -> dict:  # fmt: skip
-    """Everything `predict` needs to use a model without the run that made it."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": cfg.model,
-        "model_kwargs": dict(cfg.model_kwargs),
-        "config": cfg.to_dict(),
-        "classes": list(classes),
-        "preprocess": {
-            "img_size": cfg.img_size,
-            "in_chans": cfg.in_chans,
-            "mean": mean,
-            "std": std,
-        },
-        "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-        "state_dict": state,
-    }
-
-
-def safe_load(path: str | Path, default_name: str, what: str) -> tuple[Path, object]:
-    """torch.load with weights_only=True (a pickle that would run code is refused), one-line errors."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / default_name
-    if not path.is_file():
-        raise ValueError(f"{path}: no such {what}")
-    try:
-        return path, torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling refusals come in several exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a loadable ray_xray {what} ({first[:160]})") from None
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a ray_xray checkpoint; refuses pickles that would run code, and foreign files."""
-    path, obj = safe_load(path, "checkpoint.pt", "checkpoint")
-    if isinstance(obj, dict) and "best" in obj and isinstance(obj["best"], dict):
-        obj = obj["best"]  # a training-state checkpoint: use its best model
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a ray_xray checkpoint (no '{CHECKPOINT_FORMAT}' record)")
-    return obj
+# ---------------------------------------------------------------- saved models
 
 
 def inference_setup(record: dict, device: torch.device):
@@ -348,7 +296,7 @@ def record_feed(record: dict, device: torch.device, channels_last: bool = False)
     from ..data.feed import DeviceFeed
 
     cfg = TrainConfig.from_dict(record["config"])
-    pre = record["preprocess"]
+    pre = preprocess(record)
     return DeviceFeed.for_config(cfg, pre["mean"], pre["std"], device, channels_last)
 
 

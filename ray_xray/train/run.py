@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import ray
 import ray.train
-import torch
 
 from .. import metrics as M
+from ..checkpoint import MODEL_FILE, atomic_save, load_state
 from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
 from ..data.cache import cache_location
@@ -23,7 +23,6 @@ from ..io import write_atomic
 from ..ray_env import runtime_env
 from . import engine as E
 from .launch import make_trainer
-from .worker import STATE_FILE
 
 log = logging.getLogger("ray_xray.train")
 
@@ -86,7 +85,7 @@ def token_auth_said():
 def read_state(checkpoint: ray.train.Checkpoint) -> dict:
     """The worker's training state: best model record, per-epoch history, optimiser state."""
     with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        return load_state(d)
 
 
 def evaluate_record(
@@ -125,7 +124,7 @@ def fit(
     # The latest checkpoint carries the best model so far and the whole history.
     state = read_state(result.checkpoint)
     record = state["best"]
-    E.atomic_save(record, out / "best_model.pt")
+    atomic_save(record, out / MODEL_FILE)
     train_s = time.perf_counter() - t0
     test, _, _ = evaluate_record(record, data, "test", cfg.device)
     report = {

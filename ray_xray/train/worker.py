@@ -14,14 +14,13 @@ import ray.train.torch
 import torch
 
 from .. import trace
+from ..checkpoint import load_state, model_record, save_state, training_state
 from ..config import TrainConfig
 from ..data import load_for_config
 from ..data.dataset import shared_key
 from . import engine as E
 from .collectives import all_reduce_sum
 from .loop import Hooks, Progress, Trainer, fit
-
-STATE_FILE = "checkpoint.pt"
 
 
 def split_config(config: dict) -> tuple[TrainConfig, dict]:
@@ -94,7 +93,7 @@ class RayHooks(Hooks):
         trace.mark("epoch_end", epoch=metrics["epoch"], epoch_s=metrics["epoch_s"])
         cfg, tr = self.cfg, self.tr
         if improved:
-            self.best_record = E.model_record(
+            self.best_record = model_record(
                 tr.bare, cfg, self.data.classes, self.data.mean, self.data.std, metrics
             )
             self.best_record["epoch"] = metrics["epoch"]
@@ -110,13 +109,8 @@ class RayHooks(Hooks):
             ray.train.report(metrics)
             trace.mark("reported", epoch=epoch, checkpoint=False)
             return
-        state = {
-            **tr.state_dict(), "epoch": progress.epoch, "best_value": progress.best_value,
-            "since_best": progress.since_best, "best": self.best_record,
-            "history": progress.history,
-        }  # fmt: skip
-        if improved:  # the best model is this epoch's: the same tensors, so the file holds one copy
-            state["best"] = {**self.best_record, "state_dict": state["model"]}
+        # When improved, the best model is this epoch's: the file holds one copy of its tensors.
+        state = training_state(tr.state_dict(), progress, self.best_record, improved)
         report_with_state(metrics, state)
         trace.mark("reported", epoch=epoch, checkpoint=True)
 
@@ -134,14 +128,14 @@ def report_with_state(metrics: dict, state: dict) -> None:
         name = storage.make_default_checkpoint_dir_name()
         path = storage.build_checkpoint_path_from_name(name)
         os.makedirs(path, exist_ok=True)
-        E.atomic_save(state, os.path.join(path, STATE_FILE))
+        save_state(state, path)
         ray.train.report(
             metrics, checkpoint=ray.train.Checkpoint(path), checkpoint_dir_name=name,
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
         )  # fmt: skip
         return
     with tempfile.TemporaryDirectory() as tmp:
-        E.atomic_save(state, os.path.join(tmp, STATE_FILE))
+        save_state(state, tmp)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -175,7 +169,7 @@ def train_loop_per_worker(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt:  # restarted after a failure, or a resumed sweep: continue, never redo an epoch
         with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+            state = load_state(d)
         tr.load_state_dict(state)
         best_record, resumed = state["best"], True
         progress = Progress(

@@ -152,16 +152,16 @@ def for_finished_sweep(exp_dir: str | Path, values, top_k: int, device: str = "a
     sweep's recorded options (sweep.json: its data, cache, settings, classes) and the first
     `top_k` entries of its best_trials.json. Checks the sets as a sweep does before its
     trials (same errors: UserError, one line); `device` "cuda" scores on the GPU."""
-    import json
     from types import SimpleNamespace
 
-    from ..ensemble.core import read_experiment  # the sweep folder's reader (one error line)
+    from ..sweep_folder import read_best_trials, read_experiment
 
     swept = read_experiment(exp_dir)
-    exp, record, options = Path(exp_dir), swept["sweep"], swept["options"]
-    if not (exp / "best_trials.json").is_file():
-        raise UserError(f"--external: {exp} has no best_trials.json (a sweep writes it)")
-    top = json.loads((exp / "best_trials.json").read_text())[:top_k]
+    record, options = swept["sweep"], swept["options"]
+    try:
+        top = read_best_trials(exp_dir)[:top_k]
+    except ValueError as exc:
+        raise UserError(f"--external: {exc}") from None
     data = options.get("data")
     opts = SimpleNamespace(external=values, data=absolute_spec(data) if data else None,
                            cache=options.get("cache"), settings=options.get("settings") or {},

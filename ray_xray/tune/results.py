@@ -19,17 +19,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..checkpoint import MODEL_FILE, STATE_FILE, atomic_save, load_state
 from ..data import load_for_config
 from ..io import atomic_path, write_atomic
 from ..metrics import metric_mode
-from ..train.engine import atomic_save
+from ..sweep_folder import read_sweep_json
 from ..train.run import evaluate_record
-from ..train.worker import STATE_FILE
 from .console import error_reason
 
 TRAIN_RUN = "train"  # trial_fn's Ray Train run name: its folder is <exp_dir>/<trial_id>/train
 # What reading a saved checkpoint raises when it is gone, truncated or not ours.
-UNREADABLE = (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError)
+UNREADABLE = (ValueError, OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError)
 
 
 class ResultsError(RuntimeError):
@@ -170,10 +170,10 @@ def _finite(v) -> bool:
 def load_record(checkpoint_path: str) -> dict:
     """The best-model record inside a trial checkpoint (folder holding STATE_FILE).
     Raises one of UNREADABLE when the file is gone, truncated or not a ray_xray state."""
-    import torch
-
-    state = torch.load(Path(checkpoint_path) / STATE_FILE, map_location="cpu", weights_only=True)
-    return state["best"]
+    best = load_state(checkpoint_path)["best"]
+    if not isinstance(best, dict):
+        raise ValueError(f"{checkpoint_path}: a training state without a best model")
+    return best
 
 
 def finish(
@@ -261,7 +261,7 @@ def evaluate_top(rows: list[dict], key: str, mode: str, opts, exp_dir: str | Pat
                     "best_epoch": record.get("epoch"), "checkpoint": row["checkpoint_path"],
                     "config": record["config"], "test": test})  # fmt: skip
         if rank == 1:
-            atomic_save(record, Path(exp_dir) / "best_model.pt")
+            atomic_save(record, Path(exp_dir) / MODEL_FILE)
     return top
 
 
@@ -295,8 +295,8 @@ def time_use(rows: list[dict]) -> dict:
 def _record_time_use(sweep_json: Path, use: dict) -> None:
     """Add the time use to sweep.json (written at the start with the command and the plan)."""
     try:
-        data = json.loads(sweep_json.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = read_sweep_json(sweep_json.parent)
+    except ValueError:
         data = {}
     data["time_use"] = use
     write_atomic(sweep_json, json.dumps(data, indent=2, default=str))

@@ -26,6 +26,7 @@ from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..ray_env import cloud_keys_kept_out_of_ray_logs
 from ..spaces import SearchSpace, load_space
+from ..sweep_folder import RESULTS_FILE, SWEEP_FILE, read_sweep_json
 from ..train.run import init_ray
 from . import external as X
 from . import results as R
@@ -35,7 +36,7 @@ from .storage import STUDY_FILE, StudyUpload, SweepFiles, tool_commands
 from .trial import TOKEN_CPU, trial_fn
 
 log = logging.getLogger("ray_xray.tune")
-DONE_FILE = "results.parquet"
+DONE_FILE = RESULTS_FILE
 
 
 @dataclass
@@ -169,13 +170,15 @@ def check_resumable(exp_dir: str, new: dict, folder: str | Path | None = None) -
     local folder holding that sweep.json (default `exp_dir`; for a URI, its local copy)."""
     if folder is None and "://" in exp_dir:
         return
-    record = Path(folder if folder is not None else exp_dir) / "sweep.json"
-    if not record.is_file():
-        return
+    where = Path(folder if folder is not None else exp_dir)
     try:
-        stored = json.loads(record.read_text())
-    except (OSError, ValueError):
-        raise ValueError(f"{record}: unreadable; pass --name to start a separate sweep") from None
+        stored = read_sweep_json(where)
+    except ValueError:
+        raise ValueError(
+            f"{where / SWEEP_FILE}: unreadable; pass --name to start a separate sweep"
+        ) from None
+    if not stored:
+        return
     diffs = sweep_differences(stored, new)
     if not diffs:
         return

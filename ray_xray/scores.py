@@ -8,8 +8,8 @@ import math
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from .. import metrics as M
-from .. import stats as S
+from . import metrics as M
+from . import stats as S
 from .calibration import ece
 
 SPECIFICITIES = (0.90, 0.95)
