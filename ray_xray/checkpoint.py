@@ -251,3 +251,11 @@ def load_ensemble(path: str | Path) -> dict:
     if not is_ensemble(obj):
         raise ValueError(f"{path}: not a ray_xray ensemble (no '{ENSEMBLE_FORMAT}' format)")
     return check_ensemble(obj, str(path))
+
+
+def data_key(record: dict) -> tuple:
+    """How a member's own data was loaded: (img_size, limit, seed, dedupe, skip_bad, leakage)."""
+    cfg = record["config"]
+    return (preprocess(record)["img_size"], int(cfg.get("limit_per_split", 0)),
+            int(cfg.get("seed", 0)), cfg.get("dedupe", "off"), bool(cfg.get("skip_bad", False)),
+            bool(cfg.get("allow_leakage", False)))  # fmt: skip

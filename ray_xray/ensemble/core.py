@@ -15,7 +15,14 @@ import pandas as pd
 import torch
 
 from ..calibration import apply_temperature, ece, fit_temperature, nll
-from ..checkpoint import ENSEMBLE_FILE, ensemble_record, load_checkpoint, preprocess, save_ensemble
+from ..checkpoint import (
+    ENSEMBLE_FILE,
+    data_key,
+    ensemble_record,
+    load_checkpoint,
+    preprocess,
+    save_ensemble,
+)
 from ..data import ImageDataset, load_data
 from ..data.dataset import loader as make_loader
 from ..io import json_safe, write_atomic
@@ -72,13 +79,6 @@ def rank_trials(exp: dict) -> pd.DataFrame:
     ok &= np.isfinite(t["_metric"].fillna(np.nan).astype(float))
     ranked = t[ok].sort_values("_metric", ascending=exp["mode"] == "min", kind="stable")
     return ranked.reset_index(drop=True)
-
-
-def data_key(record: dict) -> tuple:
-    cfg = record["config"]
-    return (preprocess(record)["img_size"], int(cfg.get("limit_per_split", 0)), int(cfg.get("seed", 0)),
-            cfg.get("dedupe", "off"), bool(cfg.get("skip_bad", False)),
-            bool(cfg.get("allow_leakage", False)))  # fmt: skip
 
 
 def load_member_data(members: list[Member], spec: str, cache: str | None) -> dict:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from ..checkpoint import data_key
 from ..train import engine as E
 from . import stats as S
 from .core import shift_check
 from .infer import probabilities
-from .sources import EvalSet, Subject, data_key, external_set, own_sets
+from .sources import EvalSet, Subject, external_set, own_sets
 
 SPLIT = "all"  # every image of an external set, whatever split folders it has
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import preprocess
+from ..checkpoint import data_key, preprocess
 from ..cli import UserError
 from ..data.dataset import absolute_spec, load_data, load_table, resolve_items
 from ..data.sources import (
@@ -108,14 +108,6 @@ def resolve_subject(checkpoint: str) -> Subject:
     run = p.parent.name if p.is_file() else p.name
     return Subject(p, "model", f"{obj['model']} ({run})", list(obj["classes"]), [obj], [1.0],
                    [1.0], obj["config"].get("data"), note)  # fmt: skip
-
-
-def data_key(record: dict) -> tuple:
-    """How a member's own data was loaded: (img_size, limit, seed, dedupe, skip_bad, leakage)."""
-    cfg = record["config"]
-    return (preprocess(record)["img_size"], int(cfg.get("limit_per_split", 0)),
-            int(cfg.get("seed", 0)), cfg.get("dedupe", "off"), bool(cfg.get("skip_bad", False)),
-            bool(cfg.get("allow_leakage", False)))  # fmt: skip
 
 
 def same_data(spec: str, own: str | None) -> bool:
