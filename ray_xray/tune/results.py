@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..checkpoint import MODEL_FILE, STATE_FILE, atomic_save, load_state
+from ..checkpoint import MODEL_FILE, STATE_FILE, atomic_save, data_key, load_state
 from ..data import load_for_config
 from ..io import atomic_path, write_atomic
 from ..metrics import metric_mode
@@ -245,9 +245,7 @@ def evaluate_top(rows: list[dict], key: str, mode: str, opts, exp_dir: str | Pat
             row["checkpoint_path"] = None  # not a candidate for the ensemble either
             continue
         cfg = record["config"]
-        key_ = json.dumps(
-            [cfg[k] for k in ("data", "img_size", "limit_per_split", "seed", "dedupe")]
-        )
+        key_ = (cfg["data"], data_key(record))  # every setting load_for_config reads
         if key_ not in datasets:
             datasets[key_] = load_for_config(cfg, opts.cache)
         test, _, _ = evaluate_record(record, datasets[key_], "test")
