@@ -1,9 +1,11 @@
 """1. Trial overhead: where one Tune trial's wall time goes, phase by phase, beside a bare loop.
 
 (a) the bare loop: the training function's own `Trainer.build` + `fit`, no Ray, same threads.
-(b) a sweep through `python -m ray_xray.tune`'s service (Ray Tune -> TorchTrainer -> worker),
-    `trials` trials, `concurrent` at a time, FIFO, every tuned value pinned.
-(c) (full mode) the same sweep with `long_epochs` epochs: the share of trial time spent training.
+(b) a sweep through `python -m ray_xray.tune`'s service with its default trial runner (inline:
+    the training function in the Tune trial's process), `trials` trials, `concurrent` at a
+    time, FIFO, every tuned value pinned.
+(b') the same sweep with `--trial-runner torchtrainer` (Ray Tune -> TorchTrainer -> worker).
+(c) (full mode) sweep (b) with `long_epochs` epochs: the share of trial time spent training.
 
 Phase boundaries come from `ray_xray.trace` marks (the trial function and the worker append
 time stamps when $RAY_XRAY_TRACE is set) and from Ray's state API (when Ray launched each
@@ -44,18 +46,19 @@ PHASES = [
     ("tune actor start", "Ray launches the trial's Tune function process until it runs"),
     (
         "controller + worker group",
-        "trial function builds the TorchTrainer; Ray Train starts its "
+        "torchtrainer: trial function builds the TorchTrainer; Ray Train starts its "
         "controller, placement group and helper actors; until the "
-        "worker process is launched",
+        "worker process is launched (inline: none)",
     ),  # fmt: skip
     (
         "worker process start",
-        "worker process launch until the training function runs (imports, torch process group)",
+        "torchtrainer: worker process launch until the training function runs (imports, torch "
+        "process group); inline: importing the training code in the trial's process",
     ),  # fmt: skip
     ("data load", "prepared data: Ray's object store (sweep) or the Parquet cache"),
     ("model build", "model, optimiser, loaders (Trainer.build) and checkpoint restore"),
     ("compute (train + val)", "sum of the epochs' epoch_s"),
-    ("report + checkpoint", "after each epoch's metrics until ray.train.report returns"),
+    ("report + checkpoint", "after each epoch's metrics until the report to Ray returns"),
     ("other in the loop", "rest of each epoch's iteration (metrics bookkeeping)"),
     ("teardown", "last report until the trial function returns"),
 ]
@@ -142,7 +145,8 @@ def _phases(ev: dict, marks: list[dict], launched: dict[int, float], trial: str)
     ):
         raise RuntimeError(f"trial {trial}: incomplete trace (missing {missing or 'launch times'})")
     t = {k: ev[k]["t"] for k in need}
-    worker_launch = launched[ev["worker_start"]["pid"]]
+    inline = ev["worker_start"]["pid"] == ev["trial_start"]["pid"]  # trained in its own process
+    worker_launch = t["trial_start"] if inline else launched[ev["worker_start"]["pid"]]
     starts = {m["epoch"]: m["t"] for m in marks if m["event"] == "epoch_start"}
     ends = {m["epoch"]: m for m in marks if m["event"] == "epoch_end"}
     reps = {m["epoch"]: m["t"] for m in marks if m["event"] == "reported"}
@@ -170,14 +174,16 @@ def _phases(ev: dict, marks: list[dict], launched: dict[int, float], trial: str)
 
 
 def sweep(s: dict, spec: str, sweep_settings: dict, epochs: int, trials: int, work, tag: str,
-          threads: int) -> dict:  # fmt: skip
-    """One sweep with tracing on; its rows (wall_s, compute_s) and per-trial phases."""
+          threads: int, runner: str = "auto") -> dict:  # fmt: skip
+    """One sweep with tracing on (`runner`: its --trial-runner); its rows (wall_s, compute_s)
+    and per-trial phases."""
     path = work / f"trace-{tag}.jsonl"
     with C.ray_session(env={trace.TRACE_ENV: str(path)}):
         opts = SweepOptions(
             space=s["space"], data=spec, trials=trials, storage=str(work), name=tag,
             settings={**sweep_settings, "epochs": epochs}, ensemble=False, top_k=1,
             cpus_per_trial=float(threads) / s["concurrent"], scheduler="fifo", seed=0,
+            trial_runner=runner,
         )  # fmt: skip
         t0 = time.time()
         summary = run_sweep(opts)
@@ -189,7 +195,7 @@ def sweep(s: dict, spec: str, sweep_settings: dict, epochs: int, trials: int, wo
         raise RuntimeError(f"trials {bad} did not finish: {rows}")
     phases = trial_phases(trace.read(path), launched)
     return {"rows": [{k: r[k] for k in ("trial_id", "wall_s", "compute_s")} for r in rows],
-            "phases": phases, "sweep_wall_s": wall}  # fmt: skip
+            "phases": phases, "sweep_wall_s": wall, "runner": opts.trial_runner}  # fmt: skip
 
 
 def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False) -> dict:
@@ -203,8 +209,11 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
     load_for_config(cfg, cache)  # fill the prepared cache before anything is timed
     work = C.runs_dir(NAME)
     try:
-        C.say(NAME, "(b) sweep")
+        C.say(NAME, "(b) sweep, default trial runner")
         b = sweep(s, spec, sweep_settings, cfg.epochs, s["trials"], work, "short", threads)
+        C.say(NAME, "(b') sweep, --trial-runner torchtrainer")
+        t = sweep(s, spec, sweep_settings, cfg.epochs, s["trials"], work, "short-tt", threads,
+                  runner="torchtrainer")  # fmt: skip
         C.say(NAME, "(a) bare loop, one trial's threads")
         a = bare_loop(cfg, cache, max(1, threads // s["concurrent"]))
         c = None
@@ -215,7 +224,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    return summarise(s, cfg, threads, a, b, c)
+    return summarise(s, cfg, threads, a, b, c, t)
 
 
 def _median(values) -> float:
@@ -223,37 +232,60 @@ def _median(values) -> float:
     return float(statistics.median(vals)) if vals else float("nan")
 
 
-def summarise(s: dict, cfg, threads: int, a: dict, b: dict, c: dict | None) -> dict:
-    trials = list(b["phases"].values())
-    total = _median(p["total"] for p in trials)
-    bare = {"data load": a["data_load_s"], "model build": a["model_build_s"],
-            "compute (train + val)": a["compute_s"], "other in the loop": a["loop_s"] - a["compute_s"]}  # fmt: skip
+def _phase_rows(runs: list[dict], bare: dict) -> list[list]:
+    """PHASES x (median per run, its share of that run's total, bare loop, what it covers)."""
+    meds = []
+    for run in runs:
+        trials = list(run["phases"].values())
+        total = _median(p["total"] for p in trials)
+        meds.append(({ph: _median(p[ph] for p in trials) for ph, _ in PHASES}, total))
     rows = []
     for phase, what in PHASES:
-        med = _median(p[phase] for p in trials)
-        rows.append([phase, med, med / total, bare.get(phase), what])
-    rows.append(["total (launch to return)", total, 1.0, a["wall_s"], "median over trials"])
-    over = [r["wall_s"] - r["compute_s"] for r in b["rows"]]
-    overhead = _median(over)
+        cells = [x for m, total in meds for x in (m[phase], m[phase] / total)]
+        rows.append([phase, *cells, bare.get(phase), what])
+    totals = [x for _, total in meds for x in (total, 1.0)]
+    return [*rows, ["total (launch to return)", *totals, bare["total"], "median over trials"]]
+
+
+def _overhead(run: dict) -> float:
+    return _median(r["wall_s"] - r["compute_s"] for r in run["rows"])
+
+
+def summarise(s: dict, cfg, threads: int, a: dict, b: dict, c: dict | None,
+              t: dict | None = None) -> dict:  # fmt: skip
+    """The benchmark's record: (b) the default runner's sweep, (b') `t` the torchtrainer one,
+    (a) the bare loop, (c) the long sweep."""
+    bare = {"data load": a["data_load_s"], "model build": a["model_build_s"],
+            "compute (train + val)": a["compute_s"], "other in the loop": a["loop_s"] - a["compute_s"],
+            "total": a["wall_s"]}  # fmt: skip
+    runs = [b, *([t] if t else [])]
+    columns = ["phase"]
+    for run, tag in zip(runs, ("(b)", "(b')"), strict=False):
+        columns += [f"{run.get('runner', 'torchtrainer')} {tag}", "share"]
+    overhead = _overhead(b)
+    what = (
+        f"{cfg.model} {cfg.img_size} px x {cfg.epochs} epochs, {s['concurrent']} trials at a time"
+    )
     headline = [
-        f"median per-trial overhead (wall_s - compute_s) {overhead:.1f} s for {cfg.model} "
-        f"{cfg.img_size} px x {cfg.epochs} epochs, {s['concurrent']} trials at a time "
+        f"median per-trial overhead (wall_s - compute_s) {overhead:.1f} s with the "
+        f"{b.get('runner', 'torchtrainer')} trial runner for {what} "
         f"(goal <= {GOAL_OVERHEAD_S:g} s: {'met' if overhead <= GOAL_OVERHEAD_S else 'NOT met'})"
+        + (f"; torchtrainer runner {_overhead(t):.1f} s" if t else "")
     ]
-    tables = [C.table(f"(b) phases of one trial, median of {len(trials)} (s)",
-                      ["phase", "trial (b)", "share", "bare loop (a)", "covers"], rows)]  # fmt: skip
+    tables = [C.table(f"(b) phases of one trial, median of {len(b['phases'])} (s)",
+                      [*columns, "bare loop (a)", "covers"], _phase_rows(runs, bare))]  # fmt: skip
     if c:
         share = _median(min(r["compute_s"], r["wall_s"]) / r["wall_s"] for r in c["rows"])
-        long_over = _median(r["wall_s"] - r["compute_s"] for r in c["rows"])
         headline.append(
             f"{s['long_epochs']}-epoch trials spend {share:.1%} of their wall time in train/val "
             f"compute (median of {len(c['rows'])}; goal >= {GOAL_COMPUTE_SHARE:.0%}: "
-            f"{'met' if share >= GOAL_COMPUTE_SHARE else 'NOT met'}); overhead {long_over:.1f} s"
+            f"{'met' if share >= GOAL_COMPUTE_SHARE else 'NOT met'}); overhead {_overhead(c):.1f} s"
         )
-    trial_rows = [[r["trial_id"], r["wall_s"], r["compute_s"], r["wall_s"] - r["compute_s"]]
-                  for r in b["rows"] + (c["rows"] if c else [])]  # fmt: skip
+    trial_rows = [[run.get("runner", "torchtrainer"), r["trial_id"], r["wall_s"], r["compute_s"],
+                   r["wall_s"] - r["compute_s"]] for run in [*runs, *([c] if c else [])]
+                  for r in run["rows"]]  # fmt: skip
     tables.append(C.table("every trial: Tune's wall_s, compute_s and overhead (s)",
-                          ["trial", "wall_s", "compute_s", "overhead"], trial_rows))  # fmt: skip
+                          ["runner", "trial", "wall_s", "compute_s", "overhead"], trial_rows))  # fmt: skip
     return C.result(
         NAME,
         settings=s,
@@ -263,14 +295,16 @@ def summarise(s: dict, cfg, threads: int, a: dict, b: dict, c: dict | None) -> d
             f"space's fixed settings, tuned values pinned to their defaults). (b): "
             f"`run_sweep` (what `python -m ray_xray.tune` runs), {s['trials']} trials x "
             f"{cfg.epochs} epochs, {s['concurrent']} at a time, {threads / s['concurrent']:g} "
-            "CPU each, FIFO; phases from `ray_xray.trace` marks and Ray's process launch times. "
-            "(a): the same build and loop without Ray, with one trial's threads, run between (b) "
-            "and (c). overhead = Tune's `wall_s` (time_total_s: from the trial function's start to "
-            "its last report) minus `compute_s` (sum of epoch_s)."
+            "CPU each, FIFO, default trial runner; (b'): the same with `--trial-runner "
+            "torchtrainer`, run right after (b); phases from `ray_xray.trace` marks and Ray's "
+            "process launch times. (a): the same build and loop without Ray, with one trial's "
+            "threads, run between (b') and (c) (sweep (b) with more epochs). overhead = Tune's "
+            "`wall_s` (time_total_s: from the trial function's start to its last report) minus "
+            "`compute_s` (sum of epoch_s)."
         ),
         tables=tables,
         headline=headline,
-        data={"a": a, "b": b, "c": c, "config": cfg.to_dict()},
+        data={"a": a, "b": b, "b_torchtrainer": t, "c": c, "config": cfg.to_dict()},
         notes=[
             "'tune actor start' and 'teardown' fall outside Tune's wall_s; the phase table's "
             "total runs from Ray's launch of the trial's first process to its function's return.",

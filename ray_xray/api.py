@@ -62,7 +62,8 @@ def sweep(
             (the command's ``--set KEY=VALUE``; ``"model.dropout"`` keys for model settings).
         smoke_test: tiny trials of a few seconds each (the space's ``smoke:`` block).
         **options: any other ``ray_xray.tune.SweepOptions`` field: ``budget_minutes``,
-            ``gpus_per_trial``, ``cpus_per_trial``, ``workers_per_trial``, ``top_k``,
+            ``gpus_per_trial``, ``cpus_per_trial``, ``workers_per_trial``, ``trial_runner``
+            ("auto"/"inline"/"torchtrainer"), ``top_k``,
             ``ensemble`` (False: skip the ensemble), ``seed``, ``scheduler`` ("asha"/"fifo"),
             ``searcher`` ("tpe"/"random"), ``wandb`` ("off"/"offline"/"online"), ``cache``,
             ``external`` (labelled sets scored at the end, a list or ``"a,b"``), ...

@@ -192,6 +192,28 @@ def test_overhead_phases_from_trace_and_launch_times():
         trial_phases(trace, {10: 100.0})
 
 
+def test_overhead_phases_of_an_inline_trial():
+    from benchmarks.overhead import trial_phases
+
+    trace = [  # trained in the trial function's own process (pid 10): no worker process
+        {"event": "trial_start", "t": 102.0, "pid": 10, "trial": "t1"},
+        {"event": "worker_start", "t": 103.5, "pid": 10, "trial": "t1"},
+        {"event": "data_loaded", "t": 103.6, "pid": 10, "trial": "t1"},
+        {"event": "model_built", "t": 104.0, "pid": 10, "trial": "t1"},
+        {"event": "epoch_start", "t": 104.5, "pid": 10, "epoch": 1},
+        {"event": "epoch_end", "t": 114.5, "pid": 10, "epoch": 1, "epoch_s": 10.0},
+        {"event": "reported", "t": 115.0, "pid": 10, "epoch": 1},
+        {"event": "worker_end", "t": 115.1, "pid": 10, "trial": "t1"},
+        {"event": "trial_end", "t": 115.2, "pid": 10, "trial": "t1"},
+    ]  # fmt: skip
+    p = trial_phases(trace, {10: 100.0})["t1"]
+    assert p["tune actor start"] == 2.0 and p["controller + worker group"] == 0.0
+    assert p["worker process start"] == 1.5  # importing the training code
+    assert p["model build"] == pytest.approx(0.9) and p["report + checkpoint"] == pytest.approx(0.5)
+    assert p["total"] == pytest.approx(15.2)
+    assert sum(v for k, v in p.items() if k not in ("total", "epochs")) == pytest.approx(p["total"])
+
+
 def test_g5_estimate_is_bounded_by_the_slower_of_gpu_and_data_path():
     from benchmarks.scaling import A10G, g5_estimate
 

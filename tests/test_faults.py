@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 from ray_xray.tune.service import SweepOptions, make_callbacks
 
@@ -34,6 +36,37 @@ def test_worker_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path):
     assert "resumed from epoch 1" in r.stdout + r.stderr
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]  # epoch 1 not redone, none lost
+
+
+@pytest.mark.slow
+@pytest.mark.slow_ray
+@pytest.mark.parametrize("runner", ["inline", "torchtrainer"])
+def test_sweep_trial_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path, runner):
+    """A trial's training process SIGKILLed halfway through epoch 2: Tune (inline) or Ray Train
+    (torchtrainer) restarts it from epoch 1's checkpoint; no epoch is lost or trained twice."""
+    space = tmp_path / "one.yaml"
+    space.write_text(
+        "fixed: {model: cnn_lstm, epochs: 3, img_size: 32, limit_per_split: 48, batch_size: 16,\n"
+        "        precision: fp32, checkpoint_every: 1, model.channels: [8, 16], model.hidden_size: 16}\n"
+        "params:\n  lr: {type: categorical, choices: [0.001]}\n"
+    )
+    r = _run("ray_xray.tune", "--space", str(space), "--trials", "1", "--storage", str(tmp_path),
+             "--name", "kill", "--trial-scheduler", "fifo", "--no-ensemble", "--trial-runner", runner,
+             env={"RAY_XRAY_FAULT": "kill:2", "RAY_XRAY_FAULT_LOG": str(tmp_path / "kills")})  # fmt: skip
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    kills = (tmp_path / "kills").read_text().splitlines()
+    assert len(kills) == 1 and kills[0].endswith("in epoch 2"), kills  # killed once, not again
+    exp = tmp_path / "kill"
+    table = pd.read_parquet(exp / "results.parquet")
+    assert list(table["status"]) == ["TERMINATED"] and list(table["epochs"]) == [3]
+    trial = table["trial_id"][0]
+    # What Tune received, in order: epoch 1 once (before the kill), then 2 and 3 after the restart.
+    reported = [
+        json.loads(ln)["epoch"] for ln in (exp / trial / "result.json").read_text().splitlines()
+    ]
+    assert reported == [1, 2, 3], reported
+    state = torch.load(Path(table["checkpoint_path"][0]) / "checkpoint.pt", weights_only=True)
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3]
 
 
 def test_wandb_online_without_a_key_falls_back_to_offline(monkeypatch, capsys, tmp_path):

@@ -76,10 +76,12 @@ def test_trainer_drops_ray_datas_callback_only_without_datasets():
 
 
 def test_shared_data_is_used_only_for_the_same_data_settings(monkeypatch):
+    import ray
+
     from ray_xray.train import worker as W
 
     cfg = TrainConfig(data="synthetic:chest3", img_size=32)
-    monkeypatch.setattr(W.ray, "get", lambda ref, timeout=None: {"ref": ref})
+    monkeypatch.setattr(ray, "get", lambda ref, timeout=None: {"ref": ref})
     assert W.shared_data(cfg, (shared_key(cfg), "REF")) == {"ref": "REF"}
     other = TrainConfig(data="synthetic:chest3", img_size=64)  # a space tuning img_size
     assert W.shared_data(other, (shared_key(cfg), "REF")) is None
@@ -88,7 +90,7 @@ def test_shared_data_is_used_only_for_the_same_data_settings(monkeypatch):
     def gone(ref, timeout=None):
         raise RuntimeError("owner died")  # a resumed sweep's old driver
 
-    monkeypatch.setattr(W.ray, "get", gone)
+    monkeypatch.setattr(ray, "get", gone)
     assert W.shared_data(cfg, (shared_key(cfg), "REF")) is None
 
 
@@ -117,7 +119,7 @@ class _Storage:
 def test_checkpoint_is_written_once_into_storage_with_one_copy_of_the_best(tmp_path, monkeypatch):
     import ray.train
 
-    from ray_xray.train import worker as W
+    from ray_xray.train import session as W
 
     model = torch.nn.Linear(256, 256)
     state = {"model": model.state_dict(), "epoch": 3}
@@ -144,3 +146,117 @@ def test_checkpoint_is_written_once_into_storage_with_one_copy_of_the_best(tmp_p
     assert (tmp_path / "two_copies.pt").stat().st_size - shared_size == pytest.approx(
         weights, rel=0.05
     )
+
+
+def test_trial_runner_choice():
+    from ray_xray.tune.trial import plan_runner
+
+    assert plan_runner("auto", 1, 0.0) == "inline"  # one worker on the CPU: in the trial's process
+    assert plan_runner("auto", 2, 0.0) == "torchtrainer"  # DDP needs Ray Train's worker group
+    assert plan_runner("auto", 1, 0.5) == "torchtrainer"  # GPU trials: until checked on a GPU
+    assert (
+        plan_runner("inline", 1, 0.5) == "inline"
+        and plan_runner("torchtrainer", 1, 0) == "torchtrainer"
+    )
+    with pytest.raises(ValueError, match="inline runs one worker per trial"):
+        plan_runner("inline", 2, 0.0)
+    with pytest.raises(
+        ValueError, match="--trial-runner must be one of auto, inline, torchtrainer"
+    ):
+        plan_runner("ddp", 1, 0.0)
+
+
+def test_inline_trials_hold_their_resources_and_are_restarted_by_tune():
+    from ray_xray.tune.service import SweepOptions, _run_config, trial_resources
+
+    plan = {"runner": "inline", "cpus_per_trial": 2.0, "gpus_per_worker": 0.5}
+    assert trial_resources(plan) == {"cpu": 2.0, "gpu": 0.5}
+    assert trial_resources({**plan, "gpus_per_worker": 0.0}) == {"cpu": 2.0}
+    assert trial_resources({**plan, "runner": "torchtrainer"}) == {
+        "cpu": 0.01
+    }  # workers hold the rest
+    inline = _run_config(SweepOptions(trial_runner="inline", max_failures=3), "n", "/tmp/s")
+    assert inline.failure_config.max_failures == 3 and inline.checkpoint_config.num_to_keep == 1
+    tt = _run_config(SweepOptions(trial_runner="torchtrainer", max_failures=3), "n", "/tmp/s")
+    assert tt.failure_config.max_failures == 0  # Ray Train restarts its workers itself
+
+
+def test_tune_session_reports_the_state_as_a_checkpoint_tune_copies(monkeypatch):
+    from ray import tune
+
+    from ray_xray.train.session import TuneSession
+
+    seen = []
+
+    def report(metrics, checkpoint=None):  # Tune copies the folder before report returns
+        state = safe_load(Path(checkpoint.path) / STATE_FILE) if checkpoint else None
+        seen.append((metrics, state))
+
+    monkeypatch.setattr(tune, "report", report)
+    s = TuneSession()
+    s.report({"epoch": 1}, {"epoch": 1, "w": torch.ones(3)})
+    s.report({"epoch": 2})
+    s.report({"epoch": 2}, checkpoint=object())  # a restored trial re-reports: metrics only
+    assert [m for m, _ in seen] == [{"epoch": 1}, {"epoch": 2}, {"epoch": 2}]
+    assert seen[0][1]["epoch"] == 1 and torch.equal(seen[0][1]["w"], torch.ones(3))
+    assert seen[1][1] is None and seen[2][1] is None
+    assert (s.rank, s.world, s.device(False).type) == (0, 1, "cpu")
+
+
+class _Died(Exception):
+    """The trial's process died (a SIGKILL, in a real sweep)."""
+
+
+class _FakeTune:
+    """A TuneSession whose reports land in a list, checkpoints in folders under `root`; it
+    "dies" after reporting epoch `die_after`."""
+
+    rank, world = 0, 1
+
+    def __init__(self, root: Path, restore: Path | None = None, die_after: int = 0) -> None:
+        from ray_xray.train.session import TuneSession
+
+        self.inner, self.root, self.restore, self.reports = TuneSession(), root, restore, []
+        self.die_after = die_after
+        root.mkdir(exist_ok=True)
+
+    def __getattr__(self, name):  # device, prepare_model, prepare_loader: TuneSession's
+        return getattr(self.inner, name)
+
+    def get_checkpoint(self):
+        import ray.tune
+
+        return ray.tune.Checkpoint(str(self.restore)) if self.restore else None
+
+    def report(self, metrics, state=None, checkpoint=None):
+        from ray_xray.checkpoint import save_state
+
+        if state is not None:
+            path = self.root / f"checkpoint_{len(self.reports):06d}"
+            path.mkdir()
+            save_state(state, path)
+        self.reports.append(metrics)
+        if metrics["epoch"] == self.die_after:
+            raise _Died
+
+
+def test_inline_training_resumes_from_its_last_checkpoint_without_redoing_an_epoch(
+    tmp_path, capsys
+):
+    from ray_xray.train.worker import run_training
+
+    cfg = TrainConfig(model="cnn_lstm", data="synthetic:chest3:16", img_size=32, epochs=3,
+                      batch_size=16, checkpoint_every=1)  # fmt: skip
+    runtime = {"_threads": 1, "_cache": str(tmp_path / "cache")}
+    first = _FakeTune(tmp_path / "first", die_after=2)
+    with pytest.raises(_Died):
+        run_training(cfg, runtime, first)
+    assert [m["epoch"] for m in first.reports] == [1, 2]
+    last = sorted((tmp_path / "first").glob("checkpoint_*"))[-1]
+    # Tune restarts the trial in a new process from the checkpoint it kept.
+    again = _FakeTune(tmp_path / "again", restore=last)
+    run_training(cfg, runtime, again)
+    assert "resumed from epoch 2" in capsys.readouterr().out
+    assert [m["epoch"] for m in again.reports] == [3]  # epochs 1 and 2 not redone
+    state = safe_load(sorted((tmp_path / "again").glob("checkpoint_*"))[-1] / STATE_FILE)
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3]

@@ -210,3 +210,29 @@ def test_a_failing_results_step_is_not_reported_as_bad_input(monkeypatch, tmp_pa
         run(lambda argv: finish_sweep([], exp, None, SweepOptions(), 1.0, True, {}), [])
     assert not isinstance(info.value, ValueError | FileNotFoundError | PermissionError)
     assert "with --resume retries" in str(info.value) and "No such file" in str(info.value)
+
+
+def test_inline_trials_use_the_checkpoint_tune_kept(tmp_path):
+    """An inline trial has no Ray Train run: its checkpoint is the one Tune kept (the Result's),
+    which its trial reported with its last checkpointed epoch; a folder without our state file
+    is not used, and says why."""
+    import ray.tune
+
+    exp = tmp_path / "exp"
+    kept = exp / "inline" / "checkpoint_000001"
+    kept.mkdir(parents=True)
+    torch.save(_state(2, 0.6, seed=3), kept / "checkpoint.pt")
+    empty = exp / "empty" / "checkpoint_000000"
+    empty.mkdir(parents=True)
+    grid = [
+        SimpleNamespace(**vars(tune_result(exp, "inline", [_seen(1, 0.5, None, 5.0), _seen(2, 0.6, None, 9.0)])),
+                        checkpoint=ray.tune.Checkpoint(str(kept))),
+        SimpleNamespace(**vars(tune_result(exp, "empty", [_seen(1, 0.4, None, 5.0)])),
+                        checkpoint=ray.tune.Checkpoint(str(empty))),
+    ]  # fmt: skip
+    rows = {r["trial_id"]: r for r in R.trial_rows(grid, F1, "max", str(exp))}
+    assert rows["inline"]["checkpoint_path"] == str(kept) and rows["inline"]["error"] == ""
+    assert rows["inline"]["epochs"] == 2 and rows["inline"]["epochs_after_tune_stopped"] == 0
+    assert R.load_record(rows["inline"]["checkpoint_path"])["epoch"] == 2
+    assert rows["empty"]["checkpoint_path"] is None
+    assert rows["empty"]["error"] == f"no checkpoint kept: {empty}/checkpoint.pt is missing"

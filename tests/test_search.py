@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def _built_sweep(monkeypatch, tmp_path, **opts) -> tuple[object, dict]:
     got: dict = {}
     monkeypatch.setattr(S, "init_ray", lambda **kw: None)
     monkeypatch.setattr(S, "plan_resources", lambda o: {
-        "cpus_per_trial": 1.0, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0,
+        "runner": o.trial_runner, "cpus_per_trial": 1.0, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0,
         "max_concurrent": 1, "cluster_cpus": 1.0, "cluster_gpus": 0.0})  # fmt: skip
 
     def with_parameters(fn, **kwargs):
@@ -49,15 +50,22 @@ def _built_sweep(monkeypatch, tmp_path, **opts) -> tuple[object, dict]:
 
 
 def _trained_config(monkeypatch, config: dict, kwargs: dict):
-    """The TrainConfig trial_fn hands to Ray Train for a sampled `config`."""
+    """The TrainConfig trial_fn trains with for a sampled `config`, by the sweep's runner
+    (inline by default on CPU: `worker.train_in_tune_trial`; else a TorchTrainer)."""
+    from ray.tune.integration import ray_train
+
+    from ray_xray.train import launch, worker
+
     seen = {}
 
     def make_trainer(cfg, **kw):
         seen["cfg"] = cfg
         return types.SimpleNamespace(fit=lambda: types.SimpleNamespace(error=None))
 
-    monkeypatch.setattr(T, "make_trainer", make_trainer)
-    monkeypatch.setattr(T, "TuneReportCallback", lambda: None)
+    monkeypatch.setattr(launch, "make_trainer", make_trainer)
+    monkeypatch.setattr(worker, "train_in_tune_trial", lambda cfg, rt: seen.update(cfg=cfg))
+    monkeypatch.setattr(T, "wait_for_tune_to_read_reports", lambda: None)
+    monkeypatch.setattr(ray_train, "TuneReportCallback", lambda: None)
     monkeypatch.setattr(
         T.tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "t")
     )
@@ -76,9 +84,14 @@ def test_set_on_a_tuned_key_pins_it_so_the_study_never_samples_it(monkeypatch, t
         name="pin",
         settings={"lr": 1.0e-3, "model.dropout": 0.25},
     )
+    assert kwargs["runtime"]["runner"] == "inline"  # auto, for a one-worker CPU sweep
     for trial_id in ("a", "b"):
         config = search.suggest(trial_id)
         cfg = _trained_config(monkeypatch, config, kwargs)
+        tt = {**kwargs, "runtime": {**kwargs["runtime"], "runner": "torchtrainer"}}
+        # The same for either runner, but that an inline trial holding no GPU trains on the CPU.
+        assert cfg.device == "cpu"
+        assert dataclasses.replace(_trained_config(monkeypatch, config, tt), device="cpu") == cfg
         assert cfg.lr == 1.0e-3 and cfg.model_kwargs["dropout"] == 0.25
         sampled = search._ot_trials[trial_id].params
         assert "lr" not in sampled and "model.dropout" not in sampled

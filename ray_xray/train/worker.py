@@ -1,26 +1,24 @@
-"""`train_loop_per_worker`: the one training function every architecture runs under Ray Train."""
+"""The one training function every architecture runs: `train_loop_per_worker` under Ray Train,
+`train_in_tune_trial` inside a single-worker Tune trial; both are `run_training`."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
-import tempfile
 import time
 
-import pyarrow.fs
-import ray.train
-import ray.train.torch
 import torch
 
 from .. import trace
-from ..checkpoint import load_state, model_record, save_state, training_state
+from ..checkpoint import load_state, model_record, training_state
 from ..config import TrainConfig
 from ..data import load_for_config
 from ..data.dataset import shared_key
 from . import engine as E
 from .collectives import all_reduce_sum
 from .loop import Hooks, Progress, Trainer, fit
+from .session import TrainSession, TuneSession
 
 
 def split_config(config: dict) -> tuple[TrainConfig, dict]:
@@ -34,7 +32,9 @@ def fault_hook(cfg: TrainConfig, epoch: int, rank: int, resumed: bool, steps: in
     """Fault injection for the reliability tests, from RAY_XRAY_FAULT (unset: no hook).
 
     `kill:<epoch>`: rank 0 SIGKILLs itself halfway through that epoch, once (not after the
-    restart). `raise_if_lr:<x>`: a trial whose lr == x raises as an out-of-memory would.
+    restart), first appending a line to the file $RAY_XRAY_FAULT_LOG names, if any (so a test
+    knows the kill happened). `raise_if_lr:<x>`: a trial whose lr == x raises as an
+    out-of-memory would.
     """
     spec = os.environ.get("RAY_XRAY_FAULT", "")
     kind, _, arg = spec.partition(":")
@@ -45,6 +45,9 @@ def fault_hook(cfg: TrainConfig, epoch: int, rank: int, resumed: bool, steps: in
                 # Ray Train's controller collects reports every 2 s; a worker dying sooner
                 # after its report loses that checkpoint (it resumes from the one before).
                 time.sleep(3)
+                if os.environ.get("RAY_XRAY_FAULT_LOG"):
+                    with open(os.environ["RAY_XRAY_FAULT_LOG"], "a") as fh:
+                        fh.write(f"killed pid {os.getpid()} in epoch {epoch}\n")
                 os.kill(os.getpid(), signal.SIGKILL)
 
         return hook
@@ -58,12 +61,14 @@ def fault_hook(cfg: TrainConfig, epoch: int, rank: int, resumed: bool, steps: in
 
 
 class RayHooks(Hooks):
-    """Ray Train's side of `fit`: sums over workers, rank 0's early-stop decision, reports and
-    checkpoints (rank 0 saves the full training state, so a restart never redoes an epoch)."""
+    """Ray's side of `fit`: sums over workers, rank 0's early-stop decision, reports and
+    checkpoints (rank 0 saves the full training state, so a restart never redoes an epoch),
+    all through `session` (a Ray Train worker's or a Tune trial's, see `session.py`)."""
 
-    def __init__(self, cfg: TrainConfig, tr: Trainer, data, rank: int, world: int,
-                 resumed: bool, best_record: dict | None) -> None:  # fmt: skip
-        self.cfg, self.tr, self.data, self.rank, self.world = cfg, tr, data, rank, world
+    def __init__(self, cfg: TrainConfig, tr: Trainer, data, session, resumed: bool,
+                 best_record: dict | None) -> None:  # fmt: skip
+        self.cfg, self.tr, self.data, self.session = cfg, tr, data, session
+        self.rank, self.world = session.rank, session.world
         self.resumed, self.best_record = resumed, best_record
 
     def on_step(self, epoch: int, steps: int):
@@ -106,37 +111,13 @@ class RayHooks(Hooks):
         epoch = metrics["epoch"]
         save = improved or epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
         if self.rank != 0 or not save:
-            ray.train.report(metrics)
+            self.session.report(metrics)
             trace.mark("reported", epoch=epoch, checkpoint=False)
             return
         # When improved, the best model is this epoch's: the file holds one copy of its tensors.
         state = training_state(tr.state_dict(), progress, self.best_record, improved)
-        report_with_state(metrics, state)
+        self.session.report(metrics, state)
         trace.mark("reported", epoch=epoch, checkpoint=True)
-
-
-def report_with_state(metrics: dict, state: dict) -> None:
-    """`ray.train.report` with `state` as this epoch's checkpoint (STATE_FILE in its folder).
-
-    On local storage the file is written straight into the run's folder and reported with
-    `NO_UPLOAD`: Ray's default (save to a temporary folder, then copy into storage) wrote each
-    checkpoint twice, 180 MB per epoch for resnet18. Other storage (s3://) goes through a
-    temporary folder that Ray uploads. The folder name is Ray's own (checkpoint_<time>).
-    """
-    storage = ray.train.get_context().get_storage()
-    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
-        name = storage.make_default_checkpoint_dir_name()
-        path = storage.build_checkpoint_path_from_name(name)
-        os.makedirs(path, exist_ok=True)
-        save_state(state, path)
-        ray.train.report(
-            metrics, checkpoint=ray.train.Checkpoint(path), checkpoint_dir_name=name,
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
-        )  # fmt: skip
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        save_state(state, tmp)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -144,29 +125,41 @@ def train_loop_per_worker(config: dict) -> None:
     runtime options (`_cache`: the Parquet cache root, `_threads`: torch threads, `_data`: the
     sweep's prepared data in Ray's object store, `_trial`: the Tune trial id, for traces)."""
     cfg, runtime = split_config(config)
-    trace.mark("worker_start", trial=runtime.get("_trial"))
-    # Ray Train logs every report and checkpoint at INFO through the root logger; our one
-    # epoch line says the same in a tenth of the space.
+    run_training(cfg, runtime, TrainSession())
+
+
+def train_in_tune_trial(cfg: TrainConfig, runtime: dict) -> None:
+    """The training function run inside a Tune trial's own process (the `inline` runner);
+    `runtime` as `train_loop_per_worker`'s `_` options."""
+    run_training(cfg, runtime, TuneSession())
+
+
+def run_training(cfg: TrainConfig, runtime: dict, session) -> None:
+    """Train `cfg` to its last epoch (or early stop), reporting every epoch to `session`
+    (`TrainSession` or `TuneSession`); resumes from the session's checkpoint when there is one.
+    Raises what training raises (a NaN loss, out of memory)."""
+    trial = runtime.get("_trial")
+    trace.mark("worker_start", trial=trial)
+    # Ray logs every report and checkpoint at INFO through the root logger; our one epoch
+    # line says the same in a tenth of the space.
     logging.getLogger().setLevel(logging.WARNING)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = session.rank
     if runtime.get("_threads"):
         torch.set_num_threads(int(runtime["_threads"]))
     E.seed_everything(cfg.seed)
 
     data = shared_data(cfg, runtime.get("_data")) or load_for_config(cfg, runtime.get("_cache"))
-    trace.mark("data_loaded", trial=runtime.get("_trial"))
-    cuda = E.pick_device(cfg.device).type == "cuda"
-    device = ray.train.torch.get_device() if cuda else torch.device("cpu")
+    trace.mark("data_loaded", trial=trial)
+    device = session.device(E.pick_device(cfg.device).type == "cuda")
     tr = Trainer.build(
-        cfg, data, device, world=world,
-        prepare_model=lambda m: ray.train.torch.prepare_model(m, move_to_device=device),
-        prepare_loader=lambda dl: ray.train.torch.prepare_data_loader(dl, move_to_device=False),
+        cfg, data, device, world=session.world,
+        prepare_model=lambda m: session.prepare_model(m, device),
+        prepare_loader=session.prepare_loader,
     )  # fmt: skip
 
-    trace.mark("model_built", trial=runtime.get("_trial"))
+    trace.mark("model_built", trial=trial)
     progress, best_record, resumed = Progress(), None, False
-    ckpt = ray.train.get_checkpoint()
+    ckpt = session.get_checkpoint()
     if ckpt:  # restarted after a failure, or a resumed sweep: continue, never redo an epoch
         with ckpt.as_directory() as d:
             state = load_state(d)
@@ -183,10 +176,11 @@ def train_loop_per_worker(config: dict) -> None:
     if progress.epoch >= cfg.epochs and progress.history:
         # Restored after the last epoch was saved but before the run was marked done (a
         # killed sweep): report the final epoch again so Tune and its scheduler see a result.
-        ray.train.report(dict(progress.history[-1]), checkpoint=ckpt if rank == 0 else None)
-    hooks = RayHooks(cfg, tr, data, rank, world, resumed, best_record)
+        session.report(dict(progress.history[-1]), checkpoint=ckpt if rank == 0 else None)
+    hooks = RayHooks(cfg, tr, data, session, resumed, best_record)
+    world = session.world
     fit(tr, progress, hooks, coverage_size=len(data.labels["train"]) if world > 1 else 0)
-    trace.mark("worker_end", trial=runtime.get("_trial"))
+    trace.mark("worker_end", trial=trial)
 
 
 def shared_data(cfg: TrainConfig, shared: tuple | None):
@@ -201,6 +195,8 @@ def shared_data(cfg: TrainConfig, shared: tuple | None):
     """
     if not shared or shared[0] != shared_key(cfg):
         return None
+    import ray
+
     try:
         return ray.get(shared[1], timeout=60)
     except Exception as exc:  # noqa: BLE001 - the cache is always there to fall back on

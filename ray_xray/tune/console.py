@@ -182,6 +182,9 @@ class _NoTrialTraceback(logging.Filter):
         return not str(record.msg).startswith("Trial task failed for trial")
 
 
+SNAPSHOT_WARNING = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+
+
 @contextlib.contextmanager
 def ray_console_quiet() -> Iterator[None]:
     """Ray Tune's own console output off for the block (the sweep's `Tuner.fit`).
@@ -193,16 +196,24 @@ def ray_console_quiet() -> Iterator[None]:
     verbose=0; `ConsoleReporter` prints every trial event. A callback that swallowed the
     banner instead left Ray's own reporter without a start time: it crashed the sweep on the
     first trial error. Tune's traceback of each failed trial is left out too
-    (`_NoTrialTraceback`). Both are put back afterwards.
+    (`_NoTrialTraceback`). So is the warning that experiment snapshots came less than 5 s
+    apart: Tune forces one whenever a trial has checkpointed `num_to_keep` (1) times, which an
+    inline trial does every epoch it saves (by design: the snapshot then names the checkpoint
+    Tune kept). All are put back afterwards.
     """
     old = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    quiet_sync = SNAPSHOT_WARNING not in os.environ
+    if quiet_sync:
+        os.environ[SNAPSHOT_WARNING] = "0"
     controller_log, no_traceback = logging.getLogger(TUNE_CONTROLLER_LOG), _NoTrialTraceback()
     controller_log.addFilter(no_traceback)
     try:
         yield
     finally:
         controller_log.removeFilter(no_traceback)
+        if quiet_sync:
+            os.environ.pop(SNAPSHOT_WARNING, None)
         if old is None:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:

@@ -1,8 +1,9 @@
 """After a sweep: one table of every trial (Parquet + CSV), the top-k on test, a ranked printout.
 
-Checkpoints come from what each trial's Ray Train run kept (its checkpoint manager's snapshot),
-never from the last path Tune saw: Tune can stop a trial (ASHA) while its Train run reports one
-more epoch, and `CheckpointConfig(num_to_keep=1)` then deletes the folder Tune last heard of.
+Checkpoints come from what kept them: Tune for an inline trial (`tune_kept`), the trial's Ray
+Train run for a torchtrainer trial (`kept_checkpoint`: its checkpoint manager's snapshot), never
+from the last path Tune saw: Tune can stop a trial (ASHA) while its Train run reports one more
+epoch, and `CheckpointConfig(num_to_keep=1)` then deletes the folder Tune last heard of.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.fs
 
 from ..checkpoint import MODEL_FILE, STATE_FILE, atomic_save, data_key, load_state
 from ..data import load_for_config
@@ -83,6 +85,21 @@ def kept_checkpoint(run_dir: str) -> Kept:
     return Kept(newest, [], "" if newest else f"no checkpoint kept: {why}")
 
 
+def tune_kept(result) -> Kept | None:
+    """The checkpoint Tune kept for an inline trial (`result`: one of the ResultGrid's), None
+    for a torchtrainer trial (its Ray Train run keeps them: `kept_checkpoint`). Tune registers a
+    checkpoint with the report it came with and its trial reports nothing after a stop, so the
+    latest is never one Tune has deleted; a local folder without our state file is refused."""
+    ckpt = getattr(result, "checkpoint", None)
+    if ckpt is None:
+        return None
+    path = ckpt.path
+    local = isinstance(ckpt.filesystem, pyarrow.fs.LocalFileSystem)
+    if local and not (Path(path) / STATE_FILE).is_file():
+        return Kept(None, [], f"no checkpoint kept: {path}/{STATE_FILE} is missing")
+    return Kept(path)  # the storage filesystem's own path, as `kept_checkpoint`'s
+
+
 def _newest_on_disk(run_dir: str) -> str | None:
     # Ray names checkpoint folders checkpoint_<YYYY-MM-DD_HH-MM-SS.ffffff>: name order is time order.
     found = sorted(Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}"))
@@ -128,7 +145,7 @@ def trial_rows(
         trial_id = Path(result.path).name
         df = result.metrics_dataframe
         seen = df.to_dict("records") if df is not None and len(df) else []
-        kept = kept_checkpoint(f"{exp_dir}/{trial_id}/{TRAIN_RUN}")
+        kept = tune_kept(result) or kept_checkpoint(f"{exp_dir}/{trial_id}/{TRAIN_RUN}")
         history, unseen = merge_history(seen, kept.metrics)
         last = history[-1] if history else {}
         values = [h.get(objective) for h in history if _finite(h.get(objective))]

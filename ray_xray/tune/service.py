@@ -33,7 +33,7 @@ from . import results as R
 from .console import ConsoleReporter, ray_console_quiet
 from .searcher import RungScheduler, SweepSearch
 from .storage import STUDY_FILE, StudyUpload, SweepFiles, tool_commands
-from .trial import TOKEN_CPU, trial_fn
+from .trial import TOKEN_CPU, plan_runner, trial_fn
 
 log = logging.getLogger("ray_xray.tune")
 DONE_FILE = RESULTS_FILE
@@ -59,13 +59,16 @@ class SweepOptions:
     gpus_per_trial: float = 0.0
     cpus_per_trial: float | None = None
     workers_per_trial: int = 1
+    # "inline": a trial runs the training function in its own process (one worker);
+    # "torchtrainer": through a TorchTrainer; "auto": inline for one-worker CPU trials.
+    trial_runner: str = "auto"
     wandb: str = "off"
     wandb_project: str = "ray_xray"
     smoke_test: bool = False
     seed: int = 0
     top_k: int = 5  # evaluated on test, and the ensemble's candidate members
     ensemble: bool = True
-    max_failures: int = 1  # worker restarts inside a trial (from its last checkpoint)
+    max_failures: int = 1  # restarts of a failed trial's training (from its last checkpoint)
     cache: str | None = None
     # ASHA's first rung. 0 = a third of the epochs: with one-cycle warm-up, epoch-1 validation
     # says little (a resnet18 that ends best was cut at epoch 1 behind a faster starter).
@@ -134,7 +137,9 @@ def resolve_paths(opts: SweepOptions) -> None:
 
 # What must match for a sweep to resume another: a sweep of other data or settings would
 # re-run the stored trials on the new data and mix both in optuna.db.
-SAME_SWEEP_OPTIONS = ("data", "settings", "objective", "seed", "smoke_test", "workers_per_trial")
+# The runner too: each keeps its checkpoints in its own place (Tune's or the Ray Train run's).
+SAME_SWEEP_OPTIONS = ("data", "settings", "objective", "seed", "smoke_test", "workers_per_trial",
+                      "trial_runner")  # fmt: skip
 
 
 def sweep_identity(opts: SweepOptions, space: SearchSpace, classes: list[str] | None) -> dict:
@@ -234,14 +239,25 @@ def plan_resources(opts: SweepOptions) -> dict:
     if opts.gpus_per_trial:
         fits = min(fits, int((gpus + 1e-6) // opts.gpus_per_trial))
     w = opts.workers_per_trial
+    inline = opts.trial_runner == "inline"  # the trial's process trains: it holds every CPU
     return {
+        "runner": opts.trial_runner,
         "cpus_per_trial": per_trial,
-        "cpus_per_worker": max(0.01, (per_trial - TOKEN_CPU) / w),
+        "cpus_per_worker": per_trial if inline else max(0.01, (per_trial - TOKEN_CPU) / w),
         "gpus_per_worker": opts.gpus_per_trial / w,
         "max_concurrent": max(1, fits),
         "cluster_cpus": cpus,
         "cluster_gpus": gpus,
     }
+
+
+def trial_resources(plan: dict) -> dict:
+    """What the Tune trial function's process holds: all of the trial's CPUs and GPU when it
+    trains itself (inline), a token CPU when a TorchTrainer's workers hold them."""
+    if plan["runner"] != "inline":
+        return {"cpu": TOKEN_CPU}
+    gpus = plan["gpus_per_worker"]
+    return {"cpu": plan["cpus_per_trial"], **({"gpu": gpus} if gpus else {})}
 
 
 def make_callbacks(opts: SweepOptions, name: str, wandb_dir: str | Path | None = None) -> list:
@@ -320,6 +336,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     # study's parameters, so Optuna never records a value that no trial trained with.
     space = load_space(opts.space, smoke=opts.smoke_test).with_settings(opts.settings)
     resolve_paths(opts)
+    opts.trial_runner = plan_runner(opts.trial_runner, opts.workers_per_trial, opts.gpus_per_trial)
     X.check_specs(opts)  # a missing --external folder fails before any data is read
     name = experiment_name(opts, space)
     storage = opts.storage
@@ -368,6 +385,7 @@ def run_sweep(opts: SweepOptions) -> dict:
         init_ray(log_to_driver=False)
     plan = plan_resources(opts)
     runtime = {
+        "runner": plan["runner"],
         "cpus_per_worker": plan["cpus_per_worker"],
         "gpus_per_worker": plan["gpus_per_worker"],
         "max_failures": opts.max_failures,
@@ -377,7 +395,7 @@ def run_sweep(opts: SweepOptions) -> dict:
         "data": (shared_key(probe_cfg), ray.put(data)),
     }
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, overrides=overrides, runtime=runtime), {"cpu": TOKEN_CPU}
+        tune.with_parameters(trial_fn, overrides=overrides, runtime=runtime), trial_resources(plan)
     )
     write_atomic(files.local_path("space.yaml"), space.to_yaml())
     write_atomic(files.local_path("sweep.json"), json.dumps(
@@ -536,10 +554,17 @@ def _run_config(
     callbacks = make_callbacks(opts, name, files.stage if files else None)
     if files is not None and files.remote:
         callbacks.append(StudyUpload(files))
+    inline = opts.trial_runner == "inline"
     return tune.RunConfig(
         name=name,
         storage_path=storage,
         callbacks=callbacks,
         verbose=0,  # our ConsoleReporter prints one line per result instead
-        failure_config=tune.FailureConfig(max_failures=0),  # a failing config is a finding
+        # Inline trials: Tune restarts a failed trial from its last checkpoint, as Ray Train's
+        # FailureConfig does for torchtrainer trials (whose Tune function itself never fails
+        # but for a config that fails every restart: a finding, not retried again).
+        failure_config=tune.FailureConfig(max_failures=opts.max_failures if inline else 0),
+        # The latest checkpoint holds the best model so far (training_state), so one is enough;
+        # torchtrainer trials report none to Tune (their Ray Train run keeps its own).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
     )

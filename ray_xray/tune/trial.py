@@ -1,47 +1,100 @@
-"""One Tune trial = one Ray Train run (TorchTrainer) of the shared training function.
+"""One Tune trial = one run of the shared training function, by one of two runners.
 
-Train V2 refuses `Tuner(TorchTrainer)`; a Tune function that builds and fits a TorchTrainer is
-the supported shape. The function itself holds a token CPU; the trainer's workers hold the rest.
+- `torchtrainer`: the trial function builds and fits a TorchTrainer (Train V2 refuses
+  `Tuner(TorchTrainer)`; a Tune function that fits one is the supported shape). The function
+  holds a token CPU; the trainer's workers hold the rest. Needed for several workers (DDP).
+- `inline`: a single-worker trial runs the training function in the Tune function's own process
+  (`worker.train_in_tune_trial`), holding the trial's CPUs and GPU itself. It skips Ray Train's
+  controller, worker group and worker process: measured on 2 cores (benchmarks/RESULTS.md,
+  section 1), they were about 11 s of a 3-epoch trial's 14 s of start-up; one worker has no
+  gradients to all-reduce, and Tune restores a failed trial from its last checkpoint as Ray
+  Train did.
+
+`plan_runner` picks one for a sweep (`--trial-runner`, default `auto`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from .. import trace
 from ..config import TrainConfig
-from ..train.launch import make_trainer
 
-TOKEN_CPU = 0.01  # the Tune function only waits on its trainer
+TOKEN_CPU = 0.01  # a torchtrainer trial's function only waits on its trainer
+RUNNERS = ("auto", "inline", "torchtrainer")
+
+
+def plan_runner(runner: str, workers_per_trial: int, gpus_per_trial: float) -> str:
+    """The runner a sweep's trials use: `inline` or `torchtrainer`.
+
+    `auto`: inline for single-worker CPU trials; torchtrainer for several workers per trial
+    (DDP needs Ray Train's worker group) and, until the inline runner has been checked on a GPU
+    node (`make gpu-check`), for GPU trials. Raises ValueError for an unknown runner, or inline
+    with several workers."""
+    if runner not in RUNNERS:
+        raise ValueError(f"--trial-runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+    if runner == "inline" and workers_per_trial > 1:
+        raise ValueError(
+            f"--trial-runner inline runs one worker per trial, got --workers-per-trial "
+            f"{workers_per_trial} (use torchtrainer, or auto)"
+        )
+    if runner != "auto":
+        return runner
+    return "inline" if workers_per_trial == 1 and not gpus_per_trial else "torchtrainer"
 
 
 def trial_fn(config: dict, overrides: dict, runtime: dict) -> None:
     """`config`: what Optuna sampled plus the space's constants; `overrides`: sweep-wide
-    TrainConfig settings (data, seed ...); `runtime`: resources, cache location and the
-    sweep's prepared data (`data`: (key, ObjectRef), see `worker.shared_data`)."""
-    ctx = tune.get_context()
-    trace.mark("trial_start", trial=ctx.get_trial_id())
+    TrainConfig settings (data, seed ...); `runtime`: the runner, resources, cache location and
+    the sweep's prepared data (`data`: (key, ObjectRef), see `worker.shared_data`)."""
+    trial = tune.get_context().get_trial_id()
+    trace.mark("trial_start", trial=trial)
     cfg = TrainConfig.from_dict({**config, **overrides})
+    if runtime.get("runner") == "inline":
+        run_inline(cfg, runtime, trial)
+    else:
+        run_torchtrainer(cfg, runtime, trial)
+    trace.mark("trial_end", trial=trial)
+
+
+def run_inline(cfg: TrainConfig, runtime: dict, trial: str) -> None:
+    """The training function in this process; reports and checkpoints go to Tune."""
+    from ..train.worker import train_in_tune_trial  # the training code, only where it runs
+
+    if not runtime["gpus_per_worker"] and cfg.device == "auto":
+        # A trial that holds no GPU sees every GPU of its node (Ray sets CUDA_VISIBLE_DEVICES
+        # only for the GPUs it assigns): "auto" would take one that another trial holds.
+        cfg = dataclasses.replace(cfg, device="cpu")
+    threads = max(1, int(round(runtime["cpus_per_worker"])))
+    train_in_tune_trial(cfg, {"_threads": threads, "_cache": runtime.get("cache"),
+                              "_data": runtime.get("data"), "_trial": trial})  # fmt: skip
+
+
+def run_torchtrainer(cfg: TrainConfig, runtime: dict, trial: str) -> None:
+    """A TorchTrainer run of the training function; its reports reach Tune through a callback."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ..train.launch import make_trainer
+
     trainer = make_trainer(
         cfg,
         # Deterministic name + storage: a restored trial finds its run and resumes from its
         # last checkpoint instead of starting over.
         name="train",
         # Inside the trial's folder of the experiment (get_trial_dir() is a local staging dir).
-        storage=f"{runtime['exp_dir']}/{ctx.get_trial_id()}",
+        storage=f"{runtime['exp_dir']}/{trial}",
         cpus_per_worker=runtime["cpus_per_worker"],
         gpus_per_worker=runtime["gpus_per_worker"],
         max_failures=runtime["max_failures"],
         cache=runtime.get("cache"),
         callbacks=[TuneReportCallback()],
-        runtime={"_data": runtime.get("data"), "_trial": ctx.get_trial_id()},
+        runtime={"_data": runtime.get("data"), "_trial": trial},
     )
     result = trainer.fit()
     wait_for_tune_to_read_reports()
-    trace.mark("trial_end", trial=ctx.get_trial_id())
     if result.error:
         raise result.error
 
