@@ -104,11 +104,14 @@ def test_fit_on_cuda_with_device_augmentation(data64):
 
 
 @pytest.mark.timeout(420)
-def test_two_trial_sweep_shares_one_gpu(tmp_path):
+@pytest.mark.parametrize("runner", ["torchtrainer", "inline"])
+def test_two_trial_sweep_shares_one_gpu(tmp_path, runner):
+    """Both trial runners on one GPU, two trials at half a GPU each (auto picks torchtrainer
+    for GPU trials until this passes with inline on a GPU node)."""
     env = {**os.environ, "RAY_XRAY_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "ray_xray.tune", "--space", "resnet18", "--smoke-test",
            "--trials", "2", "--gpus-per-trial", "0.5", "--wandb", "off", "--no-ensemble",
-           "--storage", str(tmp_path / "runs"), "--name", "gpu"]  # fmt: skip
+           "--storage", str(tmp_path / "runs"), "--name", "gpu", "--trial-runner", runner]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = pd.read_parquet(tmp_path / "runs" / "gpu" / "results.parquet")
