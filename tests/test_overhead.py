@@ -260,3 +260,26 @@ def test_inline_training_resumes_from_its_last_checkpoint_without_redoing_an_epo
     assert [m["epoch"] for m in again.reports] == [3]  # epochs 1 and 2 not redone
     state = safe_load(sorted((tmp_path / "again").glob("checkpoint_*"))[-1] / STATE_FILE)
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3]
+
+
+def test_a_resumed_sweep_keeps_the_runner_it_started_with(tmp_path):
+    import json
+
+    from ray_xray.tune.service import SweepOptions, resumed_runner, sweep_differences
+
+    def folder(name: str, options: dict | None) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        if options is not None:
+            (d / "sweep.json").write_text(json.dumps({"options": options}))
+        return d
+
+    old = folder("old", {"data": "x"})  # from before --trial-runner: its trials used TorchTrainer
+    assert resumed_runner("auto", old) == "torchtrainer"
+    assert resumed_runner("auto", folder("tt", {"trial_runner": "torchtrainer"})) == "torchtrainer"
+    assert resumed_runner("auto", folder("in", {"trial_runner": "inline"})) == "inline"
+    assert resumed_runner("inline", old) == "inline"  # named: kept, and compared below
+    assert resumed_runner("auto", folder("none", None)) == "auto"  # no sweep.json to go by
+    stored = {"options": {"trial_runner": "torchtrainer"}}
+    new = {"options": {"trial_runner": SweepOptions(trial_runner="inline").trial_runner}}
+    assert sweep_differences(stored, new) == ["trial_runner"]  # refused by check_resumable

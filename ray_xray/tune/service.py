@@ -169,6 +169,20 @@ def sweep_differences(stored: dict, new: dict) -> list[str]:
     return diffs
 
 
+def resumed_runner(runner: str, folder: str | Path) -> str:
+    """`--trial-runner` for a resumed sweep: `auto` takes the runner the sweep started with
+    (`torchtrainer` for a sweep.json from before the option), so restored trials find their
+    checkpoints (Tune's for inline trials, the Ray Train run's for torchtrainer ones); a runner
+    named on the command line is kept (and refused by `check_resumable` if it differs)."""
+    if runner != "auto":
+        return runner
+    try:
+        stored = read_sweep_json(Path(folder)).get("options") or {}
+    except ValueError:
+        return runner  # check_resumable says what is wrong with the file
+    return stored.get("trial_runner", "torchtrainer" if stored else runner)
+
+
 def check_resumable(exp_dir: str, new: dict, folder: str | Path | None = None) -> None:
     """Refuse (ValueError, one line, no file touched) to resume the interrupted sweep in
     `exp_dir` when its sweep.json differs from this command's identity `new`. `folder`: the
@@ -336,7 +350,6 @@ def run_sweep(opts: SweepOptions) -> dict:
     # study's parameters, so Optuna never records a value that no trial trained with.
     space = load_space(opts.space, smoke=opts.smoke_test).with_settings(opts.settings)
     resolve_paths(opts)
-    opts.trial_runner = plan_runner(opts.trial_runner, opts.workers_per_trial, opts.gpus_per_trial)
     X.check_specs(opts)  # a missing --external folder fails before any data is read
     name = experiment_name(opts, space)
     storage = opts.storage
@@ -352,9 +365,12 @@ def run_sweep(opts: SweepOptions) -> dict:
         raise ValueError(f"--resume: no sweep to resume at {exp_dir}")
     if restoring:  # first what needs no data: another dataset fails before it is read
         files.pull("sweep.json", STUDY_FILE)  # a URI's files, to their local copy
-        check_resumable(exp_dir, sweep_identity(opts, space, None), files.stage)
+        opts.trial_runner = resumed_runner(opts.trial_runner, files.stage)
     else:
         files.reset()  # no study or results of an earlier run with this URI
+    opts.trial_runner = plan_runner(opts.trial_runner, opts.workers_per_trial, opts.gpus_per_trial)
+    if restoring:
+        check_resumable(exp_dir, sweep_identity(opts, space, None), files.stage)
 
     overrides = {  # what no space sets: every trial of the sweep shares them
         "data": opts.data,
