@@ -278,8 +278,47 @@ def test_a_resumed_sweep_keeps_the_runner_it_started_with(tmp_path):
     assert resumed_runner("auto", old) == "torchtrainer"
     assert resumed_runner("auto", folder("tt", {"trial_runner": "torchtrainer"})) == "torchtrainer"
     assert resumed_runner("auto", folder("in", {"trial_runner": "inline"})) == "inline"
-    assert resumed_runner("inline", old) == "inline"  # named: kept, and compared below
+    with pytest.raises(ValueError, match="started with torchtrainer trials"):
+        resumed_runner("inline", old)  # it would not find the trials' checkpoints
+    assert resumed_runner("torchtrainer", old) == "torchtrainer"
     assert resumed_runner("auto", folder("none", None)) == "auto"  # no sweep.json to go by
     stored = {"options": {"trial_runner": "torchtrainer"}}
     new = {"options": {"trial_runner": SweepOptions(trial_runner="inline").trial_runner}}
     assert sweep_differences(stored, new) == ["trial_runner"]  # refused by check_resumable
+
+
+def test_deleted_checkpoint_names_come_back_as_links_to_the_newest_and_go_at_the_end(tmp_path):
+    """A driver killed between Tune deleting a trial's previous checkpoint and its next
+    snapshot: the snapshot names checkpoint_000000, only checkpoint_000002 is left."""
+    from ray_xray.tune import results as R
+
+    trial = tmp_path / "t1"
+    newest = trial / "checkpoint_000002"
+    newest.mkdir(parents=True)
+    (newest / STATE_FILE).write_bytes(b"epoch 3 state")
+    (tmp_path / "t2").mkdir()  # a trial without checkpoints: left alone
+    assert R.relink_deleted_checkpoints(tmp_path) == 2
+    for name in ("checkpoint_000000", "checkpoint_000001"):
+        linked = trial / name / STATE_FILE
+        assert linked.read_bytes() == b"epoch 3 state"
+        assert linked.stat().st_ino == (newest / STATE_FILE).stat().st_ino  # no copy: a link
+    assert R.relink_deleted_checkpoints(tmp_path) == 0  # nothing missing any more
+    # After the resumed sweep Tune keeps checkpoint_000003: the rest goes.
+    (trial / "checkpoint_000003").mkdir()
+    (trial / "train").mkdir()  # not a Tune checkpoint name: never touched
+    R.prune_unkept([{"checkpoint_path": str(trial / "checkpoint_000003")},
+                    {"checkpoint_path": None}])  # fmt: skip
+    assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000003", "train"]
+
+
+def test_an_inline_trial_uses_the_gpu_ray_gave_it(monkeypatch):
+    import ray
+
+    from ray_xray.train.session import TuneSession
+
+    monkeypatch.delenv("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", raising=False)
+    assert TuneSession().device(True) == torch.device("cuda", 0)  # the only one it sees
+    monkeypatch.setenv("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [3])
+    assert TuneSession().device(True) == torch.device("cuda", 3)  # every GPU visible: its id
+    assert TuneSession().device(False) == torch.device("cpu")

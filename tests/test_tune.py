@@ -117,7 +117,9 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path):
     assert r.returncode == 0, out
     table = pd.read_parquet(exp / "results.parquet")
     assert len(table) == 2 and table["trial_id"].is_unique and finished in set(table["trial_id"])
-    assert set(table["status"]) == {"TERMINATED"}
+    assert set(table["status"]) == {"TERMINATED"}, table[
+        ["trial_id", "status", "error", "epochs"]
+    ].to_string()
     # No epoch ran twice: the training history in each trial's last checkpoint lists every
     # epoch once (a trial that finished just before the kill is restored and only re-reports).
     for path in table["checkpoint_path"]:

@@ -105,8 +105,22 @@ class TuneSession:
 
     rank, world = 0, 1
 
+    def __init__(self, scratch: str | None = None) -> None:
+        """`scratch`: a folder on the storage's disk for the state Tune then copies (the trial's
+        folder on local storage); None: the system's temporary folder (a URI storage)."""
+        self.scratch = scratch
+
     def device(self, cuda: bool) -> torch.device:
-        return torch.device("cuda") if cuda else torch.device("cpu")
+        """The GPU Ray assigned this trial (CUDA_VISIBLE_DEVICES names only it, so index 0;
+        with RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, its id among all), or the CPU."""
+        if not cuda:
+            return torch.device("cpu")
+        if os.environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"):
+            import ray
+
+            ids = ray.get_gpu_ids()
+            return torch.device("cuda", int(ids[0]) if ids else 0)
+        return torch.device("cuda", 0)
 
     def prepare_model(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         return model.to(device)
@@ -127,6 +141,9 @@ class TuneSession:
         if state is None:
             tune.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as tmp:
+        if self.scratch:
+            os.makedirs(self.scratch, exist_ok=True)
+        # A hidden folder: a process killed while saving leaves nothing named like a checkpoint.
+        with tempfile.TemporaryDirectory(prefix=".saving-", dir=self.scratch) as tmp:
             save_state(state, tmp)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))

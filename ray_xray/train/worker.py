@@ -130,8 +130,8 @@ def train_loop_per_worker(config: dict) -> None:
 
 def train_in_tune_trial(cfg: TrainConfig, runtime: dict) -> None:
     """The training function run inside a Tune trial's own process (the `inline` runner);
-    `runtime` as `train_loop_per_worker`'s `_` options."""
-    run_training(cfg, runtime, TuneSession())
+    `runtime` as `train_loop_per_worker`'s `_` options, plus `_scratch` (see TuneSession)."""
+    run_training(cfg, runtime, TuneSession(runtime.get("_scratch")))
 
 
 def run_training(cfg: TrainConfig, runtime: dict, session) -> None:

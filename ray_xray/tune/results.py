@@ -12,7 +12,10 @@ import contextlib
 import json
 import logging
 import math
+import os
 import pickle
+import re
+import shutil
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -100,6 +103,51 @@ def tune_kept(result) -> Kept | None:
     return Kept(path)  # the storage filesystem's own path, as `kept_checkpoint`'s
 
 
+TUNE_CHECKPOINT = re.compile(r"checkpoint_\d{6}")  # Tune's names for an inline trial's checkpoints
+
+
+def relink_deleted_checkpoints(exp_dir: str | Path) -> int:
+    """Before `Tuner.restore` of an inline sweep on local storage: give each trial's deleted
+    checkpoint names back, as hard links to its newest checkpoint's files.
+
+    Tune deletes a trial's previous checkpoint when it registers the next (num_to_keep=1) and
+    snapshots the experiment after that; a driver killed in between leaves a snapshot naming a
+    deleted folder, and Tune's restore then fails the trial ("does not exist on storage
+    anymore": tests/test_tune.py's killed sweep). The newest folder holds the newest training
+    state, which includes everything the snapshot's one had: the trial resumes from it and
+    redoes no epoch. Hard links take no space; `prune_unkept` removes them when the sweep is
+    done. Returns how many folders were made."""
+    made = 0
+    for trial in (p for p in Path(exp_dir).iterdir() if p.is_dir()):
+        found = sorted(d for d in trial.iterdir()
+                       if TUNE_CHECKPOINT.fullmatch(d.name) and (d / STATE_FILE).is_file())  # fmt: skip
+        if not found:
+            continue
+        newest = found[-1]
+        for i in range(int(newest.name.split("_")[1])):
+            missing = trial / f"checkpoint_{i:06d}"
+            if missing.exists():
+                continue
+            missing.mkdir()
+            for f in newest.iterdir():
+                if f.is_file():
+                    os.link(f, missing / f.name)
+            made += 1
+    return made
+
+
+def prune_unkept(rows: list[dict]) -> None:
+    """Remove the checkpoint folders of inline trials on local storage that Tune no longer
+    keeps (left by `relink_deleted_checkpoints`); the row's `checkpoint_path` stays."""
+    for row in rows:
+        kept = row.get("checkpoint_path")
+        if not kept or "://" in kept or not TUNE_CHECKPOINT.fullmatch(Path(kept).name):
+            continue
+        for d in Path(kept).parent.iterdir():
+            if d.name != Path(kept).name and TUNE_CHECKPOINT.fullmatch(d.name) and d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+
+
 def _newest_on_disk(run_dir: str) -> str | None:
     # Ray names checkpoint folders checkpoint_<YYYY-MM-DD_HH-MM-SS.ffffff>: name order is time order.
     found = sorted(Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}"))
@@ -134,18 +182,22 @@ def merge_history(seen: list[dict], kept: list[dict]) -> tuple[list[dict], list[
     return [by_epoch[k] for k in [*rest, *ints]], unseen
 
 
-def trial_rows(
-    grid, objective: str, mode: str, exp_dir: str, resources: dict | None = None
-) -> list[dict]:
+def trial_rows(grid, objective: str, mode: str, exp_dir: str, resources: dict | None = None,
+               runner: str = "torchtrainer") -> list[dict]:  # fmt: skip
     """One row per trial of a Tune ResultGrid. `resources`: what each trial held,
-    {"cpus": float, "gpus": float}. Checkpoints: see `kept_checkpoint`."""
+    {"cpus": float, "gpus": float}; `runner`: the sweep's trial runner. Checkpoints: see
+    `tune_kept` (inline) and `kept_checkpoint` (torchtrainer)."""
     resources = resources or {}
     rows = []
     for result in grid:
         trial_id = Path(result.path).name
         df = result.metrics_dataframe
         seen = df.to_dict("records") if df is not None and len(df) else []
-        kept = tune_kept(result) or kept_checkpoint(f"{exp_dir}/{trial_id}/{TRAIN_RUN}")
+        kept = tune_kept(result) or (
+            Kept(None, [], "no checkpoint kept: the trial reported none")
+            if runner == "inline"
+            else kept_checkpoint(f"{exp_dir}/{trial_id}/{TRAIN_RUN}")
+        )
         history, unseen = merge_history(seen, kept.metrics)
         last = history[-1] if history else {}
         values = [h.get(objective) for h in history if _finite(h.get(objective))]
@@ -212,7 +264,8 @@ def finish(
     objective = opts.objective[0]
     mode = metric_mode(objective)
     resources = {"cpus": (plan or {}).get("cpus_per_trial"), "gpus": opts.gpus_per_trial}
-    rows = trial_rows(grid, objective, mode, exp_dir, resources)
+    rows = trial_rows(grid, objective, mode, exp_dir, resources, opts.trial_runner)
+    prune_unkept(rows)  # local paths, before they become URIs
     for row in rows:  # where the storage has them (URIs for a URI storage)
         row["checkpoint_path"] = files.to_uri(row["checkpoint_path"])
         row["trial_dir"] = files.to_uri(row["trial_dir"])

@@ -170,17 +170,21 @@ def sweep_differences(stored: dict, new: dict) -> list[str]:
 
 
 def resumed_runner(runner: str, folder: str | Path) -> str:
-    """`--trial-runner` for a resumed sweep: `auto` takes the runner the sweep started with
-    (`torchtrainer` for a sweep.json from before the option), so restored trials find their
-    checkpoints (Tune's for inline trials, the Ray Train run's for torchtrainer ones); a runner
-    named on the command line is kept (and refused by `check_resumable` if it differs)."""
-    if runner != "auto":
-        return runner
+    """`--trial-runner` for a resumed sweep: the runner it started with (`torchtrainer` for a
+    sweep.json from before the option), so restored trials find their checkpoints (Tune's for
+    inline trials, the Ray Train run's for torchtrainer ones). `auto` takes it; another named
+    runner is refused (ValueError, one line); without a sweep.json, `runner` as given."""
     try:
         stored = read_sweep_json(Path(folder)).get("options") or {}
     except ValueError:
         return runner  # check_resumable says what is wrong with the file
-    return stored.get("trial_runner", "torchtrainer" if stored else runner)
+    started = stored.get("trial_runner", "torchtrainer") if stored else None
+    if started is None or runner in ("auto", started):
+        return started or runner
+    raise ValueError(
+        f"--trial-runner {runner}: the sweep in {folder} started with {started} trials, whose "
+        f"checkpoints only that runner finds; resume it with --trial-runner {started} (or auto)"
+    )
 
 
 def check_resumable(exp_dir: str, new: dict, folder: str | Path | None = None) -> None:
@@ -366,11 +370,10 @@ def run_sweep(opts: SweepOptions) -> dict:
     if restoring:  # first what needs no data: another dataset fails before it is read
         files.pull("sweep.json", STUDY_FILE)  # a URI's files, to their local copy
         opts.trial_runner = resumed_runner(opts.trial_runner, files.stage)
+        check_resumable(exp_dir, sweep_identity(opts, space, None), files.stage)
     else:
         files.reset()  # no study or results of an earlier run with this URI
     opts.trial_runner = plan_runner(opts.trial_runner, opts.workers_per_trial, opts.gpus_per_trial)
-    if restoring:
-        check_resumable(exp_dir, sweep_identity(opts, space, None), files.stage)
 
     overrides = {  # what no space sets: every trial of the sweep shares them
         "data": opts.data,
@@ -382,6 +385,8 @@ def run_sweep(opts: SweepOptions) -> dict:
     check_objective(opts.objective, None)  # names first: no data needed to refuse a typo
     # Validate data and fill the prepared cache once, before any trial starts.
     probe_cfg = space.resolve(space.default_config(), overrides)
+    if opts.trial_runner == "inline" and not opts.gpus_per_trial and probe_cfg.device == "cuda":
+        raise ValueError("device=cuda but the trials hold no GPU: pass --gpus-per-trial")
     data = load_for_config(probe_cfg, opts.cache)
     check_objective(opts.objective, data.classes)
     X.check_classes(opts.external, data.classes)
@@ -422,6 +427,8 @@ def run_sweep(opts: SweepOptions) -> dict:
 
     t0 = time.perf_counter()
     if restoring:
+        if opts.trial_runner == "inline" and not files.remote:
+            R.relink_deleted_checkpoints(exp_dir)
         tuner = tune.Tuner.restore(
             exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=False
         )

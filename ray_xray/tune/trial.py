@@ -64,13 +64,19 @@ def run_inline(cfg: TrainConfig, runtime: dict, trial: str) -> None:
     """The training function in this process; reports and checkpoints go to Tune."""
     from ..train.worker import train_in_tune_trial  # the training code, only where it runs
 
-    if not runtime["gpus_per_worker"] and cfg.device == "auto":
+    if not runtime["gpus_per_worker"] and cfg.device != "cpu":
         # A trial that holds no GPU sees every GPU of its node (Ray sets CUDA_VISIBLE_DEVICES
-        # only for the GPUs it assigns): "auto" would take one that another trial holds.
+        # only for the GPUs it assigns): it would take one that another trial holds.
+        if cfg.device == "cuda":
+            raise ValueError("device=cuda but the trial holds no GPU: pass --gpus-per-trial")
         cfg = dataclasses.replace(cfg, device="cpu")
-    threads = max(1, int(round(runtime["cpus_per_worker"])))
-    train_in_tune_trial(cfg, {"_threads": threads, "_cache": runtime.get("cache"),
-                              "_data": runtime.get("data"), "_trial": trial})  # fmt: skip
+    exp_dir = runtime.get("exp_dir", "")
+    train_in_tune_trial(cfg, {
+        "_threads": max(1, int(round(runtime["cpus_per_worker"]))),
+        "_cache": runtime.get("cache"), "_data": runtime.get("data"), "_trial": trial,
+        # Save on the storage's disk (Tune copies the state from there), not in /tmp.
+        "_scratch": f"{exp_dir}/{trial}" if exp_dir and "://" not in exp_dir else None,
+    })  # fmt: skip
 
 
 def run_torchtrainer(cfg: TrainConfig, runtime: dict, trial: str) -> None:
