@@ -312,3 +312,25 @@ def test_report_sections_intervals_and_operating_points_end_to_end(tmp_path, cap
         predict.resolve_operating_point(obj, "tuberculosis@sens0.80")
     with pytest.raises(ValueError, match="no class 'tb'"):
         predict.resolve_operating_point(obj, "tb@sens0.90")
+
+
+def test_optuna_figures_of_number_like_choices_log_nothing(tmp_path, caplog):
+    """batch_size 16/32/64 is categorical: matplotlib used to log "Using categorical units ..."
+    at INFO for it, twice per report, in the middle of the sweep's console output."""
+    import logging
+
+    import optuna
+
+    from ray_xray.report.plots import optuna_figure
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for bs, lr in ((16, 1e-3), (32, 3e-4), (64, 1e-4), (32, 1e-3)):
+        study.enqueue_trial({"batch_size": bs, "lr": lr})
+    study.optimize(lambda t: t.suggest_categorical("batch_size", [16, 32, 64]) / 64
+                   + t.suggest_float("lr", 1e-5, 1e-2, log=True), n_trials=4)  # fmt: skip
+    caplog.set_level(logging.INFO)
+    out = optuna_figure(optuna.visualization.matplotlib.plot_slice, study, tmp_path / "s.png")
+    assert out.is_file() and out.stat().st_size > 1000
+    assert not [r for r in caplog.records if r.name == "matplotlib.category"]
+    assert logging.getLogger("matplotlib.category").level == logging.NOTSET  # put back

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -103,16 +104,24 @@ def optuna_figure(plot_fn, study, path: Path, **kw) -> Path:
 
     # rc_context: Optuna switches matplotlib to its ggplot style globally, which would grey
     # every later figure of the report; the context restores the settings on exit.
-    with plt.rc_context(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
-        ax = plot_fn(study, **kw)
-        first = ax.flat[0] if isinstance(ax, np.ndarray) else ax
-        fig = first.figure
-        if isinstance(ax, np.ndarray) and ax.size > 4:
-            fig.set_size_inches(min(3.0 * ax.size, 14), 3.4)
-        elif fig.get_size_inches()[0] < 6:
-            fig.set_size_inches(7, 3.8)
-        return _save(fig, path)
+    # matplotlib logs "Using categorical units ..." at INFO, through the root handler, for every
+    # categorical parameter whose choices look like numbers (batch_size 16/32/64).
+    category_log = logging.getLogger("matplotlib.category")
+    level = category_log.level
+    category_log.setLevel(logging.WARNING)
+    try:
+        with plt.rc_context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+            ax = plot_fn(study, **kw)
+            first = ax.flat[0] if isinstance(ax, np.ndarray) else ax
+            fig = first.figure
+            if isinstance(ax, np.ndarray) and ax.size > 4:
+                fig.set_size_inches(min(3.0 * ax.size, 14), 3.4)
+            elif fig.get_size_inches()[0] < 6:
+                fig.set_size_inches(7, 3.8)
+            return _save(fig, path)
+    finally:
+        category_log.setLevel(level)
 
 
 def importance_bars(importances: dict[str, float], path: Path, title: str) -> Path:
