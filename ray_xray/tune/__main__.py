@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trial-runner", choices=RUNNERS, default=d.trial_runner,
         help="how a trial runs the training function: inline (in the trial's own process, one "
-        "worker: no Ray Train controller or worker process to start, ~11 s less per trial on 2 "
+        "worker: no Ray Train controller or worker process to start, ~12 s less per trial on 2 "
         "cores), torchtrainer (Ray Train's TorchTrainer: DDP over --num-workers), auto (inline "
         "for one-worker CPU trials, else torchtrainer) (default: %(default)s)",
     )  # fmt: skip

@@ -6,9 +6,9 @@
 - `inline`: a single-worker trial runs the training function in the Tune function's own process
   (`worker.train_in_tune_trial`), holding the trial's CPUs and GPU itself. It skips Ray Train's
   controller, worker group and worker process: measured on 2 cores (benchmarks/RESULTS.md,
-  section 1), they were about 11 s of a 3-epoch trial's 14 s of start-up; one worker has no
-  gradients to all-reduce, and Tune restores a failed trial from its last checkpoint as Ray
-  Train did.
+  section 1), they took 12.8 s of a 3-epoch torchtrainer trial's 16.5 s of overhead (inline:
+  4.1 s). One worker has no gradients to all-reduce, and Tune restores a failed trial from its
+  last checkpoint as Ray Train did.
 
 `plan_runner` picks one for a sweep (`--trial-runner`, default `auto`).
 """
