@@ -38,7 +38,7 @@ def plan_runner(runner: str, workers_per_trial: int, gpus_per_trial: float) -> s
         raise ValueError(f"--trial-runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     if runner == "inline" and workers_per_trial > 1:
         raise ValueError(
-            f"--trial-runner inline runs one worker per trial, got --workers-per-trial "
+            f"--trial-runner inline runs one worker per trial, got --num-workers "
             f"{workers_per_trial} (use torchtrainer, or auto)"
         )
     if runner != "auto":
