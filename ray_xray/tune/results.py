@@ -119,11 +119,10 @@ def relink_deleted_checkpoints(exp_dir: str | Path) -> int:
     done. Returns how many folders were made."""
     made = 0
     for trial in (p for p in Path(exp_dir).iterdir() if p.is_dir()):
-        found = sorted(d for d in trial.iterdir()
-                       if TUNE_CHECKPOINT.fullmatch(d.name) and (d / STATE_FILE).is_file())  # fmt: skip
-        if not found:
+        found = _newest_on_disk(str(trial))  # Tune's checkpoint_NNNNNN: name order is time order
+        if found is None or not TUNE_CHECKPOINT.fullmatch(Path(found).name):
             continue
-        newest = found[-1]
+        newest = Path(found)
         for i in range(int(newest.name.split("_")[1])):
             missing = trial / f"checkpoint_{i:06d}"
             if missing.exists():
