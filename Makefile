@@ -41,6 +41,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Every benchmark (tens of minutes on 2 cores; run on a quiet machine) -> benchmarks/RESULTS.md.
 # `make bench BENCH_ARGS=--smoke-test` for a fast look (--quick: its old name); BENCH_ARGS="--only precision,roofline" for some.

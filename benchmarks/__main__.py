@@ -33,9 +33,14 @@ ABOUT = {
 }
 # Minutes (full, --smoke-test) on a quiet 2-core CPU (full: measured 2026-11-22, RESULTS.md), see "Benchmarks" in README.md.
 ROUGH_MINUTES = {
-    "overhead": (8, 1.5), "precision": (7.5, 4), "roofline": (1.5, 0.5), "datapath": (1, 0.5),
-    "search": (33, 4), "scaling": (14, 4.5), "feed": (12, 1),
-}  # fmt: skip
+    "overhead": (8, 1.5),
+    "precision": (7.5, 4),
+    "roofline": (1.5, 0.5),
+    "datapath": (1, 0.5),
+    "search": (33, 4),
+    "scaling": (14, 4.5),
+    "feed": (12, 1),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,12 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     C.OUT_DIR = out
     command = "python -m benchmarks" + (" " + shlex.join(argv) if argv else "")
     total = sum(ROUGH_MINUTES[n][1 if args.quick else 0] for n in names)
-    C.say("all", f"{', '.join(names)}{' (quick)' if args.quick else ''}: roughly {total:g} min on a "
-                 f"quiet 2-core machine; data {data}")  # fmt: skip
+    C.say(
+        "all",
+        f"{', '.join(names)}{' (quick)' if args.quick else ''}: roughly {total:g} min on a "
+        f"quiet 2-core machine; data {data}",
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > 0.5 * C.threads():
-        C.say("all", f"warning: the machine is busy (1-min load {load:.1f} on {C.threads()} CPUs); "
-                     "the numbers will be noisy, run on a quiet machine for results")  # fmt: skip
+        C.say(
+            "all",
+            f"warning: the machine is busy (1-min load {load:.1f} on {C.threads()} CPUs); "
+            "the numbers will be noisy, run on a quiet machine for results",
+        )
     failed = []
     for n in names:
         C.say(n, f"start: {ABOUT[n]}")
@@ -148,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(n)
             continue
         res.update(
-            command=command, quick=args.quick, machine=C.machine(), load_before=load_before,
+            command=command,
+            quick=args.quick,
+            machine=C.machine(),
+            load_before=load_before,
             duration_s=round(time.perf_counter() - t0, 1),
-        )  # fmt: skip
+        )
         path = C.save(res, out)
         C.say(n, f"done in {res['duration_s'] / 60:.1f} min -> {path}")
         for h in res.get("headline", []):

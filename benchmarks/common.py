@@ -217,9 +217,17 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> dict:
     return {"title": title, "columns": columns, "rows": rows}
 
 
-def result(name: str, *, settings: dict, measured: str, tables: list[dict], headline: list[str],
-           data: dict | None = None, notes: list[str] | None = None,
-           figures: list[str] | None = None) -> dict:  # fmt: skip
+def result(
+    name: str,
+    *,
+    settings: dict,
+    measured: str,
+    tables: list[dict],
+    headline: list[str],
+    data: dict | None = None,
+    notes: list[str] | None = None,
+    figures: list[str] | None = None,
+) -> dict:
     """One benchmark's record: what RESULTS.md renders, plus raw numbers under `data`."""
     return {
         "name": name,
@@ -428,8 +436,13 @@ def _report_stamper():
             out = original({**metrics, "bench_t": t_in}, *args, **kwargs)
             path = _os.environ.get("RAY_XRAY_BENCH_STAMPS")
             if path:
-                rec = {"pid": _os.getpid(), "epoch": metrics.get("epoch"),
-                       "epoch_s": metrics.get("epoch_s"), "t_in": t_in, "t_out": _time.time()}  # fmt: skip
+                rec = {
+                    "pid": _os.getpid(),
+                    "epoch": metrics.get("epoch"),
+                    "epoch_s": metrics.get("epoch_s"),
+                    "t_in": t_in,
+                    "t_out": _time.time(),
+                }
                 with open(path, "a") as fh:
                     fh.write(_json.dumps(rec) + "\n")
             return out
@@ -466,9 +479,13 @@ def ray_session(stamps: str | Path | None = None, env: dict | None = None):
     env = runtime_env(extra, hook=_report_stamper() if stamps else pin_ray_address)
     saved = os.environ.pop("RAY_ADDRESS", None)
     ray.init(
-        num_cpus=threads(), include_dashboard=True, dashboard_host="127.0.0.1",
-        logging_level=logging.WARNING, log_to_driver=False, runtime_env=env,
-    )  # fmt: skip
+        num_cpus=threads(),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        runtime_env=env,
+    )
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     try:
         yield

@@ -119,8 +119,16 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         frac = (1 / r) / (1 / r + 1 / model_rate)
         vs = rates.get(SAME_AUG.get(k, k)) if "flip" not in k else None
         rows.append([k, r, r / png_plain, C.ratio(r, vs), 100 * frac, C.spread(samples[k])])
-    rows.append(["resnet18 bf16+CL training step", model_rate, None, None, None,
-                 C.spread(samples["resnet18 training step (consumer)"])])  # fmt: skip
+    rows.append(
+        [
+            "resnet18 bf16+CL training step",
+            model_rate,
+            None,
+            None,
+            None,
+            C.spread(samples["resnet18 training step (consumer)"]),
+        ]
+    )
     cache_plain = rates["cache, no augmentation"]
     cache_aug = rates["cache + seeds augmentation"]
 
@@ -161,7 +169,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                 ],
                 rows,
             )
-        ],  # fmt: skip
+        ],
         headline=headline,
         data={"rates": rates, "model_rate": model_rate, "samples": samples, "images": n},
         notes=[

@@ -23,12 +23,25 @@ from . import common as C
 
 NAME = "feed"
 DEFAULTS = {
-    "full": {"models": ["resnet18", "cnn_lstm"], "sizes": [128, 224], "batch_size": 64,
-             "images": 256, "cuda_images": 3072, "repeats": 2,
-             "presets": ["none", "flip", "seeds"]},
-    "quick": {"models": ["resnet18"], "sizes": [64], "batch_size": 16, "images": 64,
-              "cuda_images": 512, "repeats": 1, "presets": ["none", "seeds"]},
-}  # fmt: skip
+    "full": {
+        "models": ["resnet18", "cnn_lstm"],
+        "sizes": [128, 224],
+        "batch_size": 64,
+        "images": 256,
+        "cuda_images": 3072,
+        "repeats": 2,
+        "presets": ["none", "flip", "seeds"],
+    },
+    "quick": {
+        "models": ["resnet18"],
+        "sizes": [64],
+        "batch_size": 16,
+        "images": 64,
+        "cuda_images": 512,
+        "repeats": 1,
+        "presets": ["none", "seeds"],
+    },
+}
 # (preset, side) rows: "none" has nothing to augment, so one row.
 SIDES = ("loader", "device")
 
@@ -50,9 +63,17 @@ def step_rate(tr: Trainer, steps: int) -> float:
     x, _, _ = next(iter(tr.train_loader))
     batch = (tr.feed(x), torch.randint(0, len(tr.classes), (len(x),), device=tr.device), None)
     run = lambda n: E.train_one_epoch(  # noqa: E731
-        tr.model, [batch] * n, tr.loss_fn, tr.opt, tr.sched, tr.scaler, tr.device, tr.precision,
-        tr.cfg.grad_clip, tr.channels_last,
-    )  # fmt: skip
+        tr.model,
+        [batch] * n,
+        tr.loss_fn,
+        tr.opt,
+        tr.sched,
+        tr.scaler,
+        tr.device,
+        tr.precision,
+        tr.cfg.grad_clip,
+        tr.channels_last,
+    )
     run(2)  # warm-up: kernels chosen, caches filled
     _sync(tr.device)
     t0 = time.perf_counter()
@@ -65,15 +86,33 @@ def epoch_rate(tr: Trainer) -> float:
     """(b) images/s of one real epoch: shuffled loader, uint8 to the device, augmentation on
     its side, normalisation, the same training step."""
     E.train_one_epoch(
-        tr.model, [next(iter(tr.train_loader))], tr.loss_fn, tr.opt, tr.sched, tr.scaler,
-        tr.device, tr.precision, tr.cfg.grad_clip, tr.channels_last, feed=tr.feed,
-    )  # fmt: skip
+        tr.model,
+        [next(iter(tr.train_loader))],
+        tr.loss_fn,
+        tr.opt,
+        tr.sched,
+        tr.scaler,
+        tr.device,
+        tr.precision,
+        tr.cfg.grad_clip,
+        tr.channels_last,
+        feed=tr.feed,
+    )
     _sync(tr.device)
     t0 = time.perf_counter()
     out = E.train_one_epoch(
-        tr.model, tr.train_loader, tr.loss_fn, tr.opt, tr.sched, tr.scaler, tr.device,
-        tr.precision, tr.cfg.grad_clip, tr.channels_last, feed=tr.feed,
-    )  # fmt: skip
+        tr.model,
+        tr.train_loader,
+        tr.loss_fn,
+        tr.opt,
+        tr.sched,
+        tr.scaler,
+        tr.device,
+        tr.precision,
+        tr.cfg.grad_clip,
+        tr.channels_last,
+        feed=tr.feed,
+    )
     _sync(tr.device)
     return out["train_images"] / (time.perf_counter() - t0)
 
@@ -95,32 +134,52 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         idx = list(range(min(n_images, len(prepared.labels["train"]))))
         steps = max(2, len(idx) // s["batch_size"])
         for model in s["models"]:
-            base = TrainConfig(model=model, img_size=size, batch_size=s["batch_size"],
-                               data=spec, epochs=1, scheduler="none")  # fmt: skip
+            base = TrainConfig(
+                model=model,
+                img_size=size,
+                batch_size=s["batch_size"],
+                data=spec,
+                epochs=1,
+                scheduler="none",
+            )
             trainers = {}
             for preset, side in _variants(s["presets"]):
                 cfg = dataclasses.replace(
-                    base, aug_strength=0.0 if preset == "none" else 1.0,
+                    base,
+                    aug_strength=0.0 if preset == "none" else 1.0,
                     augment="seeds" if preset == "none" else preset,
                     augment_on="loader" if side == "-" else side,
-                )  # fmt: skip
+                )
                 torch.manual_seed(0)
                 trainers[(preset, side)] = Trainer.build(cfg, prepared, device, train_idx=idx)
             precision = next(iter(trainers.values())).precision
-            C.say(NAME, f"{model} {size} px {precision} on {device}: step + "
-                        f"{len(trainers)} epoch variants x {s['repeats']}")  # fmt: skip
+            C.say(
+                NAME,
+                f"{model} {size} px {precision} on {device}: step + "
+                f"{len(trainers)} epoch variants x {s['repeats']}",
+            )
             measure = {"step": lambda tr=trainers[("none", "-")], n=steps: step_rate(tr, n)}
             measure.update({k: (lambda tr=tr: epoch_rate(tr)) for k, tr in trainers.items()})
             samples = C.interleave(measure, s["repeats"])
             step = C.median(samples.pop("step"))
             for (preset, side), v in samples.items():
                 real = C.median(v)
-                rows.append([model, size, precision, preset, side, step, real, real / step,
-                             C.spread(v)])  # fmt: skip
-                raw.append({"model": model, "img_size": size, "precision": precision,
-                            "preset": preset, "augment_on": side, "step_images_per_s": step,
-                            "real_images_per_s": real, "real_over_step": real / step,
-                            "samples": v})  # fmt: skip
+                rows.append(
+                    [model, size, precision, preset, side, step, real, real / step, C.spread(v)]
+                )
+                raw.append(
+                    {
+                        "model": model,
+                        "img_size": size,
+                        "precision": precision,
+                        "preset": preset,
+                        "augment_on": side,
+                        "step_images_per_s": step,
+                        "real_images_per_s": real,
+                        "real_over_step": real / step,
+                        "samples": v,
+                    }
+                )
             del trainers
     return _result(s, device, rows, raw, n_images)
 

@@ -33,11 +33,27 @@ from . import common as C
 
 NAME = "overhead"
 DEFAULTS = {
-    "full": {"space": "resnet18", "img_size": 64, "epochs": 3, "batch_size": 32,
-             "limit_per_split": 0, "trials": 4, "concurrent": 2, "long_epochs": 10},
-    "quick": {"space": "resnet18", "img_size": 64, "epochs": 2, "batch_size": 32,
-              "limit_per_split": 256, "trials": 2, "concurrent": 2, "long_epochs": 0},
-}  # fmt: skip
+    "full": {
+        "space": "resnet18",
+        "img_size": 64,
+        "epochs": 3,
+        "batch_size": 32,
+        "limit_per_split": 0,
+        "trials": 4,
+        "concurrent": 2,
+        "long_epochs": 10,
+    },
+    "quick": {
+        "space": "resnet18",
+        "img_size": 64,
+        "epochs": 2,
+        "batch_size": 32,
+        "limit_per_split": 256,
+        "trials": 2,
+        "concurrent": 2,
+        "long_epochs": 0,
+    },
+}
 GOAL_OVERHEAD_S = 8.0  # median wall_s - compute_s per trial (issue #16)
 GOAL_COMPUTE_SHARE = 0.90  # of a 10-epoch trial's wall time (issue #16)
 
@@ -49,12 +65,12 @@ PHASES = [
         "torchtrainer: trial function builds the TorchTrainer; Ray Train starts its "
         "controller, placement group and helper actors; until the "
         "worker process is launched (inline: none)",
-    ),  # fmt: skip
+    ),
     (
         "worker process start",
         "torchtrainer: worker process launch until the training function runs (imports, torch "
         "process group); inline: importing the training code in the trial's process",
-    ),  # fmt: skip
+    ),
     ("data load", "prepared data: Ray's object store (sweep) or the Parquet cache"),
     ("model build", "model, optimiser, loaders (Trainer.build) and checkpoint restore"),
     ("compute (train + val)", "sum of the epochs' epoch_s"),
@@ -69,8 +85,13 @@ def workload(s: dict, data: str) -> tuple[dict, object]:
     space = load_space(s["space"])
     model = space.models[0]
     pinned = {k: v for k, v in space.default_config(model).items() if k in space.params_for(model)}
-    settings = {**pinned, "batch_size": s["batch_size"], "epochs": s["epochs"],
-                "img_size": s["img_size"], "limit_per_split": s["limit_per_split"]}  # fmt: skip
+    settings = {
+        **pinned,
+        "batch_size": s["batch_size"],
+        "epochs": s["epochs"],
+        "img_size": s["img_size"],
+        "limit_per_split": s["limit_per_split"],
+    }
     overrides = {**settings, "data": absolute_spec(data), "seed": 0, "workers": 1}
     return settings, space.resolve(space.default_config(model), overrides)
 
@@ -100,8 +121,13 @@ def bare_loop(cfg, cache: str, threads: int) -> dict:
     stamps = _Stamps()
     progress = fit(tr, hooks=stamps)
     compute = sum(h["epoch_s"] for h in progress.history)
-    return {"data_load_s": t1 - t0, "model_build_s": t2 - t1, "compute_s": compute,
-            "loop_s": sum(stamps.walls), "wall_s": time.perf_counter() - t0}  # fmt: skip
+    return {
+        "data_load_s": t1 - t0,
+        "model_build_s": t2 - t1,
+        "compute_s": compute,
+        "loop_s": sum(stamps.walls),
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def launch_times() -> dict[int, float]:
@@ -173,18 +199,35 @@ def _phases(ev: dict, marks: list[dict], launched: dict[int, float], trial: str)
     return out
 
 
-def sweep(s: dict, spec: str, sweep_settings: dict, epochs: int, trials: int, work, tag: str,
-          threads: int, runner: str = "auto") -> dict:  # fmt: skip
+def sweep(
+    s: dict,
+    spec: str,
+    sweep_settings: dict,
+    epochs: int,
+    trials: int,
+    work,
+    tag: str,
+    threads: int,
+    runner: str = "auto",
+) -> dict:
     """One sweep with tracing on (`runner`: its --trial-runner); its rows (wall_s, compute_s)
     and per-trial phases."""
     path = work / f"trace-{tag}.jsonl"
     with C.ray_session(env={trace.TRACE_ENV: str(path)}):
         opts = SweepOptions(
-            space=s["space"], data=spec, trials=trials, storage=str(work), name=tag,
-            settings={**sweep_settings, "epochs": epochs}, ensemble=False, top_k=1,
-            cpus_per_trial=float(threads) / s["concurrent"], scheduler="fifo", seed=0,
+            space=s["space"],
+            data=spec,
+            trials=trials,
+            storage=str(work),
+            name=tag,
+            settings={**sweep_settings, "epochs": epochs},
+            ensemble=False,
+            top_k=1,
+            cpus_per_trial=float(threads) / s["concurrent"],
+            scheduler="fifo",
+            seed=0,
             trial_runner=runner,
-        )  # fmt: skip
+        )
         t0 = time.time()
         summary = run_sweep(opts)
         wall = time.time() - t0
@@ -194,8 +237,12 @@ def sweep(s: dict, spec: str, sweep_settings: dict, epochs: int, trials: int, wo
     if bad:
         raise RuntimeError(f"trials {bad} did not finish: {rows}")
     phases = trial_phases(trace.read(path), launched)
-    return {"rows": [{k: r[k] for k in ("trial_id", "wall_s", "compute_s")} for r in rows],
-            "phases": phases, "sweep_wall_s": wall, "runner": opts.trial_runner}  # fmt: skip
+    return {
+        "rows": [{k: r[k] for k in ("trial_id", "wall_s", "compute_s")} for r in rows],
+        "phases": phases,
+        "sweep_wall_s": wall,
+        "runner": opts.trial_runner,
+    }
 
 
 def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False) -> dict:
@@ -204,23 +251,36 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
     threads = C.threads()
     sweep_settings, cfg = workload(s, spec)
     cache = default_cache_root()
-    C.say(NAME, f"{cfg.model} at {cfg.img_size} px, {cfg.epochs} epochs, batch {cfg.batch_size}; "
-                f"{s['trials']} trials, {s['concurrent']} at a time on {threads} CPUs")  # fmt: skip
+    C.say(
+        NAME,
+        f"{cfg.model} at {cfg.img_size} px, {cfg.epochs} epochs, batch {cfg.batch_size}; "
+        f"{s['trials']} trials, {s['concurrent']} at a time on {threads} CPUs",
+    )
     load_for_config(cfg, cache)  # fill the prepared cache before anything is timed
     work = C.runs_dir(NAME)
     try:
         C.say(NAME, "(b) sweep, default trial runner")
         b = sweep(s, spec, sweep_settings, cfg.epochs, s["trials"], work, "short", threads)
         C.say(NAME, "(b') sweep, --trial-runner torchtrainer")
-        t = sweep(s, spec, sweep_settings, cfg.epochs, s["trials"], work, "short-tt", threads,
-                  runner="torchtrainer")  # fmt: skip
+        t = sweep(
+            s,
+            spec,
+            sweep_settings,
+            cfg.epochs,
+            s["trials"],
+            work,
+            "short-tt",
+            threads,
+            runner="torchtrainer",
+        )
         C.say(NAME, "(a) bare loop, one trial's threads")
         a = bare_loop(cfg, cache, max(1, threads // s["concurrent"]))
         c = None
         if s["long_epochs"]:
             C.say(NAME, f"(c) sweep of {s['concurrent']} trials x {s['long_epochs']} epochs")
-            c = sweep(s, spec, sweep_settings, s["long_epochs"], s["concurrent"], work, "long",
-                      threads)  # fmt: skip
+            c = sweep(
+                s, spec, sweep_settings, s["long_epochs"], s["concurrent"], work, "long", threads
+            )
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -251,13 +311,18 @@ def _overhead(run: dict) -> float:
     return _median(r["wall_s"] - r["compute_s"] for r in run["rows"])
 
 
-def summarise(s: dict, cfg, threads: int, a: dict, b: dict, c: dict | None,
-              t: dict | None = None) -> dict:  # fmt: skip
+def summarise(
+    s: dict, cfg, threads: int, a: dict, b: dict, c: dict | None, t: dict | None = None
+) -> dict:
     """The benchmark's record: (b) the default runner's sweep, (b') `t` the torchtrainer one,
     (a) the bare loop, (c) the long sweep."""
-    bare = {"data load": a["data_load_s"], "model build": a["model_build_s"],
-            "compute (train + val)": a["compute_s"], "other in the loop": a["loop_s"] - a["compute_s"],
-            "total": a["wall_s"]}  # fmt: skip
+    bare = {
+        "data load": a["data_load_s"],
+        "model build": a["model_build_s"],
+        "compute (train + val)": a["compute_s"],
+        "other in the loop": a["loop_s"] - a["compute_s"],
+        "total": a["wall_s"],
+    }
     runs = [b, *([t] if t else [])]
     columns = ["phase"]
     for run, tag in zip(runs, ("(b)", "(b')"), strict=False):
@@ -272,8 +337,13 @@ def summarise(s: dict, cfg, threads: int, a: dict, b: dict, c: dict | None,
         f"(goal <= {GOAL_OVERHEAD_S:g} s: {'met' if overhead <= GOAL_OVERHEAD_S else 'NOT met'})"
         + (f"; torchtrainer runner {_overhead(t):.1f} s" if t else "")
     ]
-    tables = [C.table(f"(b) phases of one trial, median of {len(b['phases'])} (s)",
-                      [*columns, "bare loop (a)", "covers"], _phase_rows(runs, bare))]  # fmt: skip
+    tables = [
+        C.table(
+            f"(b) phases of one trial, median of {len(b['phases'])} (s)",
+            [*columns, "bare loop (a)", "covers"],
+            _phase_rows(runs, bare),
+        )
+    ]
     if c:
         share = _median(min(r["compute_s"], r["wall_s"]) / r["wall_s"] for r in c["rows"])
         headline.append(
@@ -281,11 +351,24 @@ def summarise(s: dict, cfg, threads: int, a: dict, b: dict, c: dict | None,
             f"compute (median of {len(c['rows'])}; goal >= {GOAL_COMPUTE_SHARE:.0%}: "
             f"{'met' if share >= GOAL_COMPUTE_SHARE else 'NOT met'}); overhead {_overhead(c):.1f} s"
         )
-    trial_rows = [[run.get("runner", "torchtrainer"), r["trial_id"], r["wall_s"], r["compute_s"],
-                   r["wall_s"] - r["compute_s"]] for run in [*runs, *([c] if c else [])]
-                  for r in run["rows"]]  # fmt: skip
-    tables.append(C.table("every trial: Tune's wall_s, compute_s and overhead (s)",
-                          ["runner", "trial", "wall_s", "compute_s", "overhead"], trial_rows))  # fmt: skip
+    trial_rows = [
+        [
+            run.get("runner", "torchtrainer"),
+            r["trial_id"],
+            r["wall_s"],
+            r["compute_s"],
+            r["wall_s"] - r["compute_s"],
+        ]
+        for run in [*runs, *([c] if c else [])]
+        for r in run["rows"]
+    ]
+    tables.append(
+        C.table(
+            "every trial: Tune's wall_s, compute_s and overhead (s)",
+            ["runner", "trial", "wall_s", "compute_s", "overhead"],
+            trial_rows,
+        )
+    )
     return C.result(
         NAME,
         settings=s,

@@ -14,11 +14,23 @@ from .steps import TrainStep
 
 NAME = "precision"
 DEFAULTS = {
-    "full": {"models": [], "img_size": 128, "batch_size": 32, "warmup": 2, "repeats": 3,
-             "seconds": 2.0},
-    "quick": {"models": [], "img_size": 128, "batch_size": 32, "warmup": 1, "repeats": 1,
-              "seconds": 0.3},
-}  # fmt: skip
+    "full": {
+        "models": [],
+        "img_size": 128,
+        "batch_size": 32,
+        "warmup": 2,
+        "repeats": 3,
+        "seconds": 2.0,
+    },
+    "quick": {
+        "models": [],
+        "img_size": 128,
+        "batch_size": 32,
+        "warmup": 1,
+        "repeats": 1,
+        "seconds": 0.3,
+    },
+}
 # models: [] = every registered model (`python -m ray_xray.models` lists them)
 
 
@@ -61,8 +73,18 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             f"resnet18 with the training default (bf16 + channels_last) vs plain fp32: "
             f"{r18['default_vs_fp32']:.2f}x"
         )
-    columns = ["model", "params", "fp32 img/s", "bf16 img/s", "fp32+CL img/s", "bf16+CL img/s",
-               "bf16/fp32", "bf16+CL/fp32", "CL gain (bf16)", "spread"]  # fmt: skip
+    columns = [
+        "model",
+        "params",
+        "fp32 img/s",
+        "bf16 img/s",
+        "fp32+CL img/s",
+        "bf16+CL img/s",
+        "bf16/fp32",
+        "bf16+CL/fp32",
+        "CL gain (bf16)",
+        "spread",
+    ]
     return C.result(
         NAME,
         settings=s,
@@ -131,7 +153,14 @@ def measure_model(name: str, s: dict) -> dict:
 def row_for(name: str, r: dict) -> list:
     rates = r["rates"]
     return [
-        name, r["params"], rates.get("fp32"), rates.get("bf16"), rates.get("fp32+CL"),
-        rates.get("bf16+CL"), r["bf16_vs_fp32"], r["bf16cl_vs_fp32"], r["cl_speedup_bf16"],
+        name,
+        r["params"],
+        rates.get("fp32"),
+        rates.get("bf16"),
+        rates.get("fp32+CL"),
+        rates.get("bf16+CL"),
+        r["bf16_vs_fp32"],
+        r["bf16cl_vs_fp32"],
+        r["cl_speedup_bf16"],
         r["spread"],
-    ]  # fmt: skip
+    ]

@@ -12,11 +12,25 @@ from .steps import TrainStep, count_step_flops
 
 NAME = "roofline"
 DEFAULTS = {
-    "full": {"model": "resnet18", "img_size": 128, "batch_size": 32, "matmul_sizes": [1024, 2048, 4096],
-             "repeats": 5, "seconds": 2.0, "warmup": 2},
-    "quick": {"model": "resnet18", "img_size": 128, "batch_size": 32, "matmul_sizes": [1024, 2048],
-              "repeats": 1, "seconds": 0.5, "warmup": 1},
-}  # fmt: skip
+    "full": {
+        "model": "resnet18",
+        "img_size": 128,
+        "batch_size": 32,
+        "matmul_sizes": [1024, 2048, 4096],
+        "repeats": 5,
+        "seconds": 2.0,
+        "warmup": 2,
+    },
+    "quick": {
+        "model": "resnet18",
+        "img_size": 128,
+        "batch_size": 32,
+        "matmul_sizes": [1024, 2048],
+        "repeats": 1,
+        "seconds": 0.5,
+        "warmup": 1,
+    },
+}
 STEP_VARIANTS = (("fp32", "fp32", False), ("bf16", "bf16", False), ("bf16+CL", "bf16", True))
 
 
@@ -78,10 +92,22 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             continue
         ips = C.median(samples[label])
         gflops = ips * per_image / 1e9
-        achieved[label] = {"images_per_s": ips, "gflops": gflops,
-                           "of_fp32_peak": gflops / peaks["fp32"], "of_bf16_peak": gflops / peaks["bf16"]}  # fmt: skip
-        step_rows.append([f"{s['model']} {label}", ips, gflops, 100 * gflops / peaks["fp32"],
-                          100 * gflops / peaks["bf16"], C.spread(samples[label])])  # fmt: skip
+        achieved[label] = {
+            "images_per_s": ips,
+            "gflops": gflops,
+            "of_fp32_peak": gflops / peaks["fp32"],
+            "of_bf16_peak": gflops / peaks["bf16"],
+        }
+        step_rows.append(
+            [
+                f"{s['model']} {label}",
+                ips,
+                gflops,
+                100 * gflops / peaks["fp32"],
+                100 * gflops / peaks["bf16"],
+                C.spread(samples[label]),
+            ]
+        )
     best_bf16 = max(
         (k for k in achieved if k.startswith("bf16")), key=lambda k: achieved[k]["gflops"]
     )
@@ -118,7 +144,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                 ["op", "GFLOP"],
                 op_rows,
             ),
-        ],  # fmt: skip
+        ],
         headline=headline,
         data={
             "flops_per_step": flops,
@@ -127,7 +153,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             "achieved": achieved,
             "samples": samples,
             "steps": n_steps,
-        },  # fmt: skip
+        },
         notes=[
             "FLOPs counted are matmuls and convolutions only (elementwise work, BatchNorm and "
             "AdamW are not), so the fractions are a lower bound of how busy the CPU is.",

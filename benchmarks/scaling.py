@@ -20,11 +20,23 @@ from .steps import TrainStep, count_step_flops
 
 NAME = "scaling"
 DEFAULTS = {
-    "full": {"space": "cnn_lstm", "img_size": 64, "epochs": 2, "trials": 8, "levels": [1, 2, 4],
-             "limit_per_split": 0},
-    "quick": {"space": "cnn_lstm", "img_size": 32, "epochs": 1, "trials": 4, "levels": [1, 2, 4],
-              "limit_per_split": 300},
-}  # fmt: skip
+    "full": {
+        "space": "cnn_lstm",
+        "img_size": 64,
+        "epochs": 2,
+        "trials": 8,
+        "levels": [1, 2, 4],
+        "limit_per_split": 0,
+    },
+    "quick": {
+        "space": "cnn_lstm",
+        "img_size": 32,
+        "epochs": 1,
+        "trials": 4,
+        "levels": [1, 2, 4],
+        "limit_per_split": 300,
+    },
+}
 
 # Published figures (not measured here). NVIDIA A10 datasheet: 31.2 TFLOPS FP32, 125 TFLOPS
 # BF16/FP16 tensor (dense). AWS g5: g5.xlarge 4 vCPU + 1 A10G, g5.12xlarge 48 vCPU + 4 A10G.
@@ -39,8 +51,13 @@ def pinned_settings(space_name: str, s: dict) -> dict:
     space = load_space(space_name)
     model = space.models[0]
     pinned = {k: v for k, v in space.default_config(model).items() if k in space.params_for(model)}
-    return {**pinned, "batch_size": 32, "epochs": s["epochs"], "img_size": s["img_size"],
-            "limit_per_split": s["limit_per_split"]}  # fmt: skip
+    return {
+        **pinned,
+        "batch_size": 32,
+        "epochs": s["epochs"],
+        "img_size": s["img_size"],
+        "limit_per_split": s["limit_per_split"],
+    }
 
 
 def data_rate(spec: str, img_size: int, aug_strength: float, augment: str, n: int = 512) -> float:
@@ -75,25 +92,41 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                 cpus = threads / level
                 C.say(NAME, f"{level} trial(s) at a time, {cpus:g} CPU each, {s['trials']} trials")
                 opts = SweepOptions(
-                    space=s["space"], data=spec, trials=s["trials"], storage=str(work),
-                    name=f"parallel-{level}", settings=dict(sweep_settings), cpus_per_trial=cpus,
-                    ensemble=False, top_k=1, scheduler="fifo", searcher="random", seed=0,
-                )  # fmt: skip
+                    space=s["space"],
+                    data=spec,
+                    trials=s["trials"],
+                    storage=str(work),
+                    name=f"parallel-{level}",
+                    settings=dict(sweep_settings),
+                    cpus_per_trial=cpus,
+                    ensemble=False,
+                    top_k=1,
+                    scheduler="fifo",
+                    searcher="random",
+                    seed=0,
+                )
                 marks: dict = {}
                 with C.timed_tuner_fit(marks):
                     summary = run_sweep(opts)
                 rows = summary["rows"]
                 done = [r for r in rows if r["status"] == "TERMINATED"]
                 wall = marks["fit_end"] - marks["fit_start"]
-                levels.append({
-                    "concurrent": level, "cpus_per_trial": cpus,
-                    "threads_per_trial": max(1, round(cpus - 0.01)),
-                    "trials": len(done), "errors": len(rows) - len(done), "wall_s": wall,
-                    "trials_per_hour": len(done) * 3600 / wall,
-                    "trial_wall_s": C.median(r["wall_s"] for r in done if r["wall_s"]),
-                    "trial_compute_s": C.median(r["compute_s"] for r in done),
-                    "trial_overhead_s": C.median(r["wall_s"] - r["compute_s"] for r in done if r["wall_s"]),
-                })  # fmt: skip
+                levels.append(
+                    {
+                        "concurrent": level,
+                        "cpus_per_trial": cpus,
+                        "threads_per_trial": max(1, round(cpus - 0.01)),
+                        "trials": len(done),
+                        "errors": len(rows) - len(done),
+                        "wall_s": wall,
+                        "trials_per_hour": len(done) * 3600 / wall,
+                        "trial_wall_s": C.median(r["wall_s"] for r in done if r["wall_s"]),
+                        "trial_compute_s": C.median(r["compute_s"] for r in done),
+                        "trial_overhead_s": C.median(
+                            r["wall_s"] - r["compute_s"] for r in done if r["wall_s"]
+                        ),
+                    }
+                )
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -112,18 +145,20 @@ def g5_inputs(spec: str, cfg, s: dict) -> dict:
         "workload": {
             "name": f"{cfg.model} {cfg.img_size} px, {cfg.epochs} epoch(s)",
             "epochs": cfg.epochs,
-            "n_train": len(d.labels["train"]), "n_val": len(d.labels["val"]),
+            "n_train": len(d.labels["train"]),
+            "n_val": len(d.labels["val"]),
             "flops_per_image": count_step_flops(small)["total"] / 8,
             "data_rate_1core": data_rate(spec, cfg.img_size, cfg.aug_strength, cfg.augment),
         },
         "resnet18": {
             "name": f"resnet18 128 px, {RESNET_EPOCHS} epochs",
             "epochs": RESNET_EPOCHS,
-            "n_train": len(full.labels["train"]), "n_val": len(full.labels["val"]),
+            "n_train": len(full.labels["train"]),
+            "n_val": len(full.labels["val"]),
             "flops_per_image": count_step_flops(r18)["total"] / 8,
             "data_rate_1core": data_rate(spec, 128, 1.0, "seeds"),
         },
-    }  # fmt: skip
+    }
 
 
 def g5_estimate(w: dict, startup_s: float, k: int, u: float) -> float:
@@ -142,9 +177,20 @@ def summarise(s: dict, cfg, threads: int, levels: list[dict], est: dict) -> dict
     base = levels[0]["trials_per_hour"] if levels else None
     rows = []
     for lv in levels:
-        rows.append([lv["concurrent"], lv["cpus_per_trial"], lv["threads_per_trial"], lv["trials"],
-                     lv["wall_s"], lv["trials_per_hour"], C.ratio(lv["trials_per_hour"], base),
-                     lv["trial_wall_s"], lv["trial_compute_s"], lv["trial_overhead_s"]])  # fmt: skip
+        rows.append(
+            [
+                lv["concurrent"],
+                lv["cpus_per_trial"],
+                lv["threads_per_trial"],
+                lv["trials"],
+                lv["wall_s"],
+                lv["trials_per_hour"],
+                C.ratio(lv["trials_per_hour"], base),
+                lv["trial_wall_s"],
+                lv["trial_compute_s"],
+                lv["trial_overhead_s"],
+            ]
+        )
     startup = levels[0]["trial_overhead_s"] if levels else 25.0
     g5_rows = []
     for inst, spec in G5.items():
@@ -163,7 +209,7 @@ def summarise(s: dict, cfg, threads: int, levels: list[dict], est: dict) -> dict
             + ", ".join(
                 f"{c} at a time {by[c]['trials_per_hour']:.0f} ({by[c]['trials_per_hour'] / base:.2f}x)"
                 for c in sorted(by)
-            )  # fmt: skip
+            )
             + f"; per-trial overhead {secs(startup)} vs {secs(levels[0]['trial_compute_s'])} of compute"
         )
     r = est["resnet18"]
@@ -214,7 +260,7 @@ def summarise(s: dict, cfg, threads: int, levels: list[dict], est: dict) -> dict
                 ],
                 g5_rows,
             ),
-        ],  # fmt: skip
+        ],
         headline=headline,
         data={"levels": levels, "g5_inputs": est, "a10g": A10G, "g5": G5, "startup_s": startup},
         notes=text,

@@ -22,11 +22,27 @@ from . import common as C
 
 NAME = "search"
 DEFAULTS = {
-    "full": {"space": "cnn_lstm", "img_size": 64, "epochs": 3, "budget": 18, "seeds": [0, 1, 2],
-             "tpe_startup": 3, "cpus_per_trial": 1.0, "limit_per_split": 0},
-    "quick": {"space": "cnn_lstm", "img_size": 32, "epochs": 2, "budget": 6, "seeds": [0],
-              "tpe_startup": 2, "cpus_per_trial": 1.0, "limit_per_split": 300},
-}  # fmt: skip
+    "full": {
+        "space": "cnn_lstm",
+        "img_size": 64,
+        "epochs": 3,
+        "budget": 18,
+        "seeds": [0, 1, 2],
+        "tpe_startup": 3,
+        "cpus_per_trial": 1.0,
+        "limit_per_split": 0,
+    },
+    "quick": {
+        "space": "cnn_lstm",
+        "img_size": 32,
+        "epochs": 2,
+        "budget": 6,
+        "seeds": [0],
+        "tpe_startup": 2,
+        "cpus_per_trial": 1.0,
+        "limit_per_split": 300,
+    },
+}
 # label -> (scheduler, searcher)
 METHODS = {"ASHA+TPE": ("asha", "tpe"), "TPE": ("fifo", "tpe"), "random": ("fifo", "random")}
 REFERENCE = "random"
@@ -86,9 +102,14 @@ def trial_events(trial_dir: str | Path) -> list[dict]:
         r = json.loads(line)
         if "epoch" not in r:
             continue
-        out.append({"t": r.get("bench_t") or r.get("timestamp") or 0.0,
-                    "trial": r.get("trial_id") or Path(trial_dir).name,
-                    "epoch": int(r["epoch"]), "value": r.get(METRIC)})  # fmt: skip
+        out.append(
+            {
+                "t": r.get("bench_t") or r.get("timestamp") or 0.0,
+                "trial": r.get("trial_id") or Path(trial_dir).name,
+                "epoch": int(r["epoch"]),
+                "value": r.get(METRIC),
+            }
+        )
     return out
 
 
@@ -101,8 +122,11 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
     if s["budget"] < s["epochs"]:
         raise ValueError("search: budget must be at least one trial's epochs")
     space = load_space(s["space"])
-    sweep_settings = {"epochs": s["epochs"], "img_size": s["img_size"],
-                      "limit_per_split": s["limit_per_split"]}  # fmt: skip
+    sweep_settings = {
+        "epochs": s["epochs"],
+        "img_size": s["img_size"],
+        "limit_per_split": s["limit_per_split"],
+    }
     fifo_trials = s["budget"] // s["epochs"]
     work = C.runs_dir(NAME)
     runs: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
@@ -118,15 +142,22 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                         f"[{i}/{total}] {method}, seed {seed}, budget {s['budget']} trial-epochs",
                     )
                     opts = SweepOptions(
-                        space=s["space"], data=spec, storage=str(work),
-                        name=f"{method.replace('+', '_').lower()}-s{seed}", seed=seed,
-                        settings=dict(sweep_settings), cpus_per_trial=s["cpus_per_trial"],
-                        ensemble=False, top_k=1, scheduler=scheduler, searcher=searcher,
+                        space=s["space"],
+                        data=spec,
+                        storage=str(work),
+                        name=f"{method.replace('+', '_').lower()}-s{seed}",
+                        seed=seed,
+                        settings=dict(sweep_settings),
+                        cpus_per_trial=s["cpus_per_trial"],
+                        ensemble=False,
+                        top_k=1,
+                        scheduler=scheduler,
+                        searcher=searcher,
                         tpe_startup=s["tpe_startup"],
                         # FIFO: exactly budget/epochs trials. ASHA: as many as the budget allows.
                         trials=fifo_trials if scheduler == "fifo" else s["budget"],
                         budget_epochs=s["budget"],
-                    )  # fmt: skip
+                    )
                     summary = run_sweep(opts)
                     events = [
                         ev for row in summary["rows"] for ev in trial_events(row["trial_dir"])
@@ -161,16 +192,18 @@ def summarise(s: dict, runs: dict[str, dict[int, dict]], n_start: int = 0) -> di
         finals[m] = f
         hits = [reach[m][sd] for sd in seeds]
         reached = [h for h in hits if h is not None]
-        rows.append([
-            m,
-            statistics.mean(f) if f else None,
-            statistics.stdev(f) if len(f) > 1 else None,
-            " / ".join(C.fmt(v) for v in f),
-            statistics.mean(runs[m][sd]["trials"] for sd in seeds),
-            " / ".join("not reached" if h is None else str(h) for h in hits),
-            statistics.median(reached) if len(reached) == len(hits) else None,
-            statistics.mean(runs[m][sd]["wall_s"] for sd in seeds) / 60,
-        ])  # fmt: skip
+        rows.append(
+            [
+                m,
+                statistics.mean(f) if f else None,
+                statistics.stdev(f) if len(f) > 1 else None,
+                " / ".join(C.fmt(v) for v in f),
+                statistics.mean(runs[m][sd]["trials"] for sd in seeds),
+                " / ".join("not reached" if h is None else str(h) for h in hits),
+                statistics.median(reached) if len(reached) == len(hits) else None,
+                statistics.mean(runs[m][sd]["wall_s"] for sd in seeds) / 60,
+            ]
+        )
     fractions = (0.25, 0.5, 0.75, 1.0)
     at_rows = []
     for m in runs:
@@ -221,7 +254,7 @@ def summarise(s: dict, runs: dict[str, dict[int, dict]], n_start: int = 0) -> di
                 + [f"{int(fr * 100)}% ({max(1, round(fr * budget))})" for fr in fractions],
                 at_rows,
             ),
-        ],  # fmt: skip
+        ],
         headline=headline,
         figures=[figure] if figure else [],
         data={

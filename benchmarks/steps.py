@@ -20,12 +20,26 @@ CPU = torch.device("cpu")
 class TrainStep:
     """One model + optimiser; `rate(steps, precision)` trains `steps` batches, returns images/s."""
 
-    def __init__(self, model: str, img_size: int, batch_size: int, channels_last: bool,
-                 num_classes: int = 3, seed: int = 0, cfg: TrainConfig | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model: str,
+        img_size: int,
+        batch_size: int,
+        channels_last: bool,
+        num_classes: int = 3,
+        seed: int = 0,
+        cfg: TrainConfig | None = None,
+    ):
         """`cfg`: take model hyperparameters, loss and optimiser settings from it."""
         base = cfg or TrainConfig(model=model)
-        self.cfg = dataclasses.replace(base, model=model, img_size=img_size, batch_size=batch_size,
-                                       channels_last=channels_last, precision="fp32")  # fmt: skip
+        self.cfg = dataclasses.replace(
+            base,
+            model=model,
+            img_size=img_size,
+            batch_size=batch_size,
+            channels_last=channels_last,
+            precision="fp32",
+        )
         torch.manual_seed(seed)
         self.model = E.build_model(self.cfg, num_classes)
         self.channels_last = E.uses_channels_last(self.cfg, self.model)
@@ -43,9 +57,17 @@ class TrainStep:
     def run(self, steps: int, precision: str) -> dict:
         scaler = E.make_scaler(CPU, precision)
         return E.train_one_epoch(
-            self.model, [self.batch] * steps, self.loss, self.opt, self.sched, scaler, CPU,
-            precision, self.cfg.grad_clip, self.channels_last,
-        )  # fmt: skip
+            self.model,
+            [self.batch] * steps,
+            self.loss,
+            self.opt,
+            self.sched,
+            scaler,
+            CPU,
+            precision,
+            self.cfg.grad_clip,
+            self.channels_last,
+        )
 
     def rate(self, steps: int, precision: str) -> float:
         out = self.run(steps, precision)

@@ -90,10 +90,15 @@ def sweep(
     if isinstance(objective, str):
         objective = [m.strip() for m in objective.split(",") if m.strip()]
     opts = SweepOptions(
-        space=str(space), data=str(data), objective=list(objective), smoke_test=bool(smoke_test),
+        space=str(space),
+        data=str(data),
+        objective=list(objective),
+        smoke_test=bool(smoke_test),
         storage=str(storage or os.environ.get("RAY_XRAY_STORAGE", SweepOptions.storage)),
-        name=name, settings=dict(settings or {}), **options,
-    )  # fmt: skip
+        name=name,
+        settings=dict(settings or {}),
+        **options,
+    )
     opts.trials = trials if trials is not None else (4 if smoke_test else SweepOptions.trials)
     from .tune.external import parse_specs
 

@@ -43,9 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     # Unreadable files are findings here, not failures.
     skipped = []  # every file not used, with the reason: listed, never silent
     table, bad, _ = load_table(
-        args.data, args.img_size, skip_bad=True, cache_root=args.cache, log_fn=log,
+        args.data,
+        args.img_size,
+        skip_bad=True,
+        cache_root=args.cache,
+        log_fn=log,
         skipped=skipped,
-    )  # fmt: skip
+    )
     table, dropped = apply_dedupe(table, args.dedupe)
     report = audit(table, bad, args.near_threshold, skipped)
     report["dedupe"] = {"policy": args.dedupe, "dropped": dropped}

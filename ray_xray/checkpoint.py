@@ -86,8 +86,9 @@ def is_model_record(obj) -> bool:
     return isinstance(obj, dict) and obj.get("format") in READABLE_FORMATS
 
 
-def model_record(model: torch.nn.Module, cfg, classes: list[str], mean: float, std: float,
-                 metrics: dict) -> dict:  # fmt: skip
+def model_record(
+    model: torch.nn.Module, cfg, classes: list[str], mean: float, std: float, metrics: dict
+) -> dict:
     """Everything `predict` needs to use a model without the run that made it.
 
     `cfg`: the run's ``TrainConfig`` (stored as ``cfg.to_dict()``: the one copy of img_size
@@ -164,9 +165,13 @@ def training_state(trainer_state: dict, progress, best: dict | None, improved: b
     `improved`, the best record shares the trainer's model tensors, so the file holds one copy.
     """
     state = {
-        **trainer_state, "epoch": progress.epoch, "best_value": progress.best_value,
-        "since_best": progress.since_best, "best": best, "history": progress.history,
-    }  # fmt: skip
+        **trainer_state,
+        "epoch": progress.epoch,
+        "best_value": progress.best_value,
+        "since_best": progress.since_best,
+        "best": best,
+        "history": progress.history,
+    }
     if improved and best is not None:
         state["best"] = {**best, "state_dict": trainer_state["model"]}
     return state
@@ -190,8 +195,13 @@ def load_state(folder: str | Path) -> dict:
 # ---------------------------------------------------------------- ensembles
 
 
-def ensemble_record(members: list[dict], weights: list[float], method: str,
-                    classes: list[str], extra: dict | None = None) -> dict:  # fmt: skip
+def ensemble_record(
+    members: list[dict],
+    weights: list[float],
+    method: str,
+    classes: list[str],
+    extra: dict | None = None,
+) -> dict:
     """The ENSEMBLE_FILE dict. `members`: model records each carrying a float "temperature";
     `weights`: one float per member; `extra`: more keys (e.g. operating_points). Raises
     ValueError for no members, a weight count mismatch, a member that is not a model record
@@ -256,6 +266,11 @@ def load_ensemble(path: str | Path) -> dict:
 def data_key(record: dict) -> tuple:
     """How a member's own data was loaded: (img_size, limit, seed, dedupe, skip_bad, leakage)."""
     cfg = record["config"]
-    return (preprocess(record)["img_size"], int(cfg.get("limit_per_split", 0)),
-            int(cfg.get("seed", 0)), cfg.get("dedupe", "off"), bool(cfg.get("skip_bad", False)),
-            bool(cfg.get("allow_leakage", False)))  # fmt: skip
+    return (
+        preprocess(record)["img_size"],
+        int(cfg.get("limit_per_split", 0)),
+        int(cfg.get("seed", 0)),
+        cfg.get("dedupe", "off"),
+        bool(cfg.get("skip_bad", False)),
+        bool(cfg.get("allow_leakage", False)),
+    )

@@ -44,8 +44,9 @@ def note_renamed(argv: Sequence[str], renamed: Mapping[str, str]) -> None:
     the old names still work for this release."""
     for old, new in renamed.items():
         if any(a == old or a.startswith(old + "=") for a in argv):
-            print(f"note: {old} is now {new} (the old name goes in the next release)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"note: {old} is now {new} (the old name goes in the next release)", file=sys.stderr
+            )
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:

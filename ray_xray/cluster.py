@@ -47,12 +47,24 @@ SETUP_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands"
 PLACEHOLDER = "REPLACE_ME"
 
 CREDENTIAL_PATTERNS = [
-    (re.compile(r"aws_access_key_id\s*[:=]\s*\S", re.I), "an AWS access key id (aws_access_key_id)"),
-    (re.compile(r"aws_secret_access_key\s*[:=]\s*\S", re.I), "an AWS secret key (aws_secret_access_key)"),
-    (re.compile(r"aws_session_token\s*[:=]\s*\S", re.I), "an AWS session token (aws_session_token)"),
+    (
+        re.compile(r"aws_access_key_id\s*[:=]\s*\S", re.I),
+        "an AWS access key id (aws_access_key_id)",
+    ),
+    (
+        re.compile(r"aws_secret_access_key\s*[:=]\s*\S", re.I),
+        "an AWS secret key (aws_secret_access_key)",
+    ),
+    (
+        re.compile(r"aws_session_token\s*[:=]\s*\S", re.I),
+        "an AWS session token (aws_session_token)",
+    ),
     (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key id (AKIA...)"),
-    (re.compile(r"WANDB_API_KEY\s*[:=]\s*[\"']?[^\s\"'$]", re.I), "a W&B API key (WANDB_API_KEY=...)"),
-]  # fmt: skip
+    (
+        re.compile(r"WANDB_API_KEY\s*[:=]\s*[\"']?[^\s\"'$]", re.I),
+        "a W&B API key (WANDB_API_KEY=...)",
+    ),
+]
 
 
 class Report:
@@ -185,9 +197,13 @@ def check_storage(config: dict, report: Report) -> None:
     elsewhere = [
         v
         for c in _commands(config, ("worker_setup_commands",))
-        + [str(c) for t in _node_types(config).values() for c in t.get("worker_setup_commands") or []]
+        + [
+            str(c)
+            for t in _node_types(config).values()
+            for c in t.get("worker_setup_commands") or []
+        ]
         for v in pattern.findall(c)
-    ]  # fmt: skip
+    ]
     for value in on_head + elsewhere:
         if not value.startswith(REMOTE_SCHEMES):
             report.error(

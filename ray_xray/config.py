@@ -186,8 +186,13 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-              dict: "a mapping"}  # fmt: skip
+TYPE_WORDS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a mapping",
+}
 
 
 @functools.cache

@@ -95,8 +95,9 @@ def _pick(model: nn.Module, hw: tuple[int, int], in_chans: int) -> CamTarget | N
     # Too small an input for any stage: the largest map (the deepest of equals).
     i, size = ok[-1] if ok else max(reversed(found), key=lambda f: min(f[1]))
     names = {id(m): n for n, m in model.named_modules()}
-    return CamTarget(names.get(id(stages[i]), type(stages[i]).__name__), stages[i],
-                     (int(size[0]), int(size[1])))  # fmt: skip
+    return CamTarget(
+        names.get(id(stages[i]), type(stages[i]).__name__), stages[i], (int(size[0]), int(size[1]))
+    )
 
 
 def cam_target(model: nn.Module, img_size: int, in_chans: int = 1) -> CamTarget | None:

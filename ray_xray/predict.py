@@ -88,11 +88,14 @@ def resolve_operating_point(record: dict, spec: str) -> dict:
     cls, sep, point = spec.rpartition("@")
     classes = list(record["classes"])
     if not sep or not cls or not point:
-        raise ValueError(f"--operating-point {spec!r}: expected CLASS@POINT, e.g. "
-                         f"{classes[-1]}@sens0.90 or {classes[-1]}@0.5")  # fmt: skip
+        raise ValueError(
+            f"--operating-point {spec!r}: expected CLASS@POINT, e.g. "
+            f"{classes[-1]}@sens0.90 or {classes[-1]}@0.5"
+        )
     if cls not in classes:
-        raise ValueError(f"--operating-point {spec!r}: no class {cls!r} (classes: "
-                         f"{', '.join(classes)})")  # fmt: skip
+        raise ValueError(
+            f"--operating-point {spec!r}: no class {cls!r} (classes: {', '.join(classes)})"
+        )
     stored = (record.get("operating_points") or {}).get(cls) or {}
     if point in stored:
         return {"class": cls, "point": point, "threshold": float(stored[point])}
@@ -100,8 +103,10 @@ def resolve_operating_point(record: dict, spec: str) -> dict:
         t = float(point)
     except ValueError:
         have = ", ".join(sorted(stored)) or "none (only an ensemble.pt stores them)"
-        raise ValueError(f"--operating-point {spec!r}: no stored point {point!r} for {cls} "
-                         f"(stored: {have}; or give a probability threshold)") from None  # fmt: skip
+        raise ValueError(
+            f"--operating-point {spec!r}: no stored point {point!r} for {cls} "
+            f"(stored: {have}; or give a probability threshold)"
+        ) from None
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"--operating-point {spec!r}: a threshold must be in [0, 1]")
     return {"class": cls, "point": point, "threshold": t}
@@ -112,10 +117,13 @@ def apply_operating_points(rows: list[dict], points: list[dict]) -> list[dict]:
     row (positive when the class probability >= threshold). Returns the same rows."""
     for r in rows:
         r["decisions"] = [
-            {**p, "probability": r["probabilities"][p["class"]],
-             "positive": bool(r["probabilities"][p["class"]] >= p["threshold"])}
+            {
+                **p,
+                "probability": r["probabilities"][p["class"]],
+                "positive": bool(r["probabilities"][p["class"]] >= p["threshold"]),
+            }
             for p in points
-        ]  # fmt: skip
+        ]
     return rows
 
 
@@ -186,13 +194,20 @@ def main(argv: list[str] | None = None) -> int:
         "images", nargs="+", help="image files: PNG, JPEG, BMP, TIFF, WebP or DICOM (.dcm)"
     )
     ap.add_argument("--json", action="store_true", help="print a JSON list")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                    help="where to run the model (auto: GPU when available)")  # fmt: skip
     ap.add_argument(
-        "--operating-point", action="append", default=[], metavar="CLASS@POINT",
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run the model (auto: GPU when available)",
+    )
+    ap.add_argument(
+        "--operating-point",
+        action="append",
+        default=[],
+        metavar="CLASS@POINT",
         help="add a positive/negative call for CLASS: POINT is a stored point of the ensemble "
         "(sens0.90, spec0.95, ...) or a probability threshold (0.37); repeatable",
-    )  # fmt: skip
+    )
     args = ap.parse_args(argv)
     record = load_model_or_ensemble(args.checkpoint)
     points = [resolve_operating_point(record, s) for s in args.operating_point]
@@ -206,12 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(r["image"]) for r in rows)
     names = [f"{p['class']}@{p['point']}" for p in points]
     cols = [max(len(n), 8) for n in names]
-    print(f"{'image':<{width}}  {'prediction':<12} " + " ".join(f"{c[:12]:>12}" for c in classes)
-          + "".join(f"  {n:>{w}}" for n, w in zip(names, cols, strict=True)))  # fmt: skip
+    print(
+        f"{'image':<{width}}  {'prediction':<12} "
+        + " ".join(f"{c[:12]:>12}" for c in classes)
+        + "".join(f"  {n:>{w}}" for n, w in zip(names, cols, strict=True))
+    )
     for r in rows:
         probs = " ".join(f"{r['probabilities'][c]:>12.4f}" for c in classes)
-        calls = "".join(f"  {'positive' if d['positive'] else 'negative':>{w}}"
-                        for d, w in zip(r.get("decisions", []), cols, strict=True))  # fmt: skip
+        calls = "".join(
+            f"  {'positive' if d['positive'] else 'negative':>{w}}"
+            for d, w in zip(r.get("decisions", []), cols, strict=True)
+        )
         print(f"{r['image']:<{width}}  {r['prediction']:<12} {probs}{calls}")
     for p in points:
         print(f"{p['class']}@{p['point']}: positive when P({p['class']}) >= {p['threshold']:.6g}")

@@ -42,8 +42,9 @@ def pin_ray_address() -> None:
             pass
 
 
-def runtime_env(extra_env: dict | None = None, hook: Callable | None = pin_ray_address,
-                local: bool = True) -> dict:  # fmt: skip
+def runtime_env(
+    extra_env: dict | None = None, hook: Callable | None = pin_ray_address, local: bool = True
+) -> dict:
     """A fresh runtime_env for ray.init, with `hook` as every worker's setup hook (None: none);
     `local`: a Ray started here (adds LOCAL_ENV), not a cluster joined by address.
 

@@ -38,8 +38,14 @@ def _nanmean(values) -> float:
     return float(np.mean(v)) if v else math.nan
 
 
-def report(y: np.ndarray, prob: np.ndarray, classes: list[str], intervals: bool = False,
-           n_boot: int = S.N_BOOT, seed: int = S.SEED) -> dict:  # fmt: skip
+def report(
+    y: np.ndarray,
+    prob: np.ndarray,
+    classes: list[str],
+    intervals: bool = False,
+    n_boot: int = S.N_BOOT,
+    seed: int = S.SEED,
+) -> dict:
     """full_report + auc_per_class, pr_ap (per class), pr_ap_macro, ece (15 bins, top label).
 
     With `intervals`, also "intervals": {"accuracy": Wilson proportion, "per_class": {class:
@@ -118,12 +124,15 @@ def point_name(kind: str, target: float) -> str:
 def _counts(pos: np.ndarray, score: np.ndarray, t: float) -> dict:
     """Sensitivity and specificity of `score >= t` with their Wilson intervals."""
     pred = score >= t
-    return {"sensitivity": S.proportion(int((pred & pos).sum()), int(pos.sum())),
-            "specificity": S.proportion(int((~pred & ~pos).sum()), int((~pos).sum()))}  # fmt: skip
+    return {
+        "sensitivity": S.proportion(int((pred & pos).sum()), int(pos.sum())),
+        "specificity": S.proportion(int((~pred & ~pos).sum()), int((~pos).sum())),
+    }
 
 
-def operating_points(y_val, p_val, y_test, p_test, classes, specificities=SPECIFICITIES,
-                     sensitivities=SENSITIVITIES) -> dict:  # fmt: skip
+def operating_points(
+    y_val, p_val, y_test, p_test, classes, specificities=SPECIFICITIES, sensitivities=SENSITIVITIES
+) -> dict:
     """Per class, thresholds fixed on validation for each target specificity (the most
     sensitive threshold reaching it) and each target sensitivity (the most specific one), and
     what they give on test.
@@ -145,11 +154,19 @@ def operating_points(y_val, p_val, y_test, p_test, classes, specificities=SPECIF
                 t = threshold_for_specificity(p_val[~pos_v, k], p_val[:, k], target)
             else:
                 t = threshold_for_sensitivity(p_val[pos_v, k], p_val[:, k], target)
-            row = {"kind": TARGET_KINDS[kind], "target": float(target), "threshold": t,
-                   "threshold_logit": log_odds(t)}  # fmt: skip
+            row = {
+                "kind": TARGET_KINDS[kind],
+                "target": float(target),
+                "threshold": t,
+                "threshold_logit": log_odds(t),
+            }
             if t is None:
-                row.update(val_sensitivity=math.nan, val_specificity=math.nan,
-                           test_sensitivity=math.nan, test_specificity=math.nan)  # fmt: skip
+                row.update(
+                    val_sensitivity=math.nan,
+                    val_specificity=math.nan,
+                    test_sensitivity=math.nan,
+                    test_specificity=math.nan,
+                )
             else:
                 row["val_sensitivity"], row["val_specificity"] = sens_spec(pos_v, p_val[:, k], t)
                 row["test_sensitivity"], row["test_specificity"] = sens_spec(pos_t, p_test[:, k], t)
@@ -161,5 +178,7 @@ def operating_points(y_val, p_val, y_test, p_test, classes, specificities=SPECIF
 def stored_points(points: dict) -> dict:
     """{class: {name: threshold}} of operating_points' output, for ensemble.pt (thresholds on
     the ensemble's probability of that class; None ones left out)."""
-    return {c: {n: float(r["threshold"]) for n, r in rows.items() if r["threshold"] is not None}
-            for c, rows in points.items()}  # fmt: skip
+    return {
+        c: {n: float(r["threshold"]) for n, r in rows.items() if r["threshold"] is not None}
+        for c, rows in points.items()
+    }

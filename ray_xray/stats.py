@@ -167,8 +167,11 @@ def bootstrap(
     present = np.isin(np.arange(k), y)
     macro_auc = aucs.mean(1) if present.all() else np.full(n_boot, math.nan)
     return {
-        "n_boot": int(n_boot), "seed": int(seed), "level": float(level),
-        "macro_f1": _interval(f1, level), "accuracy": _interval(acc, level),
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "level": float(level),
+        "macro_f1": _interval(f1, level),
+        "accuracy": _interval(acc, level),
         "auc": _interval(macro_auc, level),
         "auc_per_class": {c: _interval(aucs[:, i], level) for i, c in enumerate(classes)},
-    }  # fmt: skip
+    }

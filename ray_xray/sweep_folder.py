@@ -139,5 +139,12 @@ def read_experiment(exp_dir: str | Path) -> dict:
     for col in ("trial_id", "status", "checkpoint_path"):
         if col not in table.columns:
             raise ValueError(f"{exp}/{RESULTS_FILE}: column '{col}' missing")
-    return {"exp_dir": exp.resolve(), "table": table, "sweep": sweep, "options": options,
-            "objective": objective, "key": key, "mode": metric_mode(objective[0])}  # fmt: skip
+    return {
+        "exp_dir": exp.resolve(),
+        "table": table,
+        "sweep": sweep,
+        "options": options,
+        "objective": objective,
+        "key": key,
+        "mode": metric_mode(objective[0]),
+    }

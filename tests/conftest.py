@@ -86,8 +86,9 @@ def grey_png(path: Path, value: int = 128, size: int = 32) -> Path:
 SYNTHETIC_CLASSES = ("normal", "pneumonia", "tuberculosis")
 
 
-def write_external(root: Path, per_class: int = 8, size: int = 40, classes=SYNTHETIC_CLASSES,
-                   seed: int = 7) -> Path:  # fmt: skip
+def write_external(
+    root: Path, per_class: int = 8, size: int = 40, classes=SYNTHETIC_CLASSES, seed: int = 7
+) -> Path:
     """ROOT/<CLASS>/*.png (upper-case folder names, as many public sets have), no split
     folders; rendered from seeds no synthetic:chest3 split uses."""
     from ray_xray.data.synthetic import render
@@ -126,22 +127,29 @@ def wheel_venv(tmp_path_factory) -> dict:
     site = Path(
         subprocess.run(
             [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
-    )  # fmt: skip
+    )
     deps = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
     (site / "zz_test_deps.pth").write_text("".join(f"{d}\n" for d in deps))
     subprocess.run(
         [*pip, "--python", python, "install", "--no-deps", "--no-index", wheel],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     cwd = root / "elsewhere"
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return {
-        "python": str(python), "script": str(venv / "bin" / "ray-xray"), "site": site,
-        "cwd": cwd, "env": env, "wheel": wheel,
-    }  # fmt: skip
+        "python": str(python),
+        "script": str(venv / "bin" / "ray-xray"),
+        "site": site,
+        "cwd": cwd,
+        "env": env,
+        "wheel": wheel,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -167,14 +175,40 @@ def smoke_sweep(tmp_path_factory, wheel_venv):
     external = str(write_external(root / "site_b", 6))  # 18 images, for test_external
     ray_tmp = tempfile.mkdtemp(prefix="rx", dir="/tmp")  # short: Ray's socket paths
     p = subprocess.Popen(
-        [wheel_venv["python"], "-m", "ray_xray.tune", "--space", "all", "--smoke-test",
-         "--trials", "4", "--top-k", "4", "--storage", "runs", "--cache", "relcache", "--name",
-         "t", "--wandb", "offline", "--external", external],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root,
-        env={**wheel_venv["env"], "WANDB_CACHE_DIR": str(root / "wandb-cache"),
-             "WANDB_CONFIG_DIR": str(root / "wandb-config"), "RAY_TMPDIR": ray_tmp},
+        [
+            wheel_venv["python"],
+            "-m",
+            "ray_xray.tune",
+            "--space",
+            "all",
+            "--smoke-test",
+            "--trials",
+            "4",
+            "--top-k",
+            "4",
+            "--storage",
+            "runs",
+            "--cache",
+            "relcache",
+            "--name",
+            "t",
+            "--wandb",
+            "offline",
+            "--external",
+            external,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=root,
+        env={
+            **wheel_venv["env"],
+            "WANDB_CACHE_DIR": str(root / "wandb-cache"),
+            "WANDB_CONFIG_DIR": str(root / "wandb-config"),
+            "RAY_TMPDIR": ray_tmp,
+        },
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         out, _ = p.communicate(timeout=SMOKE_SWEEP_LIMIT_S)
     except subprocess.TimeoutExpired:
@@ -198,9 +232,28 @@ def smoke_sweep(tmp_path_factory, wheel_venv):
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = ensemble_main([str(exp), "--top-k", "4", "--out", str(storage / "ens"),
-                              "--device", "cpu", "--json", "--no-report"])  # fmt: skip
+        code = ensemble_main(
+            [
+                str(exp),
+                "--top-k",
+                "4",
+                "--out",
+                str(storage / "ens"),
+                "--device",
+                "cpu",
+                "--json",
+                "--no-report",
+            ]
+        )
     assert code == 0, stderr.getvalue()[-3000:]
-    return {"exp": exp, "out": exp / "ensemble", "output": out, "cli_out": storage / "ens",
-            "external": external, "root": root, "ray_parquet": ray_parquet,
-            "summary": json.loads(stdout.getvalue()), "stderr": stderr.getvalue()}  # fmt: skip
+    return {
+        "exp": exp,
+        "out": exp / "ensemble",
+        "output": out,
+        "cli_out": storage / "ens",
+        "external": external,
+        "root": root,
+        "ray_parquet": ray_parquet,
+        "summary": json.loads(stdout.getvalue()),
+        "stderr": stderr.getvalue(),
+    }

@@ -51,8 +51,13 @@ def test_select_takes_the_highest_scores_and_random_ignores_them():
 
 
 def test_sequence_grows_by_query_size_with_train_items_only(tiny_data):
-    cfg = TrainConfig(model="cnn", img_size=32, epochs=1, batch_size=16,
-                        model_kwargs={"width": 4, "head_dims": [16], "pool_size": 1})  # fmt: skip
+    cfg = TrainConfig(
+        model="cnn",
+        img_size=32,
+        epochs=1,
+        batch_size=16,
+        model_kwargs={"width": 4, "head_dims": [16], "pool_size": 1},
+    )
     rows = L.run_sequence(tiny_data, cfg, "entropy", seed=3, initial=0.3, query=0.1, rounds=3)
     n_train = len(tiny_data.labels["train"])
     k, n0 = L.query_size(n_train, 0.1), round(0.3 * n_train)
@@ -139,8 +144,9 @@ def test_uncertainty_strategies_skip_copies_of_labelled_images(tiny_data, strate
 
 
 def test_mc_dropout_passes_differ_and_bald_is_non_negative(tiny_data):
-    cfg = TrainConfig(model="cnn", img_size=32, model_kwargs={"width": 4, "head_dims": [16],
-                                                                 "pool_size": 1})  # fmt: skip
+    cfg = TrainConfig(
+        model="cnn", img_size=32, model_kwargs={"width": 4, "head_dims": [16], "pool_size": 1}
+    )
     E.seed_everything(0)
     model = E.build_model(cfg, 3)
     loader, feed = make_loader(tiny_data.dataset("test"), 32), tiny_data.feed(1, CPU)
@@ -187,8 +193,18 @@ def test_smoke_run_writes_a_side_by_side_comparison(tmp_path, capsys):
             assert counts == [cfg["n_initial"] + i * cfg["query_size"] for i in range(3)]
     for seed in cfg["seeds"]:  # same initial pool and training seed: round 0 is one model
         r0 = [r for r in rows if r["seed"] == seed and r["round"] == 0]
-        assert len({json.dumps({k: v for k, v in r.items() if k.startswith(("test_", "initial"))},
-                               sort_keys=True) for r in r0}) == 1  # fmt: skip
+        assert (
+            len(
+                {
+                    json.dumps(
+                        {k: v for k, v in r.items() if k.startswith(("test_", "initial"))},
+                        sort_keys=True,
+                    )
+                    for r in r0
+                }
+            )
+            == 1
+        )
     header = (out / "rounds.csv").read_text().splitlines()[0].split(",")
     for col in ("test_macro_f1", "test_f1_tuberculosis", "queried_tuberculosis", "n_labelled"):
         assert col in header
@@ -236,8 +252,20 @@ def test_runs_as_ray_tasks_give_the_same_round_zero(tmp_path, ray_shutdown):
     identical round-0 model from the same seed, and the outputs are complete."""
     out = tmp_path / "al"
     with pytest.raises(SystemExit) as exc:
-        run(main, ["--smoke-test", "--repeats", "1", "--strategy", "mc_dropout",
-                   "--cpus-per-job", "1", "--out", str(out)])  # fmt: skip
+        run(
+            main,
+            [
+                "--smoke-test",
+                "--repeats",
+                "1",
+                "--strategy",
+                "mc_dropout",
+                "--cpus-per-job",
+                "1",
+                "--out",
+                str(out),
+            ],
+        )
     assert exc.value.code == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["strategy"] for r in rows} == {"mc_dropout", "random"}

@@ -209,9 +209,14 @@ def test_sweep_records_the_equivalent_command():
     from ray_xray.tune.service import SweepOptions
 
     opts = SweepOptions(
-        space="cnn", trials=3, objective=["val_macro_f1", "val_loss"], smoke_test=True,
-        ensemble=False, budget_minutes=2.5, settings={"epochs": 4, "model.head_dims": [64]},
-    )  # fmt: skip
+        space="cnn",
+        trials=3,
+        objective=["val_macro_f1", "val_loss"],
+        smoke_test=True,
+        ensemble=False,
+        budget_minutes=2.5,
+        settings={"epochs": 4, "model.head_dims": [64]},
+    )
     argv = _cli_argv(opts)
     args = build_parser().parse_args(argv)
     assert (args.space, args.trials, args.objective) == ("cnn", 3, "val_macro_f1,val_loss")

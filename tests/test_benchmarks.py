@@ -30,10 +30,21 @@ def sample(name: str, head: str, quick: bool = False) -> dict:
         headline=[head],
         notes=["a note"],
     )
-    res.update(command=f"python -m benchmarks --only {name}", quick=quick, duration_s=90.0,
-               machine={"cpu": "Test CPU", "usable_cpus": 2, "torch": "2.x", "ray": "2.y",
-                        "optuna": "4.z", "python": "3.11", "date": "2026-01-02T03:04:05+00:00",
-                        "cpu_flags": ["avx512_bf16"]})  # fmt: skip
+    res.update(
+        command=f"python -m benchmarks --only {name}",
+        quick=quick,
+        duration_s=90.0,
+        machine={
+            "cpu": "Test CPU",
+            "usable_cpus": 2,
+            "torch": "2.x",
+            "ray": "2.y",
+            "optuna": "4.z",
+            "python": "3.11",
+            "date": "2026-01-02T03:04:05+00:00",
+            "cpu_flags": ["avx512_bf16"],
+        },
+    )
     return res
 
 
@@ -65,14 +76,16 @@ def test_rerunning_one_benchmark_replaces_only_its_section(tmp_path):
 
 
 def test_cell_formatting():
-    assert [C.fmt(v) for v in (None, 1234.5, 123.4, 12.34, 1.234, 0.1234, float("nan"), 7, 12345, "a|b")] == [
-        "–", "1,234", "123", "12.3", "1.23", "0.123", "–", "7", "12,345", "a\\|b"
-    ]  # fmt: skip
+    assert [
+        C.fmt(v) for v in (None, 1234.5, 123.4, 12.34, 1.234, 0.1234, float("nan"), 7, 12345, "a|b")
+    ] == ["–", "1,234", "123", "12.3", "1.23", "0.123", "–", "7", "12,345", "a\\|b"]
 
 
 def test_settings_are_typed_like_their_defaults():
-    defaults = {"full": {"n": 3, "x": 1.5, "on": True, "models": [], "seeds": [0, 1], "s": "a"},
-                "quick": {"n": 1, "x": 0.5, "on": False, "models": [], "seeds": [0], "s": "b"}}  # fmt: skip
+    defaults = {
+        "full": {"n": 3, "x": 1.5, "on": True, "models": [], "seeds": [0, 1], "s": "a"},
+        "quick": {"n": 1, "x": 0.5, "on": False, "models": [], "seeds": [0], "s": "b"},
+    }
     got = C.resolve_settings(
         defaults, False, {"n": "5", "x": "2", "on": "no", "models": "cnn,vit", "seeds": "3,4"}
     )
@@ -111,11 +124,14 @@ def test_spend_curve_orders_reports_across_trials_and_cuts_at_the_budget():
     from benchmarks.search import epochs_to_reach, spend_curve, value_at
 
     events = [
-        ev(1.0, "A", 1, 0.50), ev(2.0, "B", 1, 0.40), ev(3.0, "A", 2, 0.60),
+        ev(1.0, "A", 1, 0.50),
+        ev(2.0, "B", 1, 0.40),
+        ev(3.0, "A", 2, 0.60),
         ev(3.0, "A", 2, 0.60),  # a restored trial re-reporting its last epoch: counted once
         ev(4.0, "C", 1, float("nan")),  # a diverged epoch spends budget, never becomes the best
-        ev(5.0, "B", 2, 0.70), ev(6.0, "C", 2, 0.90),
-    ]  # fmt: skip
+        ev(5.0, "B", 2, 0.70),
+        ev(6.0, "C", 2, 0.90),
+    ]
     curve = spend_curve(list(reversed(events)), budget=5)
     assert curve == [0.5, 0.5, 0.6, 0.6, 0.7]  # C's 0.90 came after the budget was spent
     assert epochs_to_reach(curve, 0.6) == 3 and epochs_to_reach(curve, 0.65) == 5
@@ -141,10 +157,13 @@ def test_search_summary_counts_trial_epochs_to_random_best(tmp_path, monkeypatch
         }
 
     runs = {
-        "ASHA+TPE": {0: run([.5, .6, .8, .8, .8, .8], 5), 1: run([.4, .4, .5, .7, .7, .7], 5)},
-        "TPE": {0: run([.5, .6, .6, .7, .7, .75]), 1: run([.4, .4, .4, .4, .6, .6])},
-        "random": {0: run([.5, .6, .6, .7, .7, .7]), 1: run([.4, .4, .5, .5, .6, .65])},
-    }  # fmt: skip
+        "ASHA+TPE": {
+            0: run([0.5, 0.6, 0.8, 0.8, 0.8, 0.8], 5),
+            1: run([0.4, 0.4, 0.5, 0.7, 0.7, 0.7], 5),
+        },
+        "TPE": {0: run([0.5, 0.6, 0.6, 0.7, 0.7, 0.75]), 1: run([0.4, 0.4, 0.4, 0.4, 0.6, 0.6])},
+        "random": {0: run([0.5, 0.6, 0.6, 0.7, 0.7, 0.7]), 1: run([0.4, 0.4, 0.5, 0.5, 0.6, 0.65])},
+    }
     res = search.summarise(s, runs)
     reach = res["data"]["reach"]
     assert reach["random"] == {"0": 4, "1": 6}  # where random found its own final best
@@ -176,7 +195,7 @@ def test_overhead_phases_from_trace_and_launch_times():
         {"event": "reported", "t": 139.1, "pid": 20, "epoch": 2},
         {"event": "worker_end", "t": 139.2, "pid": 20, "trial": "t1"},
         {"event": "trial_end", "t": 141.1, "pid": 10, "trial": "t1"},
-    ]  # fmt: skip
+    ]
     p = trial_phases(trace, {10: 100.0, 20: 111.0})["t1"]
     assert p["tune actor start"] == 2.0 and p["controller + worker group"] == 9.0
     assert p["worker process start"] == 4.0 and p["data load"] == 0.5
@@ -205,7 +224,7 @@ def test_overhead_phases_of_an_inline_trial():
         {"event": "reported", "t": 115.0, "pid": 10, "epoch": 1},
         {"event": "worker_end", "t": 115.1, "pid": 10, "trial": "t1"},
         {"event": "trial_end", "t": 115.2, "pid": 10, "trial": "t1"},
-    ]  # fmt: skip
+    ]
     p = trial_phases(trace, {10: 100.0})["t1"]
     assert p["tune actor start"] == 2.0 and p["controller + worker group"] == 0.0
     assert p["worker process start"] == 1.5  # importing the training code

@@ -71,8 +71,12 @@ def test_preprocess_reads_old_and_new_records_alike():
     old["format"] = "ray_xray/1"  # as written before: img_size twice, mean/std in preprocess
     old["preprocess"] = {"img_size": 48, "in_chans": 1, "mean": 0.4, "std": 0.2}
     assert C.preprocess(new) == C.preprocess(old)
-    assert C.preprocess(new) == {"img_size": 48, "in_chans": 1, "mean": pytest.approx(0.4),
-                                 "std": pytest.approx(0.2)}  # fmt: skip
+    assert C.preprocess(new) == {
+        "img_size": 48,
+        "in_chans": 1,
+        "mean": pytest.approx(0.4),
+        "std": pytest.approx(0.2),
+    }
     no_size = {"preprocess": {"in_chans": 1, "mean": 0.4, "std": 0.2}, "config": {}}
     with pytest.raises(ValueError, match="without img_size"):
         C.preprocess(no_size)
@@ -85,9 +89,12 @@ def test_resolve_and_load_each_kind_of_path(tmp_path):
     C.atomic_save(rec, run / C.MODEL_FILE)
     trial = tmp_path / "trial" / "checkpoint_000001"
     trial.mkdir(parents=True)
-    state = C.training_state({"model": rec["state_dict"]},
-                             type("P", (), {"epoch": 1, "best_value": 0.5, "since_best": 0,
-                                            "history": []})(), rec, improved=True)  # fmt: skip
+    state = C.training_state(
+        {"model": rec["state_dict"]},
+        type("P", (), {"epoch": 1, "best_value": 0.5, "since_best": 0, "history": []})(),
+        rec,
+        improved=True,
+    )
     C.save_state(state, trial)
     ens_dir = tmp_path / "ens"
     ens_dir.mkdir()

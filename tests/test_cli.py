@@ -77,18 +77,55 @@ def _train_cfg(argv):
 
 def test_train_set_flags_and_old_names_agree():
     by_flags = _train_cfg(
-        ["--epochs", "3", "--lr-scheduler", "cosine", "--num-workers", "2", "--loader-workers",
-         "2", "--no-channels-last", "--class-weights", "--hp", "dropout=0.3"]
-    )  # fmt: skip
+        [
+            "--epochs",
+            "3",
+            "--lr-scheduler",
+            "cosine",
+            "--num-workers",
+            "2",
+            "--loader-workers",
+            "2",
+            "--no-channels-last",
+            "--class-weights",
+            "--hp",
+            "dropout=0.3",
+        ]
+    )
     by_set = _train_cfg(
-        ["--set", "epochs=3", "--set", "lr_scheduler=cosine", "--set", "num_workers=2",
-         "--set", "loader_workers=2", "--set", "channels_last=false", "--set",
-         "class_weights=true", "--set", "model.dropout=0.3"]
-    )  # fmt: skip
+        [
+            "--set",
+            "epochs=3",
+            "--set",
+            "lr_scheduler=cosine",
+            "--set",
+            "num_workers=2",
+            "--set",
+            "loader_workers=2",
+            "--set",
+            "channels_last=false",
+            "--set",
+            "class_weights=true",
+            "--set",
+            "model.dropout=0.3",
+        ]
+    )
     old = _train_cfg(
-        ["--epochs", "3", "--scheduler", "cosine", "--workers", "2", "--loader-workers", "2",
-         "--no-channels-last", "--class-weights", "--set", "model.dropout=0.3"]
-    )  # fmt: skip
+        [
+            "--epochs",
+            "3",
+            "--scheduler",
+            "cosine",
+            "--workers",
+            "2",
+            "--loader-workers",
+            "2",
+            "--no-channels-last",
+            "--class-weights",
+            "--set",
+            "model.dropout=0.3",
+        ]
+    )
     assert by_flags == by_set == old
     assert (by_set.scheduler, by_set.workers, by_set.loader_workers) == ("cosine", 2, 2)
     assert by_set.model_kwargs == {"dropout": 0.3} and by_set.channels_last is False
@@ -118,11 +155,13 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize("argv, message", BAD_SETTINGS)
 @pytest.mark.parametrize("command", ["train", "tune", "active"])
-def test_bad_settings_are_one_line_naming_key_value_and_type(command, argv, message, capsys,
-                                                             tmp_path):  # fmt: skip
+def test_bad_settings_are_one_line_naming_key_value_and_type(
+    command, argv, message, capsys, tmp_path
+):
     main = importlib.import_module(f"ray_xray.{command}.__main__").main
-    line = _one_line_error(main, [*argv, "--out" if command != "tune" else "--storage",
-                                  str(tmp_path / "o")], capsys)  # fmt: skip
+    line = _one_line_error(
+        main, [*argv, "--out" if command != "tune" else "--storage", str(tmp_path / "o")], capsys
+    )
     assert message in line and "Traceback" not in line
     assert not (tmp_path / "o").exists()
 
@@ -141,8 +180,9 @@ def test_train_flag_errors_are_one_line(argv, message, capsys, tmp_path):
 
 
 def test_tune_refuses_settings_its_own_options_give(capsys, tmp_path):
-    line = _one_line_error(tune_cli.main, ["--set", "workers=2", "--storage", str(tmp_path)],
-                           capsys)  # fmt: skip
+    line = _one_line_error(
+        tune_cli.main, ["--set", "workers=2", "--storage", str(tmp_path)], capsys
+    )
     assert "use --num-workers" in line
 
 
@@ -176,10 +216,26 @@ def test_smoke_test_is_one_spelling_with_the_old_ones_kept():
 
 
 def test_parse_settings_values_and_aliases():
-    got = parse_settings(["lr=3e-4", "epochs=4", "channels_last=no", "num_workers=2",
-                          "lr_scheduler=cosine", "model.head_dims=[64, 32]", "model.act=gelu"])  # fmt: skip
-    assert got == {"lr": 3e-4, "epochs": 4, "channels_last": False, "workers": 2,
-                   "scheduler": "cosine", "model.head_dims": [64, 32], "model.act": "gelu"}  # fmt: skip
+    got = parse_settings(
+        [
+            "lr=3e-4",
+            "epochs=4",
+            "channels_last=no",
+            "num_workers=2",
+            "lr_scheduler=cosine",
+            "model.head_dims=[64, 32]",
+            "model.act=gelu",
+        ]
+    )
+    assert got == {
+        "lr": 3e-4,
+        "epochs": 4,
+        "channels_last": False,
+        "workers": 2,
+        "scheduler": "cosine",
+        "model.head_dims": [64, 32],
+        "model.act": "gelu",
+    }
 
 
 def test_config_type_errors_name_key_value_and_type():
@@ -249,8 +305,10 @@ def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys,
     clock = [1000.0]
     monkeypatch.setattr(console.time, "time", lambda: clock[0])
     r = console.ConsoleReporter("val_loss", total=4, budget_s=600)  # lower is better
-    a, b = (SimpleNamespace(trial_id=t, config={"model": "cnn"}, last_result={}, error_file=None)
-            for t in ("a_00000", "a_00001"))  # fmt: skip
+    a, b = (
+        SimpleNamespace(trial_id=t, config={"model": "cnn"}, last_result={}, error_file=None)
+        for t in ("a_00000", "a_00001")
+    )
     for t in (a, b):
         r.on_trial_start(0, [], t)
     r.on_trial_result(0, [], a, {"val_loss": 0.9, "epoch": 1})
@@ -267,7 +325,9 @@ def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys,
     r.on_trial_error(0, [], b)
     err = capsys.readouterr().err
     assert "status: 2/4 trials finished (1 failed), 0 running" in err  # a line after each end
-    assert (f"a_00001 ERROR  RuntimeError: injected fault: CUDA out of memory  (traceback: "
-            f"{tmp_path / 'error.txt'})") in err  # fmt: skip
+    assert (
+        f"a_00001 ERROR  RuntimeError: injected fault: CUDA out of memory  (traceback: "
+        f"{tmp_path / 'error.txt'})"
+    ) in err
     r.budget_s = 0
     assert r.status().endswith("2m10s elapsed, ~2m10s left at this pace")

@@ -17,8 +17,11 @@ LOCAL = REPO / "cluster" / "local.yaml"
 def check(*files, args=()):
     p = subprocess.run(
         [sys.executable, "-m", "ray_xray.cluster", "check", *args, *map(str, files)],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     return p.returncode, p.stdout + p.stderr
 
 
@@ -178,8 +181,12 @@ def test_missing_file_and_multiple_files(tmp_path):
 
 
 def test_help_explains_the_rules():
-    p = subprocess.run([sys.executable, "-m", "ray_xray.cluster", "check", "--help"],
-                       capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "ray_xray.cluster", "check", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert p.returncode == 0 and "RAY_XRAY_STORAGE" in p.stdout and "safe_load" in p.stdout
     p = subprocess.run([sys.executable, "-m", "ray_xray.cluster"], capture_output=True, text=True)
     assert p.returncode == 2 and "check" in p.stderr
@@ -212,13 +219,17 @@ def cluster():
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": _free_port(),
-        },  # fmt: skip
+        },
     )
     try:
         nodes = [c.add_node(num_cpus=1, object_store_memory=150 * 2**20) for _ in range(2)]
         c.wait_for_nodes()
-        ray.init(address=c.address, logging_level="WARNING", log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})  # fmt: skip
+        ray.init(
+            address=c.address,
+            logging_level="WARNING",
+            log_to_driver=False,
+            runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        )
         yield c, {n.node_id for n in nodes}
     finally:
         ray.shutdown()
@@ -249,8 +260,16 @@ def test_multi_node_ddp_and_sweep(cluster, tmp_path):
 
     # (i) 2 DDP workers, 1 CPU each: the head has no CPU and each worker node only one, so the
     # two must run on the two worker nodes; the state API confirms it.
-    cfg = TrainConfig(model="cnn_lstm", data="synthetic:chest3:10", img_size=32, epochs=1, workers=2,
-                      batch_size=8, precision="fp32", limit_per_split=32)  # fmt: skip
+    cfg = TrainConfig(
+        model="cnn_lstm",
+        data="synthetic:chest3:10",
+        img_size=32,
+        epochs=1,
+        workers=2,
+        batch_size=8,
+        precision="fp32",
+        limit_per_split=32,
+    )
     trainer = make_trainer(cfg, name="mn", storage=str(tmp_path / "ddp"), cpus_per_worker=1)
     result = trainer.fit()
     assert result.error is None, result.error
@@ -261,8 +280,14 @@ def test_multi_node_ddp_and_sweep(cluster, tmp_path):
     t_ddp = time.perf_counter() - t0
 
     # (ii) a smoke sweep of 2 one-CPU trials: at most one fits per worker node, both at once.
-    opts = SweepOptions(space="cnn_lstm", smoke_test=True, trials=2, cpus_per_trial=1,
-                        storage=str(tmp_path / "sweep"), name="mn")  # fmt: skip
+    opts = SweepOptions(
+        space="cnn_lstm",
+        smoke_test=True,
+        trials=2,
+        cpus_per_trial=1,
+        storage=str(tmp_path / "sweep"),
+        name="mn",
+    )
     run_sweep(opts)
     table = pd.read_parquet(tmp_path / "sweep" / "mn" / "results.parquet")
     assert len(table) == 2 and set(table["status"]) == {"TERMINATED"}, table

@@ -42,9 +42,18 @@ def _train_steps(cfg: TrainConfig, data, steps: int = STEPS) -> list[float]:
             it = iter(tr.train_loader)
             batch = next(it)
         out = E.train_one_epoch(
-            tr.model, [batch], tr.loss_fn, tr.opt, tr.sched, tr.scaler, tr.device, tr.precision,
-            cfg.grad_clip, tr.channels_last, feed=tr.feed,
-        )  # fmt: skip
+            tr.model,
+            [batch],
+            tr.loss_fn,
+            tr.opt,
+            tr.sched,
+            tr.scaler,
+            tr.device,
+            tr.precision,
+            cfg.grad_clip,
+            tr.channels_last,
+            feed=tr.feed,
+        )
         losses.append(out["train_loss"])
     return losses
 
@@ -64,8 +73,15 @@ RECIPES = {
 def test_every_model_trains_in_every_precision(model, precision, recipe, data64):
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    cfg = TrainConfig(model=model, img_size=64, batch_size=32, lr=1e-3, precision=precision,
-                      epochs=1, **RECIPES[recipe])  # fmt: skip
+    cfg = TrainConfig(
+        model=model,
+        img_size=64,
+        batch_size=32,
+        lr=1e-3,
+        precision=precision,
+        epochs=1,
+        **RECIPES[recipe],
+    )
     losses = _train_steps(cfg, data64)
     assert np.isfinite(losses).all(), losses
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
@@ -109,9 +125,27 @@ def test_two_trial_sweep_shares_one_gpu(tmp_path, runner):
     """Both trial runners on one GPU, two trials at half a GPU each (auto picks torchtrainer
     for GPU trials until this passes with inline on a GPU node)."""
     env = {**os.environ, "RAY_XRAY_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "ray_xray.tune", "--space", "resnet18", "--smoke-test",
-           "--trials", "2", "--gpus-per-trial", "0.5", "--wandb", "off", "--no-ensemble",
-           "--storage", str(tmp_path / "runs"), "--name", "gpu", "--trial-runner", runner]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray_xray.tune",
+        "--space",
+        "resnet18",
+        "--smoke-test",
+        "--trials",
+        "2",
+        "--gpus-per-trial",
+        "0.5",
+        "--wandb",
+        "off",
+        "--no-ensemble",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "gpu",
+        "--trial-runner",
+        runner,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = pd.read_parquet(tmp_path / "runs" / "gpu" / "results.parquet")

@@ -80,8 +80,10 @@ def test_folder_loader_matches_aliases(tmp_path):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / split / label / "a.png")
     items = scan_folder(root)
     assert {(i.split, i.label) for i in items} == {
-        ("train", "normal"), ("val", "pneumonia"), ("test", "tuberculosis"),
-    }  # fmt: skip
+        ("train", "normal"),
+        ("val", "pneumonia"),
+        ("test", "tuberculosis"),
+    }
 
 
 def test_folder_and_manifest_give_the_same_items(shared_data):

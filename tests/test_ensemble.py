@@ -97,8 +97,9 @@ def test_operating_point_reaches_the_target_specificity_on_validation(target, se
     y = rng.integers(0, 2, n)
     score = np.clip(rng.normal(0.35 + 0.3 * y, 0.15), 0, 1).round(2)  # rounding makes ties
     prob = np.stack([1 - score, score], 1)
-    ops = operating_points(y, prob, y, prob, ["neg", "pos"], specificities=(target,),
-                           sensitivities=())  # fmt: skip
+    ops = operating_points(
+        y, prob, y, prob, ["neg", "pos"], specificities=(target,), sensitivities=()
+    )
     assert list(ops["pos"]) == [f"spec{target:.2f}"]
     row = ops["pos"][f"spec{target:.2f}"]
     assert row["val_specificity"] >= target
@@ -134,8 +135,10 @@ def test_gradcam_maps_have_the_image_shape_and_are_not_constant(name, size, hp):
     assert all(p.grad is None for p in model.parameters())  # no gradients left behind
 
 
-@pytest.mark.parametrize("size, name, side", [(128, "layer3", 8), (224, "layer3", 14),
-                                              (256, "layer3", 16), (32, "layer1", 8)])  # fmt: skip
+@pytest.mark.parametrize(
+    "size, name, side",
+    [(128, "layer3", 8), (224, "layer3", 14), (256, "layer3", 16), (32, "layer1", 8)],
+)
 def test_cam_target_is_the_deepest_stage_with_enough_resolution(size, name, side):
     # resnet18's stages are 1/4, 1/8, 1/16, 1/32 of the side: layer4 is 4x4 at 128 px.
     model = create_model("resnet18", 3, img_size=size)
@@ -228,8 +231,10 @@ def test_grad_cam_puts_its_mass_where_the_planted_score_looks():
         model.conv.weight.fill_(0.1)
         model.conv.bias.fill_(0.1)
     x = torch.rand(2, 1, side, side)
-    for cls, (rows, cols) in ((0, (slice(0, h), slice(h, None))),
-                              (1, (slice(h, None), slice(0, h)))):  # fmt: skip
+    for cls, (rows, cols) in (
+        (0, (slice(0, h), slice(h, None))),
+        (1, (slice(h, None), slice(0, h))),
+    ):
         maps = grad_cam(model, x, torch.tensor([cls, cls]))
         inside = maps[:, rows, cols].sum((1, 2)) / maps.sum((1, 2))
         # Bilinear upsampling blurs nothing here (the layer is at full resolution), but the
@@ -378,8 +383,19 @@ def test_greedy_ensemble_beats_or_ties_the_best_member_on_validation(sweep):
         assert e["val"]["nll"] <= e["uncalibrated"]["val_nll"] + 1e-9
     for entry in m["members"] + m["ensembles"]:
         t = entry["test"]
-        assert {"accuracy", "macro_f1", "weighted_f1", "auc", "pr_ap_macro", "ece", "nll",
-                "confusion", "precision", "recall", "f1"} <= set(t)  # fmt: skip
+        assert {
+            "accuracy",
+            "macro_f1",
+            "weighted_f1",
+            "auc",
+            "pr_ap_macro",
+            "ece",
+            "nll",
+            "confusion",
+            "precision",
+            "recall",
+            "f1",
+        } <= set(t)
         for c in m["classes"]:
             for target in ("0.90", "0.95"):
                 op = entry["operating_points"][c][f"spec{target}"]

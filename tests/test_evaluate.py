@@ -30,9 +30,18 @@ def run_dir(tmp_path_factory):
     from ray_xray.train.loop import Trainer, fit
 
     torch.manual_seed(0)
-    cfg = TrainConfig(model="cnn", data=SPEC, img_size=32, epochs=2, batch_size=16, lr=3e-3,
-                      model_kwargs={"width": 8, "head_dims": [16], "pool_size": 2},
-                      device="cpu", precision="fp32", aug_strength=0.0)  # fmt: skip
+    cfg = TrainConfig(
+        model="cnn",
+        data=SPEC,
+        img_size=32,
+        epochs=2,
+        batch_size=16,
+        lr=3e-3,
+        model_kwargs={"width": 8, "head_dims": [16], "pool_size": 2},
+        device="cpu",
+        precision="fp32",
+        aug_strength=0.0,
+    )
     data = load_for_config(cfg)
     tr = Trainer.build(cfg, data, torch.device("cpu"))
     progress = fit(tr)
@@ -185,8 +194,20 @@ def test_evaluate_a_train_run_on_its_own_data_matches_the_training_evaluation(ru
 def test_evaluate_on_another_folder_runs_the_shift_check_and_stress(run_dir, tmp_path, capsys):
     ext = write_tree(tmp_path / "ext", per_class=8, size=48, seed=5)
     shutil.rmtree(ext / "train")  # an external set needs no training split
-    code, out, err = _cli([str(run_dir), str(ext), "--out", str(tmp_path / "ev"), "--stress",
-                           "--bootstrap", "200", "--device", "cpu"], capsys)  # fmt: skip
+    code, out, err = _cli(
+        [
+            str(run_dir),
+            str(ext),
+            "--out",
+            str(tmp_path / "ev"),
+            "--stress",
+            "--bootstrap",
+            "200",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "macro-F1" in out and "on the model's own test split" in out
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -217,8 +238,9 @@ def test_partial_sets_unknown_classes_and_plain_class_folders(run_dir, tmp_path,
     flat = tmp_path / "flat"  # class folders, no split folders, no pneumonia
     for c in ("normal", "tuberculosis"):
         shutil.copytree(src / c, flat / c.upper())
-    r = evaluate(str(run_dir), str(flat), out=tmp_path / "ev", n_boot=50, images=False,
-                 device="cpu")  # fmt: skip
+    r = evaluate(
+        str(run_dir), str(flat), out=tmp_path / "ev", n_boot=50, images=False, device="cpu"
+    )
     assert r.partial and r.missing_classes == ["pneumonia"] and r.n == 8
     assert r.warnings[0].startswith("partial evaluation: no pneumonia")
     assert any("no split folders" in n for n in r.notes)
@@ -238,9 +260,15 @@ def test_partial_sets_unknown_classes_and_plain_class_folders(run_dir, tmp_path,
 
 @pytest.mark.parametrize(
     "case",
-    ["missing_checkpoint", "junk_checkpoint", "missing_data", "empty_split", "bad_split",
-     "sweep_without_model"],
-)  # fmt: skip
+    [
+        "missing_checkpoint",
+        "junk_checkpoint",
+        "missing_data",
+        "empty_split",
+        "bad_split",
+        "sweep_without_model",
+    ],
+)
 def test_bad_input_is_one_error_line_and_exit_2(case, run_dir, tmp_path, capsys):
     flat = tmp_path / "flat" / "normal"
     flat.mkdir(parents=True)
@@ -270,8 +298,9 @@ def test_bad_input_is_one_error_line_and_exit_2(case, run_dir, tmp_path, capsys)
     assert len(errors) == 1 and "Traceback" not in err
     assert not (tmp_path / "ev" / "metrics.json").exists()
     if case == "empty_split":
-        assert errors[0].endswith("no 'val' images (splits present: test); choose one with "
-                                  "--split, or --split all")  # fmt: skip
+        assert errors[0].endswith(
+            "no 'val' images (splits present: test); choose one with --split, or --split all"
+        )
 
 
 def test_a_sweep_folder_is_evaluated_through_its_ensemble(tmp_path):
@@ -280,12 +309,15 @@ def test_a_sweep_folder_is_evaluated_through_its_ensemble(tmp_path):
     from ray_xray.ensemble import run_ensemble
     from ray_xray.evaluate import evaluate
 
-    specs = [("cnn", 32, {"width": 8, "head_dims": [16], "pool_size": 2}),
-             ("cnn", 48, {"width": 8, "head_dims": [16], "pool_size": 2})]  # fmt: skip
+    specs = [
+        ("cnn", 32, {"width": 8, "head_dims": [16], "pool_size": 2}),
+        ("cnn", 48, {"width": 8, "head_dims": [16], "pool_size": 2}),
+    ]
     exp = fake_sweep(tmp_path / "exp", specs)
     run_ensemble(exp, top_k=2, device="cpu", report_html=False)
-    r = evaluate(str(exp), "synthetic:chest3", out=tmp_path / "ev", n_boot=50, images=False,
-                 device="cpu")  # fmt: skip
+    r = evaluate(
+        str(exp), "synthetic:chest3", out=tmp_path / "ev", n_boot=50, images=False, device="cpu"
+    )
     assert r.kind == "ensemble" and r.checkpoint.endswith("ensemble/ensemble.pt")
     assert "its ensemble" in r.notes[0] and r.is_own_data
     saved = json.loads((exp / "ensemble" / "metrics.json").read_text())
@@ -293,16 +325,28 @@ def test_a_sweep_folder_is_evaluated_through_its_ensemble(tmp_path):
     # Same images, same members and weights: the ensemble's own test figures.
     assert r.metrics["accuracy"] == pytest.approx(chosen["test"]["accuracy"])
     assert r.metrics["nll"] == pytest.approx(chosen["test"]["nll"], rel=1e-4)
-    r2 = evaluate(str(exp / "ensemble" / "ensemble.pt"), "synthetic:chest3", n_boot=0,
-                  out=tmp_path / "ev2", report_html=False, device="cpu")  # fmt: skip
+    r2 = evaluate(
+        str(exp / "ensemble" / "ensemble.pt"),
+        "synthetic:chest3",
+        n_boot=0,
+        out=tmp_path / "ev2",
+        report_html=False,
+        device="cpu",
+    )
     assert r2.metrics["accuracy"] == r.metrics["accuracy"]
 
 
 def test_shared_chest3_test_split_as_external_data(run_dir, tmp_path, shared_data):
     from ray_xray.evaluate import evaluate
 
-    r = evaluate(str(run_dir), str(shared_data / "chest3"), out=tmp_path / "ev", n_boot=100,
-                 images=False, device="cpu")  # fmt: skip
+    r = evaluate(
+        str(run_dir),
+        str(shared_data / "chest3"),
+        out=tmp_path / "ev",
+        n_boot=100,
+        images=False,
+        device="cpu",
+    )
     assert not r.is_own_data and not r.partial and r.n > 100
     assert set(r.shift["drops"]) >= {"accuracy", "macro_f1", "auc"}
     assert Path(r.out, "report.html").is_file()
@@ -340,8 +384,10 @@ def test_a_train_run_gets_a_report_with_its_training_curves(run_dir, tmp_path, c
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_macro_f1": 0.3 * e}
-               for e in (1, 2)]  # fmt: skip
+    history = [
+        {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_macro_f1": 0.3 * e}
+        for e in (1, 2)
+    ]
     (run / "metrics.json").write_text(json.dumps({"history": history}))
     cfg = TrainConfig(model="cnn", data=SPEC, img_size=32, device="cpu")
     write_report(str(run), cfg, None)

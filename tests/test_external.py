@@ -43,8 +43,17 @@ def _bad_sweep(args: list[str], tmp_path, capsys) -> list[str]:
     from ray_xray.cli import run
     from ray_xray.tune.__main__ import main
 
-    base = ["--space", "cnn", "--smoke-test", "--data", "synthetic:chest3:8", "--storage",
-            str(tmp_path / "runs"), "--name", "x"]  # fmt: skip
+    base = [
+        "--space",
+        "cnn",
+        "--smoke-test",
+        "--data",
+        "synthetic:chest3:8",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "x",
+    ]
     with pytest.raises(SystemExit) as exc:
         run(main, [*base, *args])
     captured = capsys.readouterr()
@@ -57,15 +66,22 @@ def _bad_sweep(args: list[str], tmp_path, capsys) -> list[str]:
     "case, message",
     [
         ("missing", "/nowhere/ext: no such folder or manifest"),
-        ("synthetic", "--external synthetic:nope: unknown synthetic task; choose from chest3, "
-                      "binary"),
+        (
+            "synthetic",
+            "--external synthetic:nope: unknown synthetic task; choose from chest3, binary",
+        ),
         ("own", "--external synthetic:chest3:8: that is the sweep's own --data"),
-        ("unknown_class", "class(es) cat unknown to the sweep's data (it knows normal, pneumonia, "
-                          "tuberculosis)"),
-        ("empty", "/empty: no images under {train,val,test}/<label>/ (skipped: 0 files); "
-                  "nor under <label>/ (class folders, no split folders)"),
+        (
+            "unknown_class",
+            "class(es) cat unknown to the sweep's data (it knows normal, pneumonia, tuberculosis)",
+        ),
+        (
+            "empty",
+            "/empty: no images under {train,val,test}/<label>/ (skipped: 0 files); "
+            "nor under <label>/ (class folders, no split folders)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_external_sets_are_one_error_line_before_the_sweep(case, message, tmp_path, capsys):
     (tmp_path / "empty" / "NORMAL").mkdir(parents=True)  # a class folder with no image
     ext = {
@@ -86,8 +102,13 @@ def test_bad_external_sets_are_one_error_line_before_the_sweep(case, message, tm
 def test_a_partial_external_set_is_accepted_and_said(tmp_path, capsys):
     ext = write_external(tmp_path / "tb_only", 3, classes=("tuberculosis",))
     infos = X.check_classes([str(ext)], list(CLASSES))
-    assert infos == [{"data_classes": ["tuberculosis"], "missing_classes": ["normal", "pneumonia"],
-                      "note": "no split folders: every image counts as test"}]  # fmt: skip
+    assert infos == [
+        {
+            "data_classes": ["tuberculosis"],
+            "missing_classes": ["normal", "pneumonia"],
+            "note": "no split folders: every image counts as test",
+        }
+    ]
     assert "no normal, pneumonia images: a partial evaluation" in capsys.readouterr().err
 
 
@@ -98,9 +119,16 @@ def _fake_top(exp: Path) -> list[dict]:
     """best_trials.json's entries for test_report.fake_sweep's two trials (trial000 ranks 1)."""
     table = pd.read_parquet(exp / "results.parquet")
     ok = table[table["status"] != "ERROR"].sort_values("best_val_macro_f1", ascending=False)
-    return [{"rank": i + 1, "trial_id": r["trial_id"], "model": r["model"],
-             "checkpoint": r["checkpoint_path"], "best_val_macro_f1": r["best_val_macro_f1"]}
-            for i, r in enumerate(ok.to_dict("records"))]  # fmt: skip
+    return [
+        {
+            "rank": i + 1,
+            "trial_id": r["trial_id"],
+            "model": r["model"],
+            "checkpoint": r["checkpoint_path"],
+            "best_val_macro_f1": r["best_val_macro_f1"],
+        }
+        for i, r in enumerate(ok.to_dict("records"))
+    ]
 
 
 def _cli_headline(checkpoint: str, data: str, out: Path, capsys) -> dict:
@@ -110,17 +138,33 @@ def _cli_headline(checkpoint: str, data: str, out: Path, capsys) -> dict:
     from ray_xray.evaluate.__main__ import main
 
     with pytest.raises(SystemExit) as exc:
-        run(main, [checkpoint, data, "--split", "all", "--out", str(out), "--no-images",
-                   "--device", "cpu"])  # fmt: skip
+        run(
+            main,
+            [
+                checkpoint,
+                data,
+                "--split",
+                "all",
+                "--out",
+                str(out),
+                "--no-images",
+                "--device",
+                "cpu",
+            ],
+        )
     assert exc.value.code == 0, capsys.readouterr().err[-2000:]
     return json.loads((out / "metrics.json").read_text())
 
 
 def _ensemble_state(path: Path) -> dict:
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    return {"method": obj["method"], "weights": list(obj["weights"]),
-            "members": obj["member_names"], "points": obj["operating_points"],
-            "temperatures": [m["temperature"] for m in obj["members"]]}  # fmt: skip
+    return {
+        "method": obj["method"],
+        "weights": list(obj["weights"]),
+        "members": obj["member_names"],
+        "points": obj["operating_points"],
+        "temperatures": [m["temperature"] for m in obj["members"]],
+    }
 
 
 def test_members_and_ensemble_are_scored_after_the_choice_and_equal_evaluate(tmp_path, capsys):
@@ -141,8 +185,7 @@ def test_members_and_ensemble_are_scored_after_the_choice_and_equal_evaluate(tmp
     table = capsys.readouterr().out
 
     # Never used to choose: the same members, temperatures, method, weights and thresholds.
-    assert _ensemble_state(Path(with_ext["ensemble"])) == _ensemble_state(
-        Path(without["ensemble"]))  # fmt: skip
+    assert _ensemble_state(Path(with_ext["ensemble"])) == _ensemble_state(Path(without["ensemble"]))
     saved, plain = (json.loads(Path(r["metrics"]).read_text()) for r in (with_ext, without))
     for key in ("members", "ensembles", "chosen", "val_test_agreement"):
         assert saved[key] == plain[key], key
@@ -167,8 +210,13 @@ def test_members_and_ensemble_are_scored_after_the_choice_and_equal_evaluate(tmp
         assert got["drops"] == ref["shift"]["drops"] and got["ece"] == ref["shift"]["ece"]
         f1 = got["drops"]["macro_f1"]
         assert f1["drop"] == pytest.approx(f1["reference"] - got["headline"]["macro_f1"]["value"])
-        assert 0 <= got["headline"]["macro_f1"]["low"] <= f1["new"] <= got["headline"][
-            "macro_f1"]["high"] <= 1  # fmt: skip
+        assert (
+            0
+            <= got["headline"]["macro_f1"]["low"]
+            <= f1["new"]
+            <= got["headline"]["macro_f1"]["high"]
+            <= 1
+        )
 
     # The report's section and the console table show those numbers.
     html = (exp / "ensemble" / "report.html").read_text()
@@ -199,8 +247,24 @@ def test_the_ensemble_command_scores_external_sets(tmp_path, capsys):
     exp = fake_sweep(tmp_path / "exp", [("cnn", 32, hp), ("cnn", 48, hp)])
     R.write_best_trials(exp, _fake_top(exp))  # what the sweep wrote
     ext = str(write_external(tmp_path / "site_b", 4))
-    assert main([str(exp), "--top-k", "2", "--external", ext, "--device", "cpu", "--json",
-                 "--no-report", "--out", str(tmp_path / "ens")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                str(exp),
+                "--top-k",
+                "2",
+                "--external",
+                ext,
+                "--device",
+                "cpu",
+                "--json",
+                "--no-report",
+                "--out",
+                str(tmp_path / "ens"),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     (s,) = result["external"]["sets"]
@@ -216,8 +280,9 @@ def test_the_ensemble_command_scores_external_sets(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run(main, [str(exp), "--external", str(tmp_path / "nowhere"), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2 and err == [f"error: --external {tmp_path / 'nowhere'}: no such "
-                                           "folder or manifest"]  # fmt: skip
+    assert exc.value.code == 2 and err == [
+        f"error: --external {tmp_path / 'nowhere'}: no such folder or manifest"
+    ]
 
 
 def test_without_an_ensemble_the_members_are_still_scored(tmp_path, capsys):
@@ -227,8 +292,9 @@ def test_without_an_ensemble_the_members_are_still_scored(tmp_path, capsys):
     exp = fake_sweep(tmp_path / "exp", [("cnn", 32, hp)])
     ext = str(write_external(tmp_path / "tb", 4, classes=("tuberculosis", "normal")))
     top = _fake_top(exp)
-    opts = SweepOptions(data="synthetic:chest3", external=[ext, "synthetic:chest3:5"],
-                        ensemble=False)  # fmt: skip
+    opts = SweepOptions(
+        data="synthetic:chest3", external=[ext, "synthetic:chest3:5"], ensemble=False
+    )
     block = X.ExternalStep(opts, top).finish(str(exp))
     assert [s["data"] for s in block["sets"]] == [ext, "synthetic:chest3:5"]
     assert [len(s["models"]) for s in block["sets"]] == [1, 1]  # no ensemble row
@@ -245,8 +311,9 @@ def test_a_failed_scoring_is_a_results_error_naming_the_retry(tmp_path, monkeypa
     from ray_xray.tune import results as R
 
     opts = SweepOptions(data="synthetic:chest3", external=["synthetic:chest3:5"])
-    step = X.ExternalStep(opts, [{"rank": 1, "trial_id": "t", "model": "cnn",
-                                  "checkpoint": str(tmp_path / "gone")}])  # fmt: skip
+    step = X.ExternalStep(
+        opts, [{"rank": 1, "trial_id": "t", "model": "cnn", "checkpoint": str(tmp_path / "gone")}]
+    )
     assert step(tmp_path / "ensemble.pt") is None  # the ensemble's own outputs go on
     with pytest.raises(R.ResultsError, match="scoring the --external sets failed .* --resume"):
         step.finish(str(tmp_path))
@@ -270,11 +337,13 @@ def test_a_sweep_with_external_sets(smoke_sweep, tmp_path):
     assert [b["trial_id"] for b in best] == list(by_val["trial_id"])[: len(best)]
     member = best[0]
     got = member["external"][ext]
-    ref = evaluate(member["checkpoint"], ext, "all", out=tmp_path / "ev", device="cpu",
-                   report_html=False)  # fmt: skip
+    ref = evaluate(
+        member["checkpoint"], ext, "all", out=tmp_path / "ev", device="cpu", report_html=False
+    )
     assert got["n"] == ref.n == 18
     assert got["headline"]["macro_f1"]["value"] == pytest.approx(
-        ref.headline["macro_f1"]["value"], abs=1e-12)  # fmt: skip
+        ref.headline["macro_f1"]["value"], abs=1e-12
+    )
     assert got["drops"]["macro_f1"]["reference"] == pytest.approx(
         member["test"]["macro_f1"], abs=1e-12
     )  # its own test figure, as the sweep stored it
@@ -284,6 +353,7 @@ def test_a_sweep_with_external_sets(smoke_sweep, tmp_path):
     # The saved ensemble is the one validation alone picks: the ensemble command, which
     # knows nothing of the external set, chose the same from the same sweep.
     assert _ensemble_state(exp / "ensemble" / "ensemble.pt") == _ensemble_state(
-        smoke_sweep["cli_out"] / "ensemble.pt")  # fmt: skip
+        smoke_sweep["cli_out"] / "ensemble.pt"
+    )
     assert 'id="external"' in (exp / "ensemble" / "report.html").read_text()
     assert "external sets (reported only" in out and f"{ext} (18 images)" in out

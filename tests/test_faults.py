@@ -22,16 +22,35 @@ FAKE_SECRETS = {
 
 
 def _run(module, *args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.slow_ray
 def test_worker_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "run"
-    r = _run("ray_xray.train", "--model", "cnn_lstm", "--data", "synthetic:chest3:20", "--img-size", "32",
-             "--epochs", "3", "--no-report", "--out", str(out), env={"RAY_XRAY_FAULT": "kill:2"})  # fmt: skip
+    r = _run(
+        "ray_xray.train",
+        "--model",
+        "cnn_lstm",
+        "--data",
+        "synthetic:chest3:20",
+        "--img-size",
+        "32",
+        "--epochs",
+        "3",
+        "--no-report",
+        "--out",
+        str(out),
+        env={"RAY_XRAY_FAULT": "kill:2"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from epoch 1" in r.stdout + r.stderr
     history = json.loads((out / "metrics.json").read_text())["history"]
@@ -50,9 +69,23 @@ def test_sweep_trial_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path, runn
         "        precision: fp32, checkpoint_every: 1, model.channels: [8, 16], model.hidden_size: 16}\n"
         "params:\n  lr: {type: categorical, choices: [0.001]}\n"
     )
-    r = _run("ray_xray.tune", "--space", str(space), "--trials", "1", "--storage", str(tmp_path),
-             "--name", "kill", "--trial-scheduler", "fifo", "--no-ensemble", "--trial-runner", runner,
-             env={"RAY_XRAY_FAULT": "kill:2", "RAY_XRAY_FAULT_LOG": str(tmp_path / "kills")})  # fmt: skip
+    r = _run(
+        "ray_xray.tune",
+        "--space",
+        str(space),
+        "--trials",
+        "1",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "kill",
+        "--trial-scheduler",
+        "fifo",
+        "--no-ensemble",
+        "--trial-runner",
+        runner,
+        env={"RAY_XRAY_FAULT": "kill:2", "RAY_XRAY_FAULT_LOG": str(tmp_path / "kills")},
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     kills = (tmp_path / "kills").read_text().splitlines()
     assert len(kills) == 1 and kills[0].endswith("in epoch 2"), kills  # killed once, not again
@@ -94,14 +127,22 @@ def test_storage_on_a_full_disk_is_refused_before_any_work(tmp_path):
     """A real full filesystem (1 MiB tmpfs filled up): one line, exit 2, nothing started."""
     mnt = tmp_path / "full"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:  # fmt: skip
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root); the ENOSPC path is untested")
     try:
         with open(mnt / "filler", "wb") as f, contextlib.suppress(OSError):
             f.write(b"x" * (2 << 20))  # fills the 1 MiB and raises ENOSPC
-        r = _run("ray_xray.tune", "--space", "cnn_lstm", "--smoke-test", "--storage",
-                 str(mnt / "exp"), timeout=120)  # fmt: skip
+        r = _run(
+            "ray_xray.tune",
+            "--space",
+            "cnn_lstm",
+            "--smoke-test",
+            "--storage",
+            str(mnt / "exp"),
+            timeout=120,
+        )
         assert r.returncode == 2, r.stdout + r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "storage is not writable (No space left on device)" in lines[0]

@@ -199,8 +199,16 @@ class _Count(Hooks):
 @pytest.mark.parametrize("augment_on", ["loader", "device"])
 def test_fit_trains_on_either_augmentation_side_and_stops_early(augment_on):
     data = load_data("synthetic:chest3:12", 32)
-    cfg = TrainConfig(model="cnn_lstm", img_size=32, epochs=6, batch_size=8, patience=1,
-                      augment_on=augment_on, precision="fp32", lr=3e-3)  # fmt: skip
+    cfg = TrainConfig(
+        model="cnn_lstm",
+        img_size=32,
+        epochs=6,
+        batch_size=8,
+        patience=1,
+        augment_on=augment_on,
+        precision="fp32",
+        lr=3e-3,
+    )
     torch.manual_seed(0)
     tr = Trainer.build(cfg, data, CPU)
     hooks = _Count()

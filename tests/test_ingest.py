@@ -54,9 +54,13 @@ def counts(spec: str, **kw) -> dict:
 
 def run_cli(module: str, *args, cwd=REPO, env=None, timeout=300):
     return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-        cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout,
-    )  # fmt: skip
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
@@ -118,8 +122,15 @@ def test_other_pillow_formats_in_a_folder_are_read(tmp_path, fmt, ext):
     assert counts(str(root))["train"]["normal"] == 7
 
 
-def write_dicom(path: Path, stored: np.ndarray, photometric="MONOCHROME2", bits=12,
-                window=None, syntax=None, pixel_data=None) -> Path:  # fmt: skip
+def write_dicom(
+    path: Path,
+    stored: np.ndarray,
+    photometric="MONOCHROME2",
+    bits=12,
+    window=None,
+    syntax=None,
+    pixel_data=None,
+) -> Path:
     """A DX DICOM file (Part 10) of uint16 `stored` (H, W) or frames (F, H, W), via pydicom."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import DigitalXRayImageStorageForPresentation as DX
@@ -189,8 +200,12 @@ def test_dicom_with_a_codec_not_installed_is_refused_in_one_line(tmp_path):
     if get_decoder(JPEGLSLossless).is_available:
         pytest.skip("a JPEG-LS decoder is installed here")
     root = base_tree(tmp_path / "d")
-    bad = write_dicom(root / "val" / "normal" / "ls.dcm", np.zeros((8, 8), np.uint16),
-                      syntax=JPEGLSLossless, pixel_data=encapsulate([b"\xff\xd8\xff\xf7"]))  # fmt: skip
+    bad = write_dicom(
+        root / "val" / "normal" / "ls.dcm",
+        np.zeros((8, 8), np.uint16),
+        syntax=JPEGLSLossless,
+        pixel_data=encapsulate([b"\xff\xd8\xff\xf7"]),
+    )
     with pytest.raises(DataError) as err:
         load_data(str(root), 32)
     msg = str(err.value)
@@ -330,9 +345,11 @@ def test_subfolders_are_read_and_every_skipped_file_is_listed(tmp_path, caplog):
         "1 not an image file)"
     )
     assert f"[!!] {summary}" in r.stdout
-    for name, reason in (("e.png", "not under a split folder (train/val/test)"),
-                         ("loose.png", "not inside a class folder"),
-                         ("notes.txt", "not an image file (.txt)")):  # fmt: skip
+    for name, reason in (
+        ("e.png", "not under a split folder (train/val/test)"),
+        ("loose.png", "not inside a class folder"),
+        ("notes.txt", "not an image file (.txt)"),
+    ):
         assert any(name in line and f"({reason})" in line for line in r.stdout.splitlines())
     caplog.set_level("INFO", logger="ray_xray.data")
     load_data(str(root), 32)
@@ -450,8 +467,19 @@ def test_interrupted_sweep_of_other_data_is_not_resumed(tmp_path):
     (exp / "sweep.json").write_text(json.dumps(rec_a, indent=2, default=str))
     (exp / "tuner.pkl").write_bytes(b"a's tuner state")
     before = {p: p.read_bytes() for p in exp.rglob("*")}
-    r = run_cli("ray_xray.tune", "--space", "cnn", "--smoke-test", "--data", b, "--name", "same",
-                "--storage", tmp_path / "runs", "--no-ensemble")  # fmt: skip
+    r = run_cli(
+        "ray_xray.tune",
+        "--space",
+        "cnn",
+        "--smoke-test",
+        "--data",
+        b,
+        "--name",
+        "same",
+        "--storage",
+        tmp_path / "runs",
+        "--no-ensemble",
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     line = r.stderr.strip()
     assert "\n" not in line and line.startswith(f"error: {exp} holds an interrupted sweep of {a}")

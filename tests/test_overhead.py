@@ -43,8 +43,14 @@ def test_the_trial_process_imports_no_training_code():
         "print([m for m in heavy if m in sys.modules])"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
@@ -96,8 +102,15 @@ def test_shared_data_is_used_only_for_the_same_data_settings(monkeypatch):
 
 def test_shared_key_covers_every_setting_load_for_config_reads():
     base = TrainConfig(data="synthetic:chest3")
-    for change in ({"img_size": 64}, {"dedupe": "drop-cross-split"}, {"limit_per_split": 8}, {"seed": 1},
-                   {"skip_bad": True}, {"allow_leakage": True}, {"data": "synthetic:binary"}):  # fmt: skip
+    for change in (
+        {"img_size": 64},
+        {"dedupe": "drop-cross-split"},
+        {"limit_per_split": 8},
+        {"seed": 1},
+        {"skip_bad": True},
+        {"allow_leakage": True},
+        {"data": "synthetic:binary"},
+    ):
         assert shared_key(TrainConfig(**{**base.to_dict(), **change})) != shared_key(base), change
     assert shared_key(TrainConfig(**{**base.to_dict(), "lr": 0.5})) == shared_key(base)
 
@@ -245,8 +258,14 @@ def test_inline_training_resumes_from_its_last_checkpoint_without_redoing_an_epo
 ):
     from ray_xray.train.worker import run_training
 
-    cfg = TrainConfig(model="cnn_lstm", data="synthetic:chest3:16", img_size=32, epochs=3,
-                      batch_size=16, checkpoint_every=1)  # fmt: skip
+    cfg = TrainConfig(
+        model="cnn_lstm",
+        data="synthetic:chest3:16",
+        img_size=32,
+        epochs=3,
+        batch_size=16,
+        checkpoint_every=1,
+    )
     runtime = {"_threads": 1, "_cache": str(tmp_path / "cache")}
     first = _FakeTune(tmp_path / "first", die_after=2)
     with pytest.raises(_Died):
@@ -306,8 +325,9 @@ def test_deleted_checkpoint_names_come_back_as_links_to_the_newest_and_go_at_the
     # After the resumed sweep Tune keeps checkpoint_000003: the rest goes.
     (trial / "checkpoint_000003").mkdir()
     (trial / "train").mkdir()  # not a Tune checkpoint name: never touched
-    R.prune_unkept([{"checkpoint_path": str(trial / "checkpoint_000003")},
-                    {"checkpoint_path": None}])  # fmt: skip
+    R.prune_unkept(
+        [{"checkpoint_path": str(trial / "checkpoint_000003")}, {"checkpoint_path": None}]
+    )
     assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000003", "train"]
 
 

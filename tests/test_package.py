@@ -26,9 +26,13 @@ def installed(wheel_venv) -> dict:
 
 def _run(inst: dict, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        list(cmd), cwd=inst["cwd"], env=inst["env"], capture_output=True, text=True,
+        list(cmd),
+        cwd=inst["cwd"],
+        env=inst["env"],
+        capture_output=True,
+        text=True,
         timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 def test_wheel_carries_the_search_spaces_and_the_console_script(installed):
@@ -99,9 +103,13 @@ def test_smoke_sweep_and_predict_from_the_wheel(installed, smoke_sweep, tmp_path
 @pytest.mark.slow_ray
 def test_api_example_runs_from_the_wheel(installed, tmp_path):
     out = _run(
-        installed, installed["python"], str(REPO / "docs" / "api_example.py"),
-        "--out", str(tmp_path / "ex"), timeout=600,
-    )  # fmt: skip
+        installed,
+        installed["python"],
+        str(REPO / "docs" / "api_example.py"),
+        "--out",
+        str(tmp_path / "ex"),
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Predictor(model, classes=['normal', 'pneumonia', 'tuberculosis']" in out.stdout
     assert (tmp_path / "ex" / "cnn" / "best_model.pt").is_file()

@@ -107,8 +107,14 @@ def test_robust_preset_adds_site_changes_and_runs_on_the_loader_only():
 @pytest.mark.parametrize(("normalize_", "equalize"), [("image", "hist"), ("imagenet", "none")])
 def test_a_saved_model_is_fed_at_inference_as_in_training(normalize_, equalize, tmp_path):
     data = load_data("synthetic:chest3:8", 32)
-    cfg = TrainConfig(model="cnn", img_size=32, normalize=normalize_, equalize=equalize, precision="fp32",
-                      model_kwargs={"width": 8, "head_dims": [16], "pool_size": 2})  # fmt: skip
+    cfg = TrainConfig(
+        model="cnn",
+        img_size=32,
+        normalize=normalize_,
+        equalize=equalize,
+        precision="fp32",
+        model_kwargs={"width": 8, "head_dims": [16], "pool_size": 2},
+    )
     tr = Trainer.build(cfg, data, CPU)
     record = C.model_record(tr.bare, cfg, data.classes, data.mean, data.std, {"val_acc": 0.5})
     C.atomic_save(record, tmp_path / "best_model.pt")

@@ -23,8 +23,9 @@ def test_plateau_factor_patience_and_floor_are_settings():
     flat = [0.5] * 8  # never improves after the first epoch
     # Defaults: the seeds' factor 0.5 after 5 stalled epochs.
     assert _plateau_lrs(TrainConfig(scheduler="plateau", lr=1.0), flat)[-1] == 0.5
-    brain = TrainConfig(scheduler="plateau", lr=1e-5, plateau_factor=0.1, plateau_patience=3,
-                        min_lr=1e-6)  # fmt: skip
+    brain = TrainConfig(
+        scheduler="plateau", lr=1e-5, plateau_factor=0.1, plateau_patience=3, min_lr=1e-6
+    )
     lrs = _plateau_lrs(brain, flat)
     assert lrs[3] == pytest.approx(1e-5) and lrs[4] == pytest.approx(1e-6)  # after 3 stalls
     assert lrs[-1] == pytest.approx(1e-6)  # never below min_lr
@@ -34,14 +35,26 @@ def test_plateau_factor_patience_and_floor_are_settings():
 
 
 SEEDS = {  # space -> what the seed's recipe trains with
-    "seed_cnn": {"model": "cnn", "optimizer": "adam", "scheduler": "plateau",
-                 "model_kwargs": {"head_dims": [4096, 2048], "width": 64, "pool_size": 7}},
-    "seed_lstm": {"model": "lstm", "optimizer": "adam", "scheduler": "plateau",
-                  "model_kwargs": {"hidden_size": 512, "proj_dim": 512, "num_layers": 3}},
-    "seed_vit": {"model": "vit", "optimizer": "adamw", "scheduler": "cosine",
-                 "model_kwargs": {"dim": 512, "depth": 6, "heads": 8, "patch_size": 16}},
+    "seed_cnn": {
+        "model": "cnn",
+        "optimizer": "adam",
+        "scheduler": "plateau",
+        "model_kwargs": {"head_dims": [4096, 2048], "width": 64, "pool_size": 7},
+    },
+    "seed_lstm": {
+        "model": "lstm",
+        "optimizer": "adam",
+        "scheduler": "plateau",
+        "model_kwargs": {"hidden_size": 512, "proj_dim": 512, "num_layers": 3},
+    },
+    "seed_vit": {
+        "model": "vit",
+        "optimizer": "adamw",
+        "scheduler": "cosine",
+        "model_kwargs": {"dim": 512, "depth": 6, "heads": 8, "patch_size": 16},
+    },
     "seed_resnet18_cbam": {"model": "resnet18_cbam", "optimizer": "adam", "scheduler": "plateau"},
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(SEEDS))
@@ -54,8 +67,11 @@ def test_seed_spaces_start_from_the_seeds_recipe(name):
     cfg = space.resolve({**space.fixed_for(space.models[0]), **space.start[0]})
     want = SEEDS[name]
     assert cfg.img_size == 224 and 30 <= cfg.epochs <= 70 and cfg.focal_gamma == 0.0
-    assert (cfg.model, cfg.optimizer, cfg.scheduler) == (want["model"], want["optimizer"],
-                                                         want["scheduler"])  # fmt: skip
+    assert (cfg.model, cfg.optimizer, cfg.scheduler) == (
+        want["model"],
+        want["optimizer"],
+        want["scheduler"],
+    )
     for kw, value in want.get("model_kwargs", {}).items():
         assert cfg.model_kwargs[kw] == value, kw
     if cfg.scheduler == "plateau":

@@ -59,7 +59,7 @@ def test_figures_render_to_small_pngs(tmp_path):
         P.roc_pr(y, prob, classes, path=tmp_path / "roc.png", title="t"),
         P.confusion_matrices(
             [("m", [[3, 1, 0], [0, 2, 1], [1, 0, 4]])], classes, path=tmp_path / "cm.png"
-        ),  # fmt: skip
+        ),
         P.sample_grid(
             [
                 {"image": np.zeros((16, 16), np.uint8), "title": "t", "correct": i % 2 == 0}
@@ -68,7 +68,7 @@ def test_figures_render_to_small_pngs(tmp_path):
             + [None],
             3,
             path=tmp_path / "s.png",
-        ),  # fmt: skip
+        ),
         P.row_attention_grid(
             [
                 {
@@ -81,7 +81,7 @@ def test_figures_render_to_small_pngs(tmp_path):
             * 2,
             2,
             path=tmp_path / "a.png",
-        ),  # fmt: skip
+        ),
     ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size < 400_000
@@ -109,8 +109,14 @@ def test_report_references_every_figure_and_every_figure_exists(sweep):
     assert "<script" not in page and "https://" not in page
     exp_name = sweep["exp"].name
     assert f"<title>Sweep report: {exp_name}</title>" in page
-    for heading in ("Trials", "Training curves", "Hyperparameter importance", "Calibration",
-                    "Grad-CAM", "Operating points"):  # fmt: skip
+    for heading in (
+        "Trials",
+        "Training curves",
+        "Hyperparameter importance",
+        "Calibration",
+        "Grad-CAM",
+        "Operating points",
+    ):
         assert f"<h2>{heading}</h2>" in page
     # The real smoke sweep's report has the views issue #21 asked for, not only the fake one's.
     sec = _sections(page)
@@ -128,8 +134,18 @@ def test_comparison_csv_has_one_row_per_member_and_ensemble(sweep):
     table = pd.read_csv(out / "comparison.csv")
     assert len(table) == metrics["n_members"] + 3
     assert set(table["kind"]) == {"member", "ensemble"}
-    cols = {"name", "kind", "val_macro_f1", "test_accuracy", "test_macro_f1", "test_weighted_f1",
-            "test_auc", "test_pr_ap", "test_ece", "test_nll"}  # fmt: skip
+    cols = {
+        "name",
+        "kind",
+        "val_macro_f1",
+        "test_accuracy",
+        "test_macro_f1",
+        "test_weighted_f1",
+        "test_auc",
+        "test_pr_ap",
+        "test_ece",
+        "test_nll",
+    }
     assert cols <= set(table.columns)
     assert {f"test_recall_{c}" for c in metrics["classes"]} <= set(table.columns)
     assert metrics["timings"]["total_s"] < 120
@@ -153,21 +169,55 @@ def fake_sweep(root, specs, objective=("val_macro_f1", "val_loss")):
         ckpt = root / tid / "train" / "checkpoint_000001"
         ckpt.mkdir(parents=True)
         torch.save({"best": rec}, ckpt / "checkpoint.pt")
-        log = [{"epoch": e, "val_macro_f1": 0.3 + 0.05 * e - 0.01 * i, "val_loss": 1.1 - 0.1 * e + 0.02 * i,
-                "train_loss": 1.0 - 0.2 * e, "timestamp": 1.7e9 + 60 * i + 20 * e, "time_total_s": 20.0 * e}
-               for e in (1, 2)]  # fmt: skip
+        log = [
+            {
+                "epoch": e,
+                "val_macro_f1": 0.3 + 0.05 * e - 0.01 * i,
+                "val_loss": 1.1 - 0.1 * e + 0.02 * i,
+                "train_loss": 1.0 - 0.2 * e,
+                "timestamp": 1.7e9 + 60 * i + 20 * e,
+                "time_total_s": 20.0 * e,
+            }
+            for e in (1, 2)
+        ]
         (root / tid / "result.json").write_text("\n".join(map(json.dumps, log)) + "\n")
-        rows.append({"trial_id": tid, "status": "TERMINATED", "error": "", "model": name, "epochs": 2,
-                     "best_val_macro_f1": 0.4 - 0.01 * i, "checkpoint_path": str(ckpt),
-                     "trial_dir": str(root / tid), "config/model": name, "config/lr": 1e-3 / (i + 1),
-                     "config/img_size": size})  # fmt: skip
-    rows.append({"trial_id": "broken", "status": "ERROR", "error": "RuntimeError: <boom> & co",
-                 "model": "vit", "epochs": 0, "best_val_macro_f1": None, "checkpoint_path": None,
-                 "trial_dir": str(root / "broken"), "config/model": "vit", "config/lr": 0.1,
-                 "config/img_size": 32})  # fmt: skip
+        rows.append(
+            {
+                "trial_id": tid,
+                "status": "TERMINATED",
+                "error": "",
+                "model": name,
+                "epochs": 2,
+                "best_val_macro_f1": 0.4 - 0.01 * i,
+                "checkpoint_path": str(ckpt),
+                "trial_dir": str(root / tid),
+                "config/model": name,
+                "config/lr": 1e-3 / (i + 1),
+                "config/img_size": size,
+            }
+        )
+    rows.append(
+        {
+            "trial_id": "broken",
+            "status": "ERROR",
+            "error": "RuntimeError: <boom> & co",
+            "model": "vit",
+            "epochs": 0,
+            "best_val_macro_f1": None,
+            "checkpoint_path": None,
+            "trial_dir": str(root / "broken"),
+            "config/model": "vit",
+            "config/lr": 0.1,
+            "config/img_size": 32,
+        }
+    )
     pd.DataFrame(rows).to_parquet(root / "results.parquet")
-    options = {"data": "synthetic:chest3", "objective": list(objective), "trials": 8,
-               "budget_minutes": 3.0}  # fmt: skip
+    options = {
+        "data": "synthetic:chest3",
+        "objective": list(objective),
+        "trials": 8,
+        "budget_minutes": 3.0,
+    }
     command = "python -m ray_xray.tune --trials 8 --budget-minutes 3"
     (root / "sweep.json").write_text(json.dumps({"command": command, "options": options}))
     return root
@@ -178,13 +228,19 @@ def add_optuna_db(root, rows):
     (Optuna's record of the last report), which the report must NOT rank by."""
     import optuna
 
-    dist = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
-            "img_size": optuna.distributions.CategoricalDistribution([24, 32])}  # fmt: skip
-    study = optuna.create_study(study_name=root.name, storage=f"sqlite:///{root}/optuna.db",
-                                direction="maximize")  # fmt: skip
+    dist = {
+        "lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
+        "img_size": optuna.distributions.CategoricalDistribution([24, 32]),
+    }
+    study = optuna.create_study(
+        study_name=root.name, storage=f"sqlite:///{root}/optuna.db", direction="maximize"
+    )
     for lr, size, last in rows:
-        study.add_trial(optuna.trial.create_trial(
-            params={"lr": lr, "img_size": size}, distributions=dist, value=last))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": lr, "img_size": size}, distributions=dist, value=last
+            )
+        )
     return study
 
 
@@ -196,11 +252,14 @@ def test_report_of_a_mixed_sweep_without_ray(tmp_path):
     from ray_xray import predict
     from ray_xray.ensemble import run_ensemble
 
-    exp = fake_sweep(tmp_path / "exp", [
-        ("cnn", 32, {"width": 8, "head_dims": [16], "pool_size": 2}),
-        ("lstm", 24, {"proj_dim": 16, "hidden_size": 16, "num_layers": 1}),
-        ("vit", 32, {"dim": 32, "depth": 1, "heads": 2, "patch_size": 8}),
-    ])  # fmt: skip
+    exp = fake_sweep(
+        tmp_path / "exp",
+        [
+            ("cnn", 32, {"width": 8, "head_dims": [16], "pool_size": 2}),
+            ("lstm", 24, {"proj_dim": 16, "hidden_size": 16, "num_layers": 1}),
+            ("vit", 32, {"dim": 32, "depth": 1, "heads": 2, "patch_size": 8}),
+        ],
+    )
     result = run_ensemble(exp, top_k=5, device="cpu")
     out = exp / "ensemble"
     assert result["out"] == str(out)
@@ -239,11 +298,15 @@ def test_report_sections_intervals_and_operating_points_end_to_end(tmp_path, cap
     from ray_xray.ensemble import run_ensemble
     from ray_xray.report.sweep import ranked_study
 
-    exp = fake_sweep(tmp_path / "exp", [
-        ("cnn", 32, {"width": 8, "head_dims": [16], "pool_size": 2}),
-        ("cnn", 32, {"width": 4, "head_dims": [8], "pool_size": 2}),
-        ("cnn", 32, {"width": 6, "head_dims": [8], "pool_size": 2}),
-    ], objective=("val_macro_f1",))  # fmt: skip
+    exp = fake_sweep(
+        tmp_path / "exp",
+        [
+            ("cnn", 32, {"width": 8, "head_dims": [16], "pool_size": 2}),
+            ("cnn", 32, {"width": 4, "head_dims": [8], "pool_size": 2}),
+            ("cnn", 32, {"width": 6, "head_dims": [8], "pool_size": 2}),
+        ],
+        objective=("val_macro_f1",),
+    )
     # Optuna's "last" values rank trial 2 first; results.parquet's best ranks trial 0 first.
     add_optuna_db(exp, [(1e-3, 32, 0.1), (5e-4, 32, 0.2), (1e-3 / 3, 32, 0.9)])
     run_ensemble(exp, top_k=3, device="cpu", sensitivities=(0.9, 0.97))
@@ -251,14 +314,25 @@ def test_report_sections_intervals_and_operating_points_end_to_end(tmp_path, cap
     page = (out / "report.html").read_text()
     assert "failed:" not in page and "could not be drawn" not in page
     sec = _sections(page)
-    for anchor in ("context", "comparison", "intervals", "operating-points", "curves",
-                   "history", "importance", "calibration", "roc"):  # fmt: skip
+    for anchor in (
+        "context",
+        "comparison",
+        "intervals",
+        "operating-points",
+        "curves",
+        "history",
+        "importance",
+        "calibration",
+        "roc",
+    ):
         assert anchor in sec, anchor
     ctx = sec["context"]
     assert "python -m ray_xray.tune --trials 8 --budget-minutes 3" in ctx
     assert "asked 8 · started 4" in ctx and "failed 1" in ctx
-    assert "3 of 8 trials started" not in ctx and "4 of 8 trials started: ended by the time " \
-        "budget (--budget-minutes 3" in ctx  # fmt: skip
+    assert (
+        "3 of 8 trials started" not in ctx
+        and "4 of 8 trials started: ended by the time budget (--budget-minutes 3" in ctx
+    )
     assert "train: normal" in ctx and "test: normal" in ctx and "torch " in ctx
     for name in ("optuna_history", "optuna_slice", "best_so_far", "training_curves"):
         assert f"figures/{name}.png" in sec.get("history", "") + sec["curves"], name
@@ -294,16 +368,40 @@ def test_report_sections_intervals_and_operating_points_end_to_end(tmp_path, cap
     png = tmp_path / "x.png"
     Image.fromarray(np.full((40, 40), 90, np.uint8)).save(png)
     capsys.readouterr()
-    assert predict.main([str(out), str(png), "--device", "cpu", "--json",
-                         "--operating-point", "tuberculosis@sens0.90",
-                         "--operating-point", "normal@0.5"]) == 0  # fmt: skip
+    assert (
+        predict.main(
+            [
+                str(out),
+                str(png),
+                "--device",
+                "cpu",
+                "--json",
+                "--operating-point",
+                "tuberculosis@sens0.90",
+                "--operating-point",
+                "normal@0.5",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     d_tb, d_n = rows[0]["decisions"]
     assert d_tb["threshold"] == pytest.approx(t_sens) and d_tb["point"] == "sens0.90"
     assert d_tb["positive"] == (rows[0]["probabilities"]["tuberculosis"] >= t_sens)
     assert d_n["positive"] == (rows[0]["probabilities"]["normal"] >= 0.5)
-    assert predict.main([str(out / "ensemble.pt"), str(png), "--device", "cpu",
-                         "--operating-point", "tuberculosis@sens0.90"]) == 0  # fmt: skip
+    assert (
+        predict.main(
+            [
+                str(out / "ensemble.pt"),
+                str(png),
+                "--device",
+                "cpu",
+                "--operating-point",
+                "tuberculosis@sens0.90",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     call = "positive" if d_tb["positive"] else "negative"
     assert "tuberculosis@sens0.90" in text and call in text.splitlines()[1]
@@ -327,8 +425,13 @@ def test_optuna_figures_of_number_like_choices_log_nothing(tmp_path, caplog):
     study = optuna.create_study(direction="maximize")
     for bs, lr in ((16, 1e-3), (32, 3e-4), (64, 1e-4), (32, 1e-3)):
         study.enqueue_trial({"batch_size": bs, "lr": lr})
-    study.optimize(lambda t: t.suggest_categorical("batch_size", [16, 32, 64]) / 64
-                   + t.suggest_float("lr", 1e-5, 1e-2, log=True), n_trials=4)  # fmt: skip
+    study.optimize(
+        lambda t: (
+            t.suggest_categorical("batch_size", [16, 32, 64]) / 64
+            + t.suggest_float("lr", 1e-5, 1e-2, log=True)
+        ),
+        n_trials=4,
+    )
     caplog.set_level(logging.INFO)
     out = optuna_figure(optuna.visualization.matplotlib.plot_slice, study, tmp_path / "s.png")
     assert out.is_file() and out.stat().st_size > 1000

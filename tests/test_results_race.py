@@ -25,8 +25,13 @@ F1 = "val_macro_f1"
 def _state(epoch: int, f1: float, seed: int) -> dict:
     """A worker's checkpoint.pt at the end of `epoch`: its best model so far is this epoch's."""
     torch.manual_seed(seed)
-    cfg = TrainConfig(model="cnn", img_size=32, limit_per_split=48, epochs=2,
-                      model_kwargs={"width": 8, "head_dims": [16], "pool_size": 2})  # fmt: skip
+    cfg = TrainConfig(
+        model="cnn",
+        img_size=32,
+        limit_per_split=48,
+        epochs=2,
+        model_kwargs={"width": 8, "head_dims": [16], "pool_size": 2},
+    )
     data = load_data(cfg.data, cfg.img_size, limit_per_split=48)
     record = C.model_record(E.build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
     record["epoch"] = epoch
@@ -35,8 +40,16 @@ def _state(epoch: int, f1: float, seed: int) -> dict:
 
 
 def _report(epoch: int, f1: float, seed: int) -> dict:
-    return {"epoch": epoch, F1: f1, "val_loss": 1.0 - f1, "val_acc": f1, "epoch_s": 4.0,
-            "best_epoch": epoch, f"best_{F1}": f1, "seed": seed}  # fmt: skip
+    return {
+        "epoch": epoch,
+        F1: f1,
+        "val_loss": 1.0 - f1,
+        "val_acc": f1,
+        "epoch_s": 4.0,
+        "best_epoch": epoch,
+        f"best_{F1}": f1,
+        "seed": seed,
+    }
 
 
 def train_run(run_dir: Path, epochs: list[tuple[int, float]], seed: int) -> list[Path]:
@@ -50,8 +63,9 @@ def train_run(run_dir: Path, epochs: list[tuple[int, float]], seed: int) -> list
 
     run_dir.mkdir(parents=True)
     storage = StorageContext(storage_path=str(run_dir.parent), experiment_dir_name=run_dir.name)
-    config = CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=F1,
-                              checkpoint_score_order="max")  # fmt: skip
+    config = CheckpointConfig(
+        num_to_keep=1, checkpoint_score_attribute=F1, checkpoint_score_order="max"
+    )
 
     async def report_all() -> list[Path]:
         manager, folders = CheckpointManager(config, storage), []
@@ -73,13 +87,20 @@ def train_run(run_dir: Path, epochs: list[tuple[int, float]], seed: int) -> list
 def tune_result(exp: Path, trial_id: str, seen: list[dict], error=None) -> SimpleNamespace:
     """What a ray.tune.Result tells the results step: path, per-report metrics, config, error."""
     frame = pd.DataFrame(seen) if seen else None
-    return SimpleNamespace(path=str(exp / trial_id), metrics_dataframe=frame, error=error,
-                           config={"model": "cnn", "lr": 1e-3})  # fmt: skip
+    return SimpleNamespace(
+        path=str(exp / trial_id),
+        metrics_dataframe=frame,
+        error=error,
+        config={"model": "cnn", "lr": 1e-3},
+    )
 
 
 def _seen(epoch: int, f1: float, checkpoint: Path | None, wall: float) -> dict:
-    return {**_report(epoch, f1, 0), "checkpoint_path": str(checkpoint) if checkpoint else None,
-            "time_total_s": wall}  # fmt: skip
+    return {
+        **_report(epoch, f1, 0),
+        "checkpoint_path": str(checkpoint) if checkpoint else None,
+        "time_total_s": wall,
+    }
 
 
 @pytest.fixture
@@ -174,12 +195,14 @@ def test_merge_history_counts_each_epoch_once():
 
 
 def test_time_use_arithmetic_on_known_values():
-    rows = pd.DataFrame([
-        {"wall_s": 100.0, "compute_s": 60.0, "cpus": 2.0, "gpus": 0.0},
-        {"wall_s": 50.0, "compute_s": 40.0, "cpus": 4.0, "gpus": 0.0},
-        {"wall_s": float("nan"), "compute_s": 0.0, "cpus": 2.0, "gpus": 0.0},  # never reported
-        {"wall_s": 10.0, "compute_s": 12.0, "cpus": 1.0, "gpus": 0.0},  # clipped to its wall
-    ]).to_dict("records")  # fmt: skip
+    rows = pd.DataFrame(
+        [
+            {"wall_s": 100.0, "compute_s": 60.0, "cpus": 2.0, "gpus": 0.0},
+            {"wall_s": 50.0, "compute_s": 40.0, "cpus": 4.0, "gpus": 0.0},
+            {"wall_s": float("nan"), "compute_s": 0.0, "cpus": 2.0, "gpus": 0.0},  # never reported
+            {"wall_s": 10.0, "compute_s": 12.0, "cpus": 1.0, "gpus": 0.0},  # clipped to its wall
+        ]
+    ).to_dict("records")
     use = R.time_use(rows)
     # CPU-s held 100*2 + 50*4 + 10*1 = 410; training 60*2 + 40*4 + 10*1 = 290.
     assert (use["cpu_s_held"], use["cpu_s_training"]) == (410.0, 290.0)
@@ -225,11 +248,17 @@ def test_inline_trials_use_the_checkpoint_tune_kept(tmp_path):
     empty = exp / "empty" / "checkpoint_000000"
     empty.mkdir(parents=True)
     grid = [
-        SimpleNamespace(**vars(tune_result(exp, "inline", [_seen(1, 0.5, None, 5.0), _seen(2, 0.6, None, 9.0)])),
-                        checkpoint=ray.tune.Checkpoint(str(kept))),
-        SimpleNamespace(**vars(tune_result(exp, "empty", [_seen(1, 0.4, None, 5.0)])),
-                        checkpoint=ray.tune.Checkpoint(str(empty))),
-    ]  # fmt: skip
+        SimpleNamespace(
+            **vars(
+                tune_result(exp, "inline", [_seen(1, 0.5, None, 5.0), _seen(2, 0.6, None, 9.0)])
+            ),
+            checkpoint=ray.tune.Checkpoint(str(kept)),
+        ),
+        SimpleNamespace(
+            **vars(tune_result(exp, "empty", [_seen(1, 0.4, None, 5.0)])),
+            checkpoint=ray.tune.Checkpoint(str(empty)),
+        ),
+    ]
     rows = {r["trial_id"]: r for r in R.trial_rows(grid, F1, "max", str(exp))}
     assert rows["inline"]["checkpoint_path"] == str(kept) and rows["inline"]["error"] == ""
     assert rows["inline"]["epochs"] == 2 and rows["inline"]["epochs_after_tune_stopped"] == 0

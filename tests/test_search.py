@@ -23,9 +23,19 @@ def _built_sweep(monkeypatch, tmp_path, **opts) -> tuple[object, dict]:
     keyword arguments)."""
     got: dict = {}
     monkeypatch.setattr(S, "init_ray", lambda **kw: None)
-    monkeypatch.setattr(S, "plan_resources", lambda o: {
-        "runner": o.trial_runner, "cpus_per_trial": 1.0, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0,
-        "max_concurrent": 1, "cluster_cpus": 1.0, "cluster_gpus": 0.0})  # fmt: skip
+    monkeypatch.setattr(
+        S,
+        "plan_resources",
+        lambda o: {
+            "runner": o.trial_runner,
+            "cpus_per_trial": 1.0,
+            "cpus_per_worker": 1.0,
+            "gpus_per_worker": 0.0,
+            "max_concurrent": 1,
+            "cluster_cpus": 1.0,
+            "cluster_gpus": 0.0,
+        },
+    )
 
     def with_parameters(fn, **kwargs):
         got["kwargs"] = kwargs
@@ -136,8 +146,15 @@ def test_study_records_the_best_epoch_pruned_cuts_and_ray_ids():
 
     space = load_space("resnet18", smoke=True)
     search = SweepSearch(space=space.define_by_run, metric="val_macro_f1", mode="max", key="k1")
-    asha = RungScheduler(key="k1", time_attr="epoch", metric="val_macro_f1", mode="max",
-                         max_t=3, grace_period=1, reduction_factor=3)  # fmt: skip
+    asha = RungScheduler(
+        key="k1",
+        time_attr="epoch",
+        metric="val_macro_f1",
+        mode="max",
+        max_t=3,
+        grace_period=1,
+        reduction_factor=3,
+    )
     trials = {t: types.SimpleNamespace(trial_id=t) for t in ("full", "cut", "bad")}
     for t, trial in trials.items():
         assert isinstance(search.suggest(t), dict)
@@ -174,8 +191,9 @@ def test_multi_objective_records_the_epoch_where_the_first_objective_was_best():
     from ray_xray.tune.searcher import SweepSearch
 
     space = load_space("resnet18", smoke=True)
-    search = SweepSearch(space=space.define_by_run, metric=["val_macro_f1", "val_loss"],
-                         mode=["max", "min"])  # fmt: skip
+    search = SweepSearch(
+        space=space.define_by_run, metric=["val_macro_f1", "val_loss"], mode=["max", "min"]
+    )
     search.suggest("a")
     rows = [(1, 0.4, 0.9), (2, 0.7, 0.8), (3, 0.6, 0.5)]
     for e, f1, loss in rows:
@@ -214,11 +232,33 @@ def test_study_agrees_with_the_sweep_and_cut_trials_are_pruned(tmp_path):
     # One trial at a time, so the trials reach the rung in start-point order.
     cpus = str(os.cpu_count() or 1)
     p = subprocess.run(
-        [sys.executable, "-m", "ray_xray.tune", "--space", str(tmp_path / "cut.yaml"),
-         "--trials", "2", "--cpus-per-trial", cpus, "--grace-epochs", "1", "--objective",
-         "val_loss", "--no-ensemble", "--top-k", "1", "--storage", str(tmp_path), "--name", "cut"],
-        capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parent.parent,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ray_xray.tune",
+            "--space",
+            str(tmp_path / "cut.yaml"),
+            "--trials",
+            "2",
+            "--cpus-per-trial",
+            cpus,
+            "--grace-epochs",
+            "1",
+            "--objective",
+            "val_loss",
+            "--no-ensemble",
+            "--top-k",
+            "1",
+            "--storage",
+            str(tmp_path),
+            "--name",
+            "cut",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     table = pd.read_parquet(tmp_path / "cut" / "results.parquet").set_index("trial_id")
     study = optuna.load_study(study_name="cut", storage=f"sqlite:///{tmp_path}/cut/optuna.db")

@@ -175,8 +175,11 @@ def test_spaces_cli_check_bad_file_is_one_error_line_exit_2(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(spaces.__file__).parents[2])}
     out = subprocess.run(
         [sys.executable, "-m", "ray_xray.spaces", "--check", str(bad)],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 2, out
     assert out.stdout == ""
     assert out.stderr.splitlines() == [

@@ -128,8 +128,9 @@ def test_operating_point_reaches_the_target_sensitivity_on_validation(target, se
     y = rng.integers(0, 2, n)
     score = np.clip(rng.normal(0.35 + 0.3 * y, 0.15), 0, 1).round(2)
     prob = np.stack([1 - score, score], 1)
-    ops = operating_points(y, prob, y, prob, ["neg", "pos"], specificities=(),
-                           sensitivities=(target,))  # fmt: skip
+    ops = operating_points(
+        y, prob, y, prob, ["neg", "pos"], specificities=(), sensitivities=(target,)
+    )
     row = ops["pos"][f"sens{target:.2f}"]
     assert row["kind"] == "sensitivity" and row["val_sensitivity"] >= target
     # the most specific such threshold: the next higher observed score breaks the target
@@ -143,8 +144,10 @@ def test_operating_point_reaches_the_target_sensitivity_on_validation(target, se
         math.log(row["threshold"] / (1 - row["threshold"]))
     )
     assert threshold_for_sensitivity(np.array([]), score, target) is None
-    assert stored_points(ops) == {"neg": {f"sens{target:.2f}": ops["neg"][f"sens{target:.2f}"]["threshold"]},
-                                  "pos": {f"sens{target:.2f}": row["threshold"]}}  # fmt: skip
+    assert stored_points(ops) == {
+        "neg": {f"sens{target:.2f}": ops["neg"][f"sens{target:.2f}"]["threshold"]},
+        "pos": {f"sens{target:.2f}": row["threshold"]},
+    }
 
 
 def test_log_odds_keeps_thresholds_near_one_apart():

@@ -110,8 +110,14 @@ def test_results_and_ensemble_of_a_uri_sweep_reach_the_storage(tmp_path, tmpdir_
     grid = [tune_result(exp, "t1", [_seen(1, 0.40, kept, wall=9.0)])]
     opts = SweepOptions(objective=[F1], top_k=2)
     summary = R.finish(grid, files.uri, None, opts, 30.0, False, {"cpus_per_trial": 1.0}, files)
-    for name in ("results.parquet", "results.csv", "best_trials.json", "best_model.pt",
-                 "sweep.json", "optuna.db"):  # fmt: skip
+    for name in (
+        "results.parquet",
+        "results.csv",
+        "best_trials.json",
+        "best_model.pt",
+        "sweep.json",
+        "optuna.db",
+    ):
         assert (exp / name).is_file(), name
     table = pd.read_parquet(exp / "results.parquet")
     assert table.loc[0, "checkpoint_path"] == f"file://{kept}"
@@ -144,8 +150,18 @@ def test_a_finished_sweep_on_a_uri_is_refused_before_any_work(tmp_path, capsys, 
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "results.parquet").write_bytes(b"PAR1")
     with pytest.raises(SystemExit) as exc:
-        run(main, ["--space", "cnn_lstm", "--smoke-test", "--storage", f"file://{tmp_path}",
-                   "--name", "done"])  # fmt: skip
+        run(
+            main,
+            [
+                "--space",
+                "cnn_lstm",
+                "--smoke-test",
+                "--storage",
+                f"file://{tmp_path}",
+                "--name",
+                "done",
+            ],
+        )
     assert exc.value.code == 2
     assert "already holds a finished sweep" in capsys.readouterr().err
 
@@ -168,8 +184,18 @@ def test_an_interrupted_uri_sweep_of_other_data_is_refused_from_its_stored_sweep
     (exp / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
     (exp / "sweep.json").write_text(json.dumps({"options": {"data": "/elsewhere/chest_xray"}}))
     with pytest.raises(SystemExit) as exc:
-        run(main, ["--space", "cnn_lstm", "--smoke-test", "--storage", f"file://{tmp_path}/store",
-                   "--name", "old"])  # fmt: skip
+        run(
+            main,
+            [
+                "--space",
+                "cnn_lstm",
+                "--smoke-test",
+                "--storage",
+                f"file://{tmp_path}/store",
+                "--name",
+                "old",
+            ],
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 2, err
     assert f"file://{exp} holds an interrupted sweep of /elsewhere/chest_xray" in err
@@ -249,15 +275,22 @@ def test_wandb_logger_actor_sets_the_key_in_its_own_process_before_wandb_init(
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)  # the actor chdirs into its logdir
     queue = type("Q", (), {"get": lambda self: (_QueueItem.END, None)})()
-    actor = _KeyedLoggingActor(logdir=str(tmp_path), queue=queue, exclude=[], to_config=[],
-                               api_key=MARKER, project="p")  # fmt: skip
+    actor = _KeyedLoggingActor(
+        logdir=str(tmp_path), queue=queue, exclude=[], to_config=[], api_key=MARKER, project="p"
+    )
     keys = []
 
     class FakeRun:
         config = type("C", (), {})()
 
-    fake = type("W", (), {"init": lambda self, *a, **k: keys.append(os.environ.get("WANDB_API_KEY")) or FakeRun(),
-                          "finish": lambda self: None})()  # fmt: skip
+    fake = type(
+        "W",
+        (),
+        {
+            "init": lambda self, *a, **k: keys.append(os.environ.get("WANDB_API_KEY")) or FakeRun(),
+            "finish": lambda self: None,
+        },
+    )()
     actor._wandb = fake
     actor.run()
     assert keys == [MARKER]
@@ -408,9 +441,11 @@ def test_readme_commands_open_the_files_a_sweep_wrote(smoke_sweep):
     assert not list(exp.glob("*/wandb")), "W&B runs also landed in the trial folders"
     dry = subprocess.run(
         ["bash", "-c", commands["wandb sync"].replace("wandb sync", f"{WANDB} sync --dry-run")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"},
-    )  # fmt: skip
+    )
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "Would sync 4 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
 
@@ -480,23 +515,57 @@ def test_failing_trials_on_a_uri_are_reported_and_no_secret_leaks(tmp_path):
     # socket paths must stay under 108 bytes), removed at the end.
     short = Path(tempfile.mkdtemp(prefix="rx", dir="/tmp"))
     try:
-        env = {**os.environ, **FAKE_SECRETS, "TMPDIR": str(short), "WANDB_API_KEY": marker,
-               "WANDB_BASE_URL": server.url, "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
-               "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
-               "RAY_XRAY_FAULT": "raise_if_lr:0.04"}  # fmt: skip
+        env = {
+            **os.environ,
+            **FAKE_SECRETS,
+            "TMPDIR": str(short),
+            "WANDB_API_KEY": marker,
+            "WANDB_BASE_URL": server.url,
+            "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+            "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+            "RAY_XRAY_FAULT": "raise_if_lr:0.04",
+        }
         env.pop("WANDB_MODE", None)
         env.pop("WANDB_DIR", None)
         r = subprocess.run(
-            [sys.executable, "-m", "ray_xray.tune", "--space", str(space), "--trials", "3",
-             "--storage", f"file://{tmp_path}/bucket", "--name", "c", "--wandb", "online",
-             "--cpus-per-trial", "0.5", "--seed", "1", "--no-ensemble"],
-            capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "ray_xray.tune",
+                "--space",
+                str(space),
+                "--trials",
+                "3",
+                "--storage",
+                f"file://{tmp_path}/bucket",
+                "--name",
+                "c",
+                "--wandb",
+                "online",
+                "--cpus-per-trial",
+                "0.5",
+                "--seed",
+                "1",
+                "--no-ensemble",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=600,
+        )
         out = r.stdout + r.stderr
         assert r.returncode == 0, out[-4000:]
         exp = tmp_path / "bucket" / "c"
-        for name in ("space.yaml", "sweep.json", "optuna.db", "results.parquet", "results.csv",
-                     "best_trials.json", "best_model.pt"):  # fmt: skip
+        for name in (
+            "space.yaml",
+            "sweep.json",
+            "optuna.db",
+            "results.parquet",
+            "results.csv",
+            "best_trials.json",
+            "best_model.pt",
+        ):
             assert (exp / name).is_file(), f"{name} not on the storage"
 
         # The failures: each start point once, the sweep went on, each failure says why.

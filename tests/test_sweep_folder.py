@@ -14,9 +14,15 @@ from ray_xray import sweep_folder as SF
 def sweep(tmp_path):
     exp = tmp_path / "exp"
     (exp / "t1" / "checkpoint_000000").mkdir(parents=True)
-    table = pd.DataFrame({"trial_id": ["t1", "t2"], "status": ["TERMINATED", "ERROR"],
-                          "checkpoint_path": ["/gone/exp/t1/checkpoint_000000", None],
-                          "best_epoch": [1, 0], "best_val_macro_f1": [0.8, None]})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "trial_id": ["t1", "t2"],
+            "status": ["TERMINATED", "ERROR"],
+            "checkpoint_path": ["/gone/exp/t1/checkpoint_000000", None],
+            "best_epoch": [1, 0],
+            "best_val_macro_f1": [0.8, None],
+        }
+    )
     table.to_parquet(exp / SF.RESULTS_FILE)
     (exp / SF.SWEEP_FILE).write_text(json.dumps({"options": {"objective": "val_macro_f1"}}))
     (exp / SF.BEST_FILE).write_text(json.dumps([{"rank": 1, "trial_id": "t1"}]))

@@ -76,8 +76,17 @@ def test_diverging_loss_stops_with_a_reason():
     )
     opt, dev = E.make_optimizer(cfg, model), torch.device("cpu")
     with pytest.raises(E.TrainingDiverged, match="loss became nan"):
-        E.train_one_epoch(model, loader, E.make_loss(cfg, None), opt, E.Schedule(cfg, opt, 1),
-                          E.make_scaler(dev, "fp32"), dev, "fp32", 1.0)  # fmt: skip
+        E.train_one_epoch(
+            model,
+            loader,
+            E.make_loss(cfg, None),
+            opt,
+            E.Schedule(cfg, opt, 1),
+            E.make_scaler(dev, "fp32"),
+            dev,
+            "fp32",
+            1.0,
+        )
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
@@ -162,8 +171,16 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session):
     once between them, the model ends above chance, and the outputs are complete."""
     from ray_xray.train import fit
 
-    cfg = TrainConfig(model="resnet18", data="synthetic:chest3:100", img_size=48, epochs=5, lr=1e-3,
-                      batch_size=16, workers=2, precision="fp32")  # fmt: skip
+    cfg = TrainConfig(
+        model="resnet18",
+        data="synthetic:chest3:100",
+        img_size=48,
+        epochs=5,
+        lr=1e-3,
+        batch_size=16,
+        workers=2,
+        precision="fp32",
+    )
     report = fit(cfg, tmp_path / "run")
     history = report["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]

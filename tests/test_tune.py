@@ -32,17 +32,31 @@ def test_every_space_trains_in_smoke_mode(name):
     model = E.build_model(cfg, len(data.classes))
     loader = make_loader(data.dataset("train", aug_strength=cfg.aug_strength), 8)
     opt, dev = E.make_optimizer(cfg, model), torch.device("cpu")
-    out = E.train_one_epoch(model, loader, E.make_loss(cfg, None), opt, E.Schedule(cfg, opt, len(loader)),
-                            E.make_scaler(dev, "fp32"), dev, "fp32", cfg.grad_clip,
-                            feed=data.feed(cfg.in_chans, dev))  # fmt: skip
+    out = E.train_one_epoch(
+        model,
+        loader,
+        E.make_loss(cfg, None),
+        opt,
+        E.Schedule(cfg, opt, len(loader)),
+        E.make_scaler(dev, "fp32"),
+        dev,
+        "fp32",
+        cfg.grad_clip,
+        feed=data.feed(cfg.in_chans, dev),
+    )
     assert out["train_images"] == 16 and out["train_loss"] > 0
 
 
 def _tune(*args, env=None, **kw):
     return subprocess.Popen(
-        [sys.executable, "-m", "ray_xray.tune", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, cwd=REPO, env={**os.environ, **(env or {})}, **kw,
-    )  # fmt: skip
+        [sys.executable, "-m", "ray_xray.tune", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
 
 
 @pytest.mark.parametrize(
@@ -98,8 +112,20 @@ def test_smoke_sweep_writes_complete_results(smoke_sweep):
 @pytest.mark.slow_ray
 def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path):
     # 2 trials, one at a time: the first finishes before the kill, the second runs after it.
-    args = ["--space", "cnn_lstm", "--smoke-test", "--trials", "2", "--cpus-per-trial", "2",
-            "--storage", str(tmp_path), "--name", "resume", "--no-ensemble"]  # fmt: skip
+    args = [
+        "--space",
+        "cnn_lstm",
+        "--smoke-test",
+        "--trials",
+        "2",
+        "--cpus-per-trial",
+        "2",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "resume",
+        "--no-ensemble",
+    ]
     p = _tune(*args, start_new_session=True)
     finished, deadline = None, time.time() + 400
     for line in p.stdout:  # kill the driver as soon as one trial has finished
@@ -166,8 +192,12 @@ def test_scheduler_searcher_and_epoch_budget_options():
     assert isinstance(tpe, optuna.samplers.TPESampler) and tpe._n_startup_trials == 3
     space = load_space("resnet18", smoke=True)
     for scheduler, cls in (("asha", ASHAScheduler), ("fifo", FIFOScheduler)):
-        config = _tune_config(SweepOptions(scheduler=scheduler, budget_epochs=5), space, "s3://b/exp",
-                              {"max_concurrent": 1})  # fmt: skip
+        config = _tune_config(
+            SweepOptions(scheduler=scheduler, budget_epochs=5),
+            space,
+            "s3://b/exp",
+            {"max_concurrent": 1},
+        )
         assert isinstance(config.scheduler, cls)  # ASHA is a FIFOScheduler too:
         assert isinstance(config.scheduler, ASHAScheduler) == (cls is ASHAScheduler)
         searcher = (

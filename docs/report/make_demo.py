@@ -57,10 +57,14 @@ def train(cfg: TrainConfig, data, seed: int, epochs: int) -> tuple[torch.nn.Modu
             logits = model(xv)
         prob = torch.softmax(logits, 1).numpy()
         t += 20.0
-        row = {"epoch": epoch, "train_loss": total / len(x),
-               "val_loss": float(F.cross_entropy(logits, torch.as_tensor(yv))),
-               **summary(yv, prob, data.classes), "timestamp": 1.7e9 + 90 * seed + t,
-               "time_total_s": t}  # fmt: skip
+        row = {
+            "epoch": epoch,
+            "train_loss": total / len(x),
+            "val_loss": float(F.cross_entropy(logits, torch.as_tensor(yv))),
+            **summary(yv, prob, data.classes),
+            "timestamp": 1.7e9 + 90 * seed + t,
+            "time_total_s": t,
+        }
         log.append(row)
     return model, log
 
@@ -69,10 +73,13 @@ def build(out: Path) -> Path:
     exp = out / "demo-sweep"
     shutil.rmtree(exp, ignore_errors=True)
     exp.mkdir(parents=True)
-    dist = {"lr": optuna.distributions.FloatDistribution(1e-3, 2e-2, log=True),
-            "model.width": optuna.distributions.CategoricalDistribution([4, 8, 16])}  # fmt: skip
-    study = optuna.create_study(study_name=exp.name, storage=f"sqlite:///{exp}/optuna.db",
-                                direction="maximize")  # fmt: skip
+    dist = {
+        "lr": optuna.distributions.FloatDistribution(1e-3, 2e-2, log=True),
+        "model.width": optuna.distributions.CategoricalDistribution([4, 8, 16]),
+    }
+    study = optuna.create_study(
+        study_name=exp.name, storage=f"sqlite:///{exp}/optuna.db", direction="maximize"
+    )
     data = load_data("synthetic:chest3", SIZE, limit_per_split=LIMIT)
     rng = np.random.default_rng(0)
     rows = []
@@ -80,8 +87,9 @@ def build(out: Path) -> Path:
         lr, width = float(np.exp(rng.uniform(np.log(1e-3), np.log(2e-2)))), [4, 8, 16][i % 3]
         epochs = EPOCHS if i < 4 else 2  # two "ASHA-stopped" trials
         hp = {"width": width, "head_dims": [16], "pool_size": 2}
-        cfg = TrainConfig(model="cnn", img_size=SIZE, model_kwargs=hp, limit_per_split=LIMIT,
-                          epochs=EPOCHS, lr=lr)  # fmt: skip
+        cfg = TrainConfig(
+            model="cnn", img_size=SIZE, model_kwargs=hp, limit_per_split=LIMIT, epochs=EPOCHS, lr=lr
+        )
         model, log = train(cfg, data, i, epochs)
         tid = f"trial{i:03d}"
         ckpt = exp / tid / "train" / "checkpoint_000001"
@@ -90,20 +98,48 @@ def build(out: Path) -> Path:
         C.atomic_save({"best": rec}, ckpt / C.STATE_FILE)
         (exp / tid / "result.json").write_text("\n".join(json.dumps(r) for r in log) + "\n")
         best = max(r["val_macro_f1"] for r in log)
-        rows.append({"trial_id": tid, "status": "TERMINATED", "error": "", "model": "cnn",
-                     "epochs": epochs, "best_val_macro_f1": best, "checkpoint_path": str(ckpt),
-                     "trial_dir": str(exp / tid), "config/model": "cnn", "config/lr": lr,
-                     "config/model.width": width, "config/epochs": EPOCHS,
-                     "config/img_size": SIZE})  # fmt: skip
-        study.add_trial(optuna.trial.create_trial(
-            params={"lr": lr, "model.width": width}, distributions=dist,
-            value=log[-1]["val_macro_f1"]))  # fmt: skip
+        rows.append(
+            {
+                "trial_id": tid,
+                "status": "TERMINATED",
+                "error": "",
+                "model": "cnn",
+                "epochs": epochs,
+                "best_val_macro_f1": best,
+                "checkpoint_path": str(ckpt),
+                "trial_dir": str(exp / tid),
+                "config/model": "cnn",
+                "config/lr": lr,
+                "config/model.width": width,
+                "config/epochs": EPOCHS,
+                "config/img_size": SIZE,
+            }
+        )
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": lr, "model.width": width},
+                distributions=dist,
+                value=log[-1]["val_macro_f1"],
+            )
+        )
         print(f"{tid}: lr {lr:.2e} width {width} best val macro-F1 {best:.3f}", flush=True)
-    rows.append({"trial_id": "trial006", "status": "ERROR", "model": "cnn", "epochs": 0,
-                 "error": "RuntimeError: CUDA out of memory (demo row)", "best_val_macro_f1": None,
-                 "checkpoint_path": None, "trial_dir": str(exp / "trial006"),
-                 "config/model": "cnn", "config/lr": 0.01, "config/model.width": 16,
-                 "config/epochs": EPOCHS, "config/img_size": SIZE})  # fmt: skip
+    rows.append(
+        {
+            "trial_id": "trial006",
+            "status": "ERROR",
+            "model": "cnn",
+            "epochs": 0,
+            "error": "RuntimeError: CUDA out of memory (demo row)",
+            "best_val_macro_f1": None,
+            "checkpoint_path": None,
+            "trial_dir": str(exp / "trial006"),
+            "config/model": "cnn",
+            "config/lr": 0.01,
+            "config/model.width": 16,
+            "config/epochs": EPOCHS,
+            "config/img_size": SIZE,
+        }
+    )
     pd.DataFrame(rows).to_parquet(exp / "results.parquet")
     argv = [
         "--space",
@@ -115,10 +151,21 @@ def build(out: Path) -> Path:
         "--budget-minutes",
         "3",
     ]
-    (exp / "sweep.json").write_text(json.dumps({
-        "command": "python -m ray_xray.tune " + " ".join(argv),
-        "options": {"data": "synthetic:chest3", "objective": ["val_macro_f1"], "trials": 12,
-                    "budget_minutes": 3.0, "scheduler": "asha", "searcher": "tpe"}}))  # fmt: skip
+    (exp / "sweep.json").write_text(
+        json.dumps(
+            {
+                "command": "python -m ray_xray.tune " + " ".join(argv),
+                "options": {
+                    "data": "synthetic:chest3",
+                    "objective": ["val_macro_f1"],
+                    "trials": 12,
+                    "budget_minutes": 3.0,
+                    "scheduler": "asha",
+                    "searcher": "tpe",
+                },
+            }
+        )
+    )
     run_ensemble(exp, top_k=4, device="cpu")
     return exp / "ensemble" / "report.html"
 
@@ -126,9 +173,19 @@ def build(out: Path) -> Path:
 def screenshots(report: Path, shots: Path) -> None:
     """Full-page PNG of the report at 1400 px wide (Chromium's own page screenshot)."""
     shots.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                    "--hide-scrollbars", f"--screenshot={shots / 'report-1400px.png'}",
-                    "--window-size=1400,9000", report.resolve().as_uri()], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shots / 'report-1400px.png'}",
+            "--window-size=1400,9000",
+            report.resolve().as_uri(),
+        ],
+        check=True,
+    )
 
 
 if __name__ == "__main__":

@@ -54,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rounds", type=int, default=5, help="query rounds after round 0 (default %(default)s)"
     )
-    p.add_argument("--strategy", default="entropy",
-                   help=f"one or a comma list of {', '.join(L.STRATEGIES)}; random always runs "
-                   "too (default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--strategy",
+        default="entropy",
+        help=f"one or a comma list of {', '.join(L.STRATEGIES)}; random always runs "
+        "too (default %(default)s)",
+    )
     p.add_argument("--mc-passes", type=int, default=10, help="MC-dropout stochastic passes (T)")
     p.add_argument(
         "--mc-score",
@@ -66,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repeats", type=int, default=3, help="seeds per strategy (mean and sd)")
     p.add_argument("--seed", type=int, default=0, help="first seed; repeats use seed, seed+1, ...")
-    p.add_argument("--focus-class", default=None,
-                   help="class whose F1 is highlighted (default tuberculosis if present, "
-                   "else the rarest training class)")  # fmt: skip
+    p.add_argument(
+        "--focus-class",
+        default=None,
+        help="class whose F1 is highlighted (default tuberculosis if present, "
+        "else the rarest training class)",
+    )
     # Training of every round.
     p.add_argument("--epochs", type=int, default=5, help="per round (default %(default)s)")
     p.add_argument("--img-size", type=int, default=64, help="default %(default)s: CPU-friendly")
@@ -76,9 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.lr, help=HELP["lr"])
     p.add_argument("--loss", choices=CHOICES["loss"], default=d.loss, help=HELP["loss"])
     p.add_argument("--focal-gamma", type=float, default=2.0, help="used when --loss focal")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any training setting, e.g. --set aug_strength=0.5 --set "
-                   "model.width=64 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any training setting, e.g. --set aug_strength=0.5 --set model.width=64 (repeatable)",
+    )
     # Where and how.
     p.add_argument("--out", default=None, help="output folder (default runs/active-<time>)")
     p.add_argument("--cache", default=None, help="prepared-data cache (local path or s3://)")
@@ -87,9 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run everything in this process, one run after another (no Ray)",
     )
-    p.add_argument("--cpus-per-job", type=int, default=0,
-                   help="CPUs (and torch threads) per (strategy, seed) Ray task; default: the "
-                   "cluster's CPUs shared out, at least 1")  # fmt: skip
+    p.add_argument(
+        "--cpus-per-job",
+        type=int,
+        default=0,
+        help="CPUs (and torch threads) per (strategy, seed) Ray task; default: the "
+        "cluster's CPUs shared out, at least 1",
+    )
     p.add_argument("--gpus-per-job", type=float, default=0.0, help="GPUs per Ray task")
     p.add_argument("--limit-per-split", type=int, default=0, help=HELP["limit_per_split"])
     p.add_argument(
@@ -130,10 +144,18 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    base = {"model": args.model, "data": args.data, "img_size": args.img_size,
-            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-            "loss": args.loss, "focal_gamma": args.focal_gamma, "seed": args.seed,
-            "limit_per_split": args.limit_per_split}  # fmt: skip
+    base = {
+        "model": args.model,
+        "data": args.data,
+        "img_size": args.img_size,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "loss": args.loss,
+        "focal_gamma": args.focal_gamma,
+        "seed": args.seed,
+        "limit_per_split": args.limit_per_split,
+    }
     kwargs = dict(CNN_DEFAULTS) if args.model == "cnn" else {}
     if args.smoke_test:
         kwargs.update(SMOKE_MODEL.get(args.model, {}))
@@ -169,8 +191,10 @@ def run_jobs(data, cfg, jobs, opts: dict, local: bool, cpus_per_job: int, gpus: 
     cpus = cpus_per_job or max(1, int(total // len(jobs)))
     if cpus > total:  # such a task would wait forever for resources
         raise ValueError(f"--cpus-per-job {cpus} but the cluster has {total:g} CPU(s)")
-    print(f"ray: {len(jobs)} runs as tasks of {cpus} CPU(s), {int(total // cpus)} at a time",
-          flush=True)  # fmt: skip
+    print(
+        f"ray: {len(jobs)} runs as tasks of {cpus} CPU(s), {int(total // cpus)} at a time",
+        flush=True,
+    )
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(L.run_sequence)
     data_ref = ray.put(data)  # shipped once, shared by every task on a node
     pending = [
@@ -186,8 +210,11 @@ def round0_mismatch(rows: list[dict]) -> list[int]:
     """Seeds whose round-0 test metrics differ between strategies (they train the same model)."""
     bad = []
     for seed in sorted({r["seed"] for r in rows}):
-        got = {(r["test_accuracy"], r["test_macro_f1"]) for r in rows
-               if r["seed"] == seed and r["round"] == 0}  # fmt: skip
+        got = {
+            (r["test_accuracy"], r["test_macro_f1"])
+            for r in rows
+            if r["seed"] == seed and r["round"] == 0
+        }
         if len(got) > 1:
             bad.append(seed)
     return bad
@@ -240,14 +267,25 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": "python -m ray_xray.active " + shlex.join(argv),
         "argv": argv,
-        "strategies": strategies, "seeds": seeds, "initial": args.initial, "query": args.query,
-        "rounds": args.rounds, "mc_passes": args.mc_passes, "mc_score": args.mc_score,
-        "focus_class": focus, "classes": data.classes,
-        "n_train": n_train, "n_val": len(data.labels["val"]), "n_test": len(data.labels["test"]),
-        "n_initial": n0, "query_size": k, "final_labelled": n0 + args.rounds * k,
-        "train_counts": data.counts()["train"], "model_params": n_params,
+        "strategies": strategies,
+        "seeds": seeds,
+        "initial": args.initial,
+        "query": args.query,
+        "rounds": args.rounds,
+        "mc_passes": args.mc_passes,
+        "mc_score": args.mc_score,
+        "focus_class": focus,
+        "classes": data.classes,
+        "n_train": n_train,
+        "n_val": len(data.labels["val"]),
+        "n_test": len(data.labels["test"]),
+        "n_initial": n0,
+        "query_size": k,
+        "final_labelled": n0 + args.rounds * k,
+        "train_counts": data.counts()["train"],
+        "model_params": n_params,
         "train_config": cfg.to_dict(),
-    }  # fmt: skip
+    }
     R.write_atomic(out / "config.json", json.dumps(meta, indent=2))
     print(
         f"active learning: {', '.join(strategies)} x seeds {seeds} | train {n_train}, "
@@ -258,8 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     t0 = time.perf_counter()
-    opts = {"initial": args.initial, "query": args.query, "rounds": args.rounds,
-            "mc_passes": args.mc_passes, "mc_score": args.mc_score, "focus": focus}  # fmt: skip
+    opts = {
+        "initial": args.initial,
+        "query": args.query,
+        "rounds": args.rounds,
+        "mc_passes": args.mc_passes,
+        "mc_score": args.mc_score,
+        "focus": focus,
+    }
     rows: list[dict] = []
     for got in run_jobs(data, cfg, jobs, opts, args.local, args.cpus_per_job, args.gpus_per_job):
         rows += got
@@ -271,10 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + R.table(summary, focus))
     bad = round0_mismatch(rows)
     if bad:  # CPU runs are deterministic; GPU kernels may not be
-        print(f"warning: round 0 differs between strategies for seed(s) {bad} "
-              "(non-deterministic kernels?)", flush=True)  # fmt: skip
-    print(f"\n{len(jobs)} runs in {time.perf_counter() - t0:.0f}s -> {out}/"
-          "{rounds.csv, summary.csv, results.json, learning_curve.png}")  # fmt: skip
+        print(
+            f"warning: round 0 differs between strategies for seed(s) {bad} "
+            "(non-deterministic kernels?)",
+            flush=True,
+        )
+    print(
+        f"\n{len(jobs)} runs in {time.perf_counter() - t0:.0f}s -> {out}/"
+        "{rounds.csv, summary.csv, results.json, learning_curve.png}"
+    )
     return 0
 
 

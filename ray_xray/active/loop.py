@@ -134,8 +134,9 @@ def dropout_modules(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def mc_predict(model, loader, device, precision, channels_last=False, passes=10,
-               seed=0, feed=None) -> np.ndarray:  # fmt: skip
+def mc_predict(
+    model, loader, device, precision, channels_last=False, passes=10, seed=0, feed=None
+) -> np.ndarray:
     """(passes, N, K) softmax outputs with dropout on and everything else (BatchNorm) in eval."""
     model.eval()
     for m in dropout_modules(model):
@@ -182,8 +183,12 @@ def fit_round(cfg: TrainConfig, data, train_idx: np.ndarray, device: torch.devic
     progress = fit(tr, hooks=keep)
     tr.bare.load_state_dict(keep.state)
     tr.bare.eval()
-    fit_summary = {"best_epoch": progress.best_epoch, "val": keep.metrics,
-                   "history": progress.history, "train_s": time.perf_counter() - t0}  # fmt: skip
+    fit_summary = {
+        "best_epoch": progress.best_epoch,
+        "val": keep.metrics,
+        "history": progress.history,
+        "train_s": time.perf_counter() - t0,
+    }
     return tr.bare, tr.precision, tr.channels_last, fit_summary, tr.feed
 
 
@@ -192,9 +197,20 @@ def round_seed(seed: int, r: int) -> int:
     return seed * 1000 + r
 
 
-def run_sequence(data, cfg: TrainConfig, strategy: str, seed: int, *, initial: float,
-                 query: float, rounds: int, mc_passes: int = 10, mc_score: str = "entropy",
-                 focus: str | None = None, threads: int | None = None) -> list[dict]:  # fmt: skip
+def run_sequence(
+    data,
+    cfg: TrainConfig,
+    strategy: str,
+    seed: int,
+    *,
+    initial: float,
+    query: float,
+    rounds: int,
+    mc_passes: int = 10,
+    mc_score: str = "entropy",
+    focus: str | None = None,
+    threads: int | None = None,
+) -> list[dict]:
     """One (strategy, seed) run: rounds 0..`rounds`, a fresh model each. Returns one row per round
     (test metrics, labelled count and class mix, the indices queried to reach that round)."""
     if threads:
@@ -217,17 +233,30 @@ def run_sequence(data, cfg: TrainConfig, strategy: str, seed: int, *, initial: f
         y, prob, _ = E.predict_proba(model, test_loader, device, precision, cl, feed=feed)
         test = M.full_report(y, prob, classes)
         row = {
-            "strategy": strategy, "seed": seed, "round": r, "n_labelled": len(labelled),
+            "strategy": strategy,
+            "seed": seed,
+            "round": r,
+            "n_labelled": len(labelled),
             "n_queried": len(queried),
-            "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+            "test_accuracy": test["accuracy"],
+            "test_macro_f1": test["macro_f1"],
             **{f"test_f1_{c}": test["f1"][c] for c in classes},
-            "val_macro_f1": summary["val"]["val_macro_f1"], "best_epoch": summary["best_epoch"],
-            **{f"labelled_{c}": int(v) for c, v in
-               zip(classes, np.bincount(y_train[labelled], minlength=len(classes)), strict=True)},
-            **{f"queried_{c}": int(v) for c, v in
-               zip(classes, np.bincount(y_train[queried], minlength=len(classes)), strict=True)},
+            "val_macro_f1": summary["val"]["val_macro_f1"],
+            "best_epoch": summary["best_epoch"],
+            **{
+                f"labelled_{c}": int(v)
+                for c, v in zip(
+                    classes, np.bincount(y_train[labelled], minlength=len(classes)), strict=True
+                )
+            },
+            **{
+                f"queried_{c}": int(v)
+                for c, v in zip(
+                    classes, np.bincount(y_train[queried], minlength=len(classes)), strict=True
+                )
+            },
             "train_s": summary["train_s"],
-        }  # fmt: skip
+        }
         if r == 0:
             row["initial_idx"] = labelled.tolist()
         row["queried_idx"] = queried.tolist()
@@ -239,8 +268,16 @@ def run_sequence(data, cfg: TrainConfig, strategy: str, seed: int, *, initial: f
             if strategy != "random":
                 loader = make_loader(Subset(pool_ds, pool.tolist()), 256, device=device)
                 if strategy == "mc_dropout":
-                    probs = mc_predict(model, loader, device, precision, cl, mc_passes,
-                                       seed=round_seed(seed, r), feed=feed)  # fmt: skip
+                    probs = mc_predict(
+                        model,
+                        loader,
+                        device,
+                        precision,
+                        cl,
+                        mc_passes,
+                        seed=round_seed(seed, r),
+                        feed=feed,
+                    )
                 else:
                     probs = E.predict_proba(model, loader, device, precision, cl, feed=feed)[1]
             rng = np.random.default_rng([seed, r])

@@ -39,15 +39,22 @@ def summarise(rows: list[dict], focus: str, baseline: str = "random") -> list[di
     Paired: the difference is taken seed by seed (same initial pool, same training seeds), which
     removes the seed-to-seed noise that both strategies share.
     """
-    metrics = {"accuracy": "test_accuracy", "macro_f1": "test_macro_f1",
-               "focus_f1": f"test_f1_{focus}"}  # fmt: skip
+    metrics = {
+        "accuracy": "test_accuracy",
+        "macro_f1": "test_macro_f1",
+        "focus_f1": f"test_f1_{focus}",
+    }
     by = {(r["strategy"], r["seed"], r["round"]): r for r in rows}
     out = []
     for strategy in dict.fromkeys(r["strategy"] for r in rows):
         for rnd in sorted({r["round"] for r in rows if r["strategy"] == strategy}):
             group = [r for r in rows if r["strategy"] == strategy and r["round"] == rnd]
-            s = {"strategy": strategy, "round": rnd, "n_labelled": group[0]["n_labelled"],
-                 "n_seeds": len(group)}  # fmt: skip
+            s = {
+                "strategy": strategy,
+                "round": rnd,
+                "n_labelled": group[0]["n_labelled"],
+                "n_seeds": len(group),
+            }
             for name, key in metrics.items():
                 s[f"{name}_mean"], s[f"{name}_std"] = _mean_std([g[key] for g in group])
             if strategy != baseline:
@@ -76,8 +83,9 @@ def learning_curve(summary: list[dict], focus: str, path: Path) -> None:
         axes, (("macro_f1", "test macro-F1"), ("focus_f1", f"test F1: {focus}")), strict=True
     ):
         for strategy in strategies:
-            pts = sorted((s for s in summary if s["strategy"] == strategy),
-                         key=lambda s: s["n_labelled"])  # fmt: skip
+            pts = sorted(
+                (s for s in summary if s["strategy"] == strategy), key=lambda s: s["n_labelled"]
+            )
             x = np.array([p["n_labelled"] for p in pts])
             m = np.array([p[f"{name}_mean"] for p in pts])
             sd = np.array([p[f"{name}_std"] for p in pts])
@@ -91,8 +99,9 @@ def learning_curve(summary: list[dict], focus: str, path: Path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Active learning vs random at the same label budget (mean +- 1 sd over seeds)",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "Active learning vs random at the same label budget (mean +- 1 sd over seeds)", fontsize=10
+    )
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -100,12 +109,14 @@ def learning_curve(summary: list[dict], focus: str, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def write_outputs(out: Path, rows: list[dict], summary: list[dict], meta: dict,
-                  plot: bool = True) -> None:  # fmt: skip
+def write_outputs(
+    out: Path, rows: list[dict], summary: list[dict], meta: dict, plot: bool = True
+) -> None:
     """All result files; called after every finished run, so a crash keeps what was done."""
     out = Path(out)
-    order = sorted(rows, key=lambda r: (r["strategy"] == "random", r["strategy"], r["seed"],
-                                        r["round"]))  # fmt: skip
+    order = sorted(
+        rows, key=lambda r: (r["strategy"] == "random", r["strategy"], r["seed"], r["round"])
+    )
     write_atomic(out / "rounds.csv", _csv(order))
     write_atomic(out / "summary.csv", _csv(summary))
     doc = {**meta, "summary": summary, "rows": order}

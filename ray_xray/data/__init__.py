@@ -13,6 +13,17 @@ from .dataset import (
 from .sources import SPLITS, DataError, Item, normalise_label, patient_id
 
 __all__ = [
-    "DEDUPE", "SPLITS", "absolute_spec", "DataError", "ImageDataset", "Item", "PreparedData",
-    "class_weights", "load_data", "load_for_config", "load_table", "normalise_label", "patient_id",
-]  # fmt: skip
+    "DEDUPE",
+    "SPLITS",
+    "absolute_spec",
+    "DataError",
+    "ImageDataset",
+    "Item",
+    "PreparedData",
+    "class_weights",
+    "load_data",
+    "load_for_config",
+    "load_table",
+    "normalise_label",
+    "patient_id",
+]

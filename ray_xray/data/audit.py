@@ -172,8 +172,10 @@ def format_report(report: dict, source: str) -> str:
     for s in shown:
         lines.append(f"       {s['path']}  ({s['reason']})")
     if len(shown) < len(skipped):
-        lines.append(f"       ({len(skipped) - len(shown)} hidden files: names starting with '.' "
-                     "or under __MACOSX are never data; --json lists them)")  # fmt: skip
+        lines.append(
+            f"       ({len(skipped) - len(shown)} hidden files: names starting with '.' "
+            "or under __MACOSX are never data; --json lists them)"
+        )
     for g in report["cross_split_duplicates"][:5]:
         lines.append("       " + "  ==  ".join(f"{m['split']}/{m['label']}:{m['path']}" for m in g))
     for p in report["near_duplicates_cross_split"][:5]:

@@ -126,10 +126,20 @@ def build_table(
             continue
         for name, value in zip(
             SCHEMA.names,
-            (path, it.label, it.split, it.patient, sha,
-             hashlib.sha1(pixels.tobytes()).hexdigest(), w, h, mode, pixels.tobytes()),
+            (
+                path,
+                it.label,
+                it.split,
+                it.patient,
+                sha,
+                hashlib.sha1(pixels.tobytes()).hexdigest(),
+                w,
+                h,
+                mode,
+                pixels.tobytes(),
+            ),
             strict=True,
-        ):  # fmt: skip
+        ):
             rows[name].append(value)
     return pa.Table.from_pydict(rows, schema=SCHEMA), bad
 

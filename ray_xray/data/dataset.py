@@ -126,12 +126,27 @@ class PreparedData:
             aug = None
         return ImageDataset(self.images[split], self.labels[split], aug)
 
-    def feed(self, in_chans: int, device, channels_last: bool = False, augment=None,
-             normalize: str = "dataset", equalize: str = "none") -> DeviceFeed:  # fmt: skip
+    def feed(
+        self,
+        in_chans: int,
+        device,
+        channels_last: bool = False,
+        augment=None,
+        normalize: str = "dataset",
+        equalize: str = "none",
+    ) -> DeviceFeed:
         """The `DeviceFeed` that turns this data's uint8 batches into model input (this data's
         training statistics; `normalize`/`equalize` as in `TrainConfig`)."""
-        return DeviceFeed(self.mean, self.std, in_chans, device, channels_last, augment,
-                          normalize=normalize, equalize=equalize)  # fmt: skip
+        return DeviceFeed(
+            self.mean,
+            self.std,
+            in_chans,
+            device,
+            channels_last,
+            augment,
+            normalize=normalize,
+            equalize=equalize,
+        )
 
 
 class ImageDataset(Dataset):
@@ -175,16 +190,30 @@ def _seed_worker(worker_id: int) -> None:
     seed_augmentation(info.dataset, info.seed)
 
 
-def loader(ds, batch_size: int, *, shuffle: bool = False, drop_last: bool = False,
-           device=None, workers: int = 0, generator=None) -> DataLoader:  # fmt: skip
+def loader(
+    ds,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    device=None,
+    workers: int = 0,
+    generator=None,
+) -> DataLoader:
     """A `DataLoader` over an `ImageDataset` (or a `Subset` of one): pinned memory on CUDA so
     copies overlap compute, `workers` processes only where a per-image transform needs them."""
     cuda = device is not None and torch.device(device).type == "cuda"
     return DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-        pin_memory=cuda, num_workers=workers, persistent_workers=workers > 0,
-        generator=generator, worker_init_fn=_seed_worker if workers else None,
-    )  # fmt: skip
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        pin_memory=cuda,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=generator,
+        worker_init_fn=_seed_worker if workers else None,
+    )
 
 
 def apply_dedupe(table: pa.Table, policy: str) -> tuple[pa.Table, int]:
@@ -257,9 +286,18 @@ def load_data(
     train = images["train"].astype(np.float32) / 255.0
     mean, std = float(train.mean()), float(train.std()) or 1.0
     data = PreparedData(
-        classes, images, labels, split_paths, mean, std, source, img_size,
-        dropped={"dedupe": n_dropped, "unreadable": len(bad)}, unreadable=bad, skipped=skipped,
-    )  # fmt: skip
+        classes,
+        images,
+        labels,
+        split_paths,
+        mean,
+        std,
+        source,
+        img_size,
+        dropped={"dedupe": n_dropped, "unreadable": len(bad)},
+        unreadable=bad,
+        skipped=skipped,
+    )
     log.info(
         "data %s: %s; %s",
         spec,
@@ -275,8 +313,15 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
-DATA_SETTINGS = ("data", "img_size", "skip_bad", "dedupe", "allow_leakage", "limit_per_split",
-                 "seed")  # fmt: skip
+DATA_SETTINGS = (
+    "data",
+    "img_size",
+    "skip_bad",
+    "dedupe",
+    "allow_leakage",
+    "limit_per_split",
+    "seed",
+)
 
 
 def shared_key(cfg) -> tuple:
@@ -290,7 +335,12 @@ def load_for_config(cfg, cache_root: str | None = None) -> PreparedData:
     """The data exactly as a training run with this TrainConfig (or its dict) sees it."""
     c = cfg if isinstance(cfg, dict) else cfg.to_dict()
     return load_data(
-        c["data"], c["img_size"], skip_bad=c["skip_bad"], dedupe=c["dedupe"],
-        allow_leakage=c["allow_leakage"], limit_per_split=c["limit_per_split"], seed=c["seed"],
+        c["data"],
+        c["img_size"],
+        skip_bad=c["skip_bad"],
+        dedupe=c["dedupe"],
+        allow_leakage=c["allow_leakage"],
+        limit_per_split=c["limit_per_split"],
+        seed=c["seed"],
         cache_root=cache_root,
-    )  # fmt: skip
+    )

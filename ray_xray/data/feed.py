@@ -35,8 +35,9 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EQUALIZED_MEAN, EQUALIZED_STD = 0.5, 12**-0.5
 
 
-def normalize(x: torch.Tensor, mean: float, std: float, in_chans: int,
-              mode: str = "dataset") -> torch.Tensor:  # fmt: skip
+def normalize(
+    x: torch.Tensor, mean: float, std: float, in_chans: int, mode: str = "dataset"
+) -> torch.Tensor:
     """uint8 or [0, 255] float (N, 1, H, W) -> float32 (N, in_chans, H, W).
 
     `mode` (TrainConfig.normalize): "dataset": (x/255 - mean)/std with `mean`/`std` the training
@@ -174,9 +175,17 @@ class DeviceFeed:
     and `evaluate` all go through this one path, so a model sees the same scaling everywhere.
     """
 
-    def __init__(self, mean: float, std: float, in_chans: int, device: torch.device,
-                 channels_last: bool = False, augment: BatchAugment | None = None,
-                 normalize: str = "dataset", equalize: str = "none") -> None:  # fmt: skip
+    def __init__(
+        self,
+        mean: float,
+        std: float,
+        in_chans: int,
+        device: torch.device,
+        channels_last: bool = False,
+        augment: BatchAugment | None = None,
+        normalize: str = "dataset",
+        equalize: str = "none",
+    ) -> None:
         if equalize not in ("none", "hist"):
             raise ValueError(f"equalize must be none or hist, got {equalize!r}")
         if equalize == "hist":
@@ -198,11 +207,26 @@ class DeviceFeed:
         return x.contiguous(memory_format=self.fmt)
 
     @classmethod
-    def for_config(cls, cfg, mean: float, std: float, device: torch.device,
-                   channels_last: bool = False, augment: BatchAugment | None = None) -> DeviceFeed:  # fmt: skip
+    def for_config(
+        cls,
+        cfg,
+        mean: float,
+        std: float,
+        device: torch.device,
+        channels_last: bool = False,
+        augment: BatchAugment | None = None,
+    ) -> DeviceFeed:
         """The feed for a `TrainConfig` (its in_chans, normalize, equalize) and data statistics."""
-        return cls(mean, std, cfg.in_chans, device, channels_last, augment,
-                   normalize=cfg.normalize, equalize=cfg.equalize)  # fmt: skip
+        return cls(
+            mean,
+            std,
+            cfg.in_chans,
+            device,
+            channels_last,
+            augment,
+            normalize=cfg.normalize,
+            equalize=cfg.equalize,
+        )
 
 
 def pick_augment_on(augment_on: str, device: torch.device, preset: str = "seeds") -> str:

@@ -26,23 +26,40 @@ SPLITS = ("train", "val", "test")
 JUNK_DIRS = frozenset({"__MACOSX"})
 
 _SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
-}  # fmt: skip
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 # Folder names seen in public chest X-ray and brain MRI sets -> one canonical label.
 _LABEL_ALIASES = {
-    "normal": "normal", "no_finding": "normal", "healthy": "normal",
-    "pneumonia": "pneumonia", "viral_pneumonia": "pneumonia",
-    "bacterial_pneumonia": "pneumonia", "lung_opacity": "pneumonia",
-    "tb": "tuberculosis", "tuberculosis": "tuberculosis",
-    "covid": "covid", "covid19": "covid", "covid_19": "covid",
-    "notumor": "notumor", "no_tumor": "notumor", "no_tumour": "notumor", "notumour": "notumor",
-    "glioma": "glioma", "glioma_tumor": "glioma",
-    "meningioma": "meningioma", "meningioma_tumor": "meningioma",
-    "pituitary": "pituitary", "pituitary_tumor": "pituitary",
-}  # fmt: skip
+    "normal": "normal",
+    "no_finding": "normal",
+    "healthy": "normal",
+    "pneumonia": "pneumonia",
+    "viral_pneumonia": "pneumonia",
+    "bacterial_pneumonia": "pneumonia",
+    "lung_opacity": "pneumonia",
+    "tb": "tuberculosis",
+    "tuberculosis": "tuberculosis",
+    "covid": "covid",
+    "covid19": "covid",
+    "covid_19": "covid",
+    "notumor": "notumor",
+    "no_tumor": "notumor",
+    "no_tumour": "notumor",
+    "notumour": "notumor",
+    "glioma": "glioma",
+    "glioma_tumor": "glioma",
+    "meningioma": "meningioma",
+    "meningioma_tumor": "meningioma",
+    "pituitary": "pituitary",
+    "pituitary_tumor": "pituitary",
+}
 
 # Kermany names: person12_bacteria_3.jpeg and person12_virus_9.jpeg are *different* patients
 # (numbering restarts per aetiology); IM-0115-0001 and NORMAL2-IM-0115-0001 likewise.

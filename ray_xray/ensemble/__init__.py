@@ -18,13 +18,24 @@ _C, _S, _G, _K = (
     "ray_xray.checkpoint",
 )
 _EXPORTS = {
-    "apply_temperature": _C, "ece": _C, "fit_temperature": _C, "nll": _C, "reliability_bins": _C,
+    "apply_temperature": _C,
+    "ece": _C,
+    "fit_temperature": _C,
+    "nll": _C,
+    "reliability_bins": _C,
     "run_ensemble": ".core",
-    "attention_maps": _G, "cam_target": _G, "grad_cam": _G,
-    "operating_points": _S, "report": _S, "threshold_for_specificity": _S,
-    "combine": ".select", "greedy_select": ".select",
-    "ENSEMBLE_FORMAT": _K, "is_ensemble": _K, "load_ensemble": _K,
-}  # fmt: skip
+    "attention_maps": _G,
+    "cam_target": _G,
+    "grad_cam": _G,
+    "operating_points": _S,
+    "report": _S,
+    "threshold_for_specificity": _S,
+    "combine": ".select",
+    "greedy_select": ".select",
+    "ENSEMBLE_FORMAT": _K,
+    "is_ensemble": _K,
+    "load_ensemble": _K,
+}
 
 __all__ = sorted(_EXPORTS)
 

@@ -36,20 +36,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("experiment", help="a sweep's folder STORAGE/NAME (holds results.parquet)")
     p.add_argument("--top-k", type=int, default=5, help="trials to consider (default %(default)s)")
-    p.add_argument("--data", default=None,
-                   help="data to evaluate on (default: the sweep's own, from sweep.json)")  # fmt: skip
+    p.add_argument(
+        "--data",
+        default=None,
+        help="data to evaluate on (default: the sweep's own, from sweep.json)",
+    )
     p.add_argument("--out", default=None, help="output folder (default EXPERIMENT/ensemble)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where to run the members (default %(default)s: GPU when available)")  # fmt: skip
-    p.add_argument("--specificity", type=targets, default=(0.90, 0.95), metavar="T[,T...]",
-                   help="operating points by target specificity (default 0.90,0.95)")  # fmt: skip
-    p.add_argument("--sensitivity", type=targets, default=(0.90, 0.95), metavar="T[,T...]",
-                   help="operating points by target sensitivity (default 0.90,0.95)")  # fmt: skip
-    p.add_argument("--external", action="append", default=None, metavar="DATA[,DATA]",
-                   help="labelled sets from elsewhere (folder, manifest or synthetic:), scored "
-                   "once the ensemble is chosen and saved, never used to choose: each of the "
-                   "top K of best_trials.json and the ensemble, with intervals and the drop from "
-                   "its own test split; as the sweep's --external (default: none)")  # fmt: skip
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run the members (default %(default)s: GPU when available)",
+    )
+    p.add_argument(
+        "--specificity",
+        type=targets,
+        default=(0.90, 0.95),
+        metavar="T[,T...]",
+        help="operating points by target specificity (default 0.90,0.95)",
+    )
+    p.add_argument(
+        "--sensitivity",
+        type=targets,
+        default=(0.90, 0.95),
+        metavar="T[,T...]",
+        help="operating points by target sensitivity (default 0.90,0.95)",
+    )
+    p.add_argument(
+        "--external",
+        action="append",
+        default=None,
+        metavar="DATA[,DATA]",
+        help="labelled sets from elsewhere (folder, manifest or synthetic:), scored "
+        "once the ensemble is chosen and saved, never used to choose: each of the "
+        "top K of best_trials.json and the ensemble, with intervals and the drop from "
+        "its own test split; as the sweep's --external (default: none)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip report.html and its figures")
     p.add_argument("--json", action="store_true", help="print the result summary as JSON")
     return p
@@ -66,10 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         external = for_finished_sweep(args.experiment, args.external, args.top_k, args.device)
     from .core import run_ensemble
 
-    result = run_ensemble(args.experiment, top_k=args.top_k, data=args.data, out=args.out,
-                          device=args.device, report_html=not args.no_report,
-                          specificities=args.specificity, sensitivities=args.sensitivity,
-                          external=external)  # fmt: skip
+    result = run_ensemble(
+        args.experiment,
+        top_k=args.top_k,
+        data=args.data,
+        out=args.out,
+        device=args.device,
+        report_html=not args.no_report,
+        specificities=args.specificity,
+        sensitivities=args.sensitivity,
+        external=external,
+    )
     if external is not None:  # each member's figures into best_trials.json; the table
         with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
             result["external"] = external.finish(str(args.experiment))
@@ -80,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     b, e = s["best_member"], s["ensemble"]
     print(f"best single trial {b['name']}: test macro-F1 {b['test_macro_f1']:.3f}")
     print(f"{e['name']}: test macro-F1 {e['test_macro_f1']:.3f}, ECE {e['test_ece']:.3f}")
-    print(f"wrote {result['ensemble']}, {result['metrics']}, {result['comparison']}"
-          + (f", {result['report']}" if result["report"] else ""))  # fmt: skip
+    print(
+        f"wrote {result['ensemble']}, {result['metrics']}, {result['comparison']}"
+        + (f", {result['report']}" if result["report"] else "")
+    )
     return 0
 
 

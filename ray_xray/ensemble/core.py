@@ -90,9 +90,16 @@ def load_member_data(members: list[Member], spec: str, cache: str | None) -> dic
         img_size, limit, seed, dedupe, skip_bad, allow_leakage = m.data_key
         log(f"loading {spec} at {img_size}px (limit {limit or 'none'}, seed {seed})")
         datas[m.data_key] = load_data(
-            spec, img_size, classes=list(m.record["classes"]), skip_bad=skip_bad, dedupe=dedupe,
-            allow_leakage=allow_leakage, limit_per_split=limit, seed=seed, cache_root=cache,
-        )  # fmt: skip
+            spec,
+            img_size,
+            classes=list(m.record["classes"]),
+            skip_bad=skip_bad,
+            dedupe=dedupe,
+            allow_leakage=allow_leakage,
+            limit_per_split=limit,
+            seed=seed,
+            cache_root=cache,
+        )
     ref = next(iter(datas.values()))
     for key, d in datas.items():
         if d.classes != ref.classes:
@@ -118,8 +125,9 @@ def member_probabilities(record: dict, data, device: torch.device, batch_size: i
     model, feed, precision, channels_last = E.inference_setup(record, device)
     out = {}
     for split in ("val", "test"):
-        loader = make_loader(ImageDataset(data.images[split], data.labels[split]), batch_size,
-                             device=device)  # fmt: skip
+        loader = make_loader(
+            ImageDataset(data.images[split], data.labels[split]), batch_size, device=device
+        )
         y, prob, _ = E.predict_proba(model, loader, device, precision, channels_last, feed=feed)
         out[split] = (y, prob.astype(np.float64))
     return out
@@ -133,11 +141,14 @@ def build_ensembles(members: list[Member], y_val: np.ndarray, classes: list[str]
     f1 = [report(y_val, m.val_prob, classes)["macro_f1"] for m in members]
     greedy = greedy_select(y_val, val)
     ens = {
-        "greedy": {"weights": greedy["weights"], "counts": greedy["counts"],
-                   "history": greedy["history"]},
+        "greedy": {
+            "weights": greedy["weights"],
+            "counts": greedy["counts"],
+            "history": greedy["history"],
+        },
         "mean": {"weights": mean_weights(len(members))},
         "weighted": {"weights": score_weights(f1)},
-    }  # fmt: skip
+    }
     for name, e in ens.items():
         e["method"] = name
         e["description"] = ENSEMBLE_METHODS[name]
@@ -169,16 +180,24 @@ def comparison_rows(metrics: dict, classes: list[str]) -> list[dict]:
     for kind, e in entries:
         test = e["test"]
         row = {
-            "name": e["name"], "kind": kind, "model": e.get("model", ""),
-            "trial_id": e.get("trial_id", ""), "temperature": e.get("temperature"),
-            "chosen_weight": e.get("chosen_weight"), "val_macro_f1": e["val"]["macro_f1"],
-            "val_nll": e["val"]["nll"], "test_accuracy": test["accuracy"],
-            "test_macro_f1": test["macro_f1"], "test_weighted_f1": test["weighted_f1"],
-            "test_auc": test["auc"], "test_pr_ap": test["pr_ap_macro"], "test_ece": test["ece"],
+            "name": e["name"],
+            "kind": kind,
+            "model": e.get("model", ""),
+            "trial_id": e.get("trial_id", ""),
+            "temperature": e.get("temperature"),
+            "chosen_weight": e.get("chosen_weight"),
+            "val_macro_f1": e["val"]["macro_f1"],
+            "val_nll": e["val"]["nll"],
+            "test_accuracy": test["accuracy"],
+            "test_macro_f1": test["macro_f1"],
+            "test_weighted_f1": test["weighted_f1"],
+            "test_auc": test["auc"],
+            "test_pr_ap": test["pr_ap_macro"],
+            "test_ece": test["ece"],
             "test_nll": test["nll"],
             "test_ece_uncalibrated": e.get("uncalibrated", {}).get("test_ece"),
             "test_nll_uncalibrated": e.get("uncalibrated", {}).get("test_nll"),
-        }  # fmt: skip
+        }
         for c in classes:
             row[f"test_recall_{c}"] = test["recall"][c]
         rows.append(row)
@@ -190,9 +209,11 @@ def agreement_and_origin(metrics: dict, spec: str) -> None:
     from ..report.agreement import val_origin, val_test_agreement
 
     members = metrics["members"]
-    agreement = val_test_agreement([e["name"] for e in members],
-                                   [e["val"]["macro_f1"] for e in members],
-                                   [e["test"]["macro_f1"] for e in members])  # fmt: skip
+    agreement = val_test_agreement(
+        [e["name"] for e in members],
+        [e["val"]["macro_f1"] for e in members],
+        [e["test"]["macro_f1"] for e in members],
+    )
     metrics["val_test_agreement"], metrics["val_origin"] = agreement, val_origin(spec)
     if agreement["warning"]:
         log(f"warning: {agreement['warning']}")
@@ -235,8 +256,10 @@ def run_ensemble(
     ranked = rank_trials(exp)
     if ranked.empty:
         raise ValueError(f"{exp_path}: no finished trial with a checkpoint to ensemble")
-    log(f"{len(ranked)} usable trial(s) of {len(exp['table'])}; taking the top "
-        f"{min(top_k, len(ranked))} by {exp['key']} ({exp['mode']})")  # fmt: skip
+    log(
+        f"{len(ranked)} usable trial(s) of {len(exp['table'])}; taking the top "
+        f"{min(top_k, len(ranked))} by {exp['key']} ({exp['mode']})"
+    )
 
     members: list[Member] = []
     for row in ranked.to_dict("records"):
@@ -249,12 +272,19 @@ def run_ensemble(
             log(f"skipping trial {tid}: {exc}")
             continue
         rank = len(members) + 1
-        members.append(Member(
-            name=f"{record['model']}:{tid}", trial_id=tid, model_name=record["model"], rank=rank,
-            sweep_metric=float(row["_metric"]), record=record, data_key=data_key(record),
-            trial_dir=relocate(row.get("trial_dir"), exp_path, tid) or (
-                exp_path / tid if (exp_path / tid).is_dir() else None),
-        ))  # fmt: skip
+        members.append(
+            Member(
+                name=f"{record['model']}:{tid}",
+                trial_id=tid,
+                model_name=record["model"],
+                rank=rank,
+                sweep_metric=float(row["_metric"]),
+                record=record,
+                data_key=data_key(record),
+                trial_dir=relocate(row.get("trial_dir"), exp_path, tid)
+                or (exp_path / tid if (exp_path / tid).is_dir() else None),
+            )
+        )
     if not members:
         raise ValueError(f"{exp_path}: no trial checkpoint could be loaded")
     spec = data or exp["options"].get("data") or members[0].config.get("data")
@@ -277,43 +307,64 @@ def run_ensemble(
         m.temperature = fit_temperature(y_val, m.val_raw)
         m.val_prob = apply_temperature(m.val_raw, m.temperature)
         m.test_prob = apply_temperature(m.test_raw, m.temperature)
-        log(f"#{m.rank} {m.name}: val NLL {nll(y_val, m.val_raw):.4f} -> "
+        log(
+            f"#{m.rank} {m.name}: val NLL {nll(y_val, m.val_raw):.4f} -> "
             f"{nll(y_val, m.val_prob):.4f} at T={m.temperature:.3f} "
-            f"({time.perf_counter() - t1:.1f}s)")  # fmt: skip
+            f"({time.perf_counter() - t1:.1f}s)"
+        )
     timings["predict_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     ensembles = build_ensembles(members, y_val, classes)
     chosen = choose(ensembles)
     best = ensembles[chosen]
-    log("ensembles (val NLL): " + ", ".join(
-        f"{k} {e['val_nll']:.4f}" for k, e in ensembles.items()) + f"; chosen: {chosen}")  # fmt: skip
+    log(
+        "ensembles (val NLL): "
+        + ", ".join(f"{k} {e['val_nll']:.4f}" for k, e in ensembles.items())
+        + f"; chosen: {chosen}"
+    )
 
     # ---- metrics
     def full(yv, pv, yt, pt):
         # Intervals on test only: that is where the reported figures come from.
-        return {"val": report(yv, pv, classes), "test": report(yt, pt, classes, intervals=True),
-                "operating_points": operating_points(yv, pv, yt, pt, classes, specificities,
-                                                     sensitivities)}  # fmt: skip
+        return {
+            "val": report(yv, pv, classes),
+            "test": report(yt, pt, classes, intervals=True),
+            "operating_points": operating_points(
+                yv, pv, yt, pt, classes, specificities, sensitivities
+            ),
+        }
 
     member_metrics = []
     for i, m in enumerate(members):
         entry = {
-            "name": m.name, "trial_id": m.trial_id, "model": m.model_name, "rank": m.rank,
-            f"sweep_{exp['key']}": m.sweep_metric, "temperature": m.temperature,
+            "name": m.name,
+            "trial_id": m.trial_id,
+            "model": m.model_name,
+            "rank": m.rank,
+            f"sweep_{exp['key']}": m.sweep_metric,
+            "temperature": m.temperature,
             **{k: preprocess(m.record)[k] for k in ("img_size", "in_chans")},
             "chosen_weight": best["weights"][i],
-            "uncalibrated": {"val_nll": nll(y_val, m.val_raw), "val_ece": ece(y_val, m.val_raw),
-                             "test_nll": nll(y_test, m.test_raw), "test_ece": ece(y_test, m.test_raw)},
+            "uncalibrated": {
+                "val_nll": nll(y_val, m.val_raw),
+                "val_ece": ece(y_val, m.val_raw),
+                "test_nll": nll(y_test, m.test_raw),
+                "test_ece": ece(y_test, m.test_raw),
+            },
             **full(y_val, m.val_prob, y_test, m.test_prob),
-        }  # fmt: skip
+        }
         member_metrics.append(entry)
     ens_metrics = []
     for name, e in ensembles.items():
-        entry = {"name": f"ensemble_{name}", "method": name, "description": e["description"],
-                 "chosen": name == chosen,
-                 "weights": {m.name: w for m, w in zip(members, e["weights"], strict=True)},
-                 **full(y_val, e["val_prob"], y_test, e["test_prob"])}  # fmt: skip
+        entry = {
+            "name": f"ensemble_{name}",
+            "method": name,
+            "description": e["description"],
+            "chosen": name == chosen,
+            "weights": {m.name: w for m, w in zip(members, e["weights"], strict=True)},
+            **full(y_val, e["val_prob"], y_test, e["test_prob"]),
+        }
         if "history" in e:
             entry["greedy_history"] = [
                 {**h, "added": members[h["added"]].name} for h in e["history"]
@@ -325,15 +376,24 @@ def run_ensemble(
     out_dir.mkdir(parents=True, exist_ok=True)
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     metrics = {
-        "experiment": exp_path.name, "experiment_dir": str(exp_path), "data": spec,
-        "created": created, "classes": classes, "objective": exp["objective"],
-        "ranking_metric": exp["key"], "top_k": int(top_k), "n_members": len(members),
-        "n_val": int(len(y_val)), "n_test": int(len(y_test)),
+        "experiment": exp_path.name,
+        "experiment_dir": str(exp_path),
+        "data": spec,
+        "created": created,
+        "classes": classes,
+        "objective": exp["objective"],
+        "ranking_metric": exp["key"],
+        "top_k": int(top_k),
+        "n_members": len(members),
+        "n_val": int(len(y_val)),
+        "n_test": int(len(y_test)),
         "calibration": "temperature scaling per member: T minimising validation NLL "
-                       "(bounded Brent search on 1/T in [0.02, 50]; NLL is convex in 1/T)",
-        "ece_bins": 15, "chosen": f"ensemble_{chosen}",
-        "members": member_metrics, "ensembles": ens_metrics,
-    }  # fmt: skip
+        "(bounded Brent search on 1/T in [0.02, 50]; NLL is convex in 1/T)",
+        "ece_bins": 15,
+        "chosen": f"ensemble_{chosen}",
+        "members": member_metrics,
+        "ensembles": ens_metrics,
+    }
     agreement_and_origin(metrics, spec)
 
     # ---- ensemble.pt: only members the chosen method gives weight
@@ -341,12 +401,20 @@ def run_ensemble(
     records = [{**m.record, "temperature": float(m.temperature)} for m, _ in keep]
     total = sum(w for _, w in keep)
     obj = ensemble_record(
-        records, [w / total for _, w in keep], chosen, classes,
-        extra={"member_names": [m.name for m, _ in keep], "experiment": exp_path.name,
-               "data": spec, "description": ENSEMBLE_METHODS[chosen],
-               "operating_points": stored_points(
-                   ens_metrics[list(ensembles).index(chosen)]["operating_points"])},
-    )  # fmt: skip
+        records,
+        [w / total for _, w in keep],
+        chosen,
+        classes,
+        extra={
+            "member_names": [m.name for m, _ in keep],
+            "experiment": exp_path.name,
+            "data": spec,
+            "description": ENSEMBLE_METHODS[chosen],
+            "operating_points": stored_points(
+                ens_metrics[list(ensembles).index(chosen)]["operating_points"]
+            ),
+        },
+    )
     ens_path = save_ensemble(obj, out_dir / ENSEMBLE_FILE)
     log(f"saved {ens_path} ({len(keep)} member(s), method {chosen})")
     if external is not None:  # after everything was chosen and saved: reported, never used
@@ -362,11 +430,21 @@ def run_ensemble(
 
         t0 = time.perf_counter()
         ctx = {
-            "exp": exp, "members": members, "ensembles": ensembles, "chosen": chosen,
-            "metrics": metrics, "datas": datas, "y_val": y_val, "y_test": y_test,
-            "classes": classes, "out": out_dir, "device": dev, "ranked": ranked,
-            "comparison": comp, "log": log,
-        }  # fmt: skip
+            "exp": exp,
+            "members": members,
+            "ensembles": ensembles,
+            "chosen": chosen,
+            "metrics": metrics,
+            "datas": datas,
+            "y_val": y_val,
+            "y_test": y_test,
+            "classes": classes,
+            "out": out_dir,
+            "device": dev,
+            "ranked": ranked,
+            "comparison": comp,
+            "log": log,
+        }
         report_path = write_report(ctx)
         timings["report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
@@ -376,14 +454,24 @@ def run_ensemble(
 
     chosen_test = ens_metrics[list(ensembles).index(chosen)]["test"]
     return {
-        "out": str(out_dir), "ensemble": str(ens_path), "metrics": str(out_dir / "metrics.json"),
+        "out": str(out_dir),
+        "ensemble": str(ens_path),
+        "metrics": str(out_dir / "metrics.json"),
         "comparison": str(out_dir / "comparison.csv"),
-        "report": str(report_path) if report_path else None, "chosen": f"ensemble_{chosen}",
+        "report": str(report_path) if report_path else None,
+        "chosen": f"ensemble_{chosen}",
         "summary": {
-            "best_member": {"name": members[0].name, "test_macro_f1": member_metrics[0]["test"]["macro_f1"],
-                            "test_ece_uncalibrated": member_metrics[0]["uncalibrated"]["test_ece"]},
-            "ensemble": {"name": f"ensemble_{chosen}", "test_macro_f1": chosen_test["macro_f1"],
-                         "test_ece": chosen_test["ece"]},
+            "best_member": {
+                "name": members[0].name,
+                "test_macro_f1": member_metrics[0]["test"]["macro_f1"],
+                "test_ece_uncalibrated": member_metrics[0]["uncalibrated"]["test_ece"],
+            },
+            "ensemble": {
+                "name": f"ensemble_{chosen}",
+                "test_macro_f1": chosen_test["macro_f1"],
+                "test_ece": chosen_test["ece"],
+            },
         },
-        "timings": timings, "external": metrics.get("external"),
-    }  # fmt: skip
+        "timings": timings,
+        "external": metrics.get("external"),
+    }

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"evaluate": "core", "EvalResult": "result", "run_stress": "stress",
-            "perturb": "stress", "PERTURBATIONS": "stress"}  # fmt: skip
+_EXPORTS = {
+    "evaluate": "core",
+    "EvalResult": "result",
+    "run_stress": "stress",
+    "perturb": "stress",
+    "PERTURBATIONS": "stress",
+}
 
 __all__ = sorted(_EXPORTS)
 

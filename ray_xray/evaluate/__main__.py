@@ -21,12 +21,22 @@ def build_parser() -> argparse.ArgumentParser:
         "data than the model's own, a shift check compares with the model's own test split; "
         "--stress adds metrics under acquisition changes (gamma, blur, noise, JPEG ...).",
     )
-    p.add_argument("checkpoint", help="best_model.pt, a run directory, a trial checkpoint, an "
-                   "ensemble.pt (or its folder), or a sweep folder (its ensemble)")  # fmt: skip
-    p.add_argument("data", help="labelled images: a folder ({train,val,test}/<class>/ or just "
-                   "<class>/), a manifest CSV, or synthetic:chest3[:N]")  # fmt: skip
-    p.add_argument("--split", choices=SPLITS, default="test",
-                   help="which split to evaluate (default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "checkpoint",
+        help="best_model.pt, a run directory, a trial checkpoint, an "
+        "ensemble.pt (or its folder), or a sweep folder (its ensemble)",
+    )
+    p.add_argument(
+        "data",
+        help="labelled images: a folder ({train,val,test}/<class>/ or just "
+        "<class>/), a manifest CSV, or synthetic:chest3[:N]",
+    )
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="test",
+        help="which split to evaluate (default %(default)s)",
+    )
     p.add_argument(
         "--out",
         default=None,
@@ -35,9 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stress", action="store_true", help="also run the acquisition-shift stress test"
     )
-    p.add_argument("--stress-limit", type=int, default=400, metavar="N",
-                   help="images used by --stress: a class-stratified subset (default %(default)s; "
-                   "0 = all)")  # fmt: skip
+    p.add_argument(
+        "--stress-limit",
+        type=int,
+        default=400,
+        metavar="N",
+        help="images used by --stress: a class-stratified subset (default %(default)s; 0 = all)",
+    )
     p.add_argument(
         "--bootstrap",
         type=int,
@@ -49,11 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-shift", action="store_true", help="skip the comparison with the model's own data"
     )
-    p.add_argument("--no-images", action="store_true", help="leave sample and Grad-CAM figures "
-                   "(which show the images) out of report.html")  # fmt: skip
+    p.add_argument(
+        "--no-images",
+        action="store_true",
+        help="leave sample and Grad-CAM figures (which show the images) out of report.html",
+    )
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where to run the model (auto: GPU when available)")  # fmt: skip
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run the model (auto: GPU when available)",
+    )
     p.add_argument("--cache", default=None, help="prepared-data cache folder")
     return p
 
@@ -76,14 +97,25 @@ def main(argv: list[str] | None = None) -> int:
     from .core import evaluate
 
     r = evaluate(
-        args.checkpoint, args.data, args.split, out=args.out, stress=args.stress,
-        n_boot=args.bootstrap, seed=args.seed, device=args.device, images=not args.no_images,
-        shift=not args.no_shift, skip_bad=args.skip_bad, cache=args.cache,
+        args.checkpoint,
+        args.data,
+        args.split,
+        out=args.out,
+        stress=args.stress,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        device=args.device,
+        images=not args.no_images,
+        shift=not args.no_shift,
+        skip_bad=args.skip_bad,
+        cache=args.cache,
         stress_limit=args.stress_limit,
-    )  # fmt: skip
+    )
     h = r.headline
-    print(f"{r.model} on {r.data} ({r.split}, {r.n} images)"
-          + (" [partial: no " + ", ".join(r.missing_classes) + "]" if r.partial else ""))  # fmt: skip
+    print(
+        f"{r.model} on {r.data} ({r.split}, {r.n} images)"
+        + (" [partial: no " + ", ".join(r.missing_classes) + "]" if r.partial else "")
+    )
     print(f"  accuracy {_fmt(h['accuracy'])}  macro-F1 {_fmt(h['macro_f1'])}  AUC {_fmt(h['auc'])}")
     print("  recall " + "  ".join(f"{c} {_fmt(h[f'recall_{c}'])}" for c in r.classes))
     if r.shift and "reference" in r.shift.get("ece", {}):

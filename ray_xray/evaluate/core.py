@@ -46,8 +46,7 @@ def default_out(subject: Subject, data: str, split: str) -> Path:
     return Path("runs") / "evaluate" / safe
 
 
-def operating_points(y_val, p_val, sets: dict, classes: list[str],
-                     targets=SPECIFICITIES) -> dict:  # fmt: skip
+def operating_points(y_val, p_val, sets: dict, classes: list[str], targets=SPECIFICITIES) -> dict:
     """Per class and target specificity: the lowest threshold on the class's probability that
     reaches the target on the model's own validation split (`ray_xray.scores`' rule), and the
     sensitivity/specificity it gives on each of `sets` ({name: (y, prob)}), with `holds`:
@@ -67,16 +66,19 @@ def operating_points(y_val, p_val, sets: dict, classes: list[str],
                 pos = np.asarray(y) == k
                 sens, spec = sens_spec(pos, p[:, k], t) if t is not None else (math.nan,) * 2
                 row[f"{name}_sensitivity"], row[f"{name}_specificity"] = sens, spec
-                row[f"{name}_holds"] = (S.specificity_holds(spec, target, int((~pos).sum()))
-                                        if t is not None else None)  # fmt: skip
+                row[f"{name}_holds"] = (
+                    S.specificity_holds(spec, target, int((~pos).sum())) if t is not None else None
+                )
             out[c][f"{target:.2f}"] = row
     return out
 
 
 def _headline_warning(name: str, d: dict, where: str, ref_split: str) -> str:
-    return (f"{metric_name(name)} fell from {d['reference']:.3f} on the model's own {ref_split} "
-            f"split to {d['new']:.3f} on {where} (drop {d['drop']:.3f}, 95% interval "
-            f"{d['low']:.3f} to {d['high']:.3f}: beyond resampling noise)")  # fmt: skip
+    return (
+        f"{metric_name(name)} fell from {d['reference']:.3f} on the model's own {ref_split} "
+        f"split to {d['new']:.3f} on {where} (drop {d['drop']:.3f}, 95% interval "
+        f"{d['low']:.3f} to {d['high']:.3f}: beyond resampling noise)"
+    )
 
 
 def _stored_reference(subject: Subject, parts: dict) -> dict:
@@ -84,19 +86,43 @@ def _stored_reference(subject: Subject, parts: dict) -> dict:
     from ..calibration import ece
 
     stored = subject.members[0].get("metrics", {}) if subject.kind == "model" else {}
-    ref = {k[len("val_"):].replace("acc", "accuracy", 1): v for k, v in stored.items()
-           if k.startswith("val_") and k != "val_loss"}  # fmt: skip
+    ref = {
+        k[len("val_") :].replace("acc", "accuracy", 1): v
+        for k, v in stored.items()
+        if k.startswith("val_") and k != "val_loss"
+    }
     new = parts["headline"]
-    rows = {k: {"reference": v, "new": new[k]["value"], "drop": v - new[k]["value"],
-                "low": None, "high": None, "significant": False}
-            for k, v in ref.items() if k in new and math.isfinite(new[k]["value"])}  # fmt: skip
-    return {"reference": "validation metrics stored in the checkpoint (own data not readable "
-            "here: no intervals, no ECE comparison)", "reference_split": "val", "drops": rows,
-            "ece": {"new": ece(parts["y"], parts["prob"])}}  # fmt: skip
+    rows = {
+        k: {
+            "reference": v,
+            "new": new[k]["value"],
+            "drop": v - new[k]["value"],
+            "low": None,
+            "high": None,
+            "significant": False,
+        }
+        for k, v in ref.items()
+        if k in new and math.isfinite(new[k]["value"])
+    }
+    return {
+        "reference": "validation metrics stored in the checkpoint (own data not readable "
+        "here: no intervals, no ECE comparison)",
+        "reference_split": "val",
+        "drops": rows,
+        "ece": {"new": ece(parts["y"], parts["prob"])},
+    }
 
 
-def shift_check(subject: Subject, ref: EvalSet, p_ref: np.ndarray, ref_split: str, parts: dict,
-                data: str, n_boot: int, seed: int) -> tuple[dict, list[str]]:  # fmt: skip
+def shift_check(
+    subject: Subject,
+    ref: EvalSet,
+    p_ref: np.ndarray,
+    ref_split: str,
+    parts: dict,
+    data: str,
+    n_boot: int,
+    seed: int,
+) -> tuple[dict, list[str]]:
     """This set against one of the model's own splits (`ref`, probabilities `p_ref`): the drop
     of each headline metric with its interval, ECE on both. Returns (block, warning lines)."""
     from ..calibration import ece
@@ -105,24 +131,32 @@ def shift_check(subject: Subject, ref: EvalSet, p_ref: np.ndarray, ref_split: st
     # A partial set is compared on its own classes: the reference's macro-F1/AUC average over
     # the same ones.
     only = S.present(y, len(classes))
-    ref_head, ref_samples = S.with_intervals(ref.labels, p_ref, classes, n_boot, seed,
-                                             only=only)  # fmt: skip
+    ref_head, ref_samples = S.with_intervals(ref.labels, p_ref, classes, n_boot, seed, only=only)
     drops = S.drops(ref_head, ref_samples, parts["headline"], parts["samples"])
     warnings = [
         _headline_warning(k, d, data, ref_split) for k, d in drops.items() if d["significant"]
     ]
     block = {
-        "reference": f"the model's own {ref_split} split: {ref.name}", "reference_split":
-        ref_split, "n_reference": len(ref),
+        "reference": f"the model's own {ref_split} split: {ref.name}",
+        "reference_split": ref_split,
+        "n_reference": len(ref),
         "classes_compared": [c for c, keep in zip(classes, only, strict=True) if keep],
-        "reference_headline": ref_head, "drops": drops,
+        "reference_headline": ref_head,
+        "drops": drops,
         "ece": {"reference": ece(ref.labels, p_ref), "new": ece(y, prob)},
-    }  # fmt: skip
+    }
     return block, warnings
 
 
-def _load(subject: Subject, data: str, split: str, own: bool, want_ref: bool, skip_bad: bool,
-          cache: str | None) -> tuple[EvalSet, dict, dict, list[str]]:  # fmt: skip
+def _load(
+    subject: Subject,
+    data: str,
+    split: str,
+    own: bool,
+    want_ref: bool,
+    skip_bad: bool,
+    cache: str | None,
+) -> tuple[EvalSet, dict, dict, list[str]]:
     """(evaluation set, class info, reference sets {"val", "test"} of the model's own data,
     notes). The own data is read for the operating points (val) and the shift check (test)."""
     notes: list[str] = []
@@ -131,15 +165,20 @@ def _load(subject: Subject, data: str, split: str, own: bool, want_ref: bool, sk
         sets = own_sets(subject, need, cache)
         ev = sets[split]
         present = [c for k, c in enumerate(subject.classes) if (ev.labels == k).any()]
-        info = {"data_classes": present, "missing_classes":
-                [c for c in subject.classes if c not in present], "note": ""}  # fmt: skip
+        info = {
+            "data_classes": present,
+            "missing_classes": [c for c in subject.classes if c not in present],
+            "note": "",
+        }
         return ev, info, {"val": sets["val"]}, notes
     ev, info = external_set(data, subject, split, skip_bad, cache)
     refs: dict = {}
     if not reachable(subject.own_data):
-        notes.append(f"the model's own data ({subject.own_data}) is not readable here: no "
-                     "operating points from its validation split, shift check from stored "
-                     "figures only")  # fmt: skip
+        notes.append(
+            f"the model's own data ({subject.own_data}) is not readable here: no "
+            "operating points from its validation split, shift check from stored "
+            "figures only"
+        )
         return ev, info, refs, notes
     try:
         refs = own_sets(subject, ["val", "test"] if want_ref else ["val"], cache)
@@ -148,8 +187,16 @@ def _load(subject: Subject, data: str, split: str, own: bool, want_ref: bool, sk
     return ev, info, refs, notes
 
 
-def _compare(subject: Subject, refs: dict, parts: dict, data: str, dev, shift: str | None,
-             n_boot: int, seed: int) -> tuple:  # fmt: skip
+def _compare(
+    subject: Subject,
+    refs: dict,
+    parts: dict,
+    data: str,
+    dev,
+    shift: str | None,
+    n_boot: int,
+    seed: int,
+) -> tuple:
     """(operating points, shift block, {"y", "prob"} of the reference split, warnings) from
     the model's own splits in `refs` ({"val"[, "test"]}). `shift`: the own split to compare
     this set with ("test" for other data, "val" for its own test split), None: no check."""
@@ -163,8 +210,9 @@ def _compare(subject: Subject, refs: dict, parts: dict, data: str, dev, shift: s
     sets = {"eval": (y, prob)}
     if shift in refs:
         p_ref = p_val if shift == "val" else probabilities(subject, refs[shift], dev)[0]
-        shift_block, warnings = shift_check(subject, refs[shift], p_ref, shift, parts, data,
-                                            n_boot, seed)  # fmt: skip
+        shift_block, warnings = shift_check(
+            subject, refs[shift], p_ref, shift, parts, data, n_boot, seed
+        )
         ref_arrays = {"y": refs[shift].labels, "prob": p_ref, "split": shift}
         if shift == "test":
             sets["reference_test"] = (refs["test"].labels, p_ref)
@@ -172,16 +220,30 @@ def _compare(subject: Subject, refs: dict, parts: dict, data: str, dev, shift: s
     warnings += [
         f"{c}: the threshold for {float(t):.0%} specificity on validation gives "
         f"{r['eval_specificity']:.0%} specificity here"
-        for c, rows in op.items() for t, r in rows.items() if r.get("eval_holds") is False
-    ]  # fmt: skip
+        for c, rows in op.items()
+        for t, r in rows.items()
+        if r.get("eval_holds") is False
+    ]
     return op, shift_block, ref_arrays, warnings
 
 
-def evaluate(checkpoint: str, data: str, split: str = "test", *, out: str | Path | None = None,
-             stress: bool = False, n_boot: int = 1000, seed: int = 0, device: str = "auto",
-             images: bool = True, shift: bool = True, skip_bad: bool = False,
-             cache: str | None = None, stress_limit: int = 400,
-             report_html: bool = True) -> EvalResult:  # fmt: skip
+def evaluate(
+    checkpoint: str,
+    data: str,
+    split: str = "test",
+    *,
+    out: str | Path | None = None,
+    stress: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    images: bool = True,
+    shift: bool = True,
+    skip_bad: bool = False,
+    cache: str | None = None,
+    stress_limit: int = 400,
+    report_html: bool = True,
+) -> EvalResult:
     """Evaluate a model or ensemble (`checkpoint`: anything `predict` takes, or a sweep folder)
     on `split` of `data` (anything `--data` takes). Writes metrics.json and report.html (with
     figures/; `images=False` leaves out the figures that show images) to `out`, default
@@ -200,8 +262,10 @@ def evaluate(checkpoint: str, data: str, split: str = "test", *, out: str | Path
     subject = resolve_subject(checkpoint)
     dev = E.pick_device(device)
     own = same_data(data, subject.own_data)
-    log(f"{subject.name}: {len(subject.members)} member(s), classes {', '.join(subject.classes)}; "
-        f"data {data} ({split}){' = its own data' if own else ''}")  # fmt: skip
+    log(
+        f"{subject.name}: {len(subject.members)} member(s), classes {', '.join(subject.classes)}; "
+        f"data {data} ({split}){' = its own data' if own else ''}"
+    )
     ev, info, refs, notes = _load(subject, data, split, own, shift, skip_bad, cache)
     if subject.note:
         notes.insert(0, f"checkpoint: {subject.note}")
@@ -241,18 +305,40 @@ def evaluate(checkpoint: str, data: str, split: str = "test", *, out: str | Path
         stress_block = run_stress(subject, ev, dev, stress_limit, seed, log)
         timings["stress_s"] = time.perf_counter() - t1
     result = EvalResult(
-        checkpoint=str(subject.path), model=subject.name, kind=subject.kind, data=data,
-        split=split, own_data=subject.own_data, is_own_data=own, classes=classes,
-        data_classes=info["data_classes"], missing_classes=info["missing_classes"], n=len(y),
+        checkpoint=str(subject.path),
+        model=subject.name,
+        kind=subject.kind,
+        data=data,
+        split=split,
+        own_data=subject.own_data,
+        is_own_data=own,
+        classes=classes,
+        data_classes=info["data_classes"],
+        missing_classes=info["missing_classes"],
+        n=len(y),
         created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        metrics=report(y, prob, classes), headline=headline,
+        metrics=report(y, prob, classes),
+        headline=headline,
         bootstrap={"resamples": n_boot, "seed": seed, "level": S.LEVEL, "stratified": True},
-        operating_points=op, shift=shift_block, stress=stress_block, warnings=warnings,
-        notes=notes, timings=timings, y=y, prob=prob, member_prob=member_prob, images=ev.views,
+        operating_points=op,
+        shift=shift_block,
+        stress=stress_block,
+        warnings=warnings,
+        notes=notes,
+        timings=timings,
+        y=y,
+        prob=prob,
+        member_prob=member_prob,
+        images=ev.views,
         reference=ref_arrays,
-    )  # fmt: skip
-    write(result, Path(out) if out else default_out(subject, data, split), subject, images,
-          report_html)  # fmt: skip
+    )
+    write(
+        result,
+        Path(out) if out else default_out(subject, data, split),
+        subject,
+        images,
+        report_html,
+    )
     return result
 
 

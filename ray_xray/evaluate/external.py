@@ -27,8 +27,16 @@ def _log(msg: str) -> None:
     print(f"external: {msg}", file=sys.stderr, flush=True)
 
 
-def score_model(subject: Subject, ev: EvalSet, ref: EvalSet | None, p_ref, spec: str, dev,
-                n_boot: int, seed: int) -> dict:  # fmt: skip
+def score_model(
+    subject: Subject,
+    ev: EvalSet,
+    ref: EvalSet | None,
+    p_ref,
+    spec: str,
+    dev,
+    n_boot: int,
+    seed: int,
+) -> dict:
     """One model on one loaded set: {"name", "kind", "headline", "drops", "ece",
     "n_reference", "warnings"}. `headline`: accuracy, macro_f1, auc, recall_<class>, each
     {"value", "low", "high"} (95% stratified bootstrap). `drops` (None when `ref` is None):
@@ -36,13 +44,24 @@ def score_model(subject: Subject, ev: EvalSet, ref: EvalSet | None, p_ref, spec:
     `ref`/`p_ref`: the model's own test split and its (N, K) probabilities on it."""
     prob = probabilities(subject, ev, dev)[0]
     headline, samples = S.with_intervals(ev.labels, prob, subject.classes, n_boot, seed)
-    out = {"name": subject.name, "kind": subject.kind, "headline": headline, "drops": None,
-           "ece": None, "n_reference": None, "warnings": []}  # fmt: skip
+    out = {
+        "name": subject.name,
+        "kind": subject.kind,
+        "headline": headline,
+        "drops": None,
+        "ece": None,
+        "n_reference": None,
+        "warnings": [],
+    }
     if ref is not None:
         parts = {"y": ev.labels, "prob": prob, "headline": headline, "samples": samples}
         block, warnings = shift_check(subject, ref, p_ref, "test", parts, spec, n_boot, seed)
-        out.update(drops=block["drops"], ece=block["ece"], n_reference=block["n_reference"],
-                   warnings=warnings)  # fmt: skip
+        out.update(
+            drops=block["drops"],
+            ece=block["ece"],
+            n_reference=block["n_reference"],
+            warnings=warnings,
+        )
     return out
 
 
@@ -60,9 +79,17 @@ def _own_test(subject: Subject, cache: str | None, dev, log: Callable, memo: dic
     return memo[key], probabilities(subject, memo[key], dev)[0]
 
 
-def score_sets(subjects: list[Subject], specs: list[str], *, device: str = "auto",
-               n_boot: int = 1000, seed: int = 0, cache: str | None = None,
-               skip_bad: bool = False, log: Callable[[str], None] = _log) -> list[dict]:  # fmt: skip
+def score_sets(
+    subjects: list[Subject],
+    specs: list[str],
+    *,
+    device: str = "auto",
+    n_boot: int = 1000,
+    seed: int = 0,
+    cache: str | None = None,
+    skip_bad: bool = False,
+    log: Callable[[str], None] = _log,
+) -> list[dict]:
     """Every model of `subjects` on every labelled set of `specs` (all of each set's images).
 
     Returns one dict per spec, in order: {"data", "split": "all", "n", "data_classes",

@@ -15,8 +15,9 @@ from .sources import EvalSet, Subject
 
 
 @torch.no_grad()
-def member_logits(record: dict, images: np.ndarray, device: torch.device,
-                  batch_size: int = 256) -> np.ndarray:  # fmt: skip
+def member_logits(
+    record: dict, images: np.ndarray, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
     """float64 logits (N, K) of one model record on uint8 images (N, S, S), S its img_size."""
     model, feed, precision, _ = E.inference_setup(record, device)
     out = []
@@ -34,8 +35,12 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def probabilities(subject: Subject, data: EvalSet, device: torch.device,
-                  views: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, list]:  # fmt: skip
+def probabilities(
+    subject: Subject,
+    data: EvalSet,
+    device: torch.device,
+    views: dict[int, np.ndarray] | None = None,
+) -> tuple[np.ndarray, list]:
     """(float64 (N, K) probabilities of the model or ensemble, each member's own (N, K)).
 
     The ensemble's answer is the weighted mean of its members' softmax(logits / T), as

@@ -73,8 +73,12 @@ class EvalSet:
 
     def subset(self, idx: np.ndarray) -> EvalSet:
         idx = np.asarray(idx, dtype=np.int64)
-        return EvalSet(self.name, self.labels[idx], {s: v[idx] for s, v in self.views.items()},
-                       [self.paths[i] for i in idx] if self.paths else [])  # fmt: skip
+        return EvalSet(
+            self.name,
+            self.labels[idx],
+            {s: v[idx] for s, v in self.views.items()},
+            [self.paths[i] for i in idx] if self.paths else [],
+        )
 
 
 # ---------------------------------------------------------------- the model
@@ -102,12 +106,29 @@ def resolve_subject(checkpoint: str) -> Subject:
         name = f"ensemble_{obj.get('method', '?')}"
         if obj.get("experiment"):
             name += f" of {obj['experiment']}"
-        return Subject(p, "ensemble", name, list(obj["classes"]), members,
-                       [float(w) for w in obj["weights"]],
-                       [float(m.get("temperature", 1.0)) for m in members], own, note)  # fmt: skip
+        return Subject(
+            p,
+            "ensemble",
+            name,
+            list(obj["classes"]),
+            members,
+            [float(w) for w in obj["weights"]],
+            [float(m.get("temperature", 1.0)) for m in members],
+            own,
+            note,
+        )
     run = p.parent.name if p.is_file() else p.name
-    return Subject(p, "model", f"{obj['model']} ({run})", list(obj["classes"]), [obj], [1.0],
-                   [1.0], obj["config"].get("data"), note)  # fmt: skip
+    return Subject(
+        p,
+        "model",
+        f"{obj['model']} ({run})",
+        list(obj["classes"]),
+        [obj],
+        [1.0],
+        [1.0],
+        obj["config"].get("data"),
+        note,
+    )
 
 
 def same_data(spec: str, own: str | None) -> bool:
@@ -137,10 +158,16 @@ def own_sets(subject: Subject, splits: list[str], cache: str | None) -> dict[str
         if key not in loaded:
             size, limit, seed, dedupe, skip_bad, leakage = key
             loaded[key] = load_data(
-                subject.own_data, size, classes=subject.classes, skip_bad=skip_bad,
-                dedupe=dedupe, allow_leakage=leakage, limit_per_split=limit, seed=seed,
+                subject.own_data,
+                size,
+                classes=subject.classes,
+                skip_bad=skip_bad,
+                dedupe=dedupe,
+                allow_leakage=leakage,
+                limit_per_split=limit,
+                seed=seed,
                 cache_root=cache,
-            )  # fmt: skip
+            )
     ref = next(iter(loaded.values()))
     out = {}
     for split in splits:
@@ -150,8 +177,10 @@ def own_sets(subject: Subject, splits: list[str], cache: str | None) -> dict[str
             labels = np.concatenate([d.labels[s] for s in names])
             ref_labels = np.concatenate([ref.labels[s] for s in names])
             if not np.array_equal(labels, ref_labels):
-                raise UserError("the ensemble's members were trained on different images of "
-                                f"{subject.own_data} (limit_per_split/seed differ)")  # fmt: skip
+                raise UserError(
+                    "the ensemble's members were trained on different images of "
+                    f"{subject.own_data} (limit_per_split/seed differ)"
+                )
             views[d.img_size] = np.concatenate([d.images[s] for s in names])
         paths = [p for s in names for p in ref.paths[s]]
         out[split] = EvalSet(f"{subject.own_data} ({split})", ref_labels, views, paths)
@@ -222,15 +251,20 @@ def set_classes(spec: str, classes: list[str], whose: str = "the model") -> dict
     index = {normalise_label(c): c for c in classes}
     _unknown(spec, labels, index, classes, whose)
     present = {index[normalise_label(v)] for v in labels}
-    return {"data_classes": [c for c in classes if c in present],
-            "missing_classes": [c for c in classes if c not in present], "note": note}  # fmt: skip
+    return {
+        "data_classes": [c for c in classes if c in present],
+        "missing_classes": [c for c in classes if c not in present],
+        "note": note,
+    }
 
 
 def _unknown(spec: str, labels, index: dict, classes: list[str], whose: str = "the model") -> None:
     unknown = sorted({normalise_label(v) for v in labels} - set(index))
     if unknown:
-        raise UserError(f"{spec}: class(es) {', '.join(unknown)} unknown to {whose} "
-                        f"(it knows {', '.join(classes)})")  # fmt: skip
+        raise UserError(
+            f"{spec}: class(es) {', '.join(unknown)} unknown to {whose} "
+            f"(it knows {', '.join(classes)})"
+        )
 
 
 def _table(spec: str, size: int, split: str, skip_bad: bool, cache: str | None, subject):
@@ -253,8 +287,9 @@ def _table(spec: str, size: int, split: str, skip_bad: bool, cache: str | None, 
     return table, have, note
 
 
-def external_set(spec: str, subject: Subject, split: str, skip_bad: bool = False,
-                 cache: str | None = None) -> tuple[EvalSet, dict]:  # fmt: skip
+def external_set(
+    spec: str, subject: Subject, split: str, skip_bad: bool = False, cache: str | None = None
+) -> tuple[EvalSet, dict]:
     """One split (or all) of any labelled data, at every member input size, in the model's
     class order. Returns (set, info: data_classes, missing_classes, note). Raises UserError
     for an empty split or a class the model does not know."""
@@ -265,9 +300,11 @@ def external_set(spec: str, subject: Subject, split: str, skip_bad: bool = False
         splits = table.column("split").to_pylist() if table is not None else []
         keep = [i for i, s in enumerate(splits) if split == "all" or s == split]
         if not keep:
-            raise UserError(f"{spec}: no '{split}' images (splits present: "
-                            f"{', '.join(have) or 'none'}); choose one with --split, or "
-                            "--split all")  # fmt: skip
+            raise UserError(
+                f"{spec}: no '{split}' images (splits present: "
+                f"{', '.join(have) or 'none'}); choose one with --split, or "
+                "--split all"
+            )
         names = [normalise_label(v) for v in table.column("label").to_pylist()]
         _unknown(spec, [names[i] for i in keep], index, subject.classes)
         y = np.array([index[names[i]] for i in keep], dtype=np.int64)

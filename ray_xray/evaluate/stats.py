@@ -35,8 +35,9 @@ def _stratified_index(y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray
     return np.concatenate(blocks, 1), np.concatenate(labels)
 
 
-def _metrics(y: np.ndarray, pred: np.ndarray, prob: np.ndarray, classes: list[str],
-             only=None) -> dict:  # fmt: skip
+def _metrics(
+    y: np.ndarray, pred: np.ndarray, prob: np.ndarray, classes: list[str], only=None
+) -> dict:
     """Metrics of R sets at once: y (N,) labels (the same in every set: stratified), pred (R, N),
     prob (R, N, K). Returns name -> (R,) float64; NaN where undefined. `only` (bool (K,)):
     average macro-F1 and AUC over these classes only (a partial set's classes)."""
@@ -76,8 +77,14 @@ def point(y: np.ndarray, prob: np.ndarray, classes: list[str], only=None) -> dic
     return {name: float(v[0]) for name, v in m.items()}
 
 
-def bootstrap(y: np.ndarray, prob: np.ndarray, classes: list[str], n_boot: int = 1000,
-              seed: int = 0, only=None) -> dict[str, np.ndarray]:  # fmt: skip
+def bootstrap(
+    y: np.ndarray,
+    prob: np.ndarray,
+    classes: list[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    only=None,
+) -> dict[str, np.ndarray]:
     """Class-stratified bootstrap samples of `point`'s metrics: name -> (n_boot,) float64.
 
     Resampled in chunks (memory stays ~N x 250 x K floats whatever n_boot is).
@@ -107,8 +114,9 @@ def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def with_intervals(y, prob, classes: list[str], n_boot: int = 1000, seed: int = 0,
-                   level: float = LEVEL, only=None) -> tuple[dict, dict]:  # fmt: skip
+def with_intervals(
+    y, prob, classes: list[str], n_boot: int = 1000, seed: int = 0, level: float = LEVEL, only=None
+) -> tuple[dict, dict]:
     """({metric: {"value", "low", "high"}}, the bootstrap samples) for `point`'s metrics."""
     values = point(y, prob, classes, only)
     samples = bootstrap(y, prob, classes, n_boot, seed, only)
@@ -119,8 +127,7 @@ def with_intervals(y, prob, classes: list[str], n_boot: int = 1000, seed: int = 
     return out, samples
 
 
-def drops(ref: dict, ref_samples: dict, new: dict, new_samples: dict,
-          level: float = LEVEL) -> dict:  # fmt: skip
+def drops(ref: dict, ref_samples: dict, new: dict, new_samples: dict, level: float = LEVEL) -> dict:
     """Per metric: reference value, new value, drop = ref - new, and the drop's interval from
     independent bootstraps of the two sets; `significant` = the whole interval is above 0 (the
     new set is worse beyond what resampling explains). Metrics undefined on either set: skipped."""
@@ -132,8 +139,14 @@ def drops(ref: dict, ref_samples: dict, new: dict, new_samples: dict,
         lo = hi = math.nan
         if name in ref_samples and name in new_samples:
             lo, hi = interval(ref_samples[name] - new_samples[name], level)
-        out[name] = {"reference": r["value"], "new": n["value"], "drop": r["value"] - n["value"],
-                     "low": lo, "high": hi, "significant": bool(math.isfinite(lo) and lo > 0)}  # fmt: skip
+        out[name] = {
+            "reference": r["value"],
+            "new": n["value"],
+            "drop": r["value"] - n["value"],
+            "low": lo,
+            "high": hi,
+            "significant": bool(math.isfinite(lo) and lo > 0),
+        }
     return out
 
 

@@ -94,8 +94,9 @@ def stratified_subset(y: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def run_stress(subject: Subject, data: EvalSet, device, limit: int = 400, seed: int = 0,
-               log=None) -> dict:  # fmt: skip
+def run_stress(
+    subject: Subject, data: EvalSet, device, limit: int = 400, seed: int = 0, log=None
+) -> dict:
     """Metrics (`stats.point`) on clean and perturbed copies of `data` (a stratified subset of
     at most `limit` images). Returns {"n", "rows": [{perturbation, severity, level, metrics,
     d_macro_f1}], "perturbations": {name: [labels]}}; severity 0 = clean."""
@@ -108,10 +109,23 @@ def run_stress(subject: Subject, data: EvalSet, device, limit: int = 400, seed: 
         for sev, (label, param) in enumerate(levels, start=1):
             views = {s: perturb(name, param, v, seed) for s, v in sub.views.items()}
             m = S.point(y, probabilities(subject, sub, device, views)[0], classes)
-            rows.append({"perturbation": name, "severity": sev, "level": label, **m,
-                         "d_macro_f1": m["macro_f1"] - clean["macro_f1"]})  # fmt: skip
+            rows.append(
+                {
+                    "perturbation": name,
+                    "severity": sev,
+                    "level": label,
+                    **m,
+                    "d_macro_f1": m["macro_f1"] - clean["macro_f1"],
+                }
+            )
         if log:
-            log(f"stress {name}: macro-F1 " + ", ".join(
-                f"{r['macro_f1']:.3f}" for r in rows if r["perturbation"] == name))  # fmt: skip
-    return {"n": int(len(idx)), "seed": seed, "rows": rows,
-            "perturbations": {k: [lab for lab, _ in v] for k, v in PERTURBATIONS.items()}}  # fmt: skip
+            log(
+                f"stress {name}: macro-F1 "
+                + ", ".join(f"{r['macro_f1']:.3f}" for r in rows if r["perturbation"] == name)
+            )
+    return {
+        "n": int(len(idx)),
+        "seed": seed,
+        "rows": rows,
+        "perturbations": {k: [lab for lab, _ in v] for k, v in PERTURBATIONS.items()},
+    }

@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     # still paid it for some RNN/BN shapes here (5x slower than steady state).
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per precision")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per precision")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (default: torch's)")  # fmt: skip
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
 

@@ -139,9 +139,13 @@ def _grey_filters(weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     colour channels, so a grey image x gives what the RGB model gives for (x, x, x) (the usual
     fix, timm's too); anything else is returned unchanged."""
     if (
-        weight.ndim == 4 and target.ndim == 4 and weight.shape[1] == 3 and target.shape[1] == 1
-        and weight.shape[0] == target.shape[0] and weight.shape[2:] == target.shape[2:]
-    ):  # fmt: skip
+        weight.ndim == 4
+        and target.ndim == 4
+        and weight.shape[1] == 3
+        and target.shape[1] == 1
+        and weight.shape[0] == target.shape[0]
+        and weight.shape[2:] == target.shape[2:]
+    ):
         return weight.sum(dim=1, keepdim=True)
     return weight
 

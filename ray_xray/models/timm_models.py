@@ -38,9 +38,12 @@ def _build(
     except ImportError:
         raise ValueError(f"model 'timm/{arch}' needs timm: pip install 'ray_xray[timm]'") from None
     model = timm.create_model(
-        arch, pretrained=bool(hub_weights), num_classes=int(num_classes), in_chans=int(in_chans),
+        arch,
+        pretrained=bool(hub_weights),
+        num_classes=int(num_classes),
+        in_chans=int(in_chans),
         drop_rate=float(dropout),  # before the classifier
-    )  # fmt: skip
+    )
     model.is_conv = True
     stages = [model.get_submodule(name) for name in ARCHS[arch]]
     set_cam_layer(model, stages[-1], stages)
@@ -49,9 +52,13 @@ def _build(
 
 def _register(arch: str) -> None:
     def build(
-        num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.0,
+        num_classes: int,
+        in_chans: int = 1,
+        img_size: int = 128,
+        *,
+        dropout: float = 0.0,
         hub_weights: bool = False,
-    ) -> nn.Module:  # fmt: skip
+    ) -> nn.Module:
         return _build(arch, num_classes, in_chans, dropout, hub_weights)
 
     build.__doc__ = f"timm's {arch}: (B, in_chans, H, W) float -> (B, num_classes) logits."

@@ -17,24 +17,38 @@ import numpy as np
 MIN_RHO = 0.5
 
 
-def val_test_agreement(names: list[str], val: list[float], test: list[float],
-                       metric: str = "macro_f1") -> dict:  # fmt: skip
+def val_test_agreement(
+    names: list[str], val: list[float], test: list[float], metric: str = "macro_f1"
+) -> dict:
     """Spearman rank correlation between validation and test `metric` (higher = better) over
     trials with both. Returns {"n", "metric", "spearman" (None below 3 trials), "p_value",
     "best_by_val": {"name", "val", "test", "test_rank"}, "warning" (a sentence or None)}."""
     from scipy.stats import spearmanr
 
-    rows = [(n, float(v), float(t)) for n, v, t in zip(names, val, test, strict=True)
-            if v is not None and t is not None and math.isfinite(v) and math.isfinite(t)]  # fmt: skip
-    out: dict = {"n": len(rows), "metric": metric, "spearman": None, "p_value": None,
-                 "best_by_val": None, "warning": None}  # fmt: skip
+    rows = [
+        (n, float(v), float(t))
+        for n, v, t in zip(names, val, test, strict=True)
+        if v is not None and t is not None and math.isfinite(v) and math.isfinite(t)
+    ]
+    out: dict = {
+        "n": len(rows),
+        "metric": metric,
+        "spearman": None,
+        "p_value": None,
+        "best_by_val": None,
+        "warning": None,
+    }
     if not rows:
         return out
     vals, tests = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
     best = int(np.argmax(vals))
     test_rank = 1 + int((tests > tests[best]).sum())
-    out["best_by_val"] = {"name": rows[best][0], "val": rows[best][1], "test": rows[best][2],
-                          "test_rank": test_rank}  # fmt: skip
+    out["best_by_val"] = {
+        "name": rows[best][0],
+        "val": rows[best][1],
+        "test": rows[best][2],
+        "test_rank": test_rank,
+    }
     if len(rows) < 3 or np.ptp(vals) == 0 or np.ptp(tests) == 0:
         return out
     rho, p = spearmanr(vals, tests)
@@ -69,6 +83,8 @@ def val_origin(spec: str | None) -> str:
     n_val = sum(i.split == "val" for i in items)
     if n_train and n_val < 0.05 * n_train:
         by = "patient" if any(i.patient for i in items if i.split == "train") else "image"
-        return (f"carved from train by {by} (about 10%, stratified by class): the data gives "
-                f"{n_val} val image(s) for {n_train} train")  # fmt: skip
+        return (
+            f"carved from train by {by} (about 10%, stratified by class): the data gives "
+            f"{n_val} val image(s) for {n_train} train"
+        )
     return f"given by the data ({n_val} val images, {n_train} train)"

@@ -179,9 +179,11 @@ def members_agreement(m: dict) -> dict:
     from .agreement import val_test_agreement
 
     members = m["members"]
-    return val_test_agreement([e["name"] for e in members],
-                              [e["val"]["macro_f1"] for e in members],
-                              [e["test"]["macro_f1"] for e in members])  # fmt: skip
+    return val_test_agreement(
+        [e["name"] for e in members],
+        [e["val"]["macro_f1"] for e in members],
+        [e["test"]["macro_f1"] for e in members],
+    )
 
 
 def agreement_section(ctx: dict) -> str:
@@ -189,16 +191,21 @@ def agreement_section(ctx: dict) -> str:
 
     m = ctx["metrics"]
     a = m.get("val_test_agreement") or members_agreement(m)
-    rows = sorted(([e["name"], e["val"]["macro_f1"], e["test"]["macro_f1"]] for e in m["members"]),
-                  key=lambda r: -r[1])  # fmt: skip
+    rows = sorted(
+        ([e["name"], e["val"]["macro_f1"], e["test"]["macro_f1"]] for e in m["members"]),
+        key=lambda r: -r[1],
+    )
     rho = "–" if a["spearman"] is None else f"{a['spearman']:+.2f}"
     text = (
         f"Spearman rank correlation between validation and test macro-F1 over the {a['n']} "
         f"evaluated trials: {rho}"
-        + (" (3 or more trials with distinct scores are needed)." if a["spearman"] is None else
-           f" (p = {a['p_value']:.2f}; 1 = same order, -1 = reversed).")
+        + (
+            " (3 or more trials with distinct scores are needed)."
+            if a["spearman"] is None
+            else f" (p = {a['p_value']:.2f}; 1 = same order, -1 = reversed)."
+        )
         + f" Validation split: {m.get('val_origin') or val_origin(m.get('data'))}."
-    )  # fmt: skip
+    )
     parts = [H.para(text)]
     if a.get("warning"):
         parts.append(H.raw_para(f"<b>warning:</b> {H.esc(a['warning'])}", "note"))
@@ -223,7 +230,7 @@ def comparison_section(ctx: dict) -> str:
         "ECE",
         "NLL",
     ]
-    headers += [f"recall {c}" for c in classes]  # fmt: skip
+    headers += [f"recall {c}" for c in classes]
     rows, cls = [], []
     for kind, entries in (("member", m["members"]), ("ensemble", m["ensembles"])):
         for e in entries:
@@ -231,11 +238,24 @@ def comparison_section(ctx: dict) -> str:
             iv = t.get("intervals") or {}
             boot = iv.get("bootstrap") or {}
             acc = H.ci(t["accuracy"], (iv.get("accuracy") or {}).get("ci"))
-            rows.append([e["name"], kind, e.get("temperature"), e.get("chosen_weight"),
-                         e["val"]["macro_f1"], e["val"]["nll"], acc,
-                         H.ci(t["macro_f1"], boot.get("macro_f1")), t["weighted_f1"],
-                         H.ci(t["auc"], boot.get("auc")), t["pr_ap_macro"], t["ece"], t["nll"]]
-                        + [t["recall"][c] for c in classes])  # fmt: skip
+            rows.append(
+                [
+                    e["name"],
+                    kind,
+                    e.get("temperature"),
+                    e.get("chosen_weight"),
+                    e["val"]["macro_f1"],
+                    e["val"]["nll"],
+                    acc,
+                    H.ci(t["macro_f1"], boot.get("macro_f1")),
+                    t["weighted_f1"],
+                    H.ci(t["auc"], boot.get("auc")),
+                    t["pr_ap_macro"],
+                    t["ece"],
+                    t["nll"],
+                ]
+                + [t["recall"][c] for c in classes]
+            )
             cls.append("chosen" if e.get("chosen") else "")
     cap = H.para(
         "Test metrics of every member (after temperature scaling: T is the fitted temperature; "
@@ -246,8 +266,9 @@ def comparison_section(ctx: dict) -> str:
         "95% for macro-F1 and ROC-AUC. Full numbers, per-class precision/F1 and validation "
         "metrics are in metrics.json and comparison.csv."
     )
-    return H.section("Members and ensembles on test", cap, H.table(headers, rows, cls),
-                     anchor="comparison")  # fmt: skip
+    return H.section(
+        "Members and ensembles on test", cap, H.table(headers, rows, cls), anchor="comparison"
+    )
 
 
 def threshold_text(t) -> str | None:
@@ -264,30 +285,49 @@ def _op_rows(entry: dict, classes: list[str]) -> list[list]:
             test = r.get("test") or {}
             sens, spec = test.get("sensitivity") or {}, test.get("specificity") or {}
             kind = r.get("kind", "specificity")
-            rows.append([c, name, f"{kind} >= {r.get('target', float(name[-4:])):.2f}",
-                         threshold_text(r["threshold"]), r.get("threshold_logit"),
-                         r["val_sensitivity"], r["val_specificity"],
-                         H.ci(r["test_sensitivity"], sens.get("ci")),
-                         H.ci(r["test_specificity"], spec.get("ci"))])  # fmt: skip
+            rows.append(
+                [
+                    c,
+                    name,
+                    f"{kind} >= {r.get('target', float(name[-4:])):.2f}",
+                    threshold_text(r["threshold"]),
+                    r.get("threshold_logit"),
+                    r["val_sensitivity"],
+                    r["val_specificity"],
+                    H.ci(r["test_sensitivity"], sens.get("ci")),
+                    H.ci(r["test_specificity"], spec.get("ci")),
+                ]
+            )
     return rows
 
 
 def operating_section(ctx: dict) -> str:
     m, classes = ctx["metrics"], ctx["classes"]
     chosen = next(e for e in m["ensembles"] if e["chosen"])
-    parts = [H.para(
-        "Clinical operating points, both ways: for each class, the threshold on that class's "
-        "probability fixed on validation to reach a target specificity (the lowest such "
-        "threshold, i.e. the most sensitive one: confirmation) or a target sensitivity (the "
-        "highest such threshold, i.e. the most specific one: screening and triage, e.g. "
-        "tuberculosis at >= 90% sensitivity), and what that same threshold gives on test, with "
-        "Wilson 95% intervals. A case is positive for the class when its probability is >= the "
-        "threshold; log-odds = ln(t / (1 - t)) tells thresholds near 0 or 1 apart. The chosen "
-        "ensemble's points are stored in ensemble.pt: python -m ray_xray.predict ensemble.pt "
-        "IMAGE --operating-point CLASS@NAME applies one (NAME as in the second column)."
-    )]  # fmt: skip
-    headers = ["class", "name", "target on validation", "threshold", "log-odds", "val sensitivity",
-               "val specificity", "test sensitivity [95% CI]", "test specificity [95% CI]"]  # fmt: skip
+    parts = [
+        H.para(
+            "Clinical operating points, both ways: for each class, the threshold on that class's "
+            "probability fixed on validation to reach a target specificity (the lowest such "
+            "threshold, i.e. the most sensitive one: confirmation) or a target sensitivity (the "
+            "highest such threshold, i.e. the most specific one: screening and triage, e.g. "
+            "tuberculosis at >= 90% sensitivity), and what that same threshold gives on test, with "
+            "Wilson 95% intervals. A case is positive for the class when its probability is >= the "
+            "threshold; log-odds = ln(t / (1 - t)) tells thresholds near 0 or 1 apart. The chosen "
+            "ensemble's points are stored in ensemble.pt: python -m ray_xray.predict ensemble.pt "
+            "IMAGE --operating-point CLASS@NAME applies one (NAME as in the second column)."
+        )
+    ]
+    headers = [
+        "class",
+        "name",
+        "target on validation",
+        "threshold",
+        "log-odds",
+        "val sensitivity",
+        "val specificity",
+        "test sensitivity [95% CI]",
+        "test specificity [95% CI]",
+    ]
     for entry in (chosen, m["members"][0]):
         parts.append(H.raw_para(f"<b>{H.esc(entry['name'])}</b>"))
         parts.append(H.table(headers, _op_rows(entry, classes)))
@@ -298,14 +338,16 @@ def intervals_section(ctx: dict) -> str:
     """Per class: sensitivity, specificity, precision (Wilson), ROC-AUC (bootstrap), PR-AP."""
     m, classes = ctx["metrics"], ctx["classes"]
     chosen = next(e for e in m["ensembles"] if e["chosen"])
-    parts = [H.para(
-        "What each test figure could plausibly be, given how many images it rests on. "
-        "Sensitivity (= recall), specificity and precision (= PPV) are one-vs-rest at the "
-        "argmax decision, with Wilson 95% score intervals (k/n shown: a 1.000 on 99 images is "
-        "compatible with 0.963); ROC-AUC per class and macro-F1 / macro AUC with stratified, "
-        "seeded percentile-bootstrap 95% intervals (resampling within each true class); PR-AP "
-        "is the average precision per class (prevalence is its chance level)."
-    )]  # fmt: skip
+    parts = [
+        H.para(
+            "What each test figure could plausibly be, given how many images it rests on. "
+            "Sensitivity (= recall), specificity and precision (= PPV) are one-vs-rest at the "
+            "argmax decision, with Wilson 95% score intervals (k/n shown: a 1.000 on 99 images is "
+            "compatible with 0.963); ROC-AUC per class and macro-F1 / macro AUC with stratified, "
+            "seeded percentile-bootstrap 95% intervals (resampling within each true class); PR-AP "
+            "is the average precision per class (prevalence is its chance level)."
+        )
+    ]
     for entry in (chosen, m["members"][0]):
         t = entry["test"]
         iv = t.get("intervals")
@@ -316,21 +358,45 @@ def intervals_section(ctx: dict) -> str:
         for c in classes:
             pc = iv["per_class"][c]
             frac = lambda p: f"{p['k']}/{p['n']}"  # noqa: E731
-            rows.append([c, t["support"][c], H.ci(pc["sensitivity"]["value"], pc["sensitivity"]["ci"]),
-                         frac(pc["sensitivity"]),
-                         H.ci(pc["specificity"]["value"], pc["specificity"]["ci"]),
-                         frac(pc["specificity"]),
-                         H.ci(pc["precision"]["value"], pc["precision"]["ci"]), frac(pc["precision"]),
-                         H.ci(t["auc_per_class"][c], boot["auc_per_class"].get(c)),
-                         t["pr_ap"][c]])  # fmt: skip
-        parts.append(H.raw_para(
-            f"<b>{H.esc(entry['name'])}</b>: macro-F1 {H.esc(H.ci(t['macro_f1'], boot['macro_f1']))}"
-            f", macro ROC-AUC {H.esc(H.ci(t['auc'], boot['auc']) or '–')}, accuracy "
-            f"{H.esc(H.ci(t['accuracy'], iv['accuracy']['ci']))} ({boot['n_boot']} bootstrap "
-            f"resamples, seed {boot['seed']})."))  # fmt: skip
-        parts.append(H.table(["class", "test n", "sensitivity [95% CI]", "k/n",
-                              "specificity [95% CI]", "k/n", "precision [95% CI]", "k/n",
-                              "ROC-AUC [95% CI]", "PR-AP"], rows))  # fmt: skip
+            rows.append(
+                [
+                    c,
+                    t["support"][c],
+                    H.ci(pc["sensitivity"]["value"], pc["sensitivity"]["ci"]),
+                    frac(pc["sensitivity"]),
+                    H.ci(pc["specificity"]["value"], pc["specificity"]["ci"]),
+                    frac(pc["specificity"]),
+                    H.ci(pc["precision"]["value"], pc["precision"]["ci"]),
+                    frac(pc["precision"]),
+                    H.ci(t["auc_per_class"][c], boot["auc_per_class"].get(c)),
+                    t["pr_ap"][c],
+                ]
+            )
+        parts.append(
+            H.raw_para(
+                f"<b>{H.esc(entry['name'])}</b>: macro-F1 {H.esc(H.ci(t['macro_f1'], boot['macro_f1']))}"
+                f", macro ROC-AUC {H.esc(H.ci(t['auc'], boot['auc']) or '–')}, accuracy "
+                f"{H.esc(H.ci(t['accuracy'], iv['accuracy']['ci']))} ({boot['n_boot']} bootstrap "
+                f"resamples, seed {boot['seed']})."
+            )
+        )
+        parts.append(
+            H.table(
+                [
+                    "class",
+                    "test n",
+                    "sensitivity [95% CI]",
+                    "k/n",
+                    "specificity [95% CI]",
+                    "k/n",
+                    "precision [95% CI]",
+                    "k/n",
+                    "ROC-AUC [95% CI]",
+                    "PR-AP",
+                ],
+                rows,
+            )
+        )
     return H.section("Uncertainty per class", *parts, anchor="intervals")
 
 
@@ -356,8 +422,10 @@ def trial_section(ctx: dict) -> str:
                 v = int(v)  # an int column that pandas widened to float for its gaps
             row.append(v)
         err = r.get("error")
-        row += ["yes" if str(r["trial_id"]) in member_ids else "",
-                err[:120] if isinstance(err, str) else ""]  # fmt: skip
+        row += [
+            "yes" if str(r["trial_id"]) in member_ids else "",
+            err[:120] if isinstance(err, str) else "",
+        ]
         rows.append([v.item() if hasattr(v, "item") else v for v in row])
     cap = H.para(
         f"Every trial of the sweep, ranked by {key[5:]} on validation "
@@ -383,16 +451,24 @@ def pareto_section(ctx: dict, figs: Figures) -> str:
         h = read_history(relocate(r.get("trial_dir"), exp["exp_dir"], tid) or exp["exp_dir"] / tid)
         best = []
         for metric in objective[:2]:
-            vals = [float(x[metric]) for x in h.get("rows", [])
-                    if isinstance(x.get(metric), int | float) and math.isfinite(x[metric])]  # fmt: skip
+            vals = [
+                float(x[metric])
+                for x in h.get("rows", [])
+                if isinstance(x.get(metric), int | float) and math.isfinite(x[metric])
+            ]
             best.append((max if metric_mode(metric) == "max" else min)(vals) if vals else None)
         if None not in best:
             names.append(tid)
             values.append(best)
     if len(values) < 2:
-        return H.section("Pareto front", H.para(
-            f"Multi-objective sweep ({', '.join(objective)}) but fewer than 2 trials have both "
-            "metrics logged: no front to draw.", "note"))  # fmt: skip
+        return H.section(
+            "Pareto front",
+            H.para(
+                f"Multi-objective sweep ({', '.join(objective)}) but fewer than 2 trials have both "
+                "metrics logged: no front to draw.",
+                "note",
+            ),
+        )
     modes = [metric_mode(x) for x in objective[:2]]
     pts = np.array(values, dtype=float)
     mask = pareto_mask(pts, modes)
@@ -404,10 +480,19 @@ def pareto_section(ctx: dict, figs: Figures) -> str:
     rows = [
         [n, v[0], v[1], "yes" if f else ""] for n, v, f in zip(names, values, mask, strict=True)
     ]
-    return H.section("Pareto front", figs.make(
-        "pareto", cap, P.pareto, [(n, v[0], v[1]) for n, v in zip(names, values, strict=True)],
-        mask, (objective[0], objective[1])),
-        H.table(["trial", objective[0], objective[1], "on front"], rows), anchor="pareto")  # fmt: skip
+    return H.section(
+        "Pareto front",
+        figs.make(
+            "pareto",
+            cap,
+            P.pareto,
+            [(n, v[0], v[1]) for n, v in zip(names, values, strict=True)],
+            mask,
+            (objective[0], objective[1]),
+        ),
+        H.table(["trial", objective[0], objective[1], "on front"], rows),
+        anchor="pareto",
+    )
 
 
 def evaluation_sections(ctx: dict, figs: Figures) -> str:
@@ -421,31 +506,70 @@ def evaluation_sections(ctx: dict, figs: Figures) -> str:
     y = ctx["y_test"]
     cm_best = m["members"][0]["test"]["confusion"]
     cm_ens = next(e for e in m["ensembles"] if e["chosen"])["test"]["confusion"]
-    out = [H.section("Confusion matrices", figs.make(
-        "confusion", f"Test confusion matrices: counts and row percentages (recall on the "
-        f"diagonal). Left: best single trial {best_m.name}; right: {ens_name}.",
-        P.confusion_matrices, [(f"best trial {best_m.name}", cm_best), (ens_name, cm_ens)],
-        classes), anchor="confusion")]  # fmt: skip
-    out.append(H.section("ROC and precision-recall curves", figs.make(
-        "roc_pr", f"One-vs-rest ROC (left) and precision-recall (right) curves per class for "
-        f"{ens_name} on test. Dashed line: chance. When every class's AUC is 0.97 or more, "
-        "each panel has a zoomed inset of its top corner.", P.roc_pr, y, ens["test_prob"], classes,
-        title=ens_name), anchor="roc"))  # fmt: skip
+    out = [
+        H.section(
+            "Confusion matrices",
+            figs.make(
+                "confusion",
+                f"Test confusion matrices: counts and row percentages (recall on the "
+                f"diagonal). Left: best single trial {best_m.name}; right: {ens_name}.",
+                P.confusion_matrices,
+                [(f"best trial {best_m.name}", cm_best), (ens_name, cm_ens)],
+                classes,
+            ),
+            anchor="confusion",
+        )
+    ]
+    out.append(
+        H.section(
+            "ROC and precision-recall curves",
+            figs.make(
+                "roc_pr",
+                f"One-vs-rest ROC (left) and precision-recall (right) curves per class for "
+                f"{ens_name} on test. Dashed line: chance. When every class's AUC is 0.97 or more, "
+                "each panel has a zoomed inset of its top corner.",
+                P.roc_pr,
+                y,
+                ens["test_prob"],
+                classes,
+                title=ens_name,
+            ),
+            anchor="roc",
+        )
+    )
     panels = [
-        (f"{best_m.name}\nas trained", reliability_bins(y, best_m.test_raw),
-         m["members"][0]["uncalibrated"]["test_ece"]),
-        (f"{best_m.name}\nT = {best_m.temperature:.2f}", reliability_bins(y, best_m.test_prob),
-         m["members"][0]["test"]["ece"]),
-        (ens_name, reliability_bins(y, ens["test_prob"]),
-         next(e for e in m["ensembles"] if e["chosen"])["test"]["ece"]),
-    ]  # fmt: skip
-    out.append(H.section("Calibration", figs.make(
-        "reliability", "Reliability diagrams on test (15 confidence bins): blue bars are the "
-        "accuracy of the cases in each bin, red hatching the gap to their mean confidence, the "
-        "number over each bar how many cases the bin holds; a calibrated "
-        "model follows the dashed diagonal. Best trial before and after temperature scaling "
-        "(T fitted on validation), then the chosen ensemble.", P.reliability, panels),
-        anchor="calibration"))  # fmt: skip
+        (
+            f"{best_m.name}\nas trained",
+            reliability_bins(y, best_m.test_raw),
+            m["members"][0]["uncalibrated"]["test_ece"],
+        ),
+        (
+            f"{best_m.name}\nT = {best_m.temperature:.2f}",
+            reliability_bins(y, best_m.test_prob),
+            m["members"][0]["test"]["ece"],
+        ),
+        (
+            ens_name,
+            reliability_bins(y, ens["test_prob"]),
+            next(e for e in m["ensembles"] if e["chosen"])["test"]["ece"],
+        ),
+    ]
+    out.append(
+        H.section(
+            "Calibration",
+            figs.make(
+                "reliability",
+                "Reliability diagrams on test (15 confidence bins): blue bars are the "
+                "accuracy of the cases in each bin, red hatching the gap to their mean confidence, the "
+                "number over each bar how many cases the bin holds; a calibrated "
+                "model follows the dashed diagonal. Best trial before and after temperature scaling "
+                "(T fitted on validation), then the chosen ensemble.",
+                P.reliability,
+                panels,
+            ),
+            anchor="calibration",
+        )
+    )
     return "".join(out)
 
 
@@ -463,8 +587,14 @@ def samples_section(ctx: dict, figs: Figures) -> str:
     for k in range(len(classes)):
         right, wrong = _pick_cases(y, pred, conf, k, 4, 4)
         idx = (wrong[:2] + right + wrong[2:])[:4]  # <= 2 mistakes unless there is nothing else
-        row = [{"image": data.images["test"][i], "correct": pred[i] == y[i],
-                "title": _title(classes, y[i], pred[i], conf[i])} for i in idx]  # fmt: skip
+        row = [
+            {
+                "image": data.images["test"][i],
+                "correct": pred[i] == y[i],
+                "title": _title(classes, y[i], pred[i], conf[i]),
+            }
+            for i in idx
+        ]
         cases += row + [None] * (4 - len(row))
     cap = (
         f"Test images, one row per true class, predicted by ensemble_{ctx['chosen']}: up to 2 "
@@ -472,8 +602,11 @@ def samples_section(ctx: dict, figs: Figures) -> str:
         "has too few correct ones. Title: true class, predicted "
         "class and its probability."
     )
-    return H.section("Sample test predictions", figs.make("samples", cap, P.sample_grid, cases, 4),
-                     anchor="samples")  # fmt: skip
+    return H.section(
+        "Sample test predictions",
+        figs.make("samples", cap, P.sample_grid, cases, 4),
+        anchor="samples",
+    )
 
 
 def _size_chans(record: dict) -> tuple[int, int]:
@@ -508,8 +641,10 @@ def gradcam_section(ctx: dict, figs: Figures) -> str:
     classes, y = ctx["classes"], ctx["y_test"]
     found = gradcam_candidate(ctx)
     if found is None:
-        return H.section("Grad-CAM", H.para(
-            "No convolutional member with a Grad-CAM layer in the ensemble pool.", "note"))  # fmt: skip
+        return H.section(
+            "Grad-CAM",
+            H.para("No convolutional member with a Grad-CAM layer in the ensemble pool.", "note"),
+        )
     mem, model, res = found
     data = ctx["datas"][mem.data_key]
     pred, conf = mem.test_prob.argmax(1), mem.test_prob.max(1)
@@ -522,10 +657,15 @@ def gradcam_section(ctx: dict, figs: Figures) -> str:
                 maps = grad_cam(
                     model, _batch(data, group, mem.record), torch.as_tensor(pred[group])
                 )
-                cells += [{"image": data.images["test"][i], "map": maps[j],
-                           "correct": bool(pred[i] == y[i]),
-                           "title": _title(classes, y[i], pred[i], conf[i])}
-                          for j, i in enumerate(group)]  # fmt: skip
+                cells += [
+                    {
+                        "image": data.images["test"][i],
+                        "map": maps[j],
+                        "correct": bool(pred[i] == y[i]),
+                        "title": _title(classes, y[i], pred[i], conf[i]),
+                    }
+                    for j, i in enumerate(group)
+                ]
             cells += [None] * (2 - len(group))
         rows.append(cells)
         labels.append(f"true {cls}")
@@ -544,8 +684,9 @@ def gradcam_section(ctx: dict, figs: Figures) -> str:
     )
     if res and min(res) < 2:
         cap += " At this image size the layer is 1x1, so the maps carry no spatial information."
-    return H.section("Grad-CAM", figs.make("gradcam", cap, P.heatmap_grid, rows, labels),
-                     anchor="gradcam")  # fmt: skip
+    return H.section(
+        "Grad-CAM", figs.make("gradcam", cap, P.heatmap_grid, rows, labels), anchor="gradcam"
+    )
 
 
 def attention_section(ctx: dict, figs: Figures) -> str:
@@ -572,25 +713,46 @@ def attention_section(ctx: dict, figs: Figures) -> str:
             parts.append(H.para(f"{mem.name} records no attention (built without it).", "note"))
             continue
         kind, maps = res
-        cases = [{"image": data.images["test"][i], "correct": pred[i] == y[i],
-                  "title": _title(classes, y[i], pred[i], conf[i])} for i in idx]  # fmt: skip
+        cases = [
+            {
+                "image": data.images["test"][i],
+                "correct": pred[i] == y[i],
+                "title": _title(classes, y[i], pred[i], conf[i]),
+            }
+            for i in idx
+        ]
         if kind == "rows":
             for c, r in zip(cases, maps, strict=True):
                 c["rows"] = r
-            parts.append(figs.make(f"attention_{arch}", (
-                f"Row attention of {mem.name}: the LSTM reads the image row by row, and the bar "
-                "beside each image is the weight its attention gave each row (longest = most). One "
-                "correct (green) and one wrong (red) test case per true class where available."),
-                P.row_attention_grid, cases, 4))  # fmt: skip
+            parts.append(
+                figs.make(
+                    f"attention_{arch}",
+                    (
+                        f"Row attention of {mem.name}: the LSTM reads the image row by row, and the bar "
+                        "beside each image is the weight its attention gave each row (longest = most). One "
+                        "correct (green) and one wrong (red) test case per true class where available."
+                    ),
+                    P.row_attention_grid,
+                    cases,
+                    4,
+                )
+            )
         else:
             for c, mp in zip(cases, maps, strict=True):
                 c["map"] = mp
-            parts.append(figs.make(f"attention_{arch}", (
-                f"ViT attention of {mem.name}: attention from the CLS token to each image patch in "
-                "the last transformer block, averaged over heads and upsampled (red = most). One "
-                "correct (green) and one wrong (red) test case per true class where available."),
-                P.heatmap_grid, [cases[i : i + 4] for i in range(0, len(cases), 4)],
-                [""] * (-(-len(cases) // 4))))  # fmt: skip
+            parts.append(
+                figs.make(
+                    f"attention_{arch}",
+                    (
+                        f"ViT attention of {mem.name}: attention from the CLS token to each image patch in "
+                        "the last transformer block, averaged over heads and upsampled (red = most). One "
+                        "correct (green) and one wrong (red) test case per true class where available."
+                    ),
+                    P.heatmap_grid,
+                    [cases[i : i + 4] for i in range(0, len(cases), 4)],
+                    [""] * (-(-len(cases) // 4)),
+                )
+            )
     if not parts:
         return ""
     return H.section("Attention maps", *parts, anchor="attention")
@@ -613,9 +775,13 @@ def method_section(ctx: dict) -> str:
         "helps; weights = how often each was picked). The one with the lowest validation NLL is "
         "saved as ensemble.pt and used by python -m ray_xray.predict."
     )
-    return H.section("Method", H.para(text), H.para("Greedy selection, round by round:"),
-                     H.table(["round", "added member", "val NLL of the bag"], rows),
-                     anchor="method")  # fmt: skip
+    return H.section(
+        "Method",
+        H.para(text),
+        H.para("Greedy selection, round by round:"),
+        H.table(["round", "added member", "val NLL of the bag"], rows),
+        anchor="method",
+    )
 
 
 def _external_step(metrics: dict):
@@ -672,8 +838,12 @@ def write_report(ctx: dict) -> Path:
             msg = f"section '{name}' failed: {type(exc).__name__}: {exc}"
             _log(ctx, msg)
             body.append(H.para(msg[:400], "note"))
-    body.append(H.para("Files beside this page: ensemble.pt, metrics.json, comparison.csv, "
-                       "figures/*.png.", "meta"))  # fmt: skip
+    body.append(
+        H.para(
+            "Files beside this page: ensemble.pt, metrics.json, comparison.csv, figures/*.png.",
+            "meta",
+        )
+    )
     path = write_atomic(out / "report.html", H.page(title, "".join(body)))
     _log(ctx, f"wrote {path}")
     return path

@@ -78,23 +78,33 @@ def cell(value, digits: int = 3, small_sig: bool = False) -> str:
     return f'<td class="text">{esc(value)}</td>'
 
 
-def table(headers: list[str], rows: list[list], row_classes: list[str] | None = None,
-          digits: int = 3, small_sig: bool = False) -> str:  # fmt: skip
-    head = "".join(f'<th class="text">{esc(h)}</th>' if i == 0 else f"<th>{esc(h)}</th>"
-                   for i, h in enumerate(headers))  # fmt: skip
+def table(
+    headers: list[str],
+    rows: list[list],
+    row_classes: list[str] | None = None,
+    digits: int = 3,
+    small_sig: bool = False,
+) -> str:
+    head = "".join(
+        f'<th class="text">{esc(h)}</th>' if i == 0 else f"<th>{esc(h)}</th>"
+        for i, h in enumerate(headers)
+    )
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
         body.append(f"<tr{cls}>" + "".join(cell(v, digits, small_sig) for v in row) + "</tr>")
     # The wrapper scrolls sideways inside the page instead of pushing wide tables past it.
-    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")  # fmt: skip
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def definitions(pairs: list[tuple[str, str]], cls: str = "context") -> str:
     """A two-column table of (label, already-escaped HTML) pairs: the context block."""
-    rows = "".join(f'<tr><th class="text">{esc(k)}</th><td class="text">{v}</td></tr>'
-                   for k, v in pairs)  # fmt: skip
+    rows = "".join(
+        f'<tr><th class="text">{esc(k)}</th><td class="text">{v}</td></tr>' for k, v in pairs
+    )
     return f'<div class="scroll"><table class="{esc(cls)}"><tbody>{rows}</tbody></table></div>'
 
 

@@ -63,22 +63,29 @@ def learning_curves(curves: list[dict], metric: str, path: Path) -> Path:
                 label = None if grey_done or ax is not axes[0] else "other trials"
                 ax.plot(c["epoch"], c[key], c="#8c959f", lw=0.8, alpha=0.6, label=label)
         grey_done = grey_done or not c["highlight"]
-    for ax, title in zip(axes, ("training loss", "validation loss", f"validation {metric[4:]}"),
-                         strict=True):  # fmt: skip
+    for ax, title in zip(
+        axes, ("training loss", "validation loss", f"validation {metric[4:]}"), strict=True
+    ):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=min(len(labels), 6),
-                   bbox_to_anchor=(0.5, 0.0), frameon=False)  # fmt: skip
+        fig.legend(
+            handles,
+            labels,
+            fontsize=7,
+            loc="upper center",
+            ncol=min(len(labels), 6),
+            bbox_to_anchor=(0.5, 0.0),
+            frameon=False,
+        )
     fig.tight_layout()
     return _save(fig, path)
 
 
-def best_so_far(trials: list[tuple[str, float, float]], mode: str, metric: str,
-                path: Path) -> Path:  # fmt: skip
+def best_so_far(trials: list[tuple[str, float, float]], mode: str, metric: str, path: Path) -> Path:
     """The sweep's best value so far against wall-clock minutes since it started.
 
     trials: (trial id, minutes when the trial reported its best, that best value).
@@ -134,8 +141,9 @@ def importance_bars(importances: dict[str, float], path: Path, title: str) -> Pa
     return _save(fig, path)
 
 
-def pareto(points: list[tuple[str, float, float]], front: list[bool], labels: tuple[str, str],
-           path: Path) -> Path:  # fmt: skip
+def pareto(
+    points: list[tuple[str, float, float]], front: list[bool], labels: tuple[str, str], path: Path
+) -> Path:
     fig, ax = plt.subplots(figsize=(5, 4))
     xs = np.array([p[1] for p in points])
     ys = np.array([p[2] for p in points])
@@ -153,8 +161,9 @@ def pareto(points: list[tuple[str, float, float]], front: list[bool], labels: tu
     return _save(fig, path)
 
 
-def confusion_matrices(panels: list[tuple[str, list[list[int]]]], classes: list[str],
-                       path: Path) -> Path:  # fmt: skip
+def confusion_matrices(
+    panels: list[tuple[str, list[list[int]]]], classes: list[str], path: Path
+) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
     axes = np.atleast_1d(axes)
     for ax, (title, cm) in zip(axes, panels, strict=True):
@@ -164,8 +173,15 @@ def confusion_matrices(panels: list[tuple[str, list[list[int]]]], classes: list[
         ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
         for i in range(cm.shape[0]):
             for j in range(cm.shape[1]):
-                ax.text(j, i, f"{cm[i, j]}\n{frac[i, j]:.0%}", ha="center", va="center",
-                        fontsize=8, color="white" if frac[i, j] > 0.6 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{cm[i, j]}\n{frac[i, j]:.0%}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if frac[i, j] > 0.6 else "black",
+                )
         ax.set_xticks(range(len(classes)), [c[:12] for c in classes], rotation=30, fontsize=8)
         ax.set_yticks(range(len(classes)), [c[:12] for c in classes], fontsize=8)
         ax.set_xlabel("predicted")
@@ -187,8 +203,14 @@ def _inset(ax, lines: list[tuple], xlim: tuple, ylim: tuple, where: list[float])
     ax.indicate_inset_zoom(ins, edgecolor="#57606a")
 
 
-def roc_pr(y: np.ndarray, prob: np.ndarray, classes: list[str], path: Path, title: str,
-           zoom_above: float = 0.97) -> Path:  # fmt: skip
+def roc_pr(
+    y: np.ndarray,
+    prob: np.ndarray,
+    classes: list[str],
+    path: Path,
+    title: str,
+    zoom_above: float = 0.97,
+) -> Path:
     """One-vs-rest ROC and PR per class. When every class's AUC is >= `zoom_above` the curves
     hug the top-left (ROC) / top-right (PR) corner; each panel then gets a zoomed inset of
     that corner, so the per-class lines can be told apart."""
@@ -238,18 +260,46 @@ def reliability(panels: list[tuple[str, dict, float]], path: Path) -> Path:
         edges = b["edges"]
         width = edges[1] - edges[0]
         used = b["count"] > 0
-        ax.bar(edges[:-1][used], b["accuracy"][used], width=width, align="edge",
-               color="#4c72b0", edgecolor="white", label="accuracy in bin")  # fmt: skip
+        ax.bar(
+            edges[:-1][used],
+            b["accuracy"][used],
+            width=width,
+            align="edge",
+            color="#4c72b0",
+            edgecolor="white",
+            label="accuracy in bin",
+        )
         # The gap is an outline, not a tint: where confidence is below accuracy it lies over the
         # blue bar, and a translucent fill would make a third colour the legend does not show.
-        ax.bar(edges[:-1][used], b["confidence"][used] - b["accuracy"][used],
-               bottom=b["accuracy"][used], width=width, align="edge", facecolor="none",
-               edgecolor=BAD, hatch="////", lw=0.8, label="gap to mean confidence")  # fmt: skip
+        ax.bar(
+            edges[:-1][used],
+            b["confidence"][used] - b["accuracy"][used],
+            bottom=b["accuracy"][used],
+            width=width,
+            align="edge",
+            facecolor="none",
+            edgecolor=BAD,
+            hatch="////",
+            lw=0.8,
+            label="gap to mean confidence",
+        )
         ax.plot([0, 1], [0, 1], ls="--", c="#333333", lw=1, label="perfect calibration")
-        for x, n, top in zip(edges[:-1][used], b["count"][used],
-                             np.fmax(b["accuracy"][used], b["confidence"][used]), strict=True):  # fmt: skip
-            ax.text(x + width / 2, min(top + 0.02, 0.97), f"{int(n)}", ha="center",
-                    va="bottom", fontsize=5.5, color="#333333", rotation=90)  # fmt: skip
+        for x, n, top in zip(
+            edges[:-1][used],
+            b["count"][used],
+            np.fmax(b["accuracy"][used], b["confidence"][used]),
+            strict=True,
+        ):
+            ax.text(
+                x + width / 2,
+                min(top + 0.02, 0.97),
+                f"{int(n)}",
+                ha="center",
+                va="bottom",
+                fontsize=5.5,
+                color="#333333",
+                rotation=90,
+            )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence (top class)")
@@ -258,8 +308,15 @@ def reliability(panels: list[tuple[str, dict, float]], path: Path) -> Path:
     fig.tight_layout()
     # Below the panels: inside one it would cover the bin counts of the top bars.
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=3, frameon=False,
-               bbox_to_anchor=(0.5, 0.0))  # fmt: skip
+    fig.legend(
+        handles,
+        labels,
+        fontsize=7,
+        loc="upper center",
+        ncol=3,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.0),
+    )
     return _save(fig, path)
 
 
@@ -278,8 +335,12 @@ def sample_grid(cases: list[dict], n_cols: int, path: Path) -> Path:
     return _save(fig, path)
 
 
-def heatmap_grid(rows: list[list[dict | None]], row_labels: list[str], path: Path,
-                 col_labels: list[str] | None = None) -> Path:  # fmt: skip
+def heatmap_grid(
+    rows: list[list[dict | None]],
+    row_labels: list[str],
+    path: Path,
+    col_labels: list[str] | None = None,
+) -> Path:
     """rows of cases {"image", "map" (HxW in [0,1]), "title", "correct"}; None = empty cell."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols, 2.1 * n_rows), squeeze=False)
@@ -332,8 +393,9 @@ def cam_triplets(rows: list[list[dict | None]], row_labels: list[str], path: Pat
     """Grad-CAM as original / heat map / overlay: rows of cases {"image" HxW uint8, "map" HxW in
     [0, 1], "title", "correct"}, each case three panels wide; None = an empty case."""
     n_rows, per_row = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, 3 * per_row, figsize=(1.5 * 3 * per_row, 1.75 * n_rows),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        n_rows, 3 * per_row, figsize=(1.5 * 3 * per_row, 1.75 * n_rows), squeeze=False
+    )
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

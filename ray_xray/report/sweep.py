@@ -78,14 +78,18 @@ def what_ended(options: dict, counts: dict, minutes: float | None) -> str:
         return f"all {asked} trials asked for were started"
     reasons = []
     if budget_ep and (counts["epochs_total"] or 0) >= budget_ep:
-        reasons.append(f"the epoch budget (--budget-epochs {budget_ep}: trials had reported "
-                       f"{counts['epochs_total']} epochs, so no new trial started)")  # fmt: skip
+        reasons.append(
+            f"the epoch budget (--budget-epochs {budget_ep}: trials had reported "
+            f"{counts['epochs_total']} epochs, so no new trial started)"
+        )
     if budget_min:
         span = f"; the trials' logs span {minutes:.1f} min" if minutes is not None else ""
         reasons.append(f"the time budget (--budget-minutes {budget_min:g}{span})")
     if not reasons:
-        return (f"{started} of {asked} trials started; the logs do not say why the sweep ended "
-                "(interrupted?)")  # fmt: skip
+        return (
+            f"{started} of {asked} trials started; the logs do not say why the sweep ended "
+            "(interrupted?)"
+        )
     return f"{started} of {asked} trials started: ended by " + " and ".join(reasons)
 
 
@@ -111,24 +115,48 @@ def context_section(ctx: dict) -> str:
     data = ctx["datas"][ctx["members"][0].data_key]
     split_counts = data.counts()
     pairs = [
-        ("command", f"<code>{H.esc(sweep.get('command') or '(not recorded: no sweep.json)')}</code>"),
+        (
+            "command",
+            f"<code>{H.esc(sweep.get('command') or '(not recorded: no sweep.json)')}</code>",
+        ),
         ("budget", H.esc(budget)),
         ("what ended it", H.esc(what_ended(opts, counts, minutes))),
         ("trials", H.esc(trials)),
-        ("sweep wall time", H.esc(f"{minutes:.1f} min (first trial start to last report, from "
-                                  "result.json)" if minutes is not None else "not logged")),
-        ("objective", H.esc(", ".join(exp["objective"]) + f" (ranked by {exp['key']}, "
-                            "each trial's best epoch)")),
+        (
+            "sweep wall time",
+            H.esc(
+                f"{minutes:.1f} min (first trial start to last report, from result.json)"
+                if minutes is not None
+                else "not logged"
+            ),
+        ),
+        (
+            "objective",
+            H.esc(
+                ", ".join(exp["objective"]) + f" (ranked by {exp['key']}, each trial's best epoch)"
+            ),
+        ),
         ("data", f"<code>{H.esc(m['data'])}</code>"),
-        ("images per class and split", H.esc(" · ".join(
-            f"{split}: " + ", ".join(f"{c} {n}" for c, n in split_counts[split].items())
-            for split in ("train", "val", "test") if split in split_counts))),
-        ("validation split", H.esc(
-            "as the data gives it; a source whose val split holds fewer than 5% of train's "
-            "images gets one carved from train (stratified, grouped by patient id when file "
-            "names carry one)")),
+        (
+            "images per class and split",
+            H.esc(
+                " · ".join(
+                    f"{split}: " + ", ".join(f"{c} {n}" for c, n in split_counts[split].items())
+                    for split in ("train", "val", "test")
+                    if split in split_counts
+                )
+            ),
+        ),
+        (
+            "validation split",
+            H.esc(
+                "as the data gives it; a source whose val split holds fewer than 5% of train's "
+                "images gets one carved from train (stratified, grouped by patient id when file "
+                "names carry one)"
+            ),
+        ),
         ("software (at report time)", H.esc(", ".join(f"{k} {v}" for k, v in versions().items()))),
-    ]  # fmt: skip
+    ]
     return H.section("Sweep context", H.definitions(pairs), anchor="context")
 
 
@@ -156,8 +184,11 @@ def curves_section(ctx: dict, figs) -> str:
     for tid, rows in (ctx.get("histories") or {}).items():
         if not rows:
             continue
-        curve = {"label": members.get(tid, tid), "highlight": tid in members,
-                 "epoch": [int(r["epoch"]) for r in rows]}  # fmt: skip
+        curve = {
+            "label": members.get(tid, tid),
+            "highlight": tid in members,
+            "epoch": [int(r["epoch"]) for r in rows],
+        }
         for key in ("train_loss", "val_loss", metric):
             curve[key] = [float(r[key]) if _finite(r.get(key)) else math.nan for r in rows]
         curves.append(curve)
@@ -169,8 +200,11 @@ def curves_section(ctx: dict, figs) -> str:
         "line that ends early is a trial ASHA stopped; training loss falling while validation "
         "loss rises is over-fitting."
     )
-    return H.section("Training curves", figs.make("training_curves", cap, P.learning_curves,
-                                                  curves, metric), anchor="curves")  # fmt: skip
+    return H.section(
+        "Training curves",
+        figs.make("training_curves", cap, P.learning_curves, curves, metric),
+        anchor="curves",
+    )
 
 
 # ---------------------------------------------------------------- Optuna views
@@ -209,20 +243,31 @@ def ranked_study(exp: dict):
     for t in stored.trials:
         if not t.params:
             continue
-        hit = next((r for r in rows if all(_same(v, r.get(f"config/{k}"))
-                                           for k, v in t.params.items())), None)  # fmt: skip
+        hit = next(
+            (r for r in rows if all(_same(v, r.get(f"config/{k}")) for k, v in t.params.items())),
+            None,
+        )
         if hit is None:
             continue
         rows.remove(hit)  # a duplicate configuration matches the next row, not this one again
-        study.add_trial(optuna.trial.create_trial(
-            params=t.params, distributions=t.distributions, value=float(hit[exp["key"]]),
-            user_attrs={"trial_id": str(hit["trial_id"])}))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=t.params,
+                distributions=t.distributions,
+                value=float(hit[exp["key"]]),
+                user_attrs={"trial_id": str(hit["trial_id"])},
+            )
+        )
     n = len(study.trials)
     if n < 2:
-        return None, (f"Only {n} Optuna trial(s) with a finite {exp['key']}: too few for the "
-                      "Optuna views and importance (needs at least 2, many more to mean much).")  # fmt: skip
-    return study, (f"{n} of {len(stored.trials)} Optuna trials, each valued by its best-epoch "
-                   f"{exp['key'][5:]} from results.parquet (the value the sweep ranks by).")  # fmt: skip
+        return None, (
+            f"Only {n} Optuna trial(s) with a finite {exp['key']}: too few for the "
+            "Optuna views and importance (needs at least 2, many more to mean much)."
+        )
+    return study, (
+        f"{n} of {len(stored.trials)} Optuna trials, each valued by its best-epoch "
+        f"{exp['key'][5:]} from results.parquet (the value the sweep ranks by)."
+    )
 
 
 def _common_params(study) -> list[str]:
@@ -248,10 +293,17 @@ def history_section(ctx: dict, figs, study, msg: str) -> str:
             pick = (max if exp["mode"] == "max" else min)(vals, key=lambda r: r[metric])
             best.append((tid, (pick["timestamp"] - start) / 60, float(pick[metric])))
     if best:
-        parts.append(figs.make(
-            "best_so_far", f"Best validation {metric[4:]} so far against wall-clock time (red), "
-            "and each trial's best epoch at the time it was reported (blue).",
-            P.best_so_far, best, exp["mode"], metric))  # fmt: skip
+        parts.append(
+            figs.make(
+                "best_so_far",
+                f"Best validation {metric[4:]} so far against wall-clock time (red), "
+                "and each trial's best epoch at the time it was reported (blue).",
+                P.best_so_far,
+                best,
+                exp["mode"],
+                metric,
+            )
+        )
     if study is None:
         parts.append(H.para(msg, "note"))
         return H.section("Optimisation history", *parts, anchor="history")
@@ -259,21 +311,43 @@ def history_section(ctx: dict, figs, study, msg: str) -> str:
 
     parts.append(H.para(msg))
     target = f"best {metric}"
-    parts.append(figs.make(
-        "optuna_history", "Optuna: each trial's value and the best so far, by trial number.",
-        P.optuna_figure, OM.plot_optimization_history, study, target_name=target))  # fmt: skip
+    parts.append(
+        figs.make(
+            "optuna_history",
+            "Optuna: each trial's value and the best so far, by trial number.",
+            P.optuna_figure,
+            OM.plot_optimization_history,
+            study,
+            target_name=target,
+        )
+    )
     params = _common_params(study)
     if len(params) >= 2:
-        parts.append(figs.make(
-            "optuna_parallel", "Optuna: parallel coordinates of the hyperparameters present in "
-            "every trial, each line one trial, coloured by its value.",
-            P.optuna_figure, OM.plot_parallel_coordinate, study, params=params,
-            target_name=target))  # fmt: skip
+        parts.append(
+            figs.make(
+                "optuna_parallel",
+                "Optuna: parallel coordinates of the hyperparameters present in "
+                "every trial, each line one trial, coloured by its value.",
+                P.optuna_figure,
+                OM.plot_parallel_coordinate,
+                study,
+                params=params,
+                target_name=target,
+            )
+        )
     if params:
-        parts.append(figs.make(
-            "optuna_slice", "Optuna: the value against each hyperparameter (colour: trial "
-            "number, later = darker).", P.optuna_figure, OM.plot_slice, study,
-            params=params[:8], target_name=target))  # fmt: skip
+        parts.append(
+            figs.make(
+                "optuna_slice",
+                "Optuna: the value against each hyperparameter (colour: trial "
+                "number, later = darker).",
+                P.optuna_figure,
+                OM.plot_slice,
+                study,
+                params=params[:8],
+                target_name=target,
+            )
+        )
     return H.section("Optimisation history", *parts, anchor="history")
 
 
@@ -289,24 +363,38 @@ def importance_section(ctx: dict, figs, study, msg: str) -> str:
         )
     except Exception as exc:  # fANOVA on a degenerate sweep (one value per parameter...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return H.section("Hyperparameter importance", H.para(
-            f"Hyperparameter importance could not be computed: {first[:240]}", "note"),
-            anchor="importance")  # fmt: skip
+        return H.section(
+            "Hyperparameter importance",
+            H.para(f"Hyperparameter importance could not be computed: {first[:240]}", "note"),
+            anchor="importance",
+        )
     if not imp:
-        return H.section("Hyperparameter importance", H.para(
-            "No hyperparameter was sampled in every trial.", "note"), anchor="importance")  # fmt: skip
+        return H.section(
+            "Hyperparameter importance",
+            H.para("No hyperparameter was sampled in every trial.", "note"),
+            anchor="importance",
+        )
     n = len(study.trials)
-    text = (f"fANOVA importance of each hyperparameter for {exp['key']} (each trial's best "
-            f"epoch, the value the sweep ranks by) over {n} trials; only parameters present in "
-            "every trial (per-architecture ones drop out when the architecture varied).")  # fmt: skip
+    text = (
+        f"fANOVA importance of each hyperparameter for {exp['key']} (each trial's best "
+        f"epoch, the value the sweep ranks by) over {n} trials; only parameters present in "
+        "every trial (per-architecture ones drop out when the architecture varied)."
+    )
     if n < 10:
         text += f" With {n} trials these numbers are very rough."
     return H.section(
-        "Hyperparameter importance", H.para(text),
-        figs.make("param_importance", "Hyperparameter importance (fANOVA, sums to 1).",
-                  P.importance_bars, dict(imp), title=f"importance for {exp['key']}"),
+        "Hyperparameter importance",
+        H.para(text),
+        figs.make(
+            "param_importance",
+            "Hyperparameter importance (fANOVA, sums to 1).",
+            P.importance_bars,
+            dict(imp),
+            title=f"importance for {exp['key']}",
+        ),
         H.table(["parameter", "importance"], [[k, float(v)] for k, v in imp.items()]),
-        anchor="importance")  # fmt: skip
+        anchor="importance",
+    )
 
 
 def sweep_sections(ctx: dict, figs) -> list[tuple[str, object]]:

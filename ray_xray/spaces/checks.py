@@ -250,8 +250,13 @@ def takers(kw: str, model_names: list[str], models: Models) -> list[str]:
     return out
 
 
-_WANT = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"),
-         ((list, tuple), "a list"))  # fmt: skip
+_WANT = (
+    (bool, "true or false"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    ((list, tuple), "a list"),
+)
 
 
 def _type_problem(value: Any, default: Any) -> str | None:

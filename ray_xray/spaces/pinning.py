@@ -148,9 +148,13 @@ def pin_settings(
         for point in start:
             point.pop(key, None)
     pinned = dataclasses.replace(
-        base, fixed=fixed, params=params, conditional=conditional,
-        start=[p for p in start if p], pinned={**base.pinned, **settings},
-    )  # fmt: skip
+        base,
+        fixed=fixed,
+        params=params,
+        conditional=conditional,
+        start=[p for p in start if p],
+        pinned={**base.pinned, **settings},
+    )
     try:
         checks.validate(pinned, models)
         checks.check_start(pinned)

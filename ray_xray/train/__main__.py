@@ -75,25 +75,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one model through Ray Train (TorchTrainer); the best checkpoint is "
         "evaluated on test and saved with config.json and metrics.json in --out.",
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any training setting by its name, e.g. --set epochs=4 --set "
-                   "model.dropout=0.3 (repeatable; as in tune and active)")  # fmt: skip
-    p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
-                   help="model hyperparameter (repeatable; same as --set model.KEY=VALUE)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any training setting by its name, e.g. --set epochs=4 --set "
+        "model.dropout=0.3 (repeatable; as in tune and active)",
+    )
+    p.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model hyperparameter (repeatable; same as --set model.KEY=VALUE)",
+    )
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<time>)")
-    p.add_argument("--cache", default=None,
-                   help="prepared-data cache (local path or s3://; default $RAY_XRAY_CACHE or "
-                   "~/.cache/ray_xray)")  # fmt: skip
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="prepared-data cache (local path or s3://; default $RAY_XRAY_CACHE or "
+        "~/.cache/ray_xray)",
+    )
     p.add_argument(
         "--max-failures", type=int, default=2, help="worker restarts from the last checkpoint"
     )
-    p.add_argument("--smoke-test", action="store_true",
-                   help="at most 2 epochs, 32 px, 64 images per split")  # fmt: skip
-    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
-                   help="after training, evaluate the best model on test into OUT/report/ "
-                   "(report.html: training curves, metrics with intervals, confusion, ROC/PR, "
-                   "calibration, operating points, samples, Grad-CAM; as python -m "
-                   "ray_xray.evaluate OUT DATA)")  # fmt: skip
+    p.add_argument(
+        "--smoke-test", action="store_true", help="at most 2 epochs, 32 px, 64 images per split"
+    )
+    p.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after training, evaluate the best model on test into OUT/report/ "
+        "(report.html: training curves, metrics with intervals, confusion, ROC/PR, "
+        "calibration, operating points, samples, Grad-CAM; as python -m "
+        "ray_xray.evaluate OUT DATA)",
+    )
     add_config_arguments(p)
     return p
 
@@ -154,8 +172,11 @@ def write_report(out: str, cfg: TrainConfig, cache: str | None) -> None:
     try:
         evaluate(out, cfg.data, "test", out=dest, cache=cache, device=cfg.device)
     except Exception as exc:  # noqa: BLE001 - the trained model is safe either way
-        print(f"warning: no report ({type(exc).__name__}: {exc}); retry with: python -m "
-              f"ray_xray.evaluate {out} {cfg.data} --out {dest}", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: no report ({type(exc).__name__}: {exc}); retry with: python -m "
+            f"ray_xray.evaluate {out} {cfg.data} --out {dest}",
+            file=sys.stderr,
+        )
         return
     print(f"report: {dest / 'report.html'}", file=sys.stdout)
 

@@ -141,9 +141,12 @@ class Schedule:
         if self.kind == "plateau":  # defaults: the seeds' factor 0.5, patience 5
             mode = "min" if cfg.monitor == "val_loss" else "max"
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode=mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+                opt,
+                mode=mode,
+                factor=cfg.plateau_factor,
+                patience=cfg.plateau_patience,
                 min_lr=cfg.min_lr,
-            )  # fmt: skip
+            )
 
     def step_batch(self) -> None:
         self.step += 1
@@ -194,9 +197,21 @@ def _diverged(total: torch.Tensor, step: int) -> TrainingDiverged:
     )
 
 
-def train_one_epoch(model, loader, loss_fn, opt, sched, scaler, device, precision, grad_clip,
-                    channels_last=False, coverage: torch.Tensor | None = None,
-                    on_step=None, feed=None) -> dict:  # fmt: skip
+def train_one_epoch(
+    model,
+    loader,
+    loss_fn,
+    opt,
+    sched,
+    scaler,
+    device,
+    precision,
+    grad_clip,
+    channels_last=False,
+    coverage: torch.Tensor | None = None,
+    on_step=None,
+    feed=None,
+) -> dict:
     """One pass over `loader`: forward under autocast, scaled backward, clipped step, schedule.
 
     Batches are (x, y, index). With `feed` (a `DeviceFeed`), x is uint8 (N, 1, H, W) and `feed`

@@ -60,9 +60,18 @@ def wants_gpu(cfg: TrainConfig, gpus_per_worker: float) -> bool:
     return torch.cuda.is_available()
 
 
-def make_trainer(cfg: TrainConfig, name: str, storage: str, *, cpus_per_worker: float | None = None,
-                 gpus_per_worker: float = 0.0, max_failures: int = 2, cache: str | None = None,
-                 callbacks: list | None = None, runtime: dict | None = None) -> Trainer:  # fmt: skip
+def make_trainer(
+    cfg: TrainConfig,
+    name: str,
+    storage: str,
+    *,
+    cpus_per_worker: float | None = None,
+    gpus_per_worker: float = 0.0,
+    max_failures: int = 2,
+    cache: str | None = None,
+    callbacks: list | None = None,
+    runtime: dict | None = None,
+) -> Trainer:
     """A TorchTrainer running `train_fn` on `cfg.workers` workers, checkpoints in
     `storage/name`. `runtime`: extra `_`-prefixed options for the workers (see
     `worker.split_config`), e.g. `_data` (the sweep's prepared data in Ray's object store)."""

@@ -45,8 +45,17 @@ class Trainer:
     classes: list[str]
 
     @classmethod
-    def build(cls, cfg: TrainConfig, data, device: torch.device, *, train_idx=None,
-              prepare_model=None, prepare_loader=None, world: int = 1) -> Trainer:  # fmt: skip
+    def build(
+        cls,
+        cfg: TrainConfig,
+        data,
+        device: torch.device,
+        *,
+        train_idx=None,
+        prepare_model=None,
+        prepare_loader=None,
+        world: int = 1,
+    ) -> Trainer:
         """Model, optimiser, schedule and loaders for `data` (a `PreparedData`) on `device`.
 
         `train_idx`: train on these training rows only (active learning's labelled set; class
@@ -76,8 +85,15 @@ class Trainer:
         drop_last = len(train_ds) // world % cfg.batch_size == 1
         gen = torch.Generator().manual_seed(cfg.seed)
         workers = cfg.loader_workers if on == "loader" else 0
-        train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, drop_last=drop_last,
-                                   device=device, workers=workers, generator=gen)  # fmt: skip
+        train_loader = make_loader(
+            train_ds,
+            cfg.batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            device=device,
+            workers=workers,
+            generator=gen,
+        )
         if prepare_loader:
             train_loader = prepare_loader(train_loader)
         val_loader = make_loader(data.dataset("val"), max(64, cfg.batch_size), device=device)
@@ -87,16 +103,29 @@ class Trainer:
         opt = E.make_optimizer(cfg, model)
         feed = data.feed(cfg.in_chans, device, channels_last, augment, cfg.normalize, cfg.equalize)
         return cls(
-            cfg, model, bare, loss_fn.to(device), opt, E.Schedule(cfg, opt, len(train_loader)),
-            E.make_scaler(device, precision), device, precision, channels_last, feed,
-            train_loader, val_loader, list(data.classes),
-        )  # fmt: skip
+            cfg,
+            model,
+            bare,
+            loss_fn.to(device),
+            opt,
+            E.Schedule(cfg, opt, len(train_loader)),
+            E.make_scaler(device, precision),
+            device,
+            precision,
+            channels_last,
+            feed,
+            train_loader,
+            val_loader,
+            list(data.classes),
+        )
 
     def state_dict(self) -> dict:
         return {
-            "model": self.bare.state_dict(), "optimizer": self.opt.state_dict(),
-            "schedule": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
-        }  # fmt: skip
+            "model": self.bare.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "schedule": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.bare.load_state_dict(state["model"])
@@ -152,8 +181,12 @@ class Hooks:
         """After validation: report, checkpoint, keep the best weights..."""
 
 
-def fit(tr: Trainer, progress: Progress | None = None, hooks: Hooks | None = None,
-        coverage_size: int = 0) -> Progress:  # fmt: skip
+def fit(
+    tr: Trainer,
+    progress: Progress | None = None,
+    hooks: Hooks | None = None,
+    coverage_size: int = 0,
+) -> Progress:
     """Train `tr` from the epoch after `progress.epoch` to `cfg.epochs`, or until `cfg.patience`
     epochs pass without a better `cfg.monitor`. Every epoch: `train_one_epoch`, validation
     metrics (`metrics.summary`), the plateau rule on the monitored value, then `hooks.on_epoch`.
@@ -167,19 +200,34 @@ def fit(tr: Trainer, progress: Progress | None = None, hooks: Hooks | None = Non
         t0 = time.perf_counter()
         coverage = torch.zeros(coverage_size) if coverage_size else None
         out = E.train_one_epoch(
-            tr.model, tr.train_loader, tr.loss_fn, tr.opt, tr.sched, tr.scaler, tr.device,
-            tr.precision, cfg.grad_clip, tr.channels_last, coverage,
-            on_step=hooks.on_step(epoch, len(tr.train_loader)), feed=tr.feed,
-        )  # fmt: skip
+            tr.model,
+            tr.train_loader,
+            tr.loss_fn,
+            tr.opt,
+            tr.sched,
+            tr.scaler,
+            tr.device,
+            tr.precision,
+            cfg.grad_clip,
+            tr.channels_last,
+            coverage,
+            on_step=hooks.on_step(epoch, len(tr.train_loader)),
+            feed=tr.feed,
+        )
         train = hooks.reduce_train(out, coverage)
         y, prob, val_loss = E.predict_proba(
             tr.bare, tr.val_loader, tr.device, tr.precision, tr.channels_last, feed=tr.feed
         )
         metrics = {
-            "epoch": epoch, **train, "val_loss": val_loss, **M.summary(y, prob, tr.classes),
-            "train_s": out["train_s"], "epoch_s": time.perf_counter() - t0, "images_per_s": train["train_images"] / out["train_s"],
+            "epoch": epoch,
+            **train,
+            "val_loss": val_loss,
+            **M.summary(y, prob, tr.classes),
+            "train_s": out["train_s"],
+            "epoch_s": time.perf_counter() - t0,
+            "images_per_s": train["train_images"] / out["train_s"],
             "lr": tr.opt.param_groups[0]["lr"],
-        }  # fmt: skip
+        }
         improved = progress.update(epoch, metrics[cfg.monitor], maximise)
         tr.sched.step_epoch(metrics[cfg.monitor])
         metrics.update(best_epoch=progress.best_epoch, improved=int(improved))

@@ -55,9 +55,12 @@ def init_ray(
         # ray.init() would join it, and refuse num_cpus).
         with token_auth_said():
             ray.init(
-                address="local", num_cpus=num_cpus, include_dashboard=dashboard,
-                dashboard_host="127.0.0.1", **kwargs,
-            )  # fmt: skip
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=dashboard,
+                dashboard_host="127.0.0.1",
+                **kwargs,
+            )
 
 
 class _AuthDefaultNote(logging.Filter):

@@ -86,9 +86,11 @@ def report_with_state(metrics: dict, state: dict) -> None:
         os.makedirs(path, exist_ok=True)
         save_state(state, path)
         ray.train.report(
-            metrics, checkpoint=ray.train.Checkpoint(path), checkpoint_dir_name=name,
+            metrics,
+            checkpoint=ray.train.Checkpoint(path),
+            checkpoint_dir_name=name,
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
-        )  # fmt: skip
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         save_state(state, tmp)

@@ -65,8 +65,9 @@ class RayHooks(Hooks):
     checkpoints (rank 0 saves the full training state, so a restart never redoes an epoch),
     all through `session` (a Ray Train worker's or a Tune trial's, see `session.py`)."""
 
-    def __init__(self, cfg: TrainConfig, tr: Trainer, data, session, resumed: bool,
-                 best_record: dict | None) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: TrainConfig, tr: Trainer, data, session, resumed: bool, best_record: dict | None
+    ) -> None:
         self.cfg, self.tr, self.data, self.session = cfg, tr, data, session
         self.rank, self.world = session.rank, session.world
         self.resumed, self.best_record = resumed, best_record
@@ -152,10 +153,13 @@ def run_training(cfg: TrainConfig, runtime: dict, session) -> None:
     trace.mark("data_loaded", trial=trial)
     device = session.device(E.pick_device(cfg.device).type == "cuda")
     tr = Trainer.build(
-        cfg, data, device, world=session.world,
+        cfg,
+        data,
+        device,
+        world=session.world,
         prepare_model=lambda m: session.prepare_model(m, device),
         prepare_loader=session.prepare_loader,
-    )  # fmt: skip
+    )
 
     trace.mark("model_built", trial=trial)
     progress, best_record, resumed = Progress(), None, False
@@ -166,10 +170,12 @@ def run_training(cfg: TrainConfig, runtime: dict, session) -> None:
         tr.load_state_dict(state)
         best_record, resumed = state["best"], True
         progress = Progress(
-            epoch=state["epoch"], best_value=state["best_value"],
-            best_epoch=(best_record or {}).get("epoch", 0), since_best=state["since_best"],
+            epoch=state["epoch"],
+            best_value=state["best_value"],
+            best_epoch=(best_record or {}).get("epoch", 0),
+            since_best=state["since_best"],
             history=state["history"],
-        )  # fmt: skip
+        )
         if rank == 0:
             print(f"resumed from epoch {state['epoch']}", flush=True)
 

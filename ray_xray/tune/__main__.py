@@ -78,15 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("--num-workers", "Ray Train DDP workers per trial (Ray's num_workers)"),
         ("--workers-per-trial", argparse.SUPPRESS),
     ):  # old name
-        p.add_argument(flag, dest="workers_per_trial", type=int, default=1, metavar="N",
-                       help=help_)  # fmt: skip
+        p.add_argument(flag, dest="workers_per_trial", type=int, default=1, metavar="N", help=help_)
     p.add_argument(
-        "--trial-runner", choices=RUNNERS, default=d.trial_runner,
+        "--trial-runner",
+        choices=RUNNERS,
+        default=d.trial_runner,
         help="how a trial runs the training function: inline (in the trial's own process, one "
         "worker: no Ray Train controller or worker process to start, ~12 s less per trial on 2 "
         "cores), torchtrainer (Ray Train's TorchTrainer: DDP over --num-workers), auto (inline "
         "for one-worker CPU trials, else torchtrainer) (default: %(default)s)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--wandb",
         choices=("off", "offline", "online"),
@@ -109,17 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-ensemble", action="store_true", help="skip the ensemble + report at the end"
     )
     p.add_argument(
-        "--external", action="append", default=[], metavar="DATA[,DATA]",
+        "--external",
+        action="append",
+        default=[],
+        metavar="DATA[,DATA]",
         help="labelled sets from elsewhere (anything --data takes, or a folder of class "
         "folders), checked before the sweep: at the end the top-k members and the ensemble are "
         "scored on all their images, with intervals and the drop from their own test split "
         "(reported only, never used to choose; repeatable)",
-    )  # fmt: skip
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the searcher and every trial")
     p.add_argument(
-        "--grace-epochs", type=int, default=d.grace_epochs, metavar="N",
+        "--grace-epochs",
+        type=int,
+        default=d.grace_epochs,
+        metavar="N",
         help="ASHA: epochs every trial gets before it can be stopped (default: a third)",
-    )  # fmt: skip
+    )
     for flag, help_ in (
         (
             "--trial-scheduler",
@@ -127,21 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         ("--scheduler", argparse.SUPPRESS),  # old name
     ):
-        p.add_argument(flag, dest="scheduler", choices=("asha", "fifo"), default=d.scheduler,
-                       help=help_)  # fmt: skip
+        p.add_argument(
+            flag, dest="scheduler", choices=("asha", "fifo"), default=d.scheduler, help=help_
+        )
     p.add_argument(
-        "--searcher", choices=("tpe", "random"), default=d.searcher,
+        "--searcher",
+        choices=("tpe", "random"),
+        default=d.searcher,
         help="tpe: Optuna TPE; random: random search",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--tpe-startup", type=int, default=d.tpe_startup, metavar="N",
+        "--tpe-startup",
+        type=int,
+        default=d.tpe_startup,
+        metavar="N",
         help="random trials before TPE models the space (default %(default)s, as Optuna's)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--budget-epochs", type=int, default=d.budget_epochs, metavar="N",
+        "--budget-epochs",
+        type=int,
+        default=d.budget_epochs,
+        metavar="N",
         help="start no new trial once the trials have run N epochs in all; running trials "
         "finish (0 = no limit)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--cache",
         default=None,
@@ -180,15 +196,34 @@ def main(argv: list[str] | None = None) -> int:
     if not objective or len(objective) > 3:
         raise ValueError("--objective takes one to three comma-separated metrics")
     opts = SweepOptions(
-        space=args.space, data=args.data, trials=args.trials, budget_minutes=args.budget_minutes,
-        storage=args.storage, name=args.name, resume=args.resume, objective=objective,
-        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-        workers_per_trial=args.workers_per_trial, trial_runner=args.trial_runner,
-        wandb=args.wandb, wandb_project=args.wandb_project,
-        smoke_test=args.smoke_test, seed=args.seed, grace_epochs=args.grace_epochs, scheduler=args.scheduler, searcher=args.searcher,
-        tpe_startup=args.tpe_startup, budget_epochs=args.budget_epochs, top_k=args.top_k, ensemble=not args.no_ensemble, cache=args.cache,
-        settings=settings, external=parse_specs(args.external), argv=argv,
-    )  # fmt: skip
+        space=args.space,
+        data=args.data,
+        trials=args.trials,
+        budget_minutes=args.budget_minutes,
+        storage=args.storage,
+        name=args.name,
+        resume=args.resume,
+        objective=objective,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        workers_per_trial=args.workers_per_trial,
+        trial_runner=args.trial_runner,
+        wandb=args.wandb,
+        wandb_project=args.wandb_project,
+        smoke_test=args.smoke_test,
+        seed=args.seed,
+        grace_epochs=args.grace_epochs,
+        scheduler=args.scheduler,
+        searcher=args.searcher,
+        tpe_startup=args.tpe_startup,
+        budget_epochs=args.budget_epochs,
+        top_k=args.top_k,
+        ensemble=not args.no_ensemble,
+        cache=args.cache,
+        settings=settings,
+        external=parse_specs(args.external),
+        argv=argv,
+    )
     if args.smoke_test and args.trials == SweepOptions.trials:
         opts.trials = 4
     run_sweep(opts)

@@ -50,8 +50,10 @@ def check_specs(opts) -> None:
         if "://" in spec:
             raise UserError(f"--external {spec}: a local folder, manifest or synthetic: set")
         if spec == opts.data:
-            raise UserError(f"--external {spec}: that is the sweep's own --data (its test "
-                            "split is scored anyway); give data from elsewhere")  # fmt: skip
+            raise UserError(
+                f"--external {spec}: that is the sweep's own --data (its test "
+                "split is scored anyway); give data from elsewhere"
+            )
         if spec.startswith("synthetic"):
             try:
                 synthetic.parse(spec)
@@ -76,8 +78,11 @@ def check_classes(specs: list[str], classes: list[str]) -> list[dict]:
         except ValueError as exc:
             raise UserError(f"--external {exc}") from None
         if info["missing_classes"]:
-            print(f"--external {spec}: no {', '.join(info['missing_classes'])} images: a partial "
-                  "evaluation (macro-F1 and AUC over the classes present)", file=sys.stderr)  # fmt: skip
+            print(
+                f"--external {spec}: no {', '.join(info['missing_classes'])} images: a partial "
+                "evaluation (macro-F1 and AUC over the classes present)",
+                file=sys.stderr,
+            )
         out.append(info)
     return out
 
@@ -90,19 +95,33 @@ def score(opts, top: list[dict], ensemble_path: str | Path | None = None) -> dic
     from ..evaluate.external import SPLIT, score_sets
     from ..evaluate.sources import resolve_subject
 
-    subjects = [replace(resolve_subject(str(t["checkpoint"])), name=f"{t['model']}:{t['trial_id']}")
-                for t in top]  # fmt: skip
+    subjects = [
+        replace(resolve_subject(str(t["checkpoint"])), name=f"{t['model']}:{t['trial_id']}")
+        for t in top
+    ]
     if ensemble_path is not None:  # "ensemble_greedy of EXP" -> "ensemble_greedy"
         ens = resolve_subject(str(ensemble_path))
         subjects.append(replace(ens, name=ens.name.partition(" of ")[0]))
     device = "cuda" if opts.gpus_per_trial else "auto"
-    sets = score_sets(subjects, list(opts.external), device=device, n_boot=N_BOOT, seed=SEED,
-                      cache=opts.cache, skip_bad=bool(opts.settings.get("skip_bad", False)))  # fmt: skip
+    sets = score_sets(
+        subjects,
+        list(opts.external),
+        device=device,
+        n_boot=N_BOOT,
+        seed=SEED,
+        cache=opts.cache,
+        skip_bad=bool(opts.settings.get("skip_bad", False)),
+    )
     for s in sets:
         for t, row in zip(top, s["models"], strict=False):  # members first, then the ensemble
             row.update(trial_id=t["trial_id"], rank=t["rank"])
-    return json_safe({"split": SPLIT, "bootstrap": {"resamples": N_BOOT, "seed": SEED,
-                                                    "stratified": True}, "sets": sets})  # fmt: skip
+    return json_safe(
+        {
+            "split": SPLIT,
+            "bootstrap": {"resamples": N_BOOT, "seed": SEED, "stratified": True},
+            "sets": sets,
+        }
+    )
 
 
 class ExternalStep:
@@ -146,8 +165,9 @@ class ExternalStep:
         return self.block
 
 
-def for_finished_sweep(exp_dir: str | Path, values, top_k: int, device: str = "auto"
-                       ) -> ExternalStep:  # fmt: skip
+def for_finished_sweep(
+    exp_dir: str | Path, values, top_k: int, device: str = "auto"
+) -> ExternalStep:
     """The `ExternalStep` for `python -m ray_xray.ensemble EXP --external DATA[,DATA]`: the
     sweep's recorded options (sweep.json: its data, cache, settings, classes) and the first
     `top_k` entries of its best_trials.json. Checks the sets as a sweep does before its
@@ -163,9 +183,14 @@ def for_finished_sweep(exp_dir: str | Path, values, top_k: int, device: str = "a
     except ValueError as exc:
         raise UserError(f"--external: {exc}") from None
     data = options.get("data")
-    opts = SimpleNamespace(external=values, data=absolute_spec(data) if data else None,
-                           cache=options.get("cache"), settings=options.get("settings") or {},
-                           gpus_per_trial=1 if device == "cuda" else 0, ensemble=True)  # fmt: skip
+    opts = SimpleNamespace(
+        external=values,
+        data=absolute_spec(data) if data else None,
+        cache=options.get("cache"),
+        settings=options.get("settings") or {},
+        gpus_per_trial=1 if device == "cuda" else 0,
+        ensemble=True,
+    )
     check_specs(opts)
     if record.get("classes"):
         check_classes(opts.external, list(record["classes"]))
@@ -178,10 +203,14 @@ def store(exp_dir: str | Path, top: list[dict], block: dict) -> None:
     keep = ("headline", "drops", "ece", "n_reference", "warnings")
     for i, entry in enumerate(top):
         entry["external"] = {
-            s["data"]: {"split": s["split"], "n": s["n"], "missing_classes": s["missing_classes"],
-                        **{k: s["models"][i][k] for k in keep}}
+            s["data"]: {
+                "split": s["split"],
+                "n": s["n"],
+                "missing_classes": s["missing_classes"],
+                **{k: s["models"][i][k] for k in keep},
+            }
             for s in block["sets"]
-        }  # fmt: skip
+        }
     R.write_best_trials(exp_dir, top)
 
 
@@ -206,14 +235,18 @@ def print_table(block: dict) -> None:
     for s in block["sets"]:
         partial = f"; no {', '.join(s['missing_classes'])}" if s["missing_classes"] else ""
         print(f"{s['data']} ({s['n']} images{partial})")
-        print(f"  {'model':<28} {'macro-F1 [95% CI]':<22} {'accuracy':>8} {'AUC':>6} "
-              f"{'own test':>8}  drop [95% CI]")  # fmt: skip
+        print(
+            f"  {'model':<28} {'macro-F1 [95% CI]':<22} {'accuracy':>8} {'AUC':>6} "
+            f"{'own test':>8}  drop [95% CI]"
+        )
         for m in s["models"]:
             h, drop = m["headline"], (m.get("drops") or {}).get("macro_f1")
             star = " *" if drop and drop.get("significant") else ""
-            print(f"  {m['name'][:28]:<28} {_ci(h['macro_f1']):<22} "
-                  f"{_num(h['accuracy']['value']):>8} {_num(h['auc']['value']):>6} "
-                  f"{_num((drop or {}).get('reference')):>8}  {_ci(drop, 'drop')}{star}")  # fmt: skip
+            print(
+                f"  {m['name'][:28]:<28} {_ci(h['macro_f1']):<22} "
+                f"{_num(h['accuracy']['value']):>8} {_num(h['auc']['value']):>6} "
+                f"{_num((drop or {}).get('reference')):>8}  {_ci(drop, 'drop')}{star}"
+            )
     print(
         "own test: the model's macro-F1 on its own test split, over the classes the set has; "
         "* the drop's interval excludes 0 (beyond resampling noise).\nFigures: "

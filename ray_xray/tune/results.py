@@ -181,8 +181,14 @@ def merge_history(seen: list[dict], kept: list[dict]) -> tuple[list[dict], list[
     return [by_epoch[k] for k in [*rest, *ints]], unseen
 
 
-def trial_rows(grid, objective: str, mode: str, exp_dir: str, resources: dict | None = None,
-               runner: str = "torchtrainer") -> list[dict]:  # fmt: skip
+def trial_rows(
+    grid,
+    objective: str,
+    mode: str,
+    exp_dir: str,
+    resources: dict | None = None,
+    runner: str = "torchtrainer",
+) -> list[dict]:
     """One row per trial of a Tune ResultGrid. `resources`: what each trial held,
     {"cpus": float, "gpus": float}; `runner`: the sweep's trial runner. Checkpoints: see
     `tune_kept` (inline) and `kept_checkpoint` (torchtrainer)."""
@@ -205,29 +211,34 @@ def trial_rows(grid, objective: str, mode: str, exp_dir: str, resources: dict | 
         if _finite(wall):  # a lower bound when epochs ran after Tune's last report
             wall += sum(m.get("epoch_s") or 0.0 for m in unseen)
         config = dict(result.config or {})
-        rows.append({
-            "trial_id": trial_id,
-            # INCOMPLETE: no error, but not one epoch reported (sweep stopped or budget ran out).
-            "status": "ERROR" if result.error else ("TERMINATED" if history else "INCOMPLETE"),
-            # Why it failed; or, for a trial that trained, why it has no checkpoint to use.
-            "error": _error_reason(result) or (kept.why if history else ""),
-            "model": config.get("model"),
-            "epochs": int(last.get("epoch") or 0),
-            f"best_{objective}": best,
-            "best_epoch": last.get("best_epoch"),
-            "last_val_loss": last.get("val_loss"),
-            "last_val_acc": last.get("val_acc"),
-            "wall_s": wall,
-            # Train+validate time; wall_s - compute_s is what Ray/Tune start-up cost this trial.
-            "compute_s": sum(h.get("epoch_s") or 0.0 for h in history),
-            "epochs_after_tune_stopped": len(unseen),
-            "cpus": resources.get("cpus"),
-            "gpus": resources.get("gpus"),
-            "checkpoint_path": kept.path,
-            "trial_dir": result.path,
-            "config": json.dumps(config, sort_keys=True, default=str),
-            **{f"config/{k}": (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in config.items()},
-        })  # fmt: skip
+        rows.append(
+            {
+                "trial_id": trial_id,
+                # INCOMPLETE: no error, but not one epoch reported (sweep stopped or budget ran out).
+                "status": "ERROR" if result.error else ("TERMINATED" if history else "INCOMPLETE"),
+                # Why it failed; or, for a trial that trained, why it has no checkpoint to use.
+                "error": _error_reason(result) or (kept.why if history else ""),
+                "model": config.get("model"),
+                "epochs": int(last.get("epoch") or 0),
+                f"best_{objective}": best,
+                "best_epoch": last.get("best_epoch"),
+                "last_val_loss": last.get("val_loss"),
+                "last_val_acc": last.get("val_acc"),
+                "wall_s": wall,
+                # Train+validate time; wall_s - compute_s is what Ray/Tune start-up cost this trial.
+                "compute_s": sum(h.get("epoch_s") or 0.0 for h in history),
+                "epochs_after_tune_stopped": len(unseen),
+                "cpus": resources.get("cpus"),
+                "gpus": resources.get("gpus"),
+                "checkpoint_path": kept.path,
+                "trial_dir": result.path,
+                "config": json.dumps(config, sort_keys=True, default=str),
+                **{
+                    f"config/{k}": (json.dumps(v) if isinstance(v, list | dict) else v)
+                    for k, v in config.items()
+                },
+            }
+        )
     return rows
 
 
@@ -245,9 +256,15 @@ def load_record(checkpoint_path: str) -> dict:
 
 
 def finish(
-    grid, exp_dir: str, space, opts, wall_s: float, local: bool = True,
-    plan: dict | None = None, files=None,
-) -> dict:  # fmt: skip
+    grid,
+    exp_dir: str,
+    space,
+    opts,
+    wall_s: float,
+    local: bool = True,
+    plan: dict | None = None,
+    files=None,
+) -> dict:
     """Write the sweep's results (results.csv, best_trials.json, best_model.pt, the time use in
     sweep.json, optuna.db, results.parquet last as the finished mark) and print the ranking.
     `plan`: the sweep's resource plan (cpus_per_trial). A trial whose checkpoint is gone or
@@ -278,8 +295,14 @@ def finish(
     _record_time_use(out / "sweep.json", use)
     with atomic_path(out / "results.parquet") as tmp:  # last: it marks the sweep finished
         table.to_parquet(tmp, index=False)
-    files.push("results.csv", "best_trials.json", "best_model.pt", "sweep.json", STUDY_FILE,
-               "results.parquet")  # fmt: skip
+    files.push(
+        "results.csv",
+        "best_trials.json",
+        "best_model.pt",
+        "sweep.json",
+        STUDY_FILE,
+        "results.parquet",
+    )
     print_ranked(rows, key, mode, files.where(), wall_s, use)
     return {"rows": rows, "top": top, "exp_dir": exp_dir, "wall_s": wall_s, "time_use": use}
 
@@ -291,16 +314,18 @@ def write_best_trials(exp_dir: str | Path, top: list[dict]) -> Path:
     return write_atomic(Path(exp_dir) / "best_trials.json", json.dumps(top, indent=2, default=str))
 
 
-def evaluate_top(rows: list[dict], key: str, mode: str, opts, exp_dir: str | Path,
-                 fetch=None) -> list[dict]:  # fmt: skip
+def evaluate_top(
+    rows: list[dict], key: str, mode: str, opts, exp_dir: str | Path, fetch=None
+) -> list[dict]:
     """The best `opts.top_k` trials with a readable checkpoint, evaluated on test (rows get
     test_* columns); rank 1's model is saved as `exp_dir`/best_model.pt (a local folder).
     `fetch(checkpoint_path, STATE_FILE)`: the local folder holding that checkpoint's state file
     (`storage.SweepFiles.fetch`; default: the path itself). Returns best_trials.json's list."""
     ranked = sorted(
         (r for r in rows if _finite(r[key]) and r["checkpoint_path"]),
-        key=lambda r: r[key], reverse=mode == "max",
-    )  # fmt: skip
+        key=lambda r: r[key],
+        reverse=mode == "max",
+    )
     top: list[dict] = []
     datasets: dict[str, object] = {}  # one load per distinct data setting of the top-k
     for row in ranked:
@@ -319,14 +344,25 @@ def evaluate_top(rows: list[dict], key: str, mode: str, opts, exp_dir: str | Pat
             datasets[key_] = load_for_config(cfg, opts.cache)
         test, _, _ = evaluate_record(record, datasets[key_], "test")
         row["test_macro_f1"], row["test_accuracy"], row["test_auc"] = (
-            test["macro_f1"], test["accuracy"], test["auc"],
-        )  # fmt: skip
+            test["macro_f1"],
+            test["accuracy"],
+            test["auc"],
+        )
         for c, v in test["recall"].items():
             row[f"test_recall_{c}"] = v
         rank = len(top) + 1
-        top.append({"rank": rank, "trial_id": row["trial_id"], "model": row["model"], key: row[key],
-                    "best_epoch": record.get("epoch"), "checkpoint": row["checkpoint_path"],
-                    "config": record["config"], "test": test})  # fmt: skip
+        top.append(
+            {
+                "rank": rank,
+                "trial_id": row["trial_id"],
+                "model": row["model"],
+                key: row[key],
+                "best_epoch": record.get("epoch"),
+                "checkpoint": row["checkpoint_path"],
+                "config": record["config"],
+                "test": test,
+            }
+        )
         if rank == 1:
             atomic_save(record, Path(exp_dir) / MODEL_FILE)
     return top
@@ -388,8 +424,9 @@ def time_line(use: dict) -> str | None:
     return text
 
 
-def print_ranked(rows: list[dict], key: str, mode: str, exp_dir: str, wall_s: float,
-                 use: dict | None = None) -> None:  # fmt: skip
+def print_ranked(
+    rows: list[dict], key: str, mode: str, exp_dir: str, wall_s: float, use: dict | None = None
+) -> None:
     order = sorted(
         rows,
         key=lambda r: (not _finite(r[key]), -(r[key] or 0) if mode == "max" else (r[key] or 0)),
@@ -409,5 +446,8 @@ def print_ranked(rows: list[dict], key: str, mode: str, exp_dir: str, wall_s: fl
     line = time_line(use or time_use(rows))
     if line:
         print(f"\n{line}")
-    print(f"\n{len(rows)} trials ({n_err} failed) in {wall_s:.0f}s. Results: {exp_dir}/results.parquet, "
-          f"best_trials.json, best_model.pt", file=sys.stdout)  # fmt: skip
+    print(
+        f"\n{len(rows)} trials ({n_err} failed) in {wall_s:.0f}s. Results: {exp_dir}/results.parquet, "
+        f"best_trials.json, best_model.pt",
+        file=sys.stdout,
+    )

@@ -138,8 +138,15 @@ def resolve_paths(opts: SweepOptions) -> None:
 # What must match for a sweep to resume another: a sweep of other data or settings would
 # re-run the stored trials on the new data and mix both in optuna.db.
 # The runner too: each keeps its checkpoints in its own place (Tune's or the Ray Train run's).
-SAME_SWEEP_OPTIONS = ("data", "settings", "objective", "seed", "smoke_test", "workers_per_trial",
-                      "trial_runner")  # fmt: skip
+SAME_SWEEP_OPTIONS = (
+    "data",
+    "settings",
+    "objective",
+    "seed",
+    "smoke_test",
+    "workers_per_trial",
+    "trial_runner",
+)
 
 
 def sweep_identity(opts: SweepOptions, space: SearchSpace, classes: list[str] | None) -> dict:
@@ -294,8 +301,10 @@ def make_callbacks(opts: SweepOptions, name: str, wandb_dir: str | Path | None =
     if mode == "online":
         problem = _wandb_online_problem()
         if problem:
-            print(f"W&B: {problem}; logging offline instead (`wandb sync` uploads later)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"W&B: {problem}; logging offline instead (`wandb sync` uploads later)",
+                file=sys.stderr,
+            )
             mode = "offline"
     if mode == "offline":
         # Offline needs no key: drop it. WANDB_MODE=offline is what tells Ray's W&B callback
@@ -419,10 +428,20 @@ def run_sweep(opts: SweepOptions) -> dict:
         tune.with_parameters(trial_fn, overrides=overrides, runtime=runtime), trial_resources(plan)
     )
     write_atomic(files.local_path("space.yaml"), space.to_yaml())
-    write_atomic(files.local_path("sweep.json"), json.dumps(
-        {"command": "python -m ray_xray.tune " + shlex.join(opts.argv), **identity,
-         "options": asdict(opts), "plan": plan, "overrides": overrides},
-        indent=2, default=str))  # fmt: skip
+    write_atomic(
+        files.local_path("sweep.json"),
+        json.dumps(
+            {
+                "command": "python -m ray_xray.tune " + shlex.join(opts.argv),
+                **identity,
+                "options": asdict(opts),
+                "plan": plan,
+                "overrides": overrides,
+            },
+            indent=2,
+            default=str,
+        ),
+    )
     files.push("space.yaml", "sweep.json")
 
     t0 = time.perf_counter()
@@ -433,8 +452,11 @@ def run_sweep(opts: SweepOptions) -> dict:
             exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
     else:
-        tuner = tune.Tuner(trainable, tune_config=_tune_config(opts, space, exp_dir, plan, files),
-                           run_config=_run_config(opts, name, storage, files))  # fmt: skip
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=_tune_config(opts, space, exp_dir, plan, files),
+            run_config=_run_config(opts, name, storage, files),
+        )
     print(
         f"sweep {name}: space {space.name}, up to {opts.trials} trials, {plan['max_concurrent']} at a time "
         f"({plan['cpus_per_trial']:g} CPU{f', {opts.gpus_per_trial:g} GPU' if opts.gpus_per_trial else ''} each), "
@@ -462,8 +484,16 @@ def run_sweep(opts: SweepOptions) -> dict:
     return summary
 
 
-def finish_sweep(grid, exp_dir: str, space, opts: SweepOptions, wall: float, local: bool,
-                 plan: dict, files: SweepFiles | None = None) -> dict:  # fmt: skip
+def finish_sweep(
+    grid,
+    exp_dir: str,
+    space,
+    opts: SweepOptions,
+    wall: float,
+    local: bool,
+    plan: dict,
+    files: SweepFiles | None = None,
+) -> dict:
     """R.finish, where any failure is ours, not the user's: the trials ran and are safe on
     storage, so it must not read as bad input (exit 2). Raises R.ResultsError (exit 1)."""
     try:
@@ -475,8 +505,9 @@ def finish_sweep(grid, exp_dir: str, space, opts: SweepOptions, wall: float, loc
         ) from exc
 
 
-def _ensemble(exp_dir: str, opts: SweepOptions, files: SweepFiles, rows: list[dict],
-              external=None) -> dict:  # fmt: skip
+def _ensemble(
+    exp_dir: str, opts: SweepOptions, files: SweepFiles, rows: list[dict], external=None
+) -> dict:
     """The ensemble + report after the results are written; its failure is not bad input.
     It runs on the sweep's local files (`files.stage`: for a URI, a copy holding the results,
     the top trials' checkpoints and every trial's result.json), then goes to the storage.
@@ -486,13 +517,16 @@ def _ensemble(exp_dir: str, opts: SweepOptions, files: SweepFiles, rows: list[di
     device = "cuda" if opts.gpus_per_trial else "auto"
     try:
         files.pull(*(f"{r['trial_id']}/{f}" for r in rows for f in ("result.json", "progress.csv")))
-        out = run_ensemble(files.stage, top_k=opts.top_k, data=opts.data, device=device,
-                           external=external)  # fmt: skip
+        out = run_ensemble(
+            files.stage, top_k=opts.top_k, data=opts.data, device=device, external=external
+        )
         files.push("ensemble")
         if files.remote:  # name the storage's files, not the local copy (removed at the end)
             stage = f"{files.stage}/"
-            out = {k: files.where(v[len(stage) :]) if isinstance(v, str) and v.startswith(stage)
-                   else v for k, v in out.items()}  # fmt: skip
+            out = {
+                k: files.where(v[len(stage) :]) if isinstance(v, str) and v.startswith(stage) else v
+                for k, v in out.items()
+            }
         return out
     except Exception as exc:
         where = exp_dir if not files.remote else f"a local copy of {exp_dir}"
@@ -539,9 +573,14 @@ def _tune_config(
         scheduler = FIFOScheduler()
     else:
         scheduler = RungScheduler(
-            key=exp_dir, time_attr="epoch", metric=metrics[0], mode=modes[0], max_t=epochs,
-            grace_period=min(opts.grace_epochs or max(1, epochs // 3), epochs), reduction_factor=3,
-        )  # fmt: skip
+            key=exp_dir,
+            time_attr="epoch",
+            metric=metrics[0],
+            mode=modes[0],
+            max_t=epochs,
+            grace_period=min(opts.grace_epochs or max(1, epochs // 3), epochs),
+            reduction_factor=3,
+        )
     return tune.TuneConfig(
         search_alg=search,
         scheduler=scheduler,

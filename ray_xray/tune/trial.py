@@ -71,12 +71,17 @@ def run_inline(cfg: TrainConfig, runtime: dict, trial: str) -> None:
             raise ValueError("device=cuda but the trial holds no GPU: pass --gpus-per-trial")
         cfg = dataclasses.replace(cfg, device="cpu")
     exp_dir = runtime.get("exp_dir", "")
-    train_in_tune_trial(cfg, {
-        "_threads": max(1, int(round(runtime["cpus_per_worker"]))),
-        "_cache": runtime.get("cache"), "_data": runtime.get("data"), "_trial": trial,
-        # Save on the storage's disk (Tune copies the state from there), not in /tmp.
-        "_scratch": f"{exp_dir}/{trial}" if exp_dir and "://" not in exp_dir else None,
-    })  # fmt: skip
+    train_in_tune_trial(
+        cfg,
+        {
+            "_threads": max(1, int(round(runtime["cpus_per_worker"]))),
+            "_cache": runtime.get("cache"),
+            "_data": runtime.get("data"),
+            "_trial": trial,
+            # Save on the storage's disk (Tune copies the state from there), not in /tmp.
+            "_scratch": f"{exp_dir}/{trial}" if exp_dir and "://" not in exp_dir else None,
+        },
+    )
 
 
 def run_torchtrainer(cfg: TrainConfig, runtime: dict, trial: str) -> None:

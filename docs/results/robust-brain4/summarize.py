@@ -54,8 +54,14 @@ def main(root: str) -> None:
         runs.setdefault(variant, []).append(figures(json.loads(path.read_text())))
     if not runs:
         sys.exit(f"error: no <variant>-s<seed>/eval/metrics.json under {root}")
-    head = ["test macro-F1", "test AUC", "meningioma recall", "stress clean", "stress mean",
-            "stress worst"]  # fmt: skip
+    head = [
+        "test macro-F1",
+        "test AUC",
+        "meningioma recall",
+        "stress clean",
+        "stress mean",
+        "stress worst",
+    ]
     print("\n".join(table(runs, head)))
     kinds = [k for k in next(iter(runs.values()))[0] if k not in head]
     print("\n*stress: macro-F1 per kind of change (mean of its severities; mean over seeds)*\n")
