@@ -13,7 +13,7 @@ import pytest
 from conftest import write_tree
 
 from ray_xray import checkpoint as C
-from ray_xray.evaluate import stats as S
+from ray_xray import stats as S
 from ray_xray.evaluate.stress import PERTURBATIONS, perturb, stratified_subset
 
 CLASSES = ["normal", "pneumonia", "tuberculosis"]
@@ -100,9 +100,10 @@ def test_point_metrics_equal_sklearn_and_intervals_bracket_them():
 
 def test_bootstrap_is_stratified_and_handles_a_missing_class():
     y = np.array([0] * 30 + [2] * 10)
-    idx, y_sorted = S._stratified_index(y, 50, seed=0)
-    assert np.array_equal(np.bincount(y[idx[7]], minlength=3), [30, 0, 10])
-    assert np.array_equal(y[idx].min(0), y_sorted)  # every resample: same labels, same order
+    w = S.resample_weights(y, 50, seed=0)
+    # every resample keeps each class's count
+    assert np.array_equal(np.bincount(y, weights=w[7], minlength=3), [30, 0, 10])
+    assert np.array_equal(w.sum(1), np.full(50, 40.0))
     prob = np.full((40, 3), 0.1)
     prob[np.arange(40), y] = 0.8
     head, _ = S.with_intervals(y, prob, CLASSES, 100)

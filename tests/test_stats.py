@@ -102,12 +102,36 @@ def test_bootstrap_contains_the_estimate_is_seeded_and_shrinks_with_n():
     assert widths[1] < widths[0] / 2.5
 
 
-def test_bootstrap_with_an_absent_class_gives_nan_auc():
-    y, prob = _scores(90)
-    y[y == 2] = 0
+def test_an_absent_class_is_left_out_of_the_macro_averages():
+    # The one rule (ray_xray/stats.py): an absent class has NaN recall and AUC, and macro-F1 /
+    # macro-AUC average over the classes present. Hand-computed case: 4 cases of a, 2 of b,
+    # none of c; decisions a a b c | b a.
+    y = np.array([0, 0, 0, 0, 1, 1])
+    prob = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.7, 0.2, 0.1],
+            [0.3, 0.6, 0.1],
+            [0.3, 0.2, 0.5],
+            [0.2, 0.7, 0.1],
+            [0.5, 0.4, 0.1],
+        ]
+    )
+    # a: TP 2, FN 2, FP 1 -> F1 4/7; b: TP 1, FN 1, FP 1 -> F1 1/2; c: absent, left out.
+    # AUC a vs rest: a-scores 0.8 0.7 0.3 0.3 vs 0.2 0.5: pairs won 2+2+1+1 = 6 of 8 -> 0.75;
+    # AUC b vs rest: b-scores 0.7 0.4 vs 0.1 0.2 0.6 0.2: pairs won 4+3 = 7 of 8 -> 0.875.
+    p = S.point(y, prob, ["a", "b", "c"])
+    assert p["macro_f1"] == pytest.approx((4 / 7 + 1 / 2) / 2)
+    assert p["accuracy"] == pytest.approx(3 / 6)
+    assert math.isnan(p["recall_c"]) and p["recall_a"] == 0.5 and p["recall_b"] == 0.5
+    assert p["auc"] == pytest.approx((6 / 8 + 7 / 8) / 2)
     ci = S.bootstrap(y, prob, ["a", "b", "c"], n_boot=200)
-    assert all(math.isnan(v) for v in ci["auc"] + ci["auc_per_class"]["c"])
-    assert not math.isnan(ci["macro_f1"][0])
+    assert all(math.isnan(v) for v in ci["auc_per_class"]["c"])
+    assert ci["auc"][0] <= p["auc"] <= ci["auc"][1]
+    assert ci["macro_f1"][0] <= p["macro_f1"] <= ci["macro_f1"][1]
+    # one present class: macro-AUC is undefined, macro-F1 is that class's F1
+    one = S.point(np.zeros(6, int), prob, ["a", "b", "c"])
+    assert math.isnan(one["auc"]) and one["macro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 3))
 
 
 def test_report_intervals_hold_wilson_and_bootstrap():

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import stats as S
 from ..cli import UserError
 from ..io import write_atomic
 from ..train import engine as E
-from . import stats as S
 from .infer import probabilities
 from .result import EvalResult, metric_name
 from .sources import (

@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from .. import stats as S
 from ..checkpoint import data_key
 from ..train import engine as E
-from . import stats as S
 from .core import shift_check
 from .infer import probabilities
 from .sources import EvalSet, Subject, external_set, own_sets

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import stats as S
+from .. import stats as S
 from .infer import probabilities
 from .sources import EvalSet, Subject
 

@@ -23,9 +23,8 @@ from pathlib import Path
 from ..cli import UserError
 from ..data.dataset import absolute_spec
 from ..io import json_safe
+from ..stats import N_BOOT, SEED  # evaluate's defaults: the stored figures equal its command's
 from . import results as R
-
-N_BOOT, SEED = 1000, 0  # evaluate's defaults: the stored figures equal its command's
 
 
 def parse_specs(values: str | Sequence[str] | None) -> list[str]:
