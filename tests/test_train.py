@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +64,67 @@ def test_schedules_follow_their_shape():
         lrs.append(opt.param_groups[0]["lr"])
         sched.step_batch()
     assert lrs[0] < lrs[4] and max(lrs) == pytest.approx(1.0, abs=0.05) and lrs[-1] < 0.05
+
+
+LR_CURVES = json.loads(
+    (Path(__file__).parent / "data" / "lr_curves.json").read_text(encoding="utf-8")
+)
+
+
+def _lr_run(case: dict, state: dict | None = None, from_epoch: int = 0, until: int | None = None):
+    """The lr of both parameter groups after construction and after every step_batch and
+    step_epoch of the recorded run (tests/data/lr_curves.json), from `from_epoch` (resuming
+    from `state`, a Schedule.state_dict) to `until`; returns (lrs, state after epoch 3)."""
+    d = LR_CURVES
+    cfg = TrainConfig(
+        epochs=d["epochs"],
+        lr=d["lr"],
+        scheduler=case["scheduler"],
+        warmup_epochs=case["warmup_epochs"],
+        **d["plateau"],
+    )
+    a, b = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b]}], lr=d["lr"], momentum=0.9)
+    sched = E.Schedule(cfg, opt, d["steps_per_epoch"])
+    if state is not None:  # as Trainer.load_state_dict: the optimiser first (its saved lr)
+        for g, lr in zip(opt.param_groups, state["optimizer_lrs"], strict=True):
+            g["lr"] = lr
+        sched.load_state_dict(state["schedule"])
+    lrs = [] if state is not None else [[g["lr"] for g in opt.param_groups]]
+    saved = None
+    for e in range(from_epoch, d["epochs"] if until is None else until):
+        for _ in range(d["steps_per_epoch"]):
+            opt.step()
+            sched.step_batch()
+            lrs.append([g["lr"] for g in opt.param_groups])
+        sched.step_epoch(d["metrics"][e])
+        lrs.append([g["lr"] for g in opt.param_groups])
+        if e == 2:
+            saved = {"schedule": sched.state_dict(), "optimizer_lrs": lrs[-1]}
+    return lrs, saved
+
+
+@pytest.mark.parametrize(
+    "case", LR_CURVES["cases"], ids=lambda c: f"{c['scheduler']}-warm{c['warmup_epochs']}"
+)
+def test_lr_schedules_equal_the_recorded_hand_written_curves(case):
+    # The curves were recorded from the hand-written Schedule these torch schedulers replaced.
+    lrs, state = _lr_run(case)
+    assert np.allclose(lrs, case["lrs"], rtol=1e-9, atol=1e-12)
+    # Resuming from this version's state, or from an old checkpoint's (a LambdaLR's state,
+    # replayed), continues the same curve.
+    cut = 1 + 3 * (LR_CURVES["steps_per_epoch"] + 1)
+    assert state["schedule"]["format"] == 2
+    for saved in (state, case["state_after_epoch_3"]):
+        rest, _ = _lr_run(case, json.loads(json.dumps(saved)), from_epoch=3)
+        assert np.allclose(rest, case["lrs"][cut:], rtol=1e-9, atol=1e-12)
+
+
+def test_a_schedule_state_from_a_newer_version_is_refused_in_one_line():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = E.Schedule(TrainConfig(scheduler="cosine"), opt, 10)
+    with pytest.raises(ValueError, match="schedule state format 3 is newer"):
+        sched.load_state_dict({**sched.state_dict(), "format": 3})
 
 
 def test_diverging_loss_stops_with_a_reason():

@@ -9,8 +9,8 @@ bare loop calls the very same functions, so the two can be compared honestly.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -113,47 +113,63 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return cls(groups, lr=cfg.lr)
 
 
+def lr_schedulers(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """(per_batch, plateau): torch's schedulers for `cfg.scheduler`, composed as torchvision's
+    references/classification/train.py does. `per_batch` (stepped after every optimiser step)
+    is None or an LRScheduler; `plateau` (stepped with the monitored metric after every
+    validation) is None or a ReduceLROnPlateau.
+
+    - onecycle: OneCycleLR over epochs x steps_per_epoch steps; its rise is the warm-up
+      (`warmup_epochs`, else 30 % of the run), clipped to 1-90 %.
+    - cosine: CosineAnnealingLR to 0 at the last step, after a LinearLR warm-up from lr/warm
+      to lr over the first `warm` steps when warmup_epochs > 0 (SequentialLR).
+    - plateau: ReduceLROnPlateau on `monitor` (factor, patience, min_lr); none: constant lr.
+      Either after the same LinearLR warm-up, which leaves the lr alone once it is done
+      (it rescales the lr it finds, so the plateau rule owns the lr from then on).
+    """
+    sched = torch.optim.lr_scheduler
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.scheduler == "onecycle":
+        pct = warm / total if warm else 0.3
+        one = sched.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total, pct_start=min(max(pct, 0.01), 0.9)
+        )
+        return one, None
+    # Step s of the warm-up runs at lr x (s + 1) / warm, reaching lr at step warm - 1.
+    warmup = sched.LinearLR(opt, 1 / warm, 1.0, max(warm - 1, 0)) if warm else None
+    per_batch = warmup
+    if cfg.scheduler == "cosine":
+        cosine = sched.CosineAnnealingLR(opt, T_max=max(1, total - warm))
+        per_batch = sched.SequentialLR(opt, [warmup, cosine], [warm]) if warm else cosine
+    plateau = None
+    if cfg.scheduler == "plateau":  # defaults: the seeds' factor 0.5, patience 5
+        plateau = sched.ReduceLROnPlateau(
+            opt,
+            mode="min" if cfg.monitor == "val_loss" else "max",
+            factor=cfg.plateau_factor,
+            patience=cfg.plateau_patience,
+            min_lr=cfg.min_lr,
+        )
+    return per_batch, plateau
+
+
 class Schedule:
-    """One object for every policy: `step_batch()` after each optimiser step,
-    `step_epoch(val_metric)` after each validation."""
+    """A run's learning-rate schedule (`lr_schedulers`): `step_batch()` after each optimiser
+    step, `step_epoch(val_metric)` after each validation; `state_dict`/`load_state_dict` for
+    checkpoints."""
+
+    # state_dict's "format": 2 holds torch's own scheduler states. Checkpoints saved before
+    # (no "format") hold a hand-written LambdaLR's state; they resume by replaying the steps.
+    FORMAT = 2
 
     def __init__(self, cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
-        self.kind, total = cfg.scheduler, max(1, cfg.epochs * steps_per_epoch)
-        self.warm = int(cfg.warmup_epochs * steps_per_epoch)
-        self.batch_sched, self.plateau, self.step = None, None, 0
-        if self.kind == "onecycle":
-            pct = self.warm / total if self.warm else 0.3
-            self.batch_sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=cfg.lr, total_steps=total, pct_start=min(max(pct, 0.01), 0.9)
-            )
-            return
-        warm = self.warm
-
-        def factor(s: int) -> float:
-            w = min(1.0, (s + 1) / warm) if warm else 1.0
-            if self.kind != "cosine":
-                return w
-            progress = min(1.0, max(0, s - warm) / max(1, total - warm))
-            return w * 0.5 * (1 + math.cos(math.pi * progress))
-
-        if self.kind == "cosine" or warm:
-            self.batch_sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        if self.kind == "plateau":  # defaults: the seeds' factor 0.5, patience 5
-            mode = "min" if cfg.monitor == "val_loss" else "max"
-            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt,
-                mode=mode,
-                factor=cfg.plateau_factor,
-                patience=cfg.plateau_patience,
-                min_lr=cfg.min_lr,
-            )
+        self.opt, self.step = opt, 0
+        self.batch_sched, self.plateau = lr_schedulers(cfg, opt, steps_per_epoch)
 
     def step_batch(self) -> None:
         self.step += 1
-        # After warm-up a plain/plateau schedule stops touching the lr so the plateau rule owns it.
-        if self.batch_sched is not None and (
-            self.kind in ("onecycle", "cosine") or self.step <= self.warm
-        ):
+        if self.batch_sched is not None:
             self.batch_sched.step()
 
     def step_epoch(self, metric: float) -> None:
@@ -162,17 +178,36 @@ class Schedule:
 
     def state_dict(self) -> dict:
         return {
+            "format": self.FORMAT,
             "step": self.step,
             "batch": self.batch_sched.state_dict() if self.batch_sched else None,
             "plateau": self.plateau.state_dict() if self.plateau else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.step = state["step"]
-        if self.batch_sched and state["batch"]:
+        """Restore `state_dict()`'s output; call after the optimiser's own load_state_dict.
+        Raises ValueError (one line) for a state from a newer format."""
+        fmt = state.get("format", 1)
+        if fmt > self.FORMAT:
+            raise ValueError(f"schedule state format {fmt} is newer than this version's")
+        if fmt == 1 and self.batch_sched is not None:
+            self._replay(int(state["step"]))
+        elif self.batch_sched is not None and state["batch"]:
             self.batch_sched.load_state_dict(state["batch"])
+        self.step = state["step"]
         if self.plateau and state["plateau"]:
             self.plateau.load_state_dict(state["plateau"])
+
+    def _replay(self, steps: int) -> None:
+        # An old checkpoint: step a fresh scheduler to where the run was, then give the
+        # optimiser back the lr it saved (which has any plateau reductions in it).
+        saved = [g["lr"] for g in self.opt.param_groups]
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(steps):
+                self.batch_sched.step()
+        for g, lr in zip(self.opt.param_groups, saved, strict=True):
+            g["lr"] = lr
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
