@@ -24,7 +24,8 @@ from .cli import HelpFormatter, run
 from .data.cache import decode
 from .data.images import UnreadableImage
 from .data.sources import path_text
-from .train.engine import autocast, model_from_record, pick_device, pick_precision, record_feed
+from .inference import autocast, ensemble_proba, member_proba, model_from_record, record_feed
+from .train.engine import pick_device, pick_precision
 
 
 def _read_images(paths: list[str]) -> list[bytes]:
@@ -130,29 +131,12 @@ def apply_operating_points(rows: list[dict], points: list[dict]) -> list[dict]:
 def predict(record: dict, paths: list[str], device: str = "auto") -> list[dict]:
     """Rows ``{"image", "prediction", "probabilities": {class: p}}``, one per image file.
 
-    ``record``: from ``load_model_or_ensemble``. For arrays or tensors use ``ray_xray.load``.
+    ``record``: from ``load_model_or_ensemble`` (an ensemble: the weighted mean of its members'
+    temperature-scaled softmax, `probabilities`). For arrays or tensors use ``ray_xray.load``.
     Raises ValueError naming a missing or unreadable file.
     """
-    if is_ensemble(record):
-        return predict_ensemble(record, paths, device)
-    dev = pick_device(device)
-    logits = _logits(record, _read_images(paths), paths, dev, {})
-    return _rows(paths, torch.softmax(logits, 1).numpy(), record["classes"])
-
-
-def predict_ensemble(ensemble: dict, paths: list[str], device: str = "auto") -> list[dict]:
-    """Weighted mean of softmax(logits / T_member) over members (each with its own img_size)."""
-    dev = pick_device(device)
-    blobs, decoded = _read_images(paths), {}
-    total = None
-    for member, weight in zip(ensemble["members"], ensemble["weights"], strict=True):
-        logits = _logits(member, blobs, paths, dev, decoded)
-        # float64: the members' weighted mean then sums to 1 to ~1e-12, as promised.
-        t = float(member.get("temperature", 1.0))
-        p = torch.softmax(logits.double() / t, 1) * float(weight)
-        total = p if total is None else total + p
-    total = total / total.sum(1, keepdim=True)
-    return _rows(paths, total.numpy(), ensemble["classes"])
+    prob = probabilities(record, _read_images(paths), paths, device)
+    return _rows(paths, prob, record["classes"])
 
 
 def probabilities(
@@ -171,13 +155,15 @@ def probabilities(
         return np.zeros((0, len(record["classes"])), dtype=np.float64)
     members = record["members"] if ensemble else [record]
     weights = record["weights"] if ensemble else [1.0]
-    dev, decoded, total = pick_device(device), {}, None
-    for member, weight in zip(members, weights, strict=True):
-        logits = _logits(member, blobs, names, dev, decoded)
-        t = float(member.get("temperature", 1.0)) if ensemble else 1.0
-        p = torch.softmax(logits.double() / t, 1) * float(weight)
-        total = p if total is None else total + p
-    return (total / total.sum(1, keepdim=True)).numpy()
+    dev, decoded = pick_device(device), {}
+    probs = [
+        member_proba(
+            _logits(member, blobs, names, dev, decoded),
+            float(member.get("temperature", 1.0)) if ensemble else 1.0,
+        )
+        for member in members
+    ]
+    return ensemble_proba(probs, weights)
 
 
 def main(argv: list[str] | None = None) -> int:

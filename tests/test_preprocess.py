@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from ray_xray import checkpoint as C
+from ray_xray import inference
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
 from ray_xray.data.feed import BatchAugment, DeviceFeed, equalize_hist, normalize, pick_augment_on
 from ray_xray.data.transforms import TrainPreset
 from ray_xray.predict import predict
-from ray_xray.train import engine as E
 from ray_xray.train.loop import Trainer
 
 CPU = torch.device("cpu")
@@ -120,13 +120,13 @@ def test_a_saved_model_is_fed_at_inference_as_in_training(normalize_, equalize, 
     C.atomic_save(record, tmp_path / "best_model.pt")
     loaded = C.load_checkpoint(tmp_path / "best_model.pt")
     x = torch.from_numpy(data.images["val"][:5])
-    assert torch.equal(E.record_feed(loaded, CPU)(x), tr.feed(x))
+    assert torch.equal(inference.record_feed(loaded, CPU)(x), tr.feed(x))
     # predict() from PNG files: the same probabilities as the model on the training feed.
     paths = []
     for i, im in enumerate(data.images["val"][:5]):
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(im).save(paths[-1])
     with torch.no_grad():
-        want = torch.softmax(E.model_from_record(loaded)(tr.feed(x)), 1).numpy()
+        want = torch.softmax(inference.model_from_record(loaded)(tr.feed(x)), 1).numpy()
     got = np.array([[r["probabilities"][c] for c in data.classes] for r in predict(loaded, paths)])
     assert np.allclose(got, want, atol=1e-5)

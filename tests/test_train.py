@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ray_xray import checkpoint as C
+from ray_xray import inference
 from ray_xray.config import TrainConfig
 from ray_xray.train import engine as E
 
@@ -157,7 +158,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     record = C.model_record(model, cfg, ["a", "b", "c"], 0.5, 0.25, {"val_acc": 0.9})
     C.atomic_save(record, tmp_path / "best_model.pt")
     loaded = C.load_checkpoint(tmp_path / "best_model.pt")
-    again = E.model_from_record(loaded)
+    again = inference.model_from_record(loaded)
     x = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), again(x))

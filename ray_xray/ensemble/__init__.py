@@ -30,7 +30,7 @@ _EXPORTS = {
     "operating_points": _S,
     "report": _S,
     "threshold_for_specificity": _S,
-    "combine": ".select",
+    "ensemble_proba": "ray_xray.inference",
     "greedy_select": ".select",
     "ENSEMBLE_FORMAT": _K,
     "is_ensemble": _K,

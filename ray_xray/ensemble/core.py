@@ -25,12 +25,13 @@ from ..checkpoint import (
 )
 from ..data import ImageDataset, load_data
 from ..data.dataset import loader as make_loader
+from ..inference import ensemble_proba, inference_setup, predict_proba
 from ..io import json_safe, write_atomic
 from ..scores import SENSITIVITIES, SPECIFICITIES, operating_points, report, stored_points
 from ..sweep_folder import read_experiment, relocate
 from ..train import engine as E
 from .checks import check_top_k
-from .select import combine, greedy_select, mean_weights, score_weights
+from .select import greedy_select, mean_weights, score_weights
 
 ENSEMBLE_METHODS = {
     "greedy": "greedy forward selection with replacement (Caruana et al., 2004) on validation NLL",
@@ -122,13 +123,13 @@ def load_member_data(members: list[Member], spec: str, cache: str | None) -> dic
 def member_probabilities(record: dict, data, device: torch.device, batch_size: int = 256):
     """{"val"|"test": (labels (N,), float64 probabilities (N, K))} of one member, with the
     member's own training-split normalisation (what predict uses), even on --data."""
-    model, feed, precision, channels_last = E.inference_setup(record, device)
+    model, feed, precision, channels_last = inference_setup(record, device)
     out = {}
     for split in ("val", "test"):
         loader = make_loader(
             ImageDataset(data.images[split], data.labels[split]), batch_size, device=device
         )
-        y, prob, _ = E.predict_proba(model, loader, device, precision, channels_last, feed=feed)
+        y, prob, _ = predict_proba(model, loader, device, precision, channels_last, feed=feed)
         out[split] = (y, prob.astype(np.float64))
     return out
 
@@ -152,8 +153,8 @@ def build_ensembles(members: list[Member], y_val: np.ndarray, classes: list[str]
     for name, e in ens.items():
         e["method"] = name
         e["description"] = ENSEMBLE_METHODS[name]
-        e["val_prob"] = combine(val, e["weights"])
-        e["test_prob"] = combine([m.test_prob for m in members], e["weights"])
+        e["val_prob"] = ensemble_proba(val, e["weights"])
+        e["test_prob"] = ensemble_proba([m.test_prob for m in members], e["weights"])
         e["val_nll"] = nll(y_val, e["val_prob"])
     return ens
 

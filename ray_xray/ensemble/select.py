@@ -1,4 +1,5 @@
-"""Ways to combine members, all chosen on validation data only.
+"""Ways to weight members, all chosen on validation data only (the weighted mean itself is
+`ray_xray.inference.ensemble_proba`, the one every caller uses).
 
 - `mean`: equal weights.
 - `weighted`: weights proportional to each member's validation macro-F1.
@@ -15,14 +16,8 @@ GREEDY_ROUNDS = 25
 MIN_GAIN = 1e-6
 
 
-def combine(probs: list[np.ndarray], weights) -> np.ndarray:
-    w = np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    out = sum(wi * p for wi, p in zip(w, probs, strict=True) if wi > 0)
-    return out / out.sum(axis=1, keepdims=True)
-
-
 def mean_weights(n: int) -> list[float]:
+    """Equal weights 1/n for n members."""
     return [1.0 / n] * n
 
 

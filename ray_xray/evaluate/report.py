@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import preprocess
+from ..inference import record_feed
 from ..io import write_atomic
 from ..report import html as H
 from ..report import plots as P
 from ..report.build import Figures, _pick_cases, _title, class_html
-from ..train.engine import record_feed
 from .result import EvalResult, metric_name
 from .sources import Subject
 
@@ -339,7 +339,7 @@ def _explainer(subject: Subject):
     """(member index, model, cam resolution) of the highest-weight convolutional member whose
     Grad-CAM layer is at least 2x2 (else any convolutional one); None without one."""
     from ..gradcam import cam_resolution, supports_gradcam
-    from ..train.engine import model_from_record
+    from ..inference import model_from_record
 
     order = sorted(range(len(subject.members)), key=lambda i: -subject.weights[i])
     fallback = None

@@ -114,7 +114,7 @@ def _pick_cases(y, pred, conf, k: int, n_correct: int, n_wrong: int) -> tuple[li
 
 def _batch(data, idx: list[int], record: dict) -> torch.Tensor:
     """Test images `idx` as the member saw them (its own normalisation and channels)."""
-    from ray_xray.train.engine import record_feed
+    from ray_xray.inference import record_feed
 
     return record_feed(record, torch.device("cpu"))(torch.from_numpy(data.images["test"][idx]))
 
@@ -621,7 +621,7 @@ def gradcam_candidate(ctx: dict):
     """The best-ranked convolutional member whose Grad-CAM layer is at least 2x2 (a 1x1 map,
     e.g. resnet18 at 32 px, is flat); failing that the best convolutional member at all."""
     from ray_xray.gradcam import cam_resolution, supports_gradcam
-    from ray_xray.train.engine import model_from_record
+    from ray_xray.inference import model_from_record
 
     fallback = None
     for mem in ctx["members"]:
@@ -691,7 +691,7 @@ def gradcam_section(ctx: dict, figs: Figures) -> str:
 
 def attention_section(ctx: dict, figs: Figures) -> str:
     from ray_xray.gradcam import attention_maps
-    from ray_xray.train.engine import model_from_record
+    from ray_xray.inference import model_from_record
 
     classes, y = ctx["classes"], ctx["y_test"]
     parts = []

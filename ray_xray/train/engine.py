@@ -1,6 +1,8 @@
-"""Plain torch, no Ray: precision, loss, optimiser, schedule, one epoch, evaluation, saved models.
+"""Plain torch, no Ray: the training engine. Loss, optimiser, learning-rate schedule, scaler
+and one training epoch (device and precision choice too, until issue 32 moves them).
 
-The checkpoint files themselves (writing, reading, the format) are `ray_xray.checkpoint`'s.
+Running a saved model (autocast, building a model from its record, predict_proba, ensembles)
+is `ray_xray.inference`'s; the checkpoint files themselves are `ray_xray.checkpoint`'s.
 
 `train_loop_per_worker` (worker.py) strings these together under Ray Train; the benchmark's
 bare loop calls the very same functions, so the two can be compared honestly.
@@ -8,7 +10,6 @@ bare loop calls the very same functions, so the two can be compared honestly.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 
@@ -17,9 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import preprocess
 from ..config import TrainConfig
-from ..models import create_model
+from ..inference import autocast
+
+# Training builds, lays out and validates its model with the runtime's own functions; they stay
+# reachable as engine.X for the training code (loop.py, run.py) and benchmarks.
+from ..inference import build_model as build_model
+from ..inference import predict_proba as predict_proba
+from ..inference import uses_channels_last as uses_channels_last
 
 
 class TrainingDiverged(RuntimeError):
@@ -44,13 +50,6 @@ def pick_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16"  # CPU autocast; measured ~1.8x faster than fp32 for resnet18 on AMX CPUs
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
@@ -210,16 +209,6 @@ class Schedule:
             g["lr"] = lr
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    return create_model(
-        cfg.model, num_classes, in_chans=cfg.in_chans, img_size=cfg.img_size, **cfg.model_kwargs
-    )
-
-
-def uses_channels_last(cfg: TrainConfig, model: nn.Module) -> bool:
-    return cfg.channels_last and getattr(model, "is_conv", False)
-
-
 # How often the training loop looks at the loss on the host. Every look waits for the device to
 # finish (a `.item()` each step measured 13 % of the step rate on an H200 with the old loader), so
 # the loss is summed on the device and checked for NaN/inf every CHECK_EVERY steps and at the end.
@@ -291,67 +280,9 @@ def train_one_epoch(
     return {"train_loss": mean, "train_images": n, "train_s": dt}
 
 
-@torch.no_grad()
-def predict_proba(
-    model, loader, device, precision, channels_last=False, feed=None
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels int64 (N,), softmax probabilities float32 (N, K), mean cross-entropy) over a
-    loader of (x, y, index) batches, in eval mode; x as `train_one_epoch` takes it."""
-    model.eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    ys, logits_all = [], []
-    for x, y, _ in loader:
-        if feed is not None:
-            x = feed(x)
-        else:
-            x = x.to(device, non_blocking=True, memory_format=fmt)
-        with autocast(device, precision):
-            logits_all.append(model(x).float())
-        ys.append(y)
-    if not ys:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), float("nan")
-    logits, y = torch.cat(logits_all).cpu(), torch.cat(ys).long()  # one copy back
-    loss = F.cross_entropy(logits, y).item()
-    return y.numpy(), F.softmax(logits, 1).numpy(), loss
-
-
 def seed_everything(seed: int) -> None:
     import random
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-# ---------------------------------------------------------------- saved models
-
-
-def inference_setup(record: dict, device: torch.device):
-    """(model, feed, precision, channels_last) to run a saved model on `device` as validation
-    did: eval mode, the record's memory format and precision, and a `DeviceFeed` with the
-    record's own training normalisation (whatever data it is shown)."""
-    cfg = TrainConfig.from_dict(record["config"])
-    model = model_from_record(record).to(device)
-    channels_last = uses_channels_last(cfg, model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    feed = record_feed(record, device, channels_last)
-    return model, feed, pick_precision(cfg.precision, device), channels_last
-
-
-def record_feed(record: dict, device: torch.device, channels_last: bool = False):
-    """The `DeviceFeed` that turns uint8 (N, 1, H, W) images into a saved model's input as its
-    training did: the record's data statistics, in_chans, `normalize` and `equalize` (records
-    saved before those settings existed get their defaults, which is what they trained with)."""
-    from ..data.feed import DeviceFeed
-
-    cfg = TrainConfig.from_dict(record["config"])
-    pre = preprocess(record)
-    return DeviceFeed.for_config(cfg, pre["mean"], pre["std"], device, channels_last)
-
-
-def model_from_record(record: dict) -> nn.Module:
-    cfg = TrainConfig.from_dict(record["config"])
-    model = build_model(cfg, len(record["classes"]))
-    model.load_state_dict(record["state_dict"])
-    return model.eval()

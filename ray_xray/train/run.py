@@ -19,6 +19,7 @@ from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
 from ..data.cache import cache_location
 from ..data.dataset import loader as make_loader
+from ..inference import inference_setup, model_from_record, predict_proba
 from ..io import write_atomic
 from ..ray_env import runtime_env
 from . import engine as E
@@ -96,9 +97,9 @@ def evaluate_record(
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Full metrics of a saved model on one split (+ labels and probabilities)."""
     dev = E.pick_device(device)
-    model, feed, precision, channels_last = E.inference_setup(record, dev)
+    model, feed, precision, channels_last = inference_setup(record, dev)
     loader = make_loader(data.dataset(split), 128, device=dev)
-    y, prob, _ = E.predict_proba(model, loader, dev, precision, channels_last, feed=feed)
+    y, prob, _ = predict_proba(model, loader, dev, precision, channels_last, feed=feed)
     return M.full_report(y, prob, record["classes"]), y, prob
 
 
@@ -139,7 +140,7 @@ def fit(
         "test": test,
         "wall_s": time.perf_counter() - t0,
         "train_wall_s": train_s,
-        "params": int(sum(p.numel() for p in E.model_from_record(record).parameters())),
+        "params": int(sum(p.numel() for p in model_from_record(record).parameters())),
         "history": state["history"],
     }
     write_atomic(out / "metrics.json", json.dumps(report, indent=2))
