@@ -11,7 +11,7 @@ install: $(STAMP)
 
 # torch/torchvision pinned to the releases that lie on local disk (pip takes them offline);
 # the package itself accepts any torch>=2.4.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored" || true

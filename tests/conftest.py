@@ -111,11 +111,10 @@ def wheel_venv(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("wheel")
     src = root / "src"  # a copy, so the build leaves no build/ or egg-info in the checkout
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(REPO / name, src / name)
-    shutil.copytree(
-        REPO / "ray_xray", src / "ray_xray", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for folder in ("ray_xray", "search_spaces"):  # setup.py maps search_spaces/ into the wheel
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     build = pip + ["wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", root / "dist"]
     subprocess.run([*build, str(src)], check=True, capture_output=True)

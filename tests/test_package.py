@@ -41,7 +41,7 @@ def test_wheel_carries_the_search_spaces_and_the_console_script(installed):
     wheel = zipfile.ZipFile(installed["wheel"])
     names = wheel.namelist()
     shipped = sorted(Path(n).stem for n in names if n.startswith("ray_xray/search_spaces/"))
-    expected = sorted(p.stem for p in (REPO / "ray_xray" / "search_spaces").iterdir())
+    expected = sorted(p.stem for p in (REPO / "search_spaces").iterdir())
     assert shipped == expected and "resnet18" in shipped and "README" in shipped
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "ray-xray = ray_xray.__main__:console" in wheel.read(entry).decode()
@@ -56,7 +56,7 @@ def test_installed_copy_runs_outside_the_checkout(installed):
     out = _run(installed, py, "-m", "ray_xray.spaces")
     assert out.returncode == 0, out.stderr
     listed = [line.split()[0] for line in out.stdout.splitlines()]
-    assert listed == sorted(p.stem for p in (REPO / "ray_xray/search_spaces").glob("*.yaml"))
+    assert listed == sorted(p.stem for p in (REPO / "search_spaces").glob("*.yaml"))
 
     out = _run(installed, installed["script"], "spaces", "resnet18", "--smoke")
     assert out.returncode == 0, out.stderr

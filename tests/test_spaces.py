@@ -124,7 +124,7 @@ def test_fake_registry_matches_real_one():
 
 def test_list_spaces():
     assert list_spaces() == EXPECTED
-    assert SPACES_DIR == Path(spaces.__file__).resolve().parent.parent / "search_spaces"
+    assert SPACES_DIR == Path(spaces.__file__).resolve().parents[2] / "search_spaces"
     assert (SPACES_DIR / "README.md").is_file()
 
 

@@ -21,7 +21,7 @@ from . import loop as L
 from . import report as R
 
 # The seed's cnn head (4096-2048 on a 7x7 pool) has 111M parameters, nearly all in the first
-# Linear: far too slow to retrain every round on a CPU. Use the head ray_xray/search_spaces/cnn.yaml
+# Linear: far too slow to retrain every round on a CPU. Use the head search_spaces/cnn.yaml
 # fixes (512-256 on a 4x4 pool) and width 32 (3.2M params; at 64 px bf16 one CPU core trains
 # ~200 img/s, 2.6x the rate of width 64). `--set model.width=64` etc. override these.
 CNN_DEFAULTS = {"width": 32, "head_dims": [512, 256], "pool_size": 4}

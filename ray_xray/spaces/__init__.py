@@ -1,6 +1,6 @@
 """Search spaces: YAML files turned into Optuna define-by-run functions.
 
-The built-in spaces ship inside the package (``ray_xray/search_spaces/``, package data found
+The built-in spaces ship inside the package (``search_spaces/`` at the top of the repository, ``ray_xray/search_spaces/`` in the wheel: package data found
 through ``importlib.resources``); folders named in ``$RAY_XRAY_SPACES`` (``os.pathsep``-separated)
 are searched first, so your own spaces are usable by name too, and any YAML path works as well.
 
@@ -8,7 +8,7 @@ A space fixes some settings, tunes others and, when it searches over architectur
 per-model hyperparameters only for the model a trial picked. Every key is a flat
 :class:`~ray_xray.config.TrainConfig` field (``lr``) or a model hyperparameter (``model.dropout``);
 ``SearchSpace.resolve`` turns one sampled flat config into a ``TrainConfig``.
-The file format is described in ``ray_xray/search_spaces/README.md``.
+The file format is described in ``search_spaces/README.md``.
 
     space = load_space("vit", smoke=args.smoke_test)
     searcher = OptunaSearch(space=space.define_by_run, metric=..., mode=...)

@@ -14,8 +14,19 @@ from .errors import SpaceError, join, one_line
 
 __all__ = ["SPACES_DIR", "SPACES_ENV", "find", "label", "list_spaces", "read_yaml", "space_dirs"]
 
-# Package data: present in the wheel as in a checkout (a zipped install is not supported).
-SPACES_DIR = Path(str(resources.files("ray_xray") / "search_spaces")).resolve()
+
+def builtin_dir() -> Path:
+    """The built-in spaces' folder: the installed wheel's package data
+    (``ray_xray/search_spaces/``, mapped there by setup.py), else a checkout's top-level
+    ``search_spaces/`` (a source tree, or an editable install, has no package copy). A zipped
+    install is not supported."""
+    shipped = Path(str(resources.files("ray_xray") / "search_spaces"))
+    if shipped.is_dir():
+        return shipped.resolve()
+    return Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+SPACES_DIR = builtin_dir()
 SPACES_ENV = "RAY_XRAY_SPACES"  # extra folders of spaces, searched before the built-in ones
 SUFFIXES = (".yaml", ".yml")
 

@@ -121,7 +121,7 @@ class Smoke(_Model):
 
 
 class SpaceFile(_Model):
-    """A search-space file (the format: ``ray_xray/search_spaces/README.md``)."""
+    """A search-space file (the format: ``search_spaces/README.md``)."""
 
     description: str = ""
     fixed: dict[str, Any] = {}
