@@ -167,6 +167,8 @@ def probabilities(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `predict` command: a table (or `--json`) of probabilities per image; returns 0.
+    Bad input raises ValueError, which `cli.run` prints as one `error:` line (exit 2)."""
     ap = argparse.ArgumentParser(
         prog="python -m ray_xray.predict",
         description="Class probabilities for image files.",

@@ -41,11 +41,16 @@ ENSEMBLE_METHODS = {
 
 
 def log(msg: str) -> None:
+    """One `ensemble: ...` progress line on stderr."""
     print(f"ensemble: {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass
 class Member:
+    """One of the sweep's top-k trials as an ensemble member: its model record, where it
+    ranked, and its validation/test probabilities, float64 (N, K): raw, then calibrated at
+    `temperature`."""
+
     name: str
     trial_id: str
     model_name: str
@@ -62,6 +67,7 @@ class Member:
 
     @property
     def config(self) -> dict:
+        """The member's TrainConfig as a dict (its record's "config")."""
         return self.record["config"]
 
 
@@ -138,6 +144,9 @@ def member_probabilities(record: dict, data, device: torch.device, batch_size: i
 
 
 def build_ensembles(members: list[Member], y_val: np.ndarray, classes: list[str]) -> dict:
+    """{"greedy" | "mean" | "weighted": {"method", "description", "weights", "val_prob",
+    "test_prob" (float64 (N, K), `inference.ensemble_proba`), "val_nll", ...}}: the three
+    ways to weight the calibrated members, each chosen on validation only (y_val (N,) int)."""
     val = [m.val_prob for m in members]
     f1 = [report(y_val, m.val_prob, classes)["macro_f1"] for m in members]
     greedy = greedy_select(y_val, val)
@@ -175,6 +184,9 @@ clean = json_safe  # one JSON-safe converter: ray_xray/io.py
 
 
 def comparison_rows(metrics: dict, classes: list[str]) -> list[dict]:
+    """One flat row per member and per ensemble of `metrics` (metrics.json's dict): name,
+    kind, model, temperature, weight, validation macro-F1/NLL and the test figures (accuracy,
+    F1, AUC, PR-AP, ECE, NLL, ...) the comparison table and CSV show."""
     rows = []
     entries = [("member", m) for m in metrics["members"]]
     entries += [("ensemble", e) for e in metrics["ensembles"]]

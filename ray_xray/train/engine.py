@@ -53,6 +53,7 @@ def pick_precision(precision: str, device: torch.device) -> str:
 
 
 def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """The GradScaler for `precision` (resolved): enabled only for fp16, a no-op otherwise."""
     # Only fp16 underflows gradients; bf16 has fp32's exponent range.
     if precision == "fp16" and device.type == "cuda":
         # cuBLAS may reduce split-K fp16 GEMMs in fp16 (PyTorch's default allows it): with the
@@ -73,6 +74,7 @@ class FocalLoss(nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean loss (scalar) of logits (N, K) against int64 targets (N,)."""
         logits = logits.float()  # the (1-p)^gamma term is fragile in half precision
         ce = F.cross_entropy(
             logits,
@@ -92,11 +94,15 @@ class FocalLoss(nn.Module):
 
 
 def make_loss(cfg: TrainConfig, class_weights: torch.Tensor | None) -> nn.Module:
+    """The training loss: `FocalLoss` (gamma 0, i.e. cross-entropy, unless cfg.loss is
+    "focal"), with `class_weights` (K,) when cfg.class_weights, and cfg.label_smoothing."""
     gamma = cfg.focal_gamma if cfg.loss == "focal" else 0.0
     return FocalLoss(gamma, class_weights if cfg.class_weights else None, cfg.label_smoothing)
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (Nesterov, cfg.momentum), AdamW or Adam at cfg.lr, in two parameter groups: the
+    weights with cfg.weight_decay, norms and biases (ndim <= 1) without."""
     # No weight decay on norms and biases: standard practice, matters for ViT/LSTM.
     decay, no_decay = [], []
     for p in model.parameters():
@@ -167,15 +173,18 @@ class Schedule:
         self.batch_sched, self.plateau = lr_schedulers(cfg, opt, steps_per_epoch)
 
     def step_batch(self) -> None:
+        """After every optimiser step."""
         self.step += 1
         if self.batch_sched is not None:
             self.batch_sched.step()
 
     def step_epoch(self, metric: float) -> None:
+        """After every validation, with the monitored metric (NaN/inf: ignored)."""
         if self.plateau is not None and np.isfinite(metric):
             self.plateau.step(metric)
 
     def state_dict(self) -> dict:
+        """{"format", "step", "batch", "plateau"}: torch's scheduler states, for checkpoints."""
         return {
             "format": self.FORMAT,
             "step": self.step,
@@ -281,6 +290,7 @@ def train_one_epoch(
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (CPU and CUDA)."""
     import random
 
     random.seed(seed)

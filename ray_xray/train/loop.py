@@ -120,6 +120,7 @@ class Trainer:
         )
 
     def state_dict(self) -> dict:
+        """Model, optimiser, schedule and scaler states: what a checkpoint resumes from."""
         return {
             "model": self.bare.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -128,6 +129,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`'s output (the optimiser before the schedule, which reads
+        the optimiser's learning rate when it replays an old checkpoint's schedule)."""
         self.bare.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["schedule"])
@@ -156,6 +159,7 @@ class Progress:
         return improved
 
     def to_dict(self) -> dict:
+        """The progress as a plain dict (for the training state)."""
         return dataclasses.asdict(self)
 
 
