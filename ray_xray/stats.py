@@ -2,7 +2,7 @@
 (`scores.report`), `evaluate` and a sweep's external scoring all call this module.
 
 - Proportions (sensitivity, specificity, precision, NPV, accuracy as k/n): the Wilson score
-  interval, from scipy (`binomtest(k, n).proportion_ci(method="wilson")`). Unlike the normal
+  interval (equal to scipy's `binomtest(...).proportion_ci(method="wilson")`). Unlike the normal
   ("Wald") interval it stays inside [0, 1] and is not zero-width at 0/n or n/n: 99/99 gives
   about [0.963, 1.0].
 - Accuracy, macro-F1 and ROC-AUC (macro and per class): the stratified percentile bootstrap.
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import binomtest, norm
+from scipy.stats import norm
 
 LEVEL = 0.95
 Z95 = float(norm.ppf(0.5 + LEVEL / 2))  # 1.959963984540054, the standard normal's 97.5 %
@@ -38,11 +38,13 @@ HEADLINE = ("accuracy", "macro_f1", "auc")
 _CHUNK = 250  # resamples per block: memory stays about _CHUNK x N x K floats
 
 
-def wilson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval (lo, hi) for k successes out of n trials, both in [0, 1].
 
-    scipy's `binomtest(k, n).proportion_ci(level, method="wilson")`, i.e. the closed form
-    (p + z^2/2n ± z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), p = k/n (Newcombe 1998).
+    Closed form (Wilson 1927; Newcombe 1998): (p + z^2/2n ± z sqrt(p(1-p)/n + z^2/4n^2)) /
+    (1 + z^2/n), p = k/n. The tests check it against scipy's
+    `binomtest(k, n).proportion_ci(method="wilson")`; written out here because scipy's
+    arithmetic differs in the last bit, and stored reports should not change with that.
     Returns (nan, nan) when n == 0. Raises ValueError when k < 0 or k > n.
     """
     k, n = int(k), int(n)
@@ -50,8 +52,15 @@ def wilson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
         return math.nan, math.nan
     if not 0 <= k <= n:
         raise ValueError(f"wilson: need 0 <= k <= n, got k={k}, n={n}")
-    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
+    p = k / n
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    den = 1 + z2 / n
+    # At k = 0 or k = n the exact bound is 0 or 1; rounding can leave 1e-17 outside.
+    lo = 0.0 if k == 0 else max(0.0, (centre - half) / den)
+    hi = 1.0 if k == n else min(1.0, (centre + half) / den)
+    return lo, hi
 
 
 def proportion(k: int, n: int) -> dict:
