@@ -24,7 +24,8 @@ from .cli import HelpFormatter, run
 from .data.cache import decode
 from .data.images import UnreadableImage
 from .data.sources import path_text
-from .train.engine import autocast, model_from_record, pick_device, pick_precision, record_feed
+from .device import pick_device, pick_precision
+from .train.engine import autocast, model_from_record, record_feed
 
 
 def _read_images(paths: list[str]) -> list[bytes]:
