@@ -37,12 +37,17 @@ ISA_ENV = (
     "DNNL_MAX_CPU_ISA",
     "ONEDNN_DEFAULT_FPMATH_MODE",
 )
+# What makes any x86 CPU run torch and oneDNN as an AVX2-only one does (no native bf16): for
+# tests and the precision benchmark's second path; honoured at process start, so a subprocess.
+AVX2_ONLY_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 # The /proc/cpuinfo flags that decide bf16 speed on x86.
 BF16_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 # bf16 must beat fp32 by this much in the probe to be chosen: it also costs accuracy, so a tie
 # (or the probe's noise on a busy machine) keeps fp32.
 MIN_SPEEDUP = 1.1
-NO_NATIVE_BF16 = "this CPU has no native bf16; bf16 would be ~30x slower"
+# Emulated bf16 vs fp32, resnet18 at 64 px: 34x slower on a real AVX2 EPYC (issue 32), 5x on
+# an AVX-512 EPYC forced to AVX2 (benchmarks/RESULTS.md section 2).
+NO_NATIVE_BF16 = "this CPU has no native bf16; bf16 would be emulated, 5-34x slower"
 PROBE_VERSION = 1  # bump when the probe's network or steps change: old verdicts are then ignored
 
 
@@ -120,7 +125,7 @@ def warn_slow_bf16(precision: str, device: torch.device | str) -> bool:
         _WARNED.add("bf16")
         print(
             "warning: precision bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): it "
-            "works, but ~30x slower than fp32; precision auto picks fp32 here",
+            "works, but emulated, 5-34x slower than fp32; precision auto picks fp32 here",
             file=sys.stderr,
             flush=True,
         )

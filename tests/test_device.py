@@ -17,7 +17,6 @@ import torch
 from ray_xray import device as D
 
 REPO = Path(__file__).resolve().parents[1]
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 x86_only = pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"),
     reason="ONEDNN_MAX_CPU_ISA=AVX2 names an x86 instruction set",
@@ -40,9 +39,7 @@ def test_auto_is_fp32_without_native_bf16_and_says_why_without_probing(monkeypat
     monkeypatch.setattr(D, "cached_probe", _no_probe)
     choice = D.choose_precision("auto", torch.device("cpu"))
     assert choice.precision == "fp32"
-    assert (
-        choice.line() == "precision: fp32 (this CPU has no native bf16; bf16 would be ~30x slower)"
-    )
+    assert choice.line() == f"precision: fp32 ({D.NO_NATIVE_BF16})"
     assert D.pick_precision("auto", "cpu") == "fp32"
 
 
@@ -98,12 +95,12 @@ def test_a_cpu_forced_to_avx2_trains_in_fp32_and_says_why(tmp_path):
         "D.announce('bf16', 'cpu'); D.announce('bf16', 'cpu')\n"
         "print(json.dumps([c.to_dict(), torch.backends.cpu.get_cpu_capability()]))\n"
     )
-    got = _in_subprocess(code, AVX2_ENV, tmp_path)
+    got = _in_subprocess(code, D.AVX2_ONLY_ENV, tmp_path)
     assert got.returncode == 0, got.stderr
     choice, capability = json.loads(got.stdout)
     assert capability == "AVX2" and choice["precision"] == "fp32"
     err = got.stderr.splitlines()
-    assert "precision: fp32 (this CPU has no native bf16; bf16 would be ~30x slower)" in err
+    assert f"precision: fp32 ({D.NO_NATIVE_BF16})" in err
     assert sum(line.startswith("warning: precision bf16") for line in err) == 1
     assert not (tmp_path / "precision").exists()  # decided without a probe
 
