@@ -45,8 +45,9 @@ BF16_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 # bf16 must beat fp32 by this much in the probe to be chosen: it also costs accuracy, so a tie
 # (or the probe's noise on a busy machine) keeps fp32.
 MIN_SPEEDUP = 1.1
-# Emulated bf16 vs fp32, resnet18 at 64 px: 34x slower on a real AVX2 EPYC (issue 32), 5x on
-# an AVX-512 EPYC forced to AVX2 (benchmarks/RESULTS.md section 2).
+# Emulated bf16 vs fp32, a resnet18 training step at 64 px, batch 8: 34x slower on a real AVX2
+# EPYC with 1 thread (issue 32); on an AVX-512 EPYC forced to AVX2 (AVX2_ONLY_ENV), 15x with 1
+# thread and 5x with 2 (a shared machine, 2026-12-07; `python -m benchmarks --only precision`).
 NO_NATIVE_BF16 = "this CPU has no native bf16; bf16 would be emulated, 5-34x slower"
 PROBE_VERSION = 1  # bump when the probe's network or steps change: old verdicts are then ignored
 
