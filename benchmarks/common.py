@@ -45,6 +45,8 @@ def machine() -> dict[str, Any]:
     """CPU model, cores, library versions and the date: the context of every number."""
     import torch
 
+    from ray_xray import device as D
+
     info: dict[str, Any] = {
         "cpu": platform.processor() or platform.machine(),
         "logical_cpus": os.cpu_count(),
@@ -65,20 +67,16 @@ def machine() -> dict[str, Any]:
             info[lib] = __import__(lib).__version__
         except ImportError:
             info[lib] = None
+    # The CPU and what decides bf16 speed on it (ray_xray.device chooses precision from these):
+    # the instruction sets, torch's kernel capability and oneDNN's native-bf16 check, which
+    # ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA can lower (`isa_env`).
+    cpu = D.cpu_info()
+    info["cpu"], info["cpu_flags"] = cpu["model"], cpu["flags"]
+    info["torch_capability"] = torch.backends.cpu.get_cpu_capability()
+    info["native_bf16"] = D.cpu_bf16_native()
+    info["isa_env"] = {k: os.environ[k] for k in D.ISA_ENV if k in os.environ}
     try:
         text = Path("/proc/cpuinfo").read_text()
-        names = [
-            ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")
-        ]
-        flags = next(
-            (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
-        )
-        if names:
-            info["cpu"] = names[0]
-        # The instruction sets that decide bf16 speed on a CPU.
-        info["cpu_flags"] = [
-            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags
-        ]
         physical = {
             ln.split(":", 1)[1].strip()
             for ln in text.splitlines()
@@ -95,10 +93,20 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def machine_line(m: dict[str, Any]) -> str:
+def cpu_line(m: dict[str, Any]) -> str:
+    """``AMD EPYC (avx2, avx512f, avx512_bf16; torch AVX512, native bf16)``: the CPU as the
+    figures saw it (results saved before the capability was recorded show only the flags)."""
     flags = ", ".join(m.get("cpu_flags") or []) or "no avx512/amx"
+    if m.get("torch_capability"):
+        native = "native bf16" if m.get("native_bf16") else "no native bf16"
+        flags += f"; torch {m['torch_capability']}, {native}"
+    env = " ".join(f"{k}={v}" for k, v in (m.get("isa_env") or {}).items())
+    return f"{m.get('cpu')} ({flags}{'; ' + env if env else ''})"
+
+
+def machine_line(m: dict[str, Any]) -> str:
     return (
-        f"{m.get('cpu')} ({flags}), {m.get('usable_cpus') or m.get('logical_cpus')} CPUs, "
+        f"{cpu_line(m)}, {m.get('usable_cpus') or m.get('logical_cpus')} CPUs, "
         f"torch {m.get('torch')}, ray {m.get('ray')}, optuna {m.get('optuna')}, "
         f"Python {m.get('python')}"
     )

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ray_xray import device as D
 from ray_xray.data import load_data
 from ray_xray.data.cache import decode
 from ray_xray.data.dataset import resolve_items
@@ -98,12 +99,15 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
     for ds in variants.values():  # warm-up: one batch each
         next(iter(DataLoader(ds, batch_size=bs)))
     measure = {k: (lambda ds=ds: loader_rate(ds, bs)) for k, ds in variants.items()}
+    # The consumer trains as `train` would here: in the precision `auto` picks on this CPU.
+    prec = D.pick_precision("auto", "cpu")
     C.say(
-        NAME, f"resnet18 bf16+channels_last training step for reference ({s['model_steps']} steps)"
+        NAME,
+        f"resnet18 {prec}+channels_last training step for reference ({s['model_steps']} steps)",
     )
     step = TrainStep("resnet18", size, bs, channels_last=True)
-    step.run(2, "bf16")
-    measure["resnet18 training step (consumer)"] = lambda: step.rate(s["model_steps"], "bf16")
+    step.run(2, prec)
+    measure["resnet18 training step (consumer)"] = lambda: step.rate(s["model_steps"], prec)
     C.say(NAME, f"{len(variants)} loaders over {n} images, {s['repeats']} round(s), interleaved")
     samples = C.interleave(
         measure, s["repeats"], on_round=lambda r: C.say(NAME, f"round {r + 1}/{s['repeats']} done")
@@ -121,7 +125,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         rows.append([k, r, r / png_plain, C.ratio(r, vs), 100 * frac, C.spread(samples[k])])
     rows.append(
         [
-            "resnet18 bf16+CL training step",
+            f"resnet18 {prec}+CL training step",
             model_rate,
             None,
             None,
@@ -141,7 +145,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         f"augmentation ({cache_plain:.0f} vs {png_plain:.0f} img/s), {cache_aug / png_aug:.1f}x "
         f"with the seeds augmentation ({cache_aug:.0f} vs {png_aug:.0f} img/s)",
         f"the seeds augmentation takes {C.pct(1 - cache_aug / cache_plain)} of the cached "
-        f"loader's speed and {C.pct(share(cache_aug))} of a resnet18 bf16 epoch at {size} px "
+        f"loader's speed and {C.pct(share(cache_aug))} of a resnet18 {prec} epoch at {size} px "
         f"(flip only: {C.pct(share(flip))}; PNG decode + seeds: {C.pct(share(png_aug))})",
     ]
     return C.result(
@@ -154,7 +158,8 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             "reading and decoding each PNG every epoch (same decode and resize as the cache). "
             "Files are read once beforehand, so PNG reads come from the OS page cache as in "
             f"epoch 2 onwards. {s['repeats']} round(s), rotating order, medians. A resnet18 "
-            "bf16 + channels_last training step is timed alongside as the consumer."
+            f"{prec} + channels_last training step (`precision auto` on this CPU) is timed "
+            "alongside as the consumer."
         ),
         tables=[
             C.table(

@@ -16,6 +16,7 @@ import torch
 
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
+from ray_xray.device import pick_device
 from ray_xray.train import engine as E
 from ray_xray.train.loop import Trainer
 
@@ -123,7 +124,7 @@ def _variants(presets: list[str]) -> list[tuple[str, str]]:
 
 def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False) -> dict:
     s = settings or C.resolve_settings(DEFAULTS, quick, {})
-    device = E.pick_device("auto")
+    device = pick_device("auto")
     if device.type == "cpu":
         torch.set_num_threads(C.threads())
     # A GPU epoch of 512 images is a few dozen milliseconds: time more of them there.

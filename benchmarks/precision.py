@@ -1,12 +1,23 @@
 """2. Mixed precision: training images/s of every registered model, fp32 vs bf16 autocast on
-CPU, and for convolutional models also with channels_last (the project's default for them)."""
+CPU, and for convolutional models also with channels_last (the project's default for them).
+
+Then both kinds of CPU side by side (issue 32): a few models' fp32 and bf16 steps on this CPU
+as it is ("native") and in a subprocess limited to AVX2 (`device.AVX2_ONLY_ENV`: no native
+bf16, as on most CPUs people own), each path's bf16/fp32 ratio measured within its own
+process, and what `precision auto` chooses on each.
+"""
 
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
 
 import torch
 
+from ray_xray import device as D
 from ray_xray.models import list_models
 
 from . import common as C
@@ -21,6 +32,11 @@ DEFAULTS = {
         "warmup": 2,
         "repeats": 3,
         "seconds": 2.0,
+        "paths_models": ["resnet18", "cnn"],
+        "paths_img_size": 64,
+        "paths_batch_size": 8,
+        "paths_repeats": 3,
+        "paths_seconds": 1.0,
     },
     "quick": {
         "models": [],
@@ -29,9 +45,16 @@ DEFAULTS = {
         "warmup": 1,
         "repeats": 1,
         "seconds": 0.3,
+        "paths_models": ["resnet18"],
+        "paths_img_size": 64,
+        "paths_batch_size": 8,
+        "paths_repeats": 1,
+        "paths_seconds": 0.3,
     },
 }
-# models: [] = every registered model (`python -m ray_xray.models` lists them)
+# models: [] = every registered model (`python -m ray_xray.models` lists them). paths_*: the
+# native-vs-AVX2 table; small (the issue's resnet18 at 64 px, batch 8), since emulated bf16
+# runs 5-34x slower.
 
 
 def variants_for(is_conv: bool) -> list[tuple[str, str, bool]]:
@@ -70,7 +93,8 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
     r18 = raw.get("resnet18", {})
     if r18.get("default_vs_fp32"):
         headline.append(
-            f"resnet18 with the training default (bf16 + channels_last) vs plain fp32: "
+            f"resnet18 with the training default ({D.pick_precision('auto', 'cpu')} + "
+            "channels_last) vs plain fp32: "
             f"{r18['default_vs_fp32']:.2f}x"
         )
     columns = [
@@ -85,6 +109,8 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         "CL gain (bf16)",
         "spread",
     ]
+    paths = measure_paths(s)
+    headline += paths_headline(paths)
     return C.result(
         NAME,
         settings=s,
@@ -95,13 +121,20 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             f"order, {s['repeats']} round(s) of ~{s['seconds']:g} s each after {s['warmup']} "
             "warm-up step(s); images/s is the median. CL = channels_last (conv models only)."
         ),
-        tables=[C.table("training images/s (higher is better) and ratios", columns, rows)],
+        tables=[
+            C.table("training images/s (higher is better) and ratios", columns, rows),
+            paths_table(paths, s),
+        ],
         headline=headline,
-        data={"models": raw},
+        data={"models": raw, "paths": paths},
         notes=[
             "spread = (max - min) / median over rounds, worst variant: above ~0.1 the machine "
             "was busy and the ratios deserve a re-run.",
-            "bf16 speed on a CPU depends on AVX-512 BF16 / AMX support (see the machine line).",
+            "bf16 speed on a CPU depends on AVX-512 BF16 / AMX support (see the machine line). "
+            "The second table runs both kinds of CPU: this one as it is and, in a subprocess, "
+            f"limited to AVX2 ({' '.join(f'{k}={v}' for k, v in D.AVX2_ONLY_ENV.items())}); "
+            "each bf16/fp32 ratio is measured within one process, the two paths one after "
+            "the other.",
         ],
     )
 
@@ -144,8 +177,9 @@ def measure_model(name: str, s: dict) -> dict:
     best_fp32 = max((rates.get(k) or 0) for k in ("fp32", "fp32+CL")) or None
     best_bf16 = max((rates.get(k) or 0) for k in ("bf16", "bf16+CL")) or None
     out["bf16_speedup_best"] = C.ratio(best_bf16, best_fp32)
-    # What training actually uses (precision auto = bf16 on CPU, channels_last for conv models).
-    default = rates.get("bf16+CL") if plain.is_conv else rates.get("bf16")
+    # What training actually uses here: `precision auto` (device.py), channels_last for conv.
+    auto = D.pick_precision("auto", "cpu")
+    default = rates.get(f"{auto}+CL") if plain.is_conv else rates.get(auto)
     out["default_vs_fp32"] = C.ratio(default, fp32)
     return out
 
@@ -164,3 +198,95 @@ def row_for(name: str, r: dict) -> list:
         r["cl_speedup_bf16"],
         r["spread"],
     ]
+
+
+# ------------------------------------------------------------------ both kinds of CPU
+
+
+def measure_path(s: dict) -> dict:
+    """fp32 and bf16 images/s of `paths_models` on this process's CPU (as torch and oneDNN see
+    it), interleaved, with what `precision auto` chooses here and the CPU facts behind it."""
+    torch.set_num_threads(C.threads())
+    choice = D.choose_precision("auto", "cpu")
+    out: dict = {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": D.cpu_bf16_native(),
+        "auto": choice.to_dict(),
+        "models": {},
+    }
+    for name in s["paths_models"]:
+        step = TrainStep(name, s["paths_img_size"], s["paths_batch_size"], channels_last=False)
+        measure = {}
+        for prec in ("fp32", "bf16"):
+            # Its one timed step is also the warm-up (oneDNN builds its kernels).
+            n = step.steps_for(s["paths_seconds"], prec, max_steps=20)
+            measure[prec] = lambda prec=prec, step=step, n=n: step.rate(n, prec)
+        samples = C.interleave(measure, s["paths_repeats"])
+        rates = {k: C.median(v) for k, v in samples.items()}
+        out["models"][name] = {
+            "rates": rates,
+            "samples": samples,
+            "bf16_vs_fp32": C.ratio(rates["bf16"], rates["fp32"]),
+        }
+        gc.collect()
+    return out
+
+
+def measure_paths(s: dict) -> dict:
+    """{"native": this CPU's `measure_path`, "avx2": the same in a subprocess limited to AVX2}."""
+    C.say(NAME, f"native path: {', '.join(s['paths_models'])} at {s['paths_img_size']} px")
+    native = measure_path(s)
+    C.say(NAME, "forced-AVX2 path (a subprocess; emulated bf16 is slow)")
+    env = {**os.environ, **D.AVX2_ONLY_ENV}
+    got = subprocess.run(
+        [sys.executable, "-m", "benchmarks.precision", json.dumps(s)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if got.returncode != 0:
+        raise RuntimeError(f"the forced-AVX2 path failed: {got.stderr.strip()[-2000:]}")
+    return {"native": native, "avx2": json.loads(got.stdout.strip().splitlines()[-1])}
+
+
+def paths_table(paths: dict, s: dict) -> dict:
+    rows = []
+    for label, p in paths.items():
+        for name, r in p["models"].items():
+            rows.append(
+                [
+                    label,
+                    p["capability"],
+                    "yes" if p["native_bf16"] else "no",
+                    name,
+                    r["rates"]["fp32"],
+                    r["rates"]["bf16"],
+                    r["bf16_vs_fp32"],
+                    p["auto"]["precision"],
+                ]
+            )
+    columns = ["path", "torch capability", "native bf16", "model", "fp32 img/s", "bf16 img/s"]
+    return C.table(
+        f"both kinds of CPU: {s['paths_img_size']} px, batch {s['paths_batch_size']}, "
+        f"{C.threads()} threads",
+        [*columns, "bf16/fp32", "auto picks"],
+        rows,
+    )
+
+
+def paths_headline(paths: dict) -> list[str]:
+    lines = []
+    for label, p in paths.items():
+        for name, r in p["models"].items():
+            ratio = r["bf16_vs_fp32"]
+            slower = f" ({1 / ratio:.1f}x slower)" if ratio and ratio < 1 else ""
+            lines.append(
+                f"{label} path ({p['capability']}, native bf16 {'yes' if p['native_bf16'] else 'no'}): "
+                f"{name} bf16/fp32 {ratio:.2f}x{slower}; auto picks {p['auto']['precision']}"
+            )
+    return lines
+
+
+if __name__ == "__main__":  # the forced-AVX2 path: settings as JSON in, its result as JSON out
+    print(json.dumps(measure_path(json.loads(sys.argv[1]))))

@@ -49,7 +49,8 @@ HELP = {
     "grad_clip": "max gradient norm (0 = off)",
     "patience": "early stopping after N epochs without improvement of monitor (0 = off)",
     "monitor": "validation metric that picks the best epoch",
-    "precision": "auto: bf16 autocast where fast, else fp32",
+    "precision": "auto: bf16 autocast where this CPU runs it natively and faster (a cached "
+    "probe), else fp32; on CUDA bf16, else fp16",
     "device": "auto: CUDA when available",
     "channels_last": "channels-last memory layout for conv models",
     "aug_strength": "augmentation strength (0 = none, 1 = the seeds' recipe)",

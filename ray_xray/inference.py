@@ -18,6 +18,7 @@ from torch import nn
 
 from .checkpoint import preprocess
 from .config import TrainConfig
+from .device import pick_precision
 from .models import create_model
 
 
@@ -68,10 +69,6 @@ def inference_setup(record: dict, device: torch.device):
     """(model, feed, precision, channels_last) to run a saved model on `device` as validation
     did: eval mode, the record's memory format and precision, and a `DeviceFeed` with the
     record's own training normalisation (whatever data it is shown)."""
-    # Issue 32 moves pick_precision out of the training engine into a module of its own; until
-    # then it comes from there, lazily, since the engine imports this module.
-    from .train.engine import pick_precision
-
     cfg = TrainConfig.from_dict(record["config"])
     model = model_from_record(record).to(device)
     channels_last = uses_channels_last(cfg, model)

@@ -24,8 +24,8 @@ from .cli import HelpFormatter, run
 from .data.cache import decode
 from .data.images import UnreadableImage
 from .data.sources import path_text
+from .device import pick_device, pick_precision
 from .inference import autocast, ensemble_proba, member_proba, model_from_record, record_feed
-from .train.engine import pick_device, pick_precision
 
 
 def _read_images(paths: list[str]) -> list[bytes]:

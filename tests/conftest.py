@@ -167,7 +167,7 @@ def smoke_sweep(tmp_path_factory, wheel_venv):
     Returns {"exp", "out" (the sweep's own ensemble folder), "output" (the sweep's console),
     "cli_out", "summary" (the ensemble command's --json), "stderr" (its progress lines),
     "external" (SITE_B's path), "root" (ROOT), "ray_parquet" (Parquet files found in Ray's
-    session folder before it was removed)}.
+    session folder before it was removed), "trace" (the trials' RAY_XRAY_TRACE file)}.
     """
     root = tmp_path_factory.mktemp("smoke_sweep")
     storage = root / "runs"
@@ -205,6 +205,7 @@ def smoke_sweep(tmp_path_factory, wheel_venv):
             "WANDB_CACHE_DIR": str(root / "wandb-cache"),
             "WANDB_CONFIG_DIR": str(root / "wandb-config"),
             "RAY_TMPDIR": ray_tmp,
+            "RAY_XRAY_TRACE": str(root / "trace.jsonl"),  # what each trial got (test_tune)
         },
         start_new_session=True,
     )
@@ -253,6 +254,7 @@ def smoke_sweep(tmp_path_factory, wheel_venv):
         "external": external,
         "root": root,
         "ray_parquet": ray_parquet,
+        "trace": root / "trace.jsonl",
         "summary": json.loads(stdout.getvalue()),
         "stderr": stderr.getvalue(),
     }

@@ -5,10 +5,12 @@ Nothing here times anything or starts Ray.
 
 import json
 import math
+import platform
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `benchmarks` is a folder of the repo, not an installed package
@@ -60,7 +62,18 @@ def test_results_md_has_every_section_in_order_and_marks_missing_ones(tmp_path):
         "| 1. Trial overhead | not run yet" in md and "| 5. Search efficiency | not run yet" in md
     )
     assert "`python -m benchmarks --only precision` (quick (indicative only) mode)" in md
-    assert "Test CPU (avx512_bf16), 2 CPUs, torch 2.x, ray 2.y, optuna 4.z" in md
+    assert "Test CPU (avx512_bf16), 2 CPUs, torch 2.x, ray 2.y, optuna 4.z" in md  # old JSON
+
+
+def test_every_section_states_the_cpu_capability_and_native_bf16(tmp_path):
+    res = sample("precision", "ratio")
+    res["machine"].update(torch_capability="AVX2", native_bf16=False, isa_env={})
+    C.save(res, tmp_path)
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "Test CPU (avx512_bf16; torch AVX2, no native bf16), 2 CPUs, torch 2.x" in md
+    m = C.machine()  # this machine's, as every benchmark records it
+    assert m["torch_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(m["native_bf16"], bool) and m["cpu"]
     assert "2026-01-02T03:04:05+00:00 (took 1.5 min)" in md
     assert "| fp32 | 123 | 1.00 |" in md and "| bf16 | 250 | – |" in md
     assert "settings: img_size=128, models=a,b" in md
@@ -248,3 +261,27 @@ def test_g5_estimate_is_bounded_by_the_slower_of_gpu_and_data_path():
     assert g5_estimate(w, 20.0, 40, 0.1) == pytest.approx(
         20.0 + 2 * 40 * gpu_epoch
     )  # GPU shared 40 ways
+
+
+@pytest.mark.slow  # two processes that import torch: ~8 s on 2 idle cores
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"),
+    reason="the forced path limits an x86 CPU to AVX2",
+)
+def test_the_precision_benchmark_runs_this_cpu_and_a_forced_avx2_one_side_by_side():
+    from benchmarks import precision as P
+
+    s = {"paths_models": ["cnn_lstm"], "paths_img_size": 32, "paths_batch_size": 4}
+    s |= {"paths_seconds": 0.01}  # one step per measurement: this checks the plumbing
+    paths = P.measure_paths({**s, "paths_repeats": 1})
+    assert set(paths) == {"native", "avx2"}
+    avx2 = paths["avx2"]
+    assert avx2["capability"] == "AVX2" and avx2["native_bf16"] is False
+    assert avx2["auto"]["precision"] == "fp32"  # chosen without a probe: oneDNN said no
+    for p in paths.values():
+        r = p["models"]["cnn_lstm"]
+        assert r["rates"]["fp32"] > 0 and r["rates"]["bf16"] > 0
+        assert r["bf16_vs_fp32"] == pytest.approx(r["rates"]["bf16"] / r["rates"]["fp32"])
+    table = P.paths_table(paths, s)
+    assert [row[0] for row in table["rows"]] == ["native", "avx2"]
+    assert any("avx2 path (AVX2, native bf16 no)" in line for line in P.paths_headline(paths))

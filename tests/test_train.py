@@ -229,10 +229,17 @@ def ray_session():
 
 
 @pytest.mark.slow_ray
-def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session):
+def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session, monkeypatch, capsys):
     """Two DDP workers through TorchTrainer: each epoch they see every training image exactly
-    once between them, the model ends above chance, and the outputs are complete."""
+    once between them, the model ends above chance, and the outputs are complete. Each worker
+    runs as many torch threads as it holds CPUs; the run says and records its precision."""
+    import ray
+
+    from ray_xray import trace
     from ray_xray.train import fit
+    from ray_xray.train.launch import threads_for
+
+    monkeypatch.setenv(trace.TRACE_ENV, str(tmp_path / "trace.jsonl"))  # before Ray starts
 
     cfg = TrainConfig(
         model="resnet18",
@@ -255,15 +262,25 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["test"]["recall"]) == {"normal", "pneumonia", "tuberculosis"}
     assert len(metrics["test"]["confusion"]) == 3
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["workers"] == 2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["workers"] == 2 and config["precision"] == "fp32"
+    assert config["precision_choice"] == {
+        "precision": "fp32",
+        "reason": "asked for",
+        "device": "cpu",
+        "speedup": None,
+    }
+    assert "precision: fp32 (asked for)" in capsys.readouterr().err
+    built = [r for r in trace.read(tmp_path / "trace.jsonl") if r["event"] == "model_built"]
+    share = threads_for(ray.cluster_resources()["CPU"] // 2)  # two workers split the cluster
+    assert sorted(r["rank"] for r in built) == [0, 1]
+    assert all(r["threads"] == share and r["precision"] == "fp32" for r in built), built
     record = C.load_checkpoint(tmp_path / "run" / "best_model.pt")
     assert record["epoch"] == report["best_epoch"]
 
     # Every Ray worker is pinned to its cluster: with a second local Ray on the machine an
     # unpinned worker's state API cannot pick one, and a sweep hangs (ray_env.pin_ray_address).
     # Twice in one process: Ray once kept the first cluster's setup hook in a shared dict.
-    import ray
-
     from ray_xray.train import init_ray
 
     @ray.remote

@@ -110,6 +110,24 @@ def test_smoke_sweep_writes_complete_results(smoke_sweep):
 
 
 @pytest.mark.slow_ray
+def test_each_trial_runs_its_cpu_share_of_threads_in_the_precision_the_sweep_announced(
+    smoke_sweep,
+):
+    from ray_xray import trace
+    from ray_xray.train.launch import threads_for
+
+    sweep = json.loads((smoke_sweep["exp"] / "sweep.json").read_text())
+    choice = sweep["precision_choice"]
+    assert f"precision: {choice['precision']} ({choice['reason']})" in smoke_sweep["output"]
+    built = [r for r in trace.read(smoke_sweep["trace"]) if r["event"] == "model_built"]
+    assert len({r["trial"] for r in built}) == 4, built
+    share = threads_for(sweep["plan"]["cpus_per_worker"])  # the default: half the cluster
+    assert all(r["threads"] == share and r["loader_workers"] <= share for r in built), built
+    # Every trial read the driver's verdict from the per-machine cache: no trial decided apart.
+    assert {r["precision"] for r in built} == {choice["precision"]}
+
+
+@pytest.mark.slow_ray
 def test_killed_sweep_resumes_without_losing_or_repeating_trials(tmp_path):
     # 2 trials, one at a time: the first finishes before the kill, the second runs after it.
     args = [

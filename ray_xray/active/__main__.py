@@ -17,6 +17,7 @@ import numpy as np
 
 from ..cli import Parser, run
 from ..config import CHOICES, HELP, TrainConfig, parse_settings
+from ..device import announce, pick_device
 from . import loop as L
 from . import report as R
 
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out or f"runs/active-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
+    choice = announce(cfg.precision, pick_device(cfg.device))
     meta = {
         "command": "python -m ray_xray.active " + shlex.join(argv),
         "argv": argv,
@@ -285,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_counts": data.counts()["train"],
         "model_params": n_params,
         "train_config": cfg.to_dict(),
+        "precision_choice": choice.to_dict(),
     }
     R.write_atomic(out / "config.json", json.dumps(meta, indent=2))
     print(

@@ -26,6 +26,7 @@ from torch.utils.data import Subset
 from .. import metrics as M
 from ..config import TrainConfig
 from ..data.dataset import loader as make_loader
+from ..device import pick_device
 from ..train import engine as E
 from ..train.loop import Hooks, Progress, Trainer, fit
 
@@ -215,7 +216,7 @@ def run_sequence(
     (test metrics, labelled count and class mix, the indices queried to reach that round)."""
     if threads:
         torch.set_num_threads(int(threads))  # a Ray task's CPU share, not the whole machine
-    device = E.pick_device(cfg.device)
+    device = pick_device(cfg.device)
     classes, y_train = data.classes, data.labels["train"]
     n_train, k = len(y_train), query_size(len(y_train), query)
     labelled = initial_pool(y_train, initial, seed)

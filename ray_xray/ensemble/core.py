@@ -25,11 +25,11 @@ from ..checkpoint import (
 )
 from ..data import ImageDataset, load_data
 from ..data.dataset import loader as make_loader
+from ..device import pick_device
 from ..inference import ensemble_proba, inference_setup, predict_proba
 from ..io import json_safe, write_atomic
 from ..scores import SENSITIVITIES, SPECIFICITIES, operating_points, report, stored_points
 from ..sweep_folder import read_experiment, relocate
-from ..train import engine as E
 from .checks import check_top_k
 from .select import greedy_select, mean_weights, score_weights
 
@@ -265,7 +265,7 @@ def run_ensemble(
     top_k = check_top_k(top_k)
     exp = read_experiment(exp_dir)
     exp_path: Path = exp["exp_dir"]
-    dev = E.pick_device(device)
+    dev = pick_device(device)
     ranked = rank_trials(exp)
     if ranked.empty:
         raise ValueError(f"{exp_path}: no finished trial with a checkpoint to ensemble")

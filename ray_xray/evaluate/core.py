@@ -15,8 +15,8 @@ import numpy as np
 
 from .. import stats as S
 from ..cli import UserError
+from ..device import pick_device
 from ..io import write_atomic
-from ..train import engine as E
 from .infer import probabilities
 from .result import EvalResult, metric_name
 from .sources import (
@@ -260,7 +260,7 @@ def evaluate(
     if n_boot < 0:
         raise UserError(f"--bootstrap must be >= 0, got {n_boot}")
     subject = resolve_subject(checkpoint)
-    dev = E.pick_device(device)
+    dev = pick_device(device)
     own = same_data(data, subject.own_data)
     log(
         f"{subject.name}: {len(subject.members)} member(s), classes {', '.join(subject.classes)}; "

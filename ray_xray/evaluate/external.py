@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from .. import stats as S
 from ..checkpoint import data_key
-from ..train import engine as E
+from ..device import pick_device
 from .core import shift_check
 from .infer import probabilities
 from .sources import EvalSet, Subject, external_set, own_sets
@@ -97,7 +97,7 @@ def score_sets(
     Each set is decoded once per distinct tuple of member input sizes; each model's own
     test split is read and predicted once. Raises UserError for an unreadable set, an empty
     set or a class the models do not know (`external_set`)."""
-    dev = E.pick_device(device)
+    dev = pick_device(device)
     loaded: dict[tuple, tuple[EvalSet, dict]] = {}
     own: dict[tuple, EvalSet] = {}
     per_spec: list[list[dict]] = [[] for _ in specs]

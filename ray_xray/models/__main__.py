@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         conv = "yes" if r["is_conv"] else "no"
         print(f"{r['model']:<15}{r['params']:>14,}{conv:>6}{fp32:>10}{bf16:>10}")
+    from ..device import choose_precision
+
+    print(f"training on this CPU with --precision auto: {choose_precision('auto', 'cpu').line()}")
     for c in checks:
         verdict = "OK" if c["ok"] else "MISMATCH"
         print(

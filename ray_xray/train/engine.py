@@ -1,5 +1,5 @@
 """Plain torch, no Ray: the training engine. Loss, optimiser, learning-rate schedule, scaler
-and one training epoch (device and precision choice too, until issue 32 moves them).
+and one training epoch (device and precision choice: `ray_xray.device`).
 
 Running a saved model (autocast, building a model from its record, predict_proba, ensembles)
 is `ray_xray.inference`'s; the checkpoint files themselves are `ray_xray.checkpoint`'s.
@@ -30,26 +30,6 @@ from ..inference import uses_channels_last as uses_channels_last
 
 class TrainingDiverged(RuntimeError):
     """Loss became NaN or infinite: the trial fails with this reason instead of reporting junk."""
-
-
-def pick_device(name: str) -> torch.device:
-    """The torch device for a `device` setting: ``auto`` is cuda where this process sees a GPU,
-    else cpu; ``cpu``/``cuda``/``cuda:N`` as given. Raises ValueError for ``cuda`` with no GPU
-    visible (`launch.wants_gpu` decides, in the driver, whether workers get one)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda asked for, but no CUDA GPU is visible")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def pick_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 where the hardware has it (no scaler needed), else fp16 on CUDA."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16"  # CPU autocast; measured ~1.8x faster than fp32 for resnet18 on AMX CPUs
 
 
 def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:

@@ -41,11 +41,20 @@ def train_fn(config: dict) -> None:
     train_loop_per_worker(config)
 
 
+def threads_for(cpus: float) -> int:
+    """torch's intra-op threads for a process holding `cpus` CPUs: the whole CPUs it holds, at
+    least 1 (Ray's own rule for OMP_NUM_THREADS, `ray._private.utils`). More threads than CPUs
+    oversubscribe (issue 32: that doubles step times on 2 cores); round() gave a 1.5-CPU trial
+    2 threads. A torchtrainer trial's workers hold 0.01 CPU less
+    than whole (its function keeps a token CPU, tune/trial.py): that still counts as whole."""
+    return max(1, int(cpus + 0.02))
+
+
 def worker_resources(cfg: TrainConfig, cpus_total: float | None = None) -> tuple[dict, int]:
     """CPUs per DDP worker (and torch threads): share what the cluster has."""
     cpus_total = cpus_total or ray.cluster_resources().get("CPU", 1)
     per = max(1.0, float(int(cpus_total // cfg.workers)))
-    return {"CPU": per}, int(per)
+    return {"CPU": per}, threads_for(per)
 
 
 def wants_gpu(cfg: TrainConfig, gpus_per_worker: float) -> bool:
@@ -78,7 +87,7 @@ def make_trainer(
     if cpus_per_worker is None:
         resources, threads = worker_resources(cfg)
     else:
-        resources, threads = {"CPU": cpus_per_worker}, max(1, int(round(cpus_per_worker)))
+        resources, threads = {"CPU": cpus_per_worker}, threads_for(cpus_per_worker)
     use_gpu = wants_gpu(cfg, gpus_per_worker)
     if use_gpu and gpus_per_worker:
         resources["GPU"] = gpus_per_worker  # fractional GPUs share one card between trials

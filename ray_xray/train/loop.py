@@ -22,6 +22,7 @@ from ..data import class_weights
 from ..data.dataset import loader as make_loader
 from ..data.dataset import seed_augmentation
 from ..data.feed import BatchAugment, DeviceFeed, pick_augment_on
+from ..device import pick_precision
 from . import engine as E
 
 
@@ -62,7 +63,7 @@ class Trainer:
         weights then come from their counts). `prepare_model`/`prepare_loader`: Ray Train's
         `prepare_model` / `prepare_data_loader` (DDP wrapping, distributed sampler).
         """
-        precision = E.pick_precision(cfg.precision, device)
+        precision = pick_precision(cfg.precision, device)
         model = E.build_model(cfg, len(data.classes))
         channels_last = E.uses_channels_last(cfg, model)
         if channels_last:
@@ -84,7 +85,7 @@ class Trainer:
         # Drop a ragged last batch only when it would be tiny: BatchNorm cannot train on 1 image.
         drop_last = len(train_ds) // world % cfg.batch_size == 1
         gen = torch.Generator().manual_seed(cfg.seed)
-        workers = cfg.loader_workers if on == "loader" else 0
+        workers = loader_workers(cfg.loader_workers if on == "loader" else 0)
         train_loader = make_loader(
             train_ds,
             cfg.batch_size,
@@ -135,6 +136,17 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
+
+
+def loader_workers(asked: int) -> int:
+    """Loader processes for a run that asked for `asked`: at most its CPU share, which is
+    torch's thread count here (`worker.run_training` sets it to the trial's CPUs). Each loader
+    process is one more busy CPU beside the training threads; more of them than the trial
+    holds would slow the trials beside it. Says so when it takes fewer."""
+    share = torch.get_num_threads()
+    if asked > share:
+        print(f"loader_workers {asked} -> {share}: this run holds {share} CPU(s)", flush=True)
+    return min(asked, share)
 
 
 @dataclass

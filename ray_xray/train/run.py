@@ -19,10 +19,10 @@ from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
 from ..data.cache import cache_location
 from ..data.dataset import loader as make_loader
+from ..device import announce, pick_device
 from ..inference import inference_setup, model_from_record, predict_proba
 from ..io import write_atomic
 from ..ray_env import runtime_env
-from . import engine as E
 from .launch import make_trainer
 
 log = logging.getLogger("ray_xray.train")
@@ -96,7 +96,7 @@ def evaluate_record(
     record: dict, data, split: str = "test", device: str = "auto"
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Full metrics of a saved model on one split (+ labels and probabilities)."""
-    dev = E.pick_device(device)
+    dev = pick_device(device)
     model, feed, precision, channels_last = inference_setup(record, dev)
     loader = make_loader(data.dataset(split), 128, device=dev)
     y, prob, _ = predict_proba(model, loader, dev, precision, channels_last, feed=feed)
@@ -106,7 +106,9 @@ def evaluate_record(
 def fit(
     cfg: TrainConfig, out: str | Path, *, max_failures: int = 2, cache: str | None = None
 ) -> dict:
-    """One run through TorchTrainer; writes config.json, best_model.pt, metrics.json in `out`."""
+    """One run through TorchTrainer; writes config.json (the resolved config, plus
+    `precision_choice`: what `auto` chose here and why), best_model.pt, metrics.json in `out`.
+    Prints the precision line (`device.announce`)."""
     out = Path(out).resolve()
     cfg.data = absolute_spec(cfg.data)
     cache = cache_location(cache)  # absolute before the workers (another directory) get it
@@ -115,7 +117,11 @@ def fit(
     # and the workers then find a ready cache instead of all decoding at once.
     data = load_for_config(cfg, cache)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.json", cfg.to_json())  # the resolved config, beside the run
+    # The workers choose the same on this machine (the probe's verdict is cached per machine);
+    # cfg.precision stays as given, so a saved `auto` model runs fast on whatever CPU loads it.
+    choice = announce(cfg.precision, pick_device(cfg.device))
+    config = {**cfg.to_dict(), "precision_choice": choice.to_dict()}
+    write_atomic(out / "config.json", json.dumps(config, indent=2, sort_keys=True))
     init_ray()
     trainer = make_trainer(
         cfg, name="ray", storage=str(out), max_failures=max_failures, cache=cache

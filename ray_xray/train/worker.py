@@ -15,6 +15,7 @@ from ..checkpoint import load_state, model_record, training_state
 from ..config import TrainConfig
 from ..data import load_for_config
 from ..data.dataset import shared_key
+from ..device import pick_device
 from . import engine as E
 from .collectives import all_reduce_sum
 from .loop import Hooks, Progress, Trainer, fit
@@ -151,7 +152,7 @@ def run_training(cfg: TrainConfig, runtime: dict, session) -> None:
 
     data = shared_data(cfg, runtime.get("_data")) or load_for_config(cfg, runtime.get("_cache"))
     trace.mark("data_loaded", trial=trial)
-    device = session.device(E.pick_device(cfg.device).type == "cuda")
+    device = session.device(pick_device(cfg.device).type == "cuda")
     tr = Trainer.build(
         cfg,
         data,
@@ -161,7 +162,15 @@ def run_training(cfg: TrainConfig, runtime: dict, session) -> None:
         prepare_loader=session.prepare_loader,
     )
 
-    trace.mark("model_built", trial=trial)
+    # What the run got: torch's threads (its CPU share), loader processes and precision.
+    trace.mark(
+        "model_built",
+        trial=trial,
+        rank=rank,
+        threads=torch.get_num_threads(),
+        loader_workers=getattr(tr.train_loader, "num_workers", 0),
+        precision=tr.precision,
+    )
     progress, best_record, resumed = Progress(), None, False
     ckpt = session.get_checkpoint()
     if ckpt:  # restarted after a failure, or a resumed sweep: continue, never redo an epoch

@@ -22,6 +22,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ..data import absolute_spec, load_for_config
 from ..data.cache import cache_location
 from ..data.dataset import shared_key
+from ..device import announce
 from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..ray_env import cloud_keys_kept_out_of_ray_logs
@@ -398,6 +399,8 @@ def run_sweep(opts: SweepOptions) -> dict:
         raise ValueError("device=cuda but the trials hold no GPU: pass --gpus-per-trial")
     data = load_for_config(probe_cfg, opts.cache)
     check_objective(opts.objective, data.classes)
+    # The trials' device: a GPU only when they hold one (tune/trial.py runs the rest on cpu).
+    choice = announce(probe_cfg.precision, "cuda" if opts.gpus_per_trial else "cpu")
     X.check_classes(opts.external, data.classes)
     identity = sweep_identity(opts, space, data.classes)
     if restoring:
@@ -437,6 +440,7 @@ def run_sweep(opts: SweepOptions) -> dict:
                 "options": asdict(opts),
                 "plan": plan,
                 "overrides": overrides,
+                "precision_choice": choice.to_dict(),
             },
             indent=2,
             default=str,

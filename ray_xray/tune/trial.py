@@ -62,6 +62,7 @@ def trial_fn(config: dict, overrides: dict, runtime: dict) -> None:
 
 def run_inline(cfg: TrainConfig, runtime: dict, trial: str) -> None:
     """The training function in this process; reports and checkpoints go to Tune."""
+    from ..train.launch import threads_for
     from ..train.worker import train_in_tune_trial  # the training code, only where it runs
 
     if not runtime["gpus_per_worker"] and cfg.device != "cpu":
@@ -74,7 +75,7 @@ def run_inline(cfg: TrainConfig, runtime: dict, trial: str) -> None:
     train_in_tune_trial(
         cfg,
         {
-            "_threads": max(1, int(round(runtime["cpus_per_worker"]))),
+            "_threads": threads_for(runtime["cpus_per_worker"]),
             "_cache": runtime.get("cache"),
             "_data": runtime.get("data"),
             "_trial": trial,
