@@ -11,7 +11,7 @@ The probe's verdict is cached per machine in the prepared-data cache folder
 (`<cache>/precision/<key>.json`), keyed by torch's version, the CPU model and flags, torch's
 capability string and the environment variables that change oneDNN's kernels, so every process
 of a run (the driver, each Ray worker) on one machine reads the same verdict, and a new torch or
-CPU probes again. Autocast itself and running saved models stay with the training engine.
+CPU probes again. Autocast itself and running saved models are `ray_xray.inference`'s.
 """
 
 from __future__ import annotations
