@@ -1,4 +1,4 @@
-"""The device and precision a run uses, and why: the one place that chooses them.
+"""The device, precision and CPU threads a run uses, and why: the one place that chooses them.
 
 `precision auto` on a CPU is bf16 autocast only where this CPU runs bf16 natively (oneDNN's
 AVX512-BF16 or AMX kernels) and a short probe finds it faster than fp32; fp32 otherwise. Without
@@ -11,7 +11,8 @@ The probe's verdict is cached per machine in the prepared-data cache folder
 (`<cache>/precision/<key>.json`), keyed by torch's version, the CPU model and flags, torch's
 capability string and the environment variables that change oneDNN's kernels, so every process
 of a run (the driver, each Ray worker) on one machine reads the same verdict, and a new torch or
-CPU probes again. Autocast itself and running saved models are `ray_xray.inference`'s.
+CPU probes again. `threads_for` sizes torch's threads to a trial's CPU share. Autocast itself
+and running saved models are `ray_xray.inference`'s.
 """
 
 from __future__ import annotations
@@ -141,6 +142,15 @@ def announce(precision: str, device: torch.device | str) -> PrecisionChoice:
     print(choice.line(), file=sys.stderr, flush=True)
     warn_slow_bf16(choice.precision, device)
     return choice
+
+
+def threads_for(cpus: float) -> int:
+    """torch's intra-op threads for a process holding `cpus` CPUs: the whole CPUs it holds, at
+    least 1 (Ray's own rule for OMP_NUM_THREADS, `ray._private.utils`). More threads than CPUs
+    oversubscribe (issue 32: that doubles step times on 2 cores); round() gave a 1.5-CPU trial
+    2 threads. A torchtrainer trial's workers hold 0.01 CPU less than whole (its function keeps
+    a token CPU, tune/trial.py): that still counts as whole."""
+    return max(1, int(cpus + 0.02))
 
 
 # ---------------------------------------------------------------- the CPU and its probe

@@ -139,7 +139,7 @@ def test_the_probe_leaves_rng_and_threads_as_they_were():
     "cpus, threads", [(0.5, 1), (1, 1), (1.5, 1), (1.99, 2), (2, 2), (2.5, 2), (7.99, 8)]
 )
 def test_threads_are_the_whole_cpus_a_trial_holds(cpus, threads):
-    from ray_xray.train.launch import threads_for
+    from ray_xray.device import threads_for
 
     assert threads_for(cpus) == threads
 

@@ -236,8 +236,8 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session, monkeypatch,
     import ray
 
     from ray_xray import trace
+    from ray_xray.device import threads_for
     from ray_xray.train import fit
-    from ray_xray.train.launch import threads_for
 
     monkeypatch.setenv(trace.TRACE_ENV, str(tmp_path / "trace.jsonl"))  # before Ray starts
 

@@ -114,7 +114,7 @@ def test_each_trial_runs_its_cpu_share_of_threads_in_the_precision_the_sweep_ann
     smoke_sweep,
 ):
     from ray_xray import trace
-    from ray_xray.train.launch import threads_for
+    from ray_xray.device import threads_for
 
     sweep = json.loads((smoke_sweep["exp"] / "sweep.json").read_text())
     choice = sweep["precision_choice"]

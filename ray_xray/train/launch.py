@@ -3,7 +3,8 @@
 A Tune trial's function process only builds and fits a TorchTrainer; importing the training
 modules there (engine, data pipeline, albumentations, metrics) cost each trial about 0.7 s of
 CPU before its first epoch on a 2-core machine (measured with `python -X importtime`). This module
-imports only Ray Train, torch (TorchTrainer needs it) and the config; `train_fn` imports the
+imports only Ray Train, torch (TorchTrainer needs it), the config and `device` (torch only for
+its threads rule); `train_fn` imports the
 training loop when a Ray Train worker runs it.
 """
 
@@ -15,6 +16,7 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.config import LoggingConfig
 
 from ..config import TrainConfig
+from ..device import threads_for
 
 
 class Trainer(TorchTrainer):
@@ -39,15 +41,6 @@ def train_fn(config: dict) -> None:
     from .worker import train_loop_per_worker
 
     train_loop_per_worker(config)
-
-
-def threads_for(cpus: float) -> int:
-    """torch's intra-op threads for a process holding `cpus` CPUs: the whole CPUs it holds, at
-    least 1 (Ray's own rule for OMP_NUM_THREADS, `ray._private.utils`). More threads than CPUs
-    oversubscribe (issue 32: that doubles step times on 2 cores); round() gave a 1.5-CPU trial
-    2 threads. A torchtrainer trial's workers hold 0.01 CPU less
-    than whole (its function keeps a token CPU, tune/trial.py): that still counts as whole."""
-    return max(1, int(cpus + 0.02))
 
 
 def worker_resources(cfg: TrainConfig, cpus_total: float | None = None) -> tuple[dict, int]:

@@ -62,7 +62,7 @@ def trial_fn(config: dict, overrides: dict, runtime: dict) -> None:
 
 def run_inline(cfg: TrainConfig, runtime: dict, trial: str) -> None:
     """The training function in this process; reports and checkpoints go to Tune."""
-    from ..train.launch import threads_for
+    from ..device import threads_for
     from ..train.worker import train_in_tune_trial  # the training code, only where it runs
 
     if not runtime["gpus_per_worker"] and cfg.device != "cpu":
