@@ -71,6 +71,7 @@ def add_config_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
+        data_boundary=True,
         prog="python -m ray_xray.train",
         description="Train one model through Ray Train (TorchTrainer); the best checkpoint is "
         "evaluated on test and saved with config.json and metrics.json in --out.",
