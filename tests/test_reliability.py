@@ -293,6 +293,31 @@ def test_train_out_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
     )
 
 
+def test_a_checkpoint_on_a_full_disk_is_enospc_naming_it(tmp_path, monkeypatch):
+    """torch's zip writer says only "unexpected pos" when the disk fills (seen on a 2 MiB
+    tmpfs); atomic_save turns that into ENOSPC naming the file, and leaves nothing behind."""
+    import collections
+
+    import torch
+
+    from ray_xray import checkpoint as C
+
+    def full_save(obj, f):
+        Path(f).write_bytes(b"PK")  # the partial file torch leaves
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", full_save)
+    monkeypatch.setattr(C.shutil, "disk_usage", lambda p: usage(2 << 20, 2 << 20, 0))
+    with pytest.raises(OSError) as exc:
+        C.atomic_save({"w": 1}, tmp_path / "best_model.pt")
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(tmp_path / "best_model.pt")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(C.shutil, "disk_usage", lambda p: usage(2 << 30, 0, 2 << 30))
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # room left: not a full disk
+        C.atomic_save({"w": 1}, tmp_path / "best_model.pt")
+
+
 # 5. train's metrics.json is valid JSON ---------------------------------------------------------
 
 
