@@ -144,6 +144,28 @@ def test_a_signal_inside_fit_goes_to_tunes_stop_then_check_raises():
     assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
 
 
+def test_a_sweep_in_another_thread_keeps_the_process_handlers():
+    """signal.signal only works in the main thread: the Python API run from a worker thread
+    must not fail on it (Tune then handles SIGINT itself, as before)."""
+    import threading
+
+    from ray_xray.tune.interrupt import SignalGuard
+
+    seen = []
+
+    def sweep():
+        with SignalGuard("x") as guard, guard.fitting():
+            seen.append(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER"))
+        guard.check()
+        seen.append("ok")
+
+    before = signal.getsignal(signal.SIGINT)
+    t = threading.Thread(target=sweep)
+    t.start()
+    t.join()
+    assert seen == [None, "ok"] and signal.getsignal(signal.SIGINT) is before
+
+
 def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 400) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

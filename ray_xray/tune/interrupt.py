@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -68,8 +69,11 @@ class SignalGuard:
         raise Interrupted(self.signum, self.message(self.signum))
 
     def __enter__(self) -> SignalGuard:
-        for s in SIGNALS:
-            self._saved[s] = signal.signal(s, self._handle)
+        # Handlers can only be set in the main thread: a sweep run from another thread (the
+        # Python API in a worker thread) keeps the process's handlers, and Tune's.
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                self._saved[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -79,6 +83,9 @@ class SignalGuard:
     @contextlib.contextmanager
     def fitting(self) -> Iterator[None]:
         """The block that runs ``Tuner.fit``: signals go to Tune's stop, not an exception."""
+        if not self._saved:  # not the main thread: Tune's own handling, as before
+            yield
+            return
         old = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # keep our handler, not Tune's
         self._fitting = True
