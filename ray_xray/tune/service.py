@@ -510,7 +510,8 @@ def _run_locked(
     wall = time.perf_counter() - t0
     # Tune stops trials at the time budget without telling the searcher: close them in the
     # study, so optuna.db holds no trial RUNNING once the sweep has ended.
-    close_running(files.local_path(STUDY_FILE), name, "budget")
+    ended_by = "budget" if opts.budget_minutes or opts.budget_epochs else "sweep_end"
+    close_running(files.local_path(STUDY_FILE), name, ended_by)
     wandb_dir = os.environ.get("WANDB_DIR") or files.stage
     if opts.wandb != "off" and not os.environ.get("WANDB_DIR"):
         files.push("wandb")  # the W&B runs (all finished once fit returns)
