@@ -144,6 +144,19 @@ def test_a_signal_inside_fit_goes_to_tunes_stop_then_check_raises():
     assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
 
 
+def test_fit_takes_sigterm_back_from_ray():
+    """ray.init installs Ray's C++ SIGTERM handler in the driver, which aborted the sweep
+    (exit 134, a core dump's trace); fitting() takes both signals back before Tune runs."""
+    from ray_xray.tune.interrupt import SignalGuard
+
+    with SignalGuard("x") as guard:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what ray.init does, in effect
+        with guard.fitting():
+            assert signal.getsignal(signal.SIGTERM) == guard._handle
+            assert signal.getsignal(signal.SIGINT) == guard._handle
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_a_sweep_in_another_thread_keeps_the_process_handlers():
     """signal.signal only works in the main thread: the Python API run from a worker thread
     must not fail on it (Tune then handles SIGINT itself, as before)."""

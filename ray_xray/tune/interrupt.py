@@ -86,6 +86,10 @@ class SignalGuard:
         if not self._saved:  # not the main thread: Tune's own handling, as before
             yield
             return
+        # ray.init installs Ray's C++ failure handler for SIGTERM in this process (it aborts
+        # the driver, core dump and all, exit 134): take the signals back.
+        for s in SIGNALS:
+            signal.signal(s, self._handle)
         old = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # keep our handler, not Tune's
         self._fitting = True
