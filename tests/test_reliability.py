@@ -24,17 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 ODD = "a b%20c?#'\"é"  # a space, a %-escape, ?, #, both quotes, non-ASCII
 
 
-def run_cli(module: str, *args, cwd=REPO, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
-
-
 def one_error_line(stderr: str) -> str:
     """The stderr's only `error:` line, asserting there is exactly one and no traceback."""
     lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
@@ -88,24 +77,26 @@ def test_a_lock_from_another_host_is_never_reclaimed(tmp_path):
         L.acquire(folder)
 
 
-def test_a_second_sweep_of_one_name_is_refused_in_one_line(tmp_path):
+def test_a_second_sweep_of_one_name_is_refused_in_one_line(tmp_path, capsys):
     """Case 1: both sweeps exited 0 into one folder; now the second is refused before any data
-    is read or Ray starts, naming the first, and leaves the folder as it was."""
+    is read or Ray starts, naming the first, and leaves the folder as it was. In-process, as
+    tests/test_tune.py's bad-input cases (the console script's own path)."""
+    from ray_xray.tune.__main__ import main
+
     exp = tmp_path / "runs" / "same"
     exp.mkdir(parents=True)
     proc = live_owner(exp / L.LOCK_FILE)
     try:
         before = sorted(exp.iterdir())
-        r = run_cli(
-            "ray_xray.tune",
-            *("--space", "cnn", "--smoke-test", "--no-ensemble"),
-            *("--storage", tmp_path / "runs", "--name", "same"),
+        argv = ["--space", "cnn", "--smoke-test", "--no-ensemble"]
+        code, err = run_main(
+            main, [*argv, "--storage", str(tmp_path / "runs"), "--name", "same"], capsys
         )
     finally:
         proc.kill()
         proc.wait()
-    assert r.returncode == 2, r.stderr
-    line = one_error_line(r.stderr)
+    assert code == 2, err
+    line = one_error_line(err)
     assert f"{exp} is in use by another sweep (pid {proc.pid} on {socket.gethostname()}" in line
     assert sorted(exp.iterdir()) == before
 
@@ -328,6 +319,45 @@ def test_train_out_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
     )
 
 
+def test_a_trial_that_hit_a_full_disk_ends_the_sweep_in_one_line(capsys):
+    """Mid-sweep: a trial's checkpoint could not be written. No results are written (they
+    would mark the sweep finished); one line says how many trials and how to go on."""
+    from ray_xray.tune.checks import check_trial_disk_errors
+
+    check_trial_disk_errors([RuntimeError("loss is nan")], "/runs/x", "rerun")  # not the disk
+    err = RuntimeError("Trial raised: OSError: [Errno 28] No space left on device: '/runs/x/t'")
+
+    def main(argv):
+        check_trial_disk_errors([err, RuntimeError("other")], "/runs/x", "rerun it")
+
+    code, out = run_main(main, [], capsys)
+    assert code == 1
+    assert out == (
+        "error: /runs/x: cannot write: the disk is full or read-only: 1 trial(s) could not "
+        "save a checkpoint; free space, then rerun it (errno ENOSPC)\n"
+    )
+
+
+def test_sqlite_full_mid_sweep_names_the_sweep_and_how_to_go_on(capsys):
+    """Seen on a 2 MiB tmpfs: a trial's checkpoint failed, then optuna.db could not grow
+    inside Tune's fit (sqlalchemy OperationalError)."""
+    import sqlalchemy.exc
+
+    from ray_xray.tune.checks import disk_full_in_sweep
+
+    full = sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database or disk is full"))
+    assert disk_full_in_sweep(ValueError("bad"), "/runs/x", "rerun") is None
+
+    def main(argv):
+        raise disk_full_in_sweep(full, "/runs/x", "rerun it") from full
+
+    code, out = run_main(main, [], capsys)
+    assert code == 1 and out == (
+        "error: /runs/x: cannot write: the disk is full or read-only; free space, then rerun it "
+        "(errno ENOSPC)\n"
+    )
+
+
 def test_a_checkpoint_on_a_full_disk_is_enospc_naming_it(tmp_path, monkeypatch):
     """torch's zip writer says only "unexpected pos" when the disk fills (seen on a 2 MiB
     tmpfs); atomic_save turns that into ENOSPC naming the file, and leaves nothing behind."""
@@ -382,9 +412,11 @@ def test_train_metrics_json_has_null_not_nan_and_absent_classes_null():
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])
-def test_bad_budget_minutes_are_refused_in_one_line(value):
-    r = run_cli("ray_xray.tune", "--smoke-test", "--budget-minutes", value)
-    assert r.returncode == 2 and "--budget-minutes must be" in one_error_line(r.stderr)
+def test_bad_budget_minutes_are_refused_in_one_line(value, capsys):
+    from ray_xray.tune.__main__ import main
+
+    code, err = run_main(main, ["--smoke-test", "--budget-minutes", value], capsys)
+    assert code == 2 and "--budget-minutes must be" in one_error_line(err)
 
 
 def test_the_budget_line_says_what_the_budget_ended():
@@ -459,13 +491,12 @@ def test_odd_names_are_accepted():
     assert check_sweep_name(ODD) == ODD
 
 
-def test_name_dotdot_writes_nothing_outside_the_storage(tmp_path):
-    r = run_cli(
-        "ray_xray.tune",
-        *("--space", "cnn", "--smoke-test", "--name", "../x"),
-        *("--storage", tmp_path / "runs" / "sub"),
-    )
-    assert r.returncode == 2 and "--name '../x'" in one_error_line(r.stderr)
+def test_name_dotdot_writes_nothing_outside_the_storage(tmp_path, capsys):
+    from ray_xray.tune.__main__ import main
+
+    argv = ["--space", "cnn", "--smoke-test", "--name", "../x"]
+    code, err = run_main(main, [*argv, "--storage", str(tmp_path / "runs" / "sub")], capsys)
+    assert code == 2 and "--name '../x'" in one_error_line(err)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -517,18 +548,22 @@ def test_a_link_out_of_the_data_folder_is_refused(tmp_path, monkeypatch):
     assert len(scan(root)[0]) == 10
 
 
-def test_audit_refuses_etc_passwd_and_the_flag_allows_a_shared_store(tmp_path):
+def test_audit_refuses_etc_passwd_and_the_flag_allows_a_shared_store(tmp_path, monkeypatch, capsys):
     from conftest import grey_png
 
+    from ray_xray.audit import main
+
+    monkeypatch.setenv("RAY_XRAY_ALLOW_OUTSIDE_DATA", "")  # restored after the flag sets it
     grey_png(tmp_path / "store.png")
     csv = manifest(tmp_path / "d", ["../store.png,normal,train"])
-    r = run_cli("ray_xray.audit", csv.parent, env={"RAY_XRAY_ALLOW_OUTSIDE_DATA": ""})
-    assert r.returncode == 2 and "--allow-outside-data" in one_error_line(r.stderr)
-    r = run_cli("ray_xray.audit", csv.parent, "--allow-outside-data", "--json")
-    assert r.returncode == 0, r.stderr
+    code, err = run_main(main, [str(csv.parent)], capsys)
+    assert code == 2 and "--allow-outside-data" in one_error_line(err)
+    code, err = run_main(main, [str(csv.parent), "--allow-outside-data", "--json"], capsys)
+    assert code == 0, err
+    monkeypatch.setenv("RAY_XRAY_ALLOW_OUTSIDE_DATA", "")
     manifest(csv.parent, ["../../../../../../../etc/passwd,normal,test"])
-    r = run_cli("ray_xray.audit", csv.parent, env={"RAY_XRAY_ALLOW_OUTSIDE_DATA": ""})
-    assert r.returncode == 2 and "/etc/passwd is outside the data folder" in r.stderr
+    code, err = run_main(main, [str(csv.parent)], capsys)
+    assert code == 2 and "/etc/passwd is outside the data folder" in one_error_line(err)
 
 
 # 9. spaces --check without smoke:, tune --set checked against the model ------------------------
@@ -548,14 +583,13 @@ def test_spaces_check_accepts_a_space_without_smoke(tmp_path, capsys):
     assert capsys.readouterr().out == f"ok  {path}  (no smoke: block: --smoke-test cannot run it)\n"
 
 
-def test_tune_set_is_checked_against_the_model_before_any_trial(tmp_path):
-    r = run_cli(
-        "ray_xray.tune",
-        *("--space", "vit", "--smoke-test", "--set", "model.patch_size=7"),
-        *("--storage", tmp_path / "runs"),
-    )
-    assert r.returncode == 2
-    line = one_error_line(r.stderr)
+def test_tune_set_is_checked_against_the_model_before_any_trial(tmp_path, capsys):
+    from ray_xray.tune.__main__ import main
+
+    argv = ["--space", "vit", "--smoke-test", "--set", "model.patch_size=7"]
+    code, err = run_main(main, [*argv, "--storage", str(tmp_path / "runs")], capsys)
+    assert code == 2
+    line = one_error_line(err)
     assert line.startswith("error: --set model.patch_size=7: model vit at 32 px refuses it")
     assert "divisible by patch_size 7" in line
     assert list((tmp_path / "runs").iterdir()) == []

@@ -63,3 +63,37 @@ def check_settings_build(space, settings: dict, overrides: dict, n_classes: int 
                 f"{given}: model {cfg.model} at {cfg.img_size} px refuses it: "
                 + " ".join(str(exc).split())
             ) from None
+
+
+def check_trial_disk_errors(errors: list, exp_dir: str, hint: str) -> None:
+    """After ``fit``: when any trial failed because the disk was full or read-only (its
+    checkpoint could not be written), raise OSError(ENOSPC) naming `exp_dir` and how many, so
+    the sweep ends in one ``error:`` line (exit 1) without writing results that would mark it
+    finished. `errors`: the ResultGrid's ``errors``; `hint`: how to resume once there is room
+    (the failed trials stay failed; the others go on)."""
+    import errno
+
+    from ..cli import disk_problem
+
+    full = [e for e in errors if disk_problem(e)]
+    if full:
+        raise OSError(
+            errno.ENOSPC,
+            f"the disk is full or read-only: {len(full)} trial(s) could not save a checkpoint; "
+            f"free space, then {hint}",
+            exp_dir,
+        )
+
+
+def disk_full_in_sweep(exc: BaseException, exp_dir: str, hint: str) -> OSError | None:
+    """For an exception that ended a sweep after its trials started: when it is a full or
+    read-only disk (``optuna.db`` that cannot grow, Tune's state, a result), an OSError(ENOSPC)
+    naming `exp_dir` and how to go on (`hint`) for ``cli.run``'s one line; None otherwise
+    (and for the one `check_trial_disk_errors` raised, which says it already)."""
+    import errno
+
+    from ..cli import disk_problem
+
+    if isinstance(exc, OSError) and exc.filename == exp_dir or not disk_problem(exc):
+        return None
+    return OSError(errno.ENOSPC, f"the disk is full or read-only; free space, then {hint}", exp_dir)

@@ -30,7 +30,13 @@ from ..sweep_folder import RESULTS_FILE, SWEEP_FILE, read_sweep_json
 from ..train.run import init_ray
 from . import external as X
 from . import results as R
-from .checks import check_budgets, check_settings_build, check_sweep_name
+from .checks import (
+    check_budgets,
+    check_settings_build,
+    check_sweep_name,
+    check_trial_disk_errors,
+    disk_full_in_sweep,
+)
 from .console import ConsoleReporter, ray_console_quiet
 from .interrupt import SignalGuard
 from .lock import sweep_lock
@@ -389,9 +395,12 @@ def run_sweep(opts: SweepOptions) -> dict:
     ):
         try:
             return _run_locked(opts, space, name, exp_dir, files, guard)
-        except BaseException:
+        except BaseException as exc:
             if fresh and not guard.fit_started:
                 _remove_unstarted(files.stage)
+            full = disk_full_in_sweep(exc, exp_dir, guard.hint) if guard.fit_started else None
+            if full is not None:
+                raise full from exc
             raise
 
 
@@ -507,6 +516,7 @@ def _run_locked(
     with ray_console_quiet(), cloud_keys_kept_out_of_ray_logs(), guard.fitting():
         grid = tuner.fit()
     guard.check()  # an interrupt: Tune saved the sweep; nothing below may claim it finished
+    check_trial_disk_errors(grid.errors, exp_dir, guard.hint)  # a full disk: not finished either
     wall = time.perf_counter() - t0
     # Tune stops trials at the time budget without telling the searcher: close them in the
     # study, so optuna.db holds no trial RUNNING once the sweep has ended.
