@@ -119,8 +119,11 @@ def acquire(folder: str | Path) -> Path:
                 "taking it over",
                 file=sys.stderr,
             )
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            # Read again just before removing it: another sweep may have reclaimed it since
+            # (the window left is between this read and the unlink).
+            if _read(path) == owner:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             continue
         raise SweepLocked(
             f"{folder} is in use by another sweep ({_describe(owner)}); wait for it to end or "
