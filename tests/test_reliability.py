@@ -69,6 +69,33 @@ def test_a_live_owner_is_named_and_a_dead_one_is_reclaimed(tmp_path, capsys):
     assert not path.exists()
 
 
+def test_sweeps_starting_together_get_one_owner(tmp_path):
+    """Four processes take one folder's lock at once: exactly one holds it (and keeps it,
+    alive, until every other has answered: a dead owner's lock would be reclaimed)."""
+    code = (
+        "import sys; from ray_xray.tune import lock as L\n"
+        "try:\n    L.acquire(sys.argv[1]); print('won', flush=True); sys.stdin.read()\n"
+        "except L.SweepLocked:\n    print('lost', flush=True)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "sweep")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for _ in range(4)
+    ]
+    try:
+        outs = sorted(p.stdout.readline().strip() for p in procs)
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=60)
+    assert outs == ["lost", "lost", "lost", "won"]
+
+
 def test_a_lock_from_another_host_is_never_reclaimed(tmp_path):
     folder = tmp_path / "sweep"
     folder.mkdir()
