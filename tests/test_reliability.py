@@ -435,6 +435,19 @@ def test_train_metrics_json_has_null_not_nan_and_absent_classes_null():
     assert report["test"]["recall"]["tuberculosis"] == 0.0  # the caller's report is unchanged
 
 
+def test_train_console_says_n_a_for_what_is_undefined(tmp_path, monkeypatch, capsys):
+    from ray_xray.train import __main__ as train_main
+    from ray_xray.train import run as train_run
+
+    test = {"accuracy": 0.5, "macro_f1": 0.4, "auc": float("nan")}
+    test |= {"recall": {"normal": 0.5, "tb": 0.0}, "support": {"normal": 4, "tb": 0}}
+    report = {"test": test, "best_epoch": 1, "wall_s": 1.0}
+    monkeypatch.setattr(train_run, "fit", lambda cfg, out, **kw: report)
+    assert train_main.main(["--model", "cnn", "--out", str(tmp_path), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "AUC n/a  recall: normal 0.500, tb n/a" in out
+
+
 # 6. Budgets: refused when bad, and said when they end the sweep --------------------------------
 
 
