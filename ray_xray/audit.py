@@ -7,7 +7,7 @@ import functools
 import json
 import sys
 
-from .cli import HelpFormatter, run
+from .cli import HelpFormatter, add_data_boundary, run
 from .data.audit import NEAR_THRESHOLD, audit, format_report
 from .data.dataset import DEDUPE, apply_dedupe, load_table
 
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="prepared-data cache (default $RAY_XRAY_CACHE or ~/.cache/ray_xray)",
     )
+    add_data_boundary(p)
     args = p.parse_args(argv)
     log = functools.partial(print, file=sys.stderr)
     # Unreadable files are findings here, not failures.

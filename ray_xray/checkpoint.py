@@ -20,6 +20,9 @@ one reader of img_size, in_chans, mean and std for both. Every load is
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +44,20 @@ ENSEMBLE_FORMAT = "ray_xray/ensemble/1"
 def atomic_save(obj: dict, path: str | Path) -> Path:
     """``torch.save(obj, path)`` through a temporary file and a rename: a reader sees the old
     file or the new one, never half of one (an exception while saving leaves the old file).
-    Returns the path."""
+    Returns the path. Raises OSError (ENOSPC, naming `path`) when the disk fills up: torch's
+    zip writer reports that as a RuntimeError ("unexpected pos ...") that names nothing."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            free = shutil.disk_usage(tmp.parent).free  # measured while the partial file exists
+            if "unexpected pos" not in str(exc) or free >= _FULL_BELOW:
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
     return Path(path)
+
+
+_FULL_BELOW = 1 << 20  # bytes free under which a failed torch.save is a full disk
 
 
 def safe_load(path: str | Path, what: str = "checkpoint") -> object:

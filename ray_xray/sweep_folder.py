@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 from .metrics import metric_mode
 
@@ -20,6 +21,16 @@ BEST_FILE = "best_trials.json"
 MODEL_FILE = "best_model.pt"  # as ray_xray.checkpoint (which imports torch)
 ENSEMBLE_DIR = "ensemble"
 ENSEMBLE_FILE = "ensemble.pt"
+
+
+def study_url(db: str | Path) -> str:
+    """The SQLAlchemy URL of the SQLite file `db` (a sweep's optuna.db), path percent-escaped.
+
+    SQLAlchemy decodes ``%XX`` in a URL's path and cuts it at ``?`` (the query), so a plain
+    ``sqlite:///`` + path opened another file (``a%20b`` -> ``a b``) or crashed (sqlalchemy
+    #11234); escaped, any name a file system allows opens as itself (spaces, ``%``, ``?``, ``#``,
+    quotes, non-ASCII). optuna-dashboard reads the same URL. A relative `db` stays relative."""
+    return "sqlite:///" + quote(Path(db).as_posix(), safe="/")
 
 
 def is_sweep_folder(path: str | Path) -> bool:

@@ -32,6 +32,7 @@ SMOKE_MODEL = {"cnn": {"width": 8, "head_dims": [64], "pool_size": 2}}
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = Parser(
+        data_boundary=True,
         prog="python -m ray_xray.active",
         description="Pool-based active learning with a fair baseline: every strategy runs next "
         "to random sampling from the same initial pool and seeds. Each round trains a fresh "

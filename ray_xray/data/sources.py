@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import OUTSIDE_DATA_ENV
 from .images import IMAGE_EXTS, sniff_dicom
 
 log = logging.getLogger("ray_xray.data")
@@ -149,6 +150,26 @@ def patient_id(name: str) -> str:
     return ""
 
 
+# Set to 1 by --allow-outside-data (ray_xray/cli.py): manifests that name a shared image store
+# outside their folder, or links out of the data folder, are then read. An environment
+# variable, so Ray's workers (which inherit the driver's environment) read the data the same way.
+
+
+def check_inside(path: Path, root: Path, where: str) -> None:
+    """Refuse (DataError, one line) an image file `path` whose real location (links followed)
+    is outside the data folder `root`, unless $RAY_XRAY_ALLOW_OUTSIDE_DATA is 1: a manifest
+    row `../../etc/passwd`, an absolute path or a link out of the folder was opened and decoded.
+    `where`: how the message names the source (a manifest line, a link)."""
+    if os.environ.get(OUTSIDE_DATA_ENV) == "1":
+        return
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, top]) != top:
+        raise DataError(
+            f"{where}: {path_text(real)} is outside the data folder {path_text(top)}; "
+            "pass --allow-outside-data if the data really lives elsewhere"
+        )
+
+
 def scan_folder(root: str | Path) -> list[Item]:
     """The images of a folder tree (see `scan`), without the list of skipped files."""
     return scan(root)[0]
@@ -181,6 +202,7 @@ def scan(root: str | Path) -> tuple[list[Item], list[Skipped]]:
                 elif not f.is_file():
                     skip(f, "not a regular file")
                 elif f.suffix.lower() in IMAGE_EXTS or sniff_dicom(f):
+                    check_inside(f, root, f"{path_text(str(f))} (a link)")
                     items.append(Item(str(f.resolve()), labels[d], split, patient_id(f.name)))
                 else:
                     skip(f, f"not an image file ({f.suffix.lower() or 'no extension'})")
@@ -286,6 +308,7 @@ def read_manifest(csv_path: str | Path) -> list[Item]:
             if split is None:
                 raise DataError(f"{csv_path}:{lineno}: unknown split {row['split']!r}")
             path = (base / row["file"]).resolve()
+            check_inside(path, base, f"{csv_path}:{lineno}: file {row['file']!r}")
             if not path.is_file():
                 raise DataError(f"{csv_path}:{lineno}: {path} does not exist")
             # The original file name (if recorded) carries the patient id, ours is a hash.

@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 
-from ..cli import HelpFormatter, run
+from ..cli import HelpFormatter, add_data_boundary, run
 from ..sweep_folder import check_sweep_folder
 from .checks import check_top_k
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-report", action="store_true", help="skip report.html and its figures")
     p.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    add_data_boundary(p)
     return p
 
 

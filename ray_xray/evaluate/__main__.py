@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..cli import HelpFormatter, run
+from ..cli import HelpFormatter, add_data_boundary, run
 
 SPLITS = ("test", "val", "train", "all")
 
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to run the model (auto: GPU when available)",
     )
     p.add_argument("--cache", default=None, help="prepared-data cache folder")
+    add_data_boundary(p)
     return p
 
 

@@ -12,6 +12,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from ..sweep_folder import study_url
 from . import html as H
 from . import plots as P
 
@@ -232,7 +233,7 @@ def ranked_study(exp: dict):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{db}"
+    storage = study_url(db)  # escaped: a folder named with % or ? opens as itself
     names = optuna.get_all_study_names(storage)
     if not names:
         return None, "optuna.db holds no study."

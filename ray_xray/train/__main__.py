@@ -71,6 +71,7 @@ def add_config_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
+        data_boundary=True,
         prog="python -m ray_xray.train",
         description="Train one model through Ray Train (TorchTrainer); the best checkpoint is "
         "evaluated on test and saved with config.json and metrics.json in --out.",
@@ -148,13 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg.model, 3, cfg.in_chans, cfg.img_size, **cfg.model_kwargs
     )  # fail fast on bad hp
     out = args.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    from .run import fit
+    from .run import absent_as_null, fit
 
     report = fit(cfg, out, max_failures=args.max_failures, cache=args.cache)
-    t = report["test"]
-    recalls = ", ".join(f"{c} {v:.3f}" for c, v in t["recall"].items())
+    t = absent_as_null(report)["test"]  # as metrics.json: an absent class has no recall
+
+    def num(v, digits: int = 3) -> str:
+        return "n/a" if v is None or v != v else f"{v:.{digits}f}"  # v != v: NaN
+
+    recalls = ", ".join(f"{c} {num(v)}" for c, v in t["recall"].items())
     print(
-        f"\ntest: acc {t['accuracy']:.4f}  macro-F1 {t['macro_f1']:.4f}  AUC {t['auc']:.4f}  "
+        f"\ntest: acc {t['accuracy']:.4f}  macro-F1 {t['macro_f1']:.4f}  AUC {num(t['auc'], 4)}  "
         f"recall: {recalls}\nbest epoch {report['best_epoch']}, wall {report['wall_s']:.0f}s -> {out}",
         file=sys.stdout,
     )

@@ -21,7 +21,7 @@ from ..data.cache import cache_location
 from ..data.dataset import loader as make_loader
 from ..device import announce, pick_device
 from ..inference import inference_setup, model_from_record, predict_proba
-from ..io import write_atomic
+from ..io import json_safe, write_atomic
 from ..ray_env import runtime_env
 from .launch import make_trainer
 
@@ -149,5 +149,17 @@ def fit(
         "params": int(sum(p.numel() for p in model_from_record(record).parameters())),
         "history": state["history"],
     }
-    write_atomic(out / "metrics.json", json.dumps(report, indent=2))
+    write_atomic(out / "metrics.json", json.dumps(json_safe(absent_as_null(report)), indent=2))
     return report
+
+
+def absent_as_null(report: dict) -> dict:
+    """A copy of fit's report for metrics.json, where a class with no test image has recall
+    None (undefined, as `evaluate` writes it), not sklearn's zero_division 0.0. NaN (an AUC
+    with a class absent) becomes null through json_safe: JSON has no NaN."""
+    test = dict(report["test"])
+    support = test.get("support") or {}
+    test["recall"] = {
+        c: (None if support.get(c, 1) == 0 else v) for c, v in test.get("recall", {}).items()
+    }
+    return {**report, "test": test}

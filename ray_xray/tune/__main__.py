@@ -8,6 +8,7 @@ import sys
 
 from ..cli import Parser, UserError, note_renamed, run
 from ..config import parse_settings
+from .checks import check_budgets
 from .external import parse_specs
 from .service import SweepOptions, run_sweep
 from .trial import RUNNERS
@@ -21,6 +22,7 @@ OWN_OPTIONS = {"data": "--data", "seed": "--seed", "workers": "--num-workers"}
 def build_parser() -> argparse.ArgumentParser:
     d = SweepOptions()
     p = Parser(
+        data_boundary=True,
         prog="python -m ray_xray.tune",
         description="Search hyperparameters with Ray Tune + Optuna (TPE) + ASHA. Every trial trains "
         "through Ray Train; results land in STORAGE/NAME (results.parquet, best_trials.json, "
@@ -186,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     note_renamed(argv, RENAMED)
     settings = settings_from(args.set)
-    if args.trials < 1:
-        raise ValueError("--trials must be >= 1")
+    check_budgets(args.budget_minutes, args.budget_epochs, args.trials)
     if args.grace_epochs < 0:
         raise ValueError("--grace-epochs must be >= 0 (0 = a third of the epochs)")
     if args.tpe_startup < 1 or args.budget_epochs < 0:

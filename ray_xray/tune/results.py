@@ -303,7 +303,9 @@ def finish(
         STUDY_FILE,
         "results.parquet",
     )
-    print_ranked(rows, key, mode, files.where(), wall_s, use)
+    # Name only what was written: a sweep whose trials kept no checkpoint has no best_model.pt.
+    written = [n for n in OUTPUTS if (out / n).is_file()]
+    print_ranked(rows, key, mode, files.where(), wall_s, use, written, bool(top))
     return {"rows": rows, "top": top, "exp_dir": exp_dir, "wall_s": wall_s, "time_use": use}
 
 
@@ -424,9 +426,22 @@ def time_line(use: dict) -> str | None:
     return text
 
 
+OUTPUTS = ("results.parquet", "best_trials.json", "best_model.pt")  # what the summary names
+
+
 def print_ranked(
-    rows: list[dict], key: str, mode: str, exp_dir: str, wall_s: float, use: dict | None = None
+    rows: list[dict],
+    key: str,
+    mode: str,
+    exp_dir: str,
+    wall_s: float,
+    use: dict | None = None,
+    written: list[str] | None = None,
+    has_best: bool = True,
 ) -> None:
+    """The ranking table and the summary lines. `written`: which of OUTPUTS exist (default:
+    all); `has_best`: False when no trial kept a usable checkpoint, which the summary says."""
+    written = list(OUTPUTS) if written is None else written
     order = sorted(
         rows,
         key=lambda r: (not _finite(r[key]), -(r[key] or 0) if mode == "max" else (r[key] or 0)),
@@ -447,7 +462,8 @@ def print_ranked(
     if line:
         print(f"\n{line}")
     print(
-        f"\n{len(rows)} trials ({n_err} failed) in {wall_s:.0f}s. Results: {exp_dir}/results.parquet, "
-        f"best_trials.json, best_model.pt",
+        f"\n{len(rows)} trials ({n_err} failed) in {wall_s:.0f}s. Results: {exp_dir}/"
+        + ", ".join(written)
+        + ("" if has_best else " (no trial kept a checkpoint: no best model, no ensemble)"),
         file=sys.stdout,
     )

@@ -31,9 +31,19 @@ from ..sweep_folder import RESULTS_FILE, SWEEP_FILE, read_sweep_json
 from ..train.run import init_ray
 from . import external as X
 from . import results as R
+from .checks import (
+    check_budgets,
+    check_settings_build,
+    check_sweep_name,
+    check_trial_disk_errors,
+    disk_full_in_sweep,
+)
 from .console import ConsoleReporter, ray_console_quiet
+from .interrupt import SignalGuard
+from .lock import sweep_lock
 from .searcher import RungScheduler, SweepSearch
 from .storage import STUDY_FILE, StudyUpload, SweepFiles, tool_commands
+from .study import close_running, study_url
 from .trial import TOKEN_CPU, plan_runner, trial_fn
 
 log = logging.getLogger("ray_xray.tune")
@@ -117,7 +127,7 @@ def experiment_name(opts: SweepOptions, space: SearchSpace) -> str:
     absolute path, so a/chest_xray and b/chest_xray never share a sweep. Call after
     resolve_paths (the hash is of the absolute path)."""
     if opts.name:
-        return opts.name
+        return check_sweep_name(opts.name)  # one folder inside --storage, never outside it
     if opts.data.startswith("synthetic"):
         data = opts.data.replace(":", "-")
     else:
@@ -362,6 +372,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     """
     # --set values are pinned in the space, as smoke: values are: a tuned key leaves the
     # study's parameters, so Optuna never records a value that no trial trained with.
+    check_budgets(opts.budget_minutes, opts.budget_epochs, opts.trials)
     space = load_space(opts.space, smoke=opts.smoke_test).with_settings(opts.settings)
     resolve_paths(opts)
     X.check_specs(opts)  # a missing --external folder fails before any data is read
@@ -370,6 +381,43 @@ def run_sweep(opts: SweepOptions) -> dict:
     check_storage(storage)
     exp_dir = f"{storage}/{name}"
     files = SweepFiles(exp_dir)  # the sweep's own files, on any storage (tune/storage.py)
+    # One owner per sweep folder (tune/lock.py; a URI's: its local copy's folder), and
+    # SIGINT/SIGTERM leave it resumable (tune/interrupt.py). A new sweep that stops before its
+    # trials start leaves no folder behind.
+    fresh = not files.stage.exists()
+    hint = (
+        f"resume with the same command: python -m ray_xray.tune {shlex.join(opts.argv)}"
+        if opts.argv
+        else "resume with the same arguments (or resume=True)"
+    )
+    with (
+        SignalGuard(hint) as guard,
+        sweep_lock(files.stage.parent if files.remote else files.stage),
+    ):
+        try:
+            return _run_locked(opts, space, name, exp_dir, files, guard)
+        except BaseException as exc:
+            if fresh and not guard.fit_started:
+                _remove_unstarted(files.stage)
+            full = disk_full_in_sweep(exc, exp_dir, guard.hint) if guard.fit_started else None
+            if full is not None:
+                raise full from exc
+            raise
+
+
+def _remove_unstarted(folder: Path) -> None:
+    """Remove a new sweep's folder when it stopped before any trial (bad input, a full disk,
+    an interrupt): it holds only what the start wrote (sweep.json, space.yaml, optuna.db)."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_locked(
+    opts: SweepOptions, space: SearchSpace, name: str, exp_dir: str, files: SweepFiles, guard
+) -> dict:
+    """run_sweep's work once the sweep folder is this process's (`guard`: its SignalGuard)."""
+    storage = opts.storage
     if files.exists(DONE_FILE) and not opts.resume:
         raise ValueError(
             f"{exp_dir} already holds a finished sweep; pick another --name (or --resume to re-read it)"
@@ -395,6 +443,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     check_objective(opts.objective, None)  # names first: no data needed to refuse a typo
     # Validate data and fill the prepared cache once, before any trial starts.
     probe_cfg = space.resolve(space.default_config(), overrides)
+    check_settings_build(space, opts.settings, overrides)  # as train does, before any trial
     if opts.trial_runner == "inline" and not opts.gpus_per_trial and probe_cfg.device == "cuda":
         raise ValueError("device=cuda but the trials hold no GPU: pass --gpus-per-trial")
     data = load_for_config(probe_cfg, opts.cache)
@@ -467,13 +516,26 @@ def run_sweep(opts: SweepOptions) -> dict:
         f"objective {','.join(opts.objective)} -> {exp_dir}",
         file=sys.stderr,
     )
-    with ray_console_quiet(), cloud_keys_kept_out_of_ray_logs():
+    guard.fit_started = True
+    with ray_console_quiet(), cloud_keys_kept_out_of_ray_logs(), guard.fitting():
         grid = tuner.fit()
+    guard.check()  # an interrupt: Tune saved the sweep; nothing below may claim it finished
+    check_trial_disk_errors(grid.errors, exp_dir, guard.hint)  # a full disk: not finished either
     wall = time.perf_counter() - t0
+    # Tune stops trials at the time budget without telling the searcher: close them in the
+    # study, so optuna.db holds no trial RUNNING once the sweep has ended.
+    ended_by = "budget" if opts.budget_minutes or opts.budget_epochs else "sweep_end"
+    close_running(files.local_path(STUDY_FILE), name, ended_by)
     wandb_dir = os.environ.get("WANDB_DIR") or files.stage
     if opts.wandb != "off" and not os.environ.get("WANDB_DIR"):
         files.push("wandb")  # the W&B runs (all finished once fit returns)
     summary = finish_sweep(grid, exp_dir, space, opts, wall, not files.remote, plan, files)
+    ended = budget_line(opts, summary["rows"], wall)
+    if ended:
+        print(ended)
+    guard.hint = (
+        f"the results are written; `python -m ray_xray.ensemble {exp_dir}` builds the ensemble"
+    )
     external = X.ExternalStep(opts, summary["top"]) if opts.external and summary["top"] else None
     if opts.ensemble and summary["top"]:
         print("\nensemble of the best trials (--no-ensemble to skip):", file=sys.stderr)
@@ -486,6 +548,21 @@ def run_sweep(opts: SweepOptions) -> dict:
     summary["commands"] = commands
     files.cleanup()  # a URI's local copy: everything is on the storage now
     return summary
+
+
+def budget_line(opts: SweepOptions, rows: list[dict], wall_s: float) -> str | None:
+    """The summary's line when --budget-minutes ended the sweep before all its trials ran to
+    the end (None otherwise): how many trials were stopped unfinished, how many never started."""
+    if not opts.budget_minutes or wall_s < opts.budget_minutes * 60:
+        return None
+    cut = sum(r["status"] not in ("TERMINATED", "ERROR") for r in rows)
+    unstarted = max(0, opts.trials - len(rows))
+    if not cut and not unstarted:
+        return None
+    return (
+        f"the --budget-minutes {opts.budget_minutes:g} limit ended the sweep: {cut} trial(s) "
+        f"stopped unfinished, {unstarted} of {opts.trials} never started"
+    )
 
 
 def finish_sweep(
@@ -555,7 +632,7 @@ def _tune_config(
         # The study is optuna.db in the experiment folder, so optuna-dashboard can open it (for
         # a URI: in its local copy, pushed to the storage after every trial and at the end).
         db = (files.local_path(STUDY_FILE) if files else Path(exp_dir) / STUDY_FILE).as_posix()
-        study_storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+        study_storage = optuna.storages.RDBStorage(study_url(db))
     search = SweepSearch(
         budget_epochs=opts.budget_epochs,
         key=exp_dir,  # shared with the scheduler: which trials it cut (PRUNED in the study)

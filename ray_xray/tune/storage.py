@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from ray import tune
 
 from ..io import atomic_path
+from ..sweep_folder import study_url
 
 log = logging.getLogger("ray_xray.tune")
 STUDY_FILE = "optuna.db"
@@ -258,7 +259,7 @@ def tool_commands(files: SweepFiles, wandb_dir: str | Path | None = None) -> lis
             folder = local
     q = shlex.quote
     lines.append(f"TensorBoard:      tensorboard --logdir {q(folder)}")
-    lines.append(f"optuna-dashboard: optuna-dashboard {q(f'sqlite:///{folder}/{STUDY_FILE}')}")
+    lines.append(f"optuna-dashboard: optuna-dashboard {q(study_url(f'{folder}/{STUDY_FILE}'))}")
     if wandb_dir is not None:
         wandb_dir = Path(wandb_dir)
         if glob.glob(str(wandb_dir / "wandb" / "offline-run-*")):
