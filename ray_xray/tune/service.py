@@ -19,6 +19,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
+from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
 from ..data.cache import cache_location
 from ..data.dataset import shared_key
@@ -285,14 +286,23 @@ def trial_resources(plan: dict) -> dict:
     return {"cpu": plan["cpus_per_trial"], **({"gpu": gpus} if gpus else {})}
 
 
-def make_callbacks(opts: SweepOptions, name: str, wandb_dir: str | Path | None = None) -> list:
+def make_callbacks(
+    opts: SweepOptions,
+    name: str,
+    wandb_dir: str | Path | None = None,
+    epochs: int = 8,
+    slots: int = 1,
+) -> list:
     """Tune callbacks: the console lines, and W&B logging unless ``opts.wandb == "off"``.
 
     `wandb_dir`: the folder whose ``wandb/`` subfolder gets the W&B run files (``dir`` of
     ``wandb.init``; WANDB_DIR, when set, wins; None: W&B's default, the logger's working
     directory). Online without a key or a reachable server falls back to offline, saying so.
     """
-    callbacks = [ConsoleReporter(opts.objective[0], opts.trials, opts.budget_minutes * 60)]
+    # `epochs` per trial and `slots` at once: the status line's time left (console.EtaEstimate).
+    callbacks = [
+        ConsoleReporter(opts.objective[0], opts.trials, opts.budget_minutes * 60, epochs, slots)
+    ]
     if opts.wandb == "off":
         return callbacks
     from .wandb_log import KeySafeWandbCallback
@@ -455,7 +465,7 @@ def run_sweep(opts: SweepOptions) -> dict:
         tuner = tune.Tuner(
             trainable,
             tune_config=_tune_config(opts, space, exp_dir, plan, files),
-            run_config=_run_config(opts, name, storage, files),
+            run_config=_run_config(opts, name, storage, files, plan_epochs(space), plan),
         )
     print(
         f"sweep {name}: space {space.name}, up to {opts.trials} trials, {plan['max_concurrent']} at a time "
@@ -610,10 +620,26 @@ def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=opts.tpe_startup)
 
 
+def plan_epochs(space) -> int:
+    """Epochs each trial of `space` runs at most: its fixed ``epochs`` (``--set`` included),
+    the top of a tuned range, else TrainConfig's default."""
+    if "epochs" in space.fixed:
+        return int(space.fixed["epochs"])
+    spec = getattr(space, "params", {}).get("epochs")
+    high = getattr(spec, "high", None)
+    return int(high) if isinstance(high, int | float) else TrainConfig.epochs
+
+
 def _run_config(
-    opts: SweepOptions, name: str, storage: str, files: SweepFiles | None = None
+    opts: SweepOptions,
+    name: str,
+    storage: str,
+    files: SweepFiles | None = None,
+    epochs: int = 8,
+    plan: dict | None = None,
 ) -> tune.RunConfig:
-    callbacks = make_callbacks(opts, name, files.stage if files else None)
+    slots = (plan or {}).get("max_concurrent", 1)
+    callbacks = make_callbacks(opts, name, files.stage if files else None, epochs, slots)
     if files is not None and files.remote:
         callbacks.append(StudyUpload(files))
     inline = opts.trial_runner == "inline"
