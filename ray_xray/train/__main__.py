@@ -135,7 +135,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.from_dict({**settings, **flags})
     if args.smoke_test:
         cfg.epochs, cfg.img_size, cfg.limit_per_split = min(cfg.epochs, 2), 32, 64
-    return cfg
+    return cfg.with_model_size()
 
 
 def main(argv: list[str] | None = None) -> int:
