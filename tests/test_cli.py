@@ -4,6 +4,8 @@ flag, "did you mean", one-line value errors, new names with the old ones kept. I
 import argparse
 import dataclasses
 import importlib
+import os
+from pathlib import Path
 
 import pytest
 
@@ -387,3 +389,46 @@ def test_eta_counts_the_trials_not_yet_started():
     for t, left in replay(events):
         if 400 <= t < end:
             assert left == pytest.approx(end - t, rel=0.35), t
+
+
+def test_the_sweep_says_its_expected_length_from_the_plan_and_a_timed_epoch(monkeypatch):
+    """trials x epochs x (train batches x a timed step + validation at a third of a step),
+    over the slots; the step is really timed on this machine."""
+    from ray_xray.config import TrainConfig
+    from ray_xray.tune import estimate
+
+    cfg = TrainConfig(model="cnn", img_size=32, batch_size=4, model_kwargs={"width": 4})
+    assert 0 < estimate.step_seconds(cfg, threads=1) < 60
+    monkeypatch.setattr(estimate, "step_seconds", lambda cfg, threads: 0.5)
+    cfg = TrainConfig(model="resnet18", img_size=64, batch_size=32)
+    total, line = estimate.expected_length(cfg, 900, 96, trials=8, epochs=4, slots=2, threads=1)
+    epoch = 29 * 0.5 + 96 * 0.5 / 32 / 3  # 15.0 s
+    assert total == pytest.approx(4 * 4 * epoch)  # 4 rounds of 2 trials
+    assert line.startswith(
+        "expected length: ~4 min of training (8 trials x 4 epochs x ~15 s an epoch, 2 at a time;"
+        " an epoch of resnet18 at 64 px timed just now"
+    )
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--trails", "3"]])
+def test_tune_parses_its_arguments_before_importing_ray_optuna_or_torch(argv):
+    """`tune --help` and a mistyped flag answer before the heavy imports (they took 13 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['tune', *{argv!r}]\n"
+        "try:\n"
+        "    runpy.run_module('ray_xray.tune', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    print('exit', exc.code, sorted({'ray', 'optuna', 'torch'} & set(sys.modules)))\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert out.stdout.strip().splitlines()[-1] == f"exit {0 if argv == ['--help'] else 2} []"

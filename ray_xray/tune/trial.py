@@ -22,9 +22,9 @@ from ray import tune
 
 from .. import trace
 from ..config import TrainConfig
+from .options import RUNNERS
 
 TOKEN_CPU = 0.01  # a torchtrainer trial's function only waits on its trainer
-RUNNERS = ("auto", "inline", "torchtrainer")
 
 
 def plan_runner(runner: str, workers_per_trial: int, gpus_per_trial: float) -> str:
