@@ -237,3 +237,31 @@ def test_cnn_is_cpu_sized_by_default_and_the_seeds_size_is_one_setting_away():
     assert model_hparams("cnn")["head_dims"] == (4096, 2048)
     old = TrainConfig.from_dict({"model": "cnn", "img_size": 32, "model_kwargs": {"width": 8}})
     assert E.build_model(old, 3).classifier[1].out_features == 4096
+
+
+def test_worker_log_prefixes_carry_no_colour_codes_off_a_terminal(monkeypatch):
+    """Ray prints `(RayTrainWorker pid=...)` in cyan escapes unless RAY_COLOR_PREFIX=0: set
+    when the console is a file or pipe, left alone on a terminal or when the user chose."""
+    import io
+
+    from ray._private.worker import print_worker_logs
+
+    from ray_xray.ray_env import plain_worker_prefixes
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    assert not plain_worker_prefixes((Tty(), Tty())) and "RAY_COLOR_PREFIX" not in os.environ
+    line = {"pid": 42, "actor_name": "RayTrainWorker", "lines": ["epoch 1"], "ip": "x"}
+    log = io.StringIO()
+    print_worker_logs({**line, "localhost": "x"}, log)
+    assert "\x1b[" in log.getvalue()  # Ray's default: colour
+    assert plain_worker_prefixes((io.StringIO(), Tty()))
+    log = io.StringIO()
+    print_worker_logs({**line, "localhost": "x"}, log)
+    assert log.getvalue() == "(RayTrainWorker pid=42) epoch 1\n"
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "1")
+    assert not plain_worker_prefixes((io.StringIO(), io.StringIO()))
+    assert os.environ["RAY_COLOR_PREFIX"] == "1"

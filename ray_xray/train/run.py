@@ -20,7 +20,7 @@ from ..data import absolute_spec, load_for_config
 from ..data.cache import cache_location
 from ..data.dataset import loader as make_loader
 from ..io import write_atomic
-from ..ray_env import runtime_env
+from ..ray_env import plain_worker_prefixes, runtime_env
 from . import engine as E
 from .launch import make_trainer
 
@@ -39,6 +39,7 @@ def init_ray(
     """
     if ray.is_initialized():
         return
+    plain_worker_prefixes()  # no colour codes in a log written to a file
     address = address or os.environ.get("RAY_ADDRESS")
     # Worker prints go straight to the console (Ray Train's print patch would log them twice).
     # A cluster we start gets every worker pinned to it; one we join has its own address.
