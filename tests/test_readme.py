@@ -58,23 +58,39 @@ def test_readme_marks_its_runnable_blocks_and_the_markers_apply():
         runnable_blocks("<!-- runnable -->\ntext\n```python\nprint(1)\n```\n")
 
 
-@pytest.mark.slow_ray
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"line{b['line']}" for b in BLOCKS])
-def test_readme_block_runs(block, tmp_path):
-    """Each block in a fresh folder (so `runs/...` paths are its own), this checkout first on
-    the path; a failure shows the block's output."""
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`cmd` in `cwd` with this checkout first on the path (also in Ray's workers)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "NO_ALBUMENTATIONS_UPDATE": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    if block["lang"] == "python":
-        cmd = [sys.executable, "-c", block["code"]]
-    else:
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        cmd = ["bash", "-euo", "pipefail", "-c", block["code"]]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=840)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=840)
+
+
+PYTHON = [b for b in BLOCKS if b["lang"] == "python"]
+BASH = [b for b in BLOCKS if b["lang"] == "bash"]
+
+
+@pytest.mark.slow_ray
+def test_readme_python_blocks_run(tmp_path):
+    """The python blocks in order, in one process (one Ray start for all), each in a fresh
+    namespace as if pasted into its own script, in a fresh folder (so `runs/...` is its own)."""
+    script = "\n".join(
+        f"print('--- README.md:{b['line']}', flush=True)\nexec({b['code']!r}, {{'__name__': '__main__'}})"
+        for b in PYTHON
+    )
+    proc = _run([sys.executable, "-c", script], tmp_path)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.stdout.count("--- README.md:") == len(PYTHON)
+
+
+@pytest.mark.slow_ray
+@pytest.mark.parametrize("block", BASH, ids=[f"line{b['line']}" for b in BASH])
+def test_readme_bash_block_runs(block, tmp_path):
+    proc = _run(["bash", "-euo", "pipefail", "-c", block["code"]], tmp_path)
     assert proc.returncode == 0, (
         f"README.md:{block['line']}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     )

@@ -437,3 +437,14 @@ def test_optuna_figures_of_number_like_choices_log_nothing(tmp_path, caplog):
     assert out.is_file() and out.stat().st_size > 1000
     assert not [r for r in caplog.records if r.name == "matplotlib.category"]
     assert logging.getLogger("matplotlib.category").level == logging.NOTSET  # put back
+
+
+def test_sweep_wall_time_is_tunes_own_not_the_trials_span():
+    """A sweep whose trials spanned 10.9 min but whose Tuner.fit ran 18 says 18 first."""
+    from ray_xray.report.sweep import wall_time_text
+
+    text = wall_time_text({"time_use": {"tune_wall_s": 1080.0}}, 10.9)
+    assert text.startswith("18.0 min in Tune (Tuner.fit, start to end;")
+    assert text.endswith("; first trial start to last report 10.9 min (result.json)")
+    assert wall_time_text({}, 10.9) == "first trial start to last report 10.9 min (result.json)"
+    assert wall_time_text({}, None) == "not logged"
