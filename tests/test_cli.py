@@ -403,9 +403,9 @@ def test_the_sweep_says_its_expected_length_from_the_plan_and_a_timed_epoch(monk
     cfg = TrainConfig(model="resnet18", img_size=64, batch_size=32)
     total, line = estimate.expected_length(cfg, 900, 96, trials=8, epochs=4, slots=2, threads=1)
     epoch = 29 * 0.5 + 96 * 0.5 / 32 / 3  # 15.0 s
-    assert total == pytest.approx(4 * 4 * epoch)  # 4 rounds of 2 trials
+    assert total == pytest.approx(4 * (4.1 + 4 * epoch))  # 4 rounds of 2 trials
     assert line.startswith(
-        "expected length: ~4 min of training (8 trials x 4 epochs x ~15 s an epoch, 2 at a time;"
+        "expected length: ~4 min (8 trials x (4 epochs x ~15 s + ~4 s start-up), 2 at a time;"
         " an epoch of resnet18 at 64 px timed just now"
     )
 

@@ -13,6 +13,10 @@ from ..config import TrainConfig
 from ..train import engine as E
 
 WARMUP_STEPS, TIMED_STEPS = 2, 3
+# Seconds of a trial's wall time outside train/val compute, by trial runner: the medians that
+# `python -m benchmarks --only overhead` measured on 2 idle CPU cores (README, 2026-12-06). A
+# loaded machine takes longer (a smoke sweep on the shared 2-core box: median 14 s).
+STARTUP_S = {"inline": 4.1, "torchtrainer": 16.5}
 # A validation image costs about a third of a training one (forward only, no backward).
 VAL_SHARE = 1 / 3
 
@@ -52,22 +56,30 @@ def step_seconds(cfg: TrainConfig, threads: int) -> float:
 
 
 def expected_length(
-    cfg: TrainConfig, n_train: int, n_val: int, trials: int, epochs: int, slots: int, threads: int
+    cfg: TrainConfig,
+    n_train: int,
+    n_val: int,
+    trials: int,
+    epochs: int,
+    slots: int,
+    threads: int,
+    runner: str = "inline",
 ) -> tuple[float, str]:
     """(seconds, one line saying how they were reckoned) for `trials` trials of `epochs`
-    epochs, `slots` at a time, each epoch costing ceil(n_train / batch) timed training steps
-    of `cfg` (`step_seconds` with `threads` threads) plus `n_val` validation images at
-    `VAL_SHARE` of a training image. Trial start-up, data preparation and the ensemble are not
-    counted (the line says so); trials that ASHA stops early make the sweep shorter."""
+    epochs, `slots` at a time: per trial, `STARTUP_S[runner]` plus `epochs` epochs, each
+    ceil(n_train / batch) timed training steps of `cfg` (`step_seconds` with `threads`
+    threads) plus `n_val` validation images at `VAL_SHARE` of a training image. The ensemble
+    after is not counted (the line says so); trials that ASHA stops early make it shorter."""
     step = step_seconds(cfg, threads)
     epoch = math.ceil(n_train / cfg.batch_size) * step + n_val * step / cfg.batch_size * VAL_SHARE
     rounds = math.ceil(trials / max(1, slots))
-    total = rounds * epochs * epoch
+    startup = STARTUP_S.get(runner, STARTUP_S["torchtrainer"])
+    total = rounds * (startup + epochs * epoch)
     line = (
-        f"expected length: ~{_minutes(total)} of training ({trials} trials x {epochs} epochs x "
-        f"~{epoch:.0f} s an epoch, {slots} at a time; an epoch of {cfg.model} at "
-        f"{cfg.img_size} px timed just now, other architectures differ), plus trial start-up "
-        "and the ensemble; ASHA's early stops make it shorter"
+        f"expected length: ~{_minutes(total)} ({trials} trials x ({epochs} epochs x "
+        f"~{epoch:.0f} s + ~{startup:.0f} s start-up), {slots} at a time; an epoch of "
+        f"{cfg.model} at {cfg.img_size} px timed just now, other architectures differ), plus "
+        "the ensemble; ASHA's early stops make it shorter"
     )
     return total, line
 

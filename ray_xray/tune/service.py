@@ -595,6 +595,7 @@ def say_expected_length(opts: SweepOptions, space, cfg, data, plan: dict) -> Non
             plan_epochs(space),
             plan["max_concurrent"],
             max(1, int(plan["cpus_per_trial"])),
+            plan["runner"],
         )
     except (RuntimeError, ValueError) as exc:  # an estimate must never stop a sweep
         print(f"expected length: not estimated ({exc})", file=sys.stderr)
