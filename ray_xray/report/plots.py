@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
@@ -147,6 +147,8 @@ def _panels_in_rows(axes: list) -> plt.Figure:
     for i, ax in enumerate(axes):
         ax.set_subplotspec(grid[i // cols, i % cols])
         ax.tick_params(labelsize=8)
+        if ax.get_xscale() == "log":  # 3x10^-4, 4x10^-4 ... overlapped in a narrow panel
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(axis="x", labelrotation=20)
         ax.set_ylabel(ax.get_ylabel() if i % cols == 0 else "")
     for other in fig.axes:
