@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml setup.py
 
 # A short real sweep: 8 trials across architectures on synthetic X-rays at 64 px, 4 epochs each.
 demo: $(STAMP)
+	@echo "make demo: 8 trials x 4 epochs at 64 px, 2 at a time, then the ensemble; its expected length follows once the data is ready"
 	$(PY) -m ray_xray.tune --space all --trials 8 --set epochs=4 --set img_size=64 \
 		--storage runs/tune --name demo-$$(date +%Y%m%d-%H%M%S)
 

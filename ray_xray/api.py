@@ -161,7 +161,9 @@ def fit(
         cache: prepared-data cache (local path or ``s3://``; default ``$RAY_XRAY_CACHE``).
         **settings: ``TrainConfig`` fields (``epochs``, ``img_size`` in pixels, ``batch_size``,
             ``lr``, ``precision``, ``device``, ``limit_per_split``, ...) and ``model_kwargs``,
-            a dict of model hyperparameters (``{"dropout": 0.3}``).
+            a dict of model hyperparameters (``{"dropout": 0.3}``). ``model_size``: "cpu"
+            (default: ``cnn``, ``lstm`` and ``vit`` at sizes a CPU trains in minutes,
+            ``ray_xray.config.CPU_MODEL_SIZES``) or "seed" (the seed papers' sizes).
 
     Returns:
         The run's report (as ``metrics.json``): ``test`` metrics (``accuracy``, ``macro_f1``,
@@ -175,7 +177,7 @@ def fit(
     from .models import create_model
     from .train.run import fit as fit_run
 
-    cfg = TrainConfig.from_dict({"model": model, "data": str(data), **settings})
+    cfg = TrainConfig.from_dict({"model": model, "data": str(data), **settings}).with_model_size()
     # Fail on a bad model hyperparameter here, not inside a Ray worker.
     create_model(cfg.model, 3, cfg.in_chans, cfg.img_size, **cfg.model_kwargs)
     out = Path(out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")

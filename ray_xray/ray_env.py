@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 
 import ray
@@ -25,6 +26,20 @@ RAY_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_WORKER_GROUP_START_TI
 # 14.4 s). A trial that ends that fast must wait for Tune to read its last report
 # (tune/trial.py: wait_for_tune_to_read_reports), else Ray 2.60's function session deadlocks.
 LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+def plain_worker_prefixes(streams=None) -> bool:
+    """Ray's ``(RayTrainWorker pid=...)`` prefixes without colour codes when the console is
+    not a terminal: Ray wraps them in ANSI escapes (``\x1b[36m``) unless ``RAY_COLOR_PREFIX``
+    is ``0``, read each time it prints a worker line (``ray/_private/worker.py``,
+    ``print_worker_logs``), so a log redirected to a file got the escapes. A value the user set
+    is kept. `streams`: the driver's (default stdout and stderr). Returns whether it set it."""
+    streams = (sys.stdout, sys.stderr) if streams is None else streams
+    on_terminal = all(getattr(s, "isatty", lambda: False)() for s in streams)
+    if on_terminal or "RAY_COLOR_PREFIX" in os.environ:
+        return False
+    os.environ["RAY_COLOR_PREFIX"] = "0"
+    return True
 
 
 def pin_ray_address() -> None:

@@ -4,6 +4,8 @@ flag, "did you mean", one-line value errors, new names with the old ones kept. I
 import argparse
 import dataclasses
 import importlib
+import os
+from pathlib import Path
 
 import pytest
 
@@ -304,21 +306,23 @@ def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys,
 
     clock = [1000.0]
     monkeypatch.setattr(console.time, "time", lambda: clock[0])
-    r = console.ConsoleReporter("val_loss", total=4, budget_s=600)  # lower is better
+    r = console.ConsoleReporter("val_loss", total=4, budget_s=600, epochs=2, slots=2)
     a, b = (
         SimpleNamespace(trial_id=t, config={"model": "cnn"}, last_result={}, error_file=None)
         for t in ("a_00000", "a_00001")
     )
     for t in (a, b):
         r.on_trial_start(0, [], t)
+    clock[0] += 40
     r.on_trial_result(0, [], a, {"val_loss": 0.9, "epoch": 1})
     r.on_trial_result(0, [], b, {"val_loss": 0.5, "epoch": 1})
+    clock[0] += 40
     r.on_trial_result(0, [], a, {"val_loss": 0.7, "epoch": 2})
-    clock[0] += 130
+    clock[0] += 50
     r.on_trial_complete(0, [], a)
     assert r.status() == (
         "status: 1/4 trials finished, 1 running | best val_loss 0.5 (trial a_00001) | "
-        "2m10s elapsed, 7m50s left of the budget"
+        "2m10s elapsed, 7m50s left of the budget (~1m40s at this pace)"
     )
     (tmp_path / "error.txt").write_text(TUNE_ERROR_TXT)
     b.error_file = str(tmp_path / "error.txt")
@@ -330,4 +334,101 @@ def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys,
         f"{tmp_path / 'error.txt'})"
     ) in err
     r.budget_s = 0
-    assert r.status().endswith("2m10s elapsed, ~2m10s left at this pace")
+    # 120 trial-seconds for 3 epochs; 2 trials of 2 epochs not started, over 2 slots.
+    assert r.status().endswith("2m10s elapsed, ~1m20s left at this pace")
+
+
+def _recorded_sweep(total=8, epochs=4, slots=2, start_s=5.0, epoch_s=30.0, slow_after=0.0):
+    """A sweep's trial events as Tune would report them: `total` trials of `epochs` epochs,
+    `slots` at a time, each trial `start_s` of start-up then `epoch_s` per epoch (x1.5 from
+    `slow_after` seconds on: the machine got busier). Returns (events sorted by time, end)."""
+    events, free = [], [0.0] * slots
+    for k in range(total):
+        slot = min(range(slots), key=free.__getitem__)
+        t = free[slot]
+        events.append((t, "start", f"t{k}", 0))
+        t += start_s
+        for e in range(1, epochs + 1):
+            t += epoch_s * (1.5 if slow_after and t >= slow_after else 1.0)
+            events.append((t, "epoch", f"t{k}", e))
+        events.append((t, "end", f"t{k}", 0))
+        free[slot] = t
+    return sorted(events, key=lambda ev: (ev[0], ev[1] != "end")), max(free)
+
+
+def test_eta_counts_the_trials_not_yet_started():
+    """On a recorded 8-trial, 2-slot sweep the time left is known after the first epochs (the
+    old estimate needed a finished trial and ignored unstarted ones) and stays within 20 % (or one epoch) of
+    the truth; from then on it never grows while the pace holds."""
+    from ray_xray.tune.console import EtaEstimate
+
+    def replay(events):
+        """Feed `events` to a fresh estimate; yields (time, estimate after the event)."""
+        eta = EtaEstimate(total=8, epochs=4, slots=2)
+        for t, kind, trial, epoch in events:
+            if kind == "start":
+                eta.started(trial, t)
+            elif kind == "epoch":
+                eta.epoch(trial, epoch, t)
+            else:
+                eta.ended(trial, t)
+            yield t, eta.seconds_left(t)
+
+    events, end = _recorded_sweep()
+    estimates = list(replay(events))
+    assert estimates[0] == (0.0, None)  # nothing measured yet: no number rather than a guess
+    shown = [(t, left) for t, left in estimates if left is not None and t < end]
+    assert shown[0][0] == 35.0  # the first epoch, long before the first trial ends
+    for t, left in shown:
+        assert left == pytest.approx(end - t, rel=0.2, abs=30), t
+    lefts = [left for _, left in shown]
+    assert all(b <= a + 1e-9 for a, b in zip(lefts, lefts[1:], strict=False))
+    assert estimates[-1] == (end, 0.0)
+    # A machine that slows down midway: the estimate follows within a few epochs.
+    events, end = _recorded_sweep(slow_after=200.0)
+    for t, left in replay(events):
+        if 400 <= t < end:
+            assert left == pytest.approx(end - t, rel=0.35), t
+
+
+def test_the_sweep_says_its_expected_length_from_the_plan_and_a_timed_epoch(monkeypatch):
+    """trials x epochs x (train batches x a timed step + validation at a third of a step),
+    over the slots; the step is really timed on this machine."""
+    from ray_xray.config import TrainConfig
+    from ray_xray.tune import estimate
+
+    cfg = TrainConfig(model="cnn", img_size=32, batch_size=4, model_kwargs={"width": 4})
+    assert 0 < estimate.step_seconds(cfg, threads=1) < 60
+    monkeypatch.setattr(estimate, "step_seconds", lambda cfg, threads: 0.5)
+    cfg = TrainConfig(model="resnet18", img_size=64, batch_size=32)
+    total, line = estimate.expected_length(cfg, 900, 96, trials=8, epochs=4, slots=2, threads=1)
+    epoch = 29 * 0.5 + 96 * 0.5 / 32 / 3  # 15.0 s
+    assert total == pytest.approx(4 * (4.1 + 4 * epoch))  # 4 rounds of 2 trials
+    assert line.startswith(
+        "expected length: ~4 min (8 trials x (4 epochs x ~15 s + ~4 s start-up), 2 at a time;"
+        " an epoch of resnet18 at 64 px timed just now"
+    )
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--trails", "3"]])
+def test_tune_parses_its_arguments_before_importing_ray_optuna_or_torch(argv):
+    """`tune --help` and a mistyped flag answer before the heavy imports (they took 13 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['tune', *{argv!r}]\n"
+        "try:\n"
+        "    runpy.run_module('ray_xray.tune', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    print('exit', exc.code, sorted({'ray', 'optuna', 'torch'} & set(sys.modules)))\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert out.stdout.strip().splitlines()[-1] == f"exit {0 if argv == ['--help'] else 2} []"

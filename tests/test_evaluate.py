@@ -159,6 +159,27 @@ def test_stratified_subset_keeps_every_class():
     assert len(stratified_subset(y, 0)) == len(y)
 
 
+def test_every_headline_proportion_gets_a_wilson_interval_with_its_counts():
+    """0/76 is not certainty: Wilson gives [0, 0.048] where a bootstrap of zeros gives [0, 0];
+    76/76 likewise keeps a lower bound below 1."""
+    from ray_xray.evaluate.core import wilson_proportions
+    from ray_xray.stats import wilson
+
+    y = np.array([0] * 76 + [1] * 76 + [2] * 10)
+    pred = np.array([1] * 76 + [1] * 76 + [2] * 5 + [0] * 5)  # class 0: 0/76, class 1: 76/76
+    prob = np.eye(3)[pred] * 0.8 + 0.2 / 3
+    headline, _ = S.with_intervals(y, prob, CLASSES, 200, 0)
+    assert headline["recall_normal"]["high"] == 0.0  # the bootstrap's zero-width interval
+    wilson_proportions(headline, y, pred, CLASSES)
+    zero, full, acc = (headline[k] for k in ("recall_normal", "recall_pneumonia", "accuracy"))
+    assert (zero["k"], zero["n"], zero["low"]) == (0, 76, 0.0)
+    assert zero["high"] == pytest.approx(0.0481, abs=1e-3)
+    assert (full["k"], full["n"], full["high"]) == (76, 76, 1.0) and full["low"] < 0.96
+    assert (acc["k"], acc["n"]) == (81, 162)
+    assert (acc["low"], acc["high"]) == pytest.approx(wilson(81, 162))
+    assert headline["macro_f1"].get("interval") is None  # not a proportion: bootstrap kept
+
+
 # ---------------------------------------------------------------- evaluate end to end
 
 
@@ -190,6 +211,60 @@ def test_evaluate_a_train_run_on_its_own_data_matches_the_training_evaluation(ru
     assert "failed" not in html
     figs = {p.name for p in (tmp_path / "ev" / "figures").iterdir()}
     assert {"confusion.png", "roc_pr.png", "reliability.png", "samples.png", "gradcam.png"} <= figs
+
+
+def test_evaluate_scores_the_whole_split_not_the_runs_training_subset(run_dir, tmp_path, capsys):
+    """A run trained with limit_per_split is evaluated on every image of the split; --limit N
+    subsamples on purpose, and the count is printed."""
+    rec = C.load_checkpoint(run_dir / "best_model.pt")
+    rec["config"]["limit_per_split"] = 6
+    run = tmp_path / "limited"
+    run.mkdir()
+    C.atomic_save(rec, run / "best_model.pt")
+    common = [str(run), SPEC, "--bootstrap", "50", "--device", "cpu", "--no-images"]
+    code, out, err = _cli([*common, "--out", str(tmp_path / "all")], capsys)
+    assert code == 0, err
+    assert "(test, all 18 images)" in out
+    m = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert m["n"] == m["n_available"] == 18
+    assert out.strip().splitlines()[-1] == (
+        f"report:           {(tmp_path / 'all' / 'report.html').as_uri()}"
+    )
+    code, out, err = _cli([*common, "--out", str(tmp_path / "nine"), "--limit", "9"], capsys)
+    assert code == 0, err
+    assert "(test, 9 of 18 images: --limit 9)" in out
+    m = json.loads((tmp_path / "nine" / "metrics.json").read_text())
+    assert (m["n"], m["n_available"]) == (9, 18)
+    assert sorted(np.bincount(np.array(m["metrics"]["confusion"]).sum(1))) != []  # all classes
+    assert all(m["headline"][f"recall_{c}"]["n"] == 3 for c in CLASSES)  # stratified: 3 each
+    code, out, err = _cli([*common, "--limit", "-1"], capsys)
+    assert code == 2 and err.strip() == "error: --limit must be >= 0, got -1"
+
+
+def test_shift_warnings_only_for_other_data(run_dir, tmp_path, monkeypatch):
+    """With every drop made significant, the model's own test split gets notes that say it is
+    its own data, and only data from elsewhere gets `warning:` lines."""
+    from ray_xray.evaluate import evaluate
+
+    real = S.drops
+
+    def all_significant(*args, **kwargs):
+        out = real(*args, **kwargs)
+        for d in out.values():
+            d.update(significant=True, low=max(d["low"], 1e-3))
+        return out
+
+    monkeypatch.setattr(S, "drops", all_significant)
+    own = evaluate(str(run_dir), SPEC, out=tmp_path / "own", n_boot=50, device="cpu", images=False)
+    assert not [w for w in own.warnings if "fell from" in w]
+    notes = [n for n in own.notes if n.startswith("own data, not a site shift: ")]
+    assert notes and all("own val split" in n and "beyond resampling noise" in n for n in notes)
+    ext = write_tree(tmp_path / "ext", per_class=8, size=48, seed=5)
+    other = evaluate(
+        str(run_dir), str(ext), out=tmp_path / "x", n_boot=50, device="cpu", images=False
+    )
+    assert [w for w in other.warnings if "fell from" in w]
+    assert not [n for n in other.notes if n.startswith("own data")]
 
 
 def test_evaluate_on_another_folder_runs_the_shift_check_and_stress(run_dir, tmp_path, capsys):
@@ -323,9 +398,9 @@ def test_a_sweep_folder_is_evaluated_through_its_ensemble(tmp_path):
     assert "its ensemble" in r.notes[0] and r.is_own_data
     saved = json.loads((exp / "ensemble" / "metrics.json").read_text())
     chosen = next(e for e in saved["ensembles"] if e["chosen"])
-    # Same images, same members and weights: the ensemble's own test figures.
-    assert r.metrics["accuracy"] == pytest.approx(chosen["test"]["accuracy"])
-    assert r.metrics["nll"] == pytest.approx(chosen["test"]["nll"], rel=1e-4)
+    # The whole test split (60 per class): the members' limit_per_split (48, what the sweep
+    # and its ensemble figures saw) is not carried over to an evaluation.
+    assert r.n == r.n_available == 180 and chosen["test"]["accuracy"] is not None
     r2 = evaluate(
         str(exp / "ensemble" / "ensemble.pt"),
         "synthetic:chest3",
@@ -398,7 +473,9 @@ def test_a_train_run_gets_a_report_with_its_training_curves(run_dir, tmp_path, c
     assert (run / "report" / "figures" / "training_curves.png").stat().st_size > 1000
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["n"] > 0
-    assert f"report: {run / 'report' / 'report.html'}" in capsys.readouterr().out
+    assert (
+        f"report:           {(run / 'report' / 'report.html').as_uri()}" in capsys.readouterr().out
+    )
 
     write_report(str(tmp_path / "nothing-here"), cfg, None)
     err = capsys.readouterr().err.strip().splitlines()

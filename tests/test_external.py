@@ -345,8 +345,8 @@ def test_a_sweep_with_external_sets(smoke_sweep, tmp_path):
         ref.headline["macro_f1"]["value"], abs=1e-12
     )
     assert got["drops"]["macro_f1"]["reference"] == pytest.approx(
-        member["test"]["macro_f1"], abs=1e-12
-    )  # its own test figure, as the sweep stored it
+        ref.shift["reference_headline"]["macro_f1"]["value"], abs=1e-12
+    )  # its whole own test split, as evaluate takes it (not the smoke sweep's subset)
     metrics = json.loads((exp / "ensemble" / "metrics.json").read_text())
     ens_row = metrics["external"]["sets"][0]["models"][-1]
     assert ens_row["kind"] == "ensemble"

@@ -437,3 +437,33 @@ def test_optuna_figures_of_number_like_choices_log_nothing(tmp_path, caplog):
     assert out.is_file() and out.stat().st_size > 1000
     assert not [r for r in caplog.records if r.name == "matplotlib.category"]
     assert logging.getLogger("matplotlib.category").level == logging.NOTSET  # put back
+
+
+def test_sweep_wall_time_is_tunes_own_not_the_trials_span():
+    """A sweep whose trials spanned 10.9 min but whose Tuner.fit ran 18 says 18 first."""
+    from ray_xray.report.sweep import wall_time_text
+
+    text = wall_time_text({"time_use": {"tune_wall_s": 1080.0}}, 10.9)
+    assert text.startswith("18.0 min in Tune (Tuner.fit, start to end;")
+    assert text.endswith("; first trial start to last report 10.9 min (result.json)")
+    assert wall_time_text({}, 10.9) == "first trial start to last report 10.9 min (result.json)"
+    assert wall_time_text({}, None) == "not logged"
+
+
+def test_optuna_slice_and_parallel_figures_fit_the_reports_width(tmp_path):
+    """Nine parameters: the slice panels wrap four to a row and both figures stay within the
+    report's 1100 px (a wider PNG is scaled down, its labels with it)."""
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+    from PIL import Image
+
+    from ray_xray.report.plots import optuna_figure
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: sum(t.suggest_float(f"p{i}", 0, 1) for i in range(9)), n_trials=8)
+    for fn, name in ((ovm.plot_slice, "slice"), (ovm.plot_parallel_coordinate, "parallel")):
+        w, h = Image.open(optuna_figure(fn, study, tmp_path / f"{name}.png")).size
+        assert 600 < w <= 1150, (name, w)
+        if name == "slice":
+            assert h > 600  # three rows of panels, not one strip

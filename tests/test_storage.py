@@ -202,22 +202,36 @@ def test_an_interrupted_uri_sweep_of_other_data_is_refused_from_its_stored_sweep
     assert "differs in data" in err
 
 
-def test_tool_commands_name_the_sweeps_real_paths(tmp_path):
+def test_tool_commands_name_the_sweeps_real_paths(tmp_path, monkeypatch):
+    monkeypatch.setattr("ray_xray.links.installed", lambda tool: True)
     local = SweepFiles(str(tmp_path / "exp"))
     (tmp_path / "exp" / "wandb" / "offline-run-20260101_000000-abc").mkdir(parents=True)
+    (tmp_path / "exp" / "ensemble").mkdir()
+    (tmp_path / "exp" / "ensemble" / "report.html").write_text("<html></html>")
     lines = tool_commands(local, tmp_path / "exp")
     assert lines == [
+        f"report:           file://{tmp_path}/exp/ensemble/report.html",
         f"TensorBoard:      tensorboard --logdir {tmp_path}/exp",
         f"optuna-dashboard: optuna-dashboard sqlite:///{tmp_path}/exp/optuna.db",
         f"W&B upload:       wandb sync {tmp_path}/exp/wandb/offline-run-*",
     ]
-    assert len(tool_commands(local, None)) == 2  # W&B off: no sync line
+    assert len(tool_commands(local, None)) == 3  # W&B off: no sync line
     s3 = tool_commands(SweepFiles("s3://bucket/ray_xray/exp"))
     assert s3[0] == "copy the sweep here first: aws s3 sync s3://bucket/ray_xray/exp runs/tune/exp"
     assert s3[1].endswith("tensorboard --logdir runs/tune/exp")
     assert s3[2].endswith("optuna-dashboard sqlite:///runs/tune/exp/optuna.db")
     uri = tool_commands(SweepFiles(f"file://{tmp_path}/exp"))
     assert uri[0].endswith(f"tensorboard --logdir {tmp_path}/exp")  # file://: the path itself
+
+
+def test_tool_commands_say_how_to_install_a_missing_dashboard(tmp_path, monkeypatch):
+    monkeypatch.setattr("ray_xray.links.installed", lambda tool: tool == "tensorboard")
+    lines = tool_commands(SweepFiles(str(tmp_path / "exp")))  # no ensemble: no report line
+    assert lines[0] == f"TensorBoard:      tensorboard --logdir {tmp_path}/exp"
+    assert lines[1] == (
+        f"optuna-dashboard: optuna-dashboard sqlite:///{tmp_path}/exp/optuna.db"
+        "   (not installed: pip install 'ray_xray[dashboards]')"
+    )
 
 
 class _Trial:

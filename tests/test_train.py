@@ -292,3 +292,56 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session, monkeypatch,
         address = ray.get(worker_address.remote(), timeout=120)  # a broken hook hangs workers
         assert address == ray.get_runtime_context().gcs_address
         ray.shutdown()
+
+
+def test_cnn_is_cpu_sized_by_default_and_the_seeds_size_is_one_setting_away():
+    """`train --model cnn` / `fit("cnn", ...)` build the 3.2M-parameter cnn the `cnn` search
+    space describes (width 32, 512-256 head), not the seed's 111M; model_size=seed gives the
+    builder's (the seed's) sizes, and an explicit model.KEY wins either way. The sizes are
+    written into the config, so the checkpoint names them."""
+    from ray_xray.models import count_params, create_model, model_hparams
+    from ray_xray.train.__main__ import config_from_args, parse_args
+
+    cpu = config_from_args(parse_args(["--model", "cnn"]))
+    assert cpu.model_size == "cpu"
+    assert cpu.model_kwargs == {"width": 32, "head_dims": [512, 256], "pool_size": 4}
+    assert 3.0e6 < count_params(create_model("cnn", 3, 1, 64, **cpu.model_kwargs)) < 3.5e6
+    seed = config_from_args(parse_args(["--model", "cnn", "--set", "model_size=seed"]))
+    assert seed.model_kwargs == {}  # the builder's defaults: width 64, 4096-2048 head
+    assert config_from_args(parse_args(["--model", "cnn", "--model-size", "seed"])) == seed
+    mine = config_from_args(parse_args(["--model", "cnn", "--set", "model.width=8"]))
+    assert mine.model_kwargs["width"] == 8 and mine.model_kwargs["head_dims"] == [512, 256]
+    assert config_from_args(parse_args(["--model", "resnet18"])).model_kwargs == {}
+    # Rebuilding a record uses its model_kwargs alone: an old one (no sizes) gets the
+    # builder's defaults, the seed's, as when it was trained.
+    assert model_hparams("cnn")["head_dims"] == (4096, 2048)
+    old = TrainConfig.from_dict({"model": "cnn", "img_size": 32, "model_kwargs": {"width": 8}})
+    assert E.build_model(old, 3).classifier[1].out_features == 4096
+
+
+def test_worker_log_prefixes_carry_no_colour_codes_off_a_terminal(monkeypatch):
+    """Ray prints `(RayTrainWorker pid=...)` in cyan escapes unless RAY_COLOR_PREFIX=0: set
+    when the console is a file or pipe, left alone on a terminal or when the user chose."""
+    import io
+
+    from ray._private.worker import print_worker_logs
+
+    from ray_xray.ray_env import plain_worker_prefixes
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    assert not plain_worker_prefixes((Tty(), Tty())) and "RAY_COLOR_PREFIX" not in os.environ
+    line = {"pid": 42, "actor_name": "RayTrainWorker", "lines": ["epoch 1"], "ip": "x"}
+    log = io.StringIO()
+    print_worker_logs({**line, "localhost": "x"}, log)
+    assert "\x1b[" in log.getvalue()  # Ray's default: colour
+    assert plain_worker_prefixes((io.StringIO(), Tty()))
+    log = io.StringIO()
+    print_worker_logs({**line, "localhost": "x"}, log)
+    assert log.getvalue() == "(RayTrainWorker pid=42) epoch 1\n"
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "1")
+    assert not plain_worker_prefixes((io.StringIO(), io.StringIO()))
+    assert os.environ["RAY_COLOR_PREFIX"] == "1"

@@ -8,6 +8,7 @@ import json
 import sys
 
 from ..cli import HelpFormatter, add_data_boundary, run
+from ..links import report_line
 from ..sweep_folder import check_sweep_folder
 from .checks import check_top_k
 
@@ -110,10 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     b, e = s["best_member"], s["ensemble"]
     print(f"best single trial {b['name']}: test macro-F1 {b['test_macro_f1']:.3f}")
     print(f"{e['name']}: test macro-F1 {e['test_macro_f1']:.3f}, ECE {e['test_ece']:.3f}")
-    print(
-        f"wrote {result['ensemble']}, {result['metrics']}, {result['comparison']}"
-        + (f", {result['report']}" if result["report"] else "")
-    )
+    print(f"wrote {result['ensemble']}, {result['metrics']}, {result['comparison']}")
+    if result["report"]:
+        print(report_line(result["report"]))  # last, and clickable: the main result
     return 0
 
 

@@ -7,6 +7,7 @@ import argparse
 import math
 
 from ..cli import HelpFormatter, add_data_boundary, run
+from ..links import report_line
 
 SPLITS = ("test", "val", "train", "all")
 
@@ -41,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default=None,
         help="output folder (default runs/evaluate/<model>_on_<data>_<split>)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score a class-stratified, seeded subset of N images (default 0: every image of "
+        "the split; a training run's limit_per_split is never carried over)",
     )
     p.add_argument(
         "--stress", action="store_true", help="also run the acquisition-shift stress test"
@@ -81,10 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fmt(d: dict) -> str:
+    """``0.000 [0.000, 0.048] (0/76)``: value, interval, and the counts of a proportion."""
     v, lo, hi = d["value"], d["low"], d["high"]
     if v is None or not math.isfinite(v):
         return "-"
-    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and math.isfinite(lo) else "")
+    counts = f" ({d['k']}/{d['n']})" if "k" in d else ""
+    interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and math.isfinite(lo) else ""
+    return f"{v:.3f}{interval}{counts}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{args.checkpoint}: no such checkpoint, run, ensemble or sweep folder")
     if args.stress_limit < 0:
         raise ValueError(f"--stress-limit must be >= 0, got {args.stress_limit}")
+    if args.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
     from .core import evaluate
 
     r = evaluate(
@@ -111,10 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         skip_bad=args.skip_bad,
         cache=args.cache,
         stress_limit=args.stress_limit,
+        limit=args.limit,
     )
     h = r.headline
+    scored = (
+        f"{r.n} of {r.n_available} images: --limit {args.limit}"
+        if r.n < r.n_available
+        else f"all {r.n} images"
+    )
     print(
-        f"{r.model} on {r.data} ({r.split}, {r.n} images)"
+        f"{r.model} on {r.data} ({r.split}, {scored})"
         + (" [partial: no " + ", ".join(r.missing_classes) + "]" if r.partial else "")
     )
     print(f"  accuracy {_fmt(h['accuracy'])}  macro-F1 {_fmt(h['macro_f1'])}  AUC {_fmt(h['auc'])}")
@@ -123,9 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         e = r.shift["ece"]
         ref = r.shift.get("reference_split", "test")
         print(f"  ECE {e['new']:.3f} here, {e['reference']:.3f} on the model's own {ref} split")
+    for note in r.notes:
+        if note.startswith("own data, not a site shift"):
+            print(f"note: {note}")
     for w in r.warnings:
         print(f"warning: {w}")
-    print(f"wrote {r.out}/metrics.json and report.html")
+    print(f"wrote {r.out}/metrics.json")
+    print(report_line(Path(r.out) / "report.html"))
     return 0
 
 

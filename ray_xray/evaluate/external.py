@@ -3,8 +3,8 @@ the drop from each model's own test split, exactly as `evaluate` computes them.
 
 A sweep's `--external` uses this (ray_xray/tune/external.py). Each figure equals what
 `python -m ray_xray.evaluate CHECKPOINT DATA --split all` reports for that model and set: the
-same loader (`external_set`), probabilities, bootstrap (`stats.with_intervals`, same resamples
-and seed) and shift check (`core.shift_check` against the model's own test split). An external
+same loader (`external_set`), probabilities, intervals (`stats.with_intervals`, same resamples
+and seed, then `core.wilson_proportions`) and shift check (`core.shift_check` against the model's own test split). An external
 set has no train/val meaning, so all of its images count (`--split all`).
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from .. import stats as S
 from ..checkpoint import data_key
 from ..device import pick_device
-from .core import shift_check
+from .core import shift_check, wilson_proportions
 from .infer import probabilities
 from .sources import EvalSet, Subject, external_set, own_sets
 
@@ -39,11 +39,13 @@ def score_model(
 ) -> dict:
     """One model on one loaded set: {"name", "kind", "headline", "drops", "ece",
     "n_reference", "warnings"}. `headline`: accuracy, macro_f1, auc, recall_<class>, each
-    {"value", "low", "high"} (95% stratified bootstrap). `drops` (None when `ref` is None):
+    {"value", "low", "high"} (95%: Wilson with "k"/"n" for accuracy and the recalls, stratified
+    bootstrap for macro-F1 and AUC, as `evaluate`). `drops` (None when `ref` is None):
     metric -> {"reference" (own test), "new" (here), "drop", "low", "high", "significant"}.
     `ref`/`p_ref`: the model's own test split and its (N, K) probabilities on it."""
     prob = probabilities(subject, ev, dev)[0]
     headline, samples = S.with_intervals(ev.labels, prob, subject.classes, n_boot, seed)
+    wilson_proportions(headline, ev.labels, prob.argmax(1), subject.classes)
     out = {
         "name": subject.name,
         "kind": subject.kind,
@@ -66,13 +68,14 @@ def score_model(
 
 
 def _own_test(subject: Subject, cache: str | None, dev, log: Callable, memo: dict) -> tuple:
-    """(the model's own test EvalSet, its probabilities there), or (None, None) with a log line
+    """(the model's whole own test split (as `evaluate`: no training subset), its probabilities
+    there), or (None, None) with a log line
     when its own data cannot be loaded (then no drops are reported). `memo` keeps each
     loaded test split by (data, member data settings): members of one sweep share it."""
     key = (subject.own_data, tuple(sorted({repr(data_key(m)) for m in subject.members})))
     try:
         if key not in memo:
-            memo[key] = own_sets(subject, ["test"], cache)["test"]
+            memo[key] = own_sets(subject, ["test"], cache, limit=0)["test"]
     except ValueError as exc:
         log(f"{subject.name}: its own test split could not be loaded ({exc}): no drops")
         return None, None

@@ -57,6 +57,7 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     out: str = ""  # the folder metrics.json and report.html were written to
+    n_available: int = 0  # images in the split; n < n_available after `--limit`
     # For the report's figures only (not in metrics.json).
     y: np.ndarray | None = field(default=None, repr=False)
     prob: np.ndarray | None = field(default=None, repr=False)

@@ -148,15 +148,21 @@ def reachable(spec: str | None) -> bool:
 # ---------------------------------------------------------------- the model's own data
 
 
-def own_sets(subject: Subject, splits: list[str], cache: str | None) -> dict[str, EvalSet]:
-    """The model's own splits exactly as its training run saw them (its limit_per_split, seed,
-    dedupe ...), one load per distinct member setting. Raises ValueError when members saw
+def own_sets(
+    subject: Subject, splits: list[str], cache: str | None, limit: int | None = None
+) -> dict[str, EvalSet]:
+    """The model's own splits as its training run saw them (its seed, dedupe ...), one load
+    per distinct member setting. `limit`: None keeps the run's limit_per_split (the images it
+    trained and validated on); 0 reads every image of each split, since a subset chosen for
+    training speed must not silently shrink an evaluation. Raises ValueError when members saw
     different images (then they cannot share one evaluation)."""
     loaded: dict[tuple, object] = {}
     for m in subject.members:
         key = data_key(m)
+        if limit is not None:
+            key = (key[0], int(limit), *key[2:])
         if key not in loaded:
-            size, limit, seed, dedupe, skip_bad, leakage = key
+            size, limit_per_split, seed, dedupe, skip_bad, leakage = key
             loaded[key] = load_data(
                 subject.own_data,
                 size,
@@ -164,7 +170,7 @@ def own_sets(subject: Subject, splits: list[str], cache: str | None) -> dict[str
                 skip_bad=skip_bad,
                 dedupe=dedupe,
                 allow_leakage=leakage,
-                limit_per_split=limit,
+                limit_per_split=limit_per_split,
                 seed=seed,
                 cache_root=cache,
             )

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
@@ -120,15 +120,52 @@ def optuna_figure(plot_fn, study, path: Path, **kw) -> Path:
         with plt.rc_context(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
             ax = plot_fn(study, **kw)
-            first = ax.flat[0] if isinstance(ax, np.ndarray) else ax
-            fig = first.figure
-            if isinstance(ax, np.ndarray) and ax.size > 4:
-                fig.set_size_inches(min(3.0 * ax.size, 14), 3.4)
-            elif fig.get_size_inches()[0] < 6:
-                fig.set_size_inches(7, 3.8)
+            if isinstance(ax, np.ndarray) and ax.size > 1:
+                fig = _panels_in_rows(list(ax.flat))
+            else:
+                fig = ax.figure
+                _spread_axes(fig)
             return _save(fig, path)
     finally:
         category_log.setLevel(level)
+
+
+# The report shows figures at most 1100 px wide (report/html.py): at DPI 100 a wider figure is
+# scaled down, and its text with it. Optuna lays every parameter side by side (one row of slice
+# panels, one parallel-coordinates axis each), so ten parameters overlapped their labels.
+REPORT_WIDTH_IN = 11.0
+PANELS_PER_ROW = 4
+
+
+def _panels_in_rows(axes: list) -> plt.Figure:
+    """Optuna's one row of per-parameter panels (slice plot) rearranged PANELS_PER_ROW to a row,
+    at the report's width; its colour bar keeps the right edge. Returns the figure."""
+    fig = axes[0].figure
+    cols = min(PANELS_PER_ROW, len(axes))
+    rows = -(-len(axes) // cols)
+    grid = fig.add_gridspec(rows, cols, left=0.07, right=0.9, hspace=0.55, wspace=0.12)
+    for i, ax in enumerate(axes):
+        ax.set_subplotspec(grid[i // cols, i % cols])
+        ax.tick_params(labelsize=8)
+        if ax.get_xscale() == "log":  # 3x10^-4, 4x10^-4 ... overlapped in a narrow panel
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelrotation=20)
+        ax.set_ylabel(ax.get_ylabel() if i % cols == 0 else "")
+    for other in fig.axes:
+        if other not in axes:  # the colour bar
+            other.set_position([0.92, 0.15, 0.015, 0.7])
+    fig.set_size_inches(REPORT_WIDTH_IN, 2.6 * rows + 0.6)
+    return fig
+
+
+def _spread_axes(fig) -> None:
+    """A one-axes Optuna figure (history, parallel coordinates) at the report's width; the
+    parallel-coordinates plot's one twin axis per parameter gets about an inch each."""
+    n_axes = len(fig.axes)
+    width = min(REPORT_WIDTH_IN, max(7.0, 1.1 * n_axes))
+    fig.set_size_inches(width, 4.2 if n_axes > 3 else 3.8)
+    for ax in fig.axes:
+        ax.tick_params(labelsize=8)
 
 
 def importance_bars(importances: dict[str, float], path: Path, title: str) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..cli import Parser, UserError, note_renamed, run
 from ..config import CHOICES, HELP, TrainConfig, field_types, parse_settings, parse_value
+from ..links import report_line
 
 
 def parse_kv(items: list[str]) -> dict:
@@ -135,7 +136,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig.from_dict({**settings, **flags})
     if args.smoke_test:
         cfg.epochs, cfg.img_size, cfg.limit_per_split = min(cfg.epochs, 2), 32, 64
-    return cfg
+    return cfg.with_model_size()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.report:
         write_report(out, cfg, args.cache)
+    else:
+        print(
+            f"no report (--no-report); make one with: python -m ray_xray.evaluate {out} {cfg.data}"
+        )
     return 0
 
 
@@ -175,7 +180,17 @@ def write_report(out: str, cfg: TrainConfig, cache: str | None) -> None:
 
     dest = Path(out) / "report"
     try:
-        evaluate(out, cfg.data, "test", out=dest, cache=cache, device=cfg.device)
+        # A run trained on a subset (--smoke-test, limit_per_split) is reported on as many test
+        # images, and says so; `python -m ray_xray.evaluate OUT DATA` scores all of them.
+        r = evaluate(
+            out,
+            cfg.data,
+            "test",
+            out=dest,
+            cache=cache,
+            device=cfg.device,
+            limit=cfg.limit_per_split,
+        )
     except Exception as exc:  # noqa: BLE001 - the trained model is safe either way
         print(
             f"warning: no report ({type(exc).__name__}: {exc}); retry with: python -m "
@@ -183,7 +198,12 @@ def write_report(out: str, cfg: TrainConfig, cache: str | None) -> None:
             file=sys.stderr,
         )
         return
-    print(f"report: {dest / 'report.html'}", file=sys.stdout)
+    if r.n < r.n_available:
+        print(
+            f"report on {r.n} of the {r.n_available} test images (limit_per_split "
+            f"{cfg.limit_per_split}); all of them: python -m ray_xray.evaluate {out} {cfg.data}"
+        )
+    print(report_line(dest / "report.html"), file=sys.stdout)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from ..data.dataset import loader as make_loader
 from ..device import announce, pick_device
 from ..inference import inference_setup, model_from_record, predict_proba
 from ..io import json_safe, write_atomic
-from ..ray_env import runtime_env
+from ..ray_env import plain_worker_prefixes, runtime_env
 from .launch import make_trainer
 
 log = logging.getLogger("ray_xray.train")
@@ -40,6 +40,7 @@ def init_ray(
     """
     if ray.is_initialized():
         return
+    plain_worker_prefixes()  # no colour codes in a log written to a file
     address = address or os.environ.get("RAY_ADDRESS")
     # Worker prints go straight to the console (Ray Train's print patch would log them twice).
     # A cluster we start gets every worker pinned to it; one we join has its own address.

@@ -9,9 +9,10 @@ import sys
 from ..cli import Parser, UserError, note_renamed, run
 from ..config import parse_settings
 from .checks import check_budgets
-from .external import parse_specs
-from .service import SweepOptions, run_sweep
-from .trial import RUNNERS
+from .options import RUNNERS, SweepOptions
+
+# Ray, Optuna and torch load only once the arguments parse (in `main`): --help and a typo
+# answer in about a second instead of after the imports.
 
 # Old option spellings, still taken for one release (hidden from --help).
 RENAMED = {"--scheduler": "--trial-scheduler", "--workers-per-trial": "--num-workers"}
@@ -24,8 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         data_boundary=True,
         prog="python -m ray_xray.tune",
-        description="Search hyperparameters with Ray Tune + Optuna (TPE) + ASHA. Every trial trains "
-        "through Ray Train; results land in STORAGE/NAME (results.parquet, best_trials.json, "
+        description="Search hyperparameters with Ray Tune + Optuna (TPE) + ASHA. A one-worker CPU "
+        "trial trains inside its own Tune trial process (--trial-runner inline, the default for "
+        "it); DDP and GPU trials train through Ray Train's TorchTrainer. Results land in "
+        "STORAGE/NAME (results.parquet, best_trials.json, "
         "best_model.pt, optuna.db, TensorBoard logs).",
     )
     p.add_argument(
@@ -196,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     objective = [m.strip() for m in args.objective.split(",") if m.strip()]
     if not objective or len(objective) > 3:
         raise ValueError("--objective takes one to three comma-separated metrics")
+    from .external import parse_specs
+    from .service import run_sweep
+
     opts = SweepOptions(
         space=args.space,
         data=args.data,

@@ -21,6 +21,55 @@ STATUS_EVERY_S = 60.0
 REDRAW_EVERY_S = 1.0
 
 
+class EtaEstimate:
+    """The time a sweep has left, counting the trials not yet started.
+
+    Cost of one trial-epoch = the trials' busy time (each from its start to its last finished
+    epoch: an epoch under way is not counted, as its time is not yet paid for by an epoch)
+    / the epochs they have finished; time left = that cost x the epochs still to run
+    (the running trials' remaining epochs plus `epochs` for each trial not yet started),
+    spread over the concurrent `slots` (no more slots than trials left). An upper bound under
+    ASHA, which stops some trials early. All times are seconds on one clock (``time.time()``).
+
+    Args:
+        total: trials the sweep will run.  epochs: epochs per trial (a trial's own ``epochs``
+            setting wins).  slots: trials that run at once (the resource plan's).
+    """
+
+    def __init__(self, total: int, epochs: int, slots: int = 1):
+        self.total, self.epochs, self.slots = int(total), max(1, int(epochs)), max(1, int(slots))
+        self.start: dict[str, float] = {}
+        self.end: dict[str, float] = {}
+        self.done: dict[str, int] = {}  # trial -> epochs finished
+        self.last: dict[str, float] = {}  # trial -> when its last epoch finished
+        self.planned: dict[str, int] = {}  # trial -> epochs it will run
+
+    def started(self, trial: str, t: float, epochs: int | None = None) -> None:
+        self.start.setdefault(trial, t)
+        self.planned[trial] = max(1, int(epochs or self.epochs))
+
+    def epoch(self, trial: str, epoch: int, t: float) -> None:
+        self.start.setdefault(trial, t)
+        self.done[trial] = max(self.done.get(trial, 0), int(epoch))
+        self.last[trial] = t
+
+    def ended(self, trial: str, t: float) -> None:
+        self.end.setdefault(trial, t)
+
+    def seconds_left(self, now: float) -> float | None:
+        """Seconds until the last trial ends at this pace; None before any epoch finished."""
+        finished = sum(self.done.values())
+        if not finished:
+            return None
+        busy = sum(self.last[k] - self.start[k] for k in self.done)
+        running = [k for k in self.start if k not in self.end]
+        waiting = max(0, self.total - len(self.start))
+        left = sum(max(0, self.planned.get(k, self.epochs) - self.done.get(k, 0)) for k in running)
+        left += waiting * self.epochs
+        slots = max(1, min(self.slots, len(running) + waiting))
+        return busy / finished * left / slots
+
+
 class ConsoleReporter(tune.Callback):
     """Prints trial events and the sweep's status line on stderr.
 
@@ -28,10 +77,20 @@ class ConsoleReporter(tune.Callback):
         metric: the objective shown ("val_macro_f1"); higher or lower is better by its name.
         total: trials the sweep will run (0: unknown).
         budget_s: the sweep's wall-clock budget in seconds (0: none); the time left is shown.
+        epochs: epochs per trial, for the time left (`EtaEstimate`; a trial's config wins).
+        slots: trials that run at once.
     """
 
-    def __init__(self, metric: str, total: int = 0, budget_s: float = 0.0):
+    def __init__(
+        self,
+        metric: str,
+        total: int = 0,
+        budget_s: float = 0.0,
+        epochs: int = 8,
+        slots: int = 1,
+    ):
         self.metric, self.total, self.budget_s = metric, int(total), float(budget_s or 0)
+        self.eta = EtaEstimate(total, epochs, slots)
         self.t0 = time.time()
         self.sign = 1.0 if metric_mode(metric) == "max" else -1.0
         self.started: set[str] = set()
@@ -82,10 +141,14 @@ class ConsoleReporter(tune.Callback):
         if self.best is not None:
             parts.append(f"best {self.metric} {_fmt(self.best[0])} (trial {self.best[1]})")
         times = f"{_dur(elapsed)} elapsed"
+        left = self.eta.seconds_left(time.time()) if self.total and n_end < self.total else None
         if self.budget_s:
-            times += f", {_dur(max(0.0, self.budget_s - elapsed))} left of the budget"
-        elif self.total and n_end and n_end < self.total:
-            times += f", ~{_dur(elapsed / n_end * (self.total - n_end))} left at this pace"
+            budget_left = max(0.0, self.budget_s - elapsed)
+            times += f", {_dur(budget_left)} left of the budget"
+            if left is not None and left < budget_left:
+                times += f" (~{_dur(left)} at this pace)"
+        elif left is not None:
+            times += f", ~{_dur(left)} left at this pace"
         parts.append(times)
         return " | ".join(parts)
 
@@ -100,6 +163,8 @@ class ConsoleReporter(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started.add(trial.trial_id)
         cfg = trial.config
+        epochs = cfg.get("epochs") if isinstance(cfg.get("epochs"), int | float) else None
+        self.eta.started(trial.trial_id, time.time(), epochs)
         shown = {
             k: v
             for k, v in cfg.items()
@@ -110,6 +175,8 @@ class ConsoleReporter(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
+        if isinstance(result.get("epoch"), int | float):
+            self.eta.epoch(trial.trial_id, result["epoch"], time.time())
         if isinstance(value, int | float) and value == value:  # not NaN
             if self.best is None or self.sign * value > self.sign * self.best[0]:
                 self.best = (float(value), trial.trial_id)
@@ -120,6 +187,7 @@ class ConsoleReporter(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.ended[trial.trial_id] = "done"
+        self.eta.ended(trial.trial_id, time.time())
         last = trial.last_result or {}
         best = _fmt(last.get("best_" + self.metric))
         self._say(
@@ -129,6 +197,7 @@ class ConsoleReporter(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ended[trial.trial_id] = "error"
+        self.eta.ended(trial.trial_id, time.time())
         path = str(trial.error_file or "")
         try:
             reason = error_reason(Path(path).read_text(errors="replace")) if path else ""

@@ -287,7 +287,9 @@ def finish(
         row["trial_dir"] = files.to_uri(row["trial_dir"])
     key = f"best_{objective}"
     top = evaluate_top(rows, key, mode, opts, files.stage, fetch=files.fetch)
-    use = time_use(rows)
+    # Tuner.fit's own wall time: the report's "sweep wall time" (its first-trial-to-last-report
+    # span leaves out Tune's start, trial start-ups and the time after the last report).
+    use = {**time_use(rows), "tune_wall_s": round(float(wall_s), 1)}
     table = pd.DataFrame(rows)
     out = files.stage
     write_atomic(files.local_path("results.csv"), table.to_csv(index=False))

@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
@@ -19,6 +19,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
+from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
 from ..data.cache import cache_location
 from ..data.dataset import shared_key
@@ -41,6 +42,7 @@ from .checks import (
 from .console import ConsoleReporter, ray_console_quiet
 from .interrupt import SignalGuard
 from .lock import sweep_lock
+from .options import SweepOptions
 from .searcher import RungScheduler, SweepSearch
 from .storage import STUDY_FILE, StudyUpload, SweepFiles, tool_commands
 from .study import close_running, study_url
@@ -48,50 +50,6 @@ from .trial import TOKEN_CPU, plan_runner, trial_fn
 
 log = logging.getLogger("ray_xray.tune")
 DONE_FILE = RESULTS_FILE
-
-
-@dataclass
-class SweepOptions:
-    """Everything one sweep needs; the ``python -m ray_xray.tune`` flags map onto these fields.
-
-    ``ray_xray.sweep(...)`` builds one from keyword arguments. Units: ``budget_minutes`` in
-    minutes of wall clock (0 = none), ``*_per_trial`` in CPUs/GPUs (fractions share), epochs
-    counted per trial (``grace_epochs``) or summed over trials (``budget_epochs``, 0 = none).
-    """
-
-    space: str = "resnet18"
-    data: str = "synthetic:chest3"
-    trials: int = 20
-    budget_minutes: float = 0.0  # 0 = no time limit
-    storage: str = "runs/tune"
-    name: str | None = None
-    resume: bool = False
-    objective: list[str] = field(default_factory=lambda: ["val_macro_f1"])
-    gpus_per_trial: float = 0.0
-    cpus_per_trial: float | None = None
-    workers_per_trial: int = 1
-    # "inline": a trial runs the training function in its own process (one worker);
-    # "torchtrainer": through a TorchTrainer; "auto": inline for one-worker CPU trials.
-    trial_runner: str = "auto"
-    wandb: str = "off"
-    wandb_project: str = "ray_xray"
-    smoke_test: bool = False
-    seed: int = 0
-    top_k: int = 5  # evaluated on test, and the ensemble's candidate members
-    ensemble: bool = True
-    max_failures: int = 1  # restarts of a failed trial's training (from its last checkpoint)
-    cache: str | None = None
-    # ASHA's first rung. 0 = a third of the epochs: with one-cycle warm-up, epoch-1 validation
-    # says little (a resnet18 that ends best was cut at epoch 1 behind a faster starter).
-    grace_epochs: int = 0
-    scheduler: str = "asha"  # "fifo": every trial runs all its epochs
-    searcher: str = "tpe"  # "random": Optuna's RandomSampler (random search)
-    tpe_startup: int = 10  # TPE's random trials before it models the space (Optuna's default)
-    budget_epochs: int = 0  # >0: start no new trial once trials have reported this many epochs
-    settings: dict = field(default_factory=dict)  # --set KEY=VALUE overrides for every trial
-    # --external: labelled sets scored at the end (top-k + ensemble), never used to choose
-    external: list[str] = field(default_factory=list)
-    argv: list[str] = field(default_factory=list)
 
 
 REPORTED = (
@@ -296,14 +254,23 @@ def trial_resources(plan: dict) -> dict:
     return {"cpu": plan["cpus_per_trial"], **({"gpu": gpus} if gpus else {})}
 
 
-def make_callbacks(opts: SweepOptions, name: str, wandb_dir: str | Path | None = None) -> list:
+def make_callbacks(
+    opts: SweepOptions,
+    name: str,
+    wandb_dir: str | Path | None = None,
+    epochs: int = 8,
+    slots: int = 1,
+) -> list:
     """Tune callbacks: the console lines, and W&B logging unless ``opts.wandb == "off"``.
 
     `wandb_dir`: the folder whose ``wandb/`` subfolder gets the W&B run files (``dir`` of
     ``wandb.init``; WANDB_DIR, when set, wins; None: W&B's default, the logger's working
     directory). Online without a key or a reachable server falls back to offline, saying so.
     """
-    callbacks = [ConsoleReporter(opts.objective[0], opts.trials, opts.budget_minutes * 60)]
+    # `epochs` per trial and `slots` at once: the status line's time left (console.EtaEstimate).
+    callbacks = [
+        ConsoleReporter(opts.objective[0], opts.trials, opts.budget_minutes * 60, epochs, slots)
+    ]
     if opts.wandb == "off":
         return callbacks
     from .wandb_log import KeySafeWandbCallback
@@ -466,6 +433,7 @@ def _run_locked(
     with hide_key:
         init_ray(log_to_driver=False)
     plan = plan_resources(opts)
+    say_expected_length(opts, space, probe_cfg, data, plan)
     runtime = {
         "runner": plan["runner"],
         "cpus_per_worker": plan["cpus_per_worker"],
@@ -508,7 +476,7 @@ def _run_locked(
         tuner = tune.Tuner(
             trainable,
             tune_config=_tune_config(opts, space, exp_dir, plan, files),
-            run_config=_run_config(opts, name, storage, files),
+            run_config=_run_config(opts, name, storage, files, plan_epochs(space), plan),
         )
     print(
         f"sweep {name}: space {space.name}, up to {opts.trials} trials, {plan['max_concurrent']} at a time "
@@ -691,10 +659,53 @@ def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=opts.tpe_startup)
 
 
+def say_expected_length(opts: SweepOptions, space, cfg, data, plan: dict) -> None:
+    """Print the sweep's expected length before it starts (`estimate.expected_length`: the
+    plan times an epoch of the first trial's model timed here). CPU trials only: a CPU's epoch
+    says nothing about a GPU's."""
+    if opts.gpus_per_trial:
+        return
+    from .estimate import expected_length
+
+    try:
+        total, line = expected_length(
+            cfg.with_model_size(),
+            len(data.labels["train"]),
+            len(data.labels["val"]),
+            opts.trials,
+            plan_epochs(space),
+            plan["max_concurrent"],
+            max(1, int(plan["cpus_per_trial"])),
+            plan["runner"],
+        )
+    except (RuntimeError, ValueError) as exc:  # an estimate must never stop a sweep
+        print(f"expected length: not estimated ({exc})", file=sys.stderr)
+        return
+    if opts.budget_minutes and opts.budget_minutes * 60 < total:
+        line += f"; --budget-minutes {opts.budget_minutes:g} stops it sooner"
+    print(line, file=sys.stderr)
+
+
+def plan_epochs(space) -> int:
+    """Epochs each trial of `space` runs at most: its fixed ``epochs`` (``--set`` included),
+    the top of a tuned range, else TrainConfig's default."""
+    if "epochs" in space.fixed:
+        return int(space.fixed["epochs"])
+    spec = getattr(space, "params", {}).get("epochs")
+    high = getattr(spec, "high", None)
+    return int(high) if isinstance(high, int | float) else TrainConfig.epochs
+
+
 def _run_config(
-    opts: SweepOptions, name: str, storage: str, files: SweepFiles | None = None
+    opts: SweepOptions,
+    name: str,
+    storage: str,
+    files: SweepFiles | None = None,
+    epochs: int = 8,
+    plan: dict | None = None,
 ) -> tune.RunConfig:
-    callbacks = make_callbacks(opts, name, files.stage if files else None)
+    slots = (plan or {}).get("max_concurrent", 1)
+    callbacks = make_callbacks(opts, name, files.stage if files else None, epochs, slots)
     if files is not None and files.remote:
         callbacks.append(StudyUpload(files))
     inline = opts.trial_runner == "inline"

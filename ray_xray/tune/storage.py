@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from ray import tune
 
 from ..io import atomic_path
+from ..links import dashboard_line, report_line
 from ..sweep_folder import study_url
 
 log = logging.getLogger("ray_xray.tune")
@@ -243,10 +244,13 @@ class StudyUpload(tune.Callback):
 
 
 def tool_commands(files: SweepFiles, wandb_dir: str | Path | None = None) -> list[str]:
-    """The commands that open this sweep's files (TensorBoard, optuna-dashboard, and
-    ``wandb sync`` when `wandb_dir`/wandb holds offline runs), with the sweep's real paths.
-    For a URI other than file://, a first line says how to copy the folder here."""
+    """The lines that open this sweep's results, with its real paths: the ensemble's
+    ``report.html`` as a ``file://`` URL first (when the sweep built one), then TensorBoard and
+    optuna-dashboard (each with the install command when missing, ``links.dashboard_line``),
+    and ``wandb sync`` when `wandb_dir`/wandb holds offline runs. For a URI other than
+    file://, a first line says how to copy the folder here (the report is then in the copy)."""
     lines = []
+    has_report = (files.stage / "ensemble" / "report.html").is_file()
     folder = files.where()
     if files.remote:
         scheme, rest = urlsplit(files.uri).scheme, files.uri.split("://", 1)[1]
@@ -258,8 +262,12 @@ def tool_commands(files: SweepFiles, wandb_dir: str | Path | None = None) -> lis
             lines.append(f"copy the sweep here first: {copy} {files.uri} {local}")
             folder = local
     q = shlex.quote
-    lines.append(f"TensorBoard:      tensorboard --logdir {q(folder)}")
-    lines.append(f"optuna-dashboard: optuna-dashboard {q(study_url(f'{folder}/{STUDY_FILE}'))}")
+    if has_report:
+        lines.append(report_line(Path(folder) / "ensemble" / "report.html"))
+    tb = f"tensorboard --logdir {q(folder)}"
+    lines.append(dashboard_line("TensorBoard", "tensorboard", tb))
+    study = f"optuna-dashboard {q(study_url(f'{folder}/{STUDY_FILE}'))}"
+    lines.append(dashboard_line("optuna-dashboard", "optuna-dashboard", study))
     if wandb_dir is not None:
         wandb_dir = Path(wandb_dir)
         if glob.glob(str(wandb_dir / "wandb" / "offline-run-*")):

@@ -22,9 +22,9 @@ from ray import tune
 
 from .. import trace
 from ..config import TrainConfig
+from .options import RUNNERS
 
 TOKEN_CPU = 0.01  # a torchtrainer trial's function only waits on its trainer
-RUNNERS = ("auto", "inline", "torchtrainer")
 
 
 def plan_runner(runner: str, workers_per_trial: int, gpus_per_trial: float) -> str:
@@ -52,7 +52,7 @@ def trial_fn(config: dict, overrides: dict, runtime: dict) -> None:
     the sweep's prepared data (`data`: (key, ObjectRef), see `worker.shared_data`)."""
     trial = tune.get_context().get_trial_id()
     trace.mark("trial_start", trial=trial)
-    cfg = TrainConfig.from_dict({**config, **overrides})
+    cfg = TrainConfig.from_dict({**config, **overrides}).with_model_size()
     if runtime.get("runner") == "inline":
         run_inline(cfg, runtime, trial)
     else:
