@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig
+from ..device import pick_precision
 from ..train import engine as E
 
 WARMUP_STEPS, TIMED_STEPS = 2, 3
@@ -25,10 +26,10 @@ def step_seconds(cfg: TrainConfig, threads: int) -> float:
     """Seconds of one training step of `cfg`'s model (forward, loss, backward, AdamW step) on
     a random batch of ``cfg.batch_size`` grey ``cfg.img_size`` px images, on the CPU with
     `threads` threads and the precision ``cfg.precision`` resolves to there
-    (`engine.pick_precision`), as a one-worker trial runs it; median of `TIMED_STEPS` after
+    (`device.pick_precision`), as a one-worker trial runs it; median of `TIMED_STEPS` after
     `WARMUP_STEPS`. Raises ValueError for an unknown model or hyperparameter."""
     device = torch.device("cpu")
-    precision = E.pick_precision(cfg.precision, device)
+    precision = pick_precision(cfg.precision, device)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
