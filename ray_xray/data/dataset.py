@@ -332,9 +332,12 @@ def shared_key(cfg) -> tuple:
 
 
 def load_for_config(cfg, cache_root: str | None = None) -> PreparedData:
-    """The data exactly as a training run with this TrainConfig (or its dict) sees it."""
+    """The data exactly as a training run with this TrainConfig (or its dict) sees it (its
+    cross-validation fold when `cv_folds` > 0: data/folds.py)."""
+    from .folds import for_config
+
     c = cfg if isinstance(cfg, dict) else cfg.to_dict()
-    return load_data(
+    data = load_data(
         c["data"],
         c["img_size"],
         skip_bad=c["skip_bad"],
@@ -344,3 +347,4 @@ def load_for_config(cfg, cache_root: str | None = None) -> PreparedData:
         seed=c["seed"],
         cache_root=cache_root,
     )
+    return for_config(data, c)

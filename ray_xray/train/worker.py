@@ -203,8 +203,10 @@ def shared_data(cfg: TrainConfig, shared: tuple | None):
         return None
     import ray
 
+    from ..data.folds import for_config
+
     try:
-        return ray.get(shared[1], timeout=60)
+        return for_config(ray.get(shared[1], timeout=60), cfg)
     except Exception as exc:  # noqa: BLE001 - the cache is always there to fall back on
         print(f"shared data unavailable ({type(exc).__name__}); loading from the cache", flush=True)
         return None

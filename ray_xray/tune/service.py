@@ -29,6 +29,7 @@ from ..spaces import SearchSpace, load_space
 from ..sweep_folder import RESULTS_FILE, SWEEP_FILE, read_sweep_json
 from ..train.run import init_ray
 from . import external as X
+from . import folds as F
 from . import results as R
 from .console import ConsoleReporter, ray_console_quiet
 from .searcher import RungScheduler, SweepSearch
@@ -80,6 +81,10 @@ class SweepOptions:
     settings: dict = field(default_factory=dict)  # --set KEY=VALUE overrides for every trial
     # --external: labelled sets scored at the end (top-k + ensemble), never used to choose
     external: list[str] = field(default_factory=list)
+    # --cv K: rank on fold 0 of K, then re-run the best cv_top configurations on all K folds;
+    # their fold models are the ensemble (tune/folds.py). 0 = the data's own val split.
+    cv: int = 0
+    cv_top: int = 3
     argv: list[str] = field(default_factory=list)
 
 
@@ -146,6 +151,7 @@ SAME_SWEEP_OPTIONS = (
     "smoke_test",
     "workers_per_trial",
     "trial_runner",
+    "cv",
 )
 
 
@@ -363,6 +369,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     # study's parameters, so Optuna never records a value that no trial trained with.
     space = load_space(opts.space, smoke=opts.smoke_test).with_settings(opts.settings)
     resolve_paths(opts)
+    F.check_cv(opts.cv, opts.cv_top, opts.storage)
     X.check_specs(opts)  # a missing --external folder fails before any data is read
     name = experiment_name(opts, space)
     storage = opts.storage
@@ -391,9 +398,12 @@ def run_sweep(opts: SweepOptions) -> dict:
     }
     if opts.gpus_per_trial:
         overrides["device"] = "cuda"
+    if opts.cv:  # the search stage trains and ranks on fold 0 (tune/folds.py)
+        overrides.update(cv_folds=opts.cv, cv_fold=0)
     check_objective(opts.objective, None)  # names first: no data needed to refuse a typo
     # Validate data and fill the prepared cache once, before any trial starts.
-    probe_cfg = space.resolve(space.default_config(), overrides)
+    # Pooled (no fold): trials take their fold of the shared arrays (data/folds.for_config).
+    probe_cfg = space.resolve(space.default_config(), {**overrides, "cv_folds": 0, "cv_fold": 0})
     if opts.trial_runner == "inline" and not opts.gpus_per_trial and probe_cfg.device == "cuda":
         raise ValueError("device=cuda but the trials hold no GPU: pass --gpus-per-trial")
     data = load_for_config(probe_cfg, opts.cache)
@@ -465,13 +475,18 @@ def run_sweep(opts: SweepOptions) -> dict:
     )
     with ray_console_quiet(), cloud_keys_kept_out_of_ray_logs():
         grid = tuner.fit()
+        cv = _cv_stage(opts, exp_dir, grid, overrides, runtime, plan, name) if opts.cv else None
     wall = time.perf_counter() - t0
     wandb_dir = os.environ.get("WANDB_DIR") or files.stage
     if opts.wandb != "off" and not os.environ.get("WANDB_DIR"):
         files.push("wandb")  # the W&B runs (all finished once fit returns)
-    summary = finish_sweep(grid, exp_dir, space, opts, wall, not files.remote, plan, files)
+    summary = finish_sweep(
+        grid, exp_dir, space, opts, wall, not files.remote, plan, files, cv and cv.label
+    )
     external = X.ExternalStep(opts, summary["top"]) if opts.external and summary["top"] else None
-    if opts.ensemble and summary["top"]:
+    if cv and opts.ensemble:  # the deliverable of a --cv sweep: the chosen fold models
+        summary["ensemble"] = cv.ensemble(summary["rows"], external)
+    elif opts.ensemble and summary["top"]:
         print("\nensemble of the best trials (--no-ensemble to skip):", file=sys.stderr)
         summary["ensemble"] = _ensemble(exp_dir, opts, files, summary["rows"], external)
     if external:  # written in the local stage, then to the storage (a no-op when local)
@@ -493,16 +508,46 @@ def finish_sweep(
     local: bool,
     plan: dict,
     files: SweepFiles | None = None,
+    rows_hook=None,
 ) -> dict:
     """R.finish, where any failure is ours, not the user's: the trials ran and are safe on
-    storage, so it must not read as bad input (exit 2). Raises R.ResultsError (exit 1)."""
+    storage, so it must not read as bad input (exit 2). Raises R.ResultsError (exit 1).
+    `rows_hook`: R.finish's (a --cv sweep adds its fold runs)."""
     try:
-        return R.finish(grid, exp_dir, space, opts, wall, local, plan, files)
+        return R.finish(grid, exp_dir, space, opts, wall, local, plan, files, rows_hook)
     except Exception as exc:
         raise R.ResultsError(
             f"the sweep's trials ran and are kept in {exp_dir}, but writing its results failed "
             f"({type(exc).__name__}: {exc}); the same command with --resume retries this step"
         ) from exc
+
+
+def _cv_stage(opts, exp_dir, grid, overrides, runtime, plan, name) -> F.FoldStage:
+    """Stage 2 of a --cv sweep (tune/folds.py): the top --cv-top configurations of the search
+    on all K folds, as Tune trials of EXP/folds/ (resumed with the sweep)."""
+    objective = opts.objective[0]
+    mode = metric_mode(objective)
+    held = {"cpus": plan["cpus_per_trial"], "gpus": opts.gpus_per_trial}
+    search = R.trial_rows(grid, objective, mode, exp_dir, held, opts.trial_runner)
+    configs = F.candidates(exp_dir, search, f"best_{objective}", mode, opts.cv_top)
+    if not configs:
+        raise R.ResultsError("--cv: no search trial finished with a validation metric")
+    print(
+        f"\ncv: the best {len(configs)} configuration(s) on all {opts.cv} folds "
+        f"({len(configs) * opts.cv} runs) -> {exp_dir}/{F.FOLDS_DIR}",
+        file=sys.stderr,
+    )
+    tuner = F.fold_tuner(
+        opts,
+        exp_dir,
+        configs,
+        overrides,
+        runtime,
+        trial_resources(plan),
+        plan["max_concurrent"],
+        make_callbacks(opts, name),
+    )
+    return F.FoldStage(opts, exp_dir, configs, tuner.fit(), held)
 
 
 def _ensemble(
