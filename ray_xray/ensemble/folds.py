@@ -124,7 +124,7 @@ def run_fold_ensemble(
         extra={
             "member_names": [f"{r['model']}:fold{r['config']['cv_fold']}" for r in records],
             "experiment": Path(exp_dir).name,
-            "data": data.source,
+            "data": records[0]["config"].get("data"),
             "description": DESCRIPTION,
             "operating_points": stored_points(points),
             "train_prior": (np.bincount(y_oof, minlength=len(classes)) / len(y_oof)).tolist(),
