@@ -21,7 +21,6 @@ from ray.tune.schedulers import FIFOScheduler
 
 from ..data import absolute_spec, load_for_config
 from ..data.cache import cache_location
-from ..data.dataset import shared_key
 from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
 from ..ray_env import cloud_keys_kept_out_of_ray_logs
@@ -33,6 +32,7 @@ from . import folds as F
 from . import results as R
 from .console import ConsoleReporter, ray_console_quiet
 from .searcher import RungScheduler, SweepSearch
+from .sizes import shared_datasets
 from .storage import STUDY_FILE, StudyUpload, SweepFiles, tool_commands
 from .trial import TOKEN_CPU, plan_runner, trial_fn
 
@@ -431,8 +431,9 @@ def run_sweep(opts: SweepOptions) -> dict:
         "max_failures": opts.max_failures,
         "cache": opts.cache,
         "exp_dir": exp_dir,
-        # Prepared once here, read by every trial from Ray's object store (worker.shared_data).
-        "data": (shared_key(probe_cfg), ray.put(data)),
+        # Prepared once here (once per searched img_size), read by every trial from Ray's
+        # object store (worker.shared_data).
+        "data": shared_datasets(space, probe_cfg, data, opts.cache),
     }
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, overrides=overrides, runtime=runtime), trial_resources(plan)
