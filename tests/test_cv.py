@@ -256,3 +256,18 @@ def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_pa
     assert sorted(m["config"]["cv_fold"] for m in ens["members"]) == [0, 1]
     metrics = json.loads((exp / "ensemble" / "metrics.json").read_text())
     assert "ci" in json.dumps(metrics["test"]["intervals"]) and metrics["oof"]["macro_f1"] >= 0
+
+
+def test_folds_group_by_the_patient_column_when_file_names_are_hashes():
+    """pneumonia2's files are named by hash; the patient comes from the manifest's
+    source_path (the data's patient column)."""
+    import dataclasses
+
+    data = prepared()
+    hashed = {s: [f"/d/{s}/{i:016x}.png" for i in range(len(p))] for s, p in data.paths.items()}
+    pids = {s: [Path(p).name.split("_")[0] for p in data.paths[s]] for s in data.paths}
+    data = dataclasses.replace(data, paths=hashed, patients=pids)
+    for fold in range(3):
+        view = fold_view(data, 3, fold)
+        assert not set(view.patients["train"]) & set(view.patients["val"])
+        assert len(view.patients["val"]) == len(view.paths["val"])

@@ -14,10 +14,15 @@ import numpy as np
 from .sources import patient_id
 
 
-def fold_groups(paths: list[str]) -> list[str]:
-    """One group per patient where file names carry an id (Kermany's `person12_...`), else
-    one group per file, the rule `sources.carve_val` uses."""
-    return [patient_id(p) or p or f"#{i}" for i, p in enumerate(paths)]
+def fold_groups(paths: list[str], patients: list[str] | None = None) -> list[str]:
+    """One group per patient where ids exist (the data's patient column: a manifest's
+    `source_path`, Kermany's `person12_...` names), else one group per file: the rule
+    `sources.carve_val` uses."""
+    patients = patients or [""] * len(paths)
+    return [
+        pid or patient_id(p) or p or f"#{i}"
+        for i, (p, pid) in enumerate(zip(paths, patients, strict=True))
+    ]
 
 
 def fold_of(labels: np.ndarray, groups: list[str], k: int, seed: int = 0) -> np.ndarray:
@@ -47,7 +52,10 @@ def fold_view(data, k: int, fold: int, seed: int = 0):
     images = np.concatenate([data.images["train"], data.images["val"]])
     labels = np.concatenate([data.labels["train"], data.labels["val"]])
     paths = list(data.paths["train"]) + list(data.paths["val"])
-    folds = fold_of(labels, fold_groups(paths), k, seed)
+    pats = data.patients or {}
+    patients = list(pats.get("train") or [""] * len(data.paths["train"]))
+    patients += list(pats.get("val") or [""] * len(data.paths["val"]))
+    folds = fold_of(labels, fold_groups(paths, patients), k, seed)
     is_val = folds == fold
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     train = images[train_idx].astype(np.float32) / 255.0
@@ -59,6 +67,11 @@ def fold_view(data, k: int, fold: int, seed: int = 0):
             **data.paths,
             "train": [paths[i] for i in train_idx],
             "val": [paths[i] for i in val_idx],
+        },
+        patients={
+            **pats,
+            "train": [patients[i] for i in train_idx],
+            "val": [patients[i] for i in val_idx],
         },
         mean=float(train.mean()),
         std=float(train.std()) or 1.0,

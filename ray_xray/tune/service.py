@@ -632,7 +632,10 @@ def _tune_config(
         scheduler=scheduler,
         num_samples=opts.trials,
         max_concurrent_trials=plan["max_concurrent"],
-        time_budget_s=opts.budget_minutes * 60 if opts.budget_minutes else None,
+        # --cv: the search stage gets a share of the budget; the fold stage runs to its end
+        time_budget_s=opts.budget_minutes * 60 * (F.SEARCH_SHARE if opts.cv else 1)
+        if opts.budget_minutes
+        else None,
         trial_dirname_creator=lambda t: t.trial_id,  # short, deterministic
         trial_name_creator=lambda t: t.trial_id,
     )
