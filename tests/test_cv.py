@@ -256,6 +256,20 @@ def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_pa
     assert sorted(m["config"]["cv_fold"] for m in ens["members"]) == [0, 1]
     metrics = json.loads((exp / "ensemble" / "metrics.json").read_text())
     assert "ci" in json.dumps(metrics["test"]["intervals"]) and metrics["oof"]["macro_f1"] >= 0
+    # `python -m ray_xray.ensemble EXP` rebuilds the same fold ensemble (not a top-k of folds)
+    r = subprocess.run(
+        [sys.executable, "-m", "ray_xray.ensemble", str(exp), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = load_ensemble(exp / "ensemble" / "ensemble.pt")
+    assert again["method"] == "cv_folds"
+    assert [m["temperature"] for m in again["members"]] == [
+        m["temperature"] for m in ens["members"]
+    ]
 
 
 def test_folds_group_by_the_patient_column_when_file_names_are_hashes():

@@ -89,6 +89,31 @@ def ensemble_test_proba(fitted: dict, device, images=None) -> np.ndarray:
     return np.mean(out, axis=0)
 
 
+def cv_selection(exp_dir: str | Path) -> dict | None:
+    """The cv.json of a `--cv` sweep folder (tune/folds.py writes it), else None."""
+    path = Path(exp_dir) / "cv.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def rebuild_fold_ensemble(exp_dir: str | Path, device: str = "auto", external=None) -> dict:
+    """`python -m ray_xray.ensemble` on a `--cv` sweep: the fold ensemble of the configuration
+    its cv.json chose (checkpoints from results.parquet), rebuilt as the sweep built it; the
+    top-k ensemble of mixed folds would compare models validated on different images."""
+    from ..sweep_folder import read_experiment, relocate
+
+    selection = cv_selection(exp_dir)
+    exp = read_experiment(exp_dir)
+    table = exp["table"].set_index("trial_id")
+    ckpts = []
+    for tid in selection["chosen"]["trial_ids"]:
+        path = relocate(table.loc[tid, "checkpoint_path"], Path(exp["exp_dir"]) / "folds", tid)
+        if not path:
+            raise ValueError(f"{exp_dir}: the checkpoint of fold run {tid} is gone")
+        ckpts.append(str(path))
+    cache = exp["options"].get("cache") or None
+    return run_fold_ensemble(exp["exp_dir"], ckpts, selection, cache, device, external)
+
+
 def run_fold_ensemble(
     exp_dir: str | Path,
     checkpoints: list[str],
