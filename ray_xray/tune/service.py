@@ -532,7 +532,10 @@ def _cv_stage(opts, exp_dir, grid, overrides, runtime, plan, name) -> F.FoldStag
     search = R.trial_rows(grid, objective, mode, exp_dir, held, opts.trial_runner)
     configs = F.candidates(exp_dir, search, f"best_{objective}", mode, opts.cv_top)
     if not configs:
-        raise R.ResultsError("--cv: no search trial finished with a validation metric")
+        raise R.ResultsError(
+            "--cv: no search trial finished an epoch (with --budget-minutes the search stage "
+            "gets half of it: raise the budget); the same command with --resume continues"
+        )
     print(
         f"\ncv: the best {len(configs)} configuration(s) on all {opts.cv} folds "
         f"({len(configs) * opts.cv} runs) -> {exp_dir}/{F.FOLDS_DIR}",
