@@ -114,6 +114,38 @@ def rebuild_fold_ensemble(exp_dir: str | Path, device: str = "auto", external=No
     return run_fold_ensemble(exp["exp_dir"], ckpts, selection, cache, device, external)
 
 
+def save_fold_ensemble(fitted: dict, path: Path, experiment: str) -> Path:
+    """ensemble.pt of `fit_fold_ensemble`'s result: equal weights, each member's temperature,
+    operating-point thresholds and the class prior from the out-of-fold predictions (no test
+    image involved). Returns the path written (atomically)."""
+    classes = fitted["data"].classes
+    y_oof, p_oof = fitted["oof_y"], fitted["oof_prob"]
+    records = [
+        {**r, "temperature": float(t)}
+        for r, t in zip(fitted["records"], fitted["temperatures"], strict=True)
+    ]
+    k = len(records)
+    # Thresholds from the out-of-fold predictions (operating_points wants a second set to
+    # measure them on: the same one here; the test side is measured after saving).
+    points = operating_points(y_oof, p_oof, y_oof, p_oof, classes, SPECIFICITIES, SENSITIVITIES)
+    obj = ensemble_record(
+        records,
+        [1.0 / k] * k,
+        METHOD,
+        classes,
+        extra={
+            "member_names": [f"{r['model']}:fold{r['config']['cv_fold']}" for r in records],
+            "experiment": experiment,
+            "data": records[0]["config"].get("data"),
+            "description": DESCRIPTION,
+            "operating_points": stored_points(points),
+            "train_prior": (np.bincount(y_oof, minlength=len(classes)) / len(y_oof)).tolist(),
+        },
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_ensemble(obj, path)
+
+
 def run_fold_ensemble(
     exp_dir: str | Path,
     checkpoints: list[str],
@@ -133,31 +165,9 @@ def run_fold_ensemble(
     fitted = fit_fold_ensemble(checkpoints, cache, dev)
     data, classes = fitted["data"], fitted["data"].classes
     y_oof, p_oof = fitted["oof_y"], fitted["oof_prob"]
-    records = [
-        {**r, "temperature": float(t)}
-        for r, t in zip(fitted["records"], fitted["temperatures"], strict=True)
-    ]
-    k = len(records)
-    # Thresholds from the out-of-fold predictions; the test side of operating_points is filled
-    # in below, once the ensemble is saved (the same thresholds, applied to test).
-    points = operating_points(y_oof, p_oof, y_oof, p_oof, classes, SPECIFICITIES, SENSITIVITIES)
-    obj = ensemble_record(
-        records,
-        [1.0 / k] * k,
-        METHOD,
-        classes,
-        extra={
-            "member_names": [f"{r['model']}:fold{r['config']['cv_fold']}" for r in records],
-            "experiment": Path(exp_dir).name,
-            "data": records[0]["config"].get("data"),
-            "description": DESCRIPTION,
-            "operating_points": stored_points(points),
-            "train_prior": (np.bincount(y_oof, minlength=len(classes)) / len(y_oof)).tolist(),
-        },
-    )
     out_dir = Path(exp_dir) / "ensemble"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ens_path = save_ensemble(obj, out_dir / ENSEMBLE_FILE)
+    ens_path = save_fold_ensemble(fitted, out_dir / ENSEMBLE_FILE, Path(exp_dir).name)
+    k = len(fitted["records"])
     log(f"saved {ens_path} ({k} fold models, method {METHOD})")
 
     # ---- fixed: now, and only now, the test images
