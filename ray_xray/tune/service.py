@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -298,7 +298,8 @@ def make_callbacks(opts: SweepOptions, name: str, wandb_dir: str | Path | None =
     ``wandb.init``; WANDB_DIR, when set, wins; None: W&B's default, the logger's working
     directory). Online without a key or a reachable server falls back to offline, saying so.
     """
-    callbacks = [ConsoleReporter(opts.objective[0], opts.trials, opts.budget_minutes * 60)]
+    budget_s = opts.budget_minutes * 60 * (F.SEARCH_SHARE if opts.cv else 1)  # --cv: the search's
+    callbacks = [ConsoleReporter(opts.objective[0], opts.trials, budget_s)]
     if opts.wandb == "off":
         return callbacks
     from .wandb_log import KeySafeWandbCallback
@@ -549,7 +550,8 @@ def _cv_stage(opts, exp_dir, grid, overrides, runtime, plan, name) -> F.FoldStag
         runtime,
         trial_resources(plan),
         plan["max_concurrent"],
-        make_callbacks(opts, name),
+        # the console counts the fold runs, with no clock: they run to their end
+        make_callbacks(replace(opts, trials=len(configs) * opts.cv, budget_minutes=0), name),
     )
     return F.FoldStage(opts, exp_dir, configs, tuner.fit(), held)
 
