@@ -198,7 +198,10 @@ def test_fold_ensemble_is_fixed_without_test_images(tmp_path, monkeypatch):
         poisoned.labels = {**data.labels, "test": test_labels}
         monkeypatch.setattr(EF, "load_for_config", lambda cfg, cache=None: poisoned)
         fitted = EF.fit_fold_ensemble(ckpts, None, torch.device("cpu"))
-        res = EF.run_fold_ensemble(out, ckpts, {"chosen": None}, None, "cpu")
+        seen = []  # --external's hook: called once, with ensemble.pt already saved
+        hook = lambda p: seen.append(Path(p).is_file()) or {"site_b": "scored"}  # noqa: E731
+        res = EF.run_fold_ensemble(out, ckpts, {"chosen": None}, None, "cpu", external=hook)
+        assert seen == [True] and res["external"] == {"site_b": "scored"}
         return fitted, load_ensemble(res["ensemble"]), json.loads(Path(res["metrics"]).read_text())
 
     rng = np.random.default_rng(5)
