@@ -288,3 +288,12 @@ def test_folds_group_by_the_patient_column_when_file_names_are_hashes():
         view = fold_view(data, 3, fold)
         assert not set(view.patients["train"]) & set(view.patients["val"])
         assert len(view.patients["val"]) == len(view.paths["val"])
+
+
+def test_a_test_set_unlike_the_folds_is_warned_about():
+    from ray_xray.ensemble.folds import oof_test_warnings
+
+    test = {"macro_f1": 0.66, "accuracy": 0.75, "auc": 0.93}
+    test["intervals"] = {"bootstrap": {"macro_f1": [0.62, 0.70], "accuracy": [0.72, 0.77]}}
+    warned = oof_test_warnings({"macro_f1": 0.968, "accuracy": 0.76, "auc": 0.99}, test)
+    assert len(warned) == 1 and warned[0].startswith("test macro-F1 0.660 [0.620, 0.700] vs 0.968")

@@ -89,6 +89,21 @@ def ensemble_test_proba(fitted: dict, device, images=None) -> np.ndarray:
     return np.mean(out, axis=0)
 
 
+def oof_test_warnings(oof: dict, test: dict) -> list[str]:
+    """A warning for each headline metric whose out-of-fold value lies outside the test
+    figure's 95 % bootstrap interval: the folds (validation) did not predict this test set."""
+    boot = (test.get("intervals") or {}).get("bootstrap") or {}
+    out = []
+    for key, label in (("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("auc", "AUC")):
+        ci, v, t = boot.get(key), oof.get(key), test.get(key)
+        if ci and v is not None and t is not None and not ci[0] <= v <= ci[1]:
+            out.append(
+                f"test {label} {t:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] vs {v:.3f} out of fold: "
+                "validation and test disagree (the test images differ from train+val)"
+            )
+    return out
+
+
 def cv_selection(exp_dir: str | Path) -> dict | None:
     """The cv.json of a `--cv` sweep folder (tune/folds.py writes it), else None."""
     path = Path(exp_dir) / "cv.json"
@@ -187,6 +202,9 @@ def run_fold_ensemble(
         "operating_points": operating_points(y_oof, p_oof, y_test, p_test, classes),
         "n_test": int(len(y_test)),
     }
+    metrics["warnings"] = oof_test_warnings(metrics["oof"], metrics["test"])
+    for w in metrics["warnings"]:
+        log(f"warning: {w}")
     if external is not None:
         metrics["external"] = external(ens_path)
     metrics["timings"] = {"total_s": time.perf_counter() - t0}
