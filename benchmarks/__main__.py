@@ -30,6 +30,7 @@ ABOUT = {
     "search": "ASHA+TPE vs TPE vs random search on chest3 at an equal trial-epoch budget",
     "scaling": "trials/hour with 1, 2, 4 trials in parallel, and a g5 (A10G) extrapolation",
     "feed": "pure training step vs a real epoch through the real loader, per augmentation side",
+    "value": "hand-set run vs sweep vs cross-validated sweep: test ACC/F1/AUC on pneumonia2, brain4",
 }
 # Minutes (full, --smoke-test) on a quiet 2-core CPU (full: measured 2026-11-22, RESULTS.md), see "Benchmarks" in README.md.
 ROUGH_MINUTES = {
@@ -40,6 +41,7 @@ ROUGH_MINUTES = {
     "search": (33, 4),
     "scaling": (14, 4.5),
     "feed": (12, 1),
+    "value": (60, 8),  # sized by estimate, not yet measured on a quiet machine
 }
 
 

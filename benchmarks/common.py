@@ -26,7 +26,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 OUT_DIR = BENCH_DIR  # where results/ and RESULTS.md go; the runner's --out sets it
 # Order of the sections in RESULTS.md (and of `make bench`).
-ORDER = ("overhead", "precision", "roofline", "datapath", "search", "scaling", "feed")
+ORDER = ("overhead", "precision", "roofline", "datapath", "search", "scaling", "feed", "value")
 TITLES = {
     "overhead": "1. Trial overhead",
     "precision": "2. Mixed precision",
@@ -35,6 +35,7 @@ TITLES = {
     "search": "5. Search efficiency",
     "scaling": "6. Scaling",
     "feed": "7. Feed",
+    "value": "8. Value of search",
 }
 
 

@@ -82,6 +82,8 @@ HELP = {
     "allow_leakage": "train even if test shares images with train",
     "skip_bad": "leave unreadable images out instead of failing",
     "limit_per_split": "keep at most N images per split (0 = all; for smoke tests)",
+    "cv_folds": "K > 0: train on fold cv_fold of K-fold CV over train+val (tune --cv sets it)",
+    "cv_fold": "which of the cv_folds folds validates (0..K-1)",
     "model_kwargs": "model hyperparameters (model.KEY=VALUE)",
 }
 # Names the command lines use where the field's own name is ambiguous (--set takes both).
@@ -138,6 +140,10 @@ class TrainConfig:
     allow_leakage: bool = False  # train even if test shares images with train
     skip_bad: bool = False  # drop unreadable images instead of failing
     limit_per_split: int = 0  # >0: keep at most N items per split (smoke tests)
+    # Cross-validation (tune --cv): train+val pooled, split into cv_folds folds by patient
+    # (data/folds.py); fold cv_fold validates, the rest train. 0 = the data's own val split.
+    cv_folds: int = 0
+    cv_fold: int = 0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -150,6 +156,11 @@ class TrainConfig:
         for name in ("img_size", "in_chans", "epochs", "batch_size", "workers", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)!r}")
+        if self.cv_folds == 1 or self.cv_folds < 0 or not 0 <= self.cv_fold < max(1, self.cv_folds):
+            raise ValueError(
+                f"config: cv_folds must be 0 or >= 2 and cv_fold in 0..cv_folds-1, got "
+                f"{self.cv_folds} and {self.cv_fold}"
+            )
         if int(self.loader_workers) < 0:
             raise ValueError(f"config: loader_workers must be >= 0, got {self.loader_workers!r}")
         if self.in_chans not in (1, 3):

@@ -196,14 +196,31 @@ def main(argv: list[str] | None = None) -> int:
         help="add a positive/negative call for CLASS: POINT is a stored point of the ensemble "
         "(sens0.90, spec0.95, ...) or a probability threshold (0.37); repeatable",
     )
+    ap.add_argument(
+        "--adapt-prior",
+        choices=("em",),
+        default=None,
+        help="estimate the class mix of the images given (EM, Saerens et al. 2002; give many "
+        "images of one site) and add each image's probabilities re-weighted to it",
+    )
+    ap.add_argument(
+        "--prevalence",
+        default=None,
+        metavar="CLASS=P[,...]",
+        help="like --adapt-prior, with a known class mix (pneumonia=0.625, or one number per class)",
+    )
     args = ap.parse_args(argv)
     record = load_model_or_ensemble(args.checkpoint)
     points = [resolve_operating_point(record, s) for s in args.operating_point]
     rows = predict(record, args.images, args.device)
     if points:  # no "decisions" key unless asked: --json output stays as it was
         apply_operating_points(rows, points)
+    adapted = None
+    if args.adapt_prior or args.prevalence:
+        adapted = adapt_rows(record, rows, args.adapt_prior, args.prevalence)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        out = rows if adapted is None else {"prior_adaptation": adapted, "predictions": rows}
+        print(json.dumps(out, indent=2))
         return 0
     classes = record["classes"]
     width = max(len(r["image"]) for r in rows)
@@ -223,7 +240,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['image']:<{width}}  {r['prediction']:<12} {probs}{calls}")
     for p in points:
         print(f"{p['class']}@{p['point']}: positive when P({p['class']}) >= {p['threshold']:.6g}")
+    if adapted is not None:
+        from .prior import summary_line
+
+        print(summary_line(adapted, classes))
+        for r in rows:
+            probs = " ".join(f"{r['adapted']['probabilities'][c]:>12.4f}" for c in classes)
+            print(f"{r['image']:<{width}}  {r['adapted']['prediction']:<12} {probs}  (adapted)")
     return 0
+
+
+def adapt_rows(record: dict, rows: list[dict], method: str | None, prevalence: str | None) -> dict:
+    """Prior adaptation over the images of `rows` (predict's rows, changed in place: each gets
+    "adapted": {"prediction", "probabilities"}); returns the prior block (prior.adapt's, less
+    the arrays). The unadapted probabilities stay as they were. Raises ValueError (one line)."""
+    from .prior import adapt, parse_prevalence, train_prior_of
+
+    classes = record["classes"]
+    prob = np.array([[r["probabilities"][c] for c in classes] for r in rows])
+    target = parse_prevalence(prevalence, classes) if prevalence else None
+    block = adapt(prob, train_prior_of(record), "known" if prevalence else method, target)
+    for r, p in zip(rows, block.pop("prob"), strict=True):
+        r["adapted"] = {
+            "prediction": classes[int(p.argmax())],
+            "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
+        }
+    return block
 
 
 if __name__ == "__main__":

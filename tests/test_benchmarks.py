@@ -285,3 +285,41 @@ def test_the_precision_benchmark_runs_this_cpu_and_a_forced_avx2_one_side_by_sid
     table = P.paths_table(paths, s)
     assert [row[0] for row in table["rows"]] == ["native", "avx2"]
     assert any("avx2 path (AVX2, native bf16 no)" in line for line in P.paths_headline(paths))
+
+
+def test_value_tables_put_every_arm_beside_the_published_figures():
+    """benchmarks/value.py's summary (pure): one row per scored model with intervals, the
+    adapted figures and estimated prior where measured, the published table, and a headline
+    that says whether the fold ensemble is outside the single runs' intervals."""
+    from benchmarks import value as V
+
+    def ci(v, lo, hi):
+        return {"value": v, "low": lo, "high": hi}
+
+    s = dict(V.DEFAULTS["quick"])
+    prior = {"estimate": [0.37, 0.63], "interval": {"low": [0.33, 0.6], "high": [0.4, 0.67]}}
+    prior["train"] = [0.26, 0.74]
+    rows = [
+        {"arm": "a", "seed": 0, "wall_s": 60, "accuracy": ci(0.8, 0.77, 0.83)}
+        | {"macro_f1": ci(0.78, 0.75, 0.81), "auc": ci(0.9, 0.88, 0.92)},
+        {"arm": "b", "seed": 0, "wall_s": 120, "trials": 5},  # no ensemble: no figures
+        {"arm": "c", "seed": 0, "wall_s": 130, "accuracy": ci(0.88, 0.85, 0.9)}
+        | {"macro_f1": ci(0.86, 0.83, 0.89), "auc": ci(0.95, 0.93, 0.97), "prior": prior}
+        | {"adapted": {"accuracy": ci(0.9, 0.87, 0.92), "macro_f1": ci(0.89, 0.86, 0.91)}},
+    ]
+    res = V.summarise(s, {"pneumonia2": rows})
+    table, published = res["tables"]
+    assert len(table["rows"]) == 3 and published["rows"][2] == [
+        "AutoKeras (MedMNIST v2)",
+        0.878,
+        0.947,
+    ]
+    c = table["rows"][2]
+    assert c[5] == "0.880 [0.850, 0.900]" and c[8] == "0.900 [0.870, 0.920]"
+    assert c[10] == "0.630 [0.600, 0.670] (train 0.740)"
+    assert table["rows"][1][5] == "-"
+    assert res["headline"] == [
+        "pneumonia2 at 32 px: fold ensemble test macro-F1 0.860 [0.830, 0.890] vs single run(s) "
+        "0.780 [0.750, 0.810] (above every single run's interval)"
+    ]
+    assert "value" in C.ORDER and C.TITLES["value"].startswith("8.")

@@ -105,6 +105,8 @@ class PreparedData:
     dropped: dict[str, int] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)  # files not used (unreadable too)
+    # split -> patient id per image ("" where the file name carries none): CV folds group by it
+    patients: dict[str, list[str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -273,7 +275,8 @@ def load_data(
     index = {c: k for k, c in enumerate(classes)}
     blobs, paths = table.column("image").to_pylist(), table.column("path").to_pylist()
     rng = np.random.default_rng(seed)
-    images, labels, split_paths = {}, {}, {}
+    patients_col = table.column("patient").to_pylist()
+    images, labels, split_paths, split_patients = {}, {}, {}, {}
     for split in SPLITS:
         idx = np.array([i for i, s in enumerate(splits_col) if s == split])
         if limit_per_split and len(idx) > limit_per_split:
@@ -283,6 +286,7 @@ def load_data(
         )
         labels[split] = np.array([index[labels_col[i]] for i in idx], dtype=np.int64)
         split_paths[split] = [paths[i] for i in idx]
+        split_patients[split] = [patients_col[i] or "" for i in idx]
     train = images["train"].astype(np.float32) / 255.0
     mean, std = float(train.mean()), float(train.std()) or 1.0
     data = PreparedData(
@@ -297,6 +301,7 @@ def load_data(
         dropped={"dedupe": n_dropped, "unreadable": len(bad)},
         unreadable=bad,
         skipped=skipped,
+        patients=split_patients,
     )
     log.info(
         "data %s: %s; %s",
@@ -332,9 +337,12 @@ def shared_key(cfg) -> tuple:
 
 
 def load_for_config(cfg, cache_root: str | None = None) -> PreparedData:
-    """The data exactly as a training run with this TrainConfig (or its dict) sees it."""
+    """The data exactly as a training run with this TrainConfig (or its dict) sees it (its
+    cross-validation fold when `cv_folds` > 0: data/folds.py)."""
+    from .folds import for_config
+
     c = cfg if isinstance(cfg, dict) else cfg.to_dict()
-    return load_data(
+    data = load_data(
         c["data"],
         c["img_size"],
         skip_bad=c["skip_bad"],
@@ -344,3 +352,4 @@ def load_for_config(cfg, cache_root: str | None = None) -> PreparedData:
         seed=c["seed"],
         cache_root=cache_root,
     )
+    return for_config(data, c)

@@ -88,6 +88,19 @@ def main(argv: list[str] | None = None) -> int:
         from ..tune.external import for_finished_sweep
 
         external = for_finished_sweep(args.experiment, args.external, args.top_k, args.device)
+    from .folds import cv_selection, rebuild_fold_ensemble
+
+    if cv_selection(args.experiment) is not None:  # a --cv sweep: its fold ensemble, rebuilt
+        result = rebuild_fold_ensemble(args.experiment, args.device, external)
+        if external is not None:
+            with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+                result["external"] = external.finish(str(args.experiment))
+        print(
+            json.dumps(result, indent=2, default=str)
+            if args.json
+            else f"wrote {result['ensemble']}, {result['metrics']}"
+        )
+        return 0
     from .core import run_ensemble
 
     result = run_ensemble(

@@ -273,6 +273,8 @@ def evaluate(
     stress_limit: int = 400,
     report_html: bool = True,
     limit: int = 0,
+    adapt_prior: str | None = None,
+    prevalence: str | None = None,
 ) -> EvalResult:
     """Evaluate a model or ensemble (`checkpoint`: anything `predict` takes, or a sweep folder)
     on `split` of `data` (anything `--data` takes). Writes metrics.json and report.html (with
@@ -284,6 +286,10 @@ def evaluate(
     subset of N (`result.n` of `result.n_available`). Accuracy and each recall get Wilson
     score intervals from their counts (defined at 0/n and n/n, where a bootstrap gives a
     zero-width interval); macro-F1 and AUC keep the stratified bootstrap.
+
+    `adapt_prior` "em" (the set's class prior estimated from its unlabelled images) or
+    `prevalence` (a known prior, `prior.parse_prevalence`'s text): `prior_adaptation` holds the
+    figures after re-weighting the posteriors to that prior, beside the unadapted ones.
 
     Raises UserError (exit 2) for a missing checkpoint, an unknown split, an empty split, a
     data class the model does not know, or a negative `limit`.
@@ -321,6 +327,9 @@ def evaluate(
     headline, samples = S.with_intervals(y, prob, classes, n_boot, seed)
     wilson_proportions(headline, y, prob.argmax(1), classes)
     timings["predict_s"] = time.perf_counter() - t1
+    adapted = None
+    if adapt_prior or prevalence:
+        adapted = prior_block(subject, y, prob, adapt_prior, prevalence, n_boot, seed, cache)
     warnings: list[str] = []
     if info["missing_classes"]:
         warnings.append(
@@ -372,6 +381,7 @@ def evaluate(
         operating_points=op,
         shift=shift_block,
         stress=stress_block,
+        prior_adaptation=adapted,
         warnings=warnings,
         notes=notes,
         timings=timings,
@@ -389,6 +399,29 @@ def evaluate(
         report_html,
     )
     return result
+
+
+def prior_block(subject: Subject, y, prob, method, prevalence, n_boot: int, seed: int, cache):
+    """The evaluation after prior adaptation (ray_xray/prior.py): the training prior (the
+    ensemble's, else its first member's training split), the target prior (EM-estimated, with
+    its bootstrap interval, or the given prevalence), and the headline figures with intervals
+    and the full metrics on the re-weighted posteriors. Raises UserError on a bad prevalence."""
+    from .. import prior as P
+    from ..checkpoint import load_model_or_ensemble
+    from ..scores import report
+
+    classes = subject.classes
+    try:
+        train = P.train_prior_of(load_model_or_ensemble(subject.path), cache)
+        target = P.parse_prevalence(prevalence, classes) if prevalence else None
+        method = "known" if prevalence else method
+        out = P.adapt(prob, train, method, target, n_boot=min(n_boot, P.N_BOOT), seed=seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    adapted = out.pop("prob")
+    headline, _ = S.with_intervals(y, adapted, classes, n_boot, seed)
+    log(P.summary_line(out, classes))
+    return {**out, "headline": headline, "metrics": report(y, adapted, classes)}
 
 
 def write(result: EvalResult, out: Path, subject: Subject, images: bool, html: bool) -> None:

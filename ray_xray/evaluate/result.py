@@ -53,6 +53,9 @@ class EvalResult:
     operating_points: dict | None = None
     shift: dict | None = None
     stress: dict | None = None
+    # --adapt-prior / --prevalence: the same figures after prior adaptation (ray_xray/prior.py),
+    # beside the unadapted ones above, never instead of them
+    prior_adaptation: dict | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)

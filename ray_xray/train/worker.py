@@ -201,19 +201,24 @@ def run_training(cfg: TrainConfig, runtime: dict, session) -> None:
 def shared_data(cfg: TrainConfig, shared: tuple | None):
     """The sweep's `PreparedData` from Ray's object store when it is this run's data, else None.
 
-    `shared` = (`shared_key` of the config the driver prepared, ObjectRef). Every trial of a
+    `shared` = (`shared_key` of the config the driver prepared, ObjectRef), or a list of such
+    pairs (one per searched img_size: tune/sizes.py); None when none matches. Every trial of a
     sweep reads the same arrays from shared memory instead of reading, hashing and decoding
     the Parquet cache again (0.7-0.9 s of CPU per trial on chest3 at 64 px, measured here).
     A trial whose data settings differ (a space that tunes img_size), or whose driver has gone
     (a resumed sweep's restored trial, with the reference of a driver that no longer exists),
     loads from the cache as before.
     """
-    if not shared or shared[0] != shared_key(cfg):
+    pairs = [shared] if isinstance(shared, tuple) else list(shared or [])
+    ref = next((r for key, r in pairs if key == shared_key(cfg)), None)
+    if ref is None:
         return None
     import ray
 
+    from ..data.folds import for_config
+
     try:
-        return ray.get(shared[1], timeout=60)
+        return for_config(ray.get(ref, timeout=60), cfg)
     except Exception as exc:  # noqa: BLE001 - the cache is always there to fall back on
         print(f"shared data unavailable ({type(exc).__name__}); loading from the cache", flush=True)
         return None

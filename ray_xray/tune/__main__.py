@@ -124,6 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
         "scored on all their images, with intervals and the drop from their own test split "
         "(reported only, never used to choose; repeatable)",
     )
+    p.add_argument(
+        "--cv",
+        type=int,
+        default=d.cv,
+        metavar="K",
+        help="cross-validated selection: pool train+val into K folds (by patient, stratified), "
+        "search on fold 0, re-run the best --cv-top configurations on all K folds, choose by the "
+        "mean fold metric; the chosen K fold models are the ensemble (0 = off)",
+    )
+    p.add_argument(
+        "--cv-top",
+        type=int,
+        default=d.cv_top,
+        metavar="N",
+        help="--cv: configurations of the search re-run on all K folds (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the searcher and every trial")
     p.add_argument(
         "--grace-epochs",
@@ -229,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         cache=args.cache,
         settings=settings,
         external=parse_specs(args.external),
+        cv=args.cv,
+        cv_top=args.cv_top,
         argv=argv,
     )
     if args.smoke_test and args.trials == SweepOptions.trials:

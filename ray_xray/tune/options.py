@@ -49,4 +49,8 @@ class SweepOptions:
     settings: dict = field(default_factory=dict)  # --set KEY=VALUE overrides for every trial
     # --external: labelled sets scored at the end (top-k + ensemble), never used to choose
     external: list[str] = field(default_factory=list)
+    # --cv K: rank on fold 0 of K, then re-run the best cv_top configurations on all K folds;
+    # their fold models are the ensemble (tune/folds.py). 0 = the data's own val split.
+    cv: int = 0
+    cv_top: int = 3
     argv: list[str] = field(default_factory=list)

@@ -264,6 +264,7 @@ def finish(
     local: bool = True,
     plan: dict | None = None,
     files=None,
+    rows_hook=None,
 ) -> dict:
     """Write the sweep's results (results.csv, best_trials.json, best_model.pt, the time use in
     sweep.json, optuna.db, results.parquet last as the finished mark) and print the ranking.
@@ -273,7 +274,8 @@ def finish(
     local path or a URI; `local` is not consulted, the storage kind comes from `exp_dir`): for
     a URI, the files are written to its local copy and then copied to the storage, and
     checkpoint and trial paths in the results are URIs. Raises OSError when the storage
-    refuses a write."""
+    refuses a write. `rows_hook(rows) -> rows`: changes the trial rows before anything is
+    written (a --cv sweep adds its fold runs and chooses: tune/folds.py)."""
     from .storage import STUDY_FILE, SweepFiles
 
     files = files if files is not None else SweepFiles(exp_dir)
@@ -281,6 +283,8 @@ def finish(
     mode = metric_mode(objective)
     resources = {"cpus": (plan or {}).get("cpus_per_trial"), "gpus": opts.gpus_per_trial}
     rows = trial_rows(grid, objective, mode, exp_dir, resources, opts.trial_runner)
+    if rows_hook is not None:
+        rows = rows_hook(rows)
     prune_unkept(rows)  # local paths, before they become URIs
     for row in rows:  # where the storage has them (URIs for a URI storage)
         row["checkpoint_path"] = files.to_uri(row["checkpoint_path"])

@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import optuna
@@ -22,7 +22,6 @@ from ray.tune.schedulers import FIFOScheduler
 from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
 from ..data.cache import cache_location
-from ..data.dataset import shared_key
 from ..device import announce
 from ..io import write_atomic
 from ..metrics import metric_mode  # noqa: I001
@@ -31,6 +30,7 @@ from ..spaces import SearchSpace, load_space
 from ..sweep_folder import RESULTS_FILE, SWEEP_FILE, read_sweep_json
 from ..train.run import init_ray
 from . import external as X
+from . import folds as F
 from . import results as R
 from .checks import (
     check_budgets,
@@ -44,6 +44,7 @@ from .interrupt import SignalGuard
 from .lock import sweep_lock
 from .options import SweepOptions
 from .searcher import RungScheduler, SweepSearch
+from .sizes import shared_datasets
 from .storage import STUDY_FILE, StudyUpload, SweepFiles, tool_commands
 from .study import close_running, study_url
 from .trial import TOKEN_CPU, plan_runner, trial_fn
@@ -115,6 +116,7 @@ SAME_SWEEP_OPTIONS = (
     "smoke_test",
     "workers_per_trial",
     "trial_runner",
+    "cv",
 )
 
 
@@ -267,10 +269,10 @@ def make_callbacks(
     ``wandb.init``; WANDB_DIR, when set, wins; None: W&B's default, the logger's working
     directory). Online without a key or a reachable server falls back to offline, saying so.
     """
+    # --cv: the console's clock is the search stage's share of the budget (tune/folds.py).
+    budget_s = opts.budget_minutes * 60 * (F.SEARCH_SHARE if opts.cv else 1)
     # `epochs` per trial and `slots` at once: the status line's time left (console.EtaEstimate).
-    callbacks = [
-        ConsoleReporter(opts.objective[0], opts.trials, opts.budget_minutes * 60, epochs, slots)
-    ]
+    callbacks = [ConsoleReporter(opts.objective[0], opts.trials, budget_s, epochs, slots)]
     if opts.wandb == "off":
         return callbacks
     from .wandb_log import KeySafeWandbCallback
@@ -342,6 +344,7 @@ def run_sweep(opts: SweepOptions) -> dict:
     check_budgets(opts.budget_minutes, opts.budget_epochs, opts.trials)
     space = load_space(opts.space, smoke=opts.smoke_test).with_settings(opts.settings)
     resolve_paths(opts)
+    F.check_cv(opts.cv, opts.cv_top, opts.storage)
     X.check_specs(opts)  # a missing --external folder fails before any data is read
     name = experiment_name(opts, space)
     storage = opts.storage
@@ -407,9 +410,12 @@ def _run_locked(
     }
     if opts.gpus_per_trial:
         overrides["device"] = "cuda"
+    if opts.cv:  # the search stage trains and ranks on fold 0 (tune/folds.py)
+        overrides.update(cv_folds=opts.cv, cv_fold=0)
     check_objective(opts.objective, None)  # names first: no data needed to refuse a typo
     # Validate data and fill the prepared cache once, before any trial starts.
-    probe_cfg = space.resolve(space.default_config(), overrides)
+    # Pooled (no fold): trials take their fold of the shared arrays (data/folds.for_config).
+    probe_cfg = space.resolve(space.default_config(), {**overrides, "cv_folds": 0, "cv_fold": 0})
     check_settings_build(space, opts.settings, overrides)  # as train does, before any trial
     if opts.trial_runner == "inline" and not opts.gpus_per_trial and probe_cfg.device == "cuda":
         raise ValueError("device=cuda but the trials hold no GPU: pass --gpus-per-trial")
@@ -441,8 +447,9 @@ def _run_locked(
         "max_failures": opts.max_failures,
         "cache": opts.cache,
         "exp_dir": exp_dir,
-        # Prepared once here, read by every trial from Ray's object store (worker.shared_data).
-        "data": (shared_key(probe_cfg), ray.put(data)),
+        # Prepared once here (once per searched img_size), read by every trial from Ray's
+        # object store (worker.shared_data).
+        "data": shared_datasets(space, probe_cfg, data, opts.cache),
     }
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, overrides=overrides, runtime=runtime), trial_resources(plan)
@@ -487,6 +494,11 @@ def _run_locked(
     guard.fit_started = True
     with ray_console_quiet(), cloud_keys_kept_out_of_ray_logs(), guard.fitting():
         grid = tuner.fit()
+        # --cv's second stage (the top configurations on every fold), unless a signal
+        # already stopped the search: then the sweep resumes from the search.
+        cv = None
+        if opts.cv and guard.signum is None:
+            cv = _cv_stage(opts, exp_dir, grid, overrides, runtime, plan, name)
     guard.check()  # an interrupt: Tune saved the sweep; nothing below may claim it finished
     check_trial_disk_errors(grid.errors, exp_dir, guard.hint)  # a full disk: not finished either
     wall = time.perf_counter() - t0
@@ -497,7 +509,9 @@ def _run_locked(
     wandb_dir = os.environ.get("WANDB_DIR") or files.stage
     if opts.wandb != "off" and not os.environ.get("WANDB_DIR"):
         files.push("wandb")  # the W&B runs (all finished once fit returns)
-    summary = finish_sweep(grid, exp_dir, space, opts, wall, not files.remote, plan, files)
+    summary = finish_sweep(
+        grid, exp_dir, space, opts, wall, not files.remote, plan, files, cv and cv.label
+    )
     ended = budget_line(opts, summary["rows"], wall)
     if ended:
         print(ended)
@@ -505,7 +519,9 @@ def _run_locked(
         f"the results are written; `python -m ray_xray.ensemble {exp_dir}` builds the ensemble"
     )
     external = X.ExternalStep(opts, summary["top"]) if opts.external and summary["top"] else None
-    if opts.ensemble and summary["top"]:
+    if cv and opts.ensemble:  # the deliverable of a --cv sweep: the chosen fold models
+        summary["ensemble"] = cv.ensemble(summary["rows"], external)
+    elif opts.ensemble and summary["top"]:
         print("\nensemble of the best trials (--no-ensemble to skip):", file=sys.stderr)
         summary["ensemble"] = _ensemble(exp_dir, opts, files, summary["rows"], external)
     if external:  # written in the local stage, then to the storage (a no-op when local)
@@ -542,16 +558,50 @@ def finish_sweep(
     local: bool,
     plan: dict,
     files: SweepFiles | None = None,
+    rows_hook=None,
 ) -> dict:
     """R.finish, where any failure is ours, not the user's: the trials ran and are safe on
-    storage, so it must not read as bad input (exit 2). Raises R.ResultsError (exit 1)."""
+    storage, so it must not read as bad input (exit 2). Raises R.ResultsError (exit 1).
+    `rows_hook`: R.finish's (a --cv sweep adds its fold runs)."""
     try:
-        return R.finish(grid, exp_dir, space, opts, wall, local, plan, files)
+        return R.finish(grid, exp_dir, space, opts, wall, local, plan, files, rows_hook)
     except Exception as exc:
         raise R.ResultsError(
             f"the sweep's trials ran and are kept in {exp_dir}, but writing its results failed "
             f"({type(exc).__name__}: {exc}); the same command with --resume retries this step"
         ) from exc
+
+
+def _cv_stage(opts, exp_dir, grid, overrides, runtime, plan, name) -> F.FoldStage:
+    """Stage 2 of a --cv sweep (tune/folds.py): the top --cv-top configurations of the search
+    on all K folds, as Tune trials of EXP/folds/ (resumed with the sweep)."""
+    objective = opts.objective[0]
+    mode = metric_mode(objective)
+    held = {"cpus": plan["cpus_per_trial"], "gpus": opts.gpus_per_trial}
+    search = R.trial_rows(grid, objective, mode, exp_dir, held, opts.trial_runner)
+    configs = F.candidates(exp_dir, search, f"best_{objective}", mode, opts.cv_top)
+    if not configs:
+        raise R.ResultsError(
+            "--cv: no search trial finished an epoch (with --budget-minutes the search stage "
+            "gets half of it: raise the budget); the same command with --resume continues"
+        )
+    print(
+        f"\ncv: the best {len(configs)} configuration(s) on all {opts.cv} folds "
+        f"({len(configs) * opts.cv} runs) -> {exp_dir}/{F.FOLDS_DIR}",
+        file=sys.stderr,
+    )
+    tuner = F.fold_tuner(
+        opts,
+        exp_dir,
+        configs,
+        overrides,
+        runtime,
+        trial_resources(plan),
+        plan["max_concurrent"],
+        # the console counts the fold runs, with no clock: they run to their end
+        make_callbacks(replace(opts, trials=len(configs) * opts.cv, budget_minutes=0), name),
+    )
+    return F.FoldStage(opts, exp_dir, configs, tuner.fit(), held)
 
 
 def _ensemble(
@@ -635,7 +685,10 @@ def _tune_config(
         scheduler=scheduler,
         num_samples=opts.trials,
         max_concurrent_trials=plan["max_concurrent"],
-        time_budget_s=opts.budget_minutes * 60 if opts.budget_minutes else None,
+        # --cv: the search stage gets a share of the budget; the fold stage runs to its end
+        time_budget_s=opts.budget_minutes * 60 * (F.SEARCH_SHARE if opts.cv else 1)
+        if opts.budget_minutes
+        else None,
         trial_dirname_creator=lambda t: t.trial_id,  # short, deterministic
         trial_name_creator=lambda t: t.trial_id,
     )

@@ -1,0 +1,225 @@
+"""The fold ensemble of a `--cv` sweep: the chosen configuration's K fold models, each
+temperature-scaled on its own (out-of-fold) validation images, averaged with equal weights.
+
+Everything is fixed from validation first: the temperatures, the out-of-fold metrics, the
+operating-point thresholds; ensemble.pt is saved; only then are test (and --external) images
+read (`score_test` after `fit_fold_ensemble`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..calibration import apply_temperature, fit_temperature, nll
+from ..checkpoint import ENSEMBLE_FILE, ensemble_record, load_state, save_ensemble
+from ..data import ImageDataset, load_for_config
+from ..data.dataset import loader as make_loader
+from ..data.folds import fold_view
+from ..device import pick_device
+from ..inference import ensemble_proba, inference_setup, predict_proba
+from ..io import json_safe, write_atomic
+from ..scores import SENSITIVITIES, SPECIFICITIES, operating_points, report, stored_points
+from .core import log
+
+METHOD = "cv_folds"
+DESCRIPTION = (
+    "equal-weight mean of the chosen configuration's K cross-validation fold models, each "
+    "temperature-scaled on its own held-out fold"
+)
+
+
+def split_proba(record: dict, images: np.ndarray, labels: np.ndarray, device) -> np.ndarray:
+    """float64 (N, K) softmax probabilities of one saved model on uint8 (N, H, W) images,
+    with the model's own normalisation (what predict uses)."""
+    model, feed, precision, channels_last = inference_setup(record, device)
+    dl = make_loader(ImageDataset(images, labels), 256, device=device)
+    _, prob, _ = predict_proba(model, dl, device, precision, channels_last, feed=feed)
+    return prob.astype(np.float64)
+
+
+def fit_fold_ensemble(checkpoints: list[str], cache: str | None, device) -> dict:
+    """Load the K fold models (best-model records under `checkpoints`, in fold order), and fit
+    each one's temperature on its own fold's validation images. Test images are not read.
+
+    Returns {"records", "temperatures", "data" (the pooled, unfolded PreparedData),
+    "oof_y" (int64 (N,)), "oof_prob" (float64 (N, K), calibrated, out-of-fold), "fold_sizes"}.
+    Raises ValueError when the records are not folds 0..K-1 of one K-fold split."""
+    records = [load_state(c)["best"] for c in checkpoints]
+    cfgs = [r["config"] for r in records]
+    k = int(cfgs[0].get("cv_folds") or 0)
+    if k < 2 or sorted(int(c.get("cv_fold", -1)) for c in cfgs) != list(range(k)):
+        raise ValueError("a fold ensemble needs one model per fold 0..K-1 of one --cv split")
+    pooled = load_for_config({**cfgs[0], "cv_folds": 0, "cv_fold": 0}, cache)
+    ys, probs, temps, sizes = [], [], [], []
+    for rec, cfg in zip(records, cfgs, strict=True):
+        fold = fold_view(pooled, k, int(cfg["cv_fold"]), int(cfg.get("seed", 0)))
+        raw = split_proba(rec, fold.images["val"], fold.labels["val"], device)
+        t = fit_temperature(fold.labels["val"], raw)
+        log(
+            f"fold {cfg['cv_fold']}: {len(raw)} val images, NLL {nll(fold.labels['val'], raw):.4f}"
+            f" -> {nll(fold.labels['val'], apply_temperature(raw, t)):.4f} at T={t:.3f}"
+        )
+        ys.append(fold.labels["val"])
+        probs.append(apply_temperature(raw, t))
+        temps.append(t)
+        sizes.append(len(raw))
+    return {
+        "records": records,
+        "temperatures": temps,
+        "data": pooled,
+        "oof_y": np.concatenate(ys),
+        "oof_prob": np.concatenate(probs),
+        "fold_sizes": sizes,
+    }
+
+
+def ensemble_test_proba(fitted: dict, device, images=None) -> np.ndarray:
+    """The fold ensemble's calibrated probabilities, float64 (N, K), on uint8 (N, H, W)
+    `images` (default: the data's test split): the mean over folds of each model's
+    temperature-scaled softmax."""
+    images = fitted["data"].images["test"] if images is None else images
+    labels = np.zeros(len(images), dtype=np.int64)
+    out = [
+        apply_temperature(split_proba(r, images, labels, device), t)
+        for r, t in zip(fitted["records"], fitted["temperatures"], strict=True)
+    ]
+    return ensemble_proba(out, [1.0] * len(out))  # equal weights: the one ensemble average
+
+
+def oof_test_warnings(oof: dict, test: dict) -> list[str]:
+    """A warning for each headline metric whose out-of-fold value lies outside the test
+    figure's 95 % bootstrap interval: the folds (validation) did not predict this test set."""
+    boot = (test.get("intervals") or {}).get("bootstrap") or {}
+    out = []
+    for key, label in (("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("auc", "AUC")):
+        ci, v, t = boot.get(key), oof.get(key), test.get(key)
+        if ci and v is not None and t is not None and not ci[0] <= v <= ci[1]:
+            out.append(
+                f"test {label} {t:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] vs {v:.3f} out of fold: "
+                "validation and test disagree (the test images differ from train+val)"
+            )
+    return out
+
+
+def cv_selection(exp_dir: str | Path) -> dict | None:
+    """The cv.json of a `--cv` sweep folder (tune/folds.py writes it), else None."""
+    path = Path(exp_dir) / "cv.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def rebuild_fold_ensemble(exp_dir: str | Path, device: str = "auto", external=None) -> dict:
+    """`python -m ray_xray.ensemble` on a `--cv` sweep: the fold ensemble of the configuration
+    its cv.json chose (checkpoints from results.parquet), rebuilt as the sweep built it; the
+    top-k ensemble of mixed folds would compare models validated on different images."""
+    from ..sweep_folder import read_experiment, relocate
+
+    selection = cv_selection(exp_dir)
+    exp = read_experiment(exp_dir)
+    table = exp["table"].set_index("trial_id")
+    ckpts = []
+    for tid in selection["chosen"]["trial_ids"]:
+        path = relocate(table.loc[tid, "checkpoint_path"], Path(exp["exp_dir"]) / "folds", tid)
+        if not path:
+            raise ValueError(f"{exp_dir}: the checkpoint of fold run {tid} is gone")
+        ckpts.append(str(path))
+    cache = exp["options"].get("cache") or None
+    return run_fold_ensemble(exp["exp_dir"], ckpts, selection, cache, device, external)
+
+
+def save_fold_ensemble(fitted: dict, path: Path, experiment: str) -> Path:
+    """ensemble.pt of `fit_fold_ensemble`'s result: equal weights, each member's temperature,
+    operating-point thresholds and the class prior from the out-of-fold predictions (no test
+    image involved). Returns the path written (atomically)."""
+    classes = fitted["data"].classes
+    y_oof, p_oof = fitted["oof_y"], fitted["oof_prob"]
+    records = [
+        {**r, "temperature": float(t)}
+        for r, t in zip(fitted["records"], fitted["temperatures"], strict=True)
+    ]
+    k = len(records)
+    # Thresholds from the out-of-fold predictions (operating_points wants a second set to
+    # measure them on: the same one here; the test side is measured after saving).
+    points = operating_points(y_oof, p_oof, y_oof, p_oof, classes, SPECIFICITIES, SENSITIVITIES)
+    obj = ensemble_record(
+        records,
+        [1.0 / k] * k,
+        METHOD,
+        classes,
+        extra={
+            "member_names": [f"{r['model']}:fold{r['config']['cv_fold']}" for r in records],
+            "experiment": experiment,
+            "data": records[0]["config"].get("data"),
+            "description": DESCRIPTION,
+            "operating_points": stored_points(points),
+            "train_prior": (np.bincount(y_oof, minlength=len(classes)) / len(y_oof)).tolist(),
+        },
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_ensemble(obj, path)
+
+
+def run_fold_ensemble(
+    exp_dir: str | Path,
+    checkpoints: list[str],
+    selection: dict,
+    cache: str | None = None,
+    device: str = "auto",
+    external=None,
+) -> dict:
+    """Fit, save and then score the fold ensemble of a `--cv` sweep into EXP/ensemble/:
+    ensemble.pt (method "cv_folds"; operating points fixed on the out-of-fold predictions),
+    metrics.json ("oof": out-of-fold validation metrics, "test": with 95 % intervals,
+    "selection": the cv.json record). `external`: called with ensemble.pt's path after it is
+    saved (tune --external); its result goes to metrics.json. Returns {"out", "ensemble",
+    "metrics", "chosen", "summary", "external"}."""
+    t0 = time.perf_counter()
+    dev = pick_device(device)
+    fitted = fit_fold_ensemble(checkpoints, cache, dev)
+    data, classes = fitted["data"], fitted["data"].classes
+    y_oof, p_oof = fitted["oof_y"], fitted["oof_prob"]
+    out_dir = Path(exp_dir) / "ensemble"
+    ens_path = save_fold_ensemble(fitted, out_dir / ENSEMBLE_FILE, Path(exp_dir).name)
+    k = len(fitted["records"])
+    log(f"saved {ens_path} ({k} fold models, method {METHOD})")
+
+    # ---- fixed: now, and only now, the test images
+    y_test = data.labels["test"]
+    p_test = ensemble_test_proba(fitted, dev)
+    metrics = {
+        "experiment": Path(exp_dir).name,
+        "method": METHOD,
+        "description": DESCRIPTION,
+        "classes": classes,
+        "n_members": k,
+        "temperatures": fitted["temperatures"],
+        "fold_val_sizes": fitted["fold_sizes"],
+        "selection": selection,
+        "oof": report(y_oof, p_oof, classes),
+        "test": report(y_test, p_test, classes, intervals=True),
+        "operating_points": operating_points(y_oof, p_oof, y_test, p_test, classes),
+        "n_test": int(len(y_test)),
+    }
+    metrics["warnings"] = oof_test_warnings(metrics["oof"], metrics["test"])
+    for w in metrics["warnings"]:
+        log(f"warning: {w}")
+    if external is not None:
+        metrics["external"] = external(ens_path)
+    metrics["timings"] = {"total_s": time.perf_counter() - t0}
+    write_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2))
+    test = metrics["test"]
+    log(
+        f"fold ensemble: out-of-fold macro-F1 {metrics['oof']['macro_f1']:.4f}; test accuracy "
+        f"{test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, AUC {test['auc']:.4f}"
+    )
+    return {
+        "out": str(out_dir),
+        "ensemble": str(ens_path),
+        "metrics": str(out_dir / "metrics.json"),
+        "chosen": f"ensemble_{METHOD}",
+        "summary": {"ensemble": {"name": METHOD, "test_macro_f1": test["macro_f1"]}},
+        "external": metrics.get("external"),
+    }

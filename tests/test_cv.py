@@ -1,0 +1,299 @@
+"""Cross-validated selection (tune --cv): folds by patient, selection on validation only, the
+fold ensemble fixed before any test image is read, and a killed fold run that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ray_xray.config import TrainConfig
+from ray_xray.data import PreparedData
+from ray_xray.data.folds import fold_groups, fold_of, fold_view, for_config
+from ray_xray.tune import folds as F
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def prepared(n_patients: int = 40, seed: int = 0, size: int = 8) -> PreparedData:
+    """Kermany-style names: 1-4 images per patient, two classes, test patients apart."""
+    rng = np.random.default_rng(seed)
+    paths, labels = [], []
+    for p in range(n_patients):
+        label = int(p % 3 == 0)
+        for j in range(int(rng.integers(1, 5))):
+            kind = "bacteria" if label else "normal"
+            paths.append(f"/d/train/{kind}/person{p}_{kind}_{j}.jpeg")
+            labels.append(label)
+    labels = np.array(labels, dtype=np.int64)
+    images = rng.integers(0, 255, (len(labels), size, size), dtype=np.uint8)
+    n_val = len(labels) // 8
+    test_paths = [f"/d/test/x/person{1000 + i}_virus_0.jpeg" for i in range(10)]
+    return PreparedData(
+        classes=["normal", "pneumonia"],
+        images={
+            "train": images[n_val:],
+            "val": images[:n_val],
+            "test": rng.integers(0, 255, (10, size, size), dtype=np.uint8),
+        },
+        labels={"train": labels[n_val:], "val": labels[:n_val], "test": np.arange(10) % 2},
+        paths={"train": paths[n_val:], "val": paths[:n_val], "test": test_paths},
+        mean=0.5,
+        std=0.25,
+        source="test",
+        img_size=size,
+    )
+
+
+def test_folds_never_share_a_patient_and_cover_train_plus_val_once():
+    data = prepared()
+    k = 4
+    pooled = data.paths["train"] + data.paths["val"]
+    seen_val: list[str] = []
+    for fold in range(k):
+        view = fold_view(data, k, fold)
+        train_p = {g for g in fold_groups(view.paths["train"])}
+        val_p = {g for g in fold_groups(view.paths["val"])}
+        assert train_p and val_p and not train_p & val_p  # no patient on both sides
+        assert sorted(view.paths["train"] + view.paths["val"]) == sorted(pooled)
+        assert view.paths["test"] == data.paths["test"]  # test untouched, never in a fold
+        assert np.array_equal(view.images["test"], data.images["test"])
+        assert not set(data.paths["test"]) & set(view.paths["train"] + view.paths["val"])
+        # normalisation statistics are the fold's own training images'
+        assert view.mean == pytest.approx(view.images["train"].mean() / 255.0, rel=1e-5)
+        seen_val += view.paths["val"]
+    assert sorted(seen_val) == sorted(pooled)  # each image validates exactly once
+
+
+def test_folds_are_stratified_and_deterministic():
+    data = prepared(n_patients=60)
+    labels = np.concatenate([data.labels["train"], data.labels["val"]])
+    groups = fold_groups(data.paths["train"] + data.paths["val"])
+    a, b = fold_of(labels, groups, 3, seed=1), fold_of(labels, groups, 3, seed=1)
+    assert np.array_equal(a, b)
+    overall = labels.mean()
+    for f in range(3):
+        assert abs(labels[a == f].mean() - overall) < 0.15
+
+
+def test_for_config_applies_the_configs_fold_only_when_cv_is_on():
+    data = prepared()
+    assert for_config(data, TrainConfig()) is data
+    view = for_config(data, TrainConfig(cv_folds=3, cv_fold=2))
+    assert view.paths["val"] == fold_view(data, 3, 2).paths["val"]
+    with pytest.raises(ValueError, match="cv_folds"):
+        TrainConfig(cv_folds=3, cv_fold=3)
+    with pytest.raises(ValueError, match="cv_folds"):
+        TrainConfig(cv_folds=1)
+
+
+def test_check_cv_refuses_bad_values():
+    F.check_cv(0, 3, "s3://b/p")  # off: anything goes
+    for args, msg in (
+        ((1, 3, "/x"), "K >= 2"),
+        ((5, 0, "/x"), "cv-top"),
+        ((5, 3, "s3://b"), "local"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            F.check_cv(*args)
+
+
+def _rows(k: int = 3) -> list[dict]:
+    search = [
+        {
+            "trial_id": f"s{i}",
+            "status": "TERMINATED",
+            "best_val_macro_f1": v,
+            "config": json.dumps({"lr": lr}),
+        }
+        for i, (v, lr) in enumerate([(0.9, 0.1), (0.8, 0.2), (0.7, 0.3), (float("nan"), 0.4)])
+    ]
+    fold_vals = {0: [0.9, 0.5, 0.5], 1: [0.75, 0.8, 0.8], 2: [0.99, 0.99, None]}
+    folds = []
+    for c, vals in fold_vals.items():
+        for f, v in enumerate(vals[:k]):
+            folds.append(
+                {
+                    "trial_id": f"c{c}f{f}",
+                    "status": "TERMINATED",
+                    "best_val_macro_f1": v,
+                    "checkpoint_path": f"/ck/{c}/{f}",
+                    "config": json.dumps({"cv_config": c, "cv_fold": f}),
+                    "config/cv_config": c,
+                }
+            )
+    return search, folds
+
+
+def test_selection_is_by_mean_fold_metric_and_needs_every_fold():
+    search, folds = _rows()
+    configs = F.top_configs(search, "best_val_macro_f1", "max", 3)
+    assert configs == [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}]
+    rows = F.label_rows(search, folds, configs)
+    assert {r["cv_stage"] for r in rows} == {"search", "folds"}
+    assert all("config/cv_config" not in r for r in rows)
+    sel = F.choose(rows, "best_val_macro_f1", "max", 3)
+    # candidate 0 won the search (0.9 on fold 0) but candidate 1 has the better mean; candidate
+    # 2 misses a fold and cannot be chosen, however good its two folds
+    assert sel["chosen"]["candidate"] == 1
+    assert sel["chosen"]["mean"] == pytest.approx(np.mean([0.75, 0.8, 0.8]))
+    assert sel["chosen"]["trial_ids"] == ["c1f0", "c1f1", "c1f2"]
+    assert not [c for c in sel["candidates"] if c["candidate"] == 2][0]["complete"]
+    assert "sd over 3 folds" in F.selection_line(sel)
+
+
+def test_selection_never_reads_test_figures():
+    """Test columns that rank the candidates the other way round change nothing."""
+    search, folds = _rows()
+    configs = F.top_configs(search, "best_val_macro_f1", "max", 3)
+    plain = F.choose(F.label_rows(search, folds, configs), "best_val_macro_f1", "max", 3)
+    search, folds = _rows()
+    for r in search + folds:
+        r["test_macro_f1"] = 1.0 - (r["best_val_macro_f1"] or 0.0)
+        r["test_accuracy"] = r["test_macro_f1"]
+    assert F.top_configs(search, "best_val_macro_f1", "max", 3) == configs
+    poisoned = F.choose(F.label_rows(search, folds, configs), "best_val_macro_f1", "max", 3)
+    assert poisoned == plain
+
+
+def test_fold_ensemble_is_fixed_without_test_images(tmp_path, monkeypatch):
+    """Temperatures, out-of-fold predictions and ensemble.pt come out the same whatever the
+    test split holds (noise, shuffled labels): the test images never reach them."""
+    from ray_xray.checkpoint import load_ensemble, model_record, save_state, training_state
+    from ray_xray.ensemble import folds as EF
+    from ray_xray.train.engine import build_model
+    from ray_xray.train.loop import Progress
+
+    data = prepared(size=32)
+    k = 3
+    ckpts = []
+    for f in range(k):
+        cfg = TrainConfig(
+            model="cnn",
+            img_size=32,
+            cv_folds=k,
+            cv_fold=f,
+            precision="fp32",
+            model_kwargs={"width": 4, "head_dims": [8], "pool_size": 1},
+        )
+        torch.manual_seed(f)
+        model = build_model(cfg, 2)
+        rec = model_record(model, cfg, data.classes, 0.5, 0.25, {"val_macro_f1": 0.5})
+        d = tmp_path / f"fold{f}"
+        d.mkdir()
+        state = training_state({"model": model.state_dict()}, Progress(), rec, False)
+        save_state(state, d)
+        ckpts.append(str(d))
+
+    def run(test_images, test_labels, out):
+        poisoned = PreparedData(**{**data.__dict__})
+        poisoned.images = {**data.images, "test": test_images}
+        poisoned.labels = {**data.labels, "test": test_labels}
+        monkeypatch.setattr(EF, "load_for_config", lambda cfg, cache=None: poisoned)
+        fitted = EF.fit_fold_ensemble(ckpts, None, torch.device("cpu"))
+        seen = []  # --external's hook: called once, with ensemble.pt already saved
+        hook = lambda p: seen.append(Path(p).is_file()) or {"site_b": "scored"}  # noqa: E731
+        res = EF.run_fold_ensemble(out, ckpts, {"chosen": None}, None, "cpu", external=hook)
+        assert seen == [True] and res["external"] == {"site_b": "scored"}
+        return fitted, load_ensemble(res["ensemble"]), json.loads(Path(res["metrics"]).read_text())
+
+    rng = np.random.default_rng(5)
+    a, ens_a, m_a = run(data.images["test"], data.labels["test"], tmp_path / "a")
+    noise = rng.integers(0, 255, data.images["test"].shape, dtype=np.uint8)
+    b, ens_b, m_b = run(noise, data.labels["test"][::-1].copy(), tmp_path / "b")
+    assert a["temperatures"] == b["temperatures"]
+    assert np.array_equal(a["oof_prob"], b["oof_prob"])
+    assert ens_a["weights"] == ens_b["weights"] == [1 / k] * k
+    assert ens_a["operating_points"] == ens_b["operating_points"]
+    assert [m["temperature"] for m in ens_a["members"]] == a["temperatures"]
+    assert ens_a["method"] == "cv_folds" and m_a["oof"] == m_b["oof"]
+    assert m_a["test"] != m_b["test"]  # the test figures did see the test split
+
+
+@pytest.mark.slow
+@pytest.mark.slow_ray
+def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_path):
+    """--cv 2 --cv-top 1: one search run and two fold runs, each SIGKILLed halfway through
+    epoch 2 and restarted from epoch 1's checkpoint; results.parquet lists the fold runs with
+    their fold, cv.json says how the choice was made, ensemble.pt holds the two fold models."""
+    space = tmp_path / "one.yaml"
+    space.write_text(
+        "fixed: {model: cnn, epochs: 2, img_size: 32, limit_per_split: 48, batch_size: 16,\n"
+        "        precision: fp32, checkpoint_every: 1, model.width: 8, model.head_dims: [16],\n"
+        "        model.pool_size: 2}\n"
+        "params:\n  lr: {type: categorical, choices: [0.001]}\n"
+    )
+    cmd = [sys.executable, "-m", "ray_xray.tune", "--space", str(space), "--trials", "1"]
+    cmd += ["--storage", str(tmp_path), "--name", "cv", "--trial-scheduler", "fifo"]
+    cmd += ["--cv", "2", "--cv-top", "1", "--data", "synthetic:chest3:20"]
+    env = {**os.environ, "RAY_XRAY_FAULT": "kill:2", "RAY_XRAY_FAULT_LOG": str(tmp_path / "kills")}
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=800)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    kills = (tmp_path / "kills").read_text().splitlines()
+    assert len(kills) == 3 and all(k.endswith("in epoch 2") for k in kills), kills
+    exp = tmp_path / "cv"
+    table = pd.read_parquet(exp / "results.parquet")
+    assert list(table["status"]) == ["TERMINATED"] * 3 and list(table["epochs"]) == [2] * 3
+    assert list(table["cv_stage"]) == ["search", "folds", "folds"]
+    assert sorted(table["cv_fold"][1:]) == [0, 1]
+    for _, row in table[table["cv_stage"] == "folds"].iterrows():
+        reported = [
+            json.loads(ln)["epoch"]
+            for ln in Path(row["trial_dir"], "result.json").read_text().splitlines()
+        ]
+        assert reported == [1, 2], reported  # epoch 1 once before the kill, 2 after restart
+        assert json.loads(row["config"])["cv_fold"] == row["cv_fold"]
+    sel = json.loads((exp / "cv.json").read_text())
+    assert sel["folds"] == 2 and len(sel["chosen"]["trial_ids"]) == 2
+    from ray_xray.checkpoint import load_ensemble
+
+    ens = load_ensemble(exp / "ensemble" / "ensemble.pt")
+    assert ens["method"] == "cv_folds"
+    assert sorted(m["config"]["cv_fold"] for m in ens["members"]) == [0, 1]
+    metrics = json.loads((exp / "ensemble" / "metrics.json").read_text())
+    assert "ci" in json.dumps(metrics["test"]["intervals"]) and metrics["oof"]["macro_f1"] >= 0
+    # `python -m ray_xray.ensemble EXP` rebuilds the same fold ensemble (not a top-k of folds)
+    r = subprocess.run(
+        [sys.executable, "-m", "ray_xray.ensemble", str(exp), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = load_ensemble(exp / "ensemble" / "ensemble.pt")
+    assert again["method"] == "cv_folds"
+    assert [m["temperature"] for m in again["members"]] == [
+        m["temperature"] for m in ens["members"]
+    ]
+
+
+def test_folds_group_by_the_patient_column_when_file_names_are_hashes():
+    """pneumonia2's files are named by hash; the patient comes from the manifest's
+    source_path (the data's patient column)."""
+    import dataclasses
+
+    data = prepared()
+    hashed = {s: [f"/d/{s}/{i:016x}.png" for i in range(len(p))] for s, p in data.paths.items()}
+    pids = {s: [Path(p).name.split("_")[0] for p in data.paths[s]] for s in data.paths}
+    data = dataclasses.replace(data, paths=hashed, patients=pids)
+    for fold in range(3):
+        view = fold_view(data, 3, fold)
+        assert not set(view.patients["train"]) & set(view.patients["val"])
+        assert len(view.patients["val"]) == len(view.paths["val"])
+
+
+def test_a_test_set_unlike_the_folds_is_warned_about():
+    from ray_xray.ensemble.folds import oof_test_warnings
+
+    test = {"macro_f1": 0.66, "accuracy": 0.75, "auc": 0.93}
+    test["intervals"] = {"bootstrap": {"macro_f1": [0.62, 0.70], "accuracy": [0.72, 0.77]}}
+    warned = oof_test_warnings({"macro_f1": 0.968, "accuracy": 0.76, "auc": 0.99}, test)
+    assert len(warned) == 1 and warned[0].startswith("test macro-F1 0.660 [0.620, 0.700] vs 0.968")
