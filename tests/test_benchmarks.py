@@ -323,3 +323,16 @@ def test_value_tables_put_every_arm_beside_the_published_figures():
         "0.780 [0.750, 0.810] (above every single run's interval)"
     ]
     assert "value" in C.ORDER and C.TITLES["value"].startswith("8.")
+
+
+def test_precision_benchmark_leaves_out_models_this_install_cannot_build(monkeypatch):
+    """Without timm, the default model list (every registered model) drops timm/* and says
+    which; with timm every registered model stays."""
+    from benchmarks import precision as P
+
+    monkeypatch.setattr(P, "timm_available", lambda: False)
+    names, left_out = P.buildable_models()
+    assert left_out and all(n.startswith("timm/") for n in left_out)
+    assert "resnet18" in names and not any(n.startswith("timm/") for n in names)
+    monkeypatch.setattr(P, "timm_available", lambda: True)
+    assert P.buildable_models() == (P.list_models(), [])
