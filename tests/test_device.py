@@ -107,6 +107,8 @@ def test_a_cpu_forced_to_avx2_trains_in_fp32_and_says_why(tmp_path):
 
 def test_the_probe_verdict_is_cached_per_machine_and_env(monkeypatch, tmp_path, fresh_probe_cache):
     calls = []
+    for var in D.ISA_ENV:  # a baseline without them, whatever the run's own environment sets
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("RAY_XRAY_CACHE", str(tmp_path))
     monkeypatch.setattr(D, "probe", lambda: calls.append(1) or {"speedup": 1.5})
     first = D.cached_probe()
