@@ -12,6 +12,7 @@ import time
 import torch
 
 from ray_xray.config import TrainConfig
+from ray_xray.inference import build_model, uses_channels_last
 from ray_xray.train import engine as E
 
 CPU = torch.device("cpu")
@@ -41,8 +42,8 @@ class TrainStep:
             precision="fp32",
         )
         torch.manual_seed(seed)
-        self.model = E.build_model(self.cfg, num_classes)
-        self.channels_last = E.uses_channels_last(self.cfg, self.model)
+        self.model = build_model(self.cfg, num_classes)
+        self.channels_last = uses_channels_last(self.cfg, self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = E.make_optimizer(self.cfg, self.model)

@@ -1,6 +1,6 @@
 """Temperature scaling, NLL and expected calibration error on class-probability arrays.
 
-Everything here works on numpy probabilities (N, K) as `engine.predict_proba` returns them;
+Everything here works on numpy probabilities (N, K) as `inference.predict_proba` returns them;
 logits are taken as log-probabilities (softmax is shift-invariant, so that is exact).
 """
 

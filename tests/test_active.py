@@ -14,6 +14,7 @@ from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
 from ray_xray.data.dataset import ImageDataset
 from ray_xray.data.dataset import loader as make_loader
+from ray_xray.inference import build_model, predict_proba
 from ray_xray.train import engine as E
 
 CPU = torch.device("cpu")
@@ -123,7 +124,7 @@ def test_uncertainty_strategies_skip_copies_of_labelled_images(tiny_data, strate
         probs = L.mc_predict(model, loader, CPU, "fp32", passes=8, seed=0, feed=feed)
     else:
         model = NearestPrototype(protos, proto_y, 3)
-        probs = E.predict_proba(model, loader, CPU, "fp32", feed=feed)[1]
+        probs = predict_proba(model, loader, CPU, "fp32", feed=feed)[1]
     # The model really is sure about the copies (so the test is about the scores, not luck).
     mean = probs.mean(0) if probs.ndim == 3 else probs
     assert mean[~is_blend].max(1).min() > mean[is_blend].max(1).max()
@@ -148,14 +149,14 @@ def test_mc_dropout_passes_differ_and_bald_is_non_negative(tiny_data):
         model="cnn", img_size=32, model_kwargs={"width": 4, "head_dims": [16], "pool_size": 1}
     )
     E.seed_everything(0)
-    model = E.build_model(cfg, 3)
+    model = build_model(cfg, 3)
     loader, feed = make_loader(tiny_data.dataset("test"), 32), tiny_data.feed(1, CPU)
     mc = L.mc_predict(model, loader, CPU, "fp32", passes=5, seed=0, feed=feed)
     assert mc.shape == (5, len(tiny_data.labels["test"]), 3)
     assert not np.allclose(mc[0], mc[1])  # dropout really was on
     assert np.array_equal(mc, L.mc_predict(model, loader, CPU, "fp32", passes=5, seed=0, feed=feed))
     assert not any(m.training for m in model.modules())  # and is off again afterwards
-    a, b = (E.predict_proba(model, loader, CPU, "fp32", feed=feed)[1] for _ in range(2))
+    a, b = (predict_proba(model, loader, CPU, "fp32", feed=feed)[1] for _ in range(2))
     assert np.array_equal(a, b)  # plain scoring stays deterministic
 
     b = L.score("mc_dropout", mc, "bald")

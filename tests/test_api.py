@@ -20,7 +20,7 @@ from ray_xray.api import _cli_argv
 from ray_xray.checkpoint import ensemble_record as ensemble_object
 from ray_xray.checkpoint import save_ensemble
 from ray_xray.config import TrainConfig
-from ray_xray.train import engine as E
+from ray_xray.inference import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["normal", "pneumonia", "tuberculosis"]
@@ -34,7 +34,7 @@ def _record(model_name: str, img_size: int, seed: int, **hp) -> dict:
     torch.manual_seed(seed)
     # fp32: the file and array paths must agree to float rounding, not bf16's
     cfg = TrainConfig(model=model_name, img_size=img_size, precision="fp32", model_kwargs=hp)
-    return C.model_record(E.build_model(cfg, 3), cfg, CLASSES, 0.4, 0.2, {})
+    return C.model_record(build_model(cfg, 3), cfg, CLASSES, 0.4, 0.2, {})
 
 
 @pytest.fixture(scope="module")

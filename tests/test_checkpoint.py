@@ -9,12 +9,12 @@ import torch
 
 from ray_xray import checkpoint as C
 from ray_xray.config import TrainConfig
-from ray_xray.train import engine as E
+from ray_xray.inference import build_model
 
 
 def _record(img_size: int = 32) -> dict:
     cfg = TrainConfig(model="cnn", img_size=img_size, model_kwargs={"width": 8})
-    return C.model_record(E.build_model(cfg, 2), cfg, ["a", "b"], 0.4, 0.2, {"val_acc": 0.5})
+    return C.model_record(build_model(cfg, 2), cfg, ["a", "b"], 0.4, 0.2, {"val_acc": 0.5})
 
 
 def test_atomic_save_round_trips(tmp_path):

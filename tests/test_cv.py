@@ -168,7 +168,7 @@ def test_fold_ensemble_is_fixed_without_test_images(tmp_path, monkeypatch):
     test split holds (noise, shuffled labels): the test images never reach them."""
     from ray_xray.checkpoint import load_ensemble, model_record, save_state, training_state
     from ray_xray.ensemble import folds as EF
-    from ray_xray.train.engine import build_model
+    from ray_xray.inference import build_model
     from ray_xray.train.loop import Progress
 
     data = prepared(size=32)

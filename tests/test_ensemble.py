@@ -28,8 +28,8 @@ from ray_xray.ensemble import (
     threshold_for_specificity,
 )
 from ray_xray.gradcam import cam_resolution, cam_target, min_cam_side
+from ray_xray.inference import build_model
 from ray_xray.models import create_model
-from ray_xray.train import engine as E
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -260,7 +260,7 @@ def test_attention_maps_of_vit_and_lstm():
 def _record(model_name, img_size, seed, **hp):
     torch.manual_seed(seed)
     cfg = TrainConfig(model=model_name, img_size=img_size, model_kwargs=hp)
-    model = E.build_model(cfg, 3)
+    model = build_model(cfg, 3)
     return C.model_record(model, cfg, ["normal", "pneumonia", "tuberculosis"], 0.4, 0.2, {})
 
 

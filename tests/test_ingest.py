@@ -220,11 +220,11 @@ def tiny_record(img_size=32):
     import torch
 
     from ray_xray.config import TrainConfig
-    from ray_xray.train import engine as E
+    from ray_xray.inference import build_model
 
     torch.manual_seed(0)
     cfg = TrainConfig(model="cnn", img_size=img_size)
-    return C.model_record(E.build_model(cfg, 2), cfg, ["normal", "pneumonia"], 0.4, 0.2, {})
+    return C.model_record(build_model(cfg, 2), cfg, ["normal", "pneumonia"], 0.4, 0.2, {})
 
 
 def test_predict_reads_16_bit_png_and_dicom_as_their_8_bit_original(tmp_path):

@@ -82,8 +82,8 @@ def test_evaluate_and_predict_report_adapted_figures_beside_the_unadapted(tmp_pa
     from ray_xray.config import TrainConfig
     from ray_xray.data import load_for_config
     from ray_xray.evaluate.__main__ import main as evaluate_main
+    from ray_xray.inference import build_model
     from ray_xray.predict import main as predict_main
-    from ray_xray.train.engine import build_model
     from tests.conftest import grey_png
 
     torch.manual_seed(0)

@@ -157,14 +157,14 @@ def fake_sweep(root, specs, objective=("val_macro_f1", "val_loss")):
 
     from ray_xray.config import TrainConfig
     from ray_xray.data import load_data
-    from ray_xray.train import engine as E
+    from ray_xray.inference import build_model
 
     rows = []
     for i, (name, size, hp) in enumerate(specs):
         torch.manual_seed(i)
         cfg = TrainConfig(model=name, img_size=size, model_kwargs=hp, limit_per_split=48, epochs=2)
         data = load_data(cfg.data, size, limit_per_split=48)
-        rec = C.model_record(E.build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
+        rec = C.model_record(build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
         tid = f"trial{i:03d}"
         ckpt = root / tid / "train" / "checkpoint_000001"
         ckpt.mkdir(parents=True)

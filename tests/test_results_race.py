@@ -15,7 +15,7 @@ from ray_xray import checkpoint as C
 from ray_xray.cli import run
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
-from ray_xray.train import engine as E
+from ray_xray.inference import build_model
 from ray_xray.tune import results as R
 from ray_xray.tune.service import SweepOptions, finish_sweep
 
@@ -33,7 +33,7 @@ def _state(epoch: int, f1: float, seed: int) -> dict:
         model_kwargs={"width": 8, "head_dims": [16], "pool_size": 2},
     )
     data = load_data(cfg.data, cfg.img_size, limit_per_split=48)
-    record = C.model_record(E.build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
+    record = C.model_record(build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
     record["epoch"] = epoch
     history = [_report(e, f1, seed) for e in range(1, epoch + 1)]
     return {"epoch": epoch, "best": record, "history": history}

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ray_xray import checkpoint as C
 from ray_xray import inference
 from ray_xray.config import TrainConfig
+from ray_xray.inference import build_model
 from ray_xray.train import engine as E
 
 
@@ -40,7 +41,7 @@ def test_one_epoch_runs_and_lowers_loss(precision):
     cfg = TrainConfig(
         model="cnn_lstm", img_size=32, epochs=10, lr=3e-3, precision=precision, scheduler="none"
     )
-    model = E.build_model(cfg, 2)
+    model = build_model(cfg, 2)
     opt, dev = E.make_optimizer(cfg, model), torch.device("cpu")
     loader = DataLoader(ds, batch_size=8)
     sched, scaler, loss_fn = (
@@ -132,7 +133,7 @@ def test_diverging_loss_stops_with_a_reason():
     from torch.utils.data import DataLoader, TensorDataset
 
     cfg = TrainConfig(model="cnn_lstm", img_size=32, scheduler="none", precision="fp32")
-    model = E.build_model(cfg, 2)
+    model = build_model(cfg, 2)
     x = torch.full((4, 1, 32, 32), float("nan"))
     loader = DataLoader(
         TensorDataset(x, torch.zeros(4, dtype=torch.long), torch.arange(4)), batch_size=4
@@ -154,7 +155,7 @@ def test_diverging_loss_stops_with_a_reason():
 
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     cfg = TrainConfig(model="resnet18", img_size=32)
-    model = E.build_model(cfg, 3).eval()
+    model = build_model(cfg, 3).eval()
     record = C.model_record(model, cfg, ["a", "b", "c"], 0.5, 0.25, {"val_acc": 0.9})
     C.atomic_save(record, tmp_path / "best_model.pt")
     loaded = C.load_checkpoint(tmp_path / "best_model.pt")
@@ -316,7 +317,7 @@ def test_cnn_is_cpu_sized_by_default_and_the_seeds_size_is_one_setting_away():
     # builder's defaults, the seed's, as when it was trained.
     assert model_hparams("cnn")["head_dims"] == (4096, 2048)
     old = TrainConfig.from_dict({"model": "cnn", "img_size": 32, "model_kwargs": {"width": 8}})
-    assert E.build_model(old, 3).classifier[1].out_features == 4096
+    assert build_model(old, 3).classifier[1].out_features == 4096
 
 
 def test_worker_log_prefixes_carry_no_colour_codes_off_a_terminal(monkeypatch):

@@ -14,6 +14,7 @@ import torch
 from ray_xray import checkpoint as C
 from ray_xray.data import load_data
 from ray_xray.data.dataset import loader as make_loader
+from ray_xray.inference import build_model
 from ray_xray.spaces import list_spaces, load_space
 from ray_xray.train import engine as E
 
@@ -29,7 +30,7 @@ def test_every_space_trains_in_smoke_mode(name):
     fixed = space.define_by_run(trial)
     cfg = space.resolve({**fixed, **trial.params}, {"data": "synthetic:chest3:8"})
     data = load_data(cfg.data, cfg.img_size, limit_per_split=16)
-    model = E.build_model(cfg, len(data.classes))
+    model = build_model(cfg, len(data.classes))
     loader = make_loader(data.dataset("train", aug_strength=cfg.aug_strength), 8)
     opt, dev = E.make_optimizer(cfg, model), torch.device("cpu")
     out = E.train_one_epoch(

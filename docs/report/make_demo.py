@@ -27,15 +27,15 @@ from ray_xray import checkpoint as C
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
 from ray_xray.ensemble import run_ensemble
+from ray_xray.inference import build_model
 from ray_xray.metrics import summary
-from ray_xray.train import engine as E
 
 LIMIT, SIZE, EPOCHS = 0, 32, 8
 
 
 def train(cfg: TrainConfig, data, seed: int, epochs: int) -> tuple[torch.nn.Module, list[dict]]:
     torch.manual_seed(seed)
-    model = E.build_model(cfg, len(data.classes))
+    model = build_model(cfg, len(data.classes))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     norm = lambda a: (torch.as_tensor(a, dtype=torch.float32)[:, None] / 255 - data.mean) / data.std  # noqa: E731
     x, y = norm(data.images["train"]), torch.as_tensor(data.labels["train"])

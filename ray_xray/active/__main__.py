@@ -238,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..data import absolute_spec, load_for_config
     from ..data.cache import cache_location
-    from ..train import engine as E
+    from ..inference import build_model
 
-    model = E.build_model(cfg, 3)  # fail fast on an unknown model or hyperparameter
+    model = build_model(cfg, 3)  # fail fast on an unknown model or hyperparameter
     if "mc_dropout" in strategies and not L.dropout_modules(model):
         raise ValueError(f"--strategy mc_dropout needs dropout layers; {cfg.model} has none")
     n_params = sum(p.numel() for p in model.parameters())

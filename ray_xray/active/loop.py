@@ -27,6 +27,7 @@ from .. import metrics as M
 from ..config import TrainConfig
 from ..data.dataset import loader as make_loader
 from ..device import pick_device
+from ..inference import autocast, predict_proba
 from ..train import engine as E
 from ..train.loop import Hooks, Progress, Trainer, fit
 
@@ -148,7 +149,7 @@ def mc_predict(
     try:
         for x, _, _ in loader:
             x = feed(x) if feed is not None else x.to(device, memory_format=fmt)
-            with E.autocast(device, precision):
+            with autocast(device, precision):
                 logits = torch.stack([model(x) for _ in range(passes)])
             out.append(F.softmax(logits.float(), -1).cpu().numpy())
     finally:
@@ -231,7 +232,7 @@ def run_sequence(
         model, precision, cl, summary, feed = fit_round(
             dataclasses.replace(cfg, seed=round_seed(seed, r)), data, labelled, device
         )
-        y, prob, _ = E.predict_proba(model, test_loader, device, precision, cl, feed=feed)
+        y, prob, _ = predict_proba(model, test_loader, device, precision, cl, feed=feed)
         test = M.full_report(y, prob, classes)
         row = {
             "strategy": strategy,
@@ -280,7 +281,7 @@ def run_sequence(
                         feed=feed,
                     )
                 else:
-                    probs = E.predict_proba(model, loader, device, precision, cl, feed=feed)[1]
+                    probs = predict_proba(model, loader, device, precision, cl, feed=feed)[1]
             rng = np.random.default_rng([seed, r])
             queried = select(score(strategy, probs, mc_score), pool, k, rng)
             # The invariants the whole comparison rests on: k new, distinct, train-only items.

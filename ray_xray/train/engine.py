@@ -21,12 +21,6 @@ from torch import nn
 from ..config import TrainConfig
 from ..inference import autocast
 
-# Training builds, lays out and validates its model with the runtime's own functions; they stay
-# reachable as engine.X for the training code (loop.py, run.py) and benchmarks.
-from ..inference import build_model as build_model
-from ..inference import predict_proba as predict_proba
-from ..inference import uses_channels_last as uses_channels_last
-
 
 class TrainingDiverged(RuntimeError):
     """Loss became NaN or infinite: the trial fails with this reason instead of reporting junk."""

@@ -23,6 +23,7 @@ from ..data.dataset import loader as make_loader
 from ..data.dataset import seed_augmentation
 from ..data.feed import BatchAugment, DeviceFeed, pick_augment_on
 from ..device import pick_precision
+from ..inference import build_model, predict_proba, uses_channels_last
 from . import engine as E
 
 
@@ -64,8 +65,8 @@ class Trainer:
         `prepare_model` / `prepare_data_loader` (DDP wrapping, distributed sampler).
         """
         precision = pick_precision(cfg.precision, device)
-        model = E.build_model(cfg, len(data.classes))
-        channels_last = E.uses_channels_last(cfg, model)
+        model = build_model(cfg, len(data.classes))
+        channels_last = uses_channels_last(cfg, model)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         model = prepare_model(model) if prepare_model else model.to(device)
@@ -231,7 +232,7 @@ def fit(
             feed=tr.feed,
         )
         train = hooks.reduce_train(out, coverage)
-        y, prob, val_loss = E.predict_proba(
+        y, prob, val_loss = predict_proba(
             tr.bare, tr.val_loader, tr.device, tr.precision, tr.channels_last, feed=tr.feed
         )
         metrics = {

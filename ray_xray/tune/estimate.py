@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..device import pick_precision
-from ..train import engine as E
+from ..inference import autocast, build_model, uses_channels_last
 
 WARMUP_STEPS, TIMED_STEPS = 2, 3
 # Seconds of a trial's wall time outside train/val compute, by trial runner: the medians that
@@ -34,9 +34,9 @@ def step_seconds(cfg: TrainConfig, threads: int) -> float:
     torch.set_num_threads(max(1, threads))
     try:
         torch.manual_seed(0)
-        model = E.build_model(cfg, 3).train()
+        model = build_model(cfg, 3).train()
         x = torch.rand(cfg.batch_size, cfg.in_chans, cfg.img_size, cfg.img_size)
-        if E.uses_channels_last(cfg, model):
+        if uses_channels_last(cfg, model):
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 3, (cfg.batch_size,))
@@ -45,7 +45,7 @@ def step_seconds(cfg: TrainConfig, threads: int) -> float:
         for k in range(WARMUP_STEPS + TIMED_STEPS):
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            with E.autocast(device, precision):
+            with autocast(device, precision):
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
