@@ -107,7 +107,7 @@ def _sweep(s: dict, data: str, work: Path, name: str, **kw) -> tuple[dict, float
         data=data,
         storage=str(work),
         name=name,
-        cpus_per_trial=s["cpus_per_trial"],
+        cpus_per_trial=kw.pop("cpus_per_trial", s["cpus_per_trial"]),
         settings={
             "img_size": s["img_size"],
             "limit_per_split": s["limit_per_split"],
@@ -125,10 +125,14 @@ def run_dataset(s: dict, name: str, data: str, work: Path) -> list[dict]:
     with its error, and the others still run)."""
     adapt = name in ADAPT_ON
     space = single_space(work / f"single-{name}.yaml", s["single_epochs"])
-    arms = [
-        ("a", seed, {"space": str(space), "trials": 1, "seed": seed, "scheduler": "fifo"})
-        for seed in s["single_seeds"]
-    ]
+    # (a) is `python -m ray_xray.train`: one run holding every CPU (the sweeps share them)
+    single = {
+        "space": str(space),
+        "trials": 1,
+        "scheduler": "fifo",
+        "cpus_per_trial": float(C.threads()),
+    }
+    arms = [("a", seed, {**single, "seed": seed}) for seed in s["single_seeds"]]
     sweep = {
         "space": s["space"],
         "trials": s["trials"],
