@@ -17,7 +17,6 @@ import torch
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
 from ray_xray.device import pick_device
-from ray_xray.train import engine as E
 from ray_xray.train.loop import Trainer
 
 from . import common as C
@@ -63,18 +62,7 @@ def step_rate(tr: Trainer, steps: int) -> float:
     """(a) images/s of `train_one_epoch` over one device-resident, already normalised batch."""
     x, _, _ = next(iter(tr.train_loader))
     batch = (tr.feed(x), torch.randint(0, len(tr.classes), (len(x),), device=tr.device), None)
-    run = lambda n: E.train_one_epoch(  # noqa: E731
-        tr.model,
-        [batch] * n,
-        tr.loss_fn,
-        tr.opt,
-        tr.sched,
-        tr.scaler,
-        tr.device,
-        tr.precision,
-        tr.cfg.grad_clip,
-        tr.channels_last,
-    )
+    run = lambda n: tr.train_epoch([batch] * n, fed=True)  # noqa: E731
     run(2)  # warm-up: kernels chosen, caches filled
     _sync(tr.device)
     t0 = time.perf_counter()
@@ -86,34 +74,10 @@ def step_rate(tr: Trainer, steps: int) -> float:
 def epoch_rate(tr: Trainer) -> float:
     """(b) images/s of one real epoch: shuffled loader, uint8 to the device, augmentation on
     its side, normalisation, the same training step."""
-    E.train_one_epoch(
-        tr.model,
-        [next(iter(tr.train_loader))],
-        tr.loss_fn,
-        tr.opt,
-        tr.sched,
-        tr.scaler,
-        tr.device,
-        tr.precision,
-        tr.cfg.grad_clip,
-        tr.channels_last,
-        feed=tr.feed,
-    )
+    tr.train_epoch([next(iter(tr.train_loader))])  # warm-up
     _sync(tr.device)
     t0 = time.perf_counter()
-    out = E.train_one_epoch(
-        tr.model,
-        tr.train_loader,
-        tr.loss_fn,
-        tr.opt,
-        tr.sched,
-        tr.scaler,
-        tr.device,
-        tr.precision,
-        tr.cfg.grad_clip,
-        tr.channels_last,
-        feed=tr.feed,
-    )
+    out = tr.train_epoch(tr.train_loader)
     _sync(tr.device)
     return out["train_images"] / (time.perf_counter() - t0)
 

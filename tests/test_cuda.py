@@ -17,7 +17,6 @@ import torch
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
 from ray_xray.models import list_models
-from ray_xray.train import engine as E
 from ray_xray.train.loop import Trainer, fit
 
 pytestmark = pytest.mark.cuda
@@ -41,19 +40,7 @@ def _train_steps(cfg: TrainConfig, data, steps: int = STEPS) -> list[float]:
         except StopIteration:
             it = iter(tr.train_loader)
             batch = next(it)
-        out = E.train_one_epoch(
-            tr.model,
-            [batch],
-            tr.loss_fn,
-            tr.opt,
-            tr.sched,
-            tr.scaler,
-            tr.device,
-            tr.precision,
-            cfg.grad_clip,
-            tr.channels_last,
-            feed=tr.feed,
-        )
+        out = tr.train_epoch([batch])
         losses.append(out["train_loss"])
     return losses
 

@@ -46,6 +46,31 @@ class Trainer:
     val_loader: object
     classes: list[str]
 
+    def train_epoch(
+        self, batches, coverage: torch.Tensor | None = None, on_step=None, *, fed: bool = False
+    ) -> dict:
+        """One `engine.train_one_epoch` over `batches` (this run's loader, or any iterable of
+        `(uint8 images (B, C, H, W), labels (B,), row ids)`, fed through `self.feed`; with
+        `fed=True`, float images already on the device and normalised) with this run's model,
+        loss, optimiser, schedule, scaler, precision and grad clipping.
+
+        Returns train_one_epoch's dict (`train_loss`, `train_images`, ...)."""
+        return E.train_one_epoch(
+            self.model,
+            batches,
+            self.loss_fn,
+            self.opt,
+            self.sched,
+            self.scaler,
+            self.device,
+            self.precision,
+            self.cfg.grad_clip,
+            self.channels_last,
+            coverage,
+            on_step=on_step,
+            feed=None if fed else self.feed,
+        )
+
     @classmethod
     def build(
         cls,
@@ -216,21 +241,7 @@ def fit(
         hooks.before_epoch(epoch)
         t0 = time.perf_counter()
         coverage = torch.zeros(coverage_size) if coverage_size else None
-        out = E.train_one_epoch(
-            tr.model,
-            tr.train_loader,
-            tr.loss_fn,
-            tr.opt,
-            tr.sched,
-            tr.scaler,
-            tr.device,
-            tr.precision,
-            cfg.grad_clip,
-            tr.channels_last,
-            coverage,
-            on_step=hooks.on_step(epoch, len(tr.train_loader)),
-            feed=tr.feed,
-        )
+        out = tr.train_epoch(tr.train_loader, coverage, hooks.on_step(epoch, len(tr.train_loader)))
         train = hooks.reduce_train(out, coverage)
         y, prob, val_loss = predict_proba(
             tr.bare, tr.val_loader, tr.device, tr.precision, tr.channels_last, feed=tr.feed
