@@ -290,7 +290,8 @@ def test_the_precision_benchmark_runs_this_cpu_and_a_forced_avx2_one_side_by_sid
 def test_value_tables_put_every_arm_beside_the_published_figures():
     """benchmarks/value.py's summary (pure): one row per scored model with intervals, the
     adapted figures and estimated prior where measured, the published table, and a headline
-    that says whether the fold ensemble is outside the single runs' intervals."""
+    per searched arm that says whether it is above, within or below the single runs' intervals
+    and, on pneumonia2, whether it meets the issue's target."""
     from benchmarks import value as V
 
     def ci(v, lo, hi):
@@ -307,9 +308,15 @@ def test_value_tables_put_every_arm_beside_the_published_figures():
         | {"macro_f1": ci(0.86, 0.83, 0.89), "auc": ci(0.95, 0.93, 0.97), "prior": prior}
         | {"adapted": {"accuracy": ci(0.9, 0.87, 0.92), "macro_f1": ci(0.89, 0.86, 0.91)}},
     ]
-    res = V.summarise(s, {"pneumonia2": rows})
+    brain = [
+        {"arm": "a", "seed": 0, "macro_f1": ci(0.78, 0.75, 0.81)},
+        {"arm": "a", "seed": 1, "macro_f1": ci(0.80, 0.77, 0.83)},
+        {"arm": "b", "seed": 0, "macro_f1": ci(0.76, 0.73, 0.79)},  # inside seed 0's interval
+        {"arm": "c", "seed": 0, "macro_f1": ci(0.74, 0.71, 0.77)},  # under both intervals
+    ]
+    res = V.summarise(s, {"pneumonia2": rows, "brain4": brain})
     table, published = res["tables"]
-    assert len(table["rows"]) == 3 and published["rows"][2] == [
+    assert len(table["rows"]) == 3 + 4 and published["rows"][2] == [
         "AutoKeras (MedMNIST v2)",
         0.878,
         0.947,
@@ -319,8 +326,15 @@ def test_value_tables_put_every_arm_beside_the_published_figures():
     assert c[10] == "0.630 [0.600, 0.670] (train 0.740)"
     assert table["rows"][1][5] == "-"
     assert res["headline"] == [
-        "pneumonia2 at 32 px: fold ensemble test macro-F1 0.860 [0.830, 0.890] vs single run(s) "
-        "0.780 [0.750, 0.810] (above every single run's interval)"
+        "pneumonia2 at 32 px: (c) cross-validated sweep, fold ensemble: test macro-F1 0.860 "
+        "[0.830, 0.890], above every single run's interval (0.780 [0.750, 0.810]); ACC 0.880, "
+        "AUC 0.950 meets the target ACC >= 0.88, AUC >= 0.95",
+        "brain4 at 32 px: (b) sweep, one val split, top-k ensemble: test macro-F1 0.760 "
+        "[0.730, 0.790], within every single run's interval (0.780 [0.750, 0.810], 0.800 "
+        "[0.770, 0.830])",
+        "brain4 at 32 px: (c) cross-validated sweep, fold ensemble: test macro-F1 0.740 "
+        "[0.710, 0.770], below every single run's interval (0.780 [0.750, 0.810], 0.800 "
+        "[0.770, 0.830])",
     ]
     assert "value" in C.ORDER and C.TITLES["value"].startswith("8.")
 
