@@ -92,7 +92,7 @@ def workload(s: dict, data: str) -> tuple[dict, object]:
         "img_size": s["img_size"],
         "limit_per_split": s["limit_per_split"],
     }
-    overrides = {**settings, "data": absolute_spec(data), "seed": 0, "workers": 1}
+    overrides = {**settings, "data": absolute_spec(data), "seed": 0, "num_workers": 1}
     return settings, space.resolve(space.default_config(model), overrides)
 
 

@@ -60,9 +60,9 @@ def _train_steps(cfg: TrainConfig, data, steps: int = STEPS) -> list[float]:
 
 RECIPES = {
     # the default: one-cycle (warm start at lr/25), AdamW
-    "onecycle": {"scheduler": "onecycle", "optimizer": "adamw"},
+    "onecycle": {"lr_scheduler": "onecycle", "optimizer": "adamw"},
     # the seeds': Adam at a constant lr 1e-3 (plateau rule; no epoch ends within 30 steps)
-    "constant": {"scheduler": "plateau", "optimizer": "adam"},
+    "constant": {"lr_scheduler": "plateau", "optimizer": "adam"},
 }
 
 

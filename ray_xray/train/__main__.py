@@ -28,9 +28,8 @@ def parse_kv(items: list[str]) -> dict:
     return out
 
 
-# Fields whose flag is not `--field-name` (the field's name is ambiguous on a command line);
-# RENAMED: old spellings, still taken for one release (hidden from --help).
-FLAGS = {"scheduler": "--lr-scheduler", "workers": "--num-workers"}
+# Each setting's flag is `--field-name`. RENAMED: old spellings, still taken for one release
+# (hidden from --help).
 RENAMED = {"--scheduler": "--lr-scheduler", "--workers": "--num-workers"}
 CONFIG_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
 UNSET = object()  # what a setting's flag holds when it was not given
@@ -56,7 +55,7 @@ def add_config_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
     for name in CONFIG_FIELDS:
         if name in skip:
             continue
-        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        flag = "--" + name.replace("_", "-")
         kw = {"dest": name, "default": getattr(d, name), "help": HELP[name]}
         if types[name] is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)

@@ -46,7 +46,7 @@ def train_fn(config: dict) -> None:
 def worker_resources(cfg: TrainConfig, cpus_total: float | None = None) -> tuple[dict, int]:
     """CPUs per DDP worker (and torch threads): share what the cluster has."""
     cpus_total = cpus_total or ray.cluster_resources().get("CPU", 1)
-    per = max(1.0, float(int(cpus_total // cfg.workers)))
+    per = max(1.0, float(int(cpus_total // cfg.num_workers)))
     return {"CPU": per}, threads_for(per)
 
 
@@ -74,7 +74,7 @@ def make_trainer(
     callbacks: list | None = None,
     runtime: dict | None = None,
 ) -> Trainer:
-    """A TorchTrainer running `train_fn` on `cfg.workers` workers, checkpoints in
+    """A TorchTrainer running `train_fn` on `cfg.num_workers` workers, checkpoints in
     `storage/name`. `runtime`: extra `_`-prefixed options for the workers (see
     `worker.split_config`), e.g. `_data` (the sweep's prepared data in Ray's object store)."""
     if cpus_per_worker is None:
@@ -90,7 +90,7 @@ def make_trainer(
         train_fn,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=name,
