@@ -8,9 +8,9 @@ import math
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from . import metrics as M
-from . import stats as S
+from . import stats
 from .calibration import ece
+from .metrics import full_report
 
 SPECIFICITIES = (0.90, 0.95)
 SENSITIVITIES = (0.90, 0.95)
@@ -43,8 +43,8 @@ def report(
     prob: np.ndarray,
     classes: list[str],
     intervals: bool = False,
-    n_boot: int = S.N_BOOT,
-    seed: int = S.SEED,
+    n_boot: int = stats.N_BOOT,
+    seed: int = stats.SEED,
 ) -> dict:
     """full_report + auc_per_class, pr_ap (per class), pr_ap_macro, ece (15 bins, top label).
 
@@ -54,7 +54,7 @@ def report(
     (`n_boot` resamples, `seed`)} (see ray_xray.stats).
     """
     y = np.asarray(y)
-    out = M.full_report(y, prob, classes)
+    out = full_report(y, prob, classes)
     out["auc_per_class"] = per_class_auc(y, prob, classes)
     out["pr_ap"] = per_class_ap(y, prob, classes)
     out["pr_ap_macro"] = _nanmean(out["pr_ap"].values())
@@ -64,9 +64,9 @@ def report(
         out["intervals"] = {
             "method": "Wilson score 95 % for proportions; stratified percentile bootstrap "
             f"({n_boot} resamples, seed {seed}) for AUC, macro-F1 and accuracy",
-            "accuracy": S.proportion(int((pred == y).sum()), len(y)),
-            "per_class": S.class_proportions(y, pred, classes),
-            "bootstrap": S.bootstrap(y, prob, classes, n_boot=n_boot, seed=seed),
+            "accuracy": stats.proportion(int((pred == y).sum()), len(y)),
+            "per_class": stats.class_proportions(y, pred, classes),
+            "bootstrap": stats.bootstrap(y, prob, classes, n_boot=n_boot, seed=seed),
         }
     return out
 
@@ -125,8 +125,8 @@ def _counts(pos: np.ndarray, score: np.ndarray, t: float) -> dict:
     """Sensitivity and specificity of `score >= t` with their Wilson intervals."""
     pred = score >= t
     return {
-        "sensitivity": S.proportion(int((pred & pos).sum()), int(pos.sum())),
-        "specificity": S.proportion(int((~pred & ~pos).sum()), int((~pos).sum())),
+        "sensitivity": stats.proportion(int((pred & pos).sum()), int(pos.sum())),
+        "specificity": stats.proportion(int((~pred & ~pos).sum()), int((~pos).sum())),
     }
 
 

@@ -218,8 +218,8 @@ def test_config_rejects_bad_values():
 
 @pytest.fixture
 def ray_session():
-    # fit() starts Ray inside this process: shut it down so later tests' sweeps (their own
-    # Ray, in a subprocess) do not share the 2 cores with an idle second cluster. And before:
+    # train_and_test() starts Ray inside this process: shut it down so later tests' sweeps (their
+    # own Ray, in a subprocess) do not share the 2 cores with an idle second cluster. And before:
     # a Ray an earlier in-process test left running (without this project's worker hook) would
     # otherwise be joined by init_ray.
     import ray
@@ -238,7 +238,7 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session, monkeypatch,
 
     from ray_xray import trace
     from ray_xray.device import threads_for
-    from ray_xray.train import fit
+    from ray_xray.train import train_and_test
 
     monkeypatch.setenv(trace.TRACE_ENV, str(tmp_path / "trace.jsonl"))  # before Ray starts
 
@@ -252,7 +252,7 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session, monkeypatch,
         num_workers=2,
         precision="fp32",
     )
-    report = fit(cfg, tmp_path / "run")
+    report = train_and_test(cfg, tmp_path / "run")
     history = report["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
     assert all(

@@ -18,8 +18,8 @@ import numpy as np
 from ..cli import Parser, run
 from ..config import CHOICES, HELP, TrainConfig, parse_settings
 from ..device import announce, pick_device
-from . import loop as L
-from . import report as R
+from ..io import write_atomic
+from . import loop, report
 
 # The seed's cnn head (4096-2048 on a 7x7 pool) has 111M parameters, nearly all in the first
 # Linear: far too slow to retrain every round on a CPU. Use the head search_spaces/cnn.yaml
@@ -59,14 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategy",
         default="entropy",
-        help=f"one or a comma list of {', '.join(L.STRATEGIES)}; random always runs "
+        help=f"one or a comma list of {', '.join(loop.STRATEGIES)}; random always runs "
         "too (default %(default)s)",
     )
     p.add_argument("--mc-passes", type=int, default=10, help="MC-dropout stochastic passes (T)")
     p.add_argument(
         "--mc-score",
         default="entropy",
-        choices=L.MC_SCORES,
+        choices=loop.MC_SCORES,
         help="mc_dropout: entropy of the mean prediction, or BALD (mutual information)",
     )
     p.add_argument("--repeats", type=int, default=3, help="seeds per strategy (mean and sd)")
@@ -118,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def strategies_from(text: str) -> list[str]:
     names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-    bad = [s for s in names if s not in L.STRATEGIES]
+    bad = [s for s in names if s not in loop.STRATEGIES]
     if bad or not names:
         raise ValueError(
             f"unknown strategy {', '.join(map(repr, bad)) or repr(text)}; "
-            f"choose from {', '.join(L.STRATEGIES)}"
+            f"choose from {', '.join(loop.STRATEGIES)}"
         )
     # Random is the baseline every figure compares to: always run it, always last.
     return [s for s in names if s != "random"] + ["random"]
@@ -178,7 +178,7 @@ def run_jobs(data, cfg, jobs, opts: dict, local: bool, cpus_per_job: int, gpus: 
     (one per run, so strategies and seeds spread over every CPU of the cluster)."""
     if local or len(jobs) == 1:
         for strategy, seed in jobs:
-            yield L.run_sequence(data, cfg, strategy, seed, **opts)
+            yield loop.run_sequence(data, cfg, strategy, seed, **opts)
         return
     import os
 
@@ -197,7 +197,7 @@ def run_jobs(data, cfg, jobs, opts: dict, local: bool, cpus_per_job: int, gpus: 
         f"ray: {len(jobs)} runs as tasks of {cpus} CPU(s), {int(total // cpus)} at a time",
         flush=True,
     )
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(L.run_sequence)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(loop.run_sequence)
     data_ref = ray.put(data)  # shipped once, shared by every task on a node
     pending = [
         task.remote(data_ref, cfg, strategy, seed, threads=cpus, **opts) for strategy, seed in jobs
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..inference import build_model
 
     model = build_model(cfg, 3)  # fail fast on an unknown model or hyperparameter
-    if "mc_dropout" in strategies and not L.dropout_modules(model):
+    if "mc_dropout" in strategies and not loop.dropout_modules(model):
         raise ValueError(f"--strategy mc_dropout needs dropout layers; {cfg.model} has none")
     n_params = sum(p.numel() for p in model.parameters())
     del model
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_for_config(cfg, args.cache)
     y = data.labels["train"]
     n_train = len(y)
-    n0, k = len(L.initial_pool(y, args.initial, 0)), L.query_size(n_train, args.query)
+    n0, k = len(loop.initial_pool(y, args.initial, 0)), loop.query_size(n_train, args.query)
     if n0 + args.rounds * k > n_train:
         most = (n_train - n0) // k
         raise ValueError(
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_config": cfg.to_dict(),
         "precision_choice": choice.to_dict(),
     }
-    R.write_atomic(out / "config.json", json.dumps(meta, indent=2))
+    write_atomic(out / "config.json", json.dumps(meta, indent=2))
     print(
         f"active learning: {', '.join(strategies)} x seeds {seeds} | train {n_train}, "
         f"labels {n0} + {args.rounds} x {k} -> {n0 + args.rounds * k} | val "
@@ -312,11 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     for got in run_jobs(data, cfg, jobs, opts, args.local, args.cpus_per_job, args.gpus_per_job):
         rows += got
         # Rewrite everything after each run: an interrupted experiment keeps what it finished.
-        R.write_outputs(out, rows, R.summarise(rows, focus), meta, plot=False)
-    summary = R.summarise(rows, focus)
-    R.write_outputs(out, rows, summary, meta)
+        report.write_outputs(out, rows, report.summarise(rows, focus), meta, plot=False)
+    summary = report.summarise(rows, focus)
+    report.write_outputs(out, rows, summary, meta)
 
-    print("\n" + R.table(summary, focus))
+    print("\n" + report.table(summary, focus))
     bad = round0_mismatch(rows)
     if bad:  # CPU runs are deterministic; GPU kernels may not be
         print(

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-from .. import metrics as M
 from ..config import TrainConfig
 from ..data.dataset import loader as make_loader
 from ..device import pick_device
 from ..inference import autocast, predict_proba
-from ..train import engine as E
-from ..train.loop import Hooks, Progress, Trainer, fit
+from ..metrics import full_report
+from ..train import engine
+from ..train.loop import Hooks, Progress, Trainer, train_epochs
 
 STRATEGIES = ("entropy", "margin", "mc_dropout", "random")
 MC_SCORES = ("entropy", "bald")
@@ -158,7 +158,7 @@ def mc_predict(
 
 
 class _KeepBest(Hooks):
-    """Active learning's side of `fit`: keep the best epoch's weights in memory (a round is
+    """Active learning's side of `train_epochs`: keep the best epoch's weights in memory (a round is
     short and nothing needs them on disk)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -174,15 +174,16 @@ def fit_round(cfg: TrainConfig, data, train_idx: np.ndarray, device: torch.devic
     """Train a fresh model on train[train_idx] for cfg.epochs; return it at its best validation
     epoch (by cfg.monitor, default val macro-F1) and a summary of the fit.
 
-    The same `fit` loop as the Ray Train worker, in-process: a TorchTrainer per round would add
-    ~30 s of Ray Train start-up to every round, more than a round of a small CNN costs on a CPU.
+    The same `train_epochs` loop as the Ray Train worker, in-process: a TorchTrainer per round
+    would add ~30 s of Ray Train start-up to every round, more than a round of a small CNN costs
+    on a CPU.
     Class weights come from the *labelled* counts: that is the imbalance the model sees.
     """
-    E.seed_everything(cfg.seed)
+    engine.seed_everything(cfg.seed)
     tr = Trainer.build(cfg, data, device, train_idx=train_idx)
     keep = _KeepBest(tr.bare)
     t0 = time.perf_counter()
-    progress = fit(tr, hooks=keep)
+    progress = train_epochs(tr, hooks=keep)
     tr.bare.load_state_dict(keep.state)
     tr.bare.eval()
     fit_summary = {
@@ -233,7 +234,7 @@ def run_sequence(
             dataclasses.replace(cfg, seed=round_seed(seed, r)), data, labelled, device
         )
         y, prob, _ = predict_proba(model, test_loader, device, precision, cl, feed=feed)
-        test = M.full_report(y, prob, classes)
+        test = full_report(y, prob, classes)
         row = {
             "strategy": strategy,
             "seed": seed,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import stats as S
+from .. import stats
 from ..cli import UserError
 from ..device import pick_device
 from ..io import write_atomic
@@ -96,7 +96,9 @@ def operating_points(y_val, p_val, sets: dict, classes: list[str], targets=SPECI
                 sens, spec = sens_spec(pos, p[:, k], t) if t is not None else (math.nan,) * 2
                 row[f"{name}_sensitivity"], row[f"{name}_specificity"] = sens, spec
                 row[f"{name}_holds"] = (
-                    S.specificity_holds(spec, target, int((~pos).sum())) if t is not None else None
+                    stats.specificity_holds(spec, target, int((~pos).sum()))
+                    if t is not None
+                    else None
                 )
             out[c][f"{target:.2f}"] = row
     return out
@@ -159,9 +161,11 @@ def shift_check(
     y, prob, classes = parts["y"], parts["prob"], subject.classes
     # A partial set is compared on its own classes: the reference's macro-F1/AUC average over
     # the same ones.
-    only = S.present(y, len(classes))
-    ref_head, ref_samples = S.with_intervals(ref.labels, p_ref, classes, n_boot, seed, only=only)
-    drops = S.drops(ref_head, ref_samples, parts["headline"], parts["samples"])
+    only = stats.present(y, len(classes))
+    ref_head, ref_samples = stats.with_intervals(
+        ref.labels, p_ref, classes, n_boot, seed, only=only
+    )
+    drops = stats.drops(ref_head, ref_samples, parts["headline"], parts["samples"])
     warnings = [
         _headline_warning(k, d, data, ref_split) for k, d in drops.items() if d["significant"]
     ]
@@ -324,7 +328,7 @@ def evaluate(
     t1 = time.perf_counter()
     prob, member_prob = probabilities(subject, ev, dev)
     y, classes = ev.labels, subject.classes
-    headline, samples = S.with_intervals(y, prob, classes, n_boot, seed)
+    headline, samples = stats.with_intervals(y, prob, classes, n_boot, seed)
     wilson_proportions(headline, y, prob.argmax(1), classes)
     timings["predict_s"] = time.perf_counter() - t1
     adapted = None
@@ -377,7 +381,7 @@ def evaluate(
         created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         metrics=report(y, prob, classes),
         headline=headline,
-        bootstrap={"resamples": n_boot, "seed": seed, "level": S.LEVEL, "stratified": True},
+        bootstrap={"resamples": n_boot, "seed": seed, "level": stats.LEVEL, "stratified": True},
         operating_points=op,
         shift=shift_block,
         stress=stress_block,
@@ -406,21 +410,21 @@ def prior_block(subject: Subject, y, prob, method, prevalence, n_boot: int, seed
     ensemble's, else its first member's training split), the target prior (EM-estimated, with
     its bootstrap interval, or the given prevalence), and the headline figures with intervals
     and the full metrics on the re-weighted posteriors. Raises UserError on a bad prevalence."""
-    from .. import prior as P
+    from .. import prior
     from ..checkpoint import load_model_or_ensemble
     from ..scores import report
 
     classes = subject.classes
     try:
-        train = P.train_prior_of(load_model_or_ensemble(subject.path), cache)
-        target = P.parse_prevalence(prevalence, classes) if prevalence else None
+        train = prior.train_prior_of(load_model_or_ensemble(subject.path), cache)
+        target = prior.parse_prevalence(prevalence, classes) if prevalence else None
         method = "known" if prevalence else method
-        out = P.adapt(prob, train, method, target, n_boot=min(n_boot, P.N_BOOT), seed=seed)
+        out = prior.adapt(prob, train, method, target, n_boot=min(n_boot, prior.N_BOOT), seed=seed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     adapted = out.pop("prob")
-    headline, _ = S.with_intervals(y, adapted, classes, n_boot, seed)
-    log(P.summary_line(out, classes))
+    headline, _ = stats.with_intervals(y, adapted, classes, n_boot, seed)
+    log(prior.summary_line(out, classes))
     return {**out, "headline": headline, "metrics": report(y, adapted, classes)}
 
 

@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg.model, 3, cfg.in_chans, cfg.img_size, **cfg.model_kwargs
     )  # fail fast on bad hp
     out = args.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    from .run import absent_as_null, fit
+    from .run import absent_as_null, train_and_test
 
-    report = fit(cfg, out, max_failures=args.max_failures, cache=args.cache)
+    report = train_and_test(cfg, out, max_failures=args.max_failures, cache=args.cache)
     t = absent_as_null(report)["test"]  # as metrics.json: an absent class has no recall
 
     def num(v, digits: int = 3) -> str:

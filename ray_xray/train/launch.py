@@ -19,7 +19,7 @@ from ..config import TrainConfig
 from ..device import threads_for
 
 
-class Trainer(TorchTrainer):
+class TorchTrainerWithoutRayData(TorchTrainer):
     """TorchTrainer without Ray Data's per-run machinery when no Ray Dataset is passed.
 
     Ray Train 2.60 adds its `DatasetsCallback` to every run: it starts a `DatasetManager` actor
@@ -73,7 +73,7 @@ def make_trainer(
     cache: str | None = None,
     callbacks: list | None = None,
     runtime: dict | None = None,
-) -> Trainer:
+) -> TorchTrainerWithoutRayData:
     """A TorchTrainer running `train_fn` on `cfg.num_workers` workers, checkpoints in
     `storage/name`. `runtime`: extra `_`-prefixed options for the workers (see
     `worker.split_config`), e.g. `_data` (the sweep's prepared data in Ray's object store)."""
@@ -86,7 +86,7 @@ def make_trainer(
         resources["GPU"] = gpus_per_worker  # fractional GPUs share one card between trials
     loop_config = {**cfg.to_dict(), "_threads": threads, "_cache": cache, **(runtime or {})}
     mode = "min" if cfg.monitor == "val_loss" else "max"
-    return Trainer(
+    return TorchTrainerWithoutRayData(
         train_fn,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(

@@ -1,8 +1,8 @@
 """The one epoch loop: train, validate, track the best epoch, early-stop, step the plateau rule.
 
 `train_loop_per_worker` (Ray Train, worker.py) and active learning (active/loop.py) both run
-`fit`; what differs between them (all-reduces, reports and checkpoints, keeping the best weights
-in memory) comes in through `Hooks`. `Trainer.build` puts together the model, optimiser,
+`train_epochs`; what differs between them (all-reduces, reports and checkpoints, keeping the best
+weights in memory) comes in through `Hooks`. `Trainer.build` puts together the model, optimiser,
 schedule, loaders and the device feed the same way for both.
 """
 
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import metrics as M
 from ..config import TrainConfig
 from ..data import class_weights
 from ..data.dataset import loader as make_loader
@@ -24,19 +23,21 @@ from ..data.dataset import seed_augmentation
 from ..data.feed import BatchAugment, DeviceFeed, pick_augment_on
 from ..device import pick_precision
 from ..inference import build_model, predict_proba, uses_channels_last
-from . import engine as E
+from ..metrics import summary
+from . import engine
 
 
 @dataclass
 class Trainer:
-    """Everything one training run steps: built once by `Trainer.build`, then used by `fit`."""
+    """Everything one training run steps: built once by `Trainer.build`, then stepped by
+    `train_epochs`."""
 
     cfg: TrainConfig
     model: nn.Module  # what trains (DDP-wrapped under Ray Train with several workers)
     bare: nn.Module  # the plain module: evaluation and state dicts
     loss_fn: nn.Module
     opt: torch.optim.Optimizer
-    sched: E.Schedule
+    sched: engine.Schedule
     scaler: torch.amp.GradScaler
     device: torch.device
     precision: str
@@ -101,8 +102,8 @@ class Trainer:
         val_loader = make_loader(data.dataset("val"), max(64, cfg.batch_size), device=device)
 
         counts = np.bincount(labels, minlength=len(data.classes))
-        loss_fn = E.make_loss(cfg, class_weights(counts) if cfg.class_weights else None)
-        opt = E.make_optimizer(cfg, model)
+        loss_fn = engine.make_loss(cfg, class_weights(counts) if cfg.class_weights else None)
+        opt = engine.make_optimizer(cfg, model)
         feed = data.feed(cfg.in_chans, device, channels_last, augment, cfg.normalize, cfg.equalize)
         return cls(
             cfg,
@@ -110,8 +111,8 @@ class Trainer:
             bare,
             loss_fn.to(device),
             opt,
-            E.Schedule(cfg, opt, len(train_loader)),
-            E.make_scaler(device, precision),
+            engine.Schedule(cfg, opt, len(train_loader)),
+            engine.make_scaler(device, precision),
             device,
             precision,
             channels_last,
@@ -177,7 +178,7 @@ class Progress:
 
 
 class Hooks:
-    """What a caller of `fit` adds; the defaults are a single in-process run."""
+    """What a caller of `train_epochs` adds; the defaults are a single in-process run."""
 
     def on_step(self, epoch: int, steps: int):
         """A callable(step) run before every training step of `epoch`, or None."""
@@ -198,7 +199,7 @@ class Hooks:
         """After validation: report, checkpoint, keep the best weights..."""
 
 
-def fit(
+def train_epochs(
     tr: Trainer,
     progress: Progress | None = None,
     hooks: Hooks | None = None,
@@ -216,7 +217,7 @@ def fit(
         hooks.before_epoch(epoch)
         t0 = time.perf_counter()
         coverage = torch.zeros(coverage_size) if coverage_size else None
-        out = E.train_one_epoch(
+        out = engine.train_one_epoch(
             tr.model,
             tr.train_loader,
             tr.loss_fn,
@@ -239,7 +240,7 @@ def fit(
             "epoch": epoch,
             **train,
             "val_loss": val_loss,
-            **M.summary(y, prob, tr.classes),
+            **summary(y, prob, tr.classes),
             "train_s": out["train_s"],
             "epoch_s": time.perf_counter() - t0,
             "images_per_s": train["train_images"] / out["train_s"],

@@ -16,9 +16,9 @@ from ..config import TrainConfig
 from ..data import load_for_config
 from ..data.dataset import shared_key
 from ..device import pick_device
-from . import engine as E
+from . import engine
 from .collectives import all_reduce_sum
-from .loop import Hooks, Progress, Trainer, fit
+from .loop import Hooks, Progress, Trainer, train_epochs
 from .session import TrainSession, TuneSession
 
 
@@ -62,7 +62,7 @@ def fault_hook(cfg: TrainConfig, epoch: int, rank: int, resumed: bool, steps: in
 
 
 class RayHooks(Hooks):
-    """Ray's side of `fit`: sums over workers, rank 0's early-stop decision, reports and
+    """Ray's side of `train_epochs`: sums over workers, rank 0's early-stop decision, reports and
     checkpoints (rank 0 saves the full training state, so a restart never redoes an epoch),
     all through `session` (a Ray Train worker's or a Tune trial's, see `session.py`)."""
 
@@ -148,7 +148,7 @@ def run_training(cfg: TrainConfig, runtime: dict, session) -> None:
     rank = session.rank
     if runtime.get("_threads"):
         torch.set_num_threads(int(runtime["_threads"]))
-    E.seed_everything(cfg.seed)
+    engine.seed_everything(cfg.seed)
 
     data = shared_data(cfg, runtime.get("_data")) or load_for_config(cfg, runtime.get("_cache"))
     trace.mark("data_loaded", trial=trial)
@@ -194,7 +194,7 @@ def run_training(cfg: TrainConfig, runtime: dict, session) -> None:
         session.report(dict(progress.history[-1]), checkpoint=ckpt if rank == 0 else None)
     hooks = RayHooks(cfg, tr, data, session, resumed, best_record)
     world = session.world
-    fit(tr, progress, hooks, coverage_size=len(data.labels["train"]) if world > 1 else 0)
+    train_epochs(tr, progress, hooks, coverage_size=len(data.labels["train"]) if world > 1 else 0)
     trace.mark("worker_end", trial=trial)
 
 
