@@ -220,7 +220,7 @@ def run_sequence(
         torch.set_num_threads(int(threads))  # a Ray task's CPU share, not the whole machine
     device = pick_device(cfg.device)
     classes, y_train = data.classes, data.labels["train"]
-    n_train, k = len(y_train), query_size(len(y_train), query)
+    k = query_size(len(y_train), query)
     labelled = initial_pool(y_train, initial, seed)
     queried = np.array([], dtype=np.int64)  # what the previous round asked for (none in round 0)
     # Scoring sees the pool without augmentation: uncertainty about the image, not the crop.
@@ -241,23 +241,9 @@ def run_sequence(
             "round": r,
             "n_labelled": len(labelled),
             "n_queried": len(queried),
-            "test_accuracy": test["accuracy"],
-            "test_macro_f1": test["macro_f1"],
-            **{f"test_f1_{c}": test["f1"][c] for c in classes},
-            "val_macro_f1": summary["val"]["val_macro_f1"],
-            "best_epoch": summary["best_epoch"],
-            **{
-                f"labelled_{c}": int(v)
-                for c, v in zip(
-                    classes, np.bincount(y_train[labelled], minlength=len(classes)), strict=True
-                )
-            },
-            **{
-                f"queried_{c}": int(v)
-                for c, v in zip(
-                    classes, np.bincount(y_train[queried], minlength=len(classes)), strict=True
-                )
-            },
+            **_round_scores(test, summary, classes),
+            **_class_counts("labelled", y_train[labelled], classes),
+            **_class_counts("queried", y_train[queried], classes),
             "train_s": summary["train_s"],
         }
         if r == 0:
@@ -266,39 +252,88 @@ def run_sequence(
 
         t1 = time.perf_counter()
         if r < rounds:
-            pool = np.setdiff1d(np.arange(n_train), labelled)
-            probs = None
-            if strategy != "random":
-                loader = make_loader(Subset(pool_ds, pool.tolist()), 256, device=device)
-                if strategy == "mc_dropout":
-                    probs = mc_predict(
-                        model,
-                        loader,
-                        device,
-                        precision,
-                        cl,
-                        mc_passes,
-                        seed=round_seed(seed, r),
-                        feed=feed,
-                    )
-                else:
-                    probs = predict_proba(model, loader, device, precision, cl, feed=feed)[1]
-            rng = np.random.default_rng([seed, r])
-            queried = select(score(strategy, probs, mc_score), pool, k, rng)
-            # The invariants the whole comparison rests on: k new, distinct, train-only items.
-            assert len(queried) == k and len(np.unique(queried)) == k
-            assert not np.isin(queried, labelled).any()
+            trained = (model, precision, cl, feed)
+            queried = _query(
+                strategy, trained, pool_ds, labelled, k, device, mc_passes, mc_score, r, seed
+            )
             labelled = np.sort(np.concatenate([labelled, queried]))
         row["score_s"] = time.perf_counter() - t1
         row["round_s"] = time.perf_counter() - t0
         rows.append(row)
-        focus_txt = f"  {focus[:4]}-F1 {test['f1'][focus]:.3f}" if focus in classes else ""
-        mix = " ".join(f"{c[:4]} {row[f'queried_{c}']}" for c in classes)
-        print(
-            f"{tag:<20} round {r}/{rounds}  labels {row['n_labelled']:>5}"
-            + (f" (+{len(row['queried_idx'])}: {mix})" if r else "")
-            + f"  acc {test['accuracy']:.3f}  F1 {test['macro_f1']:.3f}{focus_txt}"
-            f"  best ep {summary['best_epoch']}  {row['round_s']:.1f}s",
-            flush=True,
-        )
+        print(_round_line(tag, row, rounds, test, classes, focus), flush=True)
     return rows
+
+
+def _round_scores(test: dict, summary: dict, classes: list[str]) -> dict:
+    """A round's row figures: test accuracy, macro-F1 and per-class F1 (`metrics.full_report`'s
+    `test`), the validation macro-F1 and best epoch of its training (`fit_round`'s summary)."""
+    return {
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        **{f"test_f1_{c}": test["f1"][c] for c in classes},
+        "val_macro_f1": summary["val"]["val_macro_f1"],
+        "best_epoch": summary["best_epoch"],
+    }
+
+
+def _class_counts(prefix: str, y: np.ndarray, classes: list[str]) -> dict:
+    """{"<prefix>_<class>": count} of the int class indices `y`, every class (0 when absent)."""
+    counts = np.bincount(y, minlength=len(classes))
+    return {f"{prefix}_{c}": int(v) for c, v in zip(classes, counts, strict=True)}
+
+
+def _query(
+    strategy: str,
+    trained: tuple,
+    pool_ds,
+    labelled: np.ndarray,
+    k: int,
+    device,
+    mc_passes: int,
+    mc_score: str,
+    r: int,
+    seed: int,
+) -> np.ndarray:
+    """Round `r`'s k new training indices to label: the unlabelled pool (`pool_ds` minus
+    `labelled`) scored by `strategy` with the round's model (`trained`: model, precision,
+    channels_last, feed, as `fit_round` returns them), ties and `random` drawn with a
+    (seed, round) generator. int64 (k,)."""
+    pool = np.setdiff1d(np.arange(len(pool_ds)), labelled)
+    probs = None
+    if strategy != "random":
+        loader = make_loader(Subset(pool_ds, pool.tolist()), 256, device=device)
+        probs = _pool_probabilities(strategy, trained, loader, device, mc_passes, r, seed)
+    rng = np.random.default_rng([seed, r])
+    queried = select(score(strategy, probs, mc_score), pool, k, rng)
+    # The invariants the whole comparison rests on: k new, distinct, train-only items.
+    assert len(queried) == k and len(np.unique(queried)) == k
+    assert not np.isin(queried, labelled).any()
+    return queried
+
+
+def _pool_probabilities(
+    strategy: str, trained: tuple, loader, device, mc_passes: int, r: int, seed: int
+) -> np.ndarray:
+    """What `score` ranks the unlabelled pool by: (N, K) softmax outputs, or for mc_dropout
+    (mc_passes, N, K) passes with dropout on, seeded by the round. `trained`: (model,
+    precision, channels_last, feed) as `fit_round` returns them."""
+    model, precision, cl, feed = trained
+    if strategy == "mc_dropout":
+        return mc_predict(
+            model, loader, device, precision, cl, mc_passes, seed=round_seed(seed, r), feed=feed
+        )
+    return predict_proba(model, loader, device, precision, cl, feed=feed)[1]
+
+
+def _round_line(tag: str, row: dict, rounds: int, test: dict, classes: list, focus) -> str:
+    """The console line of one finished round: labels bought (and their class mix), test
+    accuracy and macro-F1 (and the `focus` class's F1), best epoch, seconds."""
+    r = row["round"]
+    focus_txt = f"  {focus[:4]}-F1 {test['f1'][focus]:.3f}" if focus in classes else ""
+    mix = " ".join(f"{c[:4]} {row[f'queried_{c}']}" for c in classes)
+    return (
+        f"{tag:<20} round {r}/{rounds}  labels {row['n_labelled']:>5}"
+        + (f" (+{len(row['queried_idx'])}: {mix})" if r else "")
+        + f"  acc {test['accuracy']:.3f}  F1 {test['macro_f1']:.3f}{focus_txt}"
+        f"  best ep {row['best_epoch']}  {row['round_s']:.1f}s"
+    )

@@ -66,40 +66,13 @@ class Trainer:
         `prepare_model` / `prepare_data_loader` (DDP wrapping, distributed sampler).
         """
         precision = pick_precision(cfg.precision, device)
-        model = build_model(cfg, len(data.classes))
-        channels_last = uses_channels_last(cfg, model)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        model = prepare_model(model) if prepare_model else model.to(device)
-        bare = model.module if hasattr(model, "module") else model
-        if cfg.compile:
-            model = torch.compile(model)
-
+        model, bare, channels_last = _placed_model(cfg, len(data.classes), device, prepare_model)
         on = pick_augment_on(cfg.augment_on, device, cfg.augment)
-        strength = cfg.aug_strength if on == "loader" else 0.0
-        train_ds = data.dataset("train", aug_strength=strength, augment=cfg.augment)
-        seed_augmentation(train_ds, cfg.seed)
-        augment = BatchAugment(cfg.aug_strength, cfg.augment) if on == "device" else None
-        labels = data.labels["train"]
-        if train_idx is not None:
-            train_ds = torch.utils.data.Subset(train_ds, [int(i) for i in train_idx])
-            labels = labels[np.asarray(train_idx, dtype=np.int64)]
-        # Drop a ragged last batch only when it would be tiny: BatchNorm cannot train on 1 image.
-        drop_last = len(train_ds) // world % cfg.batch_size == 1
-        gen = torch.Generator().manual_seed(cfg.seed)
-        workers = loader_workers(cfg.loader_workers if on == "loader" else 0)
-        train_loader = make_loader(
-            train_ds,
-            cfg.batch_size,
-            shuffle=True,
-            drop_last=drop_last,
-            device=device,
-            workers=workers,
-            generator=gen,
-        )
+        train_loader, labels = _train_loader(cfg, data, device, on, train_idx, world)
         if prepare_loader:
             train_loader = prepare_loader(train_loader)
         val_loader = make_loader(data.dataset("val"), max(64, cfg.batch_size), device=device)
+        augment = BatchAugment(cfg.aug_strength, cfg.augment) if on == "device" else None
 
         counts = np.bincount(labels, minlength=len(data.classes))
         loss_fn = engine.make_loss(cfg, class_weights(counts) if cfg.class_weights else None)
@@ -138,6 +111,52 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
+
+
+def _placed_model(
+    cfg: TrainConfig, num_classes: int, device: torch.device, prepare_model=None
+) -> tuple[nn.Module, nn.Module, bool]:
+    """(model that trains, the plain module, channels_last): `cfg`'s model for `num_classes`,
+    channels-last where it helps, on `device` (or through Ray Train's `prepare_model`: DDP),
+    `torch.compile`d when `cfg.compile`."""
+    model = build_model(cfg, num_classes)
+    channels_last = uses_channels_last(cfg, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(model) if prepare_model else model.to(device)
+    bare = model.module if hasattr(model, "module") else model
+    if cfg.compile:
+        model = torch.compile(model)
+    return model, bare, channels_last
+
+
+def _train_loader(
+    cfg: TrainConfig, data, device: torch.device, on: str, train_idx=None, world: int = 1
+) -> tuple[object, np.ndarray]:
+    """(shuffled training loader, int class indices of the rows it serves). Loader-side
+    augmentation when `on` is "loader"; `train_idx` keeps those training rows only; `world`
+    DDP workers share each epoch (a ragged last batch of one image is dropped)."""
+    strength = cfg.aug_strength if on == "loader" else 0.0
+    train_ds = data.dataset("train", aug_strength=strength, augment=cfg.augment)
+    seed_augmentation(train_ds, cfg.seed)
+    labels = data.labels["train"]
+    if train_idx is not None:
+        train_ds = torch.utils.data.Subset(train_ds, [int(i) for i in train_idx])
+        labels = labels[np.asarray(train_idx, dtype=np.int64)]
+    # Drop a ragged last batch only when it would be tiny: BatchNorm cannot train on 1 image.
+    drop_last = len(train_ds) // world % cfg.batch_size == 1
+    gen = torch.Generator().manual_seed(cfg.seed)
+    workers = loader_workers(cfg.loader_workers if on == "loader" else 0)
+    loader = make_loader(
+        train_ds,
+        cfg.batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        device=device,
+        workers=workers,
+        generator=gen,
+    )
+    return loader, labels
 
 
 def loader_workers(asked: int) -> int:
