@@ -216,6 +216,7 @@ class TrainConfig:
 
     @classmethod
     def field_names(cls) -> set[str]:
+        """The names of every setting (the dataclass fields, model_kwargs included)."""
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
@@ -251,9 +252,12 @@ class TrainConfig:
         return dataclasses.replace(self, model_kwargs={**extra, **self.model_kwargs})
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting as a flat JSON-able dict (model_kwargs a nested dict): what config.json and
+        a checkpoint's record store, and what `from_dict` reads back."""
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
+        """`to_dict` as indented JSON text with sorted keys."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 

@@ -18,6 +18,8 @@ TARGET_KINDS = {"spec": "specificity", "sens": "sensitivity"}
 
 
 def per_class_auc(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """One-vs-rest ROC-AUC per class (sklearn's roc_auc_score) from int (N,) labels and (N, K)
+    probabilities; NaN for a class with no positive or no negative image."""
     out = {}
     for k, c in enumerate(classes):
         pos = y == k
@@ -26,6 +28,8 @@ def per_class_auc(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[s
 
 
 def per_class_ap(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """One-vs-rest average precision per class (sklearn's average_precision_score); NaN for a
+    class with no positive image."""
     out = {}
     for k, c in enumerate(classes):
         pos = y == k
@@ -110,6 +114,8 @@ def log_odds(p: float | None) -> float | None:
 
 
 def sens_spec(pos: np.ndarray, score: np.ndarray, t: float) -> tuple[float, float]:
+    """(sensitivity, specificity) of calling positive when `score >= t`, for the bool (N,)
+    truths `pos`; NaN where there is no positive (sensitivity) or no negative (specificity)."""
     pred = score >= t
     sens = float(pred[pos].mean()) if pos.any() else math.nan
     spec = float((~pred[~pos]).mean()) if (~pos).any() else math.nan

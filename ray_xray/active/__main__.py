@@ -30,6 +30,8 @@ SMOKE_MODEL = {"cnn": {"width": 8, "head_dims": [64], "pool_size": 2}}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `active` command's options: model and data, the experiment (pool sizes, rounds,
+    strategies, seeds), how each round trains, and where the runs go."""
     d = TrainConfig()
     p = Parser(
         data_boundary=True,
@@ -130,6 +132,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def strategies_from(text: str) -> list[str]:
+    """`--strategy`'s comma list -> the strategies to run, each once, with "random" (the baseline
+    every figure compares to) always last. Raises ValueError naming an unknown strategy."""
     names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     bad = [s for s in names if s not in loop.STRATEGIES]
     if bad or not names:
@@ -142,6 +146,8 @@ def strategies_from(text: str) -> list[str]:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    """Refuse, before any data is read, fractions outside (0, 1), counts below 1, and an
+    --initial + rounds x --query that would use more than the whole training set (ValueError)."""
     for name in ("initial", "query"):
         v = getattr(args, name)
         if not 0 < v < 1:
@@ -159,6 +165,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig every round trains with: the command's own training flags, the cnn's
+    CPU-sized defaults (CNN_DEFAULTS; SMOKE_MODEL's with --smoke-test), then `--set` (which
+    wins). Raises ValueError for an unknown setting or a bad value."""
     base = {
         "model": args.model,
         "data": args.data,
@@ -179,6 +188,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def pick_focus(classes: list[str], counts: np.ndarray, asked: str | None) -> str:
+    """The class whose F1 the table highlights: `asked` (ValueError when it is not a class), else
+    tuberculosis when present, else the class with the fewest training images (`counts`)."""
     if asked is not None:
         if asked not in classes:
             raise ValueError(f"--focus-class {asked!r} is not a class ({', '.join(classes)})")

@@ -130,6 +130,7 @@ def select(
 
 
 def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    """The dropout layers (any `_DropoutNd` with p > 0) of `model` that MC-dropout switches on."""
     # nn.LSTM's between-layer dropout only runs in LSTM training mode, which would also change
     # nothing else; MC-dropout here samples the explicit Dropout layers, as Gal & Ghahramani do.
     return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
@@ -196,6 +197,7 @@ def fit_round(cfg: TrainConfig, data, train_idx: np.ndarray, device: torch.devic
 
 
 def round_seed(seed: int, r: int) -> int:
+    """The training seed of round `r` of the run seeded `seed` (seed * 1000 + r)."""
     # Depends on (seed, round) only, never on the strategy: round 0 trains the same model for all.
     return seed * 1000 + r
 

@@ -147,6 +147,9 @@ def _image_sizes(table: pa.Table) -> dict[str, int]:
 
 
 def format_report(report: dict, source: str) -> str:
+    """`audit`'s findings as the table `python -m ray_xray.audit` prints: counts per label and
+    split, then duplicates, conflicts, near-duplicates, patient overlap, unreadable and skipped
+    files, image sizes."""
     labels = sorted({lab for c in report["counts"].values() for lab in c})
     width = max([len(lab) for lab in labels] + [8])
     lines = [f"audit of {source}: {report['images']} images", ""]

@@ -59,6 +59,8 @@ def resolve_items(spec: str, skipped: list[Skipped] | None = None) -> list[Item]
 
 
 def synthetic_table(spec: str, img_size: int, seed: int = 0) -> pa.Table:
+    """The built-in synthetic set `spec` (``synthetic:chest3[:N]``) as a cache table in SCHEMA:
+    one row per generated grey `img_size` x `img_size` image, deterministic for `seed`."""
     rows: dict[str, list] = {name: [] for name in SCHEMA.names}
     for key, label, split, img in synthetic.generate(spec, img_size, seed):
         sha = hashlib.sha1(img.tobytes()).hexdigest()
@@ -94,6 +96,11 @@ def load_table(
 
 @dataclass
 class PreparedData:
+    """A data set decoded into memory, split by split: what every training run and evaluation
+    reads (built by `load_data`). `mean`/`std`: the training split's pixel statistics on
+    [0, 1]; `dropped`: images removed by dedupe or unreadable; `skipped`: every file not used,
+    with its reason."""
+
     classes: list[str]
     images: dict[str, np.ndarray]  # split -> (N, H, W) uint8
     labels: dict[str, np.ndarray]  # split -> (N,) int64
@@ -109,12 +116,14 @@ class PreparedData:
     patients: dict[str, list[str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {class: images}} for every split and class (0 where a class is absent)."""
         return {
             s: {c: int((self.labels[s] == k).sum()) for k, c in enumerate(self.classes)}
             for s in SPLITS
         }
 
     def class_counts(self, split: str = "train") -> np.ndarray:
+        """int64 (K,) images per class of `split`, in class order (class weights, focus class)."""
         return np.bincount(self.labels[split], minlength=len(self.classes))
 
     def dataset(

@@ -13,6 +13,8 @@ SPLITS = ("test", "val", "train", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `evaluate` command's options, in four groups: what to evaluate, what to compute, how
+    the images are read, prior adaptation."""
     p = argparse.ArgumentParser(
         prog="python -m ray_xray.evaluate",
         formatter_class=HelpFormatter,

@@ -35,6 +35,7 @@ SPECIFICITIES = (0.90, 0.95)
 
 
 def log(msg: str) -> None:
+    """A progress line on stderr, prefixed `evaluate:` (stdout stays for the results)."""
     print(f"evaluate: {msg}", file=sys.stderr, flush=True)
 
 

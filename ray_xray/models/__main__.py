@@ -45,6 +45,11 @@ def benchmark(
     warmup: int = 2,
     steps: int = 3,
 ) -> dict:
+    """One row of the `models` table: `name` built for `num_classes` classes at `img_size` px
+    with `in_chans` channels (seeded, channels-last for conv models), its parameter count, and
+    ms per image of a training step (forward + backward, no optimiser) on a random float32
+    batch of `batch_size`, in fp32 and in bf16 autocast, each after `warmup` untimed steps and
+    averaged over `steps`. A precision that fails gives None and its error's first line."""
     torch.manual_seed(0)
     model = create_model(name, num_classes, in_chans=in_chans, img_size=img_size)
     model.train()
@@ -64,6 +69,8 @@ def benchmark(
 
 
 def reference_checks(names: list[str]) -> list[dict]:
+    """For each of `names` in REFERENCE_PARAMS: its parameter count at the seeds' size (224 px RGB,
+    3 classes) against the published one ({"model", "params", "expected", "ok"})."""
     out = []
     for name in names:
         if name in REFERENCE_PARAMS:

@@ -70,6 +70,8 @@ def add_config_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `train` command's options: --set/--hp, output, cache, restarts, --smoke-test, report,
+    and one flag per TrainConfig setting (`add_config_arguments`)."""
     p = Parser(
         data_boundary=True,
         prog="python -m ray_xray.train",
@@ -139,6 +141,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `train` command: resolve the config (defaults < --set < flags), build the model once to
+    fail fast, train through Ray Train and test the best epoch (`run.train_and_test`), print
+    the test line, then write the report unless --no-report. Returns 0; bad input raises
+    ValueError (one `error:` line, exit 2 through `cli.run`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     note_renamed(argv, RENAMED)
