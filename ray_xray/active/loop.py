@@ -228,7 +228,6 @@ def run_sequence(
     # Scoring sees the pool without augmentation: uncertainty about the image, not the crop.
     pool_ds = data.dataset("train")
     test_loader = make_loader(data.dataset("test"), 256, device=device)
-    tag = f"[{strategy} s{seed}]"
     rows = []
     for r in range(rounds + 1):
         t0 = time.perf_counter()
@@ -251,7 +250,6 @@ def run_sequence(
         if r == 0:
             row["initial_idx"] = labelled.tolist()
         row["queried_idx"] = queried.tolist()
-
         t1 = time.perf_counter()
         if r < rounds:
             trained = (model, precision, cl, feed)
@@ -262,7 +260,7 @@ def run_sequence(
         row["score_s"] = time.perf_counter() - t1
         row["round_s"] = time.perf_counter() - t0
         rows.append(row)
-        print(_round_line(tag, row, rounds, test, classes, focus), flush=True)
+        print(_round_line(row, rounds, test, classes, focus), flush=True)
     return rows
 
 
@@ -297,9 +295,9 @@ def _query(
     seed: int,
 ) -> np.ndarray:
     """Round `r`'s k new training indices to label: the unlabelled pool (`pool_ds` minus
-    `labelled`) scored by `strategy` with the round's model (`trained`: model, precision,
-    channels_last, feed, as `fit_round` returns them), ties and `random` drawn with a
-    (seed, round) generator. int64 (k,)."""
+    `labelled`) scored by `strategy` (`mc_score` over `mc_passes` passes for mc_dropout) with
+    the round's model (`trained`: model, precision, channels_last, feed, as `fit_round`
+    returns them), ties and `random` drawn with a (seed, round) generator. int64 (k,)."""
     pool = np.setdiff1d(np.arange(len(pool_ds)), labelled)
     probs = None
     if strategy != "random":
@@ -327,10 +325,10 @@ def _pool_probabilities(
     return predict_proba(model, loader, device, precision, cl, feed=feed)[1]
 
 
-def _round_line(tag: str, row: dict, rounds: int, test: dict, classes: list, focus) -> str:
+def _round_line(row: dict, rounds: int, test: dict, classes: list, focus) -> str:
     """The console line of one finished round: labels bought (and their class mix), test
     accuracy and macro-F1 (and the `focus` class's F1), best epoch, seconds."""
-    r = row["round"]
+    r, tag = row["round"], f"[{row['strategy']} s{row['seed']}]"
     focus_txt = f"  {focus[:4]}-F1 {test['f1'][focus]:.3f}" if focus in classes else ""
     mix = " ".join(f"{c[:4]} {row[f'queried_{c}']}" for c in classes)
     return (

@@ -257,6 +257,17 @@ def leakage(table: pa.Table) -> int:
     return sum(1 for h, s in zip(sha, split, strict=True) if s == "test" and h in train)
 
 
+def refuse_leakage(table: pa.Table, spec: str) -> None:
+    """Raise DataError (one line naming `spec`) when a test image of the cache table is
+    pixel-identical to a training image (`leakage`)."""
+    n_leak = leakage(table)
+    if n_leak:
+        raise DataError(
+            f"{spec}: {n_leak} test image(s) are identical to training images; "
+            "fix the split, use --dedupe drop-cross-split, or --allow-leakage"
+        )
+
+
 def load_data(
     spec: str,
     img_size: int = 128,
@@ -284,12 +295,8 @@ def load_data(
     skipped: list[Skipped] = []
     table, bad, source = load_table(spec, img_size, skip_bad, cache_root, skipped=skipped)
     table, n_dropped = apply_dedupe(table, dedupe)
-    n_leak = leakage(table)
-    if n_leak and not allow_leakage:
-        raise DataError(
-            f"{spec}: {n_leak} test image(s) are identical to training images; "
-            "fix the split, use --dedupe drop-cross-split, or --allow-leakage"
-        )
+    if not allow_leakage:
+        refuse_leakage(table, spec)
     labels_col, splits_col = table.column("label").to_pylist(), table.column("split").to_pylist()
     items = [Item("", lab, s) for lab, s in zip(labels_col, splits_col, strict=True)]
     classes = check_items(items, classes)
