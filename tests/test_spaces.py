@@ -405,6 +405,9 @@ def test_a_space_written_with_old_setting_names_loads_under_the_new_ones(tmp_pat
     space = load_space(tuned)
     assert list(space.params["lr_scheduler"].choices) == ["plateau", "cosine"]
     assert space.start == [{"lr_scheduler": "cosine"}]
+    pinned = space.with_settings({"scheduler": "plateau", "workers": 1})  # the API's settings
+    assert pinned.fixed["lr_scheduler"] == "plateau" and "lr_scheduler" not in pinned.params
+    assert pinned.fixed["num_workers"] == 1
     both = tmp_path / "both.yaml"
     both.write_text(OLD_FIXED.replace("workers: 1}", "workers: 1, lr_scheduler: cosine}"))
     with pytest.raises(SpaceError, match=r"both.yaml: fixed: 'scheduler' is the old name of"):

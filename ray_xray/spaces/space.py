@@ -120,12 +120,17 @@ class SearchSpace:
         a tuned key moves from params to fixed, so the study never samples it, and a fixed one
         takes the new value. ``model`` narrows a tuned model to that one choice; a ``model.<kw>``
         that only some of a tuned model's choices take is pinned for those models only. Start
-        points lose the pinned keys (and the points of other models). Returns a new, validated
-        space; raises ``SpaceError`` (one line naming ``where`` and the key) on a bad setting."""
+        points lose the pinned keys (and the points of other models). Old setting names
+        (``scheduler``, config.RENAMED_SETTINGS) pin today's. Returns a new, validated space;
+        raises ``SpaceError`` (one line naming ``where`` and the key) on a bad setting."""
         if not settings:
             return self
         try:
-            return pinning.pin_settings(self, dict(settings), checks.models(), where)
+            settings = with_current_names(dict(settings))
+        except ValueError as e:
+            raise SpaceError(f"{self.label}: {where}: {checks.config_msg(e)}") from None
+        try:
+            return pinning.pin_settings(self, settings, checks.models(), where)
         except SpaceError as e:
             raise SpaceError(f"{self.label}: {e}") from None
 
