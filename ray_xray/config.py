@@ -323,8 +323,8 @@ _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 def parse_value(key: str, text: str) -> Any:
     """One setting given as text (``--set KEY=VALUE``, ``--lr 1e-3``) -> its typed value.
 
-    ``key`` is a TrainConfig field (or its old name, RENAMED_SETTINGS); ``model.KEY`` values are parsed as
-    JSON when they parse, else kept as text. Raises ValueError with one line naming the key,
+    ``key`` is a TrainConfig field (or its old name, RENAMED_SETTINGS); ``model.KEY`` values
+    are parsed as JSON when they parse, else kept as text. Raises ValueError with one line naming the key,
     the value and the expected type or choices (``lr takes a number (e.g. 0.001), got 'abc'``).
     """
     if key.startswith("model."):
