@@ -105,7 +105,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                 batch_size=s["batch_size"],
                 data=spec,
                 epochs=1,
-                scheduler="none",
+                lr_scheduler="none",
             )
             trainers = {}
             for preset, side in _variants(s["presets"]):

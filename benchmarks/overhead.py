@@ -1,6 +1,7 @@
 """1. Trial overhead: where one Tune trial's wall time goes, phase by phase, beside a bare loop.
 
-(a) the bare loop: the training function's own `Trainer.build` + `fit`, no Ray, same threads.
+(a) the bare loop: the training function's own `Trainer.build` + `train_epochs`, no Ray, same
+    threads.
 (b) a sweep through `python -m ray_xray.tune`'s service with its default trial runner (inline:
     the training function in the Tune trial's process), `trials` trials, `concurrent` at a
     time, FIFO, every tuned value pinned.
@@ -26,7 +27,7 @@ from ray_xray.data import absolute_spec, load_for_config
 from ray_xray.data.cache import default_cache_root
 from ray_xray.spaces import load_space
 from ray_xray.train import engine as E
-from ray_xray.train.loop import Hooks, Progress, Trainer, fit
+from ray_xray.train.loop import Hooks, Progress, Trainer, train_epochs
 from ray_xray.tune.service import SweepOptions, run_sweep
 
 from . import common as C
@@ -92,7 +93,7 @@ def workload(s: dict, data: str) -> tuple[dict, object]:
         "img_size": s["img_size"],
         "limit_per_split": s["limit_per_split"],
     }
-    overrides = {**settings, "data": absolute_spec(data), "seed": 0, "workers": 1}
+    overrides = {**settings, "data": absolute_spec(data), "seed": 0, "num_workers": 1}
     return settings, space.resolve(space.default_config(model), overrides)
 
 
@@ -110,7 +111,8 @@ class _Stamps(Hooks):
 
 
 def bare_loop(cfg, cache: str, threads: int) -> dict:
-    """(a): the worker's `Trainer.build` and `fit` without Ray: no reports, no checkpoints."""
+    """(a): the worker's `Trainer.build` and `train_epochs` without Ray: no reports, no
+    checkpoints."""
     torch.set_num_threads(threads)
     E.seed_everything(cfg.seed)
     t0 = time.perf_counter()
@@ -119,7 +121,7 @@ def bare_loop(cfg, cache: str, threads: int) -> dict:
     tr = Trainer.build(cfg, data, torch.device("cpu"))
     t2 = time.perf_counter()
     stamps = _Stamps()
-    progress = fit(tr, hooks=stamps)
+    progress = train_epochs(tr, hooks=stamps)
     compute = sum(h["epoch_s"] for h in progress.history)
     return {
         "data_load_s": t1 - t0,

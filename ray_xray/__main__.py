@@ -28,6 +28,8 @@ PROG = "ray-xray"
 
 
 def usage() -> str:
+    """`ray-xray --help`'s text: the usage line, every command with its one-line summary, and
+    where each command's own options and the Python API are."""
     from ray_xray import __version__
 
     width = max(map(len, COMMANDS))

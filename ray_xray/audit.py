@@ -13,6 +13,10 @@ from .data.dataset import DEDUPE, apply_dedupe, load_table
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `audit` command: prepare the data (unreadable files are findings here, not failures),
+    apply --dedupe, and print the audit as a table or one JSON object. Returns 0; a missing
+    folder or manifest raises DataError (one `error:` line, exit 2 through `cli.run`); a bad
+    option exits 2 through argparse."""
     p = argparse.ArgumentParser(
         prog="python -m ray_xray.audit",
         formatter_class=HelpFormatter,

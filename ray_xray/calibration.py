@@ -16,10 +16,14 @@ BETA_RANGE = (0.02, 50.0)
 
 
 def log_probs(prob: np.ndarray) -> np.ndarray:
+    """Natural log of probabilities (any shape), clipped to [EPS, 1] first so 0 gives a finite
+    log; float64."""
     return np.log(np.clip(np.asarray(prob, dtype=np.float64), EPS, 1.0))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of float (N, K) logits (max-subtracted, so large logits do not overflow);
+    rows sum to 1."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -62,6 +66,9 @@ def fit_temperature(y: np.ndarray, prob: np.ndarray) -> float:
 
 
 def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities (N, K) re-scaled by temperature scaling: softmax(log(prob) / temperature);
+    T > 1 flattens, T < 1 sharpens (Guo et al. 2017, "On Calibration of Modern Neural
+    Networks")."""
     return softmax(log_probs(prob) / float(temperature))
 
 

@@ -43,6 +43,8 @@ class Parser(argparse.ArgumentParser):
             add_data_boundary(self)
 
     def error(self, message: str):
+        """argparse's usage error as a UserError (one `error:` line, exit 2 through `run`)
+        instead of argparse's usage dump and exit."""
         raise UserError(f"{message} (see --help)")
 
 
@@ -110,6 +112,9 @@ def disk_problem(exc: BaseException) -> str | None:
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run a command's `main(argv)` and exit with its code: bad input (ValueError, a missing or
+    unreadable path) is one `error: ...` line and exit 2, a full or read-only disk one line and
+    exit 1, an interrupt its own line and 130 (SIGINT) or 143 (SIGTERM); anything else raises."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         code = main(argv)

@@ -68,18 +68,25 @@ CREDENTIAL_PATTERNS = [
 
 
 class Report:
+    """What checking one cluster YAML found: errors (the file is refused) and warnings (it may
+    work, but look), each a line naming the file."""
+
     def __init__(self, path: str):
         self.path = path
         self.errors: list[str] = []
         self.warnings: list[str] = []
 
     def error(self, msg: str) -> None:
+        """Record a problem that makes the file unusable (`check` then exits 1)."""
         self.errors.append(msg)
 
     def warn(self, msg: str) -> None:
+        """Record something that may work but deserves a look (placeholders left, ...)."""
         self.warnings.append(msg)
 
     def lines(self) -> list[str]:
+        """The findings as printed: `PATH: problem` per error, then `PATH: warning: ...` per
+        warning."""
         return [f"{self.path}: {m}" for m in self.errors] + [
             f"{self.path}: warning: {m}" for m in self.warnings
         ]
@@ -93,6 +100,9 @@ def _one_line(text: object) -> str:
 
 
 def load(path: str, report: Report) -> tuple[dict | None, str]:
+    """(the cluster config as a dict, the file's text) read with `yaml.safe_load`; (None, text) or
+    (None, "") with an error in `report` when the file cannot be read, is not YAML, asks for
+    Python objects, or is not a mapping."""
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -183,6 +193,8 @@ def _commands(config: dict, keys) -> list[str]:
 
 
 def is_multi_node(config: dict) -> bool:
+    """Whether the cluster can have worker nodes: a `max_workers` above 0, globally or for any
+    worker node type."""
     if (config.get("max_workers") or 0) > 0:
         return True
     return any((t.get("max_workers") or 0) > 0 for t in _worker_types(config).values())
@@ -357,6 +369,7 @@ def check_credentials(text: str, report: Report) -> None:
 
 
 def check_placeholders(text: str, report: Report) -> None:
+    """Warn when PLACEHOLDER values are left in the file (with the first line that has one)."""
     count = text.count(PLACEHOLDER)
     if count:
         first = next(i for i, ln in enumerate(text.splitlines(), 1) if PLACEHOLDER in ln)
@@ -367,6 +380,9 @@ def check_placeholders(text: str, report: Report) -> None:
 
 
 def check_file(path: str, schema: bool = True) -> Report:
+    """Every check of one cluster YAML: credentials in the text, Ray's own schema (unless
+    `schema` is False), our security rules, and on real providers shared storage, the setup
+    commands, GPUs and (AWS) IAM profiles; placeholders last. Returns the `Report`."""
     report = Report(path)
     config, text = load(path, report)
     if text:
@@ -390,6 +406,7 @@ def check_file(path: str, schema: bool = True) -> Report:
 
 
 def summary(config_path: str) -> str:
+    """One line about a config that passed: provider, worker types, the most workers and GPUs."""
     with open(config_path) as f:
         config = yaml.safe_load(f)
     workers = _worker_types(config)
@@ -408,6 +425,7 @@ def summary(config_path: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `cluster` command's parser, with its one sub-command `check FILE...`."""
     from .cli import HelpFormatter
 
     p = argparse.ArgumentParser(
@@ -447,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `cluster` command: `check` prints each file's findings, or `OK (summary)`. Returns 0
+    when every file passed, 1 when one has errors, 2 without a sub-command."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "check":

@@ -14,7 +14,7 @@ from typing import Any
 CHOICES = {
     "optimizer": ("adamw", "adam", "sgd"),
     "loss": ("ce", "focal"),
-    "scheduler": ("onecycle", "cosine", "plateau", "none"),
+    "lr_scheduler": ("onecycle", "cosine", "plateau", "none"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "device": ("auto", "cpu", "cuda"),
     "monitor": ("val_macro_f1", "val_acc", "val_auc", "val_loss"),
@@ -54,7 +54,7 @@ HELP = {
     "focal_gamma": "focal-loss gamma (0 is exactly cross-entropy)",
     "label_smoothing": "label smoothing of the loss",
     "class_weights": "weight the loss by inverse class frequency of the training split",
-    "scheduler": "learning-rate schedule",
+    "lr_scheduler": "learning-rate schedule",
     "warmup_epochs": "linear learning-rate warm-up, in epochs (fractions allowed)",
     "plateau_factor": "plateau schedule: lr multiplier when the monitored metric stalls",
     "plateau_patience": "plateau schedule: epochs without improvement before the lr drops",
@@ -77,7 +77,7 @@ HELP = {
     "compile": "torch.compile the model (compiles per run: worth it for long runs)",
     "checkpoint_every": "save the training state every N epochs (and when the best changes)",
     "seed": "random seed",
-    "workers": "Ray Train DDP workers (Ray's num_workers)",
+    "num_workers": "Ray Train DDP workers (Ray's ScalingConfig.num_workers)",
     "dedupe": "duplicate policy applied before training",
     "allow_leakage": "train even if test shares images with train",
     "skip_bad": "leave unreadable images out instead of failing",
@@ -86,8 +86,33 @@ HELP = {
     "cv_fold": "which of the cv_folds folds validates (0..K-1)",
     "model_kwargs": "model hyperparameters (model.KEY=VALUE)",
 }
-# Names the command lines use where the field's own name is ambiguous (--set takes both).
-ALIASES = {"lr_scheduler": "scheduler", "num_workers": "workers"}
+# Old setting name -> its name today: the one place that maps them. Old config.json files and
+# checkpoint records, `--set scheduler=...` and search spaces with the old key still load.
+RENAMED_SETTINGS = {"scheduler": "lr_scheduler", "workers": "num_workers"}
+
+
+def current_name(key: str) -> str:
+    """A setting's name today: ``"scheduler"`` -> ``"lr_scheduler"`` (RENAMED_SETTINGS); any
+    other key (``"lr"``, ``"model.dropout"``) unchanged."""
+    return RENAMED_SETTINGS.get(key, key)
+
+
+def with_current_names(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with old setting names replaced by today's (a new dict, order kept).
+
+    Raises ValueError when one setting is given under both names with different values
+    (``scheduler=cosine`` and ``lr_scheduler=none``): which one was meant cannot be told."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        new = current_name(key)
+        if new in out and out[new] != value:
+            old = key if new != key else next(o for o, n in RENAMED_SETTINGS.items() if n == new)
+            raise ValueError(
+                f"config: {old!r} is the old name of {new!r} and they differ "
+                f"({settings[old]!r} vs {settings[new]!r}); give only {new!r}"
+            )
+        out[new] = value
+    return out
 
 
 @dataclass
@@ -109,9 +134,9 @@ class TrainConfig:
     focal_gamma: float = 0.0  # focal loss with gamma 0 is exactly cross-entropy
     label_smoothing: float = 0.0
     class_weights: bool = False  # inverse-frequency weights from training counts
-    scheduler: str = "onecycle"
+    lr_scheduler: str = "onecycle"
     warmup_epochs: float = 0.0
-    # scheduler "plateau" (ReduceLROnPlateau on `monitor`): lr x factor after `patience` epochs
+    # lr_scheduler "plateau" (ReduceLROnPlateau on `monitor`): lr x factor after `patience` epochs
     # without a better value, never below min_lr. The seeds' 0.5 / 5 (the brain seed: 3, 1e-6).
     plateau_factor: float = 0.5
     plateau_patience: int = 5
@@ -135,7 +160,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     compile: bool = False  # torch.compile the model (compiles per trial: worth it for long runs)
     seed: int = 0
-    workers: int = 1  # Ray Train DDP workers
+    num_workers: int = 1  # Ray Train DDP workers
     dedupe: str = "off"  # audit policy applied before training
     allow_leakage: bool = False  # train even if test shares images with train
     skip_bad: bool = False  # drop unreadable images instead of failing
@@ -153,7 +178,14 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"config: {name}={value!r} is not one of {', '.join(allowed)}")
-        for name in ("img_size", "in_chans", "epochs", "batch_size", "workers", "checkpoint_every"):
+        for name in (
+            "img_size",
+            "in_chans",
+            "epochs",
+            "batch_size",
+            "num_workers",
+            "checkpoint_every",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)!r}")
         if self.cv_folds == 1 or self.cv_folds < 0 or not 0 <= self.cv_fold < max(1, self.cv_folds):
@@ -184,13 +216,17 @@ class TrainConfig:
 
     @classmethod
     def field_names(cls) -> set[str]:
+        """The names of every setting (the dataclass fields, model_kwargs included)."""
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a flat dict; `model.<kw>` keys become model hyperparameters."""
+        """Build from a flat dict (a config.json, a checkpoint record's config, a sampled
+        trial): ``model.<kw>`` keys become model hyperparameters, old setting names
+        (RENAMED_SETTINGS) load under today's. Raises ValueError naming unknown keys (with the
+        closest valid name) or a value of the wrong type or outside its choices."""
         known, model_kwargs, unknown = {}, dict(d.get("model_kwargs") or {}), []
-        for key, value in d.items():
+        for key, value in with_current_names(d).items():
             if key == "model_kwargs":
                 continue
             if key.startswith("model."):
@@ -216,9 +252,12 @@ class TrainConfig:
         return dataclasses.replace(self, model_kwargs={**extra, **self.model_kwargs})
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting as a flat JSON-able dict (model_kwargs a nested dict): what config.json and
+        a checkpoint's record store, and what `from_dict` reads back."""
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
+        """`to_dict` as indented JSON text with sorted keys."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
@@ -269,7 +308,7 @@ def _takes(name: str, kind: type) -> str:
 
 def unknown_key_message(key: str) -> str:
     """``unknown setting 'epoch' (did you mean 'epochs'?)`` plus the valid names, one line."""
-    names = sorted((TrainConfig.field_names() - {"model_kwargs"}) | set(ALIASES))
+    names = sorted(TrainConfig.field_names() - {"model_kwargs"})
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return (
@@ -284,8 +323,8 @@ _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 def parse_value(key: str, text: str) -> Any:
     """One setting given as text (``--set KEY=VALUE``, ``--lr 1e-3``) -> its typed value.
 
-    ``key`` is a TrainConfig field (or an ALIASES name); ``model.KEY`` values are parsed as
-    JSON when they parse, else kept as text. Raises ValueError with one line naming the key,
+    ``key`` is a TrainConfig field (or its old name, RENAMED_SETTINGS); ``model.KEY`` values
+    are parsed as JSON when they parse, else kept as text. Raises ValueError with one line naming the key,
     the value and the expected type or choices (``lr takes a number (e.g. 0.001), got 'abc'``).
     """
     if key.startswith("model."):
@@ -293,7 +332,7 @@ def parse_value(key: str, text: str) -> Any:
             return json.loads(text)
         except json.JSONDecodeError:
             return text
-    key = ALIASES.get(key, key)
+    key = current_name(key)
     kind = field_types().get(key)
     if kind is None or key == "model_kwargs":
         raise ValueError(unknown_key_message(key))
@@ -317,7 +356,7 @@ def parse_value(key: str, text: str) -> Any:
 def parse_settings(items: list[str], flag: str = "--set") -> dict[str, Any]:
     """``["epochs=4", "model.dropout=0.3"]`` -> ``{"epochs": 4, "model.dropout": 0.3}``.
 
-    Keys are TrainConfig fields (or the ALIASES names, stored under the field's name) or
+    Keys are TrainConfig fields (or their old names, stored under today's) or
     ``model.KEY``; values are checked against the field's type and choices. Raises ValueError,
     one line starting ``{flag} ITEM:``, for a missing ``=``, an unknown key (with the closest
     valid name) or a value of the wrong type.
@@ -332,5 +371,5 @@ def parse_settings(items: list[str], flag: str = "--set") -> dict[str, Any]:
             value = parse_value(key, text)
         except ValueError as e:
             raise ValueError(f"{flag} {item}: {e}") from None
-        out[key if key.startswith("model.") else ALIASES.get(key, key)] = value
+        out[current_name(key)] = value
     return out

@@ -68,6 +68,7 @@ class PrecisionChoice:
         return f"precision: {self.precision} ({self.reason})"
 
     def to_dict(self) -> dict:
+        """The choice as a JSON-able dict (config.json's `precision_choice`)."""
         return asdict(self)
 
 

@@ -166,9 +166,9 @@ def probabilities(
     return ensemble_proba(probs, weights)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The `predict` command: a table (or `--json`) of probabilities per image; returns 0.
-    Bad input raises ValueError, which `cli.run` prints as one `error:` line (exit 2)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `predict` command's options: the model, the images, output form, operating points
+    and prior adaptation."""
     ap = argparse.ArgumentParser(
         prog="python -m ray_xray.predict",
         description="Class probabilities for image files.",
@@ -209,7 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CLASS=P[,...]",
         help="like --adapt-prior, with a known class mix (pneumonia=0.625, or one number per class)",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `predict` command: a table (or `--json`) of probabilities per image; returns 0.
+    Bad input raises ValueError, which `cli.run` prints as one `error:` line (exit 2)."""
+    args = build_parser().parse_args(argv)
     record = load_model_or_ensemble(args.checkpoint)
     points = [resolve_operating_point(record, s) for s in args.operating_point]
     rows = predict(record, args.images, args.device)
@@ -221,8 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         out = rows if adapted is None else {"prior_adaptation": adapted, "predictions": rows}
         print(json.dumps(out, indent=2))
-        return 0
-    classes = record["classes"]
+    else:
+        print_table(rows, points, record["classes"], adapted)
+    return 0
+
+
+def print_table(rows: list[dict], points: list[dict], classes: list[str], adapted) -> None:
+    """`predict`'s table: per image its prediction, each class's probability and each
+    operating point's positive/negative call; then each point's rule, and with prior
+    adaptation (`adapted`, adapt_rows' block) its summary and each image's adapted row."""
     width = max(len(r["image"]) for r in rows)
     names = [f"{p['class']}@{p['point']}" for p in points]
     cols = [max(len(n), 8) for n in names]
@@ -247,7 +260,6 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             probs = " ".join(f"{r['adapted']['probabilities'][c]:>12.4f}" for c in classes)
             print(f"{r['image']:<{width}}  {r['adapted']['prediction']:<12} {probs}  (adapted)")
-    return 0
 
 
 def adapt_rows(record: dict, rows: list[dict], method: str | None, prevalence: str | None) -> dict:

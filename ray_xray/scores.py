@@ -8,9 +8,9 @@ import math
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from . import metrics as M
-from . import stats as S
+from . import stats
 from .calibration import ece
+from .metrics import full_report
 
 SPECIFICITIES = (0.90, 0.95)
 SENSITIVITIES = (0.90, 0.95)
@@ -18,6 +18,8 @@ TARGET_KINDS = {"spec": "specificity", "sens": "sensitivity"}
 
 
 def per_class_auc(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """One-vs-rest ROC-AUC per class (sklearn's roc_auc_score) from int (N,) labels and (N, K)
+    probabilities; NaN for a class with no positive or no negative image."""
     out = {}
     for k, c in enumerate(classes):
         pos = y == k
@@ -26,6 +28,8 @@ def per_class_auc(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[s
 
 
 def per_class_ap(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """One-vs-rest average precision per class (sklearn's average_precision_score); NaN for a
+    class with no positive image."""
     out = {}
     for k, c in enumerate(classes):
         pos = y == k
@@ -43,8 +47,8 @@ def report(
     prob: np.ndarray,
     classes: list[str],
     intervals: bool = False,
-    n_boot: int = S.N_BOOT,
-    seed: int = S.SEED,
+    n_boot: int = stats.N_BOOT,
+    seed: int = stats.SEED,
 ) -> dict:
     """full_report + auc_per_class, pr_ap (per class), pr_ap_macro, ece (15 bins, top label).
 
@@ -54,7 +58,7 @@ def report(
     (`n_boot` resamples, `seed`)} (see ray_xray.stats).
     """
     y = np.asarray(y)
-    out = M.full_report(y, prob, classes)
+    out = full_report(y, prob, classes)
     out["auc_per_class"] = per_class_auc(y, prob, classes)
     out["pr_ap"] = per_class_ap(y, prob, classes)
     out["pr_ap_macro"] = _nanmean(out["pr_ap"].values())
@@ -64,9 +68,9 @@ def report(
         out["intervals"] = {
             "method": "Wilson score 95 % for proportions; stratified percentile bootstrap "
             f"({n_boot} resamples, seed {seed}) for AUC, macro-F1 and accuracy",
-            "accuracy": S.proportion(int((pred == y).sum()), len(y)),
-            "per_class": S.class_proportions(y, pred, classes),
-            "bootstrap": S.bootstrap(y, prob, classes, n_boot=n_boot, seed=seed),
+            "accuracy": stats.proportion(int((pred == y).sum()), len(y)),
+            "per_class": stats.class_proportions(y, pred, classes),
+            "bootstrap": stats.bootstrap(y, prob, classes, n_boot=n_boot, seed=seed),
         }
     return out
 
@@ -110,6 +114,8 @@ def log_odds(p: float | None) -> float | None:
 
 
 def sens_spec(pos: np.ndarray, score: np.ndarray, t: float) -> tuple[float, float]:
+    """(sensitivity, specificity) of calling positive when `score >= t`, for the bool (N,)
+    truths `pos`; NaN where there is no positive (sensitivity) or no negative (specificity)."""
     pred = score >= t
     sens = float(pred[pos].mean()) if pos.any() else math.nan
     spec = float((~pred[~pos]).mean()) if (~pos).any() else math.nan
@@ -125,8 +131,8 @@ def _counts(pos: np.ndarray, score: np.ndarray, t: float) -> dict:
     """Sensitivity and specificity of `score >= t` with their Wilson intervals."""
     pred = score >= t
     return {
-        "sensitivity": S.proportion(int((pred & pos).sum()), int(pos.sum())),
-        "specificity": S.proportion(int((~pred & ~pos).sum()), int((~pos).sum())),
+        "sensitivity": stats.proportion(int((pred & pos).sum()), int(pos.sum())),
+        "specificity": stats.proportion(int((~pred & ~pos).sum()), int((~pos).sum())),
     }
 
 

@@ -4,6 +4,7 @@ flag, "did you mean", one-line value errors, new names with the old ones kept. I
 import argparse
 import dataclasses
 import importlib
+import json
 import os
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def test_train_set_flags_and_old_names_agree():
         ]
     )
     assert by_flags == by_set == old
-    assert (by_set.scheduler, by_set.workers, by_set.loader_workers) == ("cosine", 2, 2)
+    assert (by_set.lr_scheduler, by_set.num_workers, by_set.loader_workers) == ("cosine", 2, 2)
     assert by_set.model_kwargs == {"dropout": 0.3} and by_set.channels_last is False
     assert _train_cfg([]) == TrainConfig()  # nothing given: the dataclass defaults
     smoke = _train_cfg(["--smoke-test", "--set", "epochs=5"])
@@ -233,11 +234,29 @@ def test_parse_settings_values_and_aliases():
         "lr": 3e-4,
         "epochs": 4,
         "channels_last": False,
-        "workers": 2,
-        "scheduler": "cosine",
+        "num_workers": 2,
+        "lr_scheduler": "cosine",
         "model.head_dims": [64, 32],
         "model.act": "gelu",
     }
+
+
+def test_an_old_config_json_with_the_old_setting_names_loads(tmp_path):
+    """config.json and checkpoint records written before the rename (scheduler, workers)
+    load under today's names; --set takes the old names too."""
+    want = TrainConfig(lr_scheduler="cosine", num_workers=2, epochs=3)
+    old = want.to_dict()
+    old["scheduler"], old["workers"] = old.pop("lr_scheduler"), old.pop("num_workers")
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert TrainConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == want
+    assert parse_settings(["scheduler=cosine", "workers=2"]) == {
+        "lr_scheduler": "cosine",
+        "num_workers": 2,
+    }
+    with pytest.raises(ValueError, match="'scheduler' is the old name of 'lr_scheduler'"):
+        TrainConfig.from_dict({"scheduler": "cosine", "lr_scheduler": "none"})
+    same = {"scheduler": "cosine", "lr_scheduler": "cosine"}  # agreeing: nothing to choose
+    assert TrainConfig.from_dict(same).lr_scheduler == "cosine"
 
 
 def test_config_type_errors_name_key_value_and_type():

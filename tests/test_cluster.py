@@ -265,7 +265,7 @@ def test_multi_node_ddp_and_sweep(cluster, tmp_path):
         data="synthetic:chest3:10",
         img_size=32,
         epochs=1,
-        workers=2,
+        num_workers=2,
         batch_size=8,
         precision="fp32",
         limit_per_split=32,

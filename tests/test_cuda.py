@@ -17,7 +17,7 @@ import torch
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
 from ray_xray.models import list_models
-from ray_xray.train.loop import Trainer, fit
+from ray_xray.train.loop import Trainer, train_epochs
 
 pytestmark = pytest.mark.cuda
 STEPS = 30
@@ -47,9 +47,9 @@ def _train_steps(cfg: TrainConfig, data, steps: int = STEPS) -> list[float]:
 
 RECIPES = {
     # the default: one-cycle (warm start at lr/25), AdamW
-    "onecycle": {"scheduler": "onecycle", "optimizer": "adamw"},
+    "onecycle": {"lr_scheduler": "onecycle", "optimizer": "adamw"},
     # the seeds': Adam at a constant lr 1e-3 (plateau rule; no epoch ends within 30 steps)
-    "constant": {"scheduler": "plateau", "optimizer": "adam"},
+    "constant": {"lr_scheduler": "plateau", "optimizer": "adam"},
 }
 
 
@@ -99,11 +99,11 @@ def test_fit_on_cuda_with_device_augmentation(data64):
     cfg = TrainConfig(model="resnet18", img_size=64, batch_size=64, epochs=2)
     tr = Trainer.build(cfg, data64, torch.device("cuda"))
     assert tr.feed.augment is not None  # augment_on=auto: the device side on CUDA
-    progress = fit(tr)
+    progress = train_epochs(tr)
     assert [h["epoch"] for h in progress.history] == [1, 2]
     assert all(np.isfinite(h["train_loss"]) for h in progress.history)
     compiled = dataclasses.replace(cfg, compile=True, epochs=1)
-    assert fit(Trainer.build(compiled, data64, torch.device("cuda"))).history
+    assert train_epochs(Trainer.build(compiled, data64, torch.device("cuda"))).history
 
 
 @pytest.mark.timeout(420)

@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory):
 
     from ray_xray.config import TrainConfig
     from ray_xray.data import load_for_config
-    from ray_xray.train.loop import Trainer, fit
+    from ray_xray.train.loop import Trainer, train_epochs
 
     torch.manual_seed(0)
     cfg = TrainConfig(
@@ -44,7 +44,7 @@ def run_dir(tmp_path_factory):
     )
     data = load_for_config(cfg)
     tr = Trainer.build(cfg, data, torch.device("cpu"))
-    progress = fit(tr)
+    progress = train_epochs(tr)
     out = tmp_path_factory.mktemp("run")
     rec = C.model_record(tr.bare, cfg, data.classes, data.mean, data.std, progress.history[-1])
     C.atomic_save(rec, out / "best_model.pt")

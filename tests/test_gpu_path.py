@@ -18,7 +18,7 @@ from ray_xray.data import load_data
 from ray_xray.data.feed import BatchAugment, DeviceFeed, normalize, pick_augment_on
 from ray_xray.data.transforms import TrainPreset, to_tensor
 from ray_xray.train import collectives as C
-from ray_xray.train.loop import Hooks, Trainer, fit
+from ray_xray.train.loop import Hooks, Trainer, train_epochs
 
 CPU = torch.device("cpu")
 
@@ -212,7 +212,7 @@ def test_fit_trains_on_either_augmentation_side_and_stops_early(augment_on):
     torch.manual_seed(0)
     tr = Trainer.build(cfg, data, CPU)
     hooks = _Count()
-    progress = fit(tr, hooks=hooks)
+    progress = train_epochs(tr, hooks=hooks)
     h = progress.history
     assert hooks.epochs == [m["epoch"] for m in h] and len(h) <= 6
     assert all(np.isfinite(m["train_loss"]) and m["train_images"] == 36 for m in h)

@@ -22,9 +22,9 @@ def _plateau_lrs(cfg: TrainConfig, metrics: list[float]) -> list[float]:
 def test_plateau_factor_patience_and_floor_are_settings():
     flat = [0.5] * 8  # never improves after the first epoch
     # Defaults: the seeds' factor 0.5 after 5 stalled epochs.
-    assert _plateau_lrs(TrainConfig(scheduler="plateau", lr=1.0), flat)[-1] == 0.5
+    assert _plateau_lrs(TrainConfig(lr_scheduler="plateau", lr=1.0), flat)[-1] == 0.5
     brain = TrainConfig(
-        scheduler="plateau", lr=1e-5, plateau_factor=0.1, plateau_patience=3, min_lr=1e-6
+        lr_scheduler="plateau", lr=1e-5, plateau_factor=0.1, plateau_patience=3, min_lr=1e-6
     )
     lrs = _plateau_lrs(brain, flat)
     assert lrs[3] == pytest.approx(1e-5) and lrs[4] == pytest.approx(1e-6)  # after 3 stalls
@@ -38,22 +38,26 @@ SEEDS = {  # space -> what the seed's recipe trains with
     "seed_cnn": {
         "model": "cnn",
         "optimizer": "adam",
-        "scheduler": "plateau",
+        "lr_scheduler": "plateau",
         "model_kwargs": {"head_dims": [4096, 2048], "width": 64, "pool_size": 7},
     },
     "seed_lstm": {
         "model": "lstm",
         "optimizer": "adam",
-        "scheduler": "plateau",
+        "lr_scheduler": "plateau",
         "model_kwargs": {"hidden_size": 512, "proj_dim": 512, "num_layers": 3},
     },
     "seed_vit": {
         "model": "vit",
         "optimizer": "adamw",
-        "scheduler": "cosine",
+        "lr_scheduler": "cosine",
         "model_kwargs": {"dim": 512, "depth": 6, "heads": 8, "patch_size": 16},
     },
-    "seed_resnet18_cbam": {"model": "resnet18_cbam", "optimizer": "adam", "scheduler": "plateau"},
+    "seed_resnet18_cbam": {
+        "model": "resnet18_cbam",
+        "optimizer": "adam",
+        "lr_scheduler": "plateau",
+    },
 }
 
 
@@ -67,14 +71,14 @@ def test_seed_spaces_start_from_the_seeds_recipe(name):
     cfg = space.resolve({**space.fixed_for(space.models[0]), **space.start[0]})
     want = SEEDS[name]
     assert cfg.img_size == 224 and 30 <= cfg.epochs <= 70 and cfg.focal_gamma == 0.0
-    assert (cfg.model, cfg.optimizer, cfg.scheduler) == (
+    assert (cfg.model, cfg.optimizer, cfg.lr_scheduler) == (
         want["model"],
         want["optimizer"],
-        want["scheduler"],
+        want["lr_scheduler"],
     )
     for kw, value in want.get("model_kwargs", {}).items():
         assert cfg.model_kwargs[kw] == value, kw
-    if cfg.scheduler == "plateau":
+    if cfg.lr_scheduler == "plateau":
         assert (cfg.plateau_factor, cfg.plateau_patience) == (0.5, 5)
 
 

@@ -338,7 +338,7 @@ def test_train_out_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
     def full(cfg, out, **kw):
         raise enospc(f"{out}/config.json")
 
-    monkeypatch.setattr(train_run, "fit", full)
+    monkeypatch.setattr(train_run, "train_and_test", full)
     code, err = run_main(train_main.main, ["--model", "cnn", "--out", str(tmp_path)], capsys)
     assert code == 1
     assert one_error_line(err).endswith(
@@ -442,7 +442,7 @@ def test_train_console_says_n_a_for_what_is_undefined(tmp_path, monkeypatch, cap
     test = {"accuracy": 0.5, "macro_f1": 0.4, "auc": float("nan")}
     test |= {"recall": {"normal": 0.5, "tb": 0.0}, "support": {"normal": 4, "tb": 0}}
     report = {"test": test, "best_epoch": 1, "wall_s": 1.0}
-    monkeypatch.setattr(train_run, "fit", lambda cfg, out, **kw: report)
+    monkeypatch.setattr(train_run, "train_and_test", lambda cfg, out, **kw: report)
     assert train_main.main(["--model", "cnn", "--out", str(tmp_path), "--no-report"]) == 0
     out = capsys.readouterr().out
     assert "AUC n/a  recall: normal 0.500, tb n/a" in out

@@ -206,7 +206,7 @@ def test_multi_objective_records_the_epoch_where_the_first_objective_was_best():
 CUT_SPACE = """\
 description: two fixed resnet18 trials; ASHA cuts the second at its first rung
 fixed: {model: resnet18, epochs: 3, img_size: 32, limit_per_split: 48, batch_size: 16,
-        optimizer: adam, scheduler: none, precision: fp32}
+        optimizer: adam, lr_scheduler: none, precision: fp32}
 params:
   lr: {type: float, low: 1.0e-7, high: 1.0e-1, log: true}
 start:

@@ -207,7 +207,7 @@ def test_space_tunes_the_common_knobs(name):
         assert "robust" in p["augment"].choices
         assert list(p["normalize"].choices) == ["dataset", "image"]
         assert list(p["equalize"].choices) == ["none", "hist"]
-    for key in ("epochs", "img_size", "precision", "scheduler"):
+    for key in ("epochs", "img_size", "precision", "lr_scheduler"):
         # the CPU spaces search img_size (tune/sizes.py); the GPU seed recipes fix it
         assert key in space.fixed or (key == "img_size" and p[key].type == "categorical")
     for model in space.models:
@@ -375,6 +375,43 @@ def test_own_yaml_by_path(tmp_path, monkeypatch):
     assert cfg.lr == pytest.approx(1e-3)
     assert load_space(path, smoke=True).fixed["img_size"] == 32
     assert space.resolve(space.default_config(), overrides={"seed": 7}).seed == 7
+
+
+OLD_FIXED = """\
+fixed: {model: vit, epochs: 3, img_size: 64, scheduler: plateau, workers: 1}
+params:
+  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+smoke: {epochs: 1, scheduler: none}
+"""
+OLD_TUNED = """\
+fixed: {model: vit, epochs: 3, img_size: 64}
+params:
+  scheduler: {type: categorical, choices: [plateau, cosine]}
+start:
+  - {scheduler: cosine}
+"""
+
+
+def test_a_space_written_with_old_setting_names_loads_under_the_new_ones(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(OLD_FIXED)
+    space = load_space(path)
+    assert space.fixed["lr_scheduler"] == "plateau" and space.fixed["num_workers"] == 1
+    assert "scheduler" not in space.fixed and "workers" not in space.fixed
+    assert load_space(path, smoke=True).fixed["lr_scheduler"] == "none"
+    assert space.resolve(space.default_config()).lr_scheduler == "plateau"
+    tuned = tmp_path / "tuned.yaml"  # a tuned old name, and its start point
+    tuned.write_text(OLD_TUNED)
+    space = load_space(tuned)
+    assert list(space.params["lr_scheduler"].choices) == ["plateau", "cosine"]
+    assert space.start == [{"lr_scheduler": "cosine"}]
+    pinned = space.with_settings({"scheduler": "plateau", "workers": 1})  # the API's settings
+    assert pinned.fixed["lr_scheduler"] == "plateau" and "lr_scheduler" not in pinned.params
+    assert pinned.fixed["num_workers"] == 1
+    both = tmp_path / "both.yaml"
+    both.write_text(OLD_FIXED.replace("workers: 1}", "workers: 1, lr_scheduler: cosine}"))
+    with pytest.raises(SpaceError, match=r"both.yaml: fixed: 'scheduler' is the old name of"):
+        load_space(both)
 
 
 def test_missing_name_lists_available():

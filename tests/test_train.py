@@ -39,7 +39,7 @@ def test_one_epoch_runs_and_lowers_loss(precision):
     y = (x.mean((1, 2, 3)) > 0).long()  # learnable from the pixels
     ds = TensorDataset(x, y, torch.arange(32))
     cfg = TrainConfig(
-        model="cnn_lstm", img_size=32, epochs=10, lr=3e-3, precision=precision, scheduler="none"
+        model="cnn_lstm", img_size=32, epochs=10, lr=3e-3, precision=precision, lr_scheduler="none"
     )
     model = build_model(cfg, 2)
     opt, dev = E.make_optimizer(cfg, model), torch.device("cpu")
@@ -59,7 +59,7 @@ def test_one_epoch_runs_and_lowers_loss(precision):
 
 
 def test_schedules_follow_their_shape():
-    cfg = TrainConfig(epochs=2, lr=1.0, scheduler="cosine", warmup_epochs=0.5)
+    cfg = TrainConfig(epochs=2, lr=1.0, lr_scheduler="cosine", warmup_epochs=0.5)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched, lrs = E.Schedule(cfg, opt, 10), []
     for _ in range(20):
@@ -81,7 +81,7 @@ def _lr_run(case: dict, state: dict | None = None, from_epoch: int = 0, until: i
     cfg = TrainConfig(
         epochs=d["epochs"],
         lr=d["lr"],
-        scheduler=case["scheduler"],
+        lr_scheduler=case["scheduler"],
         warmup_epochs=case["warmup_epochs"],
         **d["plateau"],
     )
@@ -124,7 +124,7 @@ def test_lr_schedules_equal_the_recorded_hand_written_curves(case):
 
 def test_a_schedule_state_from_a_newer_version_is_refused_in_one_line():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = E.Schedule(TrainConfig(scheduler="cosine"), opt, 10)
+    sched = E.Schedule(TrainConfig(lr_scheduler="cosine"), opt, 10)
     with pytest.raises(ValueError, match="schedule state format 3 is newer"):
         sched.load_state_dict({**sched.state_dict(), "format": 3})
 
@@ -132,7 +132,7 @@ def test_a_schedule_state_from_a_newer_version_is_refused_in_one_line():
 def test_diverging_loss_stops_with_a_reason():
     from torch.utils.data import DataLoader, TensorDataset
 
-    cfg = TrainConfig(model="cnn_lstm", img_size=32, scheduler="none", precision="fp32")
+    cfg = TrainConfig(model="cnn_lstm", img_size=32, lr_scheduler="none", precision="fp32")
     model = build_model(cfg, 2)
     x = torch.full((4, 1, 32, 32), float("nan"))
     loader = DataLoader(
@@ -218,8 +218,8 @@ def test_config_rejects_bad_values():
 
 @pytest.fixture
 def ray_session():
-    # fit() starts Ray inside this process: shut it down so later tests' sweeps (their own
-    # Ray, in a subprocess) do not share the 2 cores with an idle second cluster. And before:
+    # train_and_test() starts Ray inside this process: shut it down so later tests' sweeps (their
+    # own Ray, in a subprocess) do not share the 2 cores with an idle second cluster. And before:
     # a Ray an earlier in-process test left running (without this project's worker hook) would
     # otherwise be joined by init_ray.
     import ray
@@ -238,7 +238,7 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session, monkeypatch,
 
     from ray_xray import trace
     from ray_xray.device import threads_for
-    from ray_xray.train import fit
+    from ray_xray.train import train_and_test
 
     monkeypatch.setenv(trace.TRACE_ENV, str(tmp_path / "trace.jsonl"))  # before Ray starts
 
@@ -249,10 +249,10 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session, monkeypatch,
         epochs=5,
         lr=1e-3,
         batch_size=16,
-        workers=2,
+        num_workers=2,
         precision="fp32",
     )
-    report = fit(cfg, tmp_path / "run")
+    report = train_and_test(cfg, tmp_path / "run")
     history = report["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
     assert all(
@@ -264,7 +264,7 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session, monkeypatch,
     assert set(metrics["test"]["recall"]) == {"normal", "pneumonia", "tuberculosis"}
     assert len(metrics["test"]["confusion"]) == 3
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["workers"] == 2 and config["precision"] == "fp32"
+    assert config["num_workers"] == 2 and config["precision"] == "fp32"
     assert config["precision_choice"] == {
         "precision": "fp32",
         "reason": "asked for",

@@ -18,8 +18,8 @@ import numpy as np
 from ..cli import Parser, run
 from ..config import CHOICES, HELP, TrainConfig, parse_settings
 from ..device import announce, pick_device
-from . import loop as L
-from . import report as R
+from ..io import write_atomic
+from . import loop, report
 
 # The seed's cnn head (4096-2048 on a 7x7 pool) has 111M parameters, nearly all in the first
 # Linear: far too slow to retrain every round on a CPU. Use the head search_spaces/cnn.yaml
@@ -30,6 +30,8 @@ SMOKE_MODEL = {"cnn": {"width": 8, "head_dims": [64], "pool_size": 2}}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `active` command's options: model and data, the experiment (pool sizes, rounds,
+    strategies, seeds), how each round trains, and where the runs go."""
     d = TrainConfig()
     p = Parser(
         data_boundary=True,
@@ -41,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="cnn", help=HELP["model"])
     p.add_argument("--data", default=d.data, help=HELP["data"])
+    _add_experiment_options(p)
+    _add_round_training_options(p, d)
+    _add_run_options(p)
+    return p
+
+
+def _add_experiment_options(p: argparse.ArgumentParser) -> None:
+    """The experiment: pool sizes, rounds, strategies, seeds, the class to watch."""
     p.add_argument(
         "--initial",
         type=float,
@@ -59,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategy",
         default="entropy",
-        help=f"one or a comma list of {', '.join(L.STRATEGIES)}; random always runs "
+        help=f"one or a comma list of {', '.join(loop.STRATEGIES)}; random always runs "
         "too (default %(default)s)",
     )
     p.add_argument("--mc-passes", type=int, default=10, help="MC-dropout stochastic passes (T)")
     p.add_argument(
         "--mc-score",
         default="entropy",
-        choices=L.MC_SCORES,
+        choices=loop.MC_SCORES,
         help="mc_dropout: entropy of the mean prediction, or BALD (mutual information)",
     )
     p.add_argument("--repeats", type=int, default=3, help="seeds per strategy (mean and sd)")
@@ -77,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="class whose F1 is highlighted (default tuberculosis if present, "
         "else the rarest training class)",
     )
-    # Training of every round.
+
+
+def _add_round_training_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """How every round trains its fresh model (`d`: TrainConfig's defaults)."""
     p.add_argument("--epochs", type=int, default=5, help="per round (default %(default)s)")
     p.add_argument("--img-size", type=int, default=64, help="default %(default)s: CPU-friendly")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=HELP["batch_size"])
@@ -91,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any training setting, e.g. --set aug_strength=0.5 --set model.width=64 (repeatable)",
     )
-    # Where and how.
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Where the results go and where the runs run (this process or Ray tasks)."""
     p.add_argument("--out", default=None, help="output folder (default runs/active-<time>)")
     p.add_argument("--cache", default=None, help="prepared-data cache (local path or s3://)")
     p.add_argument(
@@ -113,22 +129,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tiny: 32 px, 96 images per split, 2 rounds of 1 epoch, 2 seeds",
     )
-    return p
 
 
 def strategies_from(text: str) -> list[str]:
+    """`--strategy`'s comma list -> the strategies to run, each once, with "random" (the baseline
+    every figure compares to) always last. Raises ValueError naming an unknown strategy."""
     names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-    bad = [s for s in names if s not in L.STRATEGIES]
+    bad = [s for s in names if s not in loop.STRATEGIES]
     if bad or not names:
         raise ValueError(
             f"unknown strategy {', '.join(map(repr, bad)) or repr(text)}; "
-            f"choose from {', '.join(L.STRATEGIES)}"
+            f"choose from {', '.join(loop.STRATEGIES)}"
         )
     # Random is the baseline every figure compares to: always run it, always last.
     return [s for s in names if s != "random"] + ["random"]
 
 
 def check_args(args: argparse.Namespace) -> None:
+    """Refuse, before any data is read, fractions outside (0, 1), counts below 1, and an
+    --initial + rounds x --query that would use more than the whole training set (ValueError)."""
     for name in ("initial", "query"):
         v = getattr(args, name)
         if not 0 < v < 1:
@@ -146,6 +165,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig every round trains with: the command's own training flags, the cnn's
+    CPU-sized defaults (CNN_DEFAULTS; SMOKE_MODEL's with --smoke-test), then `--set` (which
+    wins). Raises ValueError for an unknown setting or a bad value."""
     base = {
         "model": args.model,
         "data": args.data,
@@ -166,6 +188,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def pick_focus(classes: list[str], counts: np.ndarray, asked: str | None) -> str:
+    """The class whose F1 the table highlights: `asked` (ValueError when it is not a class), else
+    tuberculosis when present, else the class with the fewest training images (`counts`)."""
     if asked is not None:
         if asked not in classes:
             raise ValueError(f"--focus-class {asked!r} is not a class ({', '.join(classes)})")
@@ -178,7 +202,7 @@ def run_jobs(data, cfg, jobs, opts: dict, local: bool, cpus_per_job: int, gpus: 
     (one per run, so strategies and seeds spread over every CPU of the cluster)."""
     if local or len(jobs) == 1:
         for strategy, seed in jobs:
-            yield L.run_sequence(data, cfg, strategy, seed, **opts)
+            yield loop.run_sequence(data, cfg, strategy, seed, **opts)
         return
     import os
 
@@ -197,7 +221,7 @@ def run_jobs(data, cfg, jobs, opts: dict, local: bool, cpus_per_job: int, gpus: 
         f"ray: {len(jobs)} runs as tasks of {cpus} CPU(s), {int(total // cpus)} at a time",
         flush=True,
     )
-    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(L.run_sequence)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(loop.run_sequence)
     data_ref = ray.put(data)  # shipped once, shared by every task on a node
     pending = [
         task.remote(data_ref, cfg, strategy, seed, threads=cpus, **opts) for strategy, seed in jobs
@@ -223,42 +247,28 @@ def round0_mismatch(rows: list[dict]) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `active` command: check the arguments, load the data, run every (strategy, seed)
+    and write config.json, rounds.csv, summary.csv, results.json and learning_curve.png to
+    --out. Returns 0; raises ValueError (one `error:` line, exit 2 through `cli.run`) on a bad
+    argument, a model without dropout for mc_dropout, or a pool too small for the rounds."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.smoke_test:
-        args.img_size, args.epochs, args.rounds = 32, 1, min(args.rounds, 2)
-        args.repeats, args.mc_passes = min(args.repeats, 2), min(args.mc_passes, 3)
-        args.limit_per_split = args.limit_per_split or 96
-        args.batch_size = min(args.batch_size, 16)
+        smoke_sized(args)
     check_args(args)
     strategies = strategies_from(args.strategy)
     if "mc_dropout" in strategies and args.mc_passes < 2:
         raise ValueError("--mc-passes must be >= 2 (one pass has no spread to measure)")
     cfg = config_from_args(args)
+    n_params = checked_model_size(cfg, strategies)
 
     from ..data import absolute_spec, load_for_config
     from ..data.cache import cache_location
-    from ..inference import build_model
-
-    model = build_model(cfg, 3)  # fail fast on an unknown model or hyperparameter
-    if "mc_dropout" in strategies and not L.dropout_modules(model):
-        raise ValueError(f"--strategy mc_dropout needs dropout layers; {cfg.model} has none")
-    n_params = sum(p.numel() for p in model.parameters())
-    del model
 
     cfg.data = absolute_spec(cfg.data)
     args.cache = cache_location(args.cache)  # expanded and absolute, as for --data
     data = load_for_config(cfg, args.cache)
-    y = data.labels["train"]
-    n_train = len(y)
-    n0, k = len(L.initial_pool(y, args.initial, 0)), L.query_size(n_train, args.query)
-    if n0 + args.rounds * k > n_train:
-        most = (n_train - n0) // k
-        raise ValueError(
-            f"--initial {args.initial} + {args.rounds} rounds x --query {args.query} needs "
-            f"{n0 + args.rounds * k} labels but train has {n_train}; use --rounds <= {most} "
-            "or a smaller --query"
-        )
+    n0, k = labels_per_round(args, data.labels["train"])
     focus = pick_focus(data.classes, data.class_counts(), args.focus_class)
     seeds = [args.seed + i for i in range(args.repeats)]
     # Longest runs first (scoring strategies), so the last task to finish is a short one.
@@ -267,19 +277,83 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"runs/active-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     choice = announce(cfg.precision, pick_device(cfg.device))
-    meta = {
+    plan = {"strategies": strategies, "seeds": seeds, "focus_class": focus}
+    meta = run_meta(argv, args, cfg, data, plan, (n0, k), n_params, choice.to_dict())
+    write_atomic(out / "config.json", json.dumps(meta, indent=2))
+    print(
+        f"active learning: {', '.join(strategies)} x seeds {seeds} | train {meta['n_train']}, "
+        f"labels {n0} + {args.rounds} x {k} -> {n0 + args.rounds * k} | val "
+        f"{meta['n_val']}, test {meta['n_test']} | {cfg.model} ({n_params / 1e6:.2f}M params) "
+        f"{cfg.img_size}px {cfg.epochs} epochs, loss {cfg.loss} | focus {focus} -> {out}",
+        flush=True,
+    )
+    run_and_report(args, cfg, data, jobs, focus, meta, out)
+    return 0
+
+
+def smoke_sized(args: argparse.Namespace) -> None:
+    """--smoke-test: shrink `args` in place to a seconds-long run (32 px, 1 epoch, at most 2
+    rounds and 2 seeds, 3 MC passes, 96 images per split unless set, batches of at most 16)."""
+    args.img_size, args.epochs, args.rounds = 32, 1, min(args.rounds, 2)
+    args.repeats, args.mc_passes = min(args.repeats, 2), min(args.mc_passes, 3)
+    args.limit_per_split = args.limit_per_split or 96
+    args.batch_size = min(args.batch_size, 16)
+
+
+def checked_model_size(cfg: TrainConfig, strategies: list[str]) -> int:
+    """The model's parameter count, built once here so an unknown model or hyperparameter, or
+    mc_dropout on a model without dropout, fails before any data is read (ValueError)."""
+    from ..inference import build_model
+
+    model = build_model(cfg, 3)
+    if "mc_dropout" in strategies and not loop.dropout_modules(model):
+        raise ValueError(f"--strategy mc_dropout needs dropout layers; {cfg.model} has none")
+    return sum(p.numel() for p in model.parameters())
+
+
+def labels_per_round(args: argparse.Namespace, y_train: np.ndarray) -> tuple[int, int]:
+    """(initial labelled count, labels bought per round) for `y_train` (int class indices);
+    ValueError when the rounds would need more labels than train has."""
+    n_train = len(y_train)
+    n0 = len(loop.initial_pool(y_train, args.initial, 0))
+    k = loop.query_size(n_train, args.query)
+    if n0 + args.rounds * k > n_train:
+        most = (n_train - n0) // k
+        raise ValueError(
+            f"--initial {args.initial} + {args.rounds} rounds x --query {args.query} needs "
+            f"{n0 + args.rounds * k} labels but train has {n_train}; use --rounds <= {most} "
+            "or a smaller --query"
+        )
+    return n0, k
+
+
+def run_meta(
+    argv: list[str],
+    args: argparse.Namespace,
+    cfg: TrainConfig,
+    data,
+    plan: dict,
+    sizes: tuple[int, int],
+    n_params: int,
+    precision_choice: dict,
+) -> dict:
+    """config.json of an active-learning run: the command, the plan (`plan`: strategies,
+    seeds, focus_class), the pool sizes (`sizes`: initial count, labels per round), the data's
+    split sizes, the model's parameter count and the training config."""
+    n0, k = sizes
+    return {
         "command": "python -m ray_xray.active " + shlex.join(argv),
         "argv": argv,
-        "strategies": strategies,
-        "seeds": seeds,
+        "strategies": plan["strategies"],
+        "seeds": plan["seeds"],
         "initial": args.initial,
         "query": args.query,
         "rounds": args.rounds,
         "mc_passes": args.mc_passes,
         "mc_score": args.mc_score,
-        "focus_class": focus,
+        "focus_class": plan["focus_class"],
         "classes": data.classes,
-        "n_train": n_train,
+        "n_train": len(data.labels["train"]),
         "n_val": len(data.labels["val"]),
         "n_test": len(data.labels["test"]),
         "n_initial": n0,
@@ -288,17 +362,13 @@ def main(argv: list[str] | None = None) -> int:
         "train_counts": data.counts()["train"],
         "model_params": n_params,
         "train_config": cfg.to_dict(),
-        "precision_choice": choice.to_dict(),
+        "precision_choice": precision_choice,
     }
-    R.write_atomic(out / "config.json", json.dumps(meta, indent=2))
-    print(
-        f"active learning: {', '.join(strategies)} x seeds {seeds} | train {n_train}, "
-        f"labels {n0} + {args.rounds} x {k} -> {n0 + args.rounds * k} | val "
-        f"{meta['n_val']}, test {meta['n_test']} | {cfg.model} ({n_params / 1e6:.2f}M params) "
-        f"{cfg.img_size}px {cfg.epochs} epochs, loss {cfg.loss} | focus {focus} -> {out}",
-        flush=True,
-    )
 
+
+def run_and_report(args, cfg: TrainConfig, data, jobs: list, focus: str, meta: dict, out: Path):
+    """Run every (strategy, seed) job, rewriting the outputs in `out` after each one (an
+    interrupted experiment keeps what it finished), then print the summary table."""
     t0 = time.perf_counter()
     opts = {
         "initial": args.initial,
@@ -311,12 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for got in run_jobs(data, cfg, jobs, opts, args.local, args.cpus_per_job, args.gpus_per_job):
         rows += got
-        # Rewrite everything after each run: an interrupted experiment keeps what it finished.
-        R.write_outputs(out, rows, R.summarise(rows, focus), meta, plot=False)
-    summary = R.summarise(rows, focus)
-    R.write_outputs(out, rows, summary, meta)
+        report.write_outputs(out, rows, report.summarise(rows, focus), meta, plot=False)
+    summary = report.summarise(rows, focus)
+    report.write_outputs(out, rows, summary, meta)
 
-    print("\n" + R.table(summary, focus))
+    print("\n" + report.table(summary, focus))
     bad = round0_mismatch(rows)
     if bad:  # CPU runs are deterministic; GPU kernels may not be
         print(
@@ -328,7 +397,6 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{len(jobs)} runs in {time.perf_counter() - t0:.0f}s -> {out}/"
         "{rounds.csv, summary.csv, results.json, learning_curve.png}"
     )
-    return 0
 
 
 if __name__ == "__main__":

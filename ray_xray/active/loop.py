@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-from .. import metrics as M
 from ..config import TrainConfig
 from ..data.dataset import loader as make_loader
 from ..device import pick_device
 from ..inference import autocast, predict_proba
-from ..train import engine as E
-from ..train.loop import Hooks, Progress, Trainer, fit
+from ..metrics import full_report
+from ..train import engine
+from ..train.loop import Hooks, Progress, Trainer, train_epochs
 
 STRATEGIES = ("entropy", "margin", "mc_dropout", "random")
 MC_SCORES = ("entropy", "bald")
@@ -130,6 +130,7 @@ def select(
 
 
 def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    """The dropout layers (any `_DropoutNd` with p > 0) of `model` that MC-dropout switches on."""
     # nn.LSTM's between-layer dropout only runs in LSTM training mode, which would also change
     # nothing else; MC-dropout here samples the explicit Dropout layers, as Gal & Ghahramani do.
     return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
@@ -158,7 +159,7 @@ def mc_predict(
 
 
 class _KeepBest(Hooks):
-    """Active learning's side of `fit`: keep the best epoch's weights in memory (a round is
+    """Active learning's side of `train_epochs`: keep the best epoch's weights in memory (a round is
     short and nothing needs them on disk)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -174,15 +175,16 @@ def fit_round(cfg: TrainConfig, data, train_idx: np.ndarray, device: torch.devic
     """Train a fresh model on train[train_idx] for cfg.epochs; return it at its best validation
     epoch (by cfg.monitor, default val macro-F1) and a summary of the fit.
 
-    The same `fit` loop as the Ray Train worker, in-process: a TorchTrainer per round would add
-    ~30 s of Ray Train start-up to every round, more than a round of a small CNN costs on a CPU.
+    The same `train_epochs` loop as the Ray Train worker, in-process: a TorchTrainer per round
+    would add ~30 s of Ray Train start-up to every round, more than a round of a small CNN costs
+    on a CPU.
     Class weights come from the *labelled* counts: that is the imbalance the model sees.
     """
-    E.seed_everything(cfg.seed)
+    engine.seed_everything(cfg.seed)
     tr = Trainer.build(cfg, data, device, train_idx=train_idx)
     keep = _KeepBest(tr.bare)
     t0 = time.perf_counter()
-    progress = fit(tr, hooks=keep)
+    progress = train_epochs(tr, hooks=keep)
     tr.bare.load_state_dict(keep.state)
     tr.bare.eval()
     fit_summary = {
@@ -195,6 +197,7 @@ def fit_round(cfg: TrainConfig, data, train_idx: np.ndarray, device: torch.devic
 
 
 def round_seed(seed: int, r: int) -> int:
+    """The training seed of round `r` of the run seeded `seed` (seed * 1000 + r)."""
     # Depends on (seed, round) only, never on the strategy: round 0 trains the same model for all.
     return seed * 1000 + r
 
@@ -219,13 +222,12 @@ def run_sequence(
         torch.set_num_threads(int(threads))  # a Ray task's CPU share, not the whole machine
     device = pick_device(cfg.device)
     classes, y_train = data.classes, data.labels["train"]
-    n_train, k = len(y_train), query_size(len(y_train), query)
+    k = query_size(len(y_train), query)
     labelled = initial_pool(y_train, initial, seed)
     queried = np.array([], dtype=np.int64)  # what the previous round asked for (none in round 0)
     # Scoring sees the pool without augmentation: uncertainty about the image, not the crop.
     pool_ds = data.dataset("train")
     test_loader = make_loader(data.dataset("test"), 256, device=device)
-    tag = f"[{strategy} s{seed}]"
     rows = []
     for r in range(rounds + 1):
         t0 = time.perf_counter()
@@ -233,71 +235,105 @@ def run_sequence(
             dataclasses.replace(cfg, seed=round_seed(seed, r)), data, labelled, device
         )
         y, prob, _ = predict_proba(model, test_loader, device, precision, cl, feed=feed)
-        test = M.full_report(y, prob, classes)
+        test = full_report(y, prob, classes)
         row = {
             "strategy": strategy,
             "seed": seed,
             "round": r,
             "n_labelled": len(labelled),
             "n_queried": len(queried),
-            "test_accuracy": test["accuracy"],
-            "test_macro_f1": test["macro_f1"],
-            **{f"test_f1_{c}": test["f1"][c] for c in classes},
-            "val_macro_f1": summary["val"]["val_macro_f1"],
-            "best_epoch": summary["best_epoch"],
-            **{
-                f"labelled_{c}": int(v)
-                for c, v in zip(
-                    classes, np.bincount(y_train[labelled], minlength=len(classes)), strict=True
-                )
-            },
-            **{
-                f"queried_{c}": int(v)
-                for c, v in zip(
-                    classes, np.bincount(y_train[queried], minlength=len(classes)), strict=True
-                )
-            },
+            **_round_scores(test, summary, classes),
+            **_class_counts("labelled", y_train[labelled], classes),
+            **_class_counts("queried", y_train[queried], classes),
             "train_s": summary["train_s"],
         }
         if r == 0:
             row["initial_idx"] = labelled.tolist()
         row["queried_idx"] = queried.tolist()
-
         t1 = time.perf_counter()
         if r < rounds:
-            pool = np.setdiff1d(np.arange(n_train), labelled)
-            probs = None
-            if strategy != "random":
-                loader = make_loader(Subset(pool_ds, pool.tolist()), 256, device=device)
-                if strategy == "mc_dropout":
-                    probs = mc_predict(
-                        model,
-                        loader,
-                        device,
-                        precision,
-                        cl,
-                        mc_passes,
-                        seed=round_seed(seed, r),
-                        feed=feed,
-                    )
-                else:
-                    probs = predict_proba(model, loader, device, precision, cl, feed=feed)[1]
-            rng = np.random.default_rng([seed, r])
-            queried = select(score(strategy, probs, mc_score), pool, k, rng)
-            # The invariants the whole comparison rests on: k new, distinct, train-only items.
-            assert len(queried) == k and len(np.unique(queried)) == k
-            assert not np.isin(queried, labelled).any()
+            trained = (model, precision, cl, feed)
+            queried = _query(
+                strategy, trained, pool_ds, labelled, k, device, mc_passes, mc_score, r, seed
+            )
             labelled = np.sort(np.concatenate([labelled, queried]))
         row["score_s"] = time.perf_counter() - t1
         row["round_s"] = time.perf_counter() - t0
         rows.append(row)
-        focus_txt = f"  {focus[:4]}-F1 {test['f1'][focus]:.3f}" if focus in classes else ""
-        mix = " ".join(f"{c[:4]} {row[f'queried_{c}']}" for c in classes)
-        print(
-            f"{tag:<20} round {r}/{rounds}  labels {row['n_labelled']:>5}"
-            + (f" (+{len(row['queried_idx'])}: {mix})" if r else "")
-            + f"  acc {test['accuracy']:.3f}  F1 {test['macro_f1']:.3f}{focus_txt}"
-            f"  best ep {summary['best_epoch']}  {row['round_s']:.1f}s",
-            flush=True,
-        )
+        print(_round_line(row, rounds, test, classes, focus), flush=True)
     return rows
+
+
+def _round_scores(test: dict, summary: dict, classes: list[str]) -> dict:
+    """A round's row figures: test accuracy, macro-F1 and per-class F1 (`metrics.full_report`'s
+    `test`), the validation macro-F1 and best epoch of its training (`fit_round`'s summary)."""
+    return {
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        **{f"test_f1_{c}": test["f1"][c] for c in classes},
+        "val_macro_f1": summary["val"]["val_macro_f1"],
+        "best_epoch": summary["best_epoch"],
+    }
+
+
+def _class_counts(prefix: str, y: np.ndarray, classes: list[str]) -> dict:
+    """{"<prefix>_<class>": count} of the int class indices `y`, every class (0 when absent)."""
+    counts = np.bincount(y, minlength=len(classes))
+    return {f"{prefix}_{c}": int(v) for c, v in zip(classes, counts, strict=True)}
+
+
+def _query(
+    strategy: str,
+    trained: tuple,
+    pool_ds,
+    labelled: np.ndarray,
+    k: int,
+    device,
+    mc_passes: int,
+    mc_score: str,
+    r: int,
+    seed: int,
+) -> np.ndarray:
+    """Round `r`'s k new training indices to label: the unlabelled pool (`pool_ds` minus
+    `labelled`) scored by `strategy` (`mc_score` over `mc_passes` passes for mc_dropout) with
+    the round's model (`trained`: model, precision, channels_last, feed, as `fit_round`
+    returns them), ties and `random` drawn with a (seed, round) generator. int64 (k,)."""
+    pool = np.setdiff1d(np.arange(len(pool_ds)), labelled)
+    probs = None
+    if strategy != "random":
+        loader = make_loader(Subset(pool_ds, pool.tolist()), 256, device=device)
+        probs = _pool_probabilities(strategy, trained, loader, device, mc_passes, r, seed)
+    rng = np.random.default_rng([seed, r])
+    queried = select(score(strategy, probs, mc_score), pool, k, rng)
+    # The invariants the whole comparison rests on: k new, distinct, train-only items.
+    assert len(queried) == k and len(np.unique(queried)) == k
+    assert not np.isin(queried, labelled).any()
+    return queried
+
+
+def _pool_probabilities(
+    strategy: str, trained: tuple, loader, device, mc_passes: int, r: int, seed: int
+) -> np.ndarray:
+    """What `score` ranks the unlabelled pool by: (N, K) softmax outputs, or for mc_dropout
+    (mc_passes, N, K) passes with dropout on, seeded by the round. `trained`: (model,
+    precision, channels_last, feed) as `fit_round` returns them."""
+    model, precision, cl, feed = trained
+    if strategy == "mc_dropout":
+        return mc_predict(
+            model, loader, device, precision, cl, mc_passes, seed=round_seed(seed, r), feed=feed
+        )
+    return predict_proba(model, loader, device, precision, cl, feed=feed)[1]
+
+
+def _round_line(row: dict, rounds: int, test: dict, classes: list, focus) -> str:
+    """The console line of one finished round: labels bought (and their class mix), test
+    accuracy and macro-F1 (and the `focus` class's F1), best epoch, seconds."""
+    r, tag = row["round"], f"[{row['strategy']} s{row['seed']}]"
+    focus_txt = f"  {focus[:4]}-F1 {test['f1'][focus]:.3f}" if focus in classes else ""
+    mix = " ".join(f"{c[:4]} {row[f'queried_{c}']}" for c in classes)
+    return (
+        f"{tag:<20} round {r}/{rounds}  labels {row['n_labelled']:>5}"
+        + (f" (+{len(row['queried_idx'])}: {mix})" if r else "")
+        + f"  acc {test['accuracy']:.3f}  F1 {test['macro_f1']:.3f}{focus_txt}"
+        f"  best ep {row['best_epoch']}  {row['round_s']:.1f}s"
+    )

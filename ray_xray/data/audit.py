@@ -61,15 +61,6 @@ def audit(
     split = table.column("split").to_pylist()
     label = table.column("label").to_pylist()
     patient = table.column("patient").to_pylist()
-    n = len(path)
-    side = int(np.sqrt(len(table.column("image")[0].as_py()))) if n else 0
-    images = (
-        np.frombuffer(b"".join(table.column("image").to_pylist()), dtype=np.uint8).reshape(
-            n, side, side
-        )
-        if n
-        else np.zeros((0, 1, 1), np.uint8)
-    )
 
     def describe(idx):
         return [{"path": path[i], "split": split[i], "label": label[i]} for i in idx]
@@ -86,26 +77,14 @@ def audit(
     cross = [describe(g) for g in dup_groups if len({split[i] for i in g}) > 1]
     conflicts = [describe(g) for g in dup_groups if len({label[i] for i in g}) > 1]
     within = sum(len(g) - 1 for g in dup_groups if len({split[i] for i in g}) == 1)
-    near = near_pairs(images, np.array(split), near_threshold, cross_only=True) if n else []
-    # Identical files are already reported above: near-duplicates are the *other* copies.
-    same = {frozenset((i, j)) for g in dup_groups for i in g for j in g if i != j}
-    near = [(i, j, s) for i, j, s in near if frozenset((i, j)) not in same]
+    near = _near_not_identical(table, split, dup_groups, near_threshold)
     by_patient = defaultdict(set)
     for p, s in zip(patient, split, strict=True):
         if p:
             by_patient[p].add(s)
     overlap = sorted(p for p, s in by_patient.items() if len(s) > 1)
-    sizes = Counter(
-        f"{w}x{h} {m}"
-        for w, h, m in zip(
-            table.column("orig_width").to_pylist(),
-            table.column("orig_height").to_pylist(),
-            table.column("orig_mode").to_pylist(),
-            strict=True,
-        )
-    )
     return {
-        "images": n,
+        "images": len(path),
         "counts": counts,
         "exact_duplicates_within_split": within,
         "cross_split_duplicates": cross,
@@ -126,11 +105,51 @@ def audit(
         "unreadable": list(unreadable or []),
         "skipped": [{"path": s.path, "reason": s.reason} for s in skipped or []],
         "skipped_summary": skipped_summary(list(skipped or [])),
-        "image_sizes": dict(sizes.most_common(10)),
+        "image_sizes": _image_sizes(table),
     }
 
 
+def _pixels(table: pa.Table) -> np.ndarray:
+    """The cached square grey images as uint8 (N, S, S); (0, 1, 1) for an empty table."""
+    n = table.num_rows
+    if not n:
+        return np.zeros((0, 1, 1), np.uint8)
+    side = int(np.sqrt(len(table.column("image")[0].as_py())))
+    flat = np.frombuffer(b"".join(table.column("image").to_pylist()), dtype=np.uint8)
+    return flat.reshape(n, side, side)
+
+
+def _near_not_identical(
+    table: pa.Table, split: list[str], dup_groups: list[list[int]], threshold: float
+) -> list[tuple[int, int, float]]:
+    """Cross-split near-duplicate pairs (i, j, similarity) (`near_pairs` at `threshold`), less
+    the pairs already reported as identical files or pixels (`dup_groups`)."""
+    if not table.num_rows:
+        return []
+    near = near_pairs(_pixels(table), np.array(split), threshold, cross_only=True)
+    # Identical files are already reported: near-duplicates are the *other* copies.
+    same = {frozenset((i, j)) for g in dup_groups for i in g for j in g if i != j}
+    return [(i, j, s) for i, j, s in near if frozenset((i, j)) not in same]
+
+
+def _image_sizes(table: pa.Table) -> dict[str, int]:
+    """The ten most common original sizes and modes ("1024x1024 L": count)."""
+    sizes = Counter(
+        f"{w}x{h} {m}"
+        for w, h, m in zip(
+            table.column("orig_width").to_pylist(),
+            table.column("orig_height").to_pylist(),
+            table.column("orig_mode").to_pylist(),
+            strict=True,
+        )
+    )
+    return dict(sizes.most_common(10))
+
+
 def format_report(report: dict, source: str) -> str:
+    """`audit`'s findings as the table `python -m ray_xray.audit` prints: counts per label and
+    split, then duplicates, conflicts, near-duplicates, patient overlap, unreadable and skipped
+    files, image sizes."""
     labels = sorted({lab for c in report["counts"].values() for lab in c})
     width = max([len(lab) for lab in labels] + [8])
     lines = [f"audit of {source}: {report['images']} images", ""]

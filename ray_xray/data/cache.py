@@ -54,6 +54,8 @@ def cache_location(root: str | None = None) -> str:
 
 
 def default_cache_root() -> str:
+    """The prepared-data cache used when none is given: $RAY_XRAY_CACHE, else ~/.cache/ray_xray
+    (absolute)."""
     return cache_location(None)
 
 
@@ -85,6 +87,8 @@ def decode(data: bytes, img_size: int, name: str = "") -> tuple[np.ndarray, tupl
 
 
 def read_sources(items: list[Item]) -> tuple[list[bytes], list[str]]:
+    """(bytes of each item's file, their SHA-1 hex digests), in item order. Raises DataError (one
+    line naming the file) when a file cannot be read."""
     datas, hashes = [], []
     for it in items:
         try:
@@ -97,6 +101,9 @@ def read_sources(items: list[Item]) -> tuple[list[bytes], list[str]]:
 
 
 def cache_key(items: list[Item], hashes: list[str], img_size: int) -> str:
+    """The cache entry's name: 20 hex digits of a SHA-1 over the cache version, `img_size` and
+    each file's (content hash, label, split, file name), in a fixed order, so the same data at
+    the same size finds the same entry wherever its folder lives."""
     h = hashlib.sha1(f"v{CACHE_VERSION}/{img_size}".encode())
     for it, sha in sorted(
         zip(items, hashes, strict=True), key=lambda p: (p[1], p[0].split, p[0].path)

@@ -59,6 +59,8 @@ def resolve_items(spec: str, skipped: list[Skipped] | None = None) -> list[Item]
 
 
 def synthetic_table(spec: str, img_size: int, seed: int = 0) -> pa.Table:
+    """The built-in synthetic set `spec` (``synthetic:chest3[:N]``) as a cache table in SCHEMA:
+    one row per generated grey `img_size` x `img_size` image, deterministic for `seed`."""
     rows: dict[str, list] = {name: [] for name in SCHEMA.names}
     for key, label, split, img in synthetic.generate(spec, img_size, seed):
         sha = hashlib.sha1(img.tobytes()).hexdigest()
@@ -94,6 +96,11 @@ def load_table(
 
 @dataclass
 class PreparedData:
+    """A data set decoded into memory, split by split: what every training run and evaluation
+    reads (built by `load_data`). `mean`/`std`: the training split's pixel statistics on
+    [0, 1]; `dropped`: images removed by dedupe or unreadable; `skipped`: every file not used,
+    with its reason."""
+
     classes: list[str]
     images: dict[str, np.ndarray]  # split -> (N, H, W) uint8
     labels: dict[str, np.ndarray]  # split -> (N,) int64
@@ -109,12 +116,14 @@ class PreparedData:
     patients: dict[str, list[str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {class: images}} for every split and class (0 where a class is absent)."""
         return {
             s: {c: int((self.labels[s] == k).sum()) for k, c in enumerate(self.classes)}
             for s in SPLITS
         }
 
     def class_counts(self, split: str = "train") -> np.ndarray:
+        """int64 (K,) images per class of `split`, in class order (class weights, focus class)."""
         return np.bincount(self.labels[split], minlength=len(self.classes))
 
     def dataset(
@@ -248,6 +257,17 @@ def leakage(table: pa.Table) -> int:
     return sum(1 for h, s in zip(sha, split, strict=True) if s == "test" and h in train)
 
 
+def refuse_leakage(table: pa.Table, spec: str) -> None:
+    """Raise DataError (one line naming `spec`) when a test image of the cache table is
+    pixel-identical to a training image (`leakage`)."""
+    n_leak = leakage(table)
+    if n_leak:
+        raise DataError(
+            f"{spec}: {n_leak} test image(s) are identical to training images; "
+            "fix the split, use --dedupe drop-cross-split, or --allow-leakage"
+        )
+
+
 def load_data(
     spec: str,
     img_size: int = 128,
@@ -260,33 +280,29 @@ def load_data(
     seed: int = 0,
     cache_root: str | None = None,
 ) -> PreparedData:
+    """Every image of `spec` (a folder, a manifest.csv or ``synthetic:...``) decoded once
+    into the Parquet cache (`cache_root`), resized to `img_size` x `img_size` grey pixels, and
+    returned as in-memory splits: uint8 (N, S, S) images and int64 (N,) labels per split, in
+    the order of `classes` (default: the training split's labels, sorted), with the training
+    split's mean/std (pixels scaled to [0, 1]) for normalisation.
+
+    `dedupe` is the audit policy applied first ("off", "drop-cross-split", "drop-conflicts");
+    `limit_per_split` N > 0 keeps a seeded random N per split (smoke tests); `skip_bad` leaves
+    unreadable images out instead of failing. Raises DataError (one line) for unreadable
+    images without `skip_bad`, a test image identical to a training one without
+    `allow_leakage`, an empty split or class, or a label outside `classes`.
+    """
     skipped: list[Skipped] = []
     table, bad, source = load_table(spec, img_size, skip_bad, cache_root, skipped=skipped)
     table, n_dropped = apply_dedupe(table, dedupe)
-    n_leak = leakage(table)
-    if n_leak and not allow_leakage:
-        raise DataError(
-            f"{spec}: {n_leak} test image(s) are identical to training images; "
-            "fix the split, use --dedupe drop-cross-split, or --allow-leakage"
-        )
+    if not allow_leakage:
+        refuse_leakage(table, spec)
     labels_col, splits_col = table.column("label").to_pylist(), table.column("split").to_pylist()
     items = [Item("", lab, s) for lab, s in zip(labels_col, splits_col, strict=True)]
     classes = check_items(items, classes)
-    index = {c: k for k, c in enumerate(classes)}
-    blobs, paths = table.column("image").to_pylist(), table.column("path").to_pylist()
-    rng = np.random.default_rng(seed)
-    patients_col = table.column("patient").to_pylist()
-    images, labels, split_paths, split_patients = {}, {}, {}, {}
-    for split in SPLITS:
-        idx = np.array([i for i, s in enumerate(splits_col) if s == split])
-        if limit_per_split and len(idx) > limit_per_split:
-            idx = np.sort(rng.choice(idx, limit_per_split, replace=False))
-        images[split] = np.stack(
-            [np.frombuffer(blobs[i], dtype=np.uint8).reshape(img_size, img_size) for i in idx]
-        )
-        labels[split] = np.array([index[labels_col[i]] for i in idx], dtype=np.int64)
-        split_paths[split] = [paths[i] for i in idx]
-        split_patients[split] = [patients_col[i] or "" for i in idx]
+    images, labels, split_paths, split_patients = _splits(
+        table, classes, img_size, limit_per_split, seed
+    )
     train = images["train"].astype(np.float32) / 255.0
     mean, std = float(train.mean()), float(train.std()) or 1.0
     data = PreparedData(
@@ -310,6 +326,31 @@ def load_data(
         skipped_summary(skipped),
     )
     return data
+
+
+def _splits(
+    table: pa.Table, classes: list[str], img_size: int, limit_per_split: int, seed: int
+) -> tuple[dict, dict, dict, dict]:
+    """The cache table cut into splits: (images: split -> uint8 (N, S, S), labels: split ->
+    int64 (N,) indices into `classes`, paths: split -> file paths, patients: split -> patient
+    id or ""), each split at most `limit_per_split` rows (a seeded random subset, in order)."""
+    labels_col, splits_col = table.column("label").to_pylist(), table.column("split").to_pylist()
+    index = {c: k for k, c in enumerate(classes)}
+    blobs, paths = table.column("image").to_pylist(), table.column("path").to_pylist()
+    rng = np.random.default_rng(seed)
+    patients_col = table.column("patient").to_pylist()
+    images, labels, split_paths, split_patients = {}, {}, {}, {}
+    for split in SPLITS:
+        idx = np.array([i for i, s in enumerate(splits_col) if s == split])
+        if limit_per_split and len(idx) > limit_per_split:
+            idx = np.sort(rng.choice(idx, limit_per_split, replace=False))
+        images[split] = np.stack(
+            [np.frombuffer(blobs[i], dtype=np.uint8).reshape(img_size, img_size) for i in idx]
+        )
+        labels[split] = np.array([index[labels_col[i]] for i in idx], dtype=np.int64)
+        split_paths[split] = [paths[i] for i in idx]
+        split_patients[split] = [patients_col[i] or "" for i in idx]
+    return images, labels, split_paths, split_patients
 
 
 def class_weights(counts: np.ndarray) -> torch.Tensor:

@@ -108,6 +108,7 @@ class BatchAugment:
 
     @property
     def active(self) -> bool:
+        """Whether this augmentation changes anything (strength above 0)."""
         return self.s > 0
 
     def sample(self, n: int, device: torch.device, generator: torch.Generator | None = None):

@@ -76,6 +76,9 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
+    """One labelled image file before decoding: where it is, its label and split as the folder
+    or manifest gives them, and the patient id its name carries."""
+
     path: str  # absolute path, or `synthetic:<name>/<index>`
     label: str
     split: str
@@ -129,19 +132,29 @@ def folder_key(name: str) -> str:
 
 
 def normalise_label(name: str) -> str:
+    """A class folder's or manifest label's canonical name: `folder_key`'s form, then the known
+    spelling of that class (`No Finding` -> normal, `TB` -> tuberculosis, `no_tumor` ->
+    notumor); unknown names are kept in `folder_key`'s form."""
     key = folder_key(name)
     return _LABEL_ALIASES.get(key, key)
 
 
 def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is never data: dot-files (macOS `._x.png`, `.DS_Store`) and
+    junk folders such as `__MACOSX`."""
     return name.startswith(".") or name in JUNK_DIRS
 
 
 def normalise_split(name: str) -> str | None:
+    """`train`, `val` or `test` for a split folder's name in any of its usual spellings
+    (`Training`, `validation`, `Testing` ...); None for any other name."""
     return _SPLIT_ALIASES.get(name.strip().lower())
 
 
 def patient_id(name: str) -> str:
+    """The patient id a file name carries, lower case, by the Kermany naming patterns
+    (`person12_bacteria_45.jpeg` -> "person12_bacteria", `NORMAL2-IM-0115-0001.jpeg` ->
+    "normal2-im-0115"); "" when it carries none. Validation carving and CV folds group by it."""
     stem = Path(name).name
     for pattern in _PATIENT_PATTERNS:
         match = pattern.search(stem)

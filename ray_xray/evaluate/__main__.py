@@ -13,6 +13,8 @@ SPLITS = ("test", "val", "train", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `evaluate` command's options, in four groups: what to evaluate, what to compute, how
+    the images are read, prior adaptation."""
     p = argparse.ArgumentParser(
         prog="python -m ray_xray.evaluate",
         formatter_class=HelpFormatter,
@@ -22,6 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
         "data than the model's own, a shift check compares with the model's own test split; "
         "--stress adds metrics under acquisition changes (gamma, blur, noise, JPEG ...).",
     )
+    _add_what_to_evaluate(p)
+    _add_analysis_options(p)
+    _add_reading_options(p)
+    _add_prior_options(p)
+    return p
+
+
+def _add_what_to_evaluate(p: argparse.ArgumentParser) -> None:
+    """The model, the data, which split (or a subset of it), and where the results go."""
     p.add_argument(
         "checkpoint",
         help="best_model.pt, a run directory, a trial checkpoint, an "
@@ -51,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a class-stratified, seeded subset of N images (default 0: every image of "
         "the split; a training run's limit_per_split is never carried over)",
     )
+
+
+def _add_analysis_options(p: argparse.ArgumentParser) -> None:
+    """What is computed besides the metrics: stress test, intervals, shift check, images."""
     p.add_argument(
         "--stress", action="store_true", help="also run the acquisition-shift stress test"
     )
@@ -77,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave sample and Grad-CAM figures (which show the images) out of report.html",
     )
+
+
+def _add_reading_options(p: argparse.ArgumentParser) -> None:
+    """How the images are read and where the model runs."""
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
     p.add_argument(
         "--device",
@@ -86,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache", default=None, help="prepared-data cache folder")
     add_data_boundary(p)
+
+
+def _add_prior_options(p: argparse.ArgumentParser) -> None:
+    """Prior adaptation: the figures again, re-weighted to the set's class mix."""
     p.add_argument(
         "--adapt-prior",
         choices=("em",),
@@ -101,7 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="like --adapt-prior, with a known class mix (e.g. pneumonia=0.625, or one "
         "number per class)",
     )
-    return p
 
 
 def _fmt(d: dict) -> str:
@@ -115,15 +137,11 @@ def _fmt(d: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `evaluate` command: `core.evaluate` with the parsed options, then its headline
+    figures, notes and warnings on stdout. Returns 0; raises ValueError (one `error:` line,
+    exit 2 through `cli.run`) for a missing checkpoint or a negative --limit/--stress-limit."""
     args = build_parser().parse_args(argv)
-    from pathlib import Path
-
-    if not Path(args.checkpoint).expanduser().exists():  # before the heavy imports
-        raise ValueError(f"{args.checkpoint}: no such checkpoint, run, ensemble or sweep folder")
-    if args.stress_limit < 0:
-        raise ValueError(f"--stress-limit must be >= 0, got {args.stress_limit}")
-    if args.limit < 0:
-        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    _check_args(args)  # before the heavy imports
     from .core import evaluate
 
     r = evaluate(
@@ -144,11 +162,32 @@ def main(argv: list[str] | None = None) -> int:
         adapt_prior=args.adapt_prior,
         prevalence=args.prevalence,
     )
+    _print_result(r, args.limit)
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse a missing checkpoint and negative limits in one line (ValueError)."""
+    from pathlib import Path
+
+    if not Path(args.checkpoint).expanduser().exists():
+        raise ValueError(f"{args.checkpoint}: no such checkpoint, run, ensemble or sweep folder")
+    if args.stress_limit < 0:
+        raise ValueError(f"--stress-limit must be >= 0, got {args.stress_limit}")
+    if args.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+
+
+def _print_result(r, limit: int) -> None:
+    """What was scored, the headline figures with intervals (and prior-adapted ones), ECE
+    beside the reference split's, the own-split notes and every warning, the output paths."""
+    from pathlib import Path
+
     h = r.headline
     scored = (
-        f"{r.n} of {r.n_available} images: --limit {args.limit}"
+        f"{r.n} of {r.n_available} images: --limit {limit}"
         if r.n < r.n_available
-        else f"all {r.n} images"
+        else (f"all {r.n} images")
     )
     print(
         f"{r.model} on {r.data} ({r.split}, {scored})"
@@ -177,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {w}")
     print(f"wrote {r.out}/metrics.json")
     print(report_line(Path(r.out) / "report.html"))
-    return 0
 
 
 if __name__ == "__main__":

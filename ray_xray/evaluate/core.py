@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import stats as S
+from .. import stats
 from ..cli import UserError
 from ..device import pick_device
 from ..io import write_atomic
@@ -35,6 +35,7 @@ SPECIFICITIES = (0.90, 0.95)
 
 
 def log(msg: str) -> None:
+    """A progress line on stderr, prefixed `evaluate:` (stdout stays for the results)."""
     print(f"evaluate: {msg}", file=sys.stderr, flush=True)
 
 
@@ -96,7 +97,9 @@ def operating_points(y_val, p_val, sets: dict, classes: list[str], targets=SPECI
                 sens, spec = sens_spec(pos, p[:, k], t) if t is not None else (math.nan,) * 2
                 row[f"{name}_sensitivity"], row[f"{name}_specificity"] = sens, spec
                 row[f"{name}_holds"] = (
-                    S.specificity_holds(spec, target, int((~pos).sum())) if t is not None else None
+                    stats.specificity_holds(spec, target, int((~pos).sum()))
+                    if t is not None
+                    else None
                 )
             out[c][f"{target:.2f}"] = row
     return out
@@ -159,9 +162,11 @@ def shift_check(
     y, prob, classes = parts["y"], parts["prob"], subject.classes
     # A partial set is compared on its own classes: the reference's macro-F1/AUC average over
     # the same ones.
-    only = S.present(y, len(classes))
-    ref_head, ref_samples = S.with_intervals(ref.labels, p_ref, classes, n_boot, seed, only=only)
-    drops = S.drops(ref_head, ref_samples, parts["headline"], parts["samples"])
+    only = stats.present(y, len(classes))
+    ref_head, ref_samples = stats.with_intervals(
+        ref.labels, p_ref, classes, n_boot, seed, only=only
+    )
+    drops = stats.drops(ref_head, ref_samples, parts["headline"], parts["samples"])
     warnings = [
         _headline_warning(k, d, data, ref_split) for k, d in drops.items() if d["significant"]
     ]
@@ -256,6 +261,8 @@ def _compare(
     return op, shift_block, ref_arrays, warnings
 
 
+# Long only for its 16 keyword options and their docstring: the body is one line per stage
+# (load, score, compare with its own splits, stress), each stage a function below.
 def evaluate(
     checkpoint: str,
     data: str,
@@ -294,66 +301,32 @@ def evaluate(
     Raises UserError (exit 2) for a missing checkpoint, an unknown split, an empty split, a
     data class the model does not know, or a negative `limit`.
     """
-    from ..scores import report
-
     t0 = time.perf_counter()
-    if split not in SPLIT_CHOICES:
-        raise UserError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
-    if n_boot < 0:
-        raise UserError(f"--bootstrap must be >= 0, got {n_boot}")
-    if limit < 0:
-        raise UserError(f"--limit must be >= 0, got {limit}")
+    _check_arguments(split, n_boot, limit)
     subject = resolve_subject(checkpoint)
-    dev = pick_device(device)
-    own = same_data(data, subject.own_data)
+    dev, own = pick_device(device), same_data(data, subject.own_data)
     log(
         f"{subject.name}: {len(subject.members)} member(s), classes {', '.join(subject.classes)}; "
         f"data {data} ({split}){' = its own data' if own else ''}"
     )
     ev, info, refs, notes = _load(subject, data, split, own, shift, skip_bad, cache)
-    if subject.note:
-        notes.insert(0, f"checkpoint: {subject.note}")
-    if info["note"]:
-        notes.append(f"data: {info['note']}")
     n_available = len(ev)
-    if limit and limit < n_available:
-        ev = ev.subset(stratified_subset(ev.labels, limit, seed))
-        log(f"--limit {limit}: scoring {len(ev)} of the split's {n_available} images")
+    ev = _limited(ev, limit, seed)
     timings = {"data_s": time.perf_counter() - t0}
-
     t1 = time.perf_counter()
-    prob, member_prob = probabilities(subject, ev, dev)
-    y, classes = ev.labels, subject.classes
-    headline, samples = S.with_intervals(y, prob, classes, n_boot, seed)
-    wilson_proportions(headline, y, prob.argmax(1), classes)
+    parts = _score(subject, ev, dev, n_boot, seed)
     timings["predict_s"] = time.perf_counter() - t1
     adapted = None
     if adapt_prior or prevalence:
-        adapted = prior_block(subject, y, prob, adapt_prior, prevalence, n_boot, seed, cache)
-    warnings: list[str] = []
-    if info["missing_classes"]:
-        warnings.append(
-            f"partial evaluation: no {', '.join(info['missing_classes'])} images in this set; "
-            "macro-F1 and AUC average over the classes present, and their recall is undefined"
+        adapted = prior_block(
+            subject, ev.labels, parts["prob"], adapt_prior, prevalence, n_boot, seed, cache
         )
-    parts = {"y": y, "prob": prob, "headline": headline, "samples": samples}
-    # Other data is compared with the model's own test split; its own test split with its
-    # validation split (the pneumonia2 lesson: validation need not resemble test).
-    against = "test"
-    if not shift or (own and split != "test"):
-        against = None
-    elif own:
-        against = "val"
+    against = _shift_reference(shift, own, split)
     where = f"its {split} split" if own else data
     op, shift_block, ref_arrays, more = _compare(
         subject, refs, parts, where, dev, against, n_boot, seed
     )
-    if against == "val":
-        # Val and test of one dataset differing is not a site shift: say so as a note, keeping
-        # `warning:` lines for data from elsewhere.
-        notes += [own_split_note(w) if "fell from" in w else w for w in more]
-    else:
-        warnings += more
+    warnings, notes = _messages(subject, info, notes, more, against)
     stress_block = None
     if stress:
         t1 = time.perf_counter()
@@ -362,43 +335,126 @@ def evaluate(
         stress_block = run_stress(subject, ev, dev, stress_limit, seed, log)
         timings["stress_s"] = time.perf_counter() - t1
     result = EvalResult(
-        checkpoint=str(subject.path),
-        model=subject.name,
-        kind=subject.kind,
-        data=data,
-        split=split,
-        own_data=subject.own_data,
-        is_own_data=own,
-        classes=classes,
-        data_classes=info["data_classes"],
-        missing_classes=info["missing_classes"],
-        n=len(y),
-        n_available=n_available,
-        created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        metrics=report(y, prob, classes),
-        headline=headline,
-        bootstrap={"resamples": n_boot, "seed": seed, "level": S.LEVEL, "stratified": True},
+        **_set_fields(subject, data, split, own, info, ev, n_available),
+        **_score_fields(parts, n_boot, seed, subject.classes),
         operating_points=op,
         shift=shift_block,
+        reference=ref_arrays,
         stress=stress_block,
         prior_adaptation=adapted,
         warnings=warnings,
         notes=notes,
         timings=timings,
-        y=y,
-        prob=prob,
-        member_prob=member_prob,
-        images=ev.views,
-        reference=ref_arrays,
     )
-    write(
-        result,
-        Path(out) if out else default_out(subject, data, split),
-        subject,
-        images,
-        report_html,
-    )
+    out = Path(out) if out else default_out(subject, data, split)
+    write(result, out, subject, images, report_html)
     return result
+
+
+def _check_arguments(split: str, n_boot: int, limit: int) -> None:
+    """Refuse, before anything is read, what `evaluate` cannot run: raises UserError."""
+    if split not in SPLIT_CHOICES:
+        raise UserError(f"--split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
+    if n_boot < 0:
+        raise UserError(f"--bootstrap must be >= 0, got {n_boot}")
+    if limit < 0:
+        raise UserError(f"--limit must be >= 0, got {limit}")
+
+
+def _limited(ev: EvalSet, limit: int, seed: int) -> EvalSet:
+    """`ev`, or its class-stratified seeded subset of `limit` images when `limit` is smaller."""
+    if not limit or limit >= len(ev):
+        return ev
+    small = ev.subset(stratified_subset(ev.labels, limit, seed))
+    log(f"--limit {limit}: scoring {len(small)} of the split's {len(ev)} images")
+    return small
+
+
+def _score(subject: Subject, ev: EvalSet, dev, n_boot: int, seed: int) -> dict:
+    """The model's probabilities on `ev` and its headline figures with intervals:
+    {"y": int64 (N,), "prob": float64 (N, K), "member_prob": each member's (N, K),
+    "headline": `stats.with_intervals` with Wilson intervals for the proportions, "samples":
+    the bootstrap samples the shift check compares}."""
+    prob, member_prob = probabilities(subject, ev, dev)
+    y = ev.labels
+    headline, samples = stats.with_intervals(y, prob, subject.classes, n_boot, seed)
+    wilson_proportions(headline, y, prob.argmax(1), subject.classes)
+    return {
+        "y": y,
+        "prob": prob,
+        "member_prob": member_prob,
+        "headline": headline,
+        "samples": samples,
+    }
+
+
+def _shift_reference(shift: bool, own: bool, split: str) -> str | None:
+    """Which of the model's own splits this set is compared with: other data with its test
+    split; its own test split with its validation split (the pneumonia2 lesson: validation need
+    not resemble test); None when there is no check (`shift` off, or its own val/train)."""
+    if not shift or (own and split != "test"):
+        return None
+    return "val" if own else "test"
+
+
+def _messages(
+    subject: Subject, info: dict, notes: list[str], more: list[str], against: str | None
+) -> tuple[list[str], list[str]]:
+    """(warnings, notes) of the evaluation: the checkpoint's and the data's notes, a partial
+    set's warning, and the shift check's lines `more`, which are notes when they compare two
+    splits of the model's own data (`against` "val"): that is not a site shift."""
+    notes = ([f"checkpoint: {subject.note}"] if subject.note else []) + notes
+    if info["note"]:
+        notes.append(f"data: {info['note']}")
+    warnings = []
+    if info["missing_classes"]:
+        warnings.append(
+            f"partial evaluation: no {', '.join(info['missing_classes'])} images in this set; "
+            "macro-F1 and AUC average over the classes present, and their recall is undefined"
+        )
+    if against == "val":
+        notes += [own_split_note(w) if "fell from" in w else w for w in more]
+    else:
+        warnings += more
+    return warnings, notes
+
+
+def _set_fields(
+    subject: Subject, data: str, split: str, own: bool, info: dict, ev: EvalSet, n_available: int
+) -> dict:
+    """EvalResult's fields that say what was evaluated on what (and the images, for figures)."""
+    return {
+        "checkpoint": str(subject.path),
+        "model": subject.name,
+        "kind": subject.kind,
+        "data": data,
+        "split": split,
+        "own_data": subject.own_data,
+        "is_own_data": own,
+        "classes": subject.classes,
+        "data_classes": info["data_classes"],
+        "missing_classes": info["missing_classes"],
+        "n": len(ev),
+        "n_available": n_available,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "images": ev.views,
+    }
+
+
+def _score_fields(parts: dict, n_boot: int, seed: int, classes: list[str]) -> dict:
+    """EvalResult's fields that hold the scores (`_score`'s parts): metrics, headline with its
+    bootstrap settings, and the arrays the figures use."""
+    from ..scores import report
+
+    y, prob = parts["y"], parts["prob"]
+    return {
+        "metrics": report(y, prob, classes),
+        "headline": parts["headline"],
+        "bootstrap": {"resamples": n_boot, "seed": seed, "level": stats.LEVEL, "stratified": True},
+        "y": y,
+        "prob": prob,
+        "member_prob": parts["member_prob"],
+    }
 
 
 def prior_block(subject: Subject, y, prob, method, prevalence, n_boot: int, seed: int, cache):
@@ -406,21 +462,21 @@ def prior_block(subject: Subject, y, prob, method, prevalence, n_boot: int, seed
     ensemble's, else its first member's training split), the target prior (EM-estimated, with
     its bootstrap interval, or the given prevalence), and the headline figures with intervals
     and the full metrics on the re-weighted posteriors. Raises UserError on a bad prevalence."""
-    from .. import prior as P
+    from .. import prior
     from ..checkpoint import load_model_or_ensemble
     from ..scores import report
 
     classes = subject.classes
     try:
-        train = P.train_prior_of(load_model_or_ensemble(subject.path), cache)
-        target = P.parse_prevalence(prevalence, classes) if prevalence else None
+        train = prior.train_prior_of(load_model_or_ensemble(subject.path), cache)
+        target = prior.parse_prevalence(prevalence, classes) if prevalence else None
         method = "known" if prevalence else method
-        out = P.adapt(prob, train, method, target, n_boot=min(n_boot, P.N_BOOT), seed=seed)
+        out = prior.adapt(prob, train, method, target, n_boot=min(n_boot, prior.N_BOOT), seed=seed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     adapted = out.pop("prob")
-    headline, _ = S.with_intervals(y, adapted, classes, n_boot, seed)
-    log(P.summary_line(out, classes))
+    headline, _ = stats.with_intervals(y, adapted, classes, n_boot, seed)
+    log(prior.summary_line(out, classes))
     return {**out, "headline": headline, "metrics": report(y, adapted, classes)}
 
 

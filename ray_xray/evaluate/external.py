@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from .. import stats as S
+from .. import stats
 from ..checkpoint import data_key
 from ..device import pick_device
 from .core import shift_check, wilson_proportions
@@ -44,7 +44,7 @@ def score_model(
     metric -> {"reference" (own test), "new" (here), "drop", "low", "high", "significant"}.
     `ref`/`p_ref`: the model's own test split and its (N, K) probabilities on it."""
     prob = probabilities(subject, ev, dev)[0]
-    headline, samples = S.with_intervals(ev.labels, prob, subject.classes, n_boot, seed)
+    headline, samples = stats.with_intervals(ev.labels, prob, subject.classes, n_boot, seed)
     wilson_proportions(headline, ev.labels, prob.argmax(1), subject.classes)
     out = {
         "name": subject.name,

@@ -72,6 +72,8 @@ class EvalSet:
         return len(self.labels)
 
     def subset(self, idx: np.ndarray) -> EvalSet:
+        """The set restricted to the rows `idx` (int indices, in the order given), every view and
+        path with them."""
         idx = np.asarray(idx, dtype=np.int64)
         return EvalSet(
             self.name,

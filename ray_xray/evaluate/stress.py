@@ -15,7 +15,7 @@ import math
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .. import stats as S
+from .. import stats
 from .infer import probabilities
 from .sources import EvalSet, Subject
 
@@ -103,12 +103,12 @@ def run_stress(
     idx = stratified_subset(data.labels, limit, seed)
     sub = data.subset(idx)
     y, classes = sub.labels, subject.classes
-    clean = S.point(y, probabilities(subject, sub, device)[0], classes)
+    clean = stats.point(y, probabilities(subject, sub, device)[0], classes)
     rows = [{"perturbation": "none", "severity": 0, "level": "clean", **clean, "d_macro_f1": 0.0}]
     for name, levels in PERTURBATIONS.items():
         for sev, (label, param) in enumerate(levels, start=1):
             views = {s: perturb(name, param, v, seed) for s, v in sub.views.items()}
-            m = S.point(y, probabilities(subject, sub, device, views)[0], classes)
+            m = stats.point(y, probabilities(subject, sub, device, views)[0], classes)
             rows.append(
                 {
                     "perturbation": name,

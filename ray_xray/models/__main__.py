@@ -45,6 +45,11 @@ def benchmark(
     warmup: int = 2,
     steps: int = 3,
 ) -> dict:
+    """One row of the `models` table: `name` built for `num_classes` classes at `img_size` px
+    with `in_chans` channels (seeded, channels-last for conv models), its parameter count, and
+    ms per image of a training step (forward + backward, no optimiser) on a random float32
+    batch of `batch_size`, in fp32 and in bf16 autocast, each after `warmup` untimed steps and
+    averaged over `steps`. A precision that fails gives None and its error's first line."""
     torch.manual_seed(0)
     model = create_model(name, num_classes, in_chans=in_chans, img_size=img_size)
     model.train()
@@ -64,6 +69,8 @@ def benchmark(
 
 
 def reference_checks(names: list[str]) -> list[dict]:
+    """For each of `names` in REFERENCE_PARAMS: its parameter count at the seeds' size (224 px RGB,
+    3 classes) against the published one ({"model", "params", "expected", "ok"})."""
     out = []
     for name in names:
         if name in REFERENCE_PARAMS:
@@ -73,7 +80,8 @@ def reference_checks(names: list[str]) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `models` command's options: which models, the timed input's shape, steps, output."""
     from ..cli import HelpFormatter
 
     ap = argparse.ArgumentParser(
@@ -95,8 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def main(argv: list[str] | None = None) -> int:
+    """The `models` command: time every asked model (`benchmark`) and print the table (or
+    JSON), the precision `auto` picks here, and the reference parameter checks. Returns 0, or 1
+    when a reference check fails; an unknown model name exits 2 through argparse."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     # timm's models are listed only when the optional timm package is there to build them.
@@ -121,15 +136,21 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     checks = reference_checks(names)
-
     if args.json:
         config = {
             k: getattr(args, k) for k in ("img_size", "batch_size", "in_chans", "warmup", "steps")
         }
         config |= {"num_classes": args.num_classes, "threads": torch.get_num_threads()}
         print(json.dumps({"config": config, "models": rows, "reference_params": checks}, indent=2))
-        return 0 if all(c["ok"] for c in checks) else 1
+    else:
+        print_table(args, rows, checks)
+    return 0 if all(c["ok"] for c in checks) else 1
 
+
+def print_table(args: argparse.Namespace, rows: list[dict], checks: list[dict]) -> None:
+    """The human-readable table: one line per model (parameters, conv or not, ms per image
+    fp32 and bf16, "error" where a precision failed), the precision `auto` picks on this CPU,
+    and one line per reference check."""
     print(
         f"{args.img_size}x{args.img_size}x{args.in_chans}, {args.num_classes} classes, "
         f"batch {args.batch_size}, {torch.get_num_threads()} threads; ms per image (fwd+bwd)"
@@ -150,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
             f"check {c['model']} @224x224x3, 3 classes: {c['params']:,} params "
             f"(expected {c['expected']:,}) {verdict}"
         )
-    return 0 if all(c["ok"] for c in checks) else 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ def _block(cin: int, cout: int, p: float) -> nn.Sequential:
 
 
 class SimpleCNN(nn.Module):
+    """The seed's CNN: five conv-BN-ReLU-maxpool-dropout blocks (widths `width` x 1, 2, 4, 8, 8),
+    adaptive average pooling to `pool_size` x `pool_size`, then an MLP head (`head_dims`, ReLU,
+    `dropout`). `conv_dropout`: one rate per block (None: the seed's 0.25-0.30)."""
+
     is_conv = True
 
     def __init__(
@@ -72,6 +76,7 @@ class SimpleCNN(nn.Module):
         set_cam_layer(self, self.features[-1].act, [b.act for b in self.features])
 
     def forward(self, x: Tensor) -> Tensor:
+        """float (B, in_chans, H, W) images -> (B, num_classes) logits."""
         return self.classifier(self.pool(self.features(x)))
 
 

@@ -96,6 +96,8 @@ class ChestXRayRNN(nn.Module):
         set_cam_layer(self, None)
 
     def forward(self, x: Tensor) -> Tensor:
+        """float (B, in_chans, H, W) images, read as H rows of W x in_chans features -> (B,
+        num_classes) logits; with attention, the (B, H) row weights are kept in `last_attention`."""
         out, h_n = self.rnn(self.proj(_rows(x, self.row_features)))
         if self.attn is None:
             return self.head(_final_state(self.rnn, h_n))
@@ -144,6 +146,8 @@ class Conv1dRNN(nn.Module):
         set_cam_layer(self, None)
 
     def forward(self, x: Tensor) -> Tensor:
+        """float (B, in_chans, H, W) images -> (B, num_classes) logits: the rows convolved and
+        max-pooled to H/2 steps, read by the RNN, classified from its final states."""
         seq = self.conv(_rows(x, self.row_features).transpose(1, 2)).transpose(1, 2)
         _, h_n = self.rnn(seq)
         return self.head(_final_state(self.rnn, h_n))
@@ -191,6 +195,8 @@ class CNNRNN(nn.Module):
         set_cam_layer(self, self.features[-2], relus)
 
     def forward(self, x: Tensor) -> Tensor:
+        """float (B, in_chans, H, W) images -> (B, num_classes) logits: the conv stem's feature map
+        read row by row by the RNN, classified from its final states."""
         f = self.features(x)
         _, h_n = self.rnn(_rows(f, self.row_features))
         return self.head(_final_state(self.rnn, h_n))
@@ -244,6 +250,8 @@ def conv1d_lstm(
     bidirectional: bool = True,
     dropout: float = 0.5,
 ) -> nn.Module:
+    """Conv1dRNN, the brain-MRI seed: a 1-D conv (`conv_channels`, `kernel_size`) over the image
+    rows, max-pool, then an RNN (`rnn_type` lstm or gru) and a small dropout MLP head."""
     return Conv1dRNN(
         num_classes,
         row_features=img_size * in_chans,
@@ -270,6 +278,8 @@ def cnn_lstm(
     bidirectional: bool = True,
     dropout: float = 0.5,
 ) -> nn.Module:
+    """CNNRNN: a conv stem (one conv-BN-ReLU-maxpool block per `channels` entry), then the rows of
+    its feature map through an RNN (`rnn_type` lstm or gru) and a dropout + linear head."""
     return CNNRNN(
         num_classes,
         in_chans,

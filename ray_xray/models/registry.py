@@ -45,6 +45,8 @@ def register_model(fn: Builder, name: str | None = None) -> Builder:
 
 
 def list_models() -> list[str]:
+    """Every registered model name, sorted; the `timm/...` names are always there (building
+    one needs the optional timm package)."""
     return sorted(_REGISTRY)
 
 
@@ -151,6 +153,8 @@ def _grey_filters(weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """The number of parameters (elements) of `model`; with `trainable_only`, only those that
+    require gradients."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 

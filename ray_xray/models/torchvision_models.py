@@ -38,6 +38,9 @@ def _no_inplace(seq: nn.Sequential, idx: int) -> nn.Module:
 
 
 class ChannelAttention(nn.Module):
+    """CBAM's channel gate (Woo et al. 2018): a shared 1x1-conv MLP (`channels` / `reduction`
+    hidden) over average- and max-pooled features."""
+
     def __init__(self, channels: int, reduction: int) -> None:
         super().__init__()
         hidden = max(channels // reduction, 1)
@@ -48,17 +51,21 @@ class ChannelAttention(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) features -> (B, C, 1, 1) gates in (0, 1)."""
         avg = self.mlp(x.mean(dim=(2, 3), keepdim=True))
         mx = self.mlp(x.amax(dim=(2, 3), keepdim=True))
         return torch.sigmoid(avg + mx)
 
 
 class SpatialAttention(nn.Module):
+    """CBAM's spatial gate: a `kernel_size` conv over the channel-wise mean and max maps."""
+
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) features -> (B, 1, H, W) gates in (0, 1)."""
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return torch.sigmoid(self.conv(pooled))
 
@@ -72,6 +79,7 @@ class CBAM(nn.Module):
         self.spatial = SpatialAttention()
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) features, gated by channel then by position; same shape."""
         x = x * self.channel(x)
         return x * self.spatial(x)
 
@@ -92,6 +100,8 @@ def _resnet18(num_classes: int, in_chans: int, dropout: float) -> nn.Module:
 def resnet18(
     num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.0
 ) -> nn.Module:
+    """torchvision's ResNet-18, randomly initialised, with an `in_chans` stem and `dropout` before
+    the final linear layer; `img_size` is not needed (global average pooling)."""
     return _resnet18(num_classes, in_chans, float(dropout))
 
 
@@ -130,6 +140,8 @@ def _classic(arch: str, num_classes: int, in_chans: int, dropout: float) -> nn.M
 def alexnet(
     num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.5
 ) -> nn.Module:
+    """torchvision's AlexNet, randomly initialised, with an `in_chans` stem and its classifier's
+    `dropout`."""
     return _classic("alexnet", num_classes, in_chans, dropout)
 
 
@@ -137,4 +149,6 @@ def alexnet(
 def vgg16(
     num_classes: int, in_chans: int = 1, img_size: int = 128, *, dropout: float = 0.5
 ) -> nn.Module:
+    """torchvision's VGG-16, randomly initialised, with an `in_chans` stem and its classifier's
+    `dropout` (heavy on a CPU: the README runs it at 64 px)."""
     return _classic("vgg16", num_classes, in_chans, dropout)

@@ -10,6 +10,10 @@ from .registry import register_model, set_cam_layer
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention (`heads` heads over `dim`) through torch's
+    scaled_dot_product_attention; with `record` set, an explicit softmax whose weights are kept
+    in `last_weights` for the report's attention maps."""
+
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
@@ -21,6 +25,7 @@ class Attention(nn.Module):
         self.last_weights: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, N, dim) tokens -> (B, N, dim); records (B, heads, N, N) weights when `record`."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         p = self.dropout if self.training else 0.0
@@ -36,6 +41,8 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
+    """A pre-norm transformer block: x + attention(LN(x)), then + MLP(LN(x)) (GELU, `mlp_dim`)."""
+
     def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -51,11 +58,16 @@ class Block(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, N, dim) tokens -> (B, N, dim)."""
         x = x + self.drop(self.attn(self.norm1(x)))
         return x + self.mlp(self.norm2(x))
 
 
 class ViT(nn.Module):
+    """A Vision Transformer (Dosovitskiy et al. 2021) for training from scratch: `patch_size`
+    patches embedded by a strided conv, a class token, learned position embeddings, `depth`
+    pre-norm blocks, and a linear head on the normalised class token."""
+
     is_conv = False  # only the patch embedding is a conv; channels_last buys nothing
 
     def __init__(
@@ -103,6 +115,9 @@ class ViT(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """float (B, in_chans, img_size, img_size) images -> (B, num_classes) logits; the last
+        block's attention, (B, heads, N+1, N+1), is kept in `last_attention`. Raises ValueError for
+        an image size other than the one it was built for."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, dim)
         if x.shape[1] + 1 != self.pos_embed.shape[1]:
             raise ValueError(
@@ -127,6 +142,8 @@ def vit(
     mlp_ratio: float = 4.0,
     dropout: float = 0.1,
 ) -> nn.Module:
+    """ViT: `img_size` must be divisible by `patch_size` and `dim` by `heads` (ValueError
+    otherwise); the MLP width is `dim` x `mlp_ratio`."""
     return ViT(
         num_classes,
         in_chans,

@@ -15,7 +15,16 @@ from . import html as H
 from . import plots as P
 
 FIG_DIR = "figures"
-HIDDEN_CONFIG = {"model", "data", "seed", "workers", "device", "precision", "_threads", "_cache"}
+HIDDEN_CONFIG = {
+    "model",
+    "data",
+    "seed",
+    "num_workers",
+    "device",
+    "precision",
+    "_threads",
+    "_cache",
+}
 
 
 def _log(ctx, msg: str) -> None:

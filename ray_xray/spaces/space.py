@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ray_xray.config import TrainConfig
+from ray_xray.config import TrainConfig, with_current_names
 
 from . import checks, files, pinning, schema
 from .errors import SpaceError, join
@@ -120,12 +120,17 @@ class SearchSpace:
         a tuned key moves from params to fixed, so the study never samples it, and a fixed one
         takes the new value. ``model`` narrows a tuned model to that one choice; a ``model.<kw>``
         that only some of a tuned model's choices take is pinned for those models only. Start
-        points lose the pinned keys (and the points of other models). Returns a new, validated
-        space; raises ``SpaceError`` (one line naming ``where`` and the key) on a bad setting."""
+        points lose the pinned keys (and the points of other models). Old setting names
+        (``scheduler``, config.RENAMED_SETTINGS) pin today's. Returns a new, validated space;
+        raises ``SpaceError`` (one line naming ``where`` and the key) on a bad setting."""
         if not settings:
             return self
         try:
-            return pinning.pin_settings(self, dict(settings), checks.models(), where)
+            settings = with_current_names(dict(settings))
+        except ValueError as e:
+            raise SpaceError(f"{self.label}: {where}: {checks.config_msg(e)}") from None
+        try:
+            return pinning.pin_settings(self, settings, checks.models(), where)
         except SpaceError as e:
             raise SpaceError(f"{self.label}: {e}") from None
 
@@ -174,9 +179,9 @@ def load_space(name_or_path: str | Path, smoke: bool = False) -> SearchSpace:
     plain and the smoke variant are validated either way.
     """
     path = files.find(name_or_path)
-    raw = files.read_yaml(path)
     models = checks.models()
     try:
+        raw = _current_names(files.read_yaml(path))
         parsed = schema.parse(raw)
         base = _build(parsed, raw, path)
         checks.validate(base, models)
@@ -195,6 +200,46 @@ def load_space(name_or_path: str | Path, smoke: bool = False) -> SearchSpace:
     if smoked is None:
         raise SpaceError(f"{files.label(path)}: no smoke: block, so it cannot run as a smoke test")
     return smoked
+
+
+def _current_names(raw: Any) -> Any:
+    """The YAML document with old setting names (``scheduler: plateau``, config.RENAMED_SETTINGS)
+    under today's in every section that names settings: fixed, params, each conditional branch,
+    each start point and the smoke block. Anything not shaped as a space is returned as it is,
+    for ``schema.parse`` to refuse in its own words; a setting given under both names with
+    different values raises ``SpaceError``."""
+    if not isinstance(raw, Mapping):
+        return raw
+
+    def renamed(section: Any, where: str) -> Any:
+        if not isinstance(section, Mapping):
+            return section
+        try:
+            return with_current_names(dict(section))
+        except ValueError as e:
+            raise SpaceError(f"{where}: {checks.config_msg(e)}") from None
+
+    out = dict(raw)
+    for key in ("fixed", "params", "smoke"):
+        if key in out:
+            out[key] = renamed(out[key], key)
+    if isinstance(out.get("conditional"), Mapping):
+        out["conditional"] = {
+            model: {k: renamed(v, f"conditional.{model}.{k}") for k, v in branch.items()}
+            if isinstance(branch, Mapping)
+            else branch
+            for model, branch in out["conditional"].items()
+        }
+    if isinstance(out.get("smoke"), Mapping) and isinstance(
+        out["smoke"].get("conditional"), Mapping
+    ):
+        smoke = out["smoke"]
+        smoke["conditional"] = {
+            m: renamed(v, f"smoke.conditional.{m}") for m, v in smoke["conditional"].items()
+        }
+    if isinstance(out.get("start"), list):
+        out["start"] = [renamed(p, f"start[{i}]") for i, p in enumerate(out["start"])]
+    return out
 
 
 def _build(parsed: schema.SpaceFile, raw: dict[str, Any], path: Path) -> SearchSpace:

@@ -10,7 +10,7 @@ _LAZY = {
     "FocalLoss": "ray_xray.train.engine",
     "load_checkpoint": "ray_xray.train.engine",
     "model_from_record": "ray_xray.train.engine",
-    "fit": "ray_xray.train.run",
+    "train_and_test": "ray_xray.train.run",
     "init_ray": "ray_xray.train.run",
     "make_trainer": "ray_xray.train.launch",
     "train_loop_per_worker": "ray_xray.train.worker",

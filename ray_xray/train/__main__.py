@@ -28,9 +28,8 @@ def parse_kv(items: list[str]) -> dict:
     return out
 
 
-# Fields whose flag is not `--field-name` (the field's name is ambiguous on a command line);
-# RENAMED: old spellings, still taken for one release (hidden from --help).
-FLAGS = {"scheduler": "--lr-scheduler", "workers": "--num-workers"}
+# Each setting's flag is `--field-name`. RENAMED: old spellings, still taken for one release
+# (hidden from --help).
 RENAMED = {"--scheduler": "--lr-scheduler", "--workers": "--num-workers"}
 CONFIG_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
 UNSET = object()  # what a setting's flag holds when it was not given
@@ -56,7 +55,7 @@ def add_config_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
     for name in CONFIG_FIELDS:
         if name in skip:
             continue
-        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        flag = "--" + name.replace("_", "-")
         kw = {"dest": name, "default": getattr(d, name), "help": HELP[name]}
         if types[name] is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
@@ -71,6 +70,8 @@ def add_config_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `train` command's options: --set/--hp, output, cache, restarts, --smoke-test, report,
+    and one flag per TrainConfig setting (`add_config_arguments`)."""
     p = Parser(
         data_boundary=True,
         prog="python -m ray_xray.train",
@@ -140,6 +141,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `train` command: resolve the config (defaults < --set < flags), build the model once to
+    fail fast, train through Ray Train and test the best epoch (`run.train_and_test`), print
+    the test line, then write the report unless --no-report. Returns 0; bad input raises
+    ValueError (one `error:` line, exit 2 through `cli.run`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     note_renamed(argv, RENAMED)
@@ -150,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg.model, 3, cfg.in_chans, cfg.img_size, **cfg.model_kwargs
     )  # fail fast on bad hp
     out = args.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    from .run import absent_as_null, fit
+    from .run import absent_as_null, train_and_test
 
-    report = fit(cfg, out, max_failures=args.max_failures, cache=args.cache)
+    report = train_and_test(cfg, out, max_failures=args.max_failures, cache=args.cache)
     t = absent_as_null(report)["test"]  # as metrics.json: an absent class has no recall
 
     def num(v, digits: int = 3) -> str:

@@ -93,7 +93,7 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def lr_schedulers(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
-    """(per_batch, plateau): torch's schedulers for `cfg.scheduler`, composed as torchvision's
+    """(per_batch, plateau): torch's schedulers for `cfg.lr_scheduler`, composed as torchvision's
     references/classification/train.py does. `per_batch` (stepped after every optimiser step)
     is None or an LRScheduler; `plateau` (stepped with the monitored metric after every
     validation) is None or a ReduceLROnPlateau.
@@ -109,7 +109,7 @@ def lr_schedulers(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch:
     sched = torch.optim.lr_scheduler
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = int(cfg.warmup_epochs * steps_per_epoch)
-    if cfg.scheduler == "onecycle":
+    if cfg.lr_scheduler == "onecycle":
         pct = warm / total if warm else 0.3
         one = sched.OneCycleLR(
             opt, max_lr=cfg.lr, total_steps=total, pct_start=min(max(pct, 0.01), 0.9)
@@ -118,11 +118,11 @@ def lr_schedulers(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch:
     # Step s of the warm-up runs at lr x (s + 1) / warm, reaching lr at step warm - 1.
     warmup = sched.LinearLR(opt, 1 / warm, 1.0, max(warm - 1, 0)) if warm else None
     per_batch = warmup
-    if cfg.scheduler == "cosine":
+    if cfg.lr_scheduler == "cosine":
         cosine = sched.CosineAnnealingLR(opt, T_max=max(1, total - warm))
         per_batch = sched.SequentialLR(opt, [warmup, cosine], [warm]) if warm else cosine
     plateau = None
-    if cfg.scheduler == "plateau":  # defaults: the seeds' factor 0.5, patience 5
+    if cfg.lr_scheduler == "plateau":  # defaults: the seeds' factor 0.5, patience 5
         plateau = sched.ReduceLROnPlateau(
             opt,
             mode="min" if cfg.monitor == "val_loss" else "max",

@@ -19,7 +19,7 @@ from ..config import TrainConfig
 from ..device import threads_for
 
 
-class Trainer(TorchTrainer):
+class TorchTrainerWithoutRayData(TorchTrainer):
     """TorchTrainer without Ray Data's per-run machinery when no Ray Dataset is passed.
 
     Ray Train 2.60 adds its `DatasetsCallback` to every run: it starts a `DatasetManager` actor
@@ -46,7 +46,7 @@ def train_fn(config: dict) -> None:
 def worker_resources(cfg: TrainConfig, cpus_total: float | None = None) -> tuple[dict, int]:
     """CPUs per DDP worker (and torch threads): share what the cluster has."""
     cpus_total = cpus_total or ray.cluster_resources().get("CPU", 1)
-    per = max(1.0, float(int(cpus_total // cfg.workers)))
+    per = max(1.0, float(int(cpus_total // cfg.num_workers)))
     return {"CPU": per}, threads_for(per)
 
 
@@ -73,8 +73,8 @@ def make_trainer(
     cache: str | None = None,
     callbacks: list | None = None,
     runtime: dict | None = None,
-) -> Trainer:
-    """A TorchTrainer running `train_fn` on `cfg.workers` workers, checkpoints in
+) -> TorchTrainerWithoutRayData:
+    """A TorchTrainer running `train_fn` on `cfg.num_workers` workers, checkpoints in
     `storage/name`. `runtime`: extra `_`-prefixed options for the workers (see
     `worker.split_config`), e.g. `_data` (the sweep's prepared data in Ray's object store)."""
     if cpus_per_worker is None:
@@ -86,11 +86,11 @@ def make_trainer(
         resources["GPU"] = gpus_per_worker  # fractional GPUs share one card between trials
     loop_config = {**cfg.to_dict(), "_threads": threads, "_cache": cache, **(runtime or {})}
     mode = "min" if cfg.monitor == "val_loss" else "max"
-    return Trainer(
+    return TorchTrainerWithoutRayData(
         train_fn,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=name,

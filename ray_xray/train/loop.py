@@ -1,8 +1,8 @@
 """The one epoch loop: train, validate, track the best epoch, early-stop, step the plateau rule.
 
 `train_loop_per_worker` (Ray Train, worker.py) and active learning (active/loop.py) both run
-`fit`; what differs between them (all-reduces, reports and checkpoints, keeping the best weights
-in memory) comes in through `Hooks`. `Trainer.build` puts together the model, optimiser,
+`train_epochs`; what differs between them (all-reduces, reports and checkpoints, keeping the best
+weights in memory) comes in through `Hooks`. `Trainer.build` puts together the model, optimiser,
 schedule, loaders and the device feed the same way for both.
 """
 
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import metrics as M
 from ..config import TrainConfig
 from ..data import class_weights
 from ..data.dataset import loader as make_loader
@@ -24,19 +23,21 @@ from ..data.dataset import seed_augmentation
 from ..data.feed import BatchAugment, DeviceFeed, pick_augment_on
 from ..device import pick_precision
 from ..inference import build_model, predict_proba, uses_channels_last
-from . import engine as E
+from ..metrics import summary
+from . import engine
 
 
 @dataclass
 class Trainer:
-    """Everything one training run steps: built once by `Trainer.build`, then used by `fit`."""
+    """Everything one training run steps: built once by `Trainer.build`, then stepped by
+    `train_epochs`."""
 
     cfg: TrainConfig
     model: nn.Module  # what trains (DDP-wrapped under Ray Train with several workers)
     bare: nn.Module  # the plain module: evaluation and state dicts
     loss_fn: nn.Module
     opt: torch.optim.Optimizer
-    sched: E.Schedule
+    sched: engine.Schedule
     scaler: torch.amp.GradScaler
     device: torch.device
     precision: str
@@ -55,7 +56,7 @@ class Trainer:
         loss, optimiser, schedule, scaler, precision and grad clipping.
 
         Returns train_one_epoch's dict (`train_loss`, `train_images`, ...)."""
-        return E.train_one_epoch(
+        return engine.train_one_epoch(
             self.model,
             batches,
             self.loss_fn,
@@ -90,44 +91,17 @@ class Trainer:
         `prepare_model` / `prepare_data_loader` (DDP wrapping, distributed sampler).
         """
         precision = pick_precision(cfg.precision, device)
-        model = build_model(cfg, len(data.classes))
-        channels_last = uses_channels_last(cfg, model)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        model = prepare_model(model) if prepare_model else model.to(device)
-        bare = model.module if hasattr(model, "module") else model
-        if cfg.compile:
-            model = torch.compile(model)
-
+        model, bare, channels_last = _placed_model(cfg, len(data.classes), device, prepare_model)
         on = pick_augment_on(cfg.augment_on, device, cfg.augment)
-        strength = cfg.aug_strength if on == "loader" else 0.0
-        train_ds = data.dataset("train", aug_strength=strength, augment=cfg.augment)
-        seed_augmentation(train_ds, cfg.seed)
-        augment = BatchAugment(cfg.aug_strength, cfg.augment) if on == "device" else None
-        labels = data.labels["train"]
-        if train_idx is not None:
-            train_ds = torch.utils.data.Subset(train_ds, [int(i) for i in train_idx])
-            labels = labels[np.asarray(train_idx, dtype=np.int64)]
-        # Drop a ragged last batch only when it would be tiny: BatchNorm cannot train on 1 image.
-        drop_last = len(train_ds) // world % cfg.batch_size == 1
-        gen = torch.Generator().manual_seed(cfg.seed)
-        workers = loader_workers(cfg.loader_workers if on == "loader" else 0)
-        train_loader = make_loader(
-            train_ds,
-            cfg.batch_size,
-            shuffle=True,
-            drop_last=drop_last,
-            device=device,
-            workers=workers,
-            generator=gen,
-        )
+        train_loader, labels = _train_loader(cfg, data, device, on, train_idx, world)
         if prepare_loader:
             train_loader = prepare_loader(train_loader)
         val_loader = make_loader(data.dataset("val"), max(64, cfg.batch_size), device=device)
+        augment = BatchAugment(cfg.aug_strength, cfg.augment) if on == "device" else None
 
         counts = np.bincount(labels, minlength=len(data.classes))
-        loss_fn = E.make_loss(cfg, class_weights(counts) if cfg.class_weights else None)
-        opt = E.make_optimizer(cfg, model)
+        loss_fn = engine.make_loss(cfg, class_weights(counts) if cfg.class_weights else None)
+        opt = engine.make_optimizer(cfg, model)
         feed = data.feed(cfg.in_chans, device, channels_last, augment, cfg.normalize, cfg.equalize)
         return cls(
             cfg,
@@ -135,8 +109,8 @@ class Trainer:
             bare,
             loss_fn.to(device),
             opt,
-            E.Schedule(cfg, opt, len(train_loader)),
-            E.make_scaler(device, precision),
+            engine.Schedule(cfg, opt, len(train_loader)),
+            engine.make_scaler(device, precision),
             device,
             precision,
             channels_last,
@@ -162,6 +136,52 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
+
+
+def _placed_model(
+    cfg: TrainConfig, num_classes: int, device: torch.device, prepare_model=None
+) -> tuple[nn.Module, nn.Module, bool]:
+    """(model that trains, the plain module, channels_last): `cfg`'s model for `num_classes`,
+    channels-last where it helps, on `device` (or through Ray Train's `prepare_model`: DDP),
+    `torch.compile`d when `cfg.compile`."""
+    model = build_model(cfg, num_classes)
+    channels_last = uses_channels_last(cfg, model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(model) if prepare_model else model.to(device)
+    bare = model.module if hasattr(model, "module") else model
+    if cfg.compile:
+        model = torch.compile(model)
+    return model, bare, channels_last
+
+
+def _train_loader(
+    cfg: TrainConfig, data, device: torch.device, on: str, train_idx=None, world: int = 1
+) -> tuple[object, np.ndarray]:
+    """(shuffled training loader, int class indices of the rows it serves). Loader-side
+    augmentation when `on` is "loader"; `train_idx` keeps those training rows only; `world`
+    DDP workers share each epoch (a ragged last batch of one image is dropped)."""
+    strength = cfg.aug_strength if on == "loader" else 0.0
+    train_ds = data.dataset("train", aug_strength=strength, augment=cfg.augment)
+    seed_augmentation(train_ds, cfg.seed)
+    labels = data.labels["train"]
+    if train_idx is not None:
+        train_ds = torch.utils.data.Subset(train_ds, [int(i) for i in train_idx])
+        labels = labels[np.asarray(train_idx, dtype=np.int64)]
+    # Drop a ragged last batch only when it would be tiny: BatchNorm cannot train on 1 image.
+    drop_last = len(train_ds) // world % cfg.batch_size == 1
+    gen = torch.Generator().manual_seed(cfg.seed)
+    workers = loader_workers(cfg.loader_workers if on == "loader" else 0)
+    loader = make_loader(
+        train_ds,
+        cfg.batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        device=device,
+        workers=workers,
+        generator=gen,
+    )
+    return loader, labels
 
 
 def loader_workers(asked: int) -> int:
@@ -202,7 +222,7 @@ class Progress:
 
 
 class Hooks:
-    """What a caller of `fit` adds; the defaults are a single in-process run."""
+    """What a caller of `train_epochs` adds; the defaults are a single in-process run."""
 
     def on_step(self, epoch: int, steps: int):
         """A callable(step) run before every training step of `epoch`, or None."""
@@ -223,7 +243,7 @@ class Hooks:
         """After validation: report, checkpoint, keep the best weights..."""
 
 
-def fit(
+def train_epochs(
     tr: Trainer,
     progress: Progress | None = None,
     hooks: Hooks | None = None,
@@ -250,7 +270,7 @@ def fit(
             "epoch": epoch,
             **train,
             "val_loss": val_loss,
-            **M.summary(y, prob, tr.classes),
+            **summary(y, prob, tr.classes),
             "train_s": out["train_s"],
             "epoch_s": time.perf_counter() - t0,
             "images_per_s": train["train_images"] / out["train_s"],

@@ -1,4 +1,4 @@
-"""Driver side of one training run: build the TorchTrainer, fit, evaluate the best on test."""
+"""Driver side of one training run: build the TorchTrainer, train, evaluate the best on test."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import numpy as np
 import ray
 import ray.train
 
-from .. import metrics as M
 from ..checkpoint import MODEL_FILE, atomic_save, load_state
 from ..config import TrainConfig
 from ..data import absolute_spec, load_for_config
@@ -22,6 +21,7 @@ from ..data.dataset import loader as make_loader
 from ..device import announce, pick_device
 from ..inference import inference_setup, model_from_record, predict_proba
 from ..io import json_safe, write_atomic
+from ..metrics import full_report
 from ..ray_env import plain_worker_prefixes, runtime_env
 from .launch import make_trainer
 
@@ -101,10 +101,10 @@ def evaluate_record(
     model, feed, precision, channels_last = inference_setup(record, dev)
     loader = make_loader(data.dataset(split), 128, device=dev)
     y, prob, _ = predict_proba(model, loader, dev, precision, channels_last, feed=feed)
-    return M.full_report(y, prob, record["classes"]), y, prob
+    return full_report(y, prob, record["classes"]), y, prob
 
 
-def fit(
+def train_and_test(
     cfg: TrainConfig, out: str | Path, *, max_failures: int = 2, cache: str | None = None
 ) -> dict:
     """One run through TorchTrainer; writes config.json (the resolved config, plus
@@ -155,8 +155,8 @@ def fit(
 
 
 def absent_as_null(report: dict) -> dict:
-    """A copy of fit's report for metrics.json, where a class with no test image has recall
-    None (undefined, as `evaluate` writes it), not sklearn's zero_division 0.0. NaN (an AUC
+    """A copy of train_and_test's report for metrics.json, where a class with no test image has
+    recall None (undefined, as `evaluate` writes it), not sklearn's zero_division 0.0. NaN (an AUC
     with a class absent) becomes null through json_safe: JSON has no NaN."""
     test = dict(report["test"])
     support = test.get("support") or {}

@@ -125,12 +125,16 @@ class TuneSession:
         return torch.device("cuda", 0)
 
     def prepare_model(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """`model` on `device`: one worker, nothing to wrap."""
         return model.to(device)
 
     def prepare_loader(self, loader):
+        """`loader` as it is: one worker reads every batch."""
         return loader
 
     def get_checkpoint(self):
+        """The trial's checkpoint to resume from (a resumed sweep, or a trial Tune restarted),
+        or None."""
         from ray import tune
 
         return tune.get_checkpoint()

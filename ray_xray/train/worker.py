@@ -16,9 +16,9 @@ from ..config import TrainConfig
 from ..data import load_for_config
 from ..data.dataset import shared_key
 from ..device import pick_device
-from . import engine as E
+from . import engine
 from .collectives import all_reduce_sum
-from .loop import Hooks, Progress, Trainer, fit
+from .loop import Hooks, Progress, Trainer, train_epochs
 from .session import TrainSession, TuneSession
 
 
@@ -62,8 +62,8 @@ def fault_hook(cfg: TrainConfig, epoch: int, rank: int, resumed: bool, steps: in
 
 
 class RayHooks(Hooks):
-    """Ray's side of `fit`: sums over workers, rank 0's early-stop decision, reports and
-    checkpoints (rank 0 saves the full training state, so a restart never redoes an epoch),
+    """Ray's side of `train_epochs`: sums over workers, rank 0's early-stop decision, reports
+    and checkpoints (rank 0 saves the full training state, so a restart never redoes an epoch),
     all through `session` (a Ray Train worker's or a Tune trial's, see `session.py`)."""
 
     def __init__(
@@ -74,14 +74,21 @@ class RayHooks(Hooks):
         self.resumed, self.best_record = resumed, best_record
 
     def on_step(self, epoch: int, steps: int):
+        """The fault-injection hook for this epoch's steps (`fault_hook`; None outside the
+        reliability tests)."""
         return fault_hook(self.cfg, epoch, self.rank, self.resumed, steps)
 
     def before_epoch(self, epoch: int) -> None:
+        """Trace the epoch's start; with several workers, set the distributed sampler's epoch
+        (its shuffle differs every epoch)."""
         trace.mark("epoch_start", epoch=epoch)
         if self.world > 1:
             self.tr.train_loader.sampler.set_epoch(epoch)
 
     def reduce_train(self, out: dict, coverage: torch.Tensor | None) -> dict:
+        """The epoch's training loss (image-weighted mean) and image count summed over every worker;
+        with `coverage` (counts per training image), also how often each image was seen at least
+        and at most (`coverage_min`/`coverage_max`)."""
         sums = all_reduce_sum(
             torch.tensor([out["train_loss"] * out["train_images"], out["train_images"]])
         )
@@ -93,10 +100,14 @@ class RayHooks(Hooks):
         return train
 
     def agree_stop(self, stop: bool) -> bool:
+        """Rank 0's early-stop decision, shared with every rank (all stop together)."""
         # Ranks can disagree slightly on val metrics (BatchNorm buffers), so rank 0 decides.
         return bool(all_reduce_sum(torch.tensor([float(stop and self.rank == 0)])).item() > 0)
 
     def on_epoch(self, metrics: dict, improved: bool, progress: Progress) -> None:
+        """After validation: keep the best epoch's model record, print rank 0's epoch line, then
+        report the metrics, with the full training state as a checkpoint when the best changed,
+        every `checkpoint_every` epochs and at the last epoch (rank 0 only)."""
         trace.mark("epoch_end", epoch=metrics["epoch"], epoch_s=metrics["epoch_s"])
         cfg, tr = self.cfg, self.tr
         if improved:
@@ -148,7 +159,7 @@ def run_training(cfg: TrainConfig, runtime: dict, session) -> None:
     rank = session.rank
     if runtime.get("_threads"):
         torch.set_num_threads(int(runtime["_threads"]))
-    E.seed_everything(cfg.seed)
+    engine.seed_everything(cfg.seed)
 
     data = shared_data(cfg, runtime.get("_data")) or load_for_config(cfg, runtime.get("_cache"))
     trace.mark("data_loaded", trial=trial)
@@ -194,7 +205,7 @@ def run_training(cfg: TrainConfig, runtime: dict, session) -> None:
         session.report(dict(progress.history[-1]), checkpoint=ckpt if rank == 0 else None)
     hooks = RayHooks(cfg, tr, data, session, resumed, best_record)
     world = session.world
-    fit(tr, progress, hooks, coverage_size=len(data.labels["train"]) if world > 1 else 0)
+    train_epochs(tr, progress, hooks, coverage_size=len(data.labels["train"]) if world > 1 else 0)
     trace.mark("worker_end", trial=trial)
 
 

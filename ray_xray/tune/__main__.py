@@ -17,7 +17,7 @@ from .options import RUNNERS, SweepOptions
 # Old option spellings, still taken for one release (hidden from --help).
 RENAMED = {"--scheduler": "--trial-scheduler", "--workers-per-trial": "--num-workers"}
 # Settings every trial gets from tune's own options, not from --set.
-OWN_OPTIONS = {"data": "--data", "seed": "--seed", "workers": "--num-workers"}
+OWN_OPTIONS = {"data": "--data", "seed": "--seed", "num_workers": "--num-workers"}
 
 
 def build_parser() -> argparse.ArgumentParser:

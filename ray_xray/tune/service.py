@@ -406,7 +406,7 @@ def _run_locked(
     overrides = {  # what no space sets: every trial of the sweep shares them
         "data": opts.data,
         "seed": opts.seed,
-        "workers": opts.workers_per_trial,
+        "num_workers": opts.workers_per_trial,
     }
     if opts.gpus_per_trial:
         overrides["device"] = "cuda"
