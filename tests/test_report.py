@@ -11,7 +11,8 @@ from ray_xray import checkpoint as C
 from ray_xray.calibration import reliability_bins
 from ray_xray.report import html as H
 from ray_xray.report import plots as P
-from ray_xray.report.build import pareto_mask, read_history
+from ray_xray.report.sweep import pareto_mask
+from ray_xray.sweep_folder import read_history
 
 
 def test_html_helpers_escape_and_round():
