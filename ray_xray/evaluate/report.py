@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..report import html as H
-from ..report import plots as P
+from ..report import html, plots
 from ..report.sections import (
     Figures,
     calibration_section,
@@ -46,23 +45,23 @@ def eval_summary_section(r: EvalResult) -> str:
     what = (
         "the model's own data"
         if r.is_own_data
-        else f"other data than it was trained on ({H.esc(r.own_data or 'unknown')})"
+        else f"other data than it was trained on ({html.esc(r.own_data or 'unknown')})"
     )
     text = (
-        f"<b>{H.esc(r.model)}</b> on <code>{H.esc(r.data)}</code>, split <b>{H.esc(r.split)}</b> "
+        f"<b>{html.esc(r.model)}</b> on <code>{html.esc(r.data)}</code>, split <b>{html.esc(r.split)}</b> "
         f"({r.n} images; {what}): accuracy <b>{h['accuracy']['value']:.3f}</b> "
         f"({_ci(h['accuracy'])}), macro-F1 <b>{h['macro_f1']['value']:.3f}</b> "
-        f"({_ci(h['macro_f1'])}), ROC-AUC <b>{H.num(h['auc']['value'])}</b> ({_ci(h['auc'])}); "
+        f"({_ci(h['macro_f1'])}), ROC-AUC <b>{html.num(h['auc']['value'])}</b> ({_ci(h['auc'])}); "
         "recall "
-        + ", ".join(f"{class_html(c)} {H.num(h[f'recall_{c}']['value'])}" for c in r.classes)
+        + ", ".join(f"{class_html(c)} {html.num(h[f'recall_{c}']['value'])}" for c in r.classes)
         + f". ECE {r.metrics['ece']:.3f}. Brackets: 95% stratified bootstrap intervals "
         f"({r.bootstrap['resamples']} resamples)."
     )
-    parts = [H.raw_para(text, "summary")]
+    parts = [html.raw_para(text, "summary")]
     for w in r.warnings:
-        parts.append(H.raw_para(f"<b>warning:</b> {H.esc(w)}", "note"))
+        parts.append(html.raw_para(f"<b>warning:</b> {html.esc(w)}", "note"))
     for n in r.notes:
-        parts.append(H.para(f"note: {n}", "meta"))
+        parts.append(html.para(f"note: {n}", "meta"))
     return "".join(parts)
 
 
@@ -111,11 +110,13 @@ def metrics_section(r: EvalResult) -> str:
             "AUC above average over the classes present; in the per-class table an absent "
             "class has F1 0 and no recall (that table's macro figures are sklearn's)."
         )
-    return H.section(
+    return html.section(
         "Metrics",
-        H.para(cap),
-        H.table(["metric", "value", "95% low", "95% high"], rows),
-        H.table(["class", "support", "precision", "recall", "F1", "ROC-AUC", "PR-AP"], per_class),
+        html.para(cap),
+        html.table(["metric", "value", "95% low", "95% high"], rows),
+        html.table(
+            ["class", "support", "precision", "recall", "F1", "ROC-AUC", "PR-AP"], per_class
+        ),
         anchor="metrics",
     )
 
@@ -165,9 +166,9 @@ def curve_sections(r: EvalResult, figs: Figures) -> str:
 def eval_operating_section(r: EvalResult) -> str:
     """Thresholds fixed on the model's own validation split and what they give here."""
     if not r.operating_points:
-        return H.section(
+        return html.section(
             "Operating points",
-            H.para(
+            html.para(
                 "No operating points: the model's own validation split is not readable here.",
                 "note",
             ),
@@ -207,8 +208,8 @@ def eval_operating_section(r: EvalResult) -> str:
         "the specificity here is not below the target by more than 1.96 binomial standard "
         "errors; 'no' means the threshold needs re-setting for this data."
     )
-    return H.section(
-        "Operating points", H.para(cap), H.table(headers, rows), anchor="operating-points"
+    return html.section(
+        "Operating points", html.para(cap), html.table(headers, rows), anchor="operating-points"
     )
 
 
@@ -251,10 +252,10 @@ def shift_section(r: EvalResult) -> str:
             else "."
         )
     )
-    return H.section(
+    return html.section(
         "Shift check",
-        H.para(cap),
-        H.table(
+        html.para(cap),
+        html.table(
             ["metric", f"own {ref_split}", "this set", "drop", "95% low", "95% high", ""], rows, cls
         ),
         anchor="shift",
@@ -295,18 +296,18 @@ def stress_section(r: EvalResult, figs: Figures) -> str:
         "member sees the change at its own input size. For scale, the clean macro-F1's 95% "
         f"interval on the full set is {_ci(ci)}."
     )
-    return H.section(
+    return html.section(
         "Stress test",
-        H.para(cap),
+        html.para(cap),
         figs.make(
             "stress",
             "Macro-F1 against severity per perturbation (severity 0: unchanged images).",
-            P.stress_curves,
+            plots.stress_curves,
             s["rows"],
             "macro_f1",
             title=r.model[:60],
         ),
-        H.table(headers, rows),
+        html.table(headers, rows),
         anchor="stress",
     )
 
@@ -327,9 +328,9 @@ def eval_gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
     order = sorted(range(len(subject.members)), key=lambda i: -subject.weights[i])
     found = gradcam_model([subject.members[i] for i in order])
     if found is None:
-        return H.section(
+        return html.section(
             "Grad-CAM",
-            H.para("No convolutional model with a Grad-CAM layer here (lstm/vit).", "note"),
+            html.para("No convolutional model with a Grad-CAM layer here (lstm/vit).", "note"),
         )
     j, model, res = found
     i = order[j]
@@ -345,8 +346,8 @@ def eval_gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
             rows.append(cells + [None] * (2 - len(cells)))
             labels.append(f"{c}: {kind}")
     cap = _gradcam_caption(rec, model, res, i, len(subject.members))
-    return H.section(
-        "Grad-CAM", figs.make("gradcam", cap, P.cam_triplets, rows, labels), anchor="gradcam"
+    return html.section(
+        "Grad-CAM", figs.make("gradcam", cap, plots.cam_triplets, rows, labels), anchor="gradcam"
     )
 
 
@@ -397,7 +398,7 @@ def eval_method_section(r: EvalResult) -> str:
         "Operating points come from the model's own validation split, never from this set. "
         "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r.timings.items()) + "."
     )
-    return H.section("Method", H.para(text), anchor="method")
+    return html.section("Method", html.para(text), anchor="method")
 
 
 def write_eval_report(
@@ -408,9 +409,9 @@ def write_eval_report(
     figs = Figures(out, log)
     title = f"Evaluation: {r.model} on {r.data} ({r.split})"
     header = (
-        f'<h1>{H.esc(title)}</h1><p class="meta">classes '
+        f'<h1>{html.esc(title)}</h1><p class="meta">classes '
         f"{', '.join(class_html(c) for c in r.classes)} · {r.n} images · generated "
-        f"{H.esc(r.created)} · checkpoint <code>{H.esc(r.checkpoint)}</code></p>"
+        f"{html.esc(r.created)} · checkpoint <code>{html.esc(r.checkpoint)}</code></p>"
     )
     steps = [
         ("summary", lambda: eval_summary_section(r)),

@@ -8,8 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from . import html as H
-from . import plots as P
+from . import html, plots
 from .inputs import SweepReport
 from .sections import (
     Figures,
@@ -48,25 +47,29 @@ def summary_section(rep: SweepReport) -> str:
     acc_ci = (iv.get("accuracy") or {}).get("ci") or [math.nan, math.nan]
     f1_ci = (iv.get("bootstrap") or {}).get("macro_f1")
     text = (
-        f"Best single trial <b>{H.esc(best['name'])}</b> (rank 1 by the sweep's "
-        f"{H.esc(m['ranking_metric'][5:])}): test macro-F1 <b>{bt['macro_f1']:.3f}</b>, "
+        f"Best single trial <b>{html.esc(best['name'])}</b> (rank 1 by the sweep's "
+        f"{html.esc(m['ranking_metric'][5:])}): test macro-F1 <b>{bt['macro_f1']:.3f}</b>, "
         f"recall {recalls(bt)}, ECE {best['uncalibrated']['test_ece']:.3f} as trained "
         f"({bt['ece']:.3f} after temperature scaling). "
-        f"Chosen ensemble <b>{H.esc(chosen['name'])}</b> ({n_members} distinct member(s); "
-        f"{H.esc(chosen['description'])}): test macro-F1 <b>{et['macro_f1']:.3f}</b>, "
+        f"Chosen ensemble <b>{html.esc(chosen['name'])}</b> ({n_members} distinct member(s); "
+        f"{html.esc(chosen['description'])}): test macro-F1 <b>{et['macro_f1']:.3f}</b>, "
         f"recall {recalls(et)}, ECE {et['ece']:.3f}. "
         f"The ensemble method was picked by the lowest validation NLL among the three built; test "
         f"data ({et['n']} images) was used only for these numbers — with that many images, "
         f"the ensemble's accuracy {et['accuracy']:.3f} has a 95% interval of "
-        f"{H.num(acc_ci[0])}–{H.num(acc_ci[1])} (Wilson)"
-        + (f" and its macro-F1 {H.num(f1_ci[0])}–{H.num(f1_ci[1])} (bootstrap)" if f1_ci else "")
+        f"{html.num(acc_ci[0])}–{html.num(acc_ci[1])} (Wilson)"
+        + (
+            f" and its macro-F1 {html.num(f1_ci[0])}–{html.num(f1_ci[1])} (bootstrap)"
+            if f1_ci
+            else ""
+        )
         + "; the section 'Uncertainty per class' gives every class's."
     )
     text += "".join(_highlight_recall(c, bt, et) for c in classes if is_highlight(c))
     agreement = m.get("val_test_agreement") or members_agreement(m)
     if agreement.get("warning"):
-        text += f" <b>Warning:</b> {H.esc(agreement['warning'])}."
-    return H.raw_para(text, "summary")
+        text += f" <b>Warning:</b> {html.esc(agreement['warning'])}."
+    return html.raw_para(text, "summary")
 
 
 def _highlight_recall(c: str, bt: dict, et: dict) -> str:
@@ -82,7 +85,7 @@ def _highlight_recall(c: str, bt: dict, et: dict) -> str:
         f"trial, {et['recall'][c]:.3f} for the ensemble ({word}"
         + (f", {d:+.3f}" if d else "")
         + f"; {et['support'][c]} such test images, 95% interval "
-        f"{H.num(lo)}–{H.num(hi)})."
+        f"{html.num(lo)}–{html.num(hi)})."
     )
 
 
@@ -119,11 +122,11 @@ def agreement_section(rep: SweepReport) -> str:
         )
         + f" Validation split: {m.get('val_origin') or val_origin(m.get('data'))}."
     )
-    parts = [H.para(text)]
+    parts = [html.para(text)]
     if a.get("warning"):
-        parts.append(H.raw_para(f"<b>warning:</b> {H.esc(a['warning'])}", "note"))
-    parts.append(H.table(["trial (by validation)", "val macro-F1", "test macro-F1"], rows))
-    return H.section("Validation vs test", *parts, anchor="agreement")
+        parts.append(html.raw_para(f"<b>warning:</b> {html.esc(a['warning'])}", "note"))
+    parts.append(html.table(["trial (by validation)", "val macro-F1", "test macro-F1"], rows))
+    return html.section("Validation vs test", *parts, anchor="agreement")
 
 
 def comparison_section(rep: SweepReport) -> str:
@@ -151,7 +154,7 @@ def comparison_section(rep: SweepReport) -> str:
             t = e["test"]
             iv = t.get("intervals") or {}
             boot = iv.get("bootstrap") or {}
-            acc = H.ci(t["accuracy"], (iv.get("accuracy") or {}).get("ci"))
+            acc = html.ci(t["accuracy"], (iv.get("accuracy") or {}).get("ci"))
             rows.append(
                 [
                     e["name"],
@@ -161,9 +164,9 @@ def comparison_section(rep: SweepReport) -> str:
                     e["val"]["macro_f1"],
                     e["val"]["nll"],
                     acc,
-                    H.ci(t["macro_f1"], boot.get("macro_f1")),
+                    html.ci(t["macro_f1"], boot.get("macro_f1")),
                     t["weighted_f1"],
-                    H.ci(t["auc"], boot.get("auc")),
+                    html.ci(t["auc"], boot.get("auc")),
                     t["pr_ap_macro"],
                     t["ece"],
                     t["nll"],
@@ -171,7 +174,7 @@ def comparison_section(rep: SweepReport) -> str:
                 + [t["recall"][c] for c in classes]
             )
             cls.append("chosen" if e.get("chosen") else "")
-    cap = H.para(
+    cap = html.para(
         "Test metrics of every member (after temperature scaling: T is the fitted temperature; "
         "accuracy, F1 and AUC do not change with T, ECE and NLL do) and every ensemble. "
         "'weight' is the member's weight in the chosen ensemble (highlighted). PR-AP is the "
@@ -180,8 +183,8 @@ def comparison_section(rep: SweepReport) -> str:
         "95% for macro-F1 and ROC-AUC. Full numbers, per-class precision/F1 and validation "
         "metrics are in metrics.json and comparison.csv."
     )
-    return H.section(
-        "Members and ensembles on test", cap, H.table(headers, rows, cls), anchor="comparison"
+    return html.section(
+        "Members and ensembles on test", cap, html.table(headers, rows, cls), anchor="comparison"
     )
 
 
@@ -189,7 +192,7 @@ def threshold_text(t) -> str | None:
     """Enough digits to tell thresholds near 0 or 1 apart (0.999962, 3.1e-05), not '0.000'."""
     if t is None or not math.isfinite(t):
         return None
-    return H.Shown(f"{t:.3g}" if 0 < t < 1e-3 else f"{t:.6g}")
+    return html.Shown(f"{t:.3g}" if 0 < t < 1e-3 else f"{t:.6g}")
 
 
 def _op_rows(entry: dict, classes: list[str]) -> list[list]:
@@ -209,8 +212,8 @@ def _op_rows(entry: dict, classes: list[str]) -> list[list]:
                     r.get("threshold_logit"),
                     r["val_sensitivity"],
                     r["val_specificity"],
-                    H.ci(r["test_sensitivity"], sens.get("ci")),
-                    H.ci(r["test_specificity"], spec.get("ci")),
+                    html.ci(r["test_sensitivity"], sens.get("ci")),
+                    html.ci(r["test_specificity"], spec.get("ci")),
                 ]
             )
     return rows
@@ -222,7 +225,7 @@ def operating_section(rep: SweepReport) -> str:
     m, classes = rep.metrics, rep.classes
     chosen = rep.chosen_entry
     parts = [
-        H.para(
+        html.para(
             "Clinical operating points, both ways: for each class, the threshold on that class's "
             "probability fixed on validation to reach a target specificity (the lowest such "
             "threshold, i.e. the most sensitive one: confirmation) or a target sensitivity (the "
@@ -246,9 +249,9 @@ def operating_section(rep: SweepReport) -> str:
         "test specificity [95% CI]",
     ]
     for entry in (chosen, m["members"][0]):
-        parts.append(H.raw_para(f"<b>{H.esc(entry['name'])}</b>"))
-        parts.append(H.table(headers, _op_rows(entry, classes)))
-    return H.section("Operating points", *parts, anchor="operating-points")
+        parts.append(html.raw_para(f"<b>{html.esc(entry['name'])}</b>"))
+        parts.append(html.table(headers, _op_rows(entry, classes)))
+    return html.section("Operating points", *parts, anchor="operating-points")
 
 
 def _interval_rows(t: dict, classes: list[str]) -> list[list]:
@@ -265,11 +268,11 @@ def _interval_rows(t: dict, classes: list[str]) -> list[list]:
                 cell
                 for kind in ("sensitivity", "specificity", "precision")
                 for cell in (
-                    H.ci(pc[kind]["value"], pc[kind]["ci"]),
+                    html.ci(pc[kind]["value"], pc[kind]["ci"]),
                     f"{pc[kind]['k']}/{pc[kind]['n']}",
                 )
             ]
-            + [H.ci(t["auc_per_class"][c], boot["auc_per_class"].get(c)), t["pr_ap"][c]]
+            + [html.ci(t["auc_per_class"][c], boot["auc_per_class"].get(c)), t["pr_ap"][c]]
         )
     return rows
 
@@ -292,7 +295,7 @@ def intervals_section(rep: SweepReport) -> str:
     """Per class: sensitivity, specificity, precision (Wilson), ROC-AUC (bootstrap), PR-AP,
     for the chosen ensemble and the best member."""
     parts = [
-        H.para(
+        html.para(
             "What each test figure could plausibly be, given how many images it rests on. "
             "Sensitivity (= recall), specificity and precision (= PPV) are one-vs-rest at the "
             "argmax decision, with Wilson 95% score intervals (k/n shown: a 1.000 on 99 images is "
@@ -308,15 +311,15 @@ def intervals_section(rep: SweepReport) -> str:
             continue
         boot = iv["bootstrap"]
         parts.append(
-            H.raw_para(
-                f"<b>{H.esc(entry['name'])}</b>: macro-F1 {H.esc(H.ci(t['macro_f1'], boot['macro_f1']))}"
-                f", macro ROC-AUC {H.esc(H.ci(t['auc'], boot['auc']) or '–')}, accuracy "
-                f"{H.esc(H.ci(t['accuracy'], iv['accuracy']['ci']))} ({boot['n_boot']} bootstrap "
+            html.raw_para(
+                f"<b>{html.esc(entry['name'])}</b>: macro-F1 {html.esc(html.ci(t['macro_f1'], boot['macro_f1']))}"
+                f", macro ROC-AUC {html.esc(html.ci(t['auc'], boot['auc']) or '–')}, accuracy "
+                f"{html.esc(html.ci(t['accuracy'], iv['accuracy']['ci']))} ({boot['n_boot']} bootstrap "
                 f"resamples, seed {boot['seed']})."
             )
         )
-        parts.append(H.table(INTERVAL_HEADERS, _interval_rows(t, rep.classes)))
-    return H.section("Uncertainty per class", *parts, anchor="intervals")
+        parts.append(html.table(INTERVAL_HEADERS, _interval_rows(t, rep.classes)))
+    return html.section("Uncertainty per class", *parts, anchor="intervals")
 
 
 def evaluation_sections(rep: SweepReport, figs: Figures) -> str:
@@ -403,9 +406,11 @@ def gradcam_section(rep: SweepReport, figs: Figures) -> str:
     classes, y = rep.classes, rep.y_test
     found = gradcam_model([mem.record for mem in rep.members])
     if found is None:
-        return H.section(
+        return html.section(
             "Grad-CAM",
-            H.para("No convolutional member with a Grad-CAM layer in the ensemble pool.", "note"),
+            html.para(
+                "No convolutional member with a Grad-CAM layer in the ensemble pool.", "note"
+            ),
         )
     i, model, res = found
     mem = rep.members[i]
@@ -421,9 +426,9 @@ def gradcam_section(rep: SweepReport, figs: Figures) -> str:
             cells += [None] * (2 - len(group))
         rows.append(cells)
         labels.append(f"true {cls}")
-    return H.section(
+    return html.section(
         "Grad-CAM",
-        figs.make("gradcam", _gradcam_caption(mem, model, res), P.heatmap_grid, rows, labels),
+        figs.make("gradcam", _gradcam_caption(mem, model, res), plots.heatmap_grid, rows, labels),
         anchor="gradcam",
     )
 
@@ -477,18 +482,18 @@ def _attention_figure(rep: SweepReport, mem, arch: str, figs: Figures) -> str:
     feed = record_feed(mem.record, torch.device("cpu"))
     res = attention_maps(model_from_record(mem.record), feed(torch.from_numpy(images[idx])))
     if res is None:
-        return H.para(f"{mem.name} records no attention (built without it).", "note")
+        return html.para(f"{mem.name} records no attention (built without it).", "note")
     kind, maps = res
     cases = [image_case(images, i, y, pred, conf, classes) for i in idx]
     cap = ATTENTION_CAPTIONS[arch].format(name=mem.name)
     if kind == "rows":
         for c, r in zip(cases, maps, strict=True):
             c["rows"] = r
-        return figs.make(f"attention_{arch}", cap, P.row_attention_grid, cases, 4)
+        return figs.make(f"attention_{arch}", cap, plots.row_attention_grid, cases, 4)
     for c, mp in zip(cases, maps, strict=True):
         c["map"] = mp
     grid = [cases[i : i + 4] for i in range(0, len(cases), 4)]
-    return figs.make(f"attention_{arch}", cap, P.heatmap_grid, grid, [""] * len(grid))
+    return figs.make(f"attention_{arch}", cap, plots.heatmap_grid, grid, [""] * len(grid))
 
 
 def attention_section(rep: SweepReport, figs: Figures) -> str:
@@ -501,7 +506,7 @@ def attention_section(rep: SweepReport, figs: Figures) -> str:
     parts = [p for p in parts if p]
     if not parts:
         return ""
-    return H.section("Attention maps", *parts, anchor="attention")
+    return html.section("Attention maps", *parts, anchor="attention")
 
 
 def method_section(rep: SweepReport) -> str:
@@ -522,11 +527,11 @@ def method_section(rep: SweepReport) -> str:
         "helps; weights = how often each was picked). The one with the lowest validation NLL is "
         "saved as ensemble.pt and used by python -m ray_xray.predict."
     )
-    return H.section(
+    return html.section(
         "Method",
-        H.para(text),
-        H.para("Greedy selection, round by round:"),
-        H.table(["round", "added member", "val NLL of the bag"], rows),
+        html.para(text),
+        html.para("Greedy selection, round by round:"),
+        html.table(["round", "added member", "val NLL of the bag"], rows),
         anchor="method",
     )
 
@@ -547,9 +552,9 @@ def write_report(rep: SweepReport) -> Path:
     m = rep.metrics
     title = f"Sweep report: {m['experiment']}"
     header = (
-        f'<h1>{H.esc(title)}</h1><p class="meta">data <code>{H.esc(m["data"])}</code> · classes '
-        f"{', '.join(class_html(c) for c in m['classes'])} · generated {H.esc(m['created'])} · "
-        f"experiment <code>{H.esc(m['experiment_dir'])}</code></p>"
+        f'<h1>{html.esc(title)}</h1><p class="meta">data <code>{html.esc(m["data"])}</code> · classes '
+        f"{', '.join(class_html(c) for c in m['classes'])} · generated {html.esc(m['created'])} · "
+        f"experiment <code>{html.esc(m['experiment_dir'])}</code></p>"
     )
     sweep = sweep_steps(rep, figs)
     steps = [

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import write_atomic
-from . import html as H
-from . import plots as P
+from . import html, plots
 from .inputs import log_to_stderr
 
 FIG_DIR = "figures"
@@ -29,7 +28,7 @@ def is_highlight(cls: str) -> bool:
 
 def class_html(cls: str) -> str:
     """A class name as escaped HTML, highlighted when `is_highlight`."""
-    return f'<span class="hl">{H.esc(cls)}</span>' if is_highlight(cls) else H.esc(cls)
+    return f'<span class="hl">{html.esc(cls)}</span>' if is_highlight(cls) else html.esc(cls)
 
 
 class Figures:
@@ -51,8 +50,8 @@ class Figures:
         except Exception as exc:  # a report with a missing figure beats no report
             msg = f"figure '{name}' could not be drawn: {type(exc).__name__}: {exc}"
             self.log(msg)
-            return H.para(msg[:400], "note")
-        return H.figure(f"{FIG_DIR}/{name}.png", caption)
+            return html.para(msg[:400], "note")
+        return html.figure(f"{FIG_DIR}/{name}.png", caption)
 
 
 # ---------------------------------------------------------------- the page
@@ -71,14 +70,14 @@ def render_sections(steps: list[tuple[str, Callable[[], str] | None]], log: Log)
         except Exception as exc:
             msg = f"section '{name}' failed: {type(exc).__name__}: {exc}"
             log(msg)
-            body.append(H.para(msg[:400], "note"))
+            body.append(html.para(msg[:400], "note"))
     return body
 
 
 def write_page(out: Path, title: str, body: list[str], files: str) -> Path:
     """`out`/report.html, written atomically: `body` (HTML parts) then a line naming the
     `files` beside the page. Returns the path."""
-    page = H.page(title, "".join(body) + H.para(f"Files beside this page: {files}.", "meta"))
+    page = html.page(title, "".join(body) + html.para(f"Files beside this page: {files}.", "meta"))
     return write_atomic(Path(out) / "report.html", page)
 
 
@@ -124,8 +123,8 @@ def samples_section(
         idx = (wrong[:2] + right + wrong[2:])[:4]  # <= 2 mistakes unless there is nothing else
         cases += [image_case(images, i, y, pred, conf, classes) for i in idx]
         cases += [None] * (4 - len(idx))
-    return H.section(
-        heading, figs.make("samples", caption, P.sample_grid, cases, 4), anchor="samples"
+    return html.section(
+        heading, figs.make("samples", caption, plots.sample_grid, cases, 4), anchor="samples"
     )
 
 
@@ -190,9 +189,9 @@ def gradcam_caption_tail(res) -> str:
 
 def confusion_section(figs: Figures, heading: str, caption: str, matrices, classes) -> str:
     """Confusion matrices side by side: matrices is [(title, int (K, K) counts, rows = true)]."""
-    return H.section(
+    return html.section(
         heading,
-        figs.make("confusion", caption, P.confusion_matrices, matrices, classes),
+        figs.make("confusion", caption, plots.confusion_matrices, matrices, classes),
         anchor="confusion",
     )
 
@@ -200,18 +199,18 @@ def confusion_section(figs: Figures, heading: str, caption: str, matrices, class
 def roc_section(figs: Figures, caption: str, y, prob, classes: list[str], title: str) -> str:
     """One-vs-rest ROC and precision-recall curves per class of float (N, K) `prob` against
     int (N,) labels `y`."""
-    return H.section(
+    return html.section(
         "ROC and precision-recall curves",
-        figs.make("roc_pr", caption, P.roc_pr, y, prob, classes, title=title),
+        figs.make("roc_pr", caption, plots.roc_pr, y, prob, classes, title=title),
         anchor="roc",
     )
 
 
 def calibration_section(figs: Figures, caption: str, panels: list[tuple]) -> str:
     """Reliability diagrams: panels is [(title, `calibration.reliability_bins(...)`, ECE)]."""
-    return H.section(
+    return html.section(
         "Calibration",
-        figs.make("reliability", caption, P.reliability, panels),
+        figs.make("reliability", caption, plots.reliability, panels),
         anchor="calibration",
     )
 
@@ -221,8 +220,8 @@ def training_curves_section(
 ) -> str:
     """ "Training curves": per epoch training loss, validation loss and `metric` of each curve
     ({"label", "highlight", "epoch", "train_loss", "val_loss", metric: lists})."""
-    return H.section(
+    return html.section(
         "Training curves",
-        figs.make("training_curves", caption, P.learning_curves, curves, metric),
+        figs.make("training_curves", caption, plots.learning_curves, curves, metric),
         anchor=anchor,
     )

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sweep_folder import read_trial_histories, study_url
-from . import html as H
-from . import plots as P
+from . import html, plots
 from .inputs import SweepReport
 from .sections import Figures, training_curves_section
 
@@ -154,26 +153,29 @@ def context_section(rep: SweepReport, histories: dict[str, list[dict]]) -> str:
     pairs = [
         (
             "command",
-            f"<code>{H.esc(sweep.get('command') or '(not recorded: no sweep.json)')}</code>",
+            f"<code>{html.esc(sweep.get('command') or '(not recorded: no sweep.json)')}</code>",
         ),
-        ("budget", H.esc(budget)),
-        ("what ended it", H.esc(what_ended(opts, counts, minutes))),
-        ("trials", H.esc(trials)),
-        ("sweep wall time", H.esc(wall_time_text(sweep, minutes))),
-        ("objective", H.esc(objective)),
-        ("data", f"<code>{H.esc(m['data'])}</code>"),
-        ("images per class and split", H.esc(_split_counts_text(data.counts()))),
+        ("budget", html.esc(budget)),
+        ("what ended it", html.esc(what_ended(opts, counts, minutes))),
+        ("trials", html.esc(trials)),
+        ("sweep wall time", html.esc(wall_time_text(sweep, minutes))),
+        ("objective", html.esc(objective)),
+        ("data", f"<code>{html.esc(m['data'])}</code>"),
+        ("images per class and split", html.esc(_split_counts_text(data.counts()))),
         (
             "validation split",
-            H.esc(
+            html.esc(
                 "as the data gives it; a source whose val split holds fewer than 5% of train's "
                 "images gets one carved from train (stratified, grouped by patient id when file "
                 "names carry one)"
             ),
         ),
-        ("software (at report time)", H.esc(", ".join(f"{k} {v}" for k, v in versions().items()))),
+        (
+            "software (at report time)",
+            html.esc(", ".join(f"{k} {v}" for k, v in versions().items())),
+        ),
     ]
-    return H.section("Sweep context", H.definitions(pairs), anchor="context")
+    return html.section("Sweep context", html.definitions(pairs), anchor="context")
 
 
 # ---------------------------------------------------------------- every trial
@@ -223,14 +225,14 @@ def trial_section(rep: SweepReport) -> str:
             err[:120] if isinstance(err, str) else "",
         ]
         rows.append([v.item() if hasattr(v, "item") else v for v in row])
-    cap = H.para(
+    cap = html.para(
         f"Every trial of the sweep, ranked by {key[5:]} on validation "
         f"({'higher' if mode == 'max' else 'lower'} is better; failed trials last). Trials stopped "
         "early by ASHA have fewer epochs. Columns after the metric are the hyperparameters that "
         "varied between trials; '–' means the parameter does not apply to that architecture. "
         f"The top {len(member_ids)} usable trials form the ensemble pool."
     )
-    return H.section("Trials", cap, H.table(headers, rows, small_sig=True), anchor="trials")
+    return html.section("Trials", cap, html.table(headers, rows, small_sig=True), anchor="trials")
 
 
 def curves_section(rep: SweepReport, histories: dict[str, list[dict]], figs: Figures) -> str:
@@ -251,7 +253,7 @@ def curves_section(rep: SweepReport, histories: dict[str, list[dict]], figs: Fig
             curve[key] = [float(r[key]) if _finite(r.get(key)) else math.nan for r in rows]
         curves.append(curve)
     if not curves:
-        return H.section("Training curves", H.para("No per-epoch logs (result.json) found."))
+        return html.section("Training curves", html.para("No per-epoch logs (result.json) found."))
     cap = (
         f"Every trial with a log ({len(curves)}): training loss, validation loss and validation "
         f"{metric[4:]} per epoch. The ensemble pool is in colour (named below), the rest grey. A "
@@ -306,9 +308,9 @@ def pareto_section(rep: SweepReport, histories: dict[str, list[dict]], figs: Fig
         return ""
     names, values = _best_pairs(objective, histories)
     if len(values) < 2:
-        return H.section(
+        return html.section(
             "Pareto front",
-            H.para(
+            html.para(
                 f"Multi-objective sweep ({', '.join(objective)}) but fewer than 2 trials have both "
                 "metrics logged: no front to draw.",
                 "note",
@@ -325,10 +327,10 @@ def pareto_section(rep: SweepReport, histories: dict[str, list[dict]], figs: Fig
         [n, v[0], v[1], "yes" if f else ""] for n, v, f in zip(names, values, mask, strict=True)
     ]
     points = [(n, v[0], v[1]) for n, v in zip(names, values, strict=True)]
-    return H.section(
+    return html.section(
         "Pareto front",
-        figs.make("pareto", cap, P.pareto, points, mask, (objective[0], objective[1])),
-        H.table(["trial", objective[0], objective[1], "on front"], rows),
+        figs.make("pareto", cap, plots.pareto, points, mask, (objective[0], objective[1])),
+        html.table(["trial", objective[0], objective[1], "on front"], rows),
         anchor="pareto",
     )
 
@@ -430,7 +432,7 @@ def optuna_views(study, metric: str, figs: Figures) -> list[str]:
         figs.make(
             "optuna_history",
             "Optuna: each trial's value and the best so far, by trial number.",
-            P.optuna_figure,
+            plots.optuna_figure,
             optuna_plots.plot_optimization_history,
             study,
             target_name=target,
@@ -443,7 +445,7 @@ def optuna_views(study, metric: str, figs: Figures) -> list[str]:
                 "optuna_parallel",
                 "Optuna: parallel coordinates of the hyperparameters present in "
                 "every trial, each line one trial, coloured by its value.",
-                P.optuna_figure,
+                plots.optuna_figure,
                 optuna_plots.plot_parallel_coordinate,
                 study,
                 params=params,
@@ -456,7 +458,7 @@ def optuna_views(study, metric: str, figs: Figures) -> list[str]:
                 "optuna_slice",
                 "Optuna: the value against each hyperparameter (colour: trial "
                 "number, later = darker).",
-                P.optuna_figure,
+                plots.optuna_figure,
                 optuna_plots.plot_slice,
                 study,
                 params=params[:8],
@@ -481,24 +483,26 @@ def history_section(
                 "best_so_far",
                 f"Best validation {metric[4:]} so far against wall-clock time (red), "
                 "and each trial's best epoch at the time it was reported (blue).",
-                P.best_so_far,
+                plots.best_so_far,
                 best,
                 exp["mode"],
                 metric,
             )
         )
     if study is None:
-        parts.append(H.para(msg, "note"))
+        parts.append(html.para(msg, "note"))
     else:
-        parts += [H.para(msg), *optuna_views(study, metric, figs)]
-    return H.section("Optimisation history", *parts, anchor="history")
+        parts += [html.para(msg), *optuna_views(study, metric, figs)]
+    return html.section("Optimisation history", *parts, anchor="history")
 
 
 def importance_section(rep: SweepReport, figs: Figures, study, msg: str) -> str:
     """fANOVA hyperparameter importance (Optuna's evaluator, seeded) for the ranked value."""
     key = rep.experiment["key"]
     if study is None:
-        return H.section("Hyperparameter importance", H.para(msg, "note"), anchor="importance")
+        return html.section(
+            "Hyperparameter importance", html.para(msg, "note"), anchor="importance"
+        )
     import optuna
 
     try:
@@ -507,15 +511,15 @@ def importance_section(rep: SweepReport, figs: Figures, study, msg: str) -> str:
         )
     except Exception as exc:  # fANOVA on a degenerate sweep (one value per parameter...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return H.section(
+        return html.section(
             "Hyperparameter importance",
-            H.para(f"Hyperparameter importance could not be computed: {first[:240]}", "note"),
+            html.para(f"Hyperparameter importance could not be computed: {first[:240]}", "note"),
             anchor="importance",
         )
     if not imp:
-        return H.section(
+        return html.section(
             "Hyperparameter importance",
-            H.para("No hyperparameter was sampled in every trial.", "note"),
+            html.para("No hyperparameter was sampled in every trial.", "note"),
             anchor="importance",
         )
     n = len(study.trials)
@@ -526,17 +530,17 @@ def importance_section(rep: SweepReport, figs: Figures, study, msg: str) -> str:
     )
     if n < 10:
         text += f" With {n} trials these numbers are very rough."
-    return H.section(
+    return html.section(
         "Hyperparameter importance",
-        H.para(text),
+        html.para(text),
         figs.make(
             "param_importance",
             "Hyperparameter importance (fANOVA, sums to 1).",
-            P.importance_bars,
+            plots.importance_bars,
             dict(imp),
             title=f"importance for {key}",
         ),
-        H.table(["parameter", "importance"], [[k, float(v)] for k, v in imp.items()]),
+        html.table(["parameter", "importance"], [[k, float(v)] for k, v in imp.items()]),
         anchor="importance",
     )
 
