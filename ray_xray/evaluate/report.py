@@ -10,23 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..report import html, plots
-from ..report.sections import (
-    Figures,
-    calibration_section,
-    cam_cases,
-    class_html,
-    confusion_section,
-    gradcam_caption_tail,
-    gradcam_model,
-    input_size,
-    pick_cases,
-    render_sections,
-    roc_section,
-    samples_section,
-    training_curves_section,
-    write_page,
-)
+from ..report import html, plots, sections
 from .result import EvalResult, metric_name
 from .sources import Subject, run_history
 
@@ -53,7 +37,9 @@ def eval_summary_section(r: EvalResult) -> str:
         f"({_ci(h['accuracy'])}), macro-F1 <b>{h['macro_f1']['value']:.3f}</b> "
         f"({_ci(h['macro_f1'])}), ROC-AUC <b>{html.num(h['auc']['value'])}</b> ({_ci(h['auc'])}); "
         "recall "
-        + ", ".join(f"{class_html(c)} {html.num(h[f'recall_{c}']['value'])}" for c in r.classes)
+        + ", ".join(
+            f"{sections.class_html(c)} {html.num(h[f'recall_{c}']['value'])}" for c in r.classes
+        )
         + f". ECE {r.metrics['ece']:.3f}. Brackets: 95% stratified bootstrap intervals "
         f"({r.bootstrap['resamples']} resamples)."
     )
@@ -121,13 +107,13 @@ def metrics_section(r: EvalResult) -> str:
     )
 
 
-def curve_sections(r: EvalResult, figs: Figures) -> str:
+def curve_sections(r: EvalResult, figs: sections.Figures) -> str:
     """Confusion matrix, ROC/PR curves (when the set has 2 classes or more) and reliability
     diagrams (this set, and the model's own reference split beside it when shifted)."""
     from ..calibration import reliability_bins
 
     out = [
-        confusion_section(
+        sections.confusion_section(
             figs,
             "Confusion matrix",
             "Counts and row percentages (recall on the diagonal).",
@@ -137,7 +123,7 @@ def curve_sections(r: EvalResult, figs: Figures) -> str:
     ]
     if len(set(r.y.tolist())) >= 2:
         out.append(
-            roc_section(
+            sections.roc_section(
                 figs,
                 "One-vs-rest ROC (left) and precision-recall (right) per class; dashed: chance.",
                 r.y,
@@ -159,7 +145,7 @@ def curve_sections(r: EvalResult, figs: Figures) -> str:
         "Reliability diagrams (15 confidence bins): bars are the accuracy in "
         "each bin, red the gap to its mean confidence; a calibrated model follows the diagonal."
     )
-    out.append(calibration_section(figs, cap, panels))
+    out.append(sections.calibration_section(figs, cap, panels))
     return "".join(out)
 
 
@@ -262,7 +248,7 @@ def shift_section(r: EvalResult) -> str:
     )
 
 
-def stress_section(r: EvalResult, figs: Figures) -> str:
+def stress_section(r: EvalResult, figs: sections.Figures) -> str:
     """The stress test's table and macro-F1 curves ("" when it was not run)."""
     s = r.stress
     if not s:
@@ -312,21 +298,21 @@ def stress_section(r: EvalResult, figs: Figures) -> str:
     )
 
 
-def eval_samples_section(r: EvalResult, figs: Figures) -> str:
+def eval_samples_section(r: EvalResult, figs: sections.Figures) -> str:
     """Sample predictions (`sections.samples_section`) at the largest input size scored."""
     cap = (
         "One row per true class: up to 2 mistakes (red), then confident correct cases "
         "(green). Title: true class, predicted class and its probability."
     )
     images = r.images[max(r.images)]
-    return samples_section(figs, "Sample predictions", cap, r.classes, r.y, r.prob, images)
+    return sections.samples_section(figs, "Sample predictions", cap, r.classes, r.y, r.prob, images)
 
 
-def eval_gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
+def eval_gradcam_section(r: EvalResult, subject: Subject, figs: sections.Figures) -> str:
     """Grad-CAM of the highest-weight convolutional member whose Grad-CAM layer is at least 2x2
     (`sections.gradcam_model`): per true class two right and two wrong cases, as triplets."""
     order = sorted(range(len(subject.members)), key=lambda i: -subject.weights[i])
-    found = gradcam_model([subject.members[i] for i in order])
+    found = sections.gradcam_model([subject.members[i] for i in order])
     if found is None:
         return html.section(
             "Grad-CAM",
@@ -335,14 +321,18 @@ def eval_gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
     j, model, res = found
     i = order[j]
     rec = subject.members[i]
-    imgs = r.images[input_size(rec)[0]]
+    imgs = r.images[sections.input_size(rec)[0]]
     prob = r.member_prob[i]
     pred, conf = prob.argmax(1), prob.max(1)
     rows, labels = [], []
     for k, c in enumerate(r.classes):
-        right, wrong = pick_cases(r.y, pred, conf, k, 2, 2)
+        right, wrong = sections.pick_cases(r.y, pred, conf, k, 2, 2)
         for kind, group in (("right", right), ("wrong", wrong)):
-            cells = cam_cases(model, rec, imgs, group, r.y, pred, conf, r.classes) if group else []
+            cells = (
+                sections.cam_cases(model, rec, imgs, group, r.y, pred, conf, r.classes)
+                if group
+                else []
+            )
             rows.append(cells + [None] * (2 - len(cells)))
             labels.append(f"{c}: {kind}")
     cap = _gradcam_caption(rec, model, res, i, len(subject.members))
@@ -355,7 +345,7 @@ def _gradcam_caption(rec: dict, model, res, i: int, n: int) -> str:
     """The evaluation Grad-CAM figure's caption: member i of n, its layer and map size."""
     from ..gradcam import cam_target
 
-    size, chans = input_size(rec)
+    size, chans = sections.input_size(rec)
     where = f"{res[0]}x{res[1]}" if res else "?"
     chosen = cam_target(model, size, chans)
     layer = chosen.name if chosen else "?"
@@ -366,10 +356,10 @@ def _gradcam_caption(rec: dict, model, res, i: int, n: int) -> str:
         "each as original, heat map (red = most evidence for the predicted class) and "
         "overlay. Evidence on borders, labels or outside the anatomy suggests a shortcut."
     )
-    return cap + gradcam_caption_tail(res)
+    return cap + sections.gradcam_caption_tail(res)
 
 
-def run_curves_section(subject: Subject, figs: Figures) -> str:
+def run_curves_section(subject: Subject, figs: sections.Figures) -> str:
     """Training curves (train loss, val loss, val macro-F1 per epoch) of a `train` run; "" when
     the checkpoint carries no history."""
     history = run_history(subject)
@@ -384,7 +374,7 @@ def run_curves_section(subject: Subject, figs: Figures) -> str:
         "rising validation loss means over-fitting."
     )
     curves = [{"label": subject.name, "highlight": True, **curve}]
-    return training_curves_section(figs, cap, curves, "val_macro_f1", anchor=None)
+    return sections.training_curves_section(figs, cap, curves, "val_macro_f1", anchor=None)
 
 
 def eval_method_section(r: EvalResult) -> str:
@@ -406,11 +396,11 @@ def write_eval_report(
 ) -> Path:
     """report.html (+ figures/) in `out`; a failing section becomes a note, not a crash.
     `images=False` leaves out the figures that show images (samples, Grad-CAM)."""
-    figs = Figures(out, log)
+    figs = sections.Figures(out, log)
     title = f"Evaluation: {r.model} on {r.data} ({r.split})"
     header = (
         f'<h1>{html.esc(title)}</h1><p class="meta">classes '
-        f"{', '.join(class_html(c) for c in r.classes)} · {r.n} images · generated "
+        f"{', '.join(sections.class_html(c) for c in r.classes)} · {r.n} images · generated "
         f"{html.esc(r.created)} · checkpoint <code>{html.esc(r.checkpoint)}</code></p>"
     )
     steps = [
@@ -428,5 +418,5 @@ def write_eval_report(
             ("gradcam", lambda: eval_gradcam_section(r, subject, figs)),
         ]
     steps.append(("method", lambda: eval_method_section(r)))
-    body = [header, *render_sections(steps, log)]
-    return write_page(out, title, body, "metrics.json, figures/*.png")
+    body = [header, *sections.render_sections(steps, log)]
+    return sections.write_page(out, title, body, "metrics.json, figures/*.png")
