@@ -3,13 +3,15 @@
 Files: ``RESULTS_FILE`` (results.parquet: one row per trial, written last, so its presence
 marks a finished sweep), ``SWEEP_FILE`` (sweep.json: the command, options, plan, time use),
 ``BEST_FILE`` (best_trials.json: the top-k evaluated on test, best first), ``MODEL_FILE``
-(best_model.pt), ``ENSEMBLE_DIR``/``ENSEMBLE_FILE`` and one folder per trial. Errors are
+(best_model.pt), ``ENSEMBLE_DIR``/``ENSEMBLE_FILE`` and one folder per trial (Tune's
+result.json, or progress.csv, per epoch: ``read_history``). Errors are
 ValueError with one line naming the file. Importing this module costs no torch or pandas.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from urllib.parse import quote
 
@@ -159,3 +161,50 @@ def read_experiment(exp_dir: str | Path) -> dict:
         "key": key,
         "mode": metric_mode(objective[0]),
     }
+
+
+def read_history(trial_dir: str | Path | None) -> dict:
+    """Per-epoch metrics of one trial from Tune's result.json (progress.csv as fallback):
+    {"epoch": [int], "val_macro_f1": [float], "val_loss": [float] (NaN where not logged),
+    "rows": [every logged value of that epoch]}, in epoch order. A restarted trial repeats
+    epochs: the last report of each counts. Lines that are not JSON are skipped; a missing
+    folder or log gives empty lists."""
+    out: dict[str, list] = {"epoch": [], "val_macro_f1": [], "val_loss": []}
+    if trial_dir is None:
+        return out
+    rows: list[dict] = []
+    rj = Path(trial_dir) / "result.json"
+    if rj.is_file():
+        for line in rj.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    elif (Path(trial_dir) / "progress.csv").is_file():
+        import pandas as pd
+
+        rows = pd.read_csv(Path(trial_dir) / "progress.csv").to_dict("records")
+    by_epoch: dict[int, dict] = {}
+    for r in rows:
+        if isinstance(r.get("epoch"), int | float) and math.isfinite(r["epoch"]):
+            by_epoch[int(r["epoch"])] = r  # a restarted trial repeats epochs: keep the last
+    for e in sorted(by_epoch):
+        r = by_epoch[e]
+        out["epoch"].append(e)
+        for k in ("val_macro_f1", "val_loss"):
+            v = r.get(k)
+            out[k].append(float(v) if isinstance(v, int | float) else float("nan"))
+    out["rows"] = [by_epoch[e] for e in sorted(by_epoch)]
+    return out
+
+
+def read_trial_histories(exp: dict) -> dict[str, list[dict]]:
+    """{trial_id: its result.json rows, one per epoch (``read_history``'s "rows")} for every
+    trial of `exp` (``read_experiment``'s dict), in the table's order; a trial folder that
+    moved with the sweep folder is found under it (``relocate``)."""
+    out = {}
+    for r in exp["table"].to_dict("records"):
+        tid = str(r["trial_id"])
+        where = relocate(r.get("trial_dir"), exp["exp_dir"], tid) or exp["exp_dir"] / tid
+        out[tid] = read_history(where).get("rows", [])
+    return out

@@ -11,7 +11,8 @@ from ray_xray import checkpoint as C
 from ray_xray.calibration import reliability_bins
 from ray_xray.report import html as H
 from ray_xray.report import plots as P
-from ray_xray.report.build import pareto_mask, read_history
+from ray_xray.report.sweep import pareto_mask
+from ray_xray.sweep_folder import read_history
 
 
 def test_html_helpers_escape_and_round():
@@ -467,3 +468,99 @@ def test_optuna_slice_and_parallel_figures_fit_the_reports_width(tmp_path):
         assert 600 < w <= 1150, (name, w)
         if name == "slice":
             assert h > 600  # three rows of panels, not one strip
+
+
+# ---------------------------------------------------------------- one renderer (issue 31)
+
+
+def _report_modules():
+    """(path, parsed module) of every report renderer: ray_xray/report/*.py and the evaluation
+    report, ray_xray/evaluate/report.py."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "ray_xray"
+    files = sorted((pkg / "report").glob("*.py")) + [pkg / "evaluate" / "report.py"]
+    return [(f.relative_to(pkg.parent), ast.parse(f.read_text(), str(f))) for f in files]
+
+
+def test_every_report_section_is_defined_in_one_module_only():
+    """The sweep and evaluation reports used to define summary_, operating_, samples_,
+    gradcam_, method_, history_section and write_report twice each."""
+    import ast
+
+    where: dict[str, list[str]] = {}
+    for path, tree in _report_modules():
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and re.search(
+                r"(_sections?|^write_\w*report)$", node.name
+            ):
+                where.setdefault(node.name, []).append(str(path))
+    assert len(where) > 20  # the scan sees the sections (a renamed folder would pass vacuously)
+    twice = {name: paths for name, paths in where.items() if len(paths) > 1}
+    assert not twice, twice
+
+
+def test_no_private_name_crosses_into_or_out_of_the_report():
+    """No renderer imports another module's `_helper`, and the report imports nothing from
+    `evaluate` (evaluate calls the report: the other way would be a circle)."""
+    import ast
+
+    from test_imports import import_graph
+
+    for path, tree in _report_modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path} imports {private} from {node.module}"
+    assert "evaluate" not in import_graph()["report"]
+
+
+def test_a_failing_section_or_figure_is_a_note_and_the_page_is_still_written(tmp_path):
+    from ray_xray.report.sections import Figures, render_sections, write_page
+
+    logged = []
+    figs = Figures(tmp_path, logged.append)
+
+    def broken_plot(path):
+        raise ValueError("no data <here>")
+
+    def broken_section():
+        raise KeyError("val_loss")
+
+    body = render_sections(
+        [
+            ("first", lambda: H.section("First", H.para("fine"), anchor="first")),
+            ("absent", None),  # a report without this part (e.g. no external set)
+            ("figure", lambda: H.section("Figure", figs.make("f", "cap", broken_plot))),
+            ("broken", broken_section),
+        ],
+        logged.append,
+    )
+    page = write_page(tmp_path, "t", body, "metrics.json").read_text()
+    assert len(body) == 3 and '<section id="first"><h2>First</h2>' in page
+    assert "figure &#x27;f&#x27; could not be drawn: ValueError: no data &lt;here&gt;" in page
+    assert "section &#x27;broken&#x27; failed: KeyError: &#x27;val_loss&#x27;" in page
+    assert page.rstrip().endswith("Files beside this page: metrics.json.</p></body></html>")
+    assert logged == [
+        "figure 'f' could not be drawn: ValueError: no data <here>",
+        "section 'broken' failed: KeyError: 'val_loss'",
+    ]
+    assert not (tmp_path / "figures" / "f.png").exists()
+
+
+def test_trial_logs_are_read_where_a_moved_sweep_folder_keeps_them(tmp_path):
+    """results.parquet stores absolute trial folders; a sweep folder copied elsewhere finds its
+    trials' result.json under itself, and a trial without a log has no rows."""
+    from ray_xray.sweep_folder import read_trial_histories
+
+    exp = tmp_path / "moved"
+    (exp / "t1").mkdir(parents=True)
+    lines = [{"epoch": 2, "val_loss": 0.5}, {"epoch": 1, "val_loss": 0.9}]
+    (exp / "t1" / "result.json").write_text("\n".join(map(json.dumps, lines)))
+    table = pd.DataFrame(
+        {"trial_id": ["t1", "t2"], "trial_dir": ["/elsewhere/sweep/t1", "/elsewhere/sweep/t2"]}
+    )
+    logs = read_trial_histories({"table": table, "exp_dir": exp})
+    assert list(logs) == ["t1", "t2"] and logs["t2"] == []
+    assert [r["epoch"] for r in logs["t1"]] == [1, 2] and logs["t1"][0]["val_loss"] == 0.9

@@ -439,26 +439,23 @@ def run_ensemble(
     write_atomic(out_dir / "metrics.json", json.dumps(clean(metrics), indent=2))
     report_path = None
     if report_html:
-        from ..report import write_report
+        from ..report import SweepReport, write_report
 
         t0 = time.perf_counter()
-        ctx = {
-            "exp": exp,
-            "members": members,
-            "ensembles": ensembles,
-            "chosen": chosen,
-            "metrics": metrics,
-            "datas": datas,
-            "y_val": y_val,
-            "y_test": y_test,
-            "classes": classes,
-            "out": out_dir,
-            "device": dev,
-            "ranked": ranked,
-            "comparison": comp,
-            "log": log,
-        }
-        report_path = write_report(ctx)
+        report_path = write_report(
+            SweepReport(
+                experiment=exp,
+                members=members,
+                ensembles=ensembles,
+                chosen=chosen,
+                metrics=metrics,
+                datas=datas,
+                y_test=y_test,
+                classes=classes,
+                out=out_dir,
+                log=log,
+            )
+        )
         timings["report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     metrics["timings"] = timings

@@ -486,9 +486,9 @@ def write(result: EvalResult, out: Path, subject: Subject, images: bool, html: b
     out.mkdir(parents=True, exist_ok=True)
     result.out = str(out)
     if html:
-        from .report import write_report
+        from .report import write_eval_report
 
-        write_report(result, subject, out, images=images, log=log)
+        write_eval_report(result, subject, out, images=images, log=log)
     result.timings["report_s"] = time.perf_counter() - t0
     write_atomic(out / "metrics.json", json.dumps(result.to_json(), indent=2))
     log(f"wrote {out / 'metrics.json'}" + (f", {out / 'report.html'}" if html else ""))

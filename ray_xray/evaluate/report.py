@@ -1,55 +1,58 @@
-"""report.html of one evaluation, rendered from an `EvalResult` with the sweep report's parts
-(`report.html` for tables and the page, `report.plots` for figures, `ray_xray.gradcam`)."""
+"""report.html of one evaluation, rendered from an `EvalResult` (and the `Subject` it
+evaluated). The evaluation-only sections (summary, metrics, shift check, operating points, stress
+test, method) are here; the page, the figures and the sections the sweep report shows too
+(confusion, ROC/PR, calibration, training curves, samples, Grad-CAM) come from
+`ray_xray.report.sections`. The renderer stays beside its input: `EvalResult` and `Subject` are
+this package's, and `ray_xray.report` never imports `evaluate` (evaluate calls it)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import torch
-
-from ..checkpoint import preprocess
-from ..inference import record_feed
-from ..io import write_atomic
-from ..report import html as H
-from ..report import plots as P
-from ..report.build import Figures, _pick_cases, _title, class_html
+from ..report import html, plots, sections
 from .result import EvalResult, metric_name
-from .sources import Subject
+from .sources import Subject, run_history
 
 
 def _ci(d: dict) -> str:
+    """A headline entry {"value", "low", "high"} as its interval '0.871 – 0.950' ('–' without)."""
     if d["low"] is None or not math.isfinite(d["low"] if d["low"] is not None else math.nan):
         return "–"
     return f"{d['low']:.3f} – {d['high']:.3f}"
 
 
-def summary_section(r: EvalResult) -> str:
+def eval_summary_section(r: EvalResult) -> str:
+    """The opening paragraph: accuracy, macro-F1, AUC with intervals, recalls, ECE; then the
+    result's warnings and notes."""
     h = r.headline
     what = (
         "the model's own data"
         if r.is_own_data
-        else f"other data than it was trained on ({H.esc(r.own_data or 'unknown')})"
+        else f"other data than it was trained on ({html.esc(r.own_data or 'unknown')})"
     )
     text = (
-        f"<b>{H.esc(r.model)}</b> on <code>{H.esc(r.data)}</code>, split <b>{H.esc(r.split)}</b> "
+        f"<b>{html.esc(r.model)}</b> on <code>{html.esc(r.data)}</code>, split <b>{html.esc(r.split)}</b> "
         f"({r.n} images; {what}): accuracy <b>{h['accuracy']['value']:.3f}</b> "
         f"({_ci(h['accuracy'])}), macro-F1 <b>{h['macro_f1']['value']:.3f}</b> "
-        f"({_ci(h['macro_f1'])}), ROC-AUC <b>{H.num(h['auc']['value'])}</b> ({_ci(h['auc'])}); "
+        f"({_ci(h['macro_f1'])}), ROC-AUC <b>{html.num(h['auc']['value'])}</b> ({_ci(h['auc'])}); "
         "recall "
-        + ", ".join(f"{class_html(c)} {H.num(h[f'recall_{c}']['value'])}" for c in r.classes)
+        + ", ".join(
+            f"{sections.class_html(c)} {html.num(h[f'recall_{c}']['value'])}" for c in r.classes
+        )
         + f". ECE {r.metrics['ece']:.3f}. Brackets: 95% stratified bootstrap intervals "
         f"({r.bootstrap['resamples']} resamples)."
     )
-    parts = [H.raw_para(text, "summary")]
+    parts = [html.raw_para(text, "summary")]
     for w in r.warnings:
-        parts.append(H.raw_para(f"<b>warning:</b> {H.esc(w)}", "note"))
+        parts.append(html.raw_para(f"<b>warning:</b> {html.esc(w)}", "note"))
     for n in r.notes:
-        parts.append(H.para(f"note: {n}", "meta"))
+        parts.append(html.para(f"note: {n}", "meta"))
     return "".join(parts)
 
 
 def metrics_section(r: EvalResult) -> str:
+    """The headline figures with their intervals, then the per-class table."""
     m, h = r.metrics, r.headline
     rows = [
         ["accuracy", h["accuracy"]["value"], h["accuracy"]["low"], h["accuracy"]["high"]],
@@ -93,46 +96,40 @@ def metrics_section(r: EvalResult) -> str:
             "AUC above average over the classes present; in the per-class table an absent "
             "class has F1 0 and no recall (that table's macro figures are sklearn's)."
         )
-    return H.section(
+    return html.section(
         "Metrics",
-        H.para(cap),
-        H.table(["metric", "value", "95% low", "95% high"], rows),
-        H.table(["class", "support", "precision", "recall", "F1", "ROC-AUC", "PR-AP"], per_class),
+        html.para(cap),
+        html.table(["metric", "value", "95% low", "95% high"], rows),
+        html.table(
+            ["class", "support", "precision", "recall", "F1", "ROC-AUC", "PR-AP"], per_class
+        ),
         anchor="metrics",
     )
 
 
-def curve_sections(r: EvalResult, figs: Figures) -> str:
+def curve_sections(r: EvalResult, figs: sections.Figures) -> str:
+    """Confusion matrix, ROC/PR curves (when the set has 2 classes or more) and reliability
+    diagrams (this set, and the model's own reference split beside it when shifted)."""
     from ..calibration import reliability_bins
 
     out = [
-        H.section(
+        sections.confusion_section(
+            figs,
             "Confusion matrix",
-            figs.make(
-                "confusion",
-                "Counts and row percentages (recall on the diagonal).",
-                P.confusion_matrices,
-                [(r.model[:60], r.metrics["confusion"])],
-                r.classes,
-            ),
-            anchor="confusion",
+            "Counts and row percentages (recall on the diagonal).",
+            [(r.model[:60], r.metrics["confusion"])],
+            r.classes,
         )
     ]
     if len(set(r.y.tolist())) >= 2:
         out.append(
-            H.section(
-                "ROC and precision-recall curves",
-                figs.make(
-                    "roc_pr",
-                    "One-vs-rest ROC (left) and precision-recall (right) per class; dashed: "
-                    "chance.",
-                    P.roc_pr,
-                    r.y,
-                    r.prob,
-                    r.classes,
-                    title=r.split,
-                ),
-                anchor="roc",
+            sections.roc_section(
+                figs,
+                "One-vs-rest ROC (left) and precision-recall (right) per class; dashed: chance.",
+                r.y,
+                r.prob,
+                r.classes,
+                title=r.split,
             )
         )
     panels = [(f"{r.split} of this set", reliability_bins(r.y, r.prob), r.metrics["ece"])]
@@ -144,27 +141,20 @@ def curve_sections(r: EvalResult, figs: Figures) -> str:
                 r.shift["ece"]["reference"],
             )
         )
-    out.append(
-        H.section(
-            "Calibration",
-            figs.make(
-                "reliability",
-                "Reliability diagrams (15 confidence bins): bars are the accuracy in "
-                "each bin, red the gap to its mean confidence; a calibrated model follows the diagonal.",
-                P.reliability,
-                panels,
-            ),
-            anchor="calibration",
-        )
+    cap = (
+        "Reliability diagrams (15 confidence bins): bars are the accuracy in "
+        "each bin, red the gap to its mean confidence; a calibrated model follows the diagonal."
     )
+    out.append(sections.calibration_section(figs, cap, panels))
     return "".join(out)
 
 
-def operating_section(r: EvalResult) -> str:
+def eval_operating_section(r: EvalResult) -> str:
+    """Thresholds fixed on the model's own validation split and what they give here."""
     if not r.operating_points:
-        return H.section(
+        return html.section(
             "Operating points",
-            H.para(
+            html.para(
                 "No operating points: the model's own validation split is not readable here.",
                 "note",
             ),
@@ -204,12 +194,14 @@ def operating_section(r: EvalResult) -> str:
         "the specificity here is not below the target by more than 1.96 binomial standard "
         "errors; 'no' means the threshold needs re-setting for this data."
     )
-    return H.section(
-        "Operating points", H.para(cap), H.table(headers, rows), anchor="operating-points"
+    return html.section(
+        "Operating points", html.para(cap), html.table(headers, rows), anchor="operating-points"
     )
 
 
 def shift_section(r: EvalResult) -> str:
+    """The drop of each headline figure from the model's own split, with its interval ("" when
+    there is no shift block)."""
     s = r.shift
     if not s:
         return ""
@@ -246,17 +238,18 @@ def shift_section(r: EvalResult) -> str:
             else "."
         )
     )
-    return H.section(
+    return html.section(
         "Shift check",
-        H.para(cap),
-        H.table(
+        html.para(cap),
+        html.table(
             ["metric", f"own {ref_split}", "this set", "drop", "95% low", "95% high", ""], rows, cls
         ),
         anchor="shift",
     )
 
 
-def stress_section(r: EvalResult, figs: Figures) -> str:
+def stress_section(r: EvalResult, figs: sections.Figures) -> str:
+    """The stress test's table and macro-F1 curves ("" when it was not run)."""
     s = r.stress
     if not s:
         return ""
@@ -289,140 +282,84 @@ def stress_section(r: EvalResult, figs: Figures) -> str:
         "member sees the change at its own input size. For scale, the clean macro-F1's 95% "
         f"interval on the full set is {_ci(ci)}."
     )
-    return H.section(
+    return html.section(
         "Stress test",
-        H.para(cap),
+        html.para(cap),
         figs.make(
             "stress",
             "Macro-F1 against severity per perturbation (severity 0: unchanged images).",
-            P.stress_curves,
+            plots.stress_curves,
             s["rows"],
             "macro_f1",
             title=r.model[:60],
         ),
-        H.table(headers, rows),
+        html.table(headers, rows),
         anchor="stress",
     )
 
 
-def samples_section(r: EvalResult, figs: Figures) -> str:
-    pred, conf = r.prob.argmax(1), r.prob.max(1)
-    imgs = r.images[max(r.images)]
-    cases = []
-    for k in range(len(r.classes)):
-        right, wrong = _pick_cases(r.y, pred, conf, k, 4, 4)
-        idx = (wrong[:2] + right + wrong[2:])[:4]
-        cases += [
-            {
-                "image": imgs[i],
-                "correct": pred[i] == r.y[i],
-                "title": _title(r.classes, r.y[i], pred[i], conf[i]),
-            }
-            for i in idx
-        ]
-        cases += [None] * (4 - len(idx))
-    return H.section(
-        "Sample predictions",
-        figs.make(
-            "samples",
-            "One row per true class: up to 2 mistakes (red), then confident correct cases "
-            "(green). Title: true class, predicted class and its probability.",
-            P.sample_grid,
-            cases,
-            4,
-        ),
-        anchor="samples",
+def eval_samples_section(r: EvalResult, figs: sections.Figures) -> str:
+    """Sample predictions (`sections.samples_section`) at the largest input size scored."""
+    cap = (
+        "One row per true class: up to 2 mistakes (red), then confident correct cases "
+        "(green). Title: true class, predicted class and its probability."
     )
+    images = r.images[max(r.images)]
+    return sections.samples_section(figs, "Sample predictions", cap, r.classes, r.y, r.prob, images)
 
 
-def _explainer(subject: Subject):
-    """(member index, model, cam resolution) of the highest-weight convolutional member whose
-    Grad-CAM layer is at least 2x2 (else any convolutional one); None without one."""
-    from ..gradcam import cam_resolution, supports_gradcam
-    from ..inference import model_from_record
-
+def eval_gradcam_section(r: EvalResult, subject: Subject, figs: sections.Figures) -> str:
+    """Grad-CAM of the highest-weight convolutional member whose Grad-CAM layer is at least 2x2
+    (`sections.gradcam_model`): per true class two right and two wrong cases, as triplets."""
     order = sorted(range(len(subject.members)), key=lambda i: -subject.weights[i])
-    fallback = None
-    for i in order:
-        rec = subject.members[i]
-        model = model_from_record(rec)
-        if not supports_gradcam(model):
-            continue
-        pre = preprocess(rec)
-        res = cam_resolution(model, pre["img_size"], pre["in_chans"])
-        if res and min(res) >= 2:
-            return i, model, res
-        fallback = fallback or (i, model, res)
-    return fallback
-
-
-def gradcam_section(r: EvalResult, subject: Subject, figs: Figures) -> str:
-    from ..gradcam import cam_target, grad_cam
-
-    found = _explainer(subject)
+    found = sections.gradcam_model([subject.members[i] for i in order])
     if found is None:
-        return H.section(
+        return html.section(
             "Grad-CAM",
-            H.para("No convolutional model with a Grad-CAM layer here (lstm/vit).", "note"),
+            html.para("No convolutional model with a Grad-CAM layer here (lstm/vit).", "note"),
         )
-    i, model, res = found
+    j, model, res = found
+    i = order[j]
     rec = subject.members[i]
-    pre = preprocess(rec)
-    imgs = r.images[pre["img_size"]]
-    feed = record_feed(rec, torch.device("cpu"))
+    imgs = r.images[sections.input_size(rec)[0]]
     prob = r.member_prob[i]
     pred, conf = prob.argmax(1), prob.max(1)
     rows, labels = [], []
     for k, c in enumerate(r.classes):
-        right, wrong = _pick_cases(r.y, pred, conf, k, 2, 2)
+        right, wrong = sections.pick_cases(r.y, pred, conf, k, 2, 2)
         for kind, group in (("right", right), ("wrong", wrong)):
-            cells: list = [None, None]
-            if group:
-                maps = grad_cam(
-                    model, feed(torch.from_numpy(imgs[group])), torch.as_tensor(pred[group])
-                )
-                for j, n in enumerate(group):
-                    cells[j] = {
-                        "image": imgs[n],
-                        "map": maps[j],
-                        "correct": kind == "right",
-                        "title": _title(r.classes, r.y[n], pred[n], conf[n]),
-                    }
-            rows.append(cells)
+            cells = (
+                sections.cam_cases(model, rec, imgs, group, r.y, pred, conf, r.classes)
+                if group
+                else []
+            )
+            rows.append(cells + [None] * (2 - len(cells)))
             labels.append(f"{c}: {kind}")
+    cap = _gradcam_caption(rec, model, res, i, len(subject.members))
+    return html.section(
+        "Grad-CAM", figs.make("gradcam", cap, plots.cam_triplets, rows, labels), anchor="gradcam"
+    )
+
+
+def _gradcam_caption(rec: dict, model, res, i: int, n: int) -> str:
+    """The evaluation Grad-CAM figure's caption: member i of n, its layer and map size."""
+    from ..gradcam import cam_target
+
+    size, chans = sections.input_size(rec)
     where = f"{res[0]}x{res[1]}" if res else "?"
-    chosen = cam_target(model, pre["img_size"], pre["in_chans"])
+    chosen = cam_target(model, size, chans)
     layer = chosen.name if chosen else "?"
     cap = (
-        f"Grad-CAM of {rec['model']} (member {i + 1} of {len(subject.members)}; its "
-        f"layer {layer}, a {where} feature map at {pre['img_size']} "
+        f"Grad-CAM of {rec['model']} (member {i + 1} of {n}; its "
+        f"layer {layer}, a {where} feature map at {size} "
         "px): per true class two correctly (green) and two wrongly (red) predicted images, "
         "each as original, heat map (red = most evidence for the predicted class) and "
         "overlay. Evidence on borders, labels or outside the anatomy suggests a shortcut."
     )
-    if res and min(res) < 2:
-        cap += " At this input size the layer is 1x1: the maps carry no spatial information."
-    return H.section(
-        "Grad-CAM", figs.make("gradcam", cap, P.cam_triplets, rows, labels), anchor="gradcam"
-    )
+    return cap + sections.gradcam_caption_tail(res)
 
 
-def run_history(subject: Subject) -> list[dict]:
-    """Per-epoch metrics of the `train` run a single model comes from: the `history` in
-    metrics.json beside its best_model.pt ([] for an ensemble or a checkpoint without one)."""
-    import json
-
-    if subject.kind != "model":
-        return []
-    run = subject.path if subject.path.is_dir() else subject.path.parent
-    try:
-        history = json.loads((run / "metrics.json").read_text()).get("history")
-    except (OSError, ValueError, AttributeError):
-        return []
-    return history if isinstance(history, list) else []
-
-
-def history_section(subject: Subject, figs: Figures) -> str:
+def run_curves_section(subject: Subject, figs: sections.Figures) -> str:
     """Training curves (train loss, val loss, val macro-F1 per epoch) of a `train` run; "" when
     the checkpoint carries no history."""
     history = run_history(subject)
@@ -436,17 +373,12 @@ def history_section(subject: Subject, figs: Figures) -> str:
         f"at epoch {best.get('epoch')} (the checkpoint evaluated here). Training loss below a "
         "rising validation loss means over-fitting."
     )
-    fig = figs.make(
-        "training_curves",
-        cap,
-        P.learning_curves,
-        [{"label": subject.name, "highlight": True, **curve}],
-        "val_macro_f1",
-    )
-    return H.section("Training curves", fig)
+    curves = [{"label": subject.name, "highlight": True, **curve}]
+    return sections.training_curves_section(figs, cap, curves, "val_macro_f1", anchor=None)
 
 
-def method_section(r: EvalResult) -> str:
+def eval_method_section(r: EvalResult) -> str:
+    """How the probabilities, intervals and operating points were made; the timings."""
     b = r.bootstrap
     text = (
         f"Probabilities: each member sees the images at its own input size, normalised with its "
@@ -456,43 +388,35 @@ def method_section(r: EvalResult) -> str:
         "Operating points come from the model's own validation split, never from this set. "
         "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r.timings.items()) + "."
     )
-    return H.section("Method", H.para(text), anchor="method")
+    return html.section("Method", html.para(text), anchor="method")
 
 
-def write_report(
+def write_eval_report(
     r: EvalResult, subject: Subject, out: Path, images: bool = True, log=print
 ) -> Path:
     """report.html (+ figures/) in `out`; a failing section becomes a note, not a crash.
     `images=False` leaves out the figures that show images (samples, Grad-CAM)."""
-    figs = Figures({"out": out, "log": log})
+    figs = sections.Figures(out, log)
     title = f"Evaluation: {r.model} on {r.data} ({r.split})"
     header = (
-        f'<h1>{H.esc(title)}</h1><p class="meta">classes '
-        f"{', '.join(class_html(c) for c in r.classes)} · {r.n} images · generated "
-        f"{H.esc(r.created)} · checkpoint <code>{H.esc(r.checkpoint)}</code></p>"
+        f'<h1>{html.esc(title)}</h1><p class="meta">classes '
+        f"{', '.join(sections.class_html(c) for c in r.classes)} · {r.n} images · generated "
+        f"{html.esc(r.created)} · checkpoint <code>{html.esc(r.checkpoint)}</code></p>"
     )
     steps = [
-        ("summary", lambda: summary_section(r)),
-        ("history", lambda: history_section(subject, figs)),
+        ("summary", lambda: eval_summary_section(r)),
+        ("history", lambda: run_curves_section(subject, figs)),
         ("metrics", lambda: metrics_section(r)),
         ("shift", lambda: shift_section(r)),
         ("curves", lambda: curve_sections(r, figs)),
-        ("operating points", lambda: operating_section(r)),
+        ("operating points", lambda: eval_operating_section(r)),
         ("stress", lambda: stress_section(r, figs)),
     ]
     if images:
         steps += [
-            ("samples", lambda: samples_section(r, figs)),
-            ("gradcam", lambda: gradcam_section(r, subject, figs)),
+            ("samples", lambda: eval_samples_section(r, figs)),
+            ("gradcam", lambda: eval_gradcam_section(r, subject, figs)),
         ]
-    steps.append(("method", lambda: method_section(r)))
-    body = [header]
-    for name, fn in steps:
-        try:
-            body.append(fn())
-        except Exception as exc:  # a report with one section missing beats no report
-            msg = f"section '{name}' failed: {type(exc).__name__}: {exc}"
-            log(msg)
-            body.append(H.para(msg[:400], "note"))
-    body.append(H.para("Files beside this page: metrics.json, figures/*.png.", "meta"))
-    return write_atomic(Path(out) / "report.html", H.page(title, "".join(body)))
+    steps.append(("method", lambda: eval_method_section(r)))
+    body = [header, *sections.render_sections(steps, log)]
+    return sections.write_page(out, title, body, "metrics.json, figures/*.png")

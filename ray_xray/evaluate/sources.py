@@ -7,6 +7,7 @@ model does not know is an error; a model class the data lacks makes a partial ev
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,3 +329,16 @@ def external_set(
     missing = [c for c in subject.classes if c not in present]
     info = {"data_classes": present, "missing_classes": missing, "note": note}
     return EvalSet(f"{spec} ({split})", labels, views, paths), info
+
+
+def run_history(subject: Subject) -> list[dict]:
+    """Per-epoch metrics of the `train` run a single model comes from: the `history` in
+    metrics.json beside its best_model.pt ([] for an ensemble or a checkpoint without one)."""
+    if subject.kind != "model":
+        return []
+    run = subject.path if subject.path.is_dir() else subject.path.parent
+    try:
+        history = json.loads((run / "metrics.json").read_text()).get("history")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return history if isinstance(history, list) else []

@@ -1,5 +1,8 @@
-"""The sweep report: report.html with figures/ (see build.py), written by `ray_xray.ensemble`."""
+"""report.html and its figures. The sweep report: `write_report(SweepReport(...))` (build.py,
+written by `ray_xray.ensemble`); the evaluation report is `ray_xray.evaluate.report`, built
+from the same sections (sections.py)."""
 
 from .build import write_report
+from .inputs import SweepReport
 
-__all__ = ["write_report"]
+__all__ = ["SweepReport", "write_report"]

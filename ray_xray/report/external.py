@@ -4,7 +4,7 @@ stores in the ensemble's metrics.json under "external")."""
 
 from __future__ import annotations
 
-from . import html as H
+from . import html
 
 
 def _ci(d: dict | None):
@@ -12,7 +12,7 @@ def _ci(d: dict | None):
     if not d:
         return None
     value = d.get("value", d.get("drop"))
-    return H.ci(value, [d.get("low"), d.get("high")])
+    return html.ci(value, [d.get("low"), d.get("high")])
 
 
 def _row(m: dict, classes: list[str]) -> list:
@@ -30,7 +30,7 @@ def external_section(metrics: dict) -> str:
     block, classes = metrics["external"], metrics["classes"]
     boot = block.get("bootstrap") or {}
     parts = [
-        H.para(
+        html.para(
             "The top-k members (as trained, no temperature) and the chosen ensemble on each "
             "external set given with --external, all of its images counted. These figures are "
             "reported only: the ranking, the members' temperatures and the ensemble were fixed on "
@@ -56,11 +56,13 @@ def external_section(metrics: dict) -> str:
             )
         if s.get("note"):
             text += f"; {s['note']}"
-        parts.append(H.raw_para(f"<b>{H.esc(text)}</b>"))
+        parts.append(html.raw_para(f"<b>{html.esc(text)}</b>"))
         rows = [_row(m, classes) for m in s["models"]]
         marks = ["chosen" if m["kind"] == "ensemble" else "" for m in s["models"]]
-        parts.append(H.table(headers, rows, marks))
+        parts.append(html.table(headers, rows, marks))
         for m in s["models"]:
             for w in m.get("warnings") or []:
-                parts.append(H.raw_para(f"<b>warning:</b> {H.esc(m['name'])}: {H.esc(w)}", "note"))
-    return H.section("External sets", *parts, anchor="external")
+                parts.append(
+                    html.raw_para(f"<b>warning:</b> {html.esc(m['name'])}: {html.esc(w)}", "note")
+                )
+    return html.section("External sets", *parts, anchor="external")

@@ -48,6 +48,7 @@ def ci(value, interval, digits: int = 3) -> Shown | None:
 
 
 def esc(value) -> str:
+    """`value` as text safe inside HTML and attribute values."""
     return escape(str(value), quote=True)
 
 
@@ -69,6 +70,8 @@ def num(value, digits: int = 3, small_sig: bool = False) -> str:
 
 
 def cell(value, digits: int = 3, small_sig: bool = False) -> str:
+    """One <td>: a `Shown` interval kept on one line, a number rounded by `num`, None as '–',
+    anything else as left-aligned escaped text."""
     if isinstance(value, Shown):
         return f'<td class="ci">{esc(value)}</td>'
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -85,6 +88,8 @@ def table(
     digits: int = 3,
     small_sig: bool = False,
 ) -> str:
+    """A table with `headers` and one row per list of `rows` (cells as `cell` renders them);
+    `row_classes` gives each row a CSS class ('chosen' highlights it)."""
     head = "".join(
         f'<th class="text">{esc(h)}</th>' if i == 0 else f"<th>{esc(h)}</th>"
         for i, h in enumerate(headers)
@@ -109,6 +114,7 @@ def definitions(pairs: list[tuple[str, str]], cls: str = "context") -> str:
 
 
 def figure(src: str, caption: str, alt: str | None = None) -> str:
+    """An <img> of the relative path `src` with its caption (both escaped)."""
     return (
         f'<figure><img src="{esc(src)}" alt="{esc(alt or caption)}">'
         f"<figcaption>{esc(caption)}</figcaption></figure>"
@@ -116,6 +122,7 @@ def figure(src: str, caption: str, alt: str | None = None) -> str:
 
 
 def section(title: str, *parts: str, anchor: str | None = None) -> str:
+    """A <section> (with id `anchor` when given) headed by `title`, holding the HTML `parts`."""
     aid = f' id="{esc(anchor)}"' if anchor else ""
     return f"<section{aid}><h2>{esc(title)}</h2>{''.join(parts)}</section>"
 
@@ -133,6 +140,7 @@ def raw_para(html_text: str, cls: str | None = None) -> str:
 
 
 def page(title: str, body: str) -> str:
+    """The whole self-contained page: the CSS inline, `body` HTML, no script, no link out."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{esc(title)}</title><style>{CSS}</style></head>"

@@ -1,4 +1,5 @@
-"""Matplotlib (Agg) figures for the sweep report; every function writes one small PNG."""
+"""Matplotlib (Agg) figures for both reports; every function writes one small PNG to `path`
+(atomically) and returns it."""
 
 from __future__ import annotations
 
@@ -20,27 +21,12 @@ GOOD, BAD = "#1a7f37", "#cf222e"
 
 
 def _save(fig, path: Path) -> Path:
+    """Write `fig` to `path` atomically (format from the suffix) and close it."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
-
-
-def training_curves(curves: list[tuple[str, dict]], path: Path) -> Path:
-    """curves: (label, {"epoch": [...], "val_macro_f1": [...], "val_loss": [...]})."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for label, c in curves:
-        for ax, key in zip(axes, ("val_macro_f1", "val_loss"), strict=True):
-            if c.get(key):
-                ax.plot(c["epoch"], c[key], marker="o", ms=3, label=label)
-    for ax, title in zip(axes, ("validation macro-F1", "validation loss"), strict=True):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
-    return _save(fig, path)
 
 
 def learning_curves(curves: list[dict], metric: str, path: Path) -> Path:
@@ -169,6 +155,7 @@ def _spread_axes(fig) -> None:
 
 
 def importance_bars(importances: dict[str, float], path: Path, title: str) -> Path:
+    """Horizontal bars of parameter -> importance (fractions summing to 1), largest on top."""
     items = sorted(importances.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(items) + 1))
     ax.barh([k for k, _ in items], [v for _, v in items], color="#4c72b0")
@@ -181,6 +168,8 @@ def importance_bars(importances: dict[str, float], path: Path, title: str) -> Pa
 def pareto(
     points: list[tuple[str, float, float]], front: list[bool], labels: tuple[str, str], path: Path
 ) -> Path:
+    """Trials (name, objective 1, objective 2) as points, those with `front` True in red joined
+    by a step line (the Pareto front); `labels` name the two axes."""
     fig, ax = plt.subplots(figsize=(5, 4))
     xs = np.array([p[1] for p in points])
     ys = np.array([p[2] for p in points])
@@ -201,6 +190,8 @@ def pareto(
 def confusion_matrices(
     panels: list[tuple[str, list[list[int]]]], classes: list[str], path: Path
 ) -> Path:
+    """Confusion matrices side by side: panels are (title, int (K, K) counts, rows = true
+    class); each cell shows its count and row percentage, shaded by the percentage."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
     axes = np.atleast_1d(axes)
     for ax, (title, cm) in zip(axes, panels, strict=True):
@@ -288,59 +279,65 @@ def roc_pr(
     return _save(fig, path)
 
 
+def _reliability_panel(ax, title: str, b: dict, e: float) -> None:
+    """One reliability diagram on `ax`: accuracy bars per used bin, the gap to the bin's mean
+    confidence hatched, the diagonal, and each bin's count over its bar."""
+    edges = b["edges"]
+    width = edges[1] - edges[0]
+    used = b["count"] > 0
+    ax.bar(
+        edges[:-1][used],
+        b["accuracy"][used],
+        width=width,
+        align="edge",
+        color="#4c72b0",
+        edgecolor="white",
+        label="accuracy in bin",
+    )
+    # The gap is an outline, not a tint: where confidence is below accuracy it lies over the
+    # blue bar, and a translucent fill would make a third colour the legend does not show.
+    ax.bar(
+        edges[:-1][used],
+        b["confidence"][used] - b["accuracy"][used],
+        bottom=b["accuracy"][used],
+        width=width,
+        align="edge",
+        facecolor="none",
+        edgecolor=BAD,
+        hatch="////",
+        lw=0.8,
+        label="gap to mean confidence",
+    )
+    ax.plot([0, 1], [0, 1], ls="--", c="#333333", lw=1, label="perfect calibration")
+    for x, n, top in zip(
+        edges[:-1][used],
+        b["count"][used],
+        np.fmax(b["accuracy"][used], b["confidence"][used]),
+        strict=True,
+    ):
+        ax.text(
+            x + width / 2,
+            min(top + 0.02, 0.97),
+            f"{int(n)}",
+            ha="center",
+            va="bottom",
+            fontsize=5.5,
+            color="#333333",
+            rotation=90,
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top class)")
+    ax.set_title(f"{title}\nECE {e:.3f}, n = {int(b['count'].sum())}", fontsize=9)
+
+
 def reliability(panels: list[tuple[str, dict, float]], path: Path) -> Path:
     """panels: (title, calibration.reliability_bins(...), ece). The number over each bar is
     how many cases fell in that bin (a bar of 3 cases says little)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.3), sharey=True)
     axes = np.atleast_1d(axes)
     for ax, (title, b, e) in zip(axes, panels, strict=True):
-        edges = b["edges"]
-        width = edges[1] - edges[0]
-        used = b["count"] > 0
-        ax.bar(
-            edges[:-1][used],
-            b["accuracy"][used],
-            width=width,
-            align="edge",
-            color="#4c72b0",
-            edgecolor="white",
-            label="accuracy in bin",
-        )
-        # The gap is an outline, not a tint: where confidence is below accuracy it lies over the
-        # blue bar, and a translucent fill would make a third colour the legend does not show.
-        ax.bar(
-            edges[:-1][used],
-            b["confidence"][used] - b["accuracy"][used],
-            bottom=b["accuracy"][used],
-            width=width,
-            align="edge",
-            facecolor="none",
-            edgecolor=BAD,
-            hatch="////",
-            lw=0.8,
-            label="gap to mean confidence",
-        )
-        ax.plot([0, 1], [0, 1], ls="--", c="#333333", lw=1, label="perfect calibration")
-        for x, n, top in zip(
-            edges[:-1][used],
-            b["count"][used],
-            np.fmax(b["accuracy"][used], b["confidence"][used]),
-            strict=True,
-        ):
-            ax.text(
-                x + width / 2,
-                min(top + 0.02, 0.97),
-                f"{int(n)}",
-                ha="center",
-                va="bottom",
-                fontsize=5.5,
-                color="#333333",
-                rotation=90,
-            )
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence (top class)")
-        ax.set_title(f"{title}\nECE {e:.3f}, n = {int(b['count'].sum())}", fontsize=9)
+        _reliability_panel(ax, title, b, e)
     axes[0].set_ylabel("accuracy")
     fig.tight_layout()
     # Below the panels: inside one it would cover the bin counts of the top bars.

@@ -2,7 +2,11 @@
 curves, the optimisation history (Optuna's matplotlib views plus best-so-far against time) and
 hyperparameter importance, all on the value the sweep ranks by (each trial's best epoch, as in
 results.parquet), not on Optuna's record of a trial's last reported value: an ASHA-stopped
-trial's last epoch is its 3rd, a finished one's its 10th, and those are not comparable."""
+trial's last epoch is its 3rd, a finished one's its 10th, and those are not comparable.
+
+Also every trial ranked (with the hyperparameters that varied) and, for a multi-objective sweep,
+the Pareto front. Each section reads a `SweepReport` and the trials' per-epoch logs
+(`sweep_folder.read_trial_histories`), which `sweep_steps` reads once."""
 
 from __future__ import annotations
 
@@ -12,9 +16,16 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from ..sweep_folder import study_url
-from . import html as H
-from . import plots as P
+import numpy as np
+
+from ..sweep_folder import read_trial_histories, study_url
+from . import html, plots
+from .inputs import SweepReport
+from .sections import Figures, training_curves_section
+
+# "workers": the old name of num_workers, still in the results of sweeps run before the rename
+HIDDEN_CONFIG = {"model", "data", "seed", "num_workers", "workers", "device", "precision"}
+HIDDEN_CONFIG |= {"_threads", "_cache"}
 
 SOFTWARE = ("ray_xray", "torch", "torchvision", "ray", "optuna", "scikit-learn", "numpy")
 
@@ -112,12 +123,20 @@ def what_ended(options: dict, counts: dict, minutes: float | None) -> str:
     return f"{started} of {asked} trials started: ended by " + " and ".join(reasons)
 
 
-def context_section(ctx: dict) -> str:
+def _split_counts_text(counts: dict) -> str:
+    """'train: normal 30, ... · val: ... · test: ...' from `PreparedData.counts()`."""
+    return " · ".join(
+        f"{split}: " + ", ".join(f"{c} {n}" for c, n in counts[split].items())
+        for split in ("train", "val", "test")
+        if split in counts
+    )
+
+
+def context_section(rep: SweepReport, histories: dict[str, list[dict]]) -> str:
     """Command, budget, what ended the sweep, trial counts, class counts per split, versions."""
-    exp, m = ctx["exp"], ctx["metrics"]
+    exp, m = rep.experiment, rep.metrics
     opts, sweep = exp["options"], exp.get("sweep") or {}
     counts = trial_counts(exp)
-    histories = ctx.get("histories") or {}
     minutes = sweep_minutes(histories)
     budget = ", ".join(
         [f"{opts.get('trials', '?')} trials"]
@@ -131,69 +150,100 @@ def context_section(ctx: dict) -> str:
         f"{counts['stopped_early']} · failed {counts['failed']} · no epoch reported "
         f"{counts['no_epoch']}"
     )
-    data = ctx["datas"][ctx["members"][0].data_key]
-    split_counts = data.counts()
+    data = rep.datas[rep.members[0].data_key]
+    objective = ", ".join(exp["objective"]) + f" (ranked by {exp['key']}, each trial's best epoch)"
     pairs = [
         (
             "command",
-            f"<code>{H.esc(sweep.get('command') or '(not recorded: no sweep.json)')}</code>",
+            f"<code>{html.esc(sweep.get('command') or '(not recorded: no sweep.json)')}</code>",
         ),
-        ("budget", H.esc(budget)),
-        ("what ended it", H.esc(what_ended(opts, counts, minutes))),
-        ("trials", H.esc(trials)),
-        ("sweep wall time", H.esc(wall_time_text(sweep, minutes))),
-        (
-            "objective",
-            H.esc(
-                ", ".join(exp["objective"]) + f" (ranked by {exp['key']}, each trial's best epoch)"
-            ),
-        ),
-        ("data", f"<code>{H.esc(m['data'])}</code>"),
-        (
-            "images per class and split",
-            H.esc(
-                " · ".join(
-                    f"{split}: " + ", ".join(f"{c} {n}" for c, n in split_counts[split].items())
-                    for split in ("train", "val", "test")
-                    if split in split_counts
-                )
-            ),
-        ),
+        ("budget", html.esc(budget)),
+        ("what ended it", html.esc(what_ended(opts, counts, minutes))),
+        ("trials", html.esc(trials)),
+        ("sweep wall time", html.esc(wall_time_text(sweep, minutes))),
+        ("objective", html.esc(objective)),
+        ("data", f"<code>{html.esc(m['data'])}</code>"),
+        ("images per class and split", html.esc(_split_counts_text(data.counts()))),
         (
             "validation split",
-            H.esc(
+            html.esc(
                 "as the data gives it; a source whose val split holds fewer than 5% of train's "
                 "images gets one carved from train (stratified, grouped by patient id when file "
                 "names carry one)"
             ),
         ),
-        ("software (at report time)", H.esc(", ".join(f"{k} {v}" for k, v in versions().items()))),
+        (
+            "software (at report time)",
+            html.esc(", ".join(f"{k} {v}" for k, v in versions().items())),
+        ),
     ]
-    return H.section("Sweep context", H.definitions(pairs), anchor="context")
+    return html.section("Sweep context", html.definitions(pairs), anchor="context")
 
 
-# ---------------------------------------------------------------- per-trial logs
+# ---------------------------------------------------------------- every trial
 
 
-def trial_histories(exp: dict) -> dict[str, list[dict]]:
-    """{trial_id: result.json rows, one per epoch (the last report of each)}."""
-    from ..sweep_folder import relocate  # noqa: PLC0415 (the report imports the ensemble lazily)
-    from .build import read_history
+def _key_params(table, limit: int = 8) -> list[str]:
+    """The config/ columns whose value varied between trials (most often set first)."""
+    cols = []
+    for c in table.columns:
+        if not c.startswith("config/") or c[len("config/") :] in HIDDEN_CONFIG:
+            continue
+        vals = table[c].dropna().astype(str)
+        if vals.nunique() > 1:
+            cols.append((-len(vals), c))
+    return [c for _, c in sorted(cols)[:limit]]
 
-    out = {}
-    for r in exp["table"].to_dict("records"):
-        tid = str(r["trial_id"])
-        where = relocate(r.get("trial_dir"), exp["exp_dir"], tid) or exp["exp_dir"] / tid
-        out[tid] = read_history(where).get("rows", [])
-    return out
+
+def _param_cell(v):
+    """A hyperparameter as the trials table shows it."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
+        return int(v)  # an int column that pandas widened to float for its gaps
+    return v
 
 
-def curves_section(ctx: dict, figs) -> str:
-    exp = ctx["exp"]
-    metric = exp["objective"][0]
-    members = {mm.trial_id: f"#{mm.rank} {mm.name}" for mm in ctx["members"]}
+def trial_section(rep: SweepReport) -> str:
+    """Every trial ranked by the sweep's metric (failed ones last), its varied
+    hyperparameters, whether it is in the ensemble pool, and its error."""
+    exp = rep.experiment
+    table, key, mode = exp["table"], exp["key"], exp["mode"]
+    t = table.copy()
+    t["_m"] = t[key].astype(float)
+    t["_bad"] = t["_m"].isna() | (t["status"] == "ERROR")
+    t = t.sort_values(["_bad", "_m"], ascending=[True, mode == "min"], kind="stable")
+    params = _key_params(table)
+    member_ids = {mm.trial_id for mm in rep.members}
+    headers = ["rank", "trial", "model", "status", "epochs", key.replace("best_", "best ")]
+    headers += [p[len("config/") :] for p in params] + ["in ensemble pool", "error"]
+    rows = []
+    for rank, r in enumerate(t.to_dict("records"), start=1):
+        row = [rank, str(r["trial_id"]), r.get("model"), r["status"], r.get("epochs"), r["_m"]]
+        row += [_param_cell(r.get(p)) for p in params]
+        err = r.get("error")
+        row += [
+            "yes" if str(r["trial_id"]) in member_ids else "",
+            err[:120] if isinstance(err, str) else "",
+        ]
+        rows.append([v.item() if hasattr(v, "item") else v for v in row])
+    cap = html.para(
+        f"Every trial of the sweep, ranked by {key[5:]} on validation "
+        f"({'higher' if mode == 'max' else 'lower'} is better; failed trials last). Trials stopped "
+        "early by ASHA have fewer epochs. Columns after the metric are the hyperparameters that "
+        "varied between trials; '–' means the parameter does not apply to that architecture. "
+        f"The top {len(member_ids)} usable trials form the ensemble pool."
+    )
+    return html.section("Trials", cap, html.table(headers, rows, small_sig=True), anchor="trials")
+
+
+def curves_section(rep: SweepReport, histories: dict[str, list[dict]], figs: Figures) -> str:
+    """Every trial's training curves (train loss, val loss, the first objective per epoch),
+    the ensemble pool in colour."""
+    metric = rep.experiment["objective"][0]
+    members = {mm.trial_id: f"#{mm.rank} {mm.name}" for mm in rep.members}
     curves = []
-    for tid, rows in (ctx.get("histories") or {}).items():
+    for tid, rows in histories.items():
         if not rows:
             continue
         curve = {
@@ -205,17 +255,85 @@ def curves_section(ctx: dict, figs) -> str:
             curve[key] = [float(r[key]) if _finite(r.get(key)) else math.nan for r in rows]
         curves.append(curve)
     if not curves:
-        return H.section("Training curves", H.para("No per-epoch logs (result.json) found."))
+        return html.section("Training curves", html.para("No per-epoch logs (result.json) found."))
     cap = (
         f"Every trial with a log ({len(curves)}): training loss, validation loss and validation "
         f"{metric[4:]} per epoch. The ensemble pool is in colour (named below), the rest grey. A "
         "line that ends early is a trial ASHA stopped; training loss falling while validation "
         "loss rises is over-fitting."
     )
-    return H.section(
-        "Training curves",
-        figs.make("training_curves", cap, P.learning_curves, curves, metric),
-        anchor="curves",
+    return training_curves_section(figs, cap, curves, metric, anchor="curves")
+
+
+# ---------------------------------------------------------------- Pareto front
+
+
+def pareto_mask(points: np.ndarray, modes: list[str]) -> list[bool]:
+    """True for points no other point dominates (>= on every objective, > on one).
+
+    points: float (N, M), one row per trial; modes: "max"/"min" per objective (M)."""
+    signed = points * np.array([1.0 if m == "max" else -1.0 for m in modes])
+    mask = []
+    for i in range(len(signed)):
+        dominated = np.any(np.all(signed >= signed[i], axis=1) & np.any(signed > signed[i], axis=1))
+        mask.append(not dominated)
+    return mask
+
+
+def _best_pairs(objective: list[str], histories: dict[str, list[dict]]):
+    """(trial ids, [best of objective[0], best of objective[1]]) of the trials that logged both."""
+    from ..metrics import metric_mode
+
+    names, values = [], []
+    for tid, rows in histories.items():
+        best = []
+        for metric in objective[:2]:
+            vals = [
+                float(x[metric])
+                for x in rows
+                if isinstance(x.get(metric), int | float) and math.isfinite(x[metric])
+            ]
+            best.append((max if metric_mode(metric) == "max" else min)(vals) if vals else None)
+        if None not in best:
+            names.append(tid)
+            values.append(best)
+    return names, values
+
+
+def pareto_section(rep: SweepReport, histories: dict[str, list[dict]], figs: Figures) -> str:
+    """A multi-objective sweep's trials on its first two objectives (each trial's best epoch
+    from result.json), the Pareto front in red; "" for a single objective."""
+    from ..metrics import metric_mode
+
+    objective = rep.experiment["objective"]
+    if len(objective) < 2:
+        return ""
+    names, values = _best_pairs(objective, histories)
+    if len(values) < 2:
+        return html.section(
+            "Pareto front",
+            html.para(
+                f"Multi-objective sweep ({', '.join(objective)}) but fewer than 2 trials have both "
+                "metrics logged: no front to draw.",
+                "note",
+            ),
+        )
+    modes = [metric_mode(x) for x in objective[:2]]
+    mask = pareto_mask(np.array(values, dtype=float), modes)
+    cap = (
+        f"Each trial's best validation {objective[0]} ({modes[0]}imise) against its best "
+        f"{objective[1]} ({modes[1]}imise), from result.json; red points are not beaten on "
+        "both at once by any other trial (the Pareto front)."
+    )
+    rows = [
+        [n, v[0], v[1], "yes" if f else ""] for n, v, f in zip(names, values, mask, strict=True)
+    ]
+    points = [(n, v[0], v[1]) for n, v in zip(names, values, strict=True)]
+    return html.section(
+        "Pareto front",
+        figs.make("pareto", cap, plots.pareto, points, mask, (objective[0], objective[1])),
+        html.table(["trial", objective[0], objective[1], "on front"], rows),
+        anchor="pareto",
     )
 
 
@@ -288,51 +406,40 @@ def _common_params(study) -> list[str]:
     return sorted(set.intersection(*sets)) if sets else []
 
 
-def history_section(ctx: dict, figs, study, msg: str) -> str:
-    exp = ctx["exp"]
-    metric = exp["key"][5:]
-    parts = []
-    best = []
+def best_epochs_in_time(histories: dict[str, list[dict]], metric: str, mode: str) -> list:
+    """[(trial id, minutes since the first trial started, its best `metric`)] from result.json
+    rows (timestamps in unix seconds, time_total_s in seconds); [] without timestamps."""
     start = None
-    for rows in (ctx.get("histories") or {}).values():
+    for rows in histories.values():
         for r in rows:
             if _finite(r.get("timestamp")) and _finite(r.get("time_total_s")):
                 t0 = r["timestamp"] - r["time_total_s"]
                 start = t0 if start is None else min(start, t0)
-    for tid, rows in (ctx.get("histories") or {}).items():
+    best = []
+    for tid, rows in histories.items():
         vals = [r for r in rows if _finite(r.get(metric)) and _finite(r.get("timestamp"))]
         if vals and start is not None:
-            pick = (max if exp["mode"] == "max" else min)(vals, key=lambda r: r[metric])
+            pick = (max if mode == "max" else min)(vals, key=lambda r: r[metric])
             best.append((tid, (pick["timestamp"] - start) / 60, float(pick[metric])))
-    if best:
-        parts.append(
-            figs.make(
-                "best_so_far",
-                f"Best validation {metric[4:]} so far against wall-clock time (red), "
-                "and each trial's best epoch at the time it was reported (blue).",
-                P.best_so_far,
-                best,
-                exp["mode"],
-                metric,
-            )
-        )
-    if study is None:
-        parts.append(H.para(msg, "note"))
-        return H.section("Optimisation history", *parts, anchor="history")
-    from optuna.visualization import matplotlib as OM
+    return best
 
-    parts.append(H.para(msg))
+
+def optuna_views(study, metric: str, figs: Figures) -> list[str]:
+    """Optuna's own matplotlib views of `study` (valued by `metric`): the optimisation history,
+    then parallel coordinates and slices over the parameters every trial has."""
+    from optuna.visualization import matplotlib as optuna_plots
+
     target = f"best {metric}"
-    parts.append(
+    parts = [
         figs.make(
             "optuna_history",
             "Optuna: each trial's value and the best so far, by trial number.",
-            P.optuna_figure,
-            OM.plot_optimization_history,
+            plots.optuna_figure,
+            optuna_plots.plot_optimization_history,
             study,
             target_name=target,
         )
-    )
+    ]
     params = _common_params(study)
     if len(params) >= 2:
         parts.append(
@@ -340,8 +447,8 @@ def history_section(ctx: dict, figs, study, msg: str) -> str:
                 "optuna_parallel",
                 "Optuna: parallel coordinates of the hyperparameters present in "
                 "every trial, each line one trial, coloured by its value.",
-                P.optuna_figure,
-                OM.plot_parallel_coordinate,
+                plots.optuna_figure,
+                optuna_plots.plot_parallel_coordinate,
                 study,
                 params=params,
                 target_name=target,
@@ -353,20 +460,51 @@ def history_section(ctx: dict, figs, study, msg: str) -> str:
                 "optuna_slice",
                 "Optuna: the value against each hyperparameter (colour: trial "
                 "number, later = darker).",
-                P.optuna_figure,
-                OM.plot_slice,
+                plots.optuna_figure,
+                optuna_plots.plot_slice,
                 study,
                 params=params[:8],
                 target_name=target,
             )
         )
-    return H.section("Optimisation history", *parts, anchor="history")
+    return parts
 
 
-def importance_section(ctx: dict, figs, study, msg: str) -> str:
-    exp = ctx["exp"]
+def history_section(
+    rep: SweepReport, histories: dict[str, list[dict]], figs: Figures, study, msg: str
+) -> str:
+    """Best value so far against wall-clock time, then Optuna's views of `study` (None: `msg`
+    says why there are none)."""
+    exp = rep.experiment
+    metric = exp["key"][5:]
+    parts = []
+    best = best_epochs_in_time(histories, metric, exp["mode"])
+    if best:
+        parts.append(
+            figs.make(
+                "best_so_far",
+                f"Best validation {metric[4:]} so far against wall-clock time (red), "
+                "and each trial's best epoch at the time it was reported (blue).",
+                plots.best_so_far,
+                best,
+                exp["mode"],
+                metric,
+            )
+        )
     if study is None:
-        return H.section("Hyperparameter importance", H.para(msg, "note"), anchor="importance")
+        parts.append(html.para(msg, "note"))
+    else:
+        parts += [html.para(msg), *optuna_views(study, metric, figs)]
+    return html.section("Optimisation history", *parts, anchor="history")
+
+
+def importance_section(rep: SweepReport, figs: Figures, study, msg: str) -> str:
+    """fANOVA hyperparameter importance (Optuna's evaluator, seeded) for the ranked value."""
+    key = rep.experiment["key"]
+    if study is None:
+        return html.section(
+            "Hyperparameter importance", html.para(msg, "note"), anchor="importance"
+        )
     import optuna
 
     try:
@@ -375,57 +513,67 @@ def importance_section(ctx: dict, figs, study, msg: str) -> str:
         )
     except Exception as exc:  # fANOVA on a degenerate sweep (one value per parameter...)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return H.section(
+        return html.section(
             "Hyperparameter importance",
-            H.para(f"Hyperparameter importance could not be computed: {first[:240]}", "note"),
+            html.para(f"Hyperparameter importance could not be computed: {first[:240]}", "note"),
             anchor="importance",
         )
     if not imp:
-        return H.section(
+        return html.section(
             "Hyperparameter importance",
-            H.para("No hyperparameter was sampled in every trial.", "note"),
+            html.para("No hyperparameter was sampled in every trial.", "note"),
             anchor="importance",
         )
     n = len(study.trials)
     text = (
-        f"fANOVA importance of each hyperparameter for {exp['key']} (each trial's best "
+        f"fANOVA importance of each hyperparameter for {key} (each trial's best "
         f"epoch, the value the sweep ranks by) over {n} trials; only parameters present in "
         "every trial (per-architecture ones drop out when the architecture varied)."
     )
     if n < 10:
         text += f" With {n} trials these numbers are very rough."
-    return H.section(
+    return html.section(
         "Hyperparameter importance",
-        H.para(text),
+        html.para(text),
         figs.make(
             "param_importance",
             "Hyperparameter importance (fANOVA, sums to 1).",
-            P.importance_bars,
+            plots.importance_bars,
             dict(imp),
-            title=f"importance for {exp['key']}",
+            title=f"importance for {key}",
         ),
-        H.table(["parameter", "importance"], [[k, float(v)] for k, v in imp.items()]),
+        html.table(["parameter", "importance"], [[k, float(v)] for k, v in imp.items()]),
         anchor="importance",
     )
 
 
-def sweep_sections(ctx: dict, figs) -> list[tuple[str, object]]:
-    """(name, thunk) steps for write_report: context, curves, history, importance."""
-    ctx.setdefault("histories", trial_histories(ctx["exp"]))
+def sweep_steps(rep: SweepReport, figs: Figures) -> dict[str, object]:
+    """{name: thunk} of the sweep-only sections: context, trials, curves, history, importance,
+    pareto. The trials' logs are read once here; when they cannot be read, the sections drawn
+    from them are left out (one `rep.log` line) and the trials table stays. The Optuna study is
+    read once, on first use (a study that cannot be read is a note in its sections)."""
+    try:
+        histories = read_trial_histories(rep.experiment)
+    except Exception as exc:  # unreadable trial logs cost these sections, not the report
+        rep.log(f"sweep sections failed: {type(exc).__name__}: {exc}")
+        return {"trials": lambda: trial_section(rep)}
     cache: dict = {}
 
     def study():
+        """(study, message) of `ranked_study`, read on the first call."""
         if "s" not in cache:
             try:
-                cache["s"] = ranked_study(ctx["exp"])
+                cache["s"] = ranked_study(rep.experiment)
             except Exception as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 cache["s"] = (None, f"The Optuna study could not be read: {first[:240]}")
         return cache["s"]
 
-    return [
-        ("context", lambda: context_section(ctx)),
-        ("curves", lambda: curves_section(ctx, figs)),
-        ("history", lambda: history_section(ctx, figs, *study())),
-        ("importance", lambda: importance_section(ctx, figs, *study())),
-    ]
+    return {
+        "context": lambda: context_section(rep, histories),
+        "trials": lambda: trial_section(rep),
+        "curves": lambda: curves_section(rep, histories, figs),
+        "history": lambda: history_section(rep, histories, figs, *study()),
+        "importance": lambda: importance_section(rep, figs, *study()),
+        "pareto": lambda: pareto_section(rep, histories, figs),
+    }
