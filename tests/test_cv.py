@@ -297,3 +297,45 @@ def test_a_test_set_unlike_the_folds_is_warned_about():
     test["intervals"] = {"bootstrap": {"macro_f1": [0.62, 0.70], "accuracy": [0.72, 0.77]}}
     warned = oof_test_warnings({"macro_f1": 0.968, "accuracy": 0.76, "auc": 0.99}, test)
     assert len(warned) == 1 and warned[0].startswith("test macro-F1 0.660 [0.620, 0.700] vs 0.968")
+
+
+def test_fold_report_says_how_the_configuration_was_selected(tmp_path):
+    """The --cv sweep's report.html names the folds and their sizes, every candidate's fold
+    values with mean and sd (the chosen one marked), and out-of-fold beside test with the
+    disagreement warnings; figures are drawn from the ensemble's test probabilities."""
+    from ray_xray.report.folds import write_fold_report
+    from ray_xray.scores import report
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    p = np.clip(np.eye(2)[y] * 0.6 + rng.random((60, 2)) * 0.4, 1e-3, None)
+    p /= p.sum(1, keepdims=True)
+    cands = [
+        {"candidate": 0, "fold_values": [0.91, 0.93, 0.92], "mean": 0.92, "std": 0.01},
+        {"candidate": 1, "fold_values": [0.95, 0.94, 0.96], "mean": 0.95, "std": 0.01},
+        {"candidate": 2, "fold_values": [0.97, None, 0.96], "mean": None, "std": None},
+    ]
+    for c, model in zip(cands, ["cnn", "resnet18", "vit"], strict=True):
+        c.update(complete=c["mean"] is not None, config={"model": model})
+    selection = {"metric": "best_val_macro_f1", "mode": "max", "folds": 3}
+    selection |= {"candidates": cands, "chosen": cands[1]}
+    metrics = {
+        "experiment": "exp",
+        "classes": ["normal", "pneumonia"],
+        "n_members": 3,
+        "n_test": 60,
+        "fold_val_sizes": [163, 162, 165],
+        "selection": selection,
+        "oof": {"accuracy": 0.97, "macro_f1": 0.96, "auc": 0.99},
+        "test": report(y, p, ["normal", "pneumonia"], intervals=True, n_boot=50),
+        "warnings": ["test accuracy 0.80 [0.70, 0.88] vs 0.970 out of fold: they disagree"],
+    }
+    page = write_fold_report(tmp_path, metrics, y, p, search_trials=14, log=lambda m: None)
+    text = page.read_text()
+    assert "How the configuration was selected" in text
+    assert "held-out fold sizes: 163, 162, 165" in text and "(14 trials)" in text
+    assert '<tr class="chosen"><td class="text">candidate 1 (resnet18)' in text
+    assert "0.9700, -, 0.9600" in text and "no (a fold missing)" in text
+    assert "warning: test accuracy 0.80" in text and "could not be drawn" not in text
+    assert (tmp_path / "figures" / "confusion.png").is_file()
+    assert (tmp_path / "figures" / "roc_pr.png").is_file()

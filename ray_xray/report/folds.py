@@ -1,0 +1,138 @@
+"""The report of a `--cv` sweep's fold ensemble (`EXP/ensemble/report.html`): how the
+configuration was selected (folds, their sizes, every candidate's fold values, mean and spread),
+then the fold ensemble's out-of-fold and test figures side by side, with the warnings where they
+disagree, and the shared confusion and ROC/PR figures.
+
+Input is what `ray_xray.ensemble.folds` already computed (its metrics.json dict and the test
+probabilities): this module renders, it never trains, loads a model or reads an image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import html
+from .sections import Figures, confusion_section, render_sections, roc_section, write_page
+
+
+def _fmt_values(values: list) -> str:
+    return ", ".join("-" if v is None else f"{v:.4f}" for v in values)
+
+
+def selection_section(
+    selection: dict, fold_sizes: list[int] | None, search_trials: int | None
+) -> str:
+    """How the configuration was chosen: K folds over train+val (sizes of each held-out fold),
+    the search stage ranked on fold 0, then every candidate on all K folds, chosen by the best
+    mean of the validation metric; one row per candidate with its fold values, mean and sd."""
+    k, metric = selection["folds"], selection["metric"]
+    chosen = selection["chosen"]["candidate"]
+    sizes = ", ".join(str(s) for s in fold_sizes) if fold_sizes else "not recorded"
+    how = (
+        f"{k}-fold cross-validation over train+val (stratified by class, grouped by patient "
+        f"where ids exist; held-out fold sizes: {sizes}). The search stage"
+        + (f" ({search_trials} trials)" if search_trials is not None else "")
+        + f" ranked every trial on fold 0; its best {len(selection['candidates'])} "
+        f"configuration(s) then ran on all {k} folds, and the best mean {metric} "
+        f"({selection['mode']}) over the folds was chosen. No test image was read."
+    )
+    rows, classes = [], []
+    for c in selection["candidates"]:
+        cfg = c.get("config") or {}
+        rows.append(
+            [
+                f"candidate {c['candidate']} ({cfg.get('model', '?')})",
+                _fmt_values(c["fold_values"]),
+                c["mean"],
+                c["std"],
+                "yes" if c["complete"] else "no (a fold missing)",
+            ]
+        )
+        classes.append("chosen" if c["candidate"] == chosen else "")
+    headers = ["configuration", f"{metric} per fold", "mean", "sd", "every fold"]
+    return html.section(
+        "How the configuration was selected",
+        html.para(how),
+        html.table(headers, rows, row_classes=classes, digits=4),
+        anchor="selection",
+    )
+
+
+def _ci_text(rep: dict, name: str) -> str:
+    value = rep.get(name)
+    boot = (rep.get("intervals") or {}).get("bootstrap") or {}
+    iv = boot.get(name)
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
+
+
+def figures_section(metrics: dict) -> str:
+    """Out-of-fold (validation) against test: accuracy, macro-F1, AUC (test with 95 %
+    bootstrap intervals), and every warning where the two disagree."""
+    oof, test = metrics["oof"], metrics["test"]
+    rows = [
+        [name, f"{oof.get(key, float('nan')):.3f}", _ci_text(test, key)]
+        for name, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("AUC", "auc"))
+    ]
+    parts = [
+        html.para(
+            f"The ensemble is the equal-weight mean of the chosen configuration's "
+            f"{metrics['n_members']} fold models, each temperature-scaled on its own held-out "
+            f"fold; it was saved before the {metrics['n_test']} test images were scored."
+        ),
+        html.table(["metric", "out of fold (validation)", "test [95 % interval]"], rows),
+    ]
+    parts += [html.para(f"warning: {w}", "warn") for w in metrics.get("warnings", [])]
+    return html.section("Fold ensemble: out of fold and test", *parts, anchor="figures")
+
+
+def write_fold_report(
+    out: Path,
+    metrics: dict,
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    search_trials: int | None = None,
+    log=print,
+) -> Path:
+    """EXP/ensemble/report.html of a fold ensemble. metrics: run_fold_ensemble's metrics.json
+    dict; y_test int (N,), p_test float (N, K) the ensemble's test probabilities. Returns the
+    page's path; a section that fails becomes a note in the page (sections.render_sections)."""
+    figs = Figures(out, log)
+    classes = metrics["classes"]
+    steps = [
+        (
+            "selection",
+            lambda: selection_section(
+                metrics["selection"], metrics.get("fold_val_sizes"), search_trials
+            ),
+        ),
+        ("figures", lambda: figures_section(metrics)),
+        (
+            "confusion",
+            lambda: confusion_section(
+                figs,
+                "Confusion matrix (test)",
+                "Fold ensemble on the test split; rows are the true class.",
+                [("test", metrics["test"]["confusion"])],
+                classes,
+            ),
+        ),
+        (
+            "roc",
+            lambda: roc_section(
+                figs,
+                "One-vs-rest curves of the fold ensemble on test.",
+                y_test,
+                p_test,
+                classes,
+                "test",
+            ),
+        ),
+    ]
+    body = [html.para(f"Fold ensemble of {metrics['experiment']}", "meta")]
+    body += render_sections(steps, log)
+    return write_page(
+        out, f"{metrics['experiment']}: fold ensemble", body, "ensemble.pt, metrics.json, figures/"
+    )
