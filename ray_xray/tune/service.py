@@ -202,6 +202,8 @@ def check_resumable(exp_dir: str, new: dict, folder: str | Path | None = None) -
 
 
 def storage_uri(storage: str) -> str:
+    """--storage as Tune and the sweep's files take it: a URI as given, a local path with `~`
+    expanded and made absolute."""
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
