@@ -29,6 +29,7 @@ from ray_xray.spaces import load_space
 from ray_xray.train import engine as E
 from ray_xray.train.loop import Hooks, Progress, Trainer, train_epochs
 from ray_xray.tune.service import SweepOptions, run_sweep
+from ray_xray.tune.trial import plan_runner
 
 from . import common as C
 
@@ -243,7 +244,8 @@ def sweep(
         "rows": [{k: r[k] for k in ("trial_id", "wall_s", "compute_s")} for r in rows],
         "phases": phases,
         "sweep_wall_s": wall,
-        "runner": opts.trial_runner,
+        # the runner the sweep chose (`auto` resolved as the service resolves it)
+        "runner": plan_runner(opts.trial_runner, opts.workers_per_trial, opts.gpus_per_trial),
     }
 
 

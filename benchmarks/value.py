@@ -16,7 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
-from ray_xray.tune.service import SweepOptions, run_sweep
+from ray_xray.pipeline import run_full_sweep
+from ray_xray.tune.service import SweepOptions
 
 from . import common as C
 
@@ -116,7 +117,7 @@ def _sweep(s: dict, data: str, work: Path, name: str, **kw) -> tuple[dict, float
         **kw,
     )
     t0 = time.perf_counter()
-    summary = run_sweep(opts)
+    summary = run_full_sweep(opts)  # the sweep and its ensemble, as `tune` runs them
     return summary, time.perf_counter() - t0
 
 

@@ -82,7 +82,8 @@ def sweep(
     Raises:
         TypeError: an unknown option.  ValueError: bad space, data, objective or option value.
     """
-    from .tune.service import SweepOptions, run_sweep
+    from .pipeline import run_full_sweep
+    from .tune.service import SweepOptions
 
     fields = {f.name for f in dataclasses.fields(SweepOptions)} - {"argv"}
     unknown = sorted(set(options) - fields)
@@ -100,13 +101,16 @@ def sweep(
         settings=dict(settings or {}),
         **options,
     )
-    opts.trials = trials if trials is not None else (4 if smoke_test else SweepOptions.trials)
     from .tune.external import parse_specs
 
-    opts.external = parse_specs(opts.external)
+    opts = dataclasses.replace(  # SweepOptions are frozen: changed copies
+        opts,
+        trials=trials if trials is not None else (4 if smoke_test else SweepOptions.trials),
+        external=parse_specs(opts.external),
+    )
     _check_sweep(opts)
-    opts.argv = _cli_argv(opts)  # sweep.json records the equivalent command
-    return run_sweep(opts)
+    # sweep.json records the equivalent command
+    return run_full_sweep(dataclasses.replace(opts, argv=_cli_argv(opts)))
 
 
 def _check_sweep(opts: Any) -> None:

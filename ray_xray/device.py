@@ -209,7 +209,10 @@ def probe(steps: int = 5) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _probe_steps(nn, steps)
+        # The first `auto` choice may come from inside a caller's no_grad or inference_mode
+        # (evaluate's inference): the probe's backward needs autograd on.
+        with torch.inference_mode(False), torch.enable_grad():
+            return _probe_steps(nn, steps)
     finally:
         torch.set_num_threads(threads)
 

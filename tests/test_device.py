@@ -125,6 +125,15 @@ def test_the_probe_verdict_is_cached_per_machine_and_env(monkeypatch, tmp_path, 
     assert D.cached_probe()["speedup"] == 1.5 and len(calls) == 3
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_the_probe_runs_inside_a_callers_no_grad(mode):
+    # evaluate's inference makes the first `auto` choice of a fresh cache under no_grad: the
+    # probe's backward failed there ("element 0 of tensors does not require grad").
+    with mode():
+        timed = D.probe(steps=1)
+    assert timed["fp32_s"] > 0 and timed["bf16_s"] > 0
+
+
 def test_the_probe_leaves_rng_and_threads_as_they_were():
     threads = torch.get_num_threads()
     torch.manual_seed(123)

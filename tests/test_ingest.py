@@ -402,7 +402,7 @@ def test_sweep_paths_are_absolute_before_ray(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     opts = SweepOptions(data="d", storage="runs", cache="relcache")
-    resolve_paths(opts)
+    opts = resolve_paths(opts)  # SweepOptions are frozen: a resolved copy
     assert (opts.data, opts.storage, opts.cache) == tuple(
         str(tmp_path / p) for p in ("d", "runs", "relcache")
     )
@@ -426,7 +426,7 @@ def sweep_record(data: Path, classes):
     from ray_xray.tune.service import SweepOptions, resolve_paths, sweep_identity
 
     opts = SweepOptions(space="cnn", data=str(data), smoke_test=True, storage=str(data.parent))
-    resolve_paths(opts)
+    opts = resolve_paths(opts)  # SweepOptions are frozen: a resolved copy
     space = load_space("cnn", smoke=True)
     return opts, space, {**sweep_identity(opts, space, classes), "options": asdict(opts)}
 

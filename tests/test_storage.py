@@ -97,7 +97,7 @@ def test_results_and_ensemble_of_a_uri_sweep_reach_the_storage(tmp_path, tmpdir_
     result.json are read through the filesystem layer (copied into the local stage), every
     result file and the ensemble with its report are copied to the storage, and the paths in
     the results and the summary are URIs a cluster user can follow."""
-    from ray_xray.tune.service import _ensemble
+    from ray_xray.pipeline import _ensemble
 
     store = tmp_path / "bucket"
     exp = store / "sweep1"

@@ -25,6 +25,7 @@ def targets(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `ensemble` command's parser (no torch import: --help answers at once)."""
     p = argparse.ArgumentParser(
         prog="python -m ray_xray.ensemble",
         formatter_class=HelpFormatter,
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m ray_xray.ensemble EXP [options]`: the top-k ensemble and its report (a --cv
+    sweep: its fold ensemble, rebuilt), then the --external sets scored. Bad input raises
+    ValueError/UserError (one line, exit 2) before any model is loaded. Returns 0."""
     args = build_parser().parse_args(argv)
     check_top_k(args.top_k)  # before the heavy imports: bad input answers at once
     check_sweep_folder(args.experiment)

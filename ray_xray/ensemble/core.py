@@ -232,48 +232,17 @@ def agreement_and_origin(metrics: dict, spec: str) -> None:
         log(f"warning: {agreement['warning']}")
 
 
-def run_ensemble(
-    exp_dir: str | Path,
-    top_k: int = 5,
-    data: str | None = None,
-    out: str | Path | None = None,
-    device: str = "auto",
-    report_html: bool = True,
-    specificities: tuple[float, ...] = SPECIFICITIES,
-    sensitivities: tuple[float, ...] = SENSITIVITIES,
-    external=None,
-) -> dict:
-    """Ensemble the top_k trials of a finished sweep; write ensemble.pt + report to `out`.
-
-    `external`: None, or a callable given the saved ensemble.pt path once the members, their
-    temperatures and the ensemble are fixed on validation; the dict it returns is stored as
-    metrics.json's "external" and drawn as the report's 'External sets' section (a sweep's
-    --external: ray_xray/tune/external.py). It cannot change what was chosen.
-
-    `specificities` / `sensitivities`: the operating-point targets in (0, 1) (thresholds fixed
-    on validation; the chosen ensemble's are stored in ensemble.pt for predict's
-    --operating-point). Returns {"out", "ensemble", "report", "metrics", "comparison", "chosen",
-    "summary", "timings", "external" (what `external` returned, else None)}. Raises
-    ValueError on bad input (not a sweep, no usable trial, misaligned data, a target outside
-    (0, 1)).
-    """
+def check_targets(specificities: tuple[float, ...], sensitivities: tuple[float, ...]) -> None:
+    """Refuse (ValueError) an operating-point target outside (0, 1)."""
     for target in (*specificities, *sensitivities):
         if not 0 < float(target) < 1:
             raise ValueError(f"operating-point targets must be in (0, 1), got {target}")
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    top_k = check_top_k(top_k)
-    exp = read_experiment(exp_dir)
-    exp_path: Path = exp["exp_dir"]
-    dev = pick_device(device)
-    ranked = rank_trials(exp)
-    if ranked.empty:
-        raise ValueError(f"{exp_path}: no finished trial with a checkpoint to ensemble")
-    log(
-        f"{len(ranked)} usable trial(s) of {len(exp['table'])}; taking the top "
-        f"{min(top_k, len(ranked))} by {exp['key']} ({exp['mode']})"
-    )
 
+
+def load_members(ranked: pd.DataFrame, top_k: int, exp_path: Path) -> list[Member]:
+    """The first `top_k` trials of `ranked` (`rank_trials`) whose checkpoint loads, ranked 1..;
+    a damaged checkpoint costs one member (said on stderr), not the run. Raises ValueError
+    when none loads."""
     members: list[Member] = []
     for row in ranked.to_dict("records"):
         if len(members) == top_k:
@@ -300,18 +269,16 @@ def run_ensemble(
         )
     if not members:
         raise ValueError(f"{exp_path}: no trial checkpoint could be loaded")
-    spec = data or exp["options"].get("data") or members[0].config.get("data")
-    if not spec:
-        raise ValueError("no data: the sweep has no sweep.json; pass --data")
-    cache = exp["options"].get("cache") or None
-    t0 = time.perf_counter()
-    datas = load_member_data(members, spec, cache)
-    timings["data_s"] = time.perf_counter() - t0
-    ref = next(iter(datas.values()))
-    classes = ref.classes
-    y_val, y_test = ref.labels["val"], ref.labels["test"]
+    return members
 
-    t0 = time.perf_counter()
+
+def calibrate_members(
+    members: list[Member], datas: dict, dev: torch.device, y_val: np.ndarray, y_test: np.ndarray
+) -> None:
+    """Each member's raw val/test probabilities (float64 (N, K)), its temperature fitted on
+    validation NLL (`calibration.fit_temperature`) and its calibrated probabilities, set on
+    the member; one progress line each. `datas`: `load_member_data`'s; `y_val`/`y_test`
+    (N,) int labels every member's predictions must line up with."""
     for m in members:
         t1 = time.perf_counter()
         probs = member_probabilities(m.record, datas[m.data_key], dev)
@@ -325,50 +292,63 @@ def run_ensemble(
             f"{nll(y_val, m.val_prob):.4f} at T={m.temperature:.3f} "
             f"({time.perf_counter() - t1:.1f}s)"
         )
-    timings["predict_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    ensembles = build_ensembles(members, y_val, classes)
-    chosen = choose(ensembles)
-    best = ensembles[chosen]
-    log(
-        "ensembles (val NLL): "
-        + ", ".join(f"{k} {e['val_nll']:.4f}" for k, e in ensembles.items())
-        + f"; chosen: {chosen}"
-    )
 
-    # ---- metrics
-    def full(yv, pv, yt, pt):
-        # Intervals on test only: that is where the reported figures come from.
+@dataclass(frozen=True)
+class Targets:
+    """What every model's metrics are computed on: the labels (N,) int of val and test, the
+    class names, and the operating-point targets in (0, 1)."""
+
+    y_val: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    specificities: tuple[float, ...]
+    sensitivities: tuple[float, ...]
+
+    def metrics(self, val_prob: np.ndarray, test_prob: np.ndarray) -> dict:
+        """{"val", "test", "operating_points"} of one model's (N, K) probabilities; intervals
+        on test only: that is where the reported figures come from."""
+        yv, yt = self.y_val, self.y_test
         return {
-            "val": report(yv, pv, classes),
-            "test": report(yt, pt, classes, intervals=True),
+            "val": report(yv, val_prob, self.classes),
+            "test": report(yt, test_prob, self.classes, intervals=True),
             "operating_points": operating_points(
-                yv, pv, yt, pt, classes, specificities, sensitivities
+                yv, val_prob, yt, test_prob, self.classes, self.specificities, self.sensitivities
             ),
         }
 
-    member_metrics = []
-    for i, m in enumerate(members):
-        entry = {
-            "name": m.name,
-            "trial_id": m.trial_id,
-            "model": m.model_name,
-            "rank": m.rank,
-            f"sweep_{exp['key']}": m.sweep_metric,
-            "temperature": m.temperature,
-            **{k: preprocess(m.record)[k] for k in ("img_size", "in_chans")},
-            "chosen_weight": best["weights"][i],
-            "uncalibrated": {
-                "val_nll": nll(y_val, m.val_raw),
-                "val_ece": ece(y_val, m.val_raw),
-                "test_nll": nll(y_test, m.test_raw),
-                "test_ece": ece(y_test, m.test_raw),
-            },
-            **full(y_val, m.val_prob, y_test, m.test_prob),
-        }
-        member_metrics.append(entry)
-    ens_metrics = []
+
+def member_entries(members: list[Member], weights: list[float], key: str, on: Targets) -> list:
+    """metrics.json's "members": each member's rank, sweep metric (`key`), temperature, input
+    size, weight in the chosen ensemble (`weights`), uncalibrated NLL/ECE and its metrics."""
+    out = []
+    for m, weight in zip(members, weights, strict=True):
+        out.append(
+            {
+                "name": m.name,
+                "trial_id": m.trial_id,
+                "model": m.model_name,
+                "rank": m.rank,
+                f"sweep_{key}": m.sweep_metric,
+                "temperature": m.temperature,
+                **{k: preprocess(m.record)[k] for k in ("img_size", "in_chans")},
+                "chosen_weight": weight,
+                "uncalibrated": {
+                    "val_nll": nll(on.y_val, m.val_raw),
+                    "val_ece": ece(on.y_val, m.val_raw),
+                    "test_nll": nll(on.y_test, m.test_raw),
+                    "test_ece": ece(on.y_test, m.test_raw),
+                },
+                **on.metrics(m.val_prob, m.test_prob),
+            }
+        )
+    return out
+
+
+def ensemble_entries(members: list[Member], ensembles: dict, chosen: str, on: Targets) -> list:
+    """metrics.json's "ensembles": each method's description, whether chosen, its weights by
+    member name, greedy's selection history, and its metrics."""
+    out = []
     for name, e in ensembles.items():
         entry = {
             "name": f"ensemble_{name}",
@@ -376,93 +356,206 @@ def run_ensemble(
             "description": e["description"],
             "chosen": name == chosen,
             "weights": {m.name: w for m, w in zip(members, e["weights"], strict=True)},
-            **full(y_val, e["val_prob"], y_test, e["test_prob"]),
+            **on.metrics(e["val_prob"], e["test_prob"]),
         }
         if "history" in e:
             entry["greedy_history"] = [
                 {**h, "added": members[h["added"]].name} for h in e["history"]
             ]
-        ens_metrics.append(entry)
-    timings["ensemble_s"] = time.perf_counter() - t0
+        out.append(entry)
+    return out
 
-    out_dir = Path(out).expanduser() if out else exp_path / "ensemble"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    metrics = {
-        "experiment": exp_path.name,
-        "experiment_dir": str(exp_path),
-        "data": spec,
-        "created": created,
-        "classes": classes,
-        "objective": exp["objective"],
-        "ranking_metric": exp["key"],
-        "top_k": int(top_k),
-        "n_members": len(members),
-        "n_val": int(len(y_val)),
-        "n_test": int(len(y_test)),
-        "calibration": "temperature scaling per member: T minimising validation NLL "
-        "(bounded Brent search on 1/T in [0.02, 50]; NLL is convex in 1/T)",
-        "ece_bins": 15,
-        "chosen": f"ensemble_{chosen}",
-        "members": member_metrics,
-        "ensembles": ens_metrics,
-    }
-    agreement_and_origin(metrics, spec)
 
-    # ---- ensemble.pt: only members the chosen method gives weight
-    keep = [(m, w) for m, w in zip(members, best["weights"], strict=True) if w > 0]
+def save_chosen(
+    members: list[Member], chosen: str, weights: list[float], metrics: dict, path: Path
+) -> Path:
+    """ensemble.pt of the `chosen` method: only the members it gives weight (`weights`, one per
+    member), each with its temperature, weights renormalised to sum 1, and the chosen
+    ensemble's operating points from `metrics` (metrics.json's record: also the experiment,
+    data and classes) for predict's --operating-point. Returns the path written (atomically)."""
+    keep = [(m, w) for m, w in zip(members, weights, strict=True) if w > 0]
     records = [{**m.record, "temperature": float(m.temperature)} for m, _ in keep]
     total = sum(w for _, w in keep)
+    points = next(e for e in metrics["ensembles"] if e["chosen"])["operating_points"]
     obj = ensemble_record(
         records,
         [w / total for _, w in keep],
         chosen,
-        classes,
+        metrics["classes"],
         extra={
             "member_names": [m.name for m, _ in keep],
-            "experiment": exp_path.name,
-            "data": spec,
+            "experiment": metrics["experiment"],
+            "data": metrics["data"],
             "description": ENSEMBLE_METHODS[chosen],
-            "operating_points": stored_points(
-                ens_metrics[list(ensembles).index(chosen)]["operating_points"]
-            ),
+            "operating_points": stored_points(points),
         },
     )
-    ens_path = save_ensemble(obj, out_dir / ENSEMBLE_FILE)
+    ens_path = save_ensemble(obj, path)
     log(f"saved {ens_path} ({len(keep)} member(s), method {chosen})")
+    return ens_path
+
+
+def run_ensemble(
+    exp_dir: str | Path,
+    top_k: int = 5,
+    data: str | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    report_html: bool = True,
+    specificities: tuple[float, ...] = SPECIFICITIES,
+    sensitivities: tuple[float, ...] = SENSITIVITIES,
+    external=None,
+) -> dict:
+    """Ensemble the top_k trials of a finished sweep; write ensemble.pt + report to `out`.
+
+    `exp_dir`: the sweep's folder; `data`: its data spec (default: sweep.json's); `out`: the
+    output folder (default EXP/ensemble); `device`: "auto", "cpu" or "cuda"; `report_html`:
+    False skips report.html. `external`: None, or a callable given the saved ensemble.pt path
+    once the members, their temperatures and the ensemble are fixed on validation; the dict it
+    returns is stored as metrics.json's "external" and drawn as the report's 'External sets'
+    section (a sweep's --external: ray_xray/tune/external.py). It cannot change what was
+    chosen.
+
+    `specificities` / `sensitivities`: the operating-point targets in (0, 1) (thresholds fixed
+    on validation; the chosen ensemble's are stored in ensemble.pt for predict's
+    --operating-point). Returns {"out", "ensemble", "report", "metrics", "comparison", "chosen",
+    "summary", "timings" (seconds), "external" (what `external` returned, else None)}. Raises
+    ValueError on bad input (not a sweep, no usable trial, misaligned data, a target outside
+    (0, 1)).
+    """
+    check_targets(specificities, sensitivities)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    top_k = check_top_k(top_k)
+    exp = read_experiment(exp_dir)
+    dev = pick_device(device)
+    ranked, members, spec, datas = _members_and_data(exp, top_k, data, timings)
+    ref = next(iter(datas.values()))
+    on = Targets(ref.labels["val"], ref.labels["test"], ref.classes, specificities, sensitivities)
+    t0 = time.perf_counter()
+    calibrate_members(members, datas, dev, on.y_val, on.y_test)
+    timings["predict_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ensembles, chosen, metrics = _ensembles_and_metrics(exp, members, on, spec, top_k)
+    timings["ensemble_s"] = time.perf_counter() - t0
+    out_dir = Path(out).expanduser() if out else exp["exp_dir"] / "ensemble"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = ensembles[chosen]["weights"]
+    ens_path = save_chosen(members, chosen, weights, metrics, out_dir / ENSEMBLE_FILE)
     if external is not None:  # after everything was chosen and saved: reported, never used
         metrics["external"] = external(ens_path)
-
-    comp = pd.DataFrame(comparison_rows(metrics, classes))
-    write_atomic(out_dir / "comparison.csv", comp.to_csv(index=False, float_format="%.6g"))
-
-    write_atomic(out_dir / "metrics.json", json.dumps(clean(metrics), indent=2))
+    write_tables(metrics, on.classes, out_dir)
+    metrics["timings"] = timings  # the report adds report_s; total_s comes last
     report_path = None
     if report_html:
-        from ..report import SweepReport, write_report
-
-        t0 = time.perf_counter()
-        report_path = write_report(
-            SweepReport(
-                experiment=exp,
-                members=members,
-                ensembles=ensembles,
-                chosen=chosen,
-                metrics=metrics,
-                datas=datas,
-                y_test=y_test,
-                classes=classes,
-                out=out_dir,
-                log=log,
-            )
+        report_path = _write_html_report(
+            exp, members, ensembles, chosen, metrics, datas, on, out_dir
         )
-        timings["report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
-    metrics["timings"] = timings
     write_atomic(out_dir / "metrics.json", json.dumps(clean(metrics), indent=2))
     log(f"done in {timings['total_s']:.1f}s -> {out_dir}")
+    return _result(out_dir, ens_path, report_path, chosen, metrics, timings)
 
-    chosen_test = ens_metrics[list(ensembles).index(chosen)]["test"]
+
+def _members_and_data(
+    exp: dict, top_k: int, data: str | None, timings: dict
+) -> tuple[pd.DataFrame, list[Member], str, dict]:
+    """The sweep's usable trials ranked, the top `top_k` loaded as members, the data spec
+    (`data`, else sweep.json's, else the first member's) and the members' data loaded
+    (`timings["data_s"]`, seconds). Raises ValueError: no usable trial, no data."""
+    exp_path: Path = exp["exp_dir"]
+    ranked = rank_trials(exp)
+    if ranked.empty:
+        raise ValueError(f"{exp_path}: no finished trial with a checkpoint to ensemble")
+    log(
+        f"{len(ranked)} usable trial(s) of {len(exp['table'])}; taking the top "
+        f"{min(top_k, len(ranked))} by {exp['key']} ({exp['mode']})"
+    )
+    members = load_members(ranked, top_k, exp_path)
+    spec = data or exp["options"].get("data") or members[0].config.get("data")
+    if not spec:
+        raise ValueError("no data: the sweep has no sweep.json; pass --data")
+    t0 = time.perf_counter()
+    datas = load_member_data(members, spec, exp["options"].get("cache") or None)
+    timings["data_s"] = time.perf_counter() - t0
+    return ranked, members, spec, datas
+
+
+def _ensembles_and_metrics(
+    exp: dict, members: list[Member], on: Targets, spec: str, top_k: int
+) -> tuple[dict, str, dict]:
+    """The three ensembles (`build_ensembles`), the one chosen on validation NLL (`choose`),
+    and metrics.json's record of members and ensembles (no timings, no external yet)."""
+    ensembles = build_ensembles(members, on.y_val, on.classes)
+    chosen = choose(ensembles)
+    log(
+        "ensembles (val NLL): "
+        + ", ".join(f"{k} {e['val_nll']:.4f}" for k, e in ensembles.items())
+        + f"; chosen: {chosen}"
+    )
+    exp_path: Path = exp["exp_dir"]
+    metrics = {
+        "experiment": exp_path.name,
+        "experiment_dir": str(exp_path),
+        "data": spec,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "classes": on.classes,
+        "objective": exp["objective"],
+        "ranking_metric": exp["key"],
+        "top_k": int(top_k),
+        "n_members": len(members),
+        "n_val": int(len(on.y_val)),
+        "n_test": int(len(on.y_test)),
+        "calibration": "temperature scaling per member: T minimising validation NLL "
+        "(bounded Brent search on 1/T in [0.02, 50]; NLL is convex in 1/T)",
+        "ece_bins": 15,
+        "chosen": f"ensemble_{chosen}",
+        "members": member_entries(members, ensembles[chosen]["weights"], exp["key"], on),
+        "ensembles": ensemble_entries(members, ensembles, chosen, on),
+    }
+    agreement_and_origin(metrics, spec)
+    return ensembles, chosen, metrics
+
+
+def write_tables(metrics: dict, classes: list[str], out_dir: Path) -> pd.DataFrame:
+    """comparison.csv (`comparison_rows`, returned as a DataFrame) and metrics.json (`metrics`
+    made JSON-safe) in `out_dir`, each written atomically."""
+    comp = pd.DataFrame(comparison_rows(metrics, classes))
+    write_atomic(out_dir / "comparison.csv", comp.to_csv(index=False, float_format="%.6g"))
+    write_atomic(out_dir / "metrics.json", json.dumps(clean(metrics), indent=2))
+    return comp
+
+
+def _write_html_report(exp, members, ensembles, chosen, metrics, datas, on, out_dir) -> Path:
+    """report.html in `out_dir` (ray_xray/report), from what run_ensemble computed; its seconds
+    go to metrics["timings"]["report_s"] (run_ensemble sets the dict's other entries)."""
+    from ..report import SweepReport, write_report
+
+    t0 = time.perf_counter()
+    report = SweepReport(
+        experiment=exp,
+        members=members,
+        ensembles=ensembles,
+        chosen=chosen,
+        metrics=metrics,
+        datas=datas,
+        y_test=on.y_test,
+        classes=on.classes,
+        out=out_dir,
+        log=log,
+    )
+    path = write_report(report)
+    metrics.setdefault("timings", {})["report_s"] = time.perf_counter() - t0
+    return path
+
+
+def _result(
+    out_dir: Path, ens_path: Path, report_path, chosen: str, metrics: dict, timings: dict
+) -> dict:
+    """run_ensemble's return value: the files written and a short summary of the best member
+    and the chosen ensemble."""
+    best = metrics["members"][0]
+    chosen_test = next(e["test"] for e in metrics["ensembles"] if e["chosen"])
     return {
         "out": str(out_dir),
         "ensemble": str(ens_path),
@@ -472,9 +565,9 @@ def run_ensemble(
         "chosen": f"ensemble_{chosen}",
         "summary": {
             "best_member": {
-                "name": members[0].name,
-                "test_macro_f1": member_metrics[0]["test"]["macro_f1"],
-                "test_ece_uncalibrated": member_metrics[0]["uncalibrated"]["test_ece"],
+                "name": best["name"],
+                "test_macro_f1": best["test"]["macro_f1"],
+                "test_ece_uncalibrated": best["uncalibrated"]["test_ece"],
             },
             "ensemble": {
                 "name": f"ensemble_{chosen}",

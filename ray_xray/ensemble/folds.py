@@ -162,6 +162,34 @@ def save_fold_ensemble(fitted: dict, path: Path, experiment: str) -> Path:
     return save_ensemble(obj, path)
 
 
+def fold_metrics(fitted: dict, p_test: np.ndarray, selection: dict, experiment: str) -> dict:
+    """metrics.json's record of a fold ensemble (`fit_fold_ensemble`'s `fitted`, its test
+    probabilities `p_test` float64 (N, K)): members, temperatures, fold sizes, the cv.json
+    `selection`, out-of-fold ("oof") and test metrics (test with 95 % intervals), operating
+    points fixed out of fold, and warnings where the two disagree (also logged)."""
+    data, classes = fitted["data"], fitted["data"].classes
+    y_oof, p_oof = fitted["oof_y"], fitted["oof_prob"]
+    y_test = data.labels["test"]
+    metrics = {
+        "experiment": experiment,
+        "method": METHOD,
+        "description": DESCRIPTION,
+        "classes": classes,
+        "n_members": len(fitted["records"]),
+        "temperatures": fitted["temperatures"],
+        "fold_val_sizes": fitted["fold_sizes"],
+        "selection": selection,
+        "oof": report(y_oof, p_oof, classes),
+        "test": report(y_test, p_test, classes, intervals=True),
+        "operating_points": operating_points(y_oof, p_oof, y_test, p_test, classes),
+        "n_test": int(len(y_test)),
+    }
+    metrics["warnings"] = oof_test_warnings(metrics["oof"], metrics["test"])
+    for w in metrics["warnings"]:
+        log(f"warning: {w}")
+    return metrics
+
+
 def run_fold_ensemble(
     exp_dir: str | Path,
     checkpoints: list[str],
@@ -179,33 +207,12 @@ def run_fold_ensemble(
     t0 = time.perf_counter()
     dev = pick_device(device)
     fitted = fit_fold_ensemble(checkpoints, cache, dev)
-    data, classes = fitted["data"], fitted["data"].classes
-    y_oof, p_oof = fitted["oof_y"], fitted["oof_prob"]
     out_dir = Path(exp_dir) / "ensemble"
     ens_path = save_fold_ensemble(fitted, out_dir / ENSEMBLE_FILE, Path(exp_dir).name)
-    k = len(fitted["records"])
-    log(f"saved {ens_path} ({k} fold models, method {METHOD})")
-
+    log(f"saved {ens_path} ({len(fitted['records'])} fold models, method {METHOD})")
     # ---- fixed: now, and only now, the test images
-    y_test = data.labels["test"]
     p_test = ensemble_test_proba(fitted, dev)
-    metrics = {
-        "experiment": Path(exp_dir).name,
-        "method": METHOD,
-        "description": DESCRIPTION,
-        "classes": classes,
-        "n_members": k,
-        "temperatures": fitted["temperatures"],
-        "fold_val_sizes": fitted["fold_sizes"],
-        "selection": selection,
-        "oof": report(y_oof, p_oof, classes),
-        "test": report(y_test, p_test, classes, intervals=True),
-        "operating_points": operating_points(y_oof, p_oof, y_test, p_test, classes),
-        "n_test": int(len(y_test)),
-    }
-    metrics["warnings"] = oof_test_warnings(metrics["oof"], metrics["test"])
-    for w in metrics["warnings"]:
-        log(f"warning: {w}")
+    metrics = fold_metrics(fitted, p_test, selection, Path(exp_dir).name)
     if external is not None:
         metrics["external"] = external(ens_path)
     metrics["timings"] = {"total_s": time.perf_counter() - t0}

@@ -21,6 +21,8 @@ OWN_OPTIONS = {"data": "--data", "seed": "--seed", "num_workers": "--num-workers
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `tune` command's parser; its defaults are SweepOptions' (flags map onto fields).
+    Options are added in the order --help lists them, one group of one idea at a time."""
     d = SweepOptions()
     p = Parser(
         data_boundary=True,
@@ -31,6 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
         "STORAGE/NAME (results.parquet, best_trials.json, "
         "best_model.pt, optuna.db, TensorBoard logs).",
     )
+    _add_sweep_options(p, d)
+    _add_resource_options(p, d)
+    _add_output_options(p, d)
+    _add_cv_options(p, d)
+    _add_search_options(p, d)
+    _add_data_options(p)
+    return p
+
+
+def _add_sweep_options(p: argparse.ArgumentParser, d: SweepOptions) -> None:
+    """What is searched, on which data, how long, and where the sweep's folder goes."""
     p.add_argument(
         "--space",
         default=d.space,
@@ -70,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--objective", default="val_macro_f1", help="metric, or metric,metric for multi-objective"
     )
+
+
+def _add_resource_options(p: argparse.ArgumentParser, d: SweepOptions) -> None:
+    """What each trial holds (GPUs, CPUs, DDP workers) and how it runs (the trial runner)."""
     p.add_argument(
         "--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions share a GPU)"
     )
@@ -93,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         "cores), torchtrainer (Ray Train's TorchTrainer: DDP over --num-workers), auto (inline "
         "for one-worker CPU trials, else torchtrainer) (default: %(default)s)",
     )
+
+
+def _add_output_options(p: argparse.ArgumentParser, d: SweepOptions) -> None:
+    """Logging, what every trial is set to, and the post-sweep steps (top-k, ensemble,
+    external sets)."""
     p.add_argument(
         "--wandb",
         choices=("off", "offline", "online"),
@@ -124,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         "scored on all their images, with intervals and the drop from their own test split "
         "(reported only, never used to choose; repeatable)",
     )
+
+
+def _add_cv_options(p: argparse.ArgumentParser, d: SweepOptions) -> None:
+    """--cv K / --cv-top N: cross-validated selection (tune/folds.py)."""
     p.add_argument(
         "--cv",
         type=int,
@@ -140,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="--cv: configurations of the search re-run on all K folds (default %(default)s)",
     )
+
+
+def _add_search_options(p: argparse.ArgumentParser, d: SweepOptions) -> None:
+    """The searcher (TPE or random), the trial scheduler (ASHA or FIFO) and the budgets."""
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the searcher and every trial")
     p.add_argument(
         "--grace-epochs",
@@ -179,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="start no new trial once the trials have run N epochs in all; running trials "
         "finish (0 = no limit)",
     )
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """The prepared-data cache, and --smoke-test."""
     p.add_argument(
         "--cache",
         default=None,
@@ -190,7 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="4 tiny trials of 2 epochs (about 2 minutes on a CPU); the space's smoke: block",
     )
-    return p
 
 
 def settings_from(items: list[str]) -> dict:
@@ -203,6 +236,9 @@ def settings_from(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m ray_xray.tune ARGS`: check the arguments (ValueError/UserError, one line,
+    before Ray or torch loads), then run the sweep and its post-sweep steps
+    (`ray_xray.pipeline.run_full_sweep`). Returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     note_renamed(argv, RENAMED)
@@ -215,13 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     objective = [m.strip() for m in args.objective.split(",") if m.strip()]
     if not objective or len(objective) > 3:
         raise ValueError("--objective takes one to three comma-separated metrics")
+    from ..pipeline import run_full_sweep
     from .external import parse_specs
-    from .service import run_sweep
 
     opts = SweepOptions(
         space=args.space,
         data=args.data,
-        trials=args.trials,
+        # --smoke-test: 4 trials unless --trials says otherwise
+        trials=4 if args.smoke_test and args.trials == SweepOptions.trials else args.trials,
         budget_minutes=args.budget_minutes,
         storage=args.storage,
         name=args.name,
@@ -249,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         cv_top=args.cv_top,
         argv=argv,
     )
-    if args.smoke_test and args.trials == SweepOptions.trials:
-        opts.trials = 4
-    run_sweep(opts)
+    run_full_sweep(opts)
     return 0
 
 

@@ -45,15 +45,18 @@ class EtaEstimate:
         self.planned: dict[str, int] = {}  # trial -> epochs it will run
 
     def started(self, trial: str, t: float, epochs: int | None = None) -> None:
+        """`trial` started at time `t` (seconds), to run `epochs` (None: the sweep's)."""
         self.start.setdefault(trial, t)
         self.planned[trial] = max(1, int(epochs or self.epochs))
 
     def epoch(self, trial: str, epoch: int, t: float) -> None:
+        """`trial` finished its epoch number `epoch` (1-based) at time `t` (seconds)."""
         self.start.setdefault(trial, t)
         self.done[trial] = max(self.done.get(trial, 0), int(epoch))
         self.last[trial] = t
 
     def ended(self, trial: str, t: float) -> None:
+        """`trial` ended (finished, stopped or failed) at time `t` (seconds)."""
         self.end.setdefault(trial, t)
 
     def seconds_left(self, now: float) -> float | None:
@@ -154,6 +157,7 @@ class ConsoleReporter(tune.Callback):
 
     # ------------------------------------------------------------------ Tune's hooks
     def on_step_end(self, iteration, trials, **info):
+        """Tune's loop step: redraw the status (a terminal) or print it every STATUS_EVERY_S."""
         now = time.time()
         if self.tty and now - self._last_status >= REDRAW_EVERY_S:
             self._draw()
@@ -161,6 +165,7 @@ class ConsoleReporter(tune.Callback):
             self._status_line()
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        """One 'start' line with the trial's main sampled settings; the ETA learns its epochs."""
         self.started.add(trial.trial_id)
         cfg = trial.config
         epochs = cfg.get("epochs") if isinstance(cfg.get("epochs"), int | float) else None
@@ -174,6 +179,7 @@ class ConsoleReporter(tune.Callback):
         self._say(f"{trial.trial_id} start  {pretty}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        """One line per reported epoch: the objective, val_loss and the epoch's seconds."""
         value = result.get(self.metric)
         if isinstance(result.get("epoch"), int | float):
             self.eta.epoch(trial.trial_id, result["epoch"], time.time())
@@ -186,6 +192,7 @@ class ConsoleReporter(tune.Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        """One 'done' line (epochs run, best objective), then the status line."""
         self.ended[trial.trial_id] = "done"
         self.eta.ended(trial.trial_id, time.time())
         last = trial.last_result or {}
@@ -196,6 +203,7 @@ class ConsoleReporter(tune.Callback):
         self._status_line()
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        """One 'ERROR' line with the error's reason and the traceback file, then the status."""
         self.ended[trial.trial_id] = "error"
         self.eta.ended(trial.trial_id, time.time())
         path = str(trial.error_file or "")
@@ -207,6 +215,7 @@ class ConsoleReporter(tune.Callback):
         self._status_line()
 
     def on_experiment_end(self, trials, **info):
+        """End the redrawn status line so later output starts on a clean line."""
         if self._drawn:  # leave the last status on screen, then a clean line
             sys.stderr.write("\n")
             sys.stderr.flush()

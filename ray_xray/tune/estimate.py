@@ -7,7 +7,6 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..device import pick_precision
@@ -46,7 +45,7 @@ def step_seconds(cfg: TrainConfig, threads: int) -> float:
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             with autocast(device, precision):
-                loss = F.cross_entropy(model(x), y)
+                loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
             if k >= WARMUP_STEPS:

@@ -24,7 +24,8 @@ from ..cli import UserError
 from ..data.dataset import absolute_spec
 from ..io import json_safe
 from ..stats import N_BOOT, SEED  # evaluate's defaults: the stored figures equal its command's
-from . import results as R
+from . import results
+from .options import SweepOptions
 
 
 def parse_specs(values: str | Sequence[str] | None) -> list[str]:
@@ -38,10 +39,11 @@ def parse_specs(values: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(s for s in specs if s))
 
 
-def check_specs(opts) -> None:
-    """Before the sweep's data is read: `opts.external` (SweepOptions) becomes distinct absolute
-    specs. Raises UserError (one line) for a folder or manifest that does not exist, a remote
-    URI, an unknown synthetic task or the sweep's own --data."""
+def check_specs(opts: SweepOptions) -> list[str]:
+    """Before the sweep's data is read: `opts.external` as distinct absolute specs (the
+    caller keeps them: ``dataclasses.replace(opts, external=...)``). Raises UserError (one
+    line) for a folder or manifest that does not exist, a remote URI, an unknown synthetic
+    task or the sweep's own --data (`opts.data`, already absolute)."""
     from ..data import synthetic
 
     specs = [absolute_spec(s) for s in parse_specs(opts.external)]
@@ -60,7 +62,7 @@ def check_specs(opts) -> None:
                 raise UserError(f"--external {exc}") from None
         elif not Path(spec).exists():
             raise UserError(f"--external {spec}: no such folder or manifest")
-    opts.external = specs
+    return specs
 
 
 def check_classes(specs: list[str], classes: list[str]) -> list[dict]:
@@ -86,11 +88,13 @@ def check_classes(specs: list[str], classes: list[str]) -> list[dict]:
     return out
 
 
-def score(opts, top: list[dict], ensemble_path: str | Path | None = None) -> dict:
+def score(opts: SweepOptions, top: list[dict], ensemble_path: str | Path | None = None) -> dict:
     """The top-k members of `top` (best_trials.json's entries) and the ensemble at
-    `ensemble_path` (None: members only) on every `opts.external` set. Returns {"split",
-    "bootstrap", "sets": `evaluate.external.score_sets`'s list, member rows with "trial_id"
-    and "rank"}."""
+    `ensemble_path` (None: members only) on every `opts.external` set, on the GPU when the
+    sweep's trials held one, with evaluate's bootstrap (N_BOOT resamples, SEED). Returns
+    {"split", "bootstrap", "sets": `evaluate.external.score_sets`'s list, member rows with
+    "trial_id" and "rank"}. Raises what evaluate raises (ValueError, OSError) on a set or a
+    checkpoint it cannot read."""
     from ..evaluate.external import SPLIT, score_sets
     from ..evaluate.sources import resolve_subject
 
@@ -131,12 +135,14 @@ class ExternalStep:
     `finish`, so the ensemble and its report are still written. `finish` scores the members
     alone when no ensemble was built, stores and prints the figures."""
 
-    def __init__(self, opts, top: list[dict]):
+    def __init__(self, opts: SweepOptions, top: list[dict]):
         self.opts, self.top = opts, top
         self.block: dict | None = None
         self.error: Exception | None = None
 
     def __call__(self, ensemble_path: Path) -> dict | None:
+        """Score members and the ensemble at `ensemble_path`: the block for metrics.json, or
+        None when scoring failed (kept, and raised by `finish`)."""
         try:
             self.block = score(self.opts, self.top, ensemble_path)
         except Exception as exc:  # reported by finish(); the ensemble's own outputs go on
@@ -146,7 +152,7 @@ class ExternalStep:
 
     def finish(self, exp_dir: str) -> dict:
         """Score (when the ensemble hook did not), add each member's figures to
-        best_trials.json, print the table; returns the block. Raises R.ResultsError when
+        best_trials.json, print the table; returns the block. Raises results.ResultsError when
         scoring failed: the trials, results and ensemble are written by then."""
         try:
             if self.error is not None:
@@ -154,7 +160,7 @@ class ExternalStep:
             if self.block is None:
                 self.block = score(self.opts, self.top)
         except Exception as exc:
-            raise R.ResultsError(
+            raise results.ResultsError(
                 f"the sweep's results{' and ensemble' if self.opts.ensemble else ''} are "
                 f"written in {exp_dir}, but scoring the --external sets failed "
                 f"({type(exc).__name__}: {exc}); the same command with --resume retries it"
@@ -171,8 +177,6 @@ def for_finished_sweep(
     sweep's recorded options (sweep.json: its data, cache, settings, classes) and the first
     `top_k` entries of its best_trials.json. Checks the sets as a sweep does before its
     trials (same errors: UserError, one line); `device` "cuda" scores on the GPU."""
-    from types import SimpleNamespace
-
     from ..sweep_folder import read_best_trials, read_experiment
 
     swept = read_experiment(exp_dir)
@@ -182,15 +186,15 @@ def for_finished_sweep(
     except ValueError as exc:
         raise UserError(f"--external: {exc}") from None
     data = options.get("data")
-    opts = SimpleNamespace(
-        external=values,
-        data=absolute_spec(data) if data else None,
+    opts = SweepOptions(
+        external=parse_specs(values),
+        data=absolute_spec(data) if data else "",  # "": no --data to tell the sets apart from
         cache=options.get("cache"),
         settings=options.get("settings") or {},
         gpus_per_trial=1 if device == "cuda" else 0,
         ensemble=True,
     )
-    check_specs(opts)
+    opts = replace(opts, external=check_specs(opts))
     if record.get("classes"):
         check_classes(opts.external, list(record["classes"]))
     return ExternalStep(opts, top)
@@ -210,7 +214,7 @@ def store(exp_dir: str | Path, top: list[dict], block: dict) -> None:
             }
             for s in block["sets"]
         }
-    R.write_best_trials(exp_dir, top)
+    results.write_best_trials(exp_dir, top)
 
 
 def _num(v) -> str:

@@ -219,7 +219,11 @@ def selection_line(selection: dict) -> str:
 class FoldStage:
     """A finished stage 2: `label` is `results.finish`'s rows hook (adds the fold runs to the
     rows, chooses the configuration from their validation metrics and writes cv.json, before
-    any test image is read); `ensemble` then builds the chosen folds' ensemble."""
+    any test image is read); `checkpoints` then names the chosen folds' models, which the
+    post-sweep steps ensemble (ray_xray/pipeline.py, ensemble/folds.py).
+
+    `opts`: the sweep's SweepOptions; `configs`: stage 1's candidates; `grid`: stage 2's
+    ResultGrid; `held`: {"cpus", "gpus"} each trial held."""
 
     def __init__(self, opts, exp_dir: str, configs: list[dict], grid, held: dict) -> None:
         self.opts, self.exp_dir, self.configs = opts, exp_dir, configs
@@ -227,6 +231,9 @@ class FoldStage:
         self.selection: dict | None = None
 
     def label(self, rows: list[dict]) -> list[dict]:
+        """Stage 1's `rows` followed by the fold runs' (`label_rows`); chooses the
+        configuration by its mean fold metric (`choose`: ValueError when none finished all K
+        folds), writes cv.json and prints the choice. Reads only validation columns."""
         from ..metrics import metric_mode
         from .results import trial_rows
 
@@ -242,20 +249,8 @@ class FoldStage:
         return rows
 
     def checkpoints(self, rows: list[dict]) -> list[str]:
-        """The chosen candidate's K fold checkpoints, in fold order."""
+        """The chosen candidate's K fold checkpoints, in fold order (after `label`; `rows`:
+        the labelled rows, whose "checkpoint_path" they are)."""
         ids = self.selection["chosen"]["trial_ids"]
         by_id = {r["trial_id"]: r["checkpoint_path"] for r in rows}
         return [by_id[t] for t in ids]
-
-    def ensemble(self, rows: list[dict], external=None) -> dict:
-        from ..ensemble.folds import run_fold_ensemble
-
-        device = "cuda" if self.opts.gpus_per_trial else "auto"
-        return run_fold_ensemble(
-            self.exp_dir,
-            self.checkpoints(rows),
-            self.selection,
-            self.opts.cache,
-            device,
-            external,
-        )

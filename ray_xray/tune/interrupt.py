@@ -52,6 +52,7 @@ class SignalGuard:
         self._saved: dict = {}
 
     def message(self, signum: int) -> str:
+        """The interrupt's one line for signal number `signum`, ending with `hint`."""
         name = signal.Signals(signum).name
         return f"interrupted ({name}): nothing was marked finished; {self.hint}"
 

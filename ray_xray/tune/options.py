@@ -1,5 +1,10 @@
 """`SweepOptions`, the one set of a sweep's options, and the trial runners: no Ray or Optuna
-import here, so `python -m ray_xray.tune --help` and a mistyped flag answer at once."""
+import here, so `python -m ray_xray.tune --help` and a mistyped flag answer at once.
+
+The options are frozen: a sweep is planned once (`service.plan_sweep`: paths made absolute,
+the external sets checked, the trial runner chosen), each step making a changed copy with
+``dataclasses.replace``; nothing assigns to them while the sweep runs. Their list and dict
+fields are never changed in place either."""
 
 from __future__ import annotations
 
@@ -8,13 +13,15 @@ from dataclasses import dataclass, field
 RUNNERS = ("auto", "inline", "torchtrainer")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepOptions:
     """Everything one sweep needs; the ``python -m ray_xray.tune`` flags map onto these fields.
 
     ``ray_xray.sweep(...)`` builds one from keyword arguments. Units: ``budget_minutes`` in
     minutes of wall clock (0 = none), ``*_per_trial`` in CPUs/GPUs (fractions share), epochs
     counted per trial (``grace_epochs``) or summed over trials (``budget_epochs``, 0 = none).
+    Frozen: ``dataclasses.replace(opts, trials=4)`` makes a changed copy (assigning a field
+    raises ``dataclasses.FrozenInstanceError``).
     """
 
     space: str = "resnet18"

@@ -43,6 +43,8 @@ class RungScheduler(ASHAScheduler):
         self.key = key
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        """ASHA's decision (CONTINUE/STOP); a trial stopped before its last epoch is recorded
+        as cut for this sweep's `key`, which the searcher then marks PRUNED in the study."""
         decision = super().on_trial_result(tune_controller, trial, result)
         at = result.get(self._time_attr)
         if decision == TrialScheduler.STOP and at is not None and at < self._max_t:
@@ -75,6 +77,7 @@ class SweepSearch(OptunaSearch):
         self.reported: dict[str, set] = {}  # trial id -> steps told to Optuna as intermediate
 
     def spent_epochs(self) -> int:
+        """Epochs the trials have reported so far, each (trial, iteration) counted once."""
         return len(self.epochs_seen)
 
     def _metrics(self) -> list[str]:
@@ -95,6 +98,8 @@ class SweepSearch(OptunaSearch):
             self.best[trial_id] = {m: result.get(m) for m in self._metrics()}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Track the epoch and the trial's best result, then OptunaSearch's intermediate
+        value; a trial optuna.db already holds as finished (a resume) is skipped, not failed."""
         self._track(trial_id, result)
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             step = result.get("training_iteration")
@@ -110,6 +115,8 @@ class SweepSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        """Tell the study how the trial ended: PRUNED when ASHA cut it, FAIL without a finite
+        objective, else COMPLETE with the values of its best epoch (not its last)."""
         self._track(trial_id, result)
         if error or not result or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
@@ -138,6 +145,8 @@ class SweepSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def suggest(self, trial_id: str):
+        """OptunaSearch's next configuration (a dict), tagged with the Ray trial id in the
+        study; ``Searcher.FINISHED`` once `budget_epochs` epochs are spent."""
         if self.budget_epochs and self.spent_epochs() >= self.budget_epochs:
             return Searcher.FINISHED
         config = super().suggest(trial_id)

@@ -11,8 +11,10 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 import ray
@@ -29,9 +31,7 @@ from ..ray_env import cloud_keys_kept_out_of_ray_logs
 from ..spaces import SearchSpace, load_space
 from ..sweep_folder import RESULTS_FILE, SWEEP_FILE, read_sweep_json
 from ..train.run import init_ray
-from . import external as X
-from . import folds as F
-from . import results as R
+from . import external, folds, results
 from .checks import (
     check_budgets,
     check_settings_build,
@@ -96,13 +96,17 @@ def experiment_name(opts: SweepOptions, space: SearchSpace) -> str:
     return f"{space.name}-{data}{'-smoke' if opts.smoke_test else ''}"
 
 
-def resolve_paths(opts: SweepOptions) -> None:
-    """Expand `~` and make --data, --storage and --cache (or $RAY_XRAY_CACHE) absolute, once,
-    in the driver: trial workers run in another directory and would read a relative path
-    against it (a relative --cache made each worker decode everything again there)."""
-    opts.data = absolute_spec(opts.data)
-    opts.storage = storage_uri(opts.storage)
-    opts.cache = cache_location(opts.cache)
+def resolve_paths(opts: SweepOptions) -> SweepOptions:
+    """A copy of `opts` with `~` expanded and --data, --storage and --cache (or
+    $RAY_XRAY_CACHE) absolute, made once, in the driver: trial workers run in another
+    directory and would read a relative path against it (a relative --cache made each worker
+    decode everything again there). URIs and synthetic specs are kept as they are."""
+    return replace(
+        opts,
+        data=absolute_spec(opts.data),
+        storage=storage_uri(opts.storage),
+        cache=cache_location(opts.cache),
+    )
 
 
 # What must match for a sweep to resume another: a sweep of other data or settings would
@@ -198,6 +202,8 @@ def check_resumable(exp_dir: str, new: dict, folder: str | Path | None = None) -
 
 
 def storage_uri(storage: str) -> str:
+    """--storage as Tune and the sweep's files take it: a URI as given, a local path with `~`
+    expanded and made absolute."""
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
@@ -247,13 +253,13 @@ def plan_resources(opts: SweepOptions) -> dict:
     }
 
 
-def trial_resources(plan: dict) -> dict:
+def trial_resources(resources: dict) -> dict:
     """What the Tune trial function's process holds: all of the trial's CPUs and GPU when it
     trains itself (inline), a token CPU when a TorchTrainer's workers hold them."""
-    if plan["runner"] != "inline":
+    if resources["runner"] != "inline":
         return {"cpu": TOKEN_CPU}
-    gpus = plan["gpus_per_worker"]
-    return {"cpu": plan["cpus_per_trial"], **({"gpu": gpus} if gpus else {})}
+    gpus = resources["gpus_per_worker"]
+    return {"cpu": resources["cpus_per_trial"], **({"gpu": gpus} if gpus else {})}
 
 
 def make_callbacks(
@@ -270,7 +276,7 @@ def make_callbacks(
     directory). Online without a key or a reachable server falls back to offline, saying so.
     """
     # --cv: the console's clock is the search stage's share of the budget (tune/folds.py).
-    budget_s = opts.budget_minutes * 60 * (F.SEARCH_SHARE if opts.cv else 1)
+    budget_s = opts.budget_minutes * 60 * (folds.SEARCH_SHARE if opts.cv else 1)
     # `epochs` per trial and `slots` at once: the status line's time left (console.EtaEstimate).
     callbacks = [ConsoleReporter(opts.objective[0], opts.trials, budget_s, epochs, slots)]
     if opts.wandb == "off":
@@ -332,44 +338,109 @@ def _wandb_online_problem() -> str | None:
     return None
 
 
-def run_sweep(opts: SweepOptions) -> dict:
-    """Run (or resume) a sweep into ``STORAGE/NAME``; starts a local Ray unless RAY_ADDRESS is set.
+# Called by run_sweep once the search's results are written, inside the sweep's lock and signal
+# guard: (plan, summary, fold stage or None) -> keys added to the summary. The post-sweep steps
+# (ensemble, --external scoring) live above the service: ray_xray/pipeline.py passes them.
+PostSteps = Callable[["SweepPlan", dict, "folds.FoldStage | None"], dict]
 
-    Returns ``{"rows", "top", "exp_dir", "wall_s"}`` (plus ``"ensemble"`` when one was built):
-    one dict per trial, the best ``top_k`` with test metrics, the experiment folder, seconds.
-    Raises ValueError on a bad space, data, objective, storage or resource request.
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep planned once, before anything runs (`plan_sweep`); every later step reads it.
+
+    `opts`: the options with --data, --storage and --cache absolute and the --external sets
+    checked (their absolute specs); after `_check_restore`, also the trial runner chosen.
+    `space`: the search space with --set pinned. `name`: the experiment's name; `exp_dir`:
+    ``STORAGE/NAME`` (an absolute local path or a URI); `files`: its files on that storage.
     """
+
+    opts: SweepOptions
+    space: SearchSpace
+    name: str
+    exp_dir: str
+    files: SweepFiles
+
+    @property
+    def resume_hint(self) -> str:
+        """The end of an interrupt's line: how to resume this sweep."""
+        if not self.opts.argv:
+            return "resume with the same arguments (or resume=True)"
+        return f"resume with the same command: python -m ray_xray.tune {shlex.join(self.opts.argv)}"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial shares, decided once the sweep folder is this process's (`_prepare`).
+
+    `restoring`: an interrupted sweep is resumed. `overrides`: the settings every trial takes
+    from the sweep's own options (data, seed, workers, ...). `probe_cfg`: the TrainConfig of
+    the space's defaults (what the data is loaded and the precision chosen for). `data`: the
+    loaded splits (`data.load_for_config`). `identity`: sweep.json's identity part
+    (`sweep_identity`). `precision`: `device.announce`'s choice.
+    """
+
+    restoring: bool
+    overrides: dict
+    probe_cfg: TrainConfig
+    data: Any
+    identity: dict
+    precision: Any
+
+
+def run_sweep(opts: SweepOptions, post_steps: PostSteps | None = None) -> dict:
+    """Plan, then run (or resume) a sweep into ``STORAGE/NAME``: `plan_sweep`, then `run_plan`.
+    Starts a local Ray unless RAY_ADDRESS is set.
+
+    This is the search: trials, results.parquet, best_trials.json (the top ``top_k`` evaluated
+    on test), best_model.pt. The post-sweep steps (ensemble, --external scoring) are
+    `post_steps`, which `ray_xray.pipeline.run_full_sweep` (what ``python -m ray_xray.tune``
+    and ``ray_xray.sweep`` run) passes; None: none run, whatever ``opts.ensemble`` says.
+    Returns ``{"rows", "top", "exp_dir", "wall_s", "time_use", "commands"}`` plus what
+    `post_steps` returned: one dict per trial, the best ``top_k`` with test metrics, the
+    experiment folder, seconds, the closing lines. Raises ValueError on a bad space, data,
+    objective, storage or resource request, `results.ResultsError` when the trials ran but
+    a results step failed, `interrupt.Interrupted` on SIGINT/SIGTERM.
+    """
+    return run_plan(plan_sweep(opts), post_steps)
+
+
+def plan_sweep(opts: SweepOptions) -> SweepPlan:
+    """The checks and derived values that need neither the sweep folder nor Ray, in the order
+    their errors are reported: budgets, the space (with --set), absolute paths, --cv, the
+    --external sets, the experiment's name and a writable storage. Raises ValueError (or
+    `cli.UserError`), one line, before anything is written."""
+    check_budgets(opts.budget_minutes, opts.budget_epochs, opts.trials)
     # --set values are pinned in the space, as smoke: values are: a tuned key leaves the
     # study's parameters, so Optuna never records a value that no trial trained with.
-    check_budgets(opts.budget_minutes, opts.budget_epochs, opts.trials)
     space = load_space(opts.space, smoke=opts.smoke_test).with_settings(opts.settings)
-    resolve_paths(opts)
-    F.check_cv(opts.cv, opts.cv_top, opts.storage)
-    X.check_specs(opts)  # a missing --external folder fails before any data is read
+    opts = resolve_paths(opts)
+    folds.check_cv(opts.cv, opts.cv_top, opts.storage)
+    # A missing --external folder fails before any data is read.
+    opts = replace(opts, external=external.check_specs(opts))
     name = experiment_name(opts, space)
-    storage = opts.storage
-    check_storage(storage)
-    exp_dir = f"{storage}/{name}"
-    files = SweepFiles(exp_dir)  # the sweep's own files, on any storage (tune/storage.py)
-    # One owner per sweep folder (tune/lock.py; a URI's: its local copy's folder), and
-    # SIGINT/SIGTERM leave it resumable (tune/interrupt.py). A new sweep that stops before its
-    # trials start leaves no folder behind.
+    check_storage(opts.storage)
+    exp_dir = f"{opts.storage}/{name}"
+    # The sweep's own files, on any storage (tune/storage.py).
+    return SweepPlan(opts, space, name, exp_dir, SweepFiles(exp_dir))
+
+
+def run_plan(plan: SweepPlan, post_steps: PostSteps | None = None) -> dict:
+    """Run the planned sweep (`run_sweep` says what it returns and raises) as the one owner of
+    its folder (tune/lock.py; a URI's: its local copy's folder), SIGINT/SIGTERM leaving it
+    resumable (tune/interrupt.py). A new sweep that stops before its trials start leaves no
+    folder behind; a full disk once they ran is said in one line (`disk_full_in_sweep`)."""
+    files = plan.files
     fresh = not files.stage.exists()
-    hint = (
-        f"resume with the same command: python -m ray_xray.tune {shlex.join(opts.argv)}"
-        if opts.argv
-        else "resume with the same arguments (or resume=True)"
-    )
     with (
-        SignalGuard(hint) as guard,
+        SignalGuard(plan.resume_hint) as guard,
         sweep_lock(files.stage.parent if files.remote else files.stage),
     ):
         try:
-            return _run_locked(opts, space, name, exp_dir, files, guard)
+            return _run_locked(plan, guard, post_steps)
         except BaseException as exc:
             if fresh and not guard.fit_started:
                 _remove_unstarted(files.stage)
-            full = disk_full_in_sweep(exc, exp_dir, guard.hint) if guard.fit_started else None
+            full = disk_full_in_sweep(exc, plan.exp_dir, guard.hint) if guard.fit_started else None
             if full is not None:
                 raise full from exc
             raise
@@ -383,11 +454,30 @@ def _remove_unstarted(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run_locked(
-    opts: SweepOptions, space: SearchSpace, name: str, exp_dir: str, files: SweepFiles, guard
-) -> dict:
-    """run_sweep's work once the sweep folder is this process's (`guard`: its SignalGuard)."""
-    storage = opts.storage
+def _run_locked(plan: SweepPlan, guard: SignalGuard, post_steps: PostSteps | None) -> dict:
+    """run_plan's work once the sweep folder is this process's: prepare the trials, start Ray,
+    record the sweep, fit, then write the results and run `post_steps`."""
+    plan, setup = _prepare(plan)
+    resources, runtime = _start_ray(plan, setup)
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_fn, overrides=setup.overrides, runtime=runtime),
+        trial_resources(resources),
+    )
+    _write_sweep_record(plan, setup, resources)
+    t0 = time.perf_counter()
+    tuner = _make_tuner(plan, setup.restoring, trainable, resources)
+    grid, cv = _fit(plan, tuner, guard, setup.overrides, runtime, resources)
+    wall = time.perf_counter() - t0
+    return _finish(plan, grid, cv, wall, resources, guard, post_steps)
+
+
+def _check_restore(plan: SweepPlan) -> tuple[SweepPlan, bool]:
+    """A new sweep, or the interrupted one in the folder resumed (True), first with what needs
+    no data: another dataset fails before it is read. The trial runner: a resumed sweep keeps
+    its own (`resumed_runner`), `auto` becomes one (`trial.plan_runner`). Raises ValueError
+    for a finished sweep without --resume, --resume with nothing to resume, and an
+    interrupted sweep of other options. Returns the plan with the runner chosen."""
+    opts, files, exp_dir = plan.opts, plan.files, plan.exp_dir
     if files.exists(DONE_FILE) and not opts.resume:
         raise ValueError(
             f"{exp_dir} already holds a finished sweep; pick another --name (or --resume to re-read it)"
@@ -395,25 +485,38 @@ def _run_locked(
     restoring = tune.Tuner.can_restore(exp_dir)
     if opts.resume and not restoring:
         raise ValueError(f"--resume: no sweep to resume at {exp_dir}")
-    if restoring:  # first what needs no data: another dataset fails before it is read
+    runner = opts.trial_runner
+    if restoring:
         files.pull("sweep.json", STUDY_FILE)  # a URI's files, to their local copy
-        opts.trial_runner = resumed_runner(opts.trial_runner, files.stage)
-        check_resumable(exp_dir, sweep_identity(opts, space, None), files.stage)
+        runner = resumed_runner(runner, files.stage)
+        identity = sweep_identity(replace(opts, trial_runner=runner), plan.space, None)
+        check_resumable(exp_dir, identity, files.stage)
     else:
         files.reset()  # no study or results of an earlier run with this URI
-    opts.trial_runner = plan_runner(opts.trial_runner, opts.workers_per_trial, opts.gpus_per_trial)
+    runner = plan_runner(runner, opts.workers_per_trial, opts.gpus_per_trial)
+    return replace(plan, opts=replace(opts, trial_runner=runner)), restoring
 
-    overrides = {  # what no space sets: every trial of the sweep shares them
-        "data": opts.data,
-        "seed": opts.seed,
-        "num_workers": opts.workers_per_trial,
-    }
+
+def trial_overrides(opts: SweepOptions) -> dict:
+    """The settings no space sets, which every trial of the sweep shares: data, seed, DDP
+    workers, cuda when trials hold a GPU, and fold 0 of K for a --cv sweep's search stage."""
+    overrides = {"data": opts.data, "seed": opts.seed, "num_workers": opts.workers_per_trial}
     if opts.gpus_per_trial:
         overrides["device"] = "cuda"
     if opts.cv:  # the search stage trains and ranks on fold 0 (tune/folds.py)
         overrides.update(cv_folds=opts.cv, cv_fold=0)
+    return overrides
+
+
+def _prepare(plan: SweepPlan) -> tuple[SweepPlan, TrialSetup]:
+    """Everything checked and loaded before Ray starts: new or resumed (`_check_restore`), the
+    objective, the --set values built as train builds them, the data validated and the
+    prepared cache filled once, the precision, the --external sets' classes. Raises
+    ValueError (or `cli.UserError`), one line."""
+    plan, restoring = _check_restore(plan)
+    opts, space = plan.opts, plan.space
+    overrides = trial_overrides(opts)
     check_objective(opts.objective, None)  # names first: no data needed to refuse a typo
-    # Validate data and fill the prepared cache once, before any trial starts.
     # Pooled (no fold): trials take their fold of the shared arrays (data/folds.for_config).
     probe_cfg = space.resolve(space.default_config(), {**overrides, "cv_folds": 0, "cv_fold": 0})
     check_settings_build(space, opts.settings, overrides)  # as train does, before any trial
@@ -423,13 +526,20 @@ def _run_locked(
     check_objective(opts.objective, data.classes)
     # The trials' device: a GPU only when they hold one (tune/trial.py runs the rest on cpu).
     choice = announce(probe_cfg.precision, "cuda" if opts.gpus_per_trial else "cpu")
-    X.check_classes(opts.external, data.classes)
+    external.check_classes(opts.external, data.classes)
     identity = sweep_identity(opts, space, data.classes)
     if restoring:
-        check_resumable(exp_dir, identity, files.stage)
+        check_resumable(plan.exp_dir, identity, plan.files.stage)
         if not opts.resume:
-            print(f"found an interrupted sweep at {exp_dir}: resuming it", file=sys.stderr)
+            print(f"found an interrupted sweep at {plan.exp_dir}: resuming it", file=sys.stderr)
+    return plan, TrialSetup(restoring, overrides, probe_cfg, data, identity, choice)
 
+
+def _start_ray(plan: SweepPlan, setup: TrialSetup) -> tuple[dict, dict]:
+    """Start (or join) Ray, size the trials, say the expected length, and share the prepared
+    data through Ray's object store. Returns (`plan_resources`' dict, the `runtime` dict every
+    trial function gets besides its config)."""
+    opts = plan.opts
     # Worker output stays in Ray's logs: the console gets one line per trial event instead.
     hide_key = contextlib.nullcontext()
     if opts.wandb != "off":  # Ray's processes do not inherit the key: it stays in this one
@@ -438,33 +548,37 @@ def _run_locked(
         hide_key = key_hidden()
     with hide_key:
         init_ray(log_to_driver=False)
-    plan = plan_resources(opts)
-    say_expected_length(opts, space, probe_cfg, data, plan)
+    resources = plan_resources(opts)
+    say_expected_length(opts, plan.space, setup.probe_cfg, setup.data, resources)
     runtime = {
-        "runner": plan["runner"],
-        "cpus_per_worker": plan["cpus_per_worker"],
-        "gpus_per_worker": plan["gpus_per_worker"],
+        "runner": resources["runner"],
+        "cpus_per_worker": resources["cpus_per_worker"],
+        "gpus_per_worker": resources["gpus_per_worker"],
         "max_failures": opts.max_failures,
         "cache": opts.cache,
-        "exp_dir": exp_dir,
+        "exp_dir": plan.exp_dir,
         # Prepared once here (once per searched img_size), read by every trial from Ray's
         # object store (worker.shared_data).
-        "data": shared_datasets(space, probe_cfg, data, opts.cache),
+        "data": shared_datasets(plan.space, setup.probe_cfg, setup.data, opts.cache),
     }
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, overrides=overrides, runtime=runtime), trial_resources(plan)
-    )
-    write_atomic(files.local_path("space.yaml"), space.to_yaml())
+    return resources, runtime
+
+
+def _write_sweep_record(plan: SweepPlan, setup: TrialSetup, resources: dict) -> None:
+    """space.yaml and sweep.json (the command, identity, options, resources, overrides and
+    precision), written atomically in the local folder, then pushed to the storage."""
+    opts, files = plan.opts, plan.files
+    write_atomic(files.local_path("space.yaml"), plan.space.to_yaml())
     write_atomic(
         files.local_path("sweep.json"),
         json.dumps(
             {
                 "command": "python -m ray_xray.tune " + shlex.join(opts.argv),
-                **identity,
+                **setup.identity,
                 "options": asdict(opts),
-                "plan": plan,
-                "overrides": overrides,
-                "precision_choice": choice.to_dict(),
+                "plan": resources,
+                "overrides": setup.overrides,
+                "precision_choice": setup.precision.to_dict(),
             },
             indent=2,
             default=str,
@@ -472,23 +586,38 @@ def _run_locked(
     )
     files.push("space.yaml", "sweep.json")
 
-    t0 = time.perf_counter()
+
+def _make_tuner(plan: SweepPlan, restoring: bool, trainable, resources: dict) -> tune.Tuner:
+    """A new Tuner over the plan, or the interrupted one restored from `plan.exp_dir`
+    (unfinished trials resumed, errored ones not retried)."""
+    opts, files, exp_dir = plan.opts, plan.files, plan.exp_dir
     if restoring:
         if opts.trial_runner == "inline" and not files.remote:
-            R.relink_deleted_checkpoints(exp_dir)
-        tuner = tune.Tuner.restore(
+            results.relink_deleted_checkpoints(exp_dir)
+        return tune.Tuner.restore(
             exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=_tune_config(opts, space, exp_dir, plan, files),
-            run_config=_run_config(opts, name, storage, files, plan_epochs(space), plan),
-        )
+    return tune.Tuner(
+        trainable,
+        tune_config=_tune_config(opts, plan.space, exp_dir, resources, files),
+        run_config=_run_config(
+            opts, plan.name, opts.storage, files, plan_epochs(plan.space), resources
+        ),
+    )
+
+
+def _fit(
+    plan: SweepPlan, tuner, guard: SignalGuard, overrides: dict, runtime: dict, resources: dict
+):
+    """Tuner.fit, then a --cv sweep's fold stage; returns (the result grid, the fold stage or
+    None). Raises `interrupt.Interrupted` after a signal (Tune saved the sweep: nothing after
+    may claim it finished) and a one-line error when trials failed on a full disk."""
+    opts = plan.opts
+    gpu = f", {opts.gpus_per_trial:g} GPU" if opts.gpus_per_trial else ""
     print(
-        f"sweep {name}: space {space.name}, up to {opts.trials} trials, {plan['max_concurrent']} at a time "
-        f"({plan['cpus_per_trial']:g} CPU{f', {opts.gpus_per_trial:g} GPU' if opts.gpus_per_trial else ''} each), "
-        f"objective {','.join(opts.objective)} -> {exp_dir}",
+        f"sweep {plan.name}: space {plan.space.name}, up to {opts.trials} trials, "
+        f"{resources['max_concurrent']} at a time ({resources['cpus_per_trial']:g} CPU{gpu} "
+        f"each), objective {','.join(opts.objective)} -> {plan.exp_dir}",
         file=sys.stderr,
     )
     guard.fit_started = True
@@ -498,35 +627,50 @@ def _run_locked(
         # already stopped the search: then the sweep resumes from the search.
         cv = None
         if opts.cv and guard.signum is None:
-            cv = _cv_stage(opts, exp_dir, grid, overrides, runtime, plan, name)
+            cv = _cv_stage(plan, grid, overrides, runtime, resources)
     guard.check()  # an interrupt: Tune saved the sweep; nothing below may claim it finished
-    check_trial_disk_errors(grid.errors, exp_dir, guard.hint)  # a full disk: not finished either
-    wall = time.perf_counter() - t0
+    check_trial_disk_errors(grid.errors, plan.exp_dir, guard.hint)  # a full disk: not finished
+    return grid, cv
+
+
+def _finish(
+    plan: SweepPlan,
+    grid,
+    cv: folds.FoldStage | None,
+    wall: float,
+    resources: dict,
+    guard: SignalGuard,
+    post_steps: PostSteps | None,
+) -> dict:
+    """After fit: the study closed, the results written (`finish_sweep`), the budget line,
+    `post_steps`, then the closing lines (dashboards) and a URI's local copy removed."""
+    opts, files = plan.opts, plan.files
     # Tune stops trials at the time budget without telling the searcher: close them in the
     # study, so optuna.db holds no trial RUNNING once the sweep has ended.
     ended_by = "budget" if opts.budget_minutes or opts.budget_epochs else "sweep_end"
-    close_running(files.local_path(STUDY_FILE), name, ended_by)
+    close_running(files.local_path(STUDY_FILE), plan.name, ended_by)
     wandb_dir = os.environ.get("WANDB_DIR") or files.stage
     if opts.wandb != "off" and not os.environ.get("WANDB_DIR"):
         files.push("wandb")  # the W&B runs (all finished once fit returns)
     summary = finish_sweep(
-        grid, exp_dir, space, opts, wall, not files.remote, plan, files, cv and cv.label
+        grid,
+        plan.exp_dir,
+        plan.space,
+        opts,
+        wall,
+        not files.remote,
+        resources,
+        files,
+        cv and cv.label,
     )
     ended = budget_line(opts, summary["rows"], wall)
     if ended:
         print(ended)
     guard.hint = (
-        f"the results are written; `python -m ray_xray.ensemble {exp_dir}` builds the ensemble"
+        f"the results are written; `python -m ray_xray.ensemble {plan.exp_dir}` builds the ensemble"
     )
-    external = X.ExternalStep(opts, summary["top"]) if opts.external and summary["top"] else None
-    if cv and opts.ensemble:  # the deliverable of a --cv sweep: the chosen fold models
-        summary["ensemble"] = cv.ensemble(summary["rows"], external)
-    elif opts.ensemble and summary["top"]:
-        print("\nensemble of the best trials (--no-ensemble to skip):", file=sys.stderr)
-        summary["ensemble"] = _ensemble(exp_dir, opts, files, summary["rows"], external)
-    if external:  # written in the local stage, then to the storage (a no-op when local)
-        summary["external"] = external.finish(str(files.stage))
-        files.push("best_trials.json", "ensemble")
+    if post_steps is not None:
+        summary.update(post_steps(plan, summary, cv))
     commands = tool_commands(files, wandb_dir if opts.wandb != "off" else None)
     print("\nopen the results with:\n" + "\n".join(f"  {c}" for c in commands))
     summary["commands"] = commands
@@ -556,90 +700,64 @@ def finish_sweep(
     opts: SweepOptions,
     wall: float,
     local: bool,
-    plan: dict,
+    resources: dict,
     files: SweepFiles | None = None,
     rows_hook=None,
 ) -> dict:
-    """R.finish, where any failure is ours, not the user's: the trials ran and are safe on
-    storage, so it must not read as bad input (exit 2). Raises R.ResultsError (exit 1).
-    `rows_hook`: R.finish's (a --cv sweep adds its fold runs)."""
+    """`results.finish`, where any failure is ours, not the user's: the trials ran and are
+    safe on storage, so it must not read as bad input (exit 2). Raises
+    `results.ResultsError` (exit 1). `rows_hook`: results.finish's (a --cv sweep adds its
+    fold runs)."""
     try:
-        return R.finish(grid, exp_dir, space, opts, wall, local, plan, files, rows_hook)
+        return results.finish(grid, exp_dir, space, opts, wall, local, resources, files, rows_hook)
     except Exception as exc:
-        raise R.ResultsError(
+        raise results.ResultsError(
             f"the sweep's trials ran and are kept in {exp_dir}, but writing its results failed "
             f"({type(exc).__name__}: {exc}); the same command with --resume retries this step"
         ) from exc
 
 
-def _cv_stage(opts, exp_dir, grid, overrides, runtime, plan, name) -> F.FoldStage:
+def _cv_stage(
+    plan: SweepPlan, grid, overrides: dict, runtime: dict, resources: dict
+) -> folds.FoldStage:
     """Stage 2 of a --cv sweep (tune/folds.py): the top --cv-top configurations of the search
-    on all K folds, as Tune trials of EXP/folds/ (resumed with the sweep)."""
+    on all K folds, as Tune trials of EXP/folds/ (resumed with the sweep). Raises
+    `results.ResultsError` when no search trial finished an epoch."""
+    opts, exp_dir = plan.opts, plan.exp_dir
     objective = opts.objective[0]
     mode = metric_mode(objective)
-    held = {"cpus": plan["cpus_per_trial"], "gpus": opts.gpus_per_trial}
-    search = R.trial_rows(grid, objective, mode, exp_dir, held, opts.trial_runner)
-    configs = F.candidates(exp_dir, search, f"best_{objective}", mode, opts.cv_top)
+    held = {"cpus": resources["cpus_per_trial"], "gpus": opts.gpus_per_trial}
+    search = results.trial_rows(grid, objective, mode, exp_dir, held, opts.trial_runner)
+    configs = folds.candidates(exp_dir, search, f"best_{objective}", mode, opts.cv_top)
     if not configs:
-        raise R.ResultsError(
+        raise results.ResultsError(
             "--cv: no search trial finished an epoch (with --budget-minutes the search stage "
             "gets half of it: raise the budget); the same command with --resume continues"
         )
     print(
         f"\ncv: the best {len(configs)} configuration(s) on all {opts.cv} folds "
-        f"({len(configs) * opts.cv} runs) -> {exp_dir}/{F.FOLDS_DIR}",
+        f"({len(configs) * opts.cv} runs) -> {exp_dir}/{folds.FOLDS_DIR}",
         file=sys.stderr,
     )
-    tuner = F.fold_tuner(
+    tuner = folds.fold_tuner(
         opts,
         exp_dir,
         configs,
         overrides,
         runtime,
-        trial_resources(plan),
-        plan["max_concurrent"],
+        trial_resources(resources),
+        resources["max_concurrent"],
         # the console counts the fold runs, with no clock: they run to their end
-        make_callbacks(replace(opts, trials=len(configs) * opts.cv, budget_minutes=0), name),
+        make_callbacks(replace(opts, trials=len(configs) * opts.cv, budget_minutes=0), plan.name),
     )
-    return F.FoldStage(opts, exp_dir, configs, tuner.fit(), held)
-
-
-def _ensemble(
-    exp_dir: str, opts: SweepOptions, files: SweepFiles, rows: list[dict], external=None
-) -> dict:
-    """The ensemble + report after the results are written; its failure is not bad input.
-    It runs on the sweep's local files (`files.stage`: for a URI, a copy holding the results,
-    the top trials' checkpoints and every trial's result.json), then goes to the storage.
-    `external`: run_ensemble's hook (X.ExternalStep), called once the ensemble is saved."""
-    from ..ensemble import run_ensemble
-
-    device = "cuda" if opts.gpus_per_trial else "auto"
-    try:
-        files.pull(*(f"{r['trial_id']}/{f}" for r in rows for f in ("result.json", "progress.csv")))
-        out = run_ensemble(
-            files.stage, top_k=opts.top_k, data=opts.data, device=device, external=external
-        )
-        files.push("ensemble")
-        if files.remote:  # name the storage's files, not the local copy (removed at the end)
-            stage = f"{files.stage}/"
-            out = {
-                k: files.where(v[len(stage) :]) if isinstance(v, str) and v.startswith(stage) else v
-                for k, v in out.items()
-            }
-        return out
-    except Exception as exc:
-        where = exp_dir if not files.remote else f"a local copy of {exp_dir}"
-        raise R.ResultsError(
-            f"the sweep's results are written in {exp_dir}, but its ensemble step failed "
-            f"({type(exc).__name__}: {exc}); `python -m ray_xray.ensemble` on {where} retries it"
-        ) from exc
+    return folds.FoldStage(opts, exp_dir, configs, tuner.fit(), held)
 
 
 def _tune_config(
     opts: SweepOptions,
     space: SearchSpace,
     exp_dir: str,
-    plan: dict,
+    resources: dict,
     files: SweepFiles | None = None,
 ) -> tune.TuneConfig:
     metrics = opts.objective
@@ -684,9 +802,9 @@ def _tune_config(
         search_alg=search,
         scheduler=scheduler,
         num_samples=opts.trials,
-        max_concurrent_trials=plan["max_concurrent"],
+        max_concurrent_trials=resources["max_concurrent"],
         # --cv: the search stage gets a share of the budget; the fold stage runs to its end
-        time_budget_s=opts.budget_minutes * 60 * (F.SEARCH_SHARE if opts.cv else 1)
+        time_budget_s=opts.budget_minutes * 60 * (folds.SEARCH_SHARE if opts.cv else 1)
         if opts.budget_minutes
         else None,
         trial_dirname_creator=lambda t: t.trial_id,  # short, deterministic
@@ -712,7 +830,7 @@ def _sampler(opts: SweepOptions) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=opts.tpe_startup)
 
 
-def say_expected_length(opts: SweepOptions, space, cfg, data, plan: dict) -> None:
+def say_expected_length(opts: SweepOptions, space, cfg, data, resources: dict) -> None:
     """Print the sweep's expected length before it starts (`estimate.expected_length`: the
     plan times an epoch of the first trial's model timed here). CPU trials only: a CPU's epoch
     says nothing about a GPU's."""
@@ -727,9 +845,9 @@ def say_expected_length(opts: SweepOptions, space, cfg, data, plan: dict) -> Non
             len(data.labels["val"]),
             opts.trials,
             plan_epochs(space),
-            plan["max_concurrent"],
-            max(1, int(plan["cpus_per_trial"])),
-            plan["runner"],
+            resources["max_concurrent"],
+            max(1, int(resources["cpus_per_trial"])),
+            resources["runner"],
         )
     except (RuntimeError, ValueError) as exc:  # an estimate must never stop a sweep
         print(f"expected length: not estimated ({exc})", file=sys.stderr)
@@ -755,9 +873,9 @@ def _run_config(
     storage: str,
     files: SweepFiles | None = None,
     epochs: int = 8,
-    plan: dict | None = None,
+    resources: dict | None = None,
 ) -> tune.RunConfig:
-    slots = (plan or {}).get("max_concurrent", 1)
+    slots = (resources or {}).get("max_concurrent", 1)
     callbacks = make_callbacks(opts, name, files.stage if files else None, epochs, slots)
     if files is not None and files.remote:
         callbacks.append(StudyUpload(files))

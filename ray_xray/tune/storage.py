@@ -237,9 +237,11 @@ class StudyUpload(tune.Callback):
             log.warning("could not copy %s to %s: %s", STUDY_FILE, self.files.uri, exc)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """Push optuna.db after a trial finished (Tune's callback hook)."""
         self._push()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        """Push optuna.db after a trial failed (Tune's callback hook)."""
         self._push()
 
 

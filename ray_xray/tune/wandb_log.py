@@ -67,6 +67,8 @@ class KeySafeWandbCallback(WandbLoggerCallback):
             )
 
     def setup(self, *args, **kwargs):
+        """Ray's setup (its API-key lookup), with WANDB_MODE set first when offline (no key
+        needed) and the key kept on this callback, not in the environment of Ray's actors."""
         mode = self.kwargs.get("mode")
         if mode in ("offline", "disabled"):
             # What tells Ray's key lookup that no key is needed. The sweep sets it when it
@@ -76,6 +78,7 @@ class KeySafeWandbCallback(WandbLoggerCallback):
         self._key = None if mode in ("offline", "disabled") else os.environ.get(WANDB_ENV_VAR)
 
     def log_trial_end(self, trial, failed: bool = False):
+        """Stop the trial's logger actor when it still runs (Ray's assumes it always does)."""
         # Ray's callback assumes the trial's logger actor is still there. One whose `run` has
         # already ended (W&B refused the key, wandb crashed) was cleaned up at the previous
         # trial's end, and the KeyError here crashed the whole sweep at this trial's end.
@@ -84,6 +87,8 @@ class KeySafeWandbCallback(WandbLoggerCallback):
         self._cleanup_logging_actors()
 
     def on_experiment_end(self, trials, **info):
+        """Tell every logger actor still running to finish, then Ray's wait for them (at most
+        OFFLINE_FINISH_TIMEOUT_S seconds offline)."""
         # Ray's callback waits (up to `upload_timeout`) for every logger actor to finish but
         # never tells them to: an actor whose trial got no `log_trial_end` (a result logged
         # after the trial ended restarts one) waits on its queue for an END item forever.
