@@ -251,7 +251,10 @@ def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_pa
         assert reported == [1, 2], reported  # epoch 1 once before the kill, 2 after restart
         assert json.loads(row["config"])["cv_fold"] == row["cv_fold"]
     sel = json.loads((exp / "cv.json").read_text())
-    assert sel["folds"] == 2 and len(sel["chosen"]["trial_ids"]) == 2
+    assert sel["folds"] == 2 and len(sel["chosen"]["trial_ids"]) == 2 and sel["search_trials"] == 1
+    page = (exp / "ensemble" / "report.html").read_text()  # the report says how it chose
+    assert "How the configuration was selected" in page and "(1 trials)" in page
+    assert f"file://{exp}/ensemble/report.html" in r.stdout
     from ray_xray.checkpoint import load_ensemble
 
     ens = load_ensemble(exp / "ensemble" / "ensemble.pt")

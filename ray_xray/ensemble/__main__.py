@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.json
             else f"wrote {result['ensemble']}, {result['metrics']}"
         )
+        if result.get("report") and not args.json:
+            print(report_line(result["report"]))
         return 0
     from .core import run_ensemble
 

@@ -528,7 +528,7 @@ def write_tables(metrics: dict, classes: list[str], out_dir: Path) -> pd.DataFra
 
 def _write_html_report(exp, members, ensembles, chosen, metrics, datas, on, out_dir) -> Path:
     """report.html in `out_dir` (ray_xray/report), from what run_ensemble computed; its seconds
-    go to metrics["timings"]["report_s"] (run_ensemble sets the dict's other entries)."""
+    go to metrics["timings"]["report_s"]."""
     from ..report import SweepReport, write_report
 
     t0 = time.perf_counter()

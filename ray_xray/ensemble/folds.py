@@ -190,6 +190,19 @@ def fold_metrics(fitted: dict, p_test: np.ndarray, selection: dict, experiment: 
     return metrics
 
 
+def _fold_report(out_dir: Path, metrics: dict, y_test, p_test) -> str | None:
+    """EXP/ensemble/report.html (report/folds.py), or None with a warning when it cannot be
+    written: the saved ensemble and metrics.json stand without it."""
+    from ..report.folds import write_fold_report
+
+    try:
+        search = metrics["selection"].get("search_trials")
+        return str(write_fold_report(out_dir, metrics, y_test, p_test, search, log))
+    except Exception as exc:  # noqa: BLE001 - a report is not worth losing the ensemble over
+        log(f"warning: report.html not written: {type(exc).__name__}: {exc}")
+        return None
+
+
 def run_fold_ensemble(
     exp_dir: str | Path,
     checkpoints: list[str],
@@ -201,9 +214,10 @@ def run_fold_ensemble(
     """Fit, save and then score the fold ensemble of a `--cv` sweep into EXP/ensemble/:
     ensemble.pt (method "cv_folds"; operating points fixed on the out-of-fold predictions),
     metrics.json ("oof": out-of-fold validation metrics, "test": with 95 % intervals,
-    "selection": the cv.json record). `external`: called with ensemble.pt's path after it is
-    saved (tune --external); its result goes to metrics.json. Returns {"out", "ensemble",
-    "metrics", "chosen", "summary", "external"}."""
+    "selection": the cv.json record) and report.html (how the configuration was selected, out
+    of fold beside test). `external`: called with ensemble.pt's path after it is saved (tune
+    --external); its result goes to metrics.json. Returns {"out", "ensemble", "metrics",
+    "report" (None when it could not be written), "chosen", "summary", "external"}."""
     t0 = time.perf_counter()
     dev = pick_device(device)
     fitted = fit_fold_ensemble(checkpoints, cache, dev)
@@ -217,6 +231,7 @@ def run_fold_ensemble(
         metrics["external"] = external(ens_path)
     metrics["timings"] = {"total_s": time.perf_counter() - t0}
     write_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2))
+    report = _fold_report(out_dir, metrics, fitted["data"].labels["test"], p_test)
     test = metrics["test"]
     log(
         f"fold ensemble: out-of-fold macro-F1 {metrics['oof']['macro_f1']:.4f}; test accuracy "
@@ -226,6 +241,7 @@ def run_fold_ensemble(
         "out": str(out_dir),
         "ensemble": str(ens_path),
         "metrics": str(out_dir / "metrics.json"),
+        "report": report,
         "chosen": f"ensemble_{METHOD}",
         "summary": {"ensemble": {"name": METHOD, "test_macro_f1": test["macro_f1"]}},
         "external": metrics.get("external"),

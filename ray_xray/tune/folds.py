@@ -244,6 +244,7 @@ class FoldStage:
         fold_rows = trial_rows(self.grid, objective, mode, folds_dir, self.held, runner)
         rows = label_rows(rows, fold_rows, self.configs)
         self.selection = choose(rows, f"best_{objective}", mode, self.opts.cv)
+        self.selection["search_trials"] = sum(r.get("cv_stage") == "search" for r in rows)
         write_selection(self.exp_dir, self.selection)
         print(selection_line(self.selection), flush=True)
         return rows
