@@ -287,3 +287,23 @@ def data_key(record: dict) -> tuple:
         bool(cfg.get("skip_bad", False)),
         bool(cfg.get("allow_leakage", False)),
     )
+
+
+def load_keyed_data(spec: str, key: tuple, classes: list[str], cache_root=None):
+    """The images a member was trained and validated on: `data.load_data` of `spec` with the
+    loading settings of `key` (`data_key`'s tuple) and the member's `classes` order; `cache_root`
+    is the prepared-array cache. Returns a `PreparedData`; raises what load_data raises."""
+    from .data import load_data  # same floor; imported here so data never needs this module
+
+    img_size, limit_per_split, seed, dedupe, skip_bad, allow_leakage = key
+    return load_data(
+        spec,
+        img_size,
+        classes=list(classes),
+        skip_bad=skip_bad,
+        dedupe=dedupe,
+        allow_leakage=allow_leakage,
+        limit_per_split=limit_per_split,
+        seed=seed,
+        cache_root=cache_root,
+    )

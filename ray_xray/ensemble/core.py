@@ -20,10 +20,11 @@ from ..checkpoint import (
     data_key,
     ensemble_record,
     load_checkpoint,
+    load_keyed_data,
     preprocess,
     save_ensemble,
 )
-from ..data import ImageDataset, load_data
+from ..data import ImageDataset
 from ..data.dataset import loader as make_loader
 from ..device import pick_device
 from ..inference import ensemble_proba, inference_setup, predict_proba
@@ -94,19 +95,9 @@ def load_member_data(members: list[Member], spec: str, cache: str | None) -> dic
     for m in members:
         if m.data_key in datas:
             continue
-        img_size, limit, seed, dedupe, skip_bad, allow_leakage = m.data_key
+        img_size, limit, seed = m.data_key[:3]
         log(f"loading {spec} at {img_size}px (limit {limit or 'none'}, seed {seed})")
-        datas[m.data_key] = load_data(
-            spec,
-            img_size,
-            classes=list(m.record["classes"]),
-            skip_bad=skip_bad,
-            dedupe=dedupe,
-            allow_leakage=allow_leakage,
-            limit_per_split=limit,
-            seed=seed,
-            cache_root=cache,
-        )
+        datas[m.data_key] = load_keyed_data(spec, m.data_key, m.record["classes"], cache)
     ref = next(iter(datas.values()))
     for key, d in datas.items():
         if d.classes != ref.classes:

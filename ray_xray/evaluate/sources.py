@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import data_key, preprocess
+from ..checkpoint import data_key, load_keyed_data, preprocess
 from ..cli import UserError
-from ..data.dataset import absolute_spec, load_data, load_table, resolve_items
+from ..data.dataset import absolute_spec, load_table, resolve_items
 from ..data.sources import (
     SPLITS,
     DataError,
@@ -165,18 +165,7 @@ def own_sets(
         if limit is not None:
             key = (key[0], int(limit), *key[2:])
         if key not in loaded:
-            size, limit_per_split, seed, dedupe, skip_bad, leakage = key
-            loaded[key] = load_data(
-                subject.own_data,
-                size,
-                classes=subject.classes,
-                skip_bad=skip_bad,
-                dedupe=dedupe,
-                allow_leakage=leakage,
-                limit_per_split=limit_per_split,
-                seed=seed,
-                cache_root=cache,
-            )
+            loaded[key] = load_keyed_data(subject.own_data, key, subject.classes, cache)
     ref = next(iter(loaded.values()))
     out = {}
     for split in splits:
