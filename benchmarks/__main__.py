@@ -15,7 +15,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from ray_xray.cli import HelpFormatter  # noqa: E402
 
-from . import common as C  # noqa: E402
+from . import common  # noqa: E402
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
@@ -48,7 +48,7 @@ ROUGH_MINUTES = {
 def build_parser() -> argparse.ArgumentParser:
     lines = "\n".join(
         f"  {n:<10} {ABOUT[n]} (~{ROUGH_MINUTES[n][0]} min, --smoke-test ~{ROUGH_MINUTES[n][1]} min)"
-        for n in C.ORDER
+        for n in common.ORDER
     )
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # the old name
     p.add_argument(
-        "--only", default="", metavar="NAME[,NAME]", help=f"run only these ({', '.join(C.ORDER)})"
+        "--only",
+        default="",
+        metavar="NAME[,NAME]",
+        help=f"run only these ({', '.join(common.ORDER)})",
     )
     p.add_argument(
         "--data",
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out",
-        default=str(C.BENCH_DIR),
+        default=str(common.BENCH_DIR),
         help="where results/ and RESULTS.md go (default: the benchmarks folder)",
     )
     p.add_argument("--list-settings", action="store_true", help="print every setting and exit")
@@ -97,8 +100,10 @@ def parse_sets(items: list[str], names: list[str]) -> dict[str, dict[str, str]]:
         bench, dot, setting = key.partition(".")
         if not sep or not dot or not setting:
             raise ValueError(f"--set {item}: expected NAME.KEY=VALUE")
-        if bench not in C.ORDER:
-            raise ValueError(f"--set {item}: unknown benchmark {bench!r} ({', '.join(C.ORDER)})")
+        if bench not in common.ORDER:
+            raise ValueError(
+                f"--set {item}: unknown benchmark {bench!r} ({', '.join(common.ORDER)})"
+            )
         if bench not in names:
             raise ValueError(f"--set {item}: benchmark {bench!r} is not selected by --only")
         out.setdefault(bench, {})[setting.strip()] = value.strip()
@@ -108,11 +113,11 @@ def parse_sets(items: list[str], names: list[str]) -> dict[str, dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(C.ORDER)
-    unknown = [n for n in names if n not in C.ORDER]
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(common.ORDER)
+    unknown = [n for n in names if n not in common.ORDER]
     if unknown:
         raise ValueError(
-            f"--only: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(C.ORDER)}"
+            f"--only: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(common.ORDER)}"
         )
     modules = {n: importlib.import_module(f"benchmarks.{n}") for n in names}
     if args.list_settings:
@@ -120,33 +125,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n}:")
             for k, v in mod.DEFAULTS["full"].items():
                 print(
-                    f"  {n}.{k} = {C._setting(v)}   (quick: {C._setting(mod.DEFAULTS['quick'][k])})"
+                    f"  {n}.{k} = {common._setting(v)}   (quick: {common._setting(mod.DEFAULTS['quick'][k])})"
                 )
         return 0
     sets = parse_sets(args.set, names)
     settings = {
-        n: C.resolve_settings(modules[n].DEFAULTS, args.quick, sets.get(n, {})) for n in names
+        n: common.resolve_settings(modules[n].DEFAULTS, args.quick, sets.get(n, {})) for n in names
     }
-    data = C.default_data(args.data)
+    data = common.default_data(args.data)
     out = Path(args.out).resolve()
-    C.OUT_DIR = out
+    common.OUT_DIR = out
     command = "python -m benchmarks" + (" " + shlex.join(argv) if argv else "")
     total = sum(ROUGH_MINUTES[n][1 if args.quick else 0] for n in names)
-    C.say(
+    common.say(
         "all",
         f"{', '.join(names)}{' (quick)' if args.quick else ''}: roughly {total:g} min on a "
         f"quiet 2-core machine; data {data}",
     )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > 0.5 * C.threads():
-        C.say(
+    if load > 0.5 * common.threads():
+        common.say(
             "all",
-            f"warning: the machine is busy (1-min load {load:.1f} on {C.threads()} CPUs); "
+            f"warning: the machine is busy (1-min load {load:.1f} on {common.threads()} CPUs); "
             "the numbers will be noisy, run on a quiet machine for results",
         )
     failed = []
     for n in names:
-        C.say(n, f"start: {ABOUT[n]}")
+        common.say(n, f"start: {ABOUT[n]}")
         load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
         t0 = time.perf_counter()
         try:
@@ -157,21 +162,21 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-            C.say(n, f"FAILED: {type(exc).__name__}: {exc}")
+            common.say(n, f"FAILED: {type(exc).__name__}: {exc}")
             failed.append(n)
             continue
         res.update(
             command=command,
             quick=args.quick,
-            machine=C.machine(),
+            machine=common.machine(),
             load_before=load_before,
             duration_s=round(time.perf_counter() - t0, 1),
         )
-        path = C.save(res, out)
-        C.say(n, f"done in {res['duration_s'] / 60:.1f} min -> {path}")
+        path = common.save(res, out)
+        common.say(n, f"done in {res['duration_s'] / 60:.1f} min -> {path}")
         for h in res.get("headline", []):
-            C.say(n, f"headline: {h}")
-    md = C.write_markdown(out)
+            common.say(n, f"headline: {h}")
+    md = common.write_markdown(out)
     print(f"results: {md}")
     if failed:
         print(f"error: benchmark(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -46,7 +46,7 @@ def machine() -> dict[str, Any]:
     """CPU model, cores, library versions and the date: the context of every number."""
     import torch
 
-    from ray_xray import device as D
+    from ray_xray import device
 
     info: dict[str, Any] = {
         "cpu": platform.processor() or platform.machine(),
@@ -71,11 +71,11 @@ def machine() -> dict[str, Any]:
     # The CPU and what decides bf16 speed on it (ray_xray.device chooses precision from these):
     # the instruction sets, torch's kernel capability and oneDNN's native-bf16 check, which
     # ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA can lower (`isa_env`).
-    cpu = D.cpu_info()
+    cpu = device.cpu_info()
     info["cpu"], info["cpu_flags"] = cpu["model"], cpu["flags"]
     info["torch_capability"] = torch.backends.cpu.get_cpu_capability()
-    info["native_bf16"] = D.cpu_bf16_native()
-    info["isa_env"] = {k: os.environ[k] for k in D.ISA_ENV if k in os.environ}
+    info["native_bf16"] = device.cpu_bf16_native()
+    info["isa_env"] = {k: os.environ[k] for k in device.ISA_ENV if k in os.environ}
     try:
         text = Path("/proc/cpuinfo").read_text()
         physical = {

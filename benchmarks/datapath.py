@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ray_xray import device as D
+from ray_xray import device
 from ray_xray.data import load_data
 from ray_xray.data.cache import decode
 from ray_xray.data.dataset import resolve_items
 from ray_xray.data.transforms import TrainPreset
 
-from . import common as C
+from . import common
 from .steps import TrainStep
 
 NAME = "datapath"
@@ -63,11 +63,11 @@ def loader_rate(ds: Dataset, batch_size: int) -> float:
 
 
 def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False) -> dict:
-    s = settings or C.resolve_settings(DEFAULTS, quick, {})
-    spec = C.require_data(data)
-    torch.set_num_threads(C.threads())
+    s = settings or common.resolve_settings(DEFAULTS, quick, {})
+    spec = common.require_data(data)
+    torch.set_num_threads(common.threads())
     size, bs = s["img_size"], s["batch_size"]
-    C.say(NAME, f"loading {spec} at {size} px (prepared cache; built on first use)")
+    common.say(NAME, f"loading {spec} at {size} px (prepared cache; built on first use)")
     prepared = load_data(spec, size)
     items = [it for it in resolve_items(spec) if it.split == "train"]
     index = {c: k for k, c in enumerate(prepared.classes)}
@@ -100,19 +100,23 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         next(iter(DataLoader(ds, batch_size=bs)))
     measure = {k: (lambda ds=ds: loader_rate(ds, bs)) for k, ds in variants.items()}
     # The consumer trains as `train` would here: in the precision `auto` picks on this CPU.
-    prec = D.pick_precision("auto", "cpu")
-    C.say(
+    prec = device.pick_precision("auto", "cpu")
+    common.say(
         NAME,
         f"resnet18 {prec}+channels_last training step for reference ({s['model_steps']} steps)",
     )
     step = TrainStep("resnet18", size, bs, channels_last=True)
     step.run(2, prec)
     measure["resnet18 training step (consumer)"] = lambda: step.rate(s["model_steps"], prec)
-    C.say(NAME, f"{len(variants)} loaders over {n} images, {s['repeats']} round(s), interleaved")
-    samples = C.interleave(
-        measure, s["repeats"], on_round=lambda r: C.say(NAME, f"round {r + 1}/{s['repeats']} done")
+    common.say(
+        NAME, f"{len(variants)} loaders over {n} images, {s['repeats']} round(s), interleaved"
     )
-    rates = {k: C.median(v) for k, v in samples.items()}
+    samples = common.interleave(
+        measure,
+        s["repeats"],
+        on_round=lambda r: common.say(NAME, f"round {r + 1}/{s['repeats']} done"),
+    )
+    rates = {k: common.median(v) for k, v in samples.items()}
     model_rate = rates.pop("resnet18 training step (consumer)")
     png_plain = rates["PNG decode, no augmentation"]
     png_aug = rates["PNG decode + seeds augmentation"]
@@ -122,7 +126,9 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         # the loader's share of an epoch is (1/data) / (1/data + 1/model).
         frac = (1 / r) / (1 / r + 1 / model_rate)
         vs = rates.get(SAME_AUG.get(k, k)) if "flip" not in k else None
-        rows.append([k, r, r / png_plain, C.ratio(r, vs), 100 * frac, C.spread(samples[k])])
+        rows.append(
+            [k, r, r / png_plain, common.ratio(r, vs), 100 * frac, common.spread(samples[k])]
+        )
     rows.append(
         [
             f"resnet18 {prec}+CL training step",
@@ -130,7 +136,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             None,
             None,
             None,
-            C.spread(samples["resnet18 training step (consumer)"]),
+            common.spread(samples["resnet18 training step (consumer)"]),
         ]
     )
     cache_plain = rates["cache, no augmentation"]
@@ -144,11 +150,11 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         f"prepared cache vs decoding PNGs each epoch: {cache_plain / png_plain:.1f}x without "
         f"augmentation ({cache_plain:.0f} vs {png_plain:.0f} img/s), {cache_aug / png_aug:.1f}x "
         f"with the seeds augmentation ({cache_aug:.0f} vs {png_aug:.0f} img/s)",
-        f"the seeds augmentation takes {C.pct(1 - cache_aug / cache_plain)} of the cached "
-        f"loader's speed and {C.pct(share(cache_aug))} of a resnet18 {prec} epoch at {size} px "
-        f"(flip only: {C.pct(share(flip))}; PNG decode + seeds: {C.pct(share(png_aug))})",
+        f"the seeds augmentation takes {common.pct(1 - cache_aug / cache_plain)} of the cached "
+        f"loader's speed and {common.pct(share(cache_aug))} of a resnet18 {prec} epoch at {size} px "
+        f"(flip only: {common.pct(share(flip))}; PNG decode + seeds: {common.pct(share(png_aug))})",
     ]
-    return C.result(
+    return common.result(
         NAME,
         settings=s,
         measured=(
@@ -162,7 +168,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             "alongside as the consumer."
         ),
         tables=[
-            C.table(
+            common.table(
                 "images/s delivered to the model",
                 [
                     "path",

@@ -19,7 +19,7 @@ from ray_xray.data import load_data
 from ray_xray.device import pick_device
 from ray_xray.train.loop import Trainer
 
-from . import common as C
+from . import common
 
 NAME = "feed"
 DEFAULTS = {
@@ -87,10 +87,10 @@ def _variants(presets: list[str]) -> list[tuple[str, str]]:
 
 
 def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False) -> dict:
-    s = settings or C.resolve_settings(DEFAULTS, quick, {})
+    s = settings or common.resolve_settings(DEFAULTS, quick, {})
     device = pick_device("auto")
     if device.type == "cpu":
-        torch.set_num_threads(C.threads())
+        torch.set_num_threads(common.threads())
     # A GPU epoch of 512 images is a few dozen milliseconds: time more of them there.
     n_images = s["cuda_images"] if device.type == "cuda" else s["images"]
     rows, raw = [], []
@@ -118,19 +118,29 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                 torch.manual_seed(0)
                 trainers[(preset, side)] = Trainer.build(cfg, prepared, device, train_idx=idx)
             precision = next(iter(trainers.values())).precision
-            C.say(
+            common.say(
                 NAME,
                 f"{model} {size} px {precision} on {device}: step + "
                 f"{len(trainers)} epoch variants x {s['repeats']}",
             )
             measure = {"step": lambda tr=trainers[("none", "-")], n=steps: step_rate(tr, n)}
             measure.update({k: (lambda tr=tr: epoch_rate(tr)) for k, tr in trainers.items()})
-            samples = C.interleave(measure, s["repeats"])
-            step = C.median(samples.pop("step"))
+            samples = common.interleave(measure, s["repeats"])
+            step = common.median(samples.pop("step"))
             for (preset, side), v in samples.items():
-                real = C.median(v)
+                real = common.median(v)
                 rows.append(
-                    [model, size, precision, preset, side, step, real, real / step, C.spread(v)]
+                    [
+                        model,
+                        size,
+                        precision,
+                        preset,
+                        side,
+                        step,
+                        real,
+                        real / step,
+                        common.spread(v),
+                    ]
                 )
                 raw.append(
                     {
@@ -159,11 +169,11 @@ def _result(s: dict, device: torch.device, rows: list, raw: list, n_images: int)
             best[key] = r
     headline = [
         f"{m} {px} px, seeds augmentation on {name}: a real epoch reaches "
-        f"{C.pct(r['real_over_step'])} of the pure step rate with augment_on={r['augment_on']} "
+        f"{common.pct(r['real_over_step'])} of the pure step rate with augment_on={r['augment_on']} "
         f"({r['real_images_per_s']:.0f} vs {r['step_images_per_s']:.0f} img/s)"
         for (m, px), r in best.items()
     ]
-    return C.result(
+    return common.result(
         NAME,
         settings=s,
         measured=(
@@ -176,7 +186,7 @@ def _result(s: dict, device: torch.device, rows: list, raw: list, n_images: int)
             f"{s['repeats']} round(s) interleaved, medians; real_over_step = b / a."
         ),
         tables=[
-            C.table(
+            common.table(
                 "images/s: pure step (a) vs real epoch (b)",
                 [
                     "model",

@@ -26,12 +26,12 @@ from ray_xray import trace
 from ray_xray.data import absolute_spec, load_for_config
 from ray_xray.data.cache import default_cache_root
 from ray_xray.spaces import load_space
-from ray_xray.train import engine as E
+from ray_xray.train import engine
 from ray_xray.train.loop import Hooks, Progress, Trainer, train_epochs
 from ray_xray.tune.service import SweepOptions, run_sweep
 from ray_xray.tune.trial import plan_runner
 
-from . import common as C
+from . import common
 
 NAME = "overhead"
 DEFAULTS = {
@@ -115,7 +115,7 @@ def bare_loop(cfg, cache: str, threads: int) -> dict:
     """(a): the worker's `Trainer.build` and `train_epochs` without Ray: no reports, no
     checkpoints."""
     torch.set_num_threads(threads)
-    E.seed_everything(cfg.seed)
+    engine.seed_everything(cfg.seed)
     t0 = time.perf_counter()
     data = load_for_config(cfg, cache)
     t1 = time.perf_counter()
@@ -216,7 +216,7 @@ def sweep(
     """One sweep with tracing on (`runner`: its --trial-runner); its rows (wall_s, compute_s)
     and per-trial phases."""
     path = work / f"trace-{tag}.jsonl"
-    with C.ray_session(env={trace.TRACE_ENV: str(path)}):
+    with common.ray_session(env={trace.TRACE_ENV: str(path)}):
         opts = SweepOptions(
             space=s["space"],
             data=spec,
@@ -250,22 +250,22 @@ def sweep(
 
 
 def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False) -> dict:
-    s = settings or C.resolve_settings(DEFAULTS, quick, {})
-    spec = C.require_data(data)
-    threads = C.threads()
+    s = settings or common.resolve_settings(DEFAULTS, quick, {})
+    spec = common.require_data(data)
+    threads = common.threads()
     sweep_settings, cfg = workload(s, spec)
     cache = default_cache_root()
-    C.say(
+    common.say(
         NAME,
         f"{cfg.model} at {cfg.img_size} px, {cfg.epochs} epochs, batch {cfg.batch_size}; "
         f"{s['trials']} trials, {s['concurrent']} at a time on {threads} CPUs",
     )
     load_for_config(cfg, cache)  # fill the prepared cache before anything is timed
-    work = C.runs_dir(NAME)
+    work = common.runs_dir(NAME)
     try:
-        C.say(NAME, "(b) sweep, default trial runner")
+        common.say(NAME, "(b) sweep, default trial runner")
         b = sweep(s, spec, sweep_settings, cfg.epochs, s["trials"], work, "short", threads)
-        C.say(NAME, "(b') sweep, --trial-runner torchtrainer")
+        common.say(NAME, "(b') sweep, --trial-runner torchtrainer")
         t = sweep(
             s,
             spec,
@@ -277,11 +277,11 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             threads,
             runner="torchtrainer",
         )
-        C.say(NAME, "(a) bare loop, one trial's threads")
+        common.say(NAME, "(a) bare loop, one trial's threads")
         a = bare_loop(cfg, cache, max(1, threads // s["concurrent"]))
         c = None
         if s["long_epochs"]:
-            C.say(NAME, f"(c) sweep of {s['concurrent']} trials x {s['long_epochs']} epochs")
+            common.say(NAME, f"(c) sweep of {s['concurrent']} trials x {s['long_epochs']} epochs")
             c = sweep(
                 s, spec, sweep_settings, s["long_epochs"], s["concurrent"], work, "long", threads
             )
@@ -342,7 +342,7 @@ def summarise(
         + (f"; torchtrainer runner {_overhead(t):.1f} s" if t else "")
     ]
     tables = [
-        C.table(
+        common.table(
             f"(b) phases of one trial, median of {len(b['phases'])} (s)",
             [*columns, "bare loop (a)", "covers"],
             _phase_rows(runs, bare),
@@ -367,13 +367,13 @@ def summarise(
         for r in run["rows"]
     ]
     tables.append(
-        C.table(
+        common.table(
             "every trial: Tune's wall_s, compute_s and overhead (s)",
             ["runner", "trial", "wall_s", "compute_s", "overhead"],
             trial_rows,
         )
     )
-    return C.result(
+    return common.result(
         NAME,
         settings=s,
         measured=(

@@ -17,11 +17,11 @@ import sys
 
 import torch
 
-from ray_xray import device as D
+from ray_xray import device
 from ray_xray.models import list_models
 from ray_xray.models.timm_models import timm_available
 
-from . import common as C
+from . import common
 from .steps import TrainStep
 
 NAME = "precision"
@@ -79,12 +79,14 @@ def buildable_models() -> tuple[list[str], list[str]]:
 
 
 def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False) -> dict:
-    s = settings or C.resolve_settings(DEFAULTS, quick, {})
-    torch.set_num_threads(C.threads())
+    s = settings or common.resolve_settings(DEFAULTS, quick, {})
+    torch.set_num_threads(common.threads())
     names, left_out = (list(s["models"]), []) if s["models"] else buildable_models()
     rows, raw = [], {}
     for i, name in enumerate(names, 1):
-        C.say(NAME, f"[{i}/{len(names)}] {name} at {s['img_size']} px, batch {s['batch_size']}")
+        common.say(
+            NAME, f"[{i}/{len(names)}] {name} at {s['img_size']} px, batch {s['batch_size']}"
+        )
         raw[name] = measure_model(name, s)
         rows.append(row_for(name, raw[name]))
         gc.collect()
@@ -94,19 +96,19 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
     headline = []
     if speedups:
         headline.append(
-            f"bf16 autocast vs fp32 (best layout each): median {C.median(speedups):.2f}x over "
+            f"bf16 autocast vs fp32 (best layout each): median {common.median(speedups):.2f}x over "
             f"{len(speedups)} models, from {raw[worst]['bf16_speedup_best']:.2f}x ({worst}) to "
             f"{raw[best]['bf16_speedup_best']:.2f}x ({best})"
         )
     cl = [r["cl_speedup_bf16"] for r in raw.values() if r.get("cl_speedup_bf16")]
     if cl:
         headline.append(
-            f"channels_last under bf16, conv models: median {C.median(cl):.2f}x vs contiguous"
+            f"channels_last under bf16, conv models: median {common.median(cl):.2f}x vs contiguous"
         )
     r18 = raw.get("resnet18", {})
     if r18.get("default_vs_fp32"):
         headline.append(
-            f"resnet18 with the training default ({D.pick_precision('auto', 'cpu')} + "
+            f"resnet18 with the training default ({device.pick_precision('auto', 'cpu')} + "
             "channels_last) vs plain fp32: "
             f"{r18['default_vs_fp32']:.2f}x"
         )
@@ -124,18 +126,18 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
     ]
     paths = measure_paths(s)
     headline += paths_headline(paths)
-    return C.result(
+    return common.result(
         NAME,
         settings=s,
         measured=(
             f"One training step (forward, backward, AdamW, grad clipping; `train_one_epoch`) on "
             f"a fixed synthetic batch of {s['batch_size']} grey {s['img_size']} px images, "
-            f"{C.threads()} torch threads. Per model, the variants are measured in rotating "
+            f"{common.threads()} torch threads. Per model, the variants are measured in rotating "
             f"order, {s['repeats']} round(s) of ~{s['seconds']:g} s each after {s['warmup']} "
             "warm-up step(s); images/s is the median. CL = channels_last (conv models only)."
         ),
         tables=[
-            C.table("training images/s (higher is better) and ratios", columns, rows),
+            common.table("training images/s (higher is better) and ratios", columns, rows),
             paths_table(paths, s),
         ],
         headline=headline,
@@ -145,7 +147,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             "was busy and the ratios deserve a re-run.",
             "bf16 speed on a CPU depends on AVX-512 BF16 / AMX support (see the machine line). "
             "The second table runs both kinds of CPU: this one as it is and, in a subprocess, "
-            f"limited to AVX2 ({' '.join(f'{k}={v}' for k, v in D.AVX2_ONLY_ENV.items())}); "
+            f"limited to AVX2 ({' '.join(f'{k}={v}' for k, v in device.AVX2_ONLY_ENV.items())}); "
             "each bf16/fp32 ratio is measured within one process, the two paths one after "
             "the other.",
             *([f"Left out (timm is not installed): {', '.join(left_out)}."] if left_out else []),
@@ -178,23 +180,23 @@ def measure_model(name: str, s: dict) -> dict:
             errors[label] = str(exc).splitlines()[0][:200]
             continue
         measure[label] = lambda st=st, prec=prec, n=steps[label]: st.rate(n, prec)
-    samples = C.interleave(measure, s["repeats"])
-    rates = {k: C.median(v) for k, v in samples.items()}
+    samples = common.interleave(measure, s["repeats"])
+    rates = {k: common.median(v) for k, v in samples.items()}
     out.update(rates=rates, samples=samples, steps=steps, errors=errors)
-    out["spread"] = max((C.spread(v) or 0.0) for v in samples.values()) if samples else None
+    out["spread"] = max((common.spread(v) or 0.0) for v in samples.values()) if samples else None
     fp32 = rates.get("fp32")
-    out["bf16_vs_fp32"] = C.ratio(rates.get("bf16"), fp32)
-    out["bf16cl_vs_fp32"] = C.ratio(rates.get("bf16+CL"), fp32)
-    out["cl_speedup_bf16"] = C.ratio(rates.get("bf16+CL"), rates.get("bf16"))
-    out["cl_speedup_fp32"] = C.ratio(rates.get("fp32+CL"), fp32)
+    out["bf16_vs_fp32"] = common.ratio(rates.get("bf16"), fp32)
+    out["bf16cl_vs_fp32"] = common.ratio(rates.get("bf16+CL"), fp32)
+    out["cl_speedup_bf16"] = common.ratio(rates.get("bf16+CL"), rates.get("bf16"))
+    out["cl_speedup_fp32"] = common.ratio(rates.get("fp32+CL"), fp32)
     # Same layout on both sides: bf16 against fp32, each in its better layout.
     best_fp32 = max((rates.get(k) or 0) for k in ("fp32", "fp32+CL")) or None
     best_bf16 = max((rates.get(k) or 0) for k in ("bf16", "bf16+CL")) or None
-    out["bf16_speedup_best"] = C.ratio(best_bf16, best_fp32)
+    out["bf16_speedup_best"] = common.ratio(best_bf16, best_fp32)
     # What training actually uses here: `precision auto` (device.py), channels_last for conv.
-    auto = D.pick_precision("auto", "cpu")
+    auto = device.pick_precision("auto", "cpu")
     default = rates.get(f"{auto}+CL") if plain.is_conv else rates.get(auto)
-    out["default_vs_fp32"] = C.ratio(default, fp32)
+    out["default_vs_fp32"] = common.ratio(default, fp32)
     return out
 
 
@@ -220,11 +222,11 @@ def row_for(name: str, r: dict) -> list:
 def measure_path(s: dict) -> dict:
     """fp32 and bf16 images/s of `paths_models` on this process's CPU (as torch and oneDNN see
     it), interleaved, with what `precision auto` chooses here and the CPU facts behind it."""
-    torch.set_num_threads(C.threads())
-    choice = D.choose_precision("auto", "cpu")
+    torch.set_num_threads(common.threads())
+    choice = device.choose_precision("auto", "cpu")
     out: dict = {
         "capability": torch.backends.cpu.get_cpu_capability(),
-        "native_bf16": D.cpu_bf16_native(),
+        "native_bf16": device.cpu_bf16_native(),
         "auto": choice.to_dict(),
         "models": {},
     }
@@ -236,12 +238,12 @@ def measure_path(s: dict) -> dict:
             # Its one timed step is also the warm-up (oneDNN builds its kernels).
             n = step.steps_for(s["paths_seconds"], prec, max_steps=20)
             measure[prec] = lambda prec=prec, step=step, n=n: step.rate(n, prec)
-        samples = C.interleave(measure, s["paths_repeats"])
-        rates = {k: C.median(v) for k, v in samples.items()}
+        samples = common.interleave(measure, s["paths_repeats"])
+        rates = {k: common.median(v) for k, v in samples.items()}
         out["models"][name] = {
             "rates": rates,
             "samples": samples,
-            "bf16_vs_fp32": C.ratio(rates["bf16"], rates["fp32"]),
+            "bf16_vs_fp32": common.ratio(rates["bf16"], rates["fp32"]),
         }
         gc.collect()
     return out
@@ -249,10 +251,10 @@ def measure_path(s: dict) -> dict:
 
 def measure_paths(s: dict) -> dict:
     """{"native": this CPU's `measure_path`, "avx2": the same in a subprocess limited to AVX2}."""
-    C.say(NAME, f"native path: {', '.join(s['paths_models'])} at {s['paths_img_size']} px")
+    common.say(NAME, f"native path: {', '.join(s['paths_models'])} at {s['paths_img_size']} px")
     native = measure_path(s)
-    C.say(NAME, "forced-AVX2 path (a subprocess; emulated bf16 is slow)")
-    env = {**os.environ, **D.AVX2_ONLY_ENV}
+    common.say(NAME, "forced-AVX2 path (a subprocess; emulated bf16 is slow)")
+    env = {**os.environ, **device.AVX2_ONLY_ENV}
     got = subprocess.run(
         [sys.executable, "-m", "benchmarks.precision", json.dumps(s)],
         env=env,
@@ -282,9 +284,9 @@ def paths_table(paths: dict, s: dict) -> dict:
                 ]
             )
     columns = ["path", "torch capability", "native bf16", "model", "fp32 img/s", "bf16 img/s"]
-    return C.table(
+    return common.table(
         f"both kinds of CPU: {s['paths_img_size']} px, batch {s['paths_batch_size']}, "
-        f"{C.threads()} threads, channels_last for conv models (as training runs them)",
+        f"{common.threads()} threads, channels_last for conv models (as training runs them)",
         [*columns, "bf16/fp32", "auto picks"],
         rows,
     )

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from . import common as C
+from . import common
 from .steps import TrainStep, count_step_flops
 
 NAME = "roofline"
@@ -48,8 +48,8 @@ def matmul_gflops(a: torch.Tensor, b: torch.Tensor, seconds: float) -> float:
 
 
 def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False) -> dict:
-    s = settings or C.resolve_settings(DEFAULTS, quick, {})
-    torch.set_num_threads(C.threads())
+    s = settings or common.resolve_settings(DEFAULTS, quick, {})
+    torch.set_num_threads(common.threads())
     measure: dict = {}
     for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         for n in s["matmul_sizes"]:
@@ -58,7 +58,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             b = torch.randn(n, n, generator=g).to(dtype)
             torch.mm(a, b)  # warm-up: oneDNN picks its kernel on first use
             measure[f"mm {dtype_name} {n}"] = lambda a=a, b=b: matmul_gflops(a, b, s["seconds"] / 2)
-    C.say(NAME, f"{s['model']} step at {s['img_size']} px, batch {s['batch_size']}")
+    common.say(NAME, f"{s['model']} step at {s['img_size']} px, batch {s['batch_size']}")
     steps = {False: TrainStep(s["model"], s["img_size"], s["batch_size"], channels_last=False)}
     if steps[False].is_conv:
         steps[True] = TrainStep(s["model"], s["img_size"], s["batch_size"], channels_last=True)
@@ -70,9 +70,11 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         steps[cl].run(s["warmup"], prec)
         n_steps[label] = steps[cl].steps_for(s["seconds"], prec)
         measure[label] = lambda st=steps[cl], prec=prec, n=n_steps[label]: st.rate(n, prec)
-    C.say(NAME, f"{s['repeats']} round(s) of {len(measure)} measurements, interleaved")
-    samples = C.interleave(
-        measure, s["repeats"], on_round=lambda r: C.say(NAME, f"round {r + 1}/{s['repeats']} done")
+    common.say(NAME, f"{s['repeats']} round(s) of {len(measure)} measurements, interleaved")
+    samples = common.interleave(
+        measure,
+        s["repeats"],
+        on_round=lambda r: common.say(NAME, f"round {r + 1}/{s['repeats']} done"),
     )
 
     peaks, peak_rows = {}, []
@@ -82,7 +84,12 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             vals = samples[f"mm {dtype_name} {n}"]
             best = max(best, max(vals))
             peak_rows.append(
-                [f"{dtype_name} matmul {n}x{n}", C.median(vals), max(vals), C.spread(vals)]
+                [
+                    f"{dtype_name} matmul {n}x{n}",
+                    common.median(vals),
+                    max(vals),
+                    common.spread(vals),
+                ]
             )
         peaks[dtype_name] = best
     per_image = flops["total"] / s["batch_size"]
@@ -90,7 +97,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
     for label, _, _ in STEP_VARIANTS:
         if label not in samples:
             continue
-        ips = C.median(samples[label])
+        ips = common.median(samples[label])
         gflops = ips * per_image / 1e9
         achieved[label] = {
             "images_per_s": ips,
@@ -105,21 +112,21 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                 gflops,
                 100 * gflops / peaks["fp32"],
                 100 * gflops / peaks["bf16"],
-                C.spread(samples[label]),
+                common.spread(samples[label]),
             ]
         )
     best_bf16 = max(
         (k for k in achieved if k.startswith("bf16")), key=lambda k: achieved[k]["gflops"]
     )
     headline = [
-        f"{s['model']} training step reaches {C.pct(achieved[best_bf16]['of_bf16_peak'])} of the "
+        f"{s['model']} training step reaches {common.pct(achieved[best_bf16]['of_bf16_peak'])} of the "
         f"bf16 matmul peak ({achieved[best_bf16]['gflops']:.0f} of {peaks['bf16']:.0f} GFLOP/s, "
-        f"{best_bf16}) and {C.pct(achieved['fp32']['of_fp32_peak'])} of the fp32 peak in fp32 "
+        f"{best_bf16}) and {common.pct(achieved['fp32']['of_fp32_peak'])} of the fp32 peak in fp32 "
         f"({achieved['fp32']['gflops']:.0f} of {peaks['fp32']:.0f} GFLOP/s)",
         f"bf16/fp32 matmul peak ratio on this CPU: {peaks['bf16'] / peaks['fp32']:.2f}x",
     ]
     op_rows = [[op, v / s["batch_size"] / 1e9] for op, v in sorted(flops["per_op"].items())]
-    return C.result(
+    return common.result(
         NAME,
         settings=s,
         measured=(
@@ -128,18 +135,18 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
             f"{per_image / 1e9:.2f} GFLOP per image. Peaks: square `torch.mm` in fp32 and bf16 at "
             f"{', '.join(map(str, s['matmul_sizes']))}, the best of all rounds; the training steps "
             f"use their median. Matmuls and steps alternate in rotating order, {s['repeats']} "
-            f"round(s), {C.threads()} torch threads."
+            f"round(s), {common.threads()} torch threads."
         ),
         tables=[
-            C.table(
+            common.table(
                 "measured matmul peaks, GFLOP/s", ["matmul", "median", "best", "spread"], peak_rows
             ),
-            C.table(
+            common.table(
                 "training step against the peaks",
                 ["step", "img/s", "GFLOP/s", "% of fp32 peak", "% of bf16 peak", "spread"],
                 step_rows,
             ),
-            C.table(
+            common.table(
                 "counted FLOPs per image by operator (forward + backward), GFLOP",
                 ["op", "GFLOP"],
                 op_rows,

@@ -15,7 +15,7 @@ from ray_xray.data import load_data
 from ray_xray.spaces import load_space
 from ray_xray.tune.service import SweepOptions, run_sweep
 
-from . import common as C
+from . import common
 from .steps import TrainStep, count_step_flops
 
 NAME = "scaling"
@@ -78,19 +78,21 @@ def data_rate(spec: str, img_size: int, aug_strength: float, augment: str, n: in
 
 
 def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False) -> dict:
-    s = settings or C.resolve_settings(DEFAULTS, quick, {})
-    spec = C.require_data(data)
-    threads = C.threads()
+    s = settings or common.resolve_settings(DEFAULTS, quick, {})
+    spec = common.require_data(data)
+    threads = common.threads()
     sweep_settings = pinned_settings(s["space"], s)
     space = load_space(s["space"])
     cfg = space.resolve(space.default_config(), {**sweep_settings, "data": spec})
-    work = C.runs_dir(NAME)
+    work = common.runs_dir(NAME)
     levels = []
     try:
-        with C.ray_session():
+        with common.ray_session():
             for level in s["levels"]:
                 cpus = threads / level
-                C.say(NAME, f"{level} trial(s) at a time, {cpus:g} CPU each, {s['trials']} trials")
+                common.say(
+                    NAME, f"{level} trial(s) at a time, {cpus:g} CPU each, {s['trials']} trials"
+                )
                 opts = SweepOptions(
                     space=s["space"],
                     data=spec,
@@ -106,7 +108,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                     seed=0,
                 )
                 marks: dict = {}
-                with C.timed_tuner_fit(marks):
+                with common.timed_tuner_fit(marks):
                     summary = run_sweep(opts)
                 rows = summary["rows"]
                 done = [r for r in rows if r["status"] == "TERMINATED"]
@@ -120,9 +122,9 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
                         "errors": len(rows) - len(done),
                         "wall_s": wall,
                         "trials_per_hour": len(done) * 3600 / wall,
-                        "trial_wall_s": C.median(r["wall_s"] for r in done if r["wall_s"]),
-                        "trial_compute_s": C.median(r["compute_s"] for r in done),
-                        "trial_overhead_s": C.median(
+                        "trial_wall_s": common.median(r["wall_s"] for r in done if r["wall_s"]),
+                        "trial_compute_s": common.median(r["compute_s"] for r in done),
+                        "trial_overhead_s": common.median(
                             r["wall_s"] - r["compute_s"] for r in done if r["wall_s"]
                         ),
                     }
@@ -130,7 +132,7 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    C.say(NAME, "inputs of the g5 estimate: counted FLOPs, one-core data-path rates")
+    common.say(NAME, "inputs of the g5 estimate: counted FLOPs, one-core data-path rates")
     torch.set_num_threads(threads)
     est = g5_inputs(spec, cfg, s)
     return summarise(s, cfg, threads, levels, est)
@@ -185,7 +187,7 @@ def summarise(s: dict, cfg, threads: int, levels: list[dict], est: dict) -> dict
                 lv["trials"],
                 lv["wall_s"],
                 lv["trials_per_hour"],
-                C.ratio(lv["trials_per_hour"], base),
+                common.ratio(lv["trials_per_hour"], base),
                 lv["trial_wall_s"],
                 lv["trial_compute_s"],
                 lv["trial_overhead_s"],
@@ -217,11 +219,11 @@ def summarise(s: dict, cfg, threads: int, levels: list[dict], est: dict) -> dict
     tph = [G5["g5.12xlarge"]["gpus"] * 4 * 3600 / t for t in (slow, fast)]
     headline.append(
         f"g5 estimate (not a measurement): a {r['name']} trial takes {fast:.0f}-{slow:.0f} s "
-        f"with 4 trials per A10G, {C.pct(startup / slow)}-{C.pct(startup / fast)} of it start-up; "
+        f"with 4 trials per A10G, {common.pct(startup / slow)}-{common.pct(startup / fast)} of it start-up; "
         f"a g5.12xlarge would run about {tph[0]:.0f}-{tph[1]:.0f} such trials/hour"
     )
     text = g5_text(est, startup, UTILISATION)
-    return C.result(
+    return common.result(
         NAME,
         settings=s,
         measured=(
@@ -232,7 +234,7 @@ def summarise(s: dict, cfg, threads: int, levels: list[dict], est: dict) -> dict
             "minus its train+validation compute (start-up, checkpoints, reporting)."
         ),
         tables=[
-            C.table(
+            common.table(
                 "measured on this machine",
                 [
                     "trials at a time",
@@ -248,7 +250,7 @@ def summarise(s: dict, cfg, threads: int, levels: list[dict], est: dict) -> dict
                 ],
                 rows,
             ),
-            C.table(
+            common.table(
                 "ESTIMATE for AWS g5 (A10G), not measured: trials/hour per node",
                 [
                     "instance",
@@ -301,7 +303,7 @@ def g5_text(est: dict, startup: float, utilisation: tuple[float, float]) -> list
             f"the A10G needs {secs(g_hi)}-{secs(g_lo)}, one core's data path {secs(data)} "
             f"({x['data_rate_1core']:.0f} img/s), so one GPU feeds about "
             f"{data / g_lo:.1f}-{data / g_hi:.1f} trials before it, not the CPU, is the limit. A "
-            f"lone trial takes ~{t:.0f} s, {C.pct(startup / t)} of it start-up."
+            f"lone trial takes ~{t:.0f} s, {common.pct(startup / t)} of it start-up."
         )
     lines.append(
         "Reading: per-trial start-up dominates short trials on a GPU even more than here, so "

@@ -18,7 +18,7 @@ from ray_xray.io import atomic_path
 from ray_xray.spaces import load_space
 from ray_xray.tune.service import SweepOptions, run_sweep
 
-from . import common as C
+from . import common
 
 NAME = "search"
 DEFAULTS = {
@@ -117,8 +117,8 @@ def trial_events(trial_dir: str | Path) -> list[dict]:
 
 
 def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False) -> dict:
-    s = settings or C.resolve_settings(DEFAULTS, quick, {})
-    spec = C.require_data(data)
+    s = settings or common.resolve_settings(DEFAULTS, quick, {})
+    spec = common.require_data(data)
     if s["budget"] < s["epochs"]:
         raise ValueError("search: budget must be at least one trial's epochs")
     space = load_space(s["space"])
@@ -128,16 +128,16 @@ def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False
         "limit_per_split": s["limit_per_split"],
     }
     fifo_trials = s["budget"] // s["epochs"]
-    work = C.runs_dir(NAME)
+    work = common.runs_dir(NAME)
     runs: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
     total = len(s["seeds"]) * len(METHODS)
     i = 0
     try:
-        with C.ray_session():
+        with common.ray_session():
             for seed in s["seeds"]:
                 for method, (scheduler, searcher) in METHODS.items():
                     i += 1
-                    C.say(
+                    common.say(
                         NAME,
                         f"[{i}/{total}] {method}, seed {seed}, budget {s['budget']} trial-epochs",
                     )
@@ -197,7 +197,7 @@ def summarise(s: dict, runs: dict[str, dict[int, dict]], n_start: int = 0) -> di
                 m,
                 statistics.mean(f) if f else None,
                 statistics.stdev(f) if len(f) > 1 else None,
-                " / ".join(C.fmt(v) for v in f),
+                " / ".join(common.fmt(v) for v in f),
                 statistics.mean(runs[m][sd]["trials"] for sd in seeds),
                 " / ".join("not reached" if h is None else str(h) for h in hits),
                 statistics.median(reached) if len(reached) == len(hits) else None,
@@ -216,7 +216,7 @@ def summarise(s: dict, runs: dict[str, dict[int, dict]], n_start: int = 0) -> di
         at_rows.append(row)
     headline = headline_lines(runs, reach, finals, seeds, budget)
     figure = plot(runs, budget, s)
-    return C.result(
+    return common.result(
         NAME,
         settings=s,
         measured=(
@@ -233,7 +233,7 @@ def summarise(s: dict, runs: dict[str, dict[int, dict]], n_start: int = 0) -> di
             "curve is the best validation macro-F1 reported after k trial-epochs."
         ),
         tables=[
-            C.table(
+            common.table(
                 f"at {budget} trial-epochs, and trial-epochs needed to reach random search's "
                 "final best (same seed)",
                 [
@@ -248,7 +248,7 @@ def summarise(s: dict, runs: dict[str, dict[int, dict]], n_start: int = 0) -> di
                 ],
                 rows,
             ),
-            C.table(
+            common.table(
                 "best validation macro-F1 (mean over seeds) after a fraction of the budget",
                 ["search"]
                 + [f"{int(fr * 100)}% ({max(1, round(fr * budget))})" for fr in fractions],
@@ -337,7 +337,7 @@ def plot(runs: dict, budget: int, s: dict) -> str | None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(Path(C.OUT_DIR) / "results" / "search.png") as tmp:
+    with atomic_path(Path(common.OUT_DIR) / "results" / "search.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return "results/search.png"

@@ -13,7 +13,7 @@ import torch
 
 from ray_xray.config import TrainConfig
 from ray_xray.inference import build_model, uses_channels_last
-from ray_xray.train import engine as E
+from ray_xray.train import engine
 
 CPU = torch.device("cpu")
 
@@ -46,9 +46,11 @@ class TrainStep:
         self.channels_last = uses_channels_last(self.cfg, self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.opt = E.make_optimizer(self.cfg, self.model)
-        self.sched = E.Schedule(self.cfg, self.opt, 10**6)  # one-cycle over a horizon never reached
-        self.loss = E.make_loss(self.cfg, None)
+        self.opt = engine.make_optimizer(self.cfg, self.model)
+        self.sched = engine.Schedule(
+            self.cfg, self.opt, 10**6
+        )  # one-cycle over a horizon never reached
+        self.loss = engine.make_loss(self.cfg, None)
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(batch_size, self.cfg.in_chans, img_size, img_size, generator=g)
         y = torch.randint(0, num_classes, (batch_size,), generator=g)
@@ -56,8 +58,8 @@ class TrainStep:
         self.is_conv = bool(getattr(self.model, "is_conv", False))
 
     def run(self, steps: int, precision: str) -> dict:
-        scaler = E.make_scaler(CPU, precision)
-        return E.train_one_epoch(
+        scaler = engine.make_scaler(CPU, precision)
+        return engine.train_one_epoch(
             self.model,
             [self.batch] * steps,
             self.loss,

@@ -19,7 +19,7 @@ from pathlib import Path
 from ray_xray.pipeline import run_full_sweep
 from ray_xray.tune.service import SweepOptions
 
-from . import common as C
+from . import common
 
 NAME = "value"
 DEFAULTS = {
@@ -131,7 +131,7 @@ def run_dataset(s: dict, name: str, data: str, work: Path) -> list[dict]:
         "space": str(space),
         "trials": 1,
         "scheduler": "fifo",
-        "cpus_per_trial": float(C.threads()),
+        "cpus_per_trial": float(common.threads()),
     }
     arms = [("a", seed, {**single, "seed": seed}) for seed in s["single_seeds"]]
     sweep = {
@@ -143,7 +143,7 @@ def run_dataset(s: dict, name: str, data: str, work: Path) -> list[dict]:
     arms += [("b", 0, sweep), ("c", 0, {**sweep, "cv": s["cv"], "cv_top": s["cv_top"]})]
     rows = []
     for arm, seed, kw in arms:
-        C.say(NAME, f"{name}: ({arm}) {ARMS[arm]}, seed {seed}")
+        common.say(NAME, f"{name}: ({arm}) {ARMS[arm]}, seed {seed}")
         row = {"arm": arm, "seed": seed}
         try:
             single = arm == "a"
@@ -172,7 +172,7 @@ def run_dataset(s: dict, name: str, data: str, work: Path) -> list[dict]:
                     "chosen": sel["chosen"]["candidate"],
                 }
         except Exception as exc:  # noqa: BLE001 - one arm failing must not lose the others
-            C.say(NAME, f"{name}: ({arm}) failed: {type(exc).__name__}: {exc}")
+            common.say(NAME, f"{name}: ({arm}) failed: {type(exc).__name__}: {exc}")
             row["error"] = f"{type(exc).__name__}: {exc}"
         rows.append(row)
     return rows
@@ -253,12 +253,12 @@ def summarise(s: dict, results: dict[str, list[dict]]) -> dict:
                 ]
             )
         headline += _headline(ds, s["img_size"], rows)
-    published = C.table(
+    published = common.table(
         "Published on the same Kermany / PneumoniaMNIST test set (ACC, AUC)",
         ["system", "ACC", "AUC"],
         [list(p) for p in PUBLISHED],
     )
-    return C.result(
+    return common.result(
         NAME,
         settings=s,
         measured="test ACC / macro-F1 / AUC (95 % stratified bootstrap intervals) of (a) the "
@@ -266,7 +266,7 @@ def summarise(s: dict, results: dict[str, list[dict]]) -> dict:
         f"--cv {s['cv']} sweep's fold ensemble, (b) and (c) at --budget-minutes "
         f"{s['budget_minutes']} (--cv: half for the search, then the fold runs to their end), "
         f"at {s['img_size']} px; pneumonia2 also after EM prior adaptation",
-        tables=[C.table("Test figures", cols, table), published],
+        tables=[common.table("Test figures", cols, table), published],
         headline=headline,
         data={"results": results},
         notes=[
@@ -282,14 +282,14 @@ def summarise(s: dict, results: dict[str, list[dict]]) -> dict:
 
 def run(quick: bool, data: str, settings: dict | None = None, keep: bool = False) -> dict:
     """Run the arms on every dataset (folders beside --data's chest3) and summarise them."""
-    s = settings or C.resolve_settings(DEFAULTS, quick, {})
+    s = settings or common.resolve_settings(DEFAULTS, quick, {})
     root = Path(data).parent
-    work = C.runs_dir(NAME)
+    work = common.runs_dir(NAME)
     results: dict[str, list[dict]] = {}
     try:
-        with C.ray_session():
+        with common.ray_session():
             for ds in s["datasets"]:
-                spec = C.require_data(str(root / ds))
+                spec = common.require_data(str(root / ds))
                 results[ds] = run_dataset(s, ds, spec, work)
     finally:
         if not keep:

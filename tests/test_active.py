@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ray_xray.active import loop as L
+from ray_xray.active import loop
 from ray_xray.active.__main__ import main
 from ray_xray.cli import run
 from ray_xray.config import TrainConfig
@@ -15,7 +15,7 @@ from ray_xray.data import load_data
 from ray_xray.data.dataset import ImageDataset
 from ray_xray.data.dataset import loader as make_loader
 from ray_xray.inference import build_model, predict_proba
-from ray_xray.train import engine as E
+from ray_xray.train import engine
 
 CPU = torch.device("cpu")
 
@@ -33,22 +33,22 @@ def tiny_data():
 def test_initial_pool_is_stratified(fraction, seed):
     labels = np.repeat([0, 1, 2], [50, 31, 7])
     np.random.default_rng(seed).shuffle(labels)
-    pool = L.initial_pool(labels, fraction, seed)
+    pool = loop.initial_pool(labels, fraction, seed)
     assert len(pool) == round(fraction * len(labels))
     assert len(np.unique(pool)) == len(pool) and pool.min() >= 0 and pool.max() < len(labels)
     for c, n_c in zip(*np.unique(labels, return_counts=True), strict=True):
         assert abs((labels[pool] == c).sum() - fraction * n_c) < 1  # within one item of the mix
-    assert np.array_equal(pool, L.initial_pool(labels, fraction, seed))  # same seed, same pool
+    assert np.array_equal(pool, loop.initial_pool(labels, fraction, seed))  # same seed, same pool
 
 
 def test_select_takes_the_highest_scores_and_random_ignores_them():
     rng = np.random.default_rng(0)
     pool = np.array([10, 11, 12, 13, 14, 15])
     scores = np.array([0.1, 0.9, 0.5, 0.8, 0.0, 0.2])
-    assert L.select(scores, pool, 3, rng).tolist() == [11, 13, 12]  # most informative first
-    picks = {tuple(sorted(L.select(None, pool, 3, np.random.default_rng(s)))) for s in range(8)}
+    assert loop.select(scores, pool, 3, rng).tolist() == [11, 13, 12]  # most informative first
+    picks = {tuple(sorted(loop.select(None, pool, 3, np.random.default_rng(s)))) for s in range(8)}
     assert len(picks) > 1  # random really is random across seeds...
-    assert len(L.select(None, pool, 99, rng)) == len(pool)  # ...and k is capped at the pool
+    assert len(loop.select(None, pool, 99, rng)) == len(pool)  # ...and k is capped at the pool
 
 
 def test_sequence_grows_by_query_size_with_train_items_only(tiny_data):
@@ -59,9 +59,9 @@ def test_sequence_grows_by_query_size_with_train_items_only(tiny_data):
         batch_size=16,
         model_kwargs={"width": 4, "head_dims": [16], "pool_size": 1},
     )
-    rows = L.run_sequence(tiny_data, cfg, "entropy", seed=3, initial=0.3, query=0.1, rounds=3)
+    rows = loop.run_sequence(tiny_data, cfg, "entropy", seed=3, initial=0.3, query=0.1, rounds=3)
     n_train = len(tiny_data.labels["train"])
-    k, n0 = L.query_size(n_train, 0.1), round(0.3 * n_train)
+    k, n0 = loop.query_size(n_train, 0.1), round(0.3 * n_train)
     seen = list(rows[0]["initial_idx"])
     for r, row in enumerate(rows):
         assert row["round"] == r and row["n_labelled"] == n0 + r * k
@@ -98,7 +98,7 @@ class NearestPrototype(nn.Module):
 def planted(data, n_copies=24, n_blends=8):
     """Labelled set, and a pool of exact copies of labelled images plus ambiguous blends."""
     y = data.labels["train"]
-    labelled = L.initial_pool(y, 0.5, 0)
+    labelled = loop.initial_pool(y, 0.5, 0)
     rng = np.random.default_rng(1)
     copies = rng.choice(labelled, n_copies, replace=False)
     a = rng.choice(labelled[y[labelled] == 0], n_blends)  # normal ...
@@ -121,7 +121,7 @@ def test_uncertainty_strategies_skip_copies_of_labelled_images(tiny_data, strate
     k = int(is_blend.sum())
     if strategy == "mc_dropout":
         model = NearestPrototype(protos, proto_y, 3, p=0.05)
-        probs = L.mc_predict(model, loader, CPU, "fp32", passes=8, seed=0, feed=feed)
+        probs = loop.mc_predict(model, loader, CPU, "fp32", passes=8, seed=0, feed=feed)
     else:
         model = NearestPrototype(protos, proto_y, 3)
         probs = predict_proba(model, loader, CPU, "fp32", feed=feed)[1]
@@ -129,15 +129,15 @@ def test_uncertainty_strategies_skip_copies_of_labelled_images(tiny_data, strate
     mean = probs.mean(0) if probs.ndim == 3 else probs
     assert mean[~is_blend].max(1).min() > mean[is_blend].max(1).max()
 
-    picked = L.select(L.score(strategy, probs), pool_idx, k, np.random.default_rng(0))
+    picked = loop.select(loop.score(strategy, probs), pool_idx, k, np.random.default_rng(0))
     # Every pick is a blend: the ranking puts all ambiguous images before any copy. A flipped
     # sign (or scoring confidence instead of doubt) would pick copies first.
     assert set(picked) == set(pool_idx[is_blend])
-    flipped = L.select(-L.score(strategy, probs), pool_idx, k, np.random.default_rng(0))
+    flipped = loop.select(-loop.score(strategy, probs), pool_idx, k, np.random.default_rng(0))
     assert not set(flipped) & set(pool_idx[is_blend])
 
     # Random sampling, same seed and budget, does spend labels on copies.
-    rand = L.select(L.score("random", probs), pool_idx, k, np.random.default_rng(0))
+    rand = loop.select(loop.score("random", probs), pool_idx, k, np.random.default_rng(0))
     assert set(rand) & set(pool_idx[~is_blend])
 
 
@@ -148,26 +148,28 @@ def test_mc_dropout_passes_differ_and_bald_is_non_negative(tiny_data):
     cfg = TrainConfig(
         model="cnn", img_size=32, model_kwargs={"width": 4, "head_dims": [16], "pool_size": 1}
     )
-    E.seed_everything(0)
+    engine.seed_everything(0)
     model = build_model(cfg, 3)
     loader, feed = make_loader(tiny_data.dataset("test"), 32), tiny_data.feed(1, CPU)
-    mc = L.mc_predict(model, loader, CPU, "fp32", passes=5, seed=0, feed=feed)
+    mc = loop.mc_predict(model, loader, CPU, "fp32", passes=5, seed=0, feed=feed)
     assert mc.shape == (5, len(tiny_data.labels["test"]), 3)
     assert not np.allclose(mc[0], mc[1])  # dropout really was on
-    assert np.array_equal(mc, L.mc_predict(model, loader, CPU, "fp32", passes=5, seed=0, feed=feed))
+    assert np.array_equal(
+        mc, loop.mc_predict(model, loader, CPU, "fp32", passes=5, seed=0, feed=feed)
+    )
     assert not any(m.training for m in model.modules())  # and is off again afterwards
     a, b = (predict_proba(model, loader, CPU, "fp32", feed=feed)[1] for _ in range(2))
     assert np.array_equal(a, b)  # plain scoring stays deterministic
 
-    b = L.score("mc_dropout", mc, "bald")
+    b = loop.score("mc_dropout", mc, "bald")
     assert (b >= 0).all() and (b > 0).any()
     # BALD is disagreement between passes, not flatness: two confident passes that disagree
     # score ln 2; two passes agreeing on 50/50 score 0, though both have the same mean entropy.
     disagree = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])
     agree_flat = np.full((2, 1, 2), 0.5)
-    assert L.score("mc_dropout", disagree, "bald")[0] == pytest.approx(np.log(2), abs=1e-6)
-    assert L.score("mc_dropout", agree_flat, "bald")[0] == pytest.approx(0.0, abs=1e-12)
-    assert L.score("mc_dropout", agree_flat, "entropy")[0] == pytest.approx(np.log(2))
+    assert loop.score("mc_dropout", disagree, "bald")[0] == pytest.approx(np.log(2), abs=1e-6)
+    assert loop.score("mc_dropout", agree_flat, "bald")[0] == pytest.approx(0.0, abs=1e-12)
+    assert loop.score("mc_dropout", agree_flat, "entropy")[0] == pytest.approx(np.log(2))
 
 
 # ----------------------------------------------------------------- 4. the command

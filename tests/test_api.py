@@ -14,8 +14,7 @@ import torch
 from PIL import Image
 
 import ray_xray
-from ray_xray import checkpoint as C
-from ray_xray import predict
+from ray_xray import checkpoint, predict
 from ray_xray.api import _cli_argv
 from ray_xray.checkpoint import ensemble_record as ensemble_object
 from ray_xray.checkpoint import save_ensemble
@@ -34,13 +33,13 @@ def _record(model_name: str, img_size: int, seed: int, **hp) -> dict:
     torch.manual_seed(seed)
     # fp32: the file and array paths must agree to float rounding, not bf16's
     cfg = TrainConfig(model=model_name, img_size=img_size, precision="fp32", model_kwargs=hp)
-    return C.model_record(build_model(cfg, 3), cfg, CLASSES, 0.4, 0.2, {})
+    return checkpoint.model_record(build_model(cfg, 3), cfg, CLASSES, 0.4, 0.2, {})
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("run") / "best_model.pt"
-    C.atomic_save(_record("cnn", 32, 0, width=8, head_dims=[16], pool_size=2), path)
+    checkpoint.atomic_save(_record("cnn", 32, 0, width=8, head_dims=[16], pool_size=2), path)
     return path
 
 

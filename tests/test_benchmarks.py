@@ -15,17 +15,17 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `benchmarks` is a folder of the repo, not an installed package
 
-from benchmarks import common as C  # noqa: E402
+from benchmarks import common  # noqa: E402
 from benchmarks.__main__ import parse_sets  # noqa: E402
 
 
 def sample(name: str, head: str, quick: bool = False) -> dict:
-    res = C.result(
+    res = common.result(
         name,
         settings={"img_size": 128, "models": ["a", "b"]},
         measured=f"what {name} measured",
         tables=[
-            C.table(
+            common.table(
                 "t", ["variant", "img/s", "ratio"], [["fp32", 123.456, 1.0], ["bf16", 250.0, None]]
             )
         ],
@@ -51,8 +51,8 @@ def sample(name: str, head: str, quick: bool = False) -> dict:
 
 
 def test_results_md_has_every_section_in_order_and_marks_missing_ones(tmp_path):
-    C.save(sample("roofline", "roofline headline"), tmp_path)
-    C.save(sample("precision", "bf16 is 1.8x", quick=True), tmp_path)
+    common.save(sample("roofline", "roofline headline"), tmp_path)
+    common.save(sample("precision", "bf16 is 1.8x", quick=True), tmp_path)
     md = (tmp_path / "RESULTS.md").read_text()
     assert json.loads((tmp_path / "results" / "precision.json").read_text())["name"] == "precision"
     # Sections follow the issue's numbering, whatever order they were run in.
@@ -68,10 +68,10 @@ def test_results_md_has_every_section_in_order_and_marks_missing_ones(tmp_path):
 def test_every_section_states_the_cpu_capability_and_native_bf16(tmp_path):
     res = sample("precision", "ratio")
     res["machine"].update(torch_capability="AVX2", native_bf16=False, isa_env={})
-    C.save(res, tmp_path)
+    common.save(res, tmp_path)
     md = (tmp_path / "RESULTS.md").read_text()
     assert "Test CPU (avx512_bf16; torch AVX2, no native bf16), 2 CPUs, torch 2.x" in md
-    m = C.machine()  # this machine's, as every benchmark records it
+    m = common.machine()  # this machine's, as every benchmark records it
     assert m["torch_capability"] == torch.backends.cpu.get_cpu_capability()
     assert isinstance(m["native_bf16"], bool) and m["cpu"]
     assert "2026-01-02T03:04:05+00:00 (took 1.5 min)" in md
@@ -80,9 +80,9 @@ def test_every_section_states_the_cpu_capability_and_native_bf16(tmp_path):
 
 
 def test_rerunning_one_benchmark_replaces_only_its_section(tmp_path):
-    C.save(sample("precision", "old precision"), tmp_path)
-    C.save(sample("datapath", "datapath stays"), tmp_path)
-    C.save(sample("precision", "new precision"), tmp_path)
+    common.save(sample("precision", "old precision"), tmp_path)
+    common.save(sample("datapath", "datapath stays"), tmp_path)
+    common.save(sample("precision", "new precision"), tmp_path)
     md = (tmp_path / "RESULTS.md").read_text()
     assert "new precision" in md and "old precision" not in md and "datapath stays" in md
     assert not list((tmp_path / "results").glob(".*.tmp"))  # atomic writes leave nothing behind
@@ -90,7 +90,8 @@ def test_rerunning_one_benchmark_replaces_only_its_section(tmp_path):
 
 def test_cell_formatting():
     assert [
-        C.fmt(v) for v in (None, 1234.5, 123.4, 12.34, 1.234, 0.1234, float("nan"), 7, 12345, "a|b")
+        common.fmt(v)
+        for v in (None, 1234.5, 123.4, 12.34, 1.234, 0.1234, float("nan"), 7, 12345, "a|b")
     ] == ["–", "1,234", "123", "12.3", "1.23", "0.123", "–", "7", "12,345", "a\\|b"]
 
 
@@ -99,7 +100,7 @@ def test_settings_are_typed_like_their_defaults():
         "full": {"n": 3, "x": 1.5, "on": True, "models": [], "seeds": [0, 1], "s": "a"},
         "quick": {"n": 1, "x": 0.5, "on": False, "models": [], "seeds": [0], "s": "b"},
     }
-    got = C.resolve_settings(
+    got = common.resolve_settings(
         defaults, False, {"n": "5", "x": "2", "on": "no", "models": "cnn,vit", "seeds": "3,4"}
     )
     assert got == {
@@ -110,9 +111,9 @@ def test_settings_are_typed_like_their_defaults():
         "seeds": [3, 4],
         "s": "a",
     }
-    assert C.resolve_settings(defaults, True, {})["n"] == 1
+    assert common.resolve_settings(defaults, True, {})["n"] == 1
     with pytest.raises(ValueError, match="unknown setting"):
-        C.resolve_settings(defaults, False, {"nope": "1"})
+        common.resolve_settings(defaults, False, {"nope": "1"})
     assert parse_sets(["precision.models=cnn"], ["precision"]) == {"precision": {"models": "cnn"}}
     with pytest.raises(ValueError, match="not selected"):
         parse_sets(["search.budget=3"], ["precision"])
@@ -122,7 +123,7 @@ def test_settings_are_typed_like_their_defaults():
 
 def test_interleave_rotates_the_order():
     calls = []
-    C.interleave({k: (lambda k=k: calls.append(k) or 1.0) for k in "abc"}, repeats=3)
+    common.interleave({k: (lambda k=k: calls.append(k) or 1.0) for k in "abc"}, repeats=3)
     assert calls == list("abcbcacab")
 
 
@@ -157,7 +158,7 @@ def test_spend_curve_orders_reports_across_trials_and_cuts_at_the_budget():
 def test_search_summary_counts_trial_epochs_to_random_best(tmp_path, monkeypatch):
     from benchmarks import search
 
-    monkeypatch.setattr(C, "OUT_DIR", tmp_path)
+    monkeypatch.setattr(common, "OUT_DIR", tmp_path)
     s = {**search.DEFAULTS["quick"], "budget": 6, "seeds": [0, 1]}
 
     def run(curve, trials=3):
@@ -269,11 +270,11 @@ def test_g5_estimate_is_bounded_by_the_slower_of_gpu_and_data_path():
     reason="the forced path limits an x86 CPU to AVX2",
 )
 def test_the_precision_benchmark_runs_this_cpu_and_a_forced_avx2_one_side_by_side():
-    from benchmarks import precision as P
+    from benchmarks import precision
 
     s = {"paths_models": ["cnn_lstm"], "paths_img_size": 32, "paths_batch_size": 4}
     s |= {"paths_seconds": 0.01}  # one step per measurement: this checks the plumbing
-    paths = P.measure_paths({**s, "paths_repeats": 1})
+    paths = precision.measure_paths({**s, "paths_repeats": 1})
     assert set(paths) == {"native", "avx2"}
     avx2 = paths["avx2"]
     assert avx2["capability"] == "AVX2" and avx2["native_bf16"] is False
@@ -282,9 +283,11 @@ def test_the_precision_benchmark_runs_this_cpu_and_a_forced_avx2_one_side_by_sid
         r = p["models"]["cnn_lstm"]
         assert r["rates"]["fp32"] > 0 and r["rates"]["bf16"] > 0
         assert r["bf16_vs_fp32"] == pytest.approx(r["rates"]["bf16"] / r["rates"]["fp32"])
-    table = P.paths_table(paths, s)
+    table = precision.paths_table(paths, s)
     assert [row[0] for row in table["rows"]] == ["native", "avx2"]
-    assert any("avx2 path (AVX2, native bf16 no)" in line for line in P.paths_headline(paths))
+    assert any(
+        "avx2 path (AVX2, native bf16 no)" in line for line in precision.paths_headline(paths)
+    )
 
 
 def test_value_tables_put_every_arm_beside_the_published_figures():
@@ -292,12 +295,12 @@ def test_value_tables_put_every_arm_beside_the_published_figures():
     adapted figures and estimated prior where measured, the published table, and a headline
     per searched arm that says whether it is above, within or below the single runs' intervals
     and, on pneumonia2, whether it meets the issue's target."""
-    from benchmarks import value as V
+    from benchmarks import value as value_bench
 
     def ci(v, lo, hi):
         return {"value": v, "low": lo, "high": hi}
 
-    s = dict(V.DEFAULTS["quick"])
+    s = dict(value_bench.DEFAULTS["quick"])
     prior = {"estimate": [0.37, 0.63], "interval": {"low": [0.33, 0.6], "high": [0.4, 0.67]}}
     prior["train"] = [0.26, 0.74]
     rows = [
@@ -314,7 +317,7 @@ def test_value_tables_put_every_arm_beside_the_published_figures():
         {"arm": "b", "seed": 0, "macro_f1": ci(0.76, 0.73, 0.79)},  # inside seed 0's interval
         {"arm": "c", "seed": 0, "macro_f1": ci(0.74, 0.71, 0.77)},  # under both intervals
     ]
-    res = V.summarise(s, {"pneumonia2": rows, "brain4": brain})
+    res = value_bench.summarise(s, {"pneumonia2": rows, "brain4": brain})
     table, published = res["tables"]
     assert len(table["rows"]) == 3 + 4 and published["rows"][2] == [
         "AutoKeras (MedMNIST v2)",
@@ -336,17 +339,17 @@ def test_value_tables_put_every_arm_beside_the_published_figures():
         "[0.710, 0.770], below every single run's interval (0.780 [0.750, 0.810], 0.800 "
         "[0.770, 0.830])",
     ]
-    assert "value" in C.ORDER and C.TITLES["value"].startswith("8.")
+    assert "value" in common.ORDER and common.TITLES["value"].startswith("8.")
 
 
 def test_precision_benchmark_leaves_out_models_this_install_cannot_build(monkeypatch):
     """Without timm, the default model list (every registered model) drops timm/* and says
     which; with timm every registered model stays."""
-    from benchmarks import precision as P
+    from benchmarks import precision
 
-    monkeypatch.setattr(P, "timm_available", lambda: False)
-    names, left_out = P.buildable_models()
+    monkeypatch.setattr(precision, "timm_available", lambda: False)
+    names, left_out = precision.buildable_models()
     assert left_out and all(n.startswith("timm/") for n in left_out)
     assert "resnet18" in names and not any(n.startswith("timm/") for n in names)
-    monkeypatch.setattr(P, "timm_available", lambda: True)
-    assert P.buildable_models() == (P.list_models(), [])
+    monkeypatch.setattr(precision, "timm_available", lambda: True)
+    assert precision.buildable_models() == (precision.list_models(), [])

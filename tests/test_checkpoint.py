@@ -7,26 +7,26 @@ import pickle
 import pytest
 import torch
 
-from ray_xray import checkpoint as C
+from ray_xray import checkpoint
 from ray_xray.config import TrainConfig
 from ray_xray.inference import build_model
 
 
 def _record(img_size: int = 32) -> dict:
     cfg = TrainConfig(model="cnn", img_size=img_size, model_kwargs={"width": 8})
-    return C.model_record(build_model(cfg, 2), cfg, ["a", "b"], 0.4, 0.2, {"val_acc": 0.5})
+    return checkpoint.model_record(build_model(cfg, 2), cfg, ["a", "b"], 0.4, 0.2, {"val_acc": 0.5})
 
 
 def test_atomic_save_round_trips(tmp_path):
-    path = C.atomic_save({"w": torch.arange(3), "epoch": 2}, tmp_path / "x.pt")
-    back = C.safe_load(path)
+    path = checkpoint.atomic_save({"w": torch.arange(3), "epoch": 2}, tmp_path / "x.pt")
+    back = checkpoint.safe_load(path)
     assert back["epoch"] == 2 and torch.equal(back["w"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
 
 
 def test_a_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "best_model.pt"
-    C.atomic_save({"epoch": 1}, path)
+    checkpoint.atomic_save({"epoch": 1}, path)
 
     def half_then_fail(obj, f):
         open(f, "wb").write(b"half a checkpoint")
@@ -34,9 +34,9 @@ def test_a_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", half_then_fail)
     with pytest.raises(OSError):
-        C.atomic_save({"epoch": 2}, path)
+        checkpoint.atomic_save({"epoch": 2}, path)
     monkeypatch.undo()
-    assert C.safe_load(path) == {"epoch": 1}
+    assert checkpoint.safe_load(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["best_model.pt"]
 
 
@@ -48,20 +48,22 @@ class _Evil:
 def test_a_pickle_with_code_is_refused_in_one_line(tmp_path):
     bad = tmp_path / "best_model.pt"
     with open(bad, "wb") as fh:
-        pickle.dump({"format": C.CHECKPOINT_FORMAT, "x": _Evil()}, fh)
+        pickle.dump({"format": checkpoint.CHECKPOINT_FORMAT, "x": _Evil()}, fh)
     with pytest.raises(ValueError) as err:
-        C.load_checkpoint(bad)
+        checkpoint.load_checkpoint(bad)
     assert str(err.value).startswith(f"{bad}: not a loadable") and "\n" not in str(err.value)
 
 
 def test_missing_and_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="no such checkpoint"):
-        C.safe_load(tmp_path / "nope.pt")
-    C.atomic_save({"format": "other"}, tmp_path / "f.pt")
+        checkpoint.safe_load(tmp_path / "nope.pt")
+    checkpoint.atomic_save({"format": "other"}, tmp_path / "f.pt")
     with pytest.raises(ValueError, match="not a ray_xray checkpoint"):
-        C.load_checkpoint(tmp_path / "f.pt")
+        checkpoint.load_checkpoint(tmp_path / "f.pt")
     with pytest.raises(ValueError, match="not a ray_xray training state"):
-        C.load_state(C.atomic_save({"x": 1}, tmp_path / C.STATE_FILE).parent)
+        checkpoint.load_state(
+            checkpoint.atomic_save({"x": 1}, tmp_path / checkpoint.STATE_FILE).parent
+        )
 
 
 def test_preprocess_reads_old_and_new_records_alike():
@@ -70,8 +72,8 @@ def test_preprocess_reads_old_and_new_records_alike():
     old = {k: v for k, v in new.items() if k != "stats"}
     old["format"] = "ray_xray/1"  # as written before: img_size twice, mean/std in preprocess
     old["preprocess"] = {"img_size": 48, "in_chans": 1, "mean": 0.4, "std": 0.2}
-    assert C.preprocess(new) == C.preprocess(old)
-    assert C.preprocess(new) == {
+    assert checkpoint.preprocess(new) == checkpoint.preprocess(old)
+    assert checkpoint.preprocess(new) == {
         "img_size": 48,
         "in_chans": 1,
         "mean": pytest.approx(0.4),
@@ -79,39 +81,39 @@ def test_preprocess_reads_old_and_new_records_alike():
     }
     no_size = {"preprocess": {"in_chans": 1, "mean": 0.4, "std": 0.2}, "config": {}}
     with pytest.raises(ValueError, match="without img_size"):
-        C.preprocess(no_size)
+        checkpoint.preprocess(no_size)
 
 
 def test_resolve_and_load_each_kind_of_path(tmp_path):
     rec = _record()
     run = tmp_path / "run"
     run.mkdir()
-    C.atomic_save(rec, run / C.MODEL_FILE)
+    checkpoint.atomic_save(rec, run / checkpoint.MODEL_FILE)
     trial = tmp_path / "trial" / "checkpoint_000001"
     trial.mkdir(parents=True)
-    state = C.training_state(
+    state = checkpoint.training_state(
         {"model": rec["state_dict"]},
         type("P", (), {"epoch": 1, "best_value": 0.5, "since_best": 0, "history": []})(),
         rec,
         improved=True,
     )
-    C.save_state(state, trial)
+    checkpoint.save_state(state, trial)
     ens_dir = tmp_path / "ens"
     ens_dir.mkdir()
-    ens = C.ensemble_record([{**rec, "temperature": 1.5}], [1.0], "mean", ["a", "b"])
-    C.save_ensemble(ens, ens_dir / C.ENSEMBLE_FILE)
+    ens = checkpoint.ensemble_record([{**rec, "temperature": 1.5}], [1.0], "mean", ["a", "b"])
+    checkpoint.save_ensemble(ens, ens_dir / checkpoint.ENSEMBLE_FILE)
 
-    assert C.resolve(run) == run / C.MODEL_FILE
-    assert C.resolve(run / C.MODEL_FILE) == run / C.MODEL_FILE
-    assert C.resolve(trial) == trial / C.STATE_FILE
-    assert C.resolve(ens_dir) == ens_dir / C.ENSEMBLE_FILE
+    assert checkpoint.resolve(run) == run / checkpoint.MODEL_FILE
+    assert checkpoint.resolve(run / checkpoint.MODEL_FILE) == run / checkpoint.MODEL_FILE
+    assert checkpoint.resolve(trial) == trial / checkpoint.STATE_FILE
+    assert checkpoint.resolve(ens_dir) == ens_dir / checkpoint.ENSEMBLE_FILE
     with pytest.raises(ValueError, match="no best_model.pt or ensemble.pt"):
-        C.resolve(tmp_path)
-    for where in (run, run / C.MODEL_FILE, trial):
-        got = C.load_checkpoint(where)
-        assert got["classes"] == ["a", "b"] and C.preprocess(got)["img_size"] == 32
-    assert C.load_state(trial)["epoch"] == 1
-    assert C.is_ensemble(C.load_model_or_ensemble(ens_dir))
-    assert C.load_ensemble(ens_dir)["members"][0]["temperature"] == 1.5
+        checkpoint.resolve(tmp_path)
+    for where in (run, run / checkpoint.MODEL_FILE, trial):
+        got = checkpoint.load_checkpoint(where)
+        assert got["classes"] == ["a", "b"] and checkpoint.preprocess(got)["img_size"] == 32
+    assert checkpoint.load_state(trial)["epoch"] == 1
+    assert checkpoint.is_ensemble(checkpoint.load_model_or_ensemble(ens_dir))
+    assert checkpoint.load_ensemble(ens_dir)["members"][0]["temperature"] == 1.5
     with pytest.raises(ValueError, match="not a ray_xray checkpoint"):
-        C.load_checkpoint(ens_dir)
+        checkpoint.load_checkpoint(ens_dir)

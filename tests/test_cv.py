@@ -17,7 +17,7 @@ import torch
 from ray_xray.config import TrainConfig
 from ray_xray.data import PreparedData
 from ray_xray.data.folds import fold_groups, fold_of, fold_view, for_config
-from ray_xray.tune import folds as F
+from ray_xray.tune import folds as tune_folds
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,14 +95,14 @@ def test_for_config_applies_the_configs_fold_only_when_cv_is_on():
 
 
 def test_check_cv_refuses_bad_values():
-    F.check_cv(0, 3, "s3://b/p")  # off: anything goes
+    tune_folds.check_cv(0, 3, "s3://b/p")  # off: anything goes
     for args, msg in (
         ((1, 3, "/x"), "K >= 2"),
         ((5, 0, "/x"), "cv-top"),
         ((5, 3, "s3://b"), "local"),
     ):
         with pytest.raises(ValueError, match=msg):
-            F.check_cv(*args)
+            tune_folds.check_cv(*args)
 
 
 def _rows(k: int = 3) -> list[dict]:
@@ -134,32 +134,36 @@ def _rows(k: int = 3) -> list[dict]:
 
 def test_selection_is_by_mean_fold_metric_and_needs_every_fold():
     search, folds = _rows()
-    configs = F.top_configs(search, "best_val_macro_f1", "max", 3)
+    configs = tune_folds.top_configs(search, "best_val_macro_f1", "max", 3)
     assert configs == [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}]
-    rows = F.label_rows(search, folds, configs)
+    rows = tune_folds.label_rows(search, folds, configs)
     assert {r["cv_stage"] for r in rows} == {"search", "folds"}
     assert all("config/cv_config" not in r for r in rows)
-    sel = F.choose(rows, "best_val_macro_f1", "max", 3)
+    sel = tune_folds.choose(rows, "best_val_macro_f1", "max", 3)
     # candidate 0 won the search (0.9 on fold 0) but candidate 1 has the better mean; candidate
     # 2 misses a fold and cannot be chosen, however good its two folds
     assert sel["chosen"]["candidate"] == 1
     assert sel["chosen"]["mean"] == pytest.approx(np.mean([0.75, 0.8, 0.8]))
     assert sel["chosen"]["trial_ids"] == ["c1f0", "c1f1", "c1f2"]
     assert not [c for c in sel["candidates"] if c["candidate"] == 2][0]["complete"]
-    assert "sd over 3 folds" in F.selection_line(sel)
+    assert "sd over 3 folds" in tune_folds.selection_line(sel)
 
 
 def test_selection_never_reads_test_figures():
     """Test columns that rank the candidates the other way round change nothing."""
     search, folds = _rows()
-    configs = F.top_configs(search, "best_val_macro_f1", "max", 3)
-    plain = F.choose(F.label_rows(search, folds, configs), "best_val_macro_f1", "max", 3)
+    configs = tune_folds.top_configs(search, "best_val_macro_f1", "max", 3)
+    plain = tune_folds.choose(
+        tune_folds.label_rows(search, folds, configs), "best_val_macro_f1", "max", 3
+    )
     search, folds = _rows()
     for r in search + folds:
         r["test_macro_f1"] = 1.0 - (r["best_val_macro_f1"] or 0.0)
         r["test_accuracy"] = r["test_macro_f1"]
-    assert F.top_configs(search, "best_val_macro_f1", "max", 3) == configs
-    poisoned = F.choose(F.label_rows(search, folds, configs), "best_val_macro_f1", "max", 3)
+    assert tune_folds.top_configs(search, "best_val_macro_f1", "max", 3) == configs
+    poisoned = tune_folds.choose(
+        tune_folds.label_rows(search, folds, configs), "best_val_macro_f1", "max", 3
+    )
     assert poisoned == plain
 
 
@@ -167,7 +171,7 @@ def test_fold_ensemble_is_fixed_without_test_images(tmp_path, monkeypatch):
     """Temperatures, out-of-fold predictions and ensemble.pt come out the same whatever the
     test split holds (noise, shuffled labels): the test images never reach them."""
     from ray_xray.checkpoint import load_ensemble, model_record, save_state, training_state
-    from ray_xray.ensemble import folds as EF
+    from ray_xray.ensemble import folds as ensemble_folds
     from ray_xray.inference import build_model
     from ray_xray.train.loop import Progress
 
@@ -196,11 +200,13 @@ def test_fold_ensemble_is_fixed_without_test_images(tmp_path, monkeypatch):
         poisoned = PreparedData(**{**data.__dict__})
         poisoned.images = {**data.images, "test": test_images}
         poisoned.labels = {**data.labels, "test": test_labels}
-        monkeypatch.setattr(EF, "load_for_config", lambda cfg, cache=None: poisoned)
-        fitted = EF.fit_fold_ensemble(ckpts, None, torch.device("cpu"))
+        monkeypatch.setattr(ensemble_folds, "load_for_config", lambda cfg, cache=None: poisoned)
+        fitted = ensemble_folds.fit_fold_ensemble(ckpts, None, torch.device("cpu"))
         seen = []  # --external's hook: called once, with ensemble.pt already saved
         hook = lambda p: seen.append(Path(p).is_file()) or {"site_b": "scored"}  # noqa: E731
-        res = EF.run_fold_ensemble(out, ckpts, {"chosen": None}, None, "cpu", external=hook)
+        res = ensemble_folds.run_fold_ensemble(
+            out, ckpts, {"chosen": None}, None, "cpu", external=hook
+        )
         assert seen == [True] and res["external"] == {"site_b": "scored"}
         return fitted, load_ensemble(res["ensemble"]), json.loads(Path(res["metrics"]).read_text())
 

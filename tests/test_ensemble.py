@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ray_xray import checkpoint as C
+from ray_xray import checkpoint
 from ray_xray.calibration import softmax
 from ray_xray.checkpoint import ENSEMBLE_FORMAT, load_ensemble, save_ensemble
 from ray_xray.checkpoint import ensemble_record as ensemble_object
@@ -261,7 +261,9 @@ def _record(model_name, img_size, seed, **hp):
     torch.manual_seed(seed)
     cfg = TrainConfig(model=model_name, img_size=img_size, model_kwargs=hp)
     model = build_model(cfg, 3)
-    return C.model_record(model, cfg, ["normal", "pneumonia", "tuberculosis"], 0.4, 0.2, {})
+    return checkpoint.model_record(
+        model, cfg, ["normal", "pneumonia", "tuberculosis"], 0.4, 0.2, {}
+    )
 
 
 def test_ensemble_file_loads_with_weights_only_and_predicts(tmp_path, capsys):
@@ -298,7 +300,7 @@ def test_ensemble_file_loads_with_weights_only_and_predicts(tmp_path, capsys):
     assert set(out[0]) == {"image", "prediction", "probabilities"}
     assert sum(out[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     # and a plain model record still works as before
-    C.atomic_save(members[0], tmp_path / "best_model.pt")
+    checkpoint.atomic_save(members[0], tmp_path / "best_model.pt")
     predict.main([str(tmp_path / "best_model.pt"), str(img), "--json", "--device", "cpu"])
     assert json.loads(capsys.readouterr().out)[0]["prediction"] in members[0]["classes"]
 

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from conftest import write_tree
 
-from ray_xray import checkpoint as C
-from ray_xray import stats as S
+from ray_xray import checkpoint, stats
 from ray_xray.evaluate.stress import PERTURBATIONS, perturb, stratified_subset
 
 CLASSES = ["normal", "pneumonia", "tuberculosis"]
@@ -46,8 +45,10 @@ def run_dir(tmp_path_factory):
     tr = Trainer.build(cfg, data, torch.device("cpu"))
     progress = train_epochs(tr)
     out = tmp_path_factory.mktemp("run")
-    rec = C.model_record(tr.bare, cfg, data.classes, data.mean, data.std, progress.history[-1])
-    C.atomic_save(rec, out / "best_model.pt")
+    rec = checkpoint.model_record(
+        tr.bare, cfg, data.classes, data.mean, data.std, progress.history[-1]
+    )
+    checkpoint.atomic_save(rec, out / "best_model.pt")
     return out
 
 
@@ -74,13 +75,13 @@ def _noisy(n=400, k=3, signal=1.5, seed=0):
 
 
 def test_point_metrics_equal_sklearn_and_intervals_bracket_them():
-    from ray_xray import metrics as M
+    from ray_xray.metrics import summary
 
     for k in (2, 3, 4):
         y, p = _noisy(k=k, seed=k)
         names = [f"c{i}" for i in range(k)]
-        ref = M.summary(y, p, names, prefix="")
-        ours, samples = S.with_intervals(y, p, names, n_boot=300, seed=1)
+        ref = summary(y, p, names, prefix="")
+        ours, samples = stats.with_intervals(y, p, names, n_boot=300, seed=1)
         assert ours["accuracy"]["value"] == pytest.approx(ref["acc"])
         assert ours["macro_f1"]["value"] == pytest.approx(ref["macro_f1"])
         assert ours["auc"]["value"] == pytest.approx(ref["auc"])
@@ -91,22 +92,22 @@ def test_point_metrics_equal_sklearn_and_intervals_bracket_them():
         assert len(samples["accuracy"]) == 300
     # The same seed gives the same interval; the width shrinks as the set grows.
     y, p = _noisy(n=200)
-    a = S.with_intervals(y, p, CLASSES, 200, seed=3)[0]["macro_f1"]
-    assert a == S.with_intervals(y, p, CLASSES, 200, seed=3)[0]["macro_f1"]
+    a = stats.with_intervals(y, p, CLASSES, 200, seed=3)[0]["macro_f1"]
+    assert a == stats.with_intervals(y, p, CLASSES, 200, seed=3)[0]["macro_f1"]
     y4, p4 = _noisy(n=3200)
-    b = S.with_intervals(y4, p4, CLASSES, 200, seed=3)[0]["macro_f1"]
+    b = stats.with_intervals(y4, p4, CLASSES, 200, seed=3)[0]["macro_f1"]
     assert b["high"] - b["low"] < (a["high"] - a["low"]) / 2
 
 
 def test_bootstrap_is_stratified_and_handles_a_missing_class():
     y = np.array([0] * 30 + [2] * 10)
-    w = S.resample_weights(y, 50, seed=0)
+    w = stats.resample_weights(y, 50, seed=0)
     # every resample keeps each class's count
     assert np.array_equal(np.bincount(y, weights=w[7], minlength=3), [30, 0, 10])
     assert np.array_equal(w.sum(1), np.full(50, 40.0))
     prob = np.full((40, 3), 0.1)
     prob[np.arange(40), y] = 0.8
-    head, _ = S.with_intervals(y, prob, CLASSES, 100)
+    head, _ = stats.with_intervals(y, prob, CLASSES, 100)
     assert np.isnan(head["recall_pneumonia"]["value"])
     # Macro-F1 over the 2 classes present: both perfect (sklearn over all 3 would say 0.667).
     assert head["macro_f1"]["value"] == pytest.approx(1.0)
@@ -117,18 +118,18 @@ def test_drops_are_flagged_only_beyond_resampling_noise():
     y, good = _noisy(n=600, signal=2.5, seed=0)
     y2, same = _noisy(n=600, signal=2.5, seed=1)
     y3, worse = _noisy(n=600, signal=0.8, seed=2)
-    ref = S.with_intervals(y, good, CLASSES, 400, seed=0)
-    d_same = S.drops(*ref, *S.with_intervals(y2, same, CLASSES, 400, seed=1))
-    d_worse = S.drops(*ref, *S.with_intervals(y3, worse, CLASSES, 400, seed=2))
+    ref = stats.with_intervals(y, good, CLASSES, 400, seed=0)
+    d_same = stats.drops(*ref, *stats.with_intervals(y2, same, CLASSES, 400, seed=1))
+    d_worse = stats.drops(*ref, *stats.with_intervals(y3, worse, CLASSES, 400, seed=2))
     assert not d_same["macro_f1"]["significant"]
     assert d_same["macro_f1"]["low"] < 0 < d_same["macro_f1"]["high"]
     assert d_worse["macro_f1"]["significant"] and d_worse["macro_f1"]["low"] > 0
     assert d_worse["macro_f1"]["drop"] == pytest.approx(
         d_worse["macro_f1"]["reference"] - d_worse["macro_f1"]["new"]
     )
-    assert S.specificity_holds(0.88, 0.90, 100) is True  # within 1.96 SE (0.03) of 0.90
-    assert S.specificity_holds(0.80, 0.90, 100) is False
-    assert S.specificity_holds(0.5, 0.90, 0) is None
+    assert stats.specificity_holds(0.88, 0.90, 100) is True  # within 1.96 SE (0.03) of 0.90
+    assert stats.specificity_holds(0.80, 0.90, 100) is False
+    assert stats.specificity_holds(0.5, 0.90, 0) is None
 
 
 # ---------------------------------------------------------------- stress perturbations
@@ -168,7 +169,7 @@ def test_every_headline_proportion_gets_a_wilson_interval_with_its_counts():
     y = np.array([0] * 76 + [1] * 76 + [2] * 10)
     pred = np.array([1] * 76 + [1] * 76 + [2] * 5 + [0] * 5)  # class 0: 0/76, class 1: 76/76
     prob = np.eye(3)[pred] * 0.8 + 0.2 / 3
-    headline, _ = S.with_intervals(y, prob, CLASSES, 200, 0)
+    headline, _ = stats.with_intervals(y, prob, CLASSES, 200, 0)
     assert headline["recall_normal"]["high"] == 0.0  # the bootstrap's zero-width interval
     wilson_proportions(headline, y, pred, CLASSES)
     zero, full, acc = (headline[k] for k in ("recall_normal", "recall_pneumonia", "accuracy"))
@@ -189,7 +190,7 @@ def test_evaluate_a_train_run_on_its_own_data_matches_the_training_evaluation(ru
     from ray_xray.train.run import evaluate_record
 
     r = evaluate(str(run_dir), SPEC, out=tmp_path / "ev", n_boot=200, device="cpu")
-    rec = C.load_checkpoint(run_dir / "best_model.pt")
+    rec = checkpoint.load_checkpoint(run_dir / "best_model.pt")
     full, y, _ = evaluate_record(rec, load_data(SPEC, 32), "test", "cpu")
     assert r.is_own_data and r.n == len(y) == 18
     # Its own test split is compared with its own validation split.
@@ -216,11 +217,11 @@ def test_evaluate_a_train_run_on_its_own_data_matches_the_training_evaluation(ru
 def test_evaluate_scores_the_whole_split_not_the_runs_training_subset(run_dir, tmp_path, capsys):
     """A run trained with limit_per_split is evaluated on every image of the split; --limit N
     subsamples on purpose, and the count is printed."""
-    rec = C.load_checkpoint(run_dir / "best_model.pt")
+    rec = checkpoint.load_checkpoint(run_dir / "best_model.pt")
     rec["config"]["limit_per_split"] = 6
     run = tmp_path / "limited"
     run.mkdir()
-    C.atomic_save(rec, run / "best_model.pt")
+    checkpoint.atomic_save(rec, run / "best_model.pt")
     common = [str(run), SPEC, "--bootstrap", "50", "--device", "cpu", "--no-images"]
     code, out, err = _cli([*common, "--out", str(tmp_path / "all")], capsys)
     assert code == 0, err
@@ -246,7 +247,7 @@ def test_shift_warnings_only_for_other_data(run_dir, tmp_path, monkeypatch):
     its own data, and only data from elsewhere gets `warning:` lines."""
     from ray_xray.evaluate import evaluate
 
-    real = S.drops
+    real = stats.drops
 
     def all_significant(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -254,7 +255,7 @@ def test_shift_warnings_only_for_other_data(run_dir, tmp_path, monkeypatch):
             d.update(significant=True, low=max(d["low"], 1e-3))
         return out
 
-    monkeypatch.setattr(S, "drops", all_significant)
+    monkeypatch.setattr(stats, "drops", all_significant)
     own = evaluate(str(run_dir), SPEC, out=tmp_path / "own", n_boot=50, device="cpu", images=False)
     assert not [w for w in own.warnings if "fell from" in w]
     notes = [n for n in own.notes if n.startswith("own data, not a site shift: ")]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import write_external
 
-from ray_xray.tune import external as X
+from ray_xray.tune import external
 from ray_xray.tune.service import SweepOptions
 
 CLASSES = ("normal", "pneumonia", "tuberculosis")
@@ -29,12 +29,12 @@ def test_external_values_split_on_commas_repeat_and_round_trip():
     from ray_xray.tune.__main__ import build_parser
 
     args = build_parser().parse_args(["--external", "a, b", "--external", "c,a", "--external", ""])
-    assert X.parse_specs(args.external) == ["a", "b", "c"]
-    assert X.parse_specs("synthetic:chest3:20") == ["synthetic:chest3:20"]
-    assert X.parse_specs(None) == [] and build_parser().parse_args([]).external == []
+    assert external.parse_specs(args.external) == ["a", "b", "c"]
+    assert external.parse_specs("synthetic:chest3:20") == ["synthetic:chest3:20"]
+    assert external.parse_specs(None) == [] and build_parser().parse_args([]).external == []
     argv = _cli_argv(SweepOptions(external=["x", "y"]))
     assert argv == ["--external", "x,y"]
-    assert X.parse_specs(build_parser().parse_args(argv).external) == ["x", "y"]
+    assert external.parse_specs(build_parser().parse_args(argv).external) == ["x", "y"]
 
 
 def _bad_sweep(args: list[str], tmp_path, capsys) -> list[str]:
@@ -101,7 +101,7 @@ def test_bad_external_sets_are_one_error_line_before_the_sweep(case, message, tm
 
 def test_a_partial_external_set_is_accepted_and_said(tmp_path, capsys):
     ext = write_external(tmp_path / "tb_only", 3, classes=("tuberculosis",))
-    infos = X.check_classes([str(ext)], list(CLASSES))
+    infos = external.check_classes([str(ext)], list(CLASSES))
     assert infos == [
         {
             "data_classes": ["tuberculosis"],
@@ -178,7 +178,7 @@ def test_members_and_ensemble_are_scored_after_the_choice_and_equal_evaluate(tmp
     ext = str(write_external(tmp_path / "site_b", 8))
     top = _fake_top(exp)
     opts = SweepOptions(data="synthetic:chest3", external=[ext], top_k=2)
-    step = X.ExternalStep(opts, top)
+    step = external.ExternalStep(opts, top)
     with_ext = run_ensemble(exp, top_k=2, device="cpu", external=step)
     without = run_ensemble(exp, top_k=2, device="cpu", out=tmp_path / "plain", report_html=False)
     block = step.finish(str(exp))
@@ -241,11 +241,11 @@ def test_the_ensemble_command_scores_external_sets(tmp_path, capsys):
 
     from ray_xray.cli import run
     from ray_xray.ensemble.__main__ import main
-    from ray_xray.tune import results as R
+    from ray_xray.tune import results
 
     hp = {"width": 8, "head_dims": [16], "pool_size": 2}
     exp = fake_sweep(tmp_path / "exp", [("cnn", 32, hp), ("cnn", 48, hp)])
-    R.write_best_trials(exp, _fake_top(exp))  # what the sweep wrote
+    results.write_best_trials(exp, _fake_top(exp))  # what the sweep wrote
     ext = str(write_external(tmp_path / "site_b", 4))
     assert (
         main(
@@ -295,7 +295,7 @@ def test_without_an_ensemble_the_members_are_still_scored(tmp_path, capsys):
     opts = SweepOptions(
         data="synthetic:chest3", external=[ext, "synthetic:chest3:5"], ensemble=False
     )
-    block = X.ExternalStep(opts, top).finish(str(exp))
+    block = external.ExternalStep(opts, top).finish(str(exp))
     assert [s["data"] for s in block["sets"]] == [ext, "synthetic:chest3:5"]
     assert [len(s["models"]) for s in block["sets"]] == [1, 1]  # no ensemble row
     (entry,) = json.loads((exp / "best_trials.json").read_text())
@@ -308,14 +308,16 @@ def test_without_an_ensemble_the_members_are_still_scored(tmp_path, capsys):
 
 
 def test_a_failed_scoring_is_a_results_error_naming_the_retry(tmp_path, monkeypatch):
-    from ray_xray.tune import results as R
+    from ray_xray.tune import results
 
     opts = SweepOptions(data="synthetic:chest3", external=["synthetic:chest3:5"])
-    step = X.ExternalStep(
+    step = external.ExternalStep(
         opts, [{"rank": 1, "trial_id": "t", "model": "cnn", "checkpoint": str(tmp_path / "gone")}]
     )
     assert step(tmp_path / "ensemble.pt") is None  # the ensemble's own outputs go on
-    with pytest.raises(R.ResultsError, match="scoring the --external sets failed .* --resume"):
+    with pytest.raises(
+        results.ResultsError, match="scoring the --external sets failed .* --resume"
+    ):
         step.finish(str(tmp_path))
     assert not (tmp_path / "best_trials.json").exists()
 

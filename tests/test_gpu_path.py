@@ -17,7 +17,7 @@ from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
 from ray_xray.data.feed import BatchAugment, DeviceFeed, normalize, pick_augment_on
 from ray_xray.data.transforms import TrainPreset, to_tensor
-from ray_xray.train import collectives as C
+from ray_xray.train import collectives
 from ray_xray.train.loop import Hooks, Trainer, train_epochs
 
 CPU = torch.device("cpu")
@@ -27,10 +27,10 @@ CPU = torch.device("cpu")
 
 def test_backend_device_is_cuda_for_nccl_and_cpu_for_gloo(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
-    assert C.backend_device("nccl") == torch.device("cuda", 3)
-    assert C.backend_device("NCCL") == torch.device("cuda", 3)
-    assert C.backend_device("gloo") == CPU
-    assert C.backend_device() == CPU  # no process group: one worker on the CPU
+    assert collectives.backend_device("nccl") == torch.device("cuda", 3)
+    assert collectives.backend_device("NCCL") == torch.device("cuda", 3)
+    assert collectives.backend_device("gloo") == CPU
+    assert collectives.backend_device() == CPU  # no process group: one worker on the CPU
 
 
 def test_all_reduce_hands_the_backend_tensors_on_its_device(monkeypatch):
@@ -48,9 +48,9 @@ def test_all_reduce_hands_the_backend_tensors_on_its_device(monkeypatch):
     # No GPU here to copy to: check the helper asks backend_device (tested above) where the
     # tensor must go, and hands over a copy there.
     asked = []
-    monkeypatch.setattr(C, "backend_device", lambda backend=None: asked.append(1) or CPU)
+    monkeypatch.setattr(collectives, "backend_device", lambda backend=None: asked.append(1) or CPU)
     x = torch.tensor([1.5, 2.0], dtype=torch.float64)
-    y = C.all_reduce_sum(x)
+    y = collectives.all_reduce_sum(x)
     assert asked and seen["device"] == CPU and seen["dtype"] == torch.float64
     assert torch.equal(y, torch.tensor([3.0, 4.0], dtype=torch.float64))
     assert torch.equal(x, torch.tensor([1.5, 2.0], dtype=torch.float64))  # input untouched
@@ -66,10 +66,20 @@ def _worker(rank: int, world: int, port: int, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        loss_sum = C.all_reduce_sum(torch.tensor([10.0 * (rank + 1), 4.0]))
-        stop = C.all_reduce_sum(torch.tensor([float(rank == 0)]))
-        cover = C.all_reduce_sum(torch.zeros(6).index_fill_(0, torch.tensor([rank, rank + 2]), 1))
-        out.put((rank, loss_sum.tolist(), stop.item(), cover.tolist(), str(C.backend_device())))
+        loss_sum = collectives.all_reduce_sum(torch.tensor([10.0 * (rank + 1), 4.0]))
+        stop = collectives.all_reduce_sum(torch.tensor([float(rank == 0)]))
+        cover = collectives.all_reduce_sum(
+            torch.zeros(6).index_fill_(0, torch.tensor([rank, rank + 2]), 1)
+        )
+        out.put(
+            (
+                rank,
+                loss_sum.tolist(),
+                stop.item(),
+                cover.tolist(),
+                str(collectives.backend_device()),
+            )
+        )
     finally:
         dist.destroy_process_group()
 

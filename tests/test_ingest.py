@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ray_xray import checkpoint as C
+from ray_xray import checkpoint
 from ray_xray.data import DataError, load_data, load_table
 from ray_xray.data.audit import audit, format_report
 from ray_xray.data.cache import cache_location, decode
@@ -224,7 +224,7 @@ def tiny_record(img_size=32):
 
     torch.manual_seed(0)
     cfg = TrainConfig(model="cnn", img_size=img_size)
-    return C.model_record(build_model(cfg, 2), cfg, ["normal", "pneumonia"], 0.4, 0.2, {})
+    return checkpoint.model_record(build_model(cfg, 2), cfg, ["normal", "pneumonia"], 0.4, 0.2, {})
 
 
 def test_predict_reads_16_bit_png_and_dicom_as_their_8_bit_original(tmp_path):
@@ -279,7 +279,7 @@ def test_decompression_bomb_is_unreadable_not_a_crash(tmp_path):
 
 def test_predict_cli_bomb_is_one_error_line(tmp_path):
 
-    C.atomic_save(tiny_record(), tmp_path / "best_model.pt")
+    checkpoint.atomic_save(tiny_record(), tmp_path / "best_model.pt")
     bomb = bomb_png(tmp_path / "huge.png")
     r = run_cli("ray_xray.predict", tmp_path / "best_model.pt", bomb, "--device", "cpu")
     assert r.returncode == 2

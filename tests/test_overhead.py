@@ -55,13 +55,16 @@ def test_the_trial_process_imports_no_training_code():
 
 
 def test_lazy_package_names_still_resolve():
-    import ray_xray.train as T
-    import ray_xray.tune as U
+    import ray_xray.train
+    import ray_xray.tune
 
-    assert T.make_trainer.__module__ == "ray_xray.train.launch"
-    assert callable(T.train_loop_per_worker) and U.SweepOptions.__name__ == "SweepOptions"
+    assert ray_xray.train.make_trainer.__module__ == "ray_xray.train.launch"
+    assert (
+        callable(ray_xray.train.train_loop_per_worker)
+        and ray_xray.tune.SweepOptions.__name__ == "SweepOptions"
+    )
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        T.nope  # noqa: B018
+        ray_xray.train.nope  # noqa: B018
 
 
 def test_trainer_drops_ray_datas_callback_only_without_datasets():
@@ -84,20 +87,20 @@ def test_trainer_drops_ray_datas_callback_only_without_datasets():
 def test_shared_data_is_used_only_for_the_same_data_settings(monkeypatch):
     import ray
 
-    from ray_xray.train import worker as W
+    from ray_xray.train import worker
 
     cfg = TrainConfig(data="synthetic:chest3", img_size=32)
     monkeypatch.setattr(ray, "get", lambda ref, timeout=None: {"ref": ref})
-    assert W.shared_data(cfg, (shared_key(cfg), "REF")) == {"ref": "REF"}
+    assert worker.shared_data(cfg, (shared_key(cfg), "REF")) == {"ref": "REF"}
     other = TrainConfig(data="synthetic:chest3", img_size=64)  # a space tuning img_size
-    assert W.shared_data(other, (shared_key(cfg), "REF")) is None
-    assert W.shared_data(cfg, None) is None
+    assert worker.shared_data(other, (shared_key(cfg), "REF")) is None
+    assert worker.shared_data(cfg, None) is None
 
     def gone(ref, timeout=None):
         raise RuntimeError("owner died")  # a resumed sweep's old driver
 
     monkeypatch.setattr(ray, "get", gone)
-    assert W.shared_data(cfg, (shared_key(cfg), "REF")) is None
+    assert worker.shared_data(cfg, (shared_key(cfg), "REF")) is None
 
 
 def test_shared_key_covers_every_setting_load_for_config_reads():
@@ -132,7 +135,7 @@ class _Storage:
 def test_checkpoint_is_written_once_into_storage_with_one_copy_of_the_best(tmp_path, monkeypatch):
     import ray.train
 
-    from ray_xray.train import session as W
+    from ray_xray.train import session
 
     model = torch.nn.Linear(256, 256)
     state = {"model": model.state_dict(), "epoch": 3}
@@ -144,7 +147,7 @@ def test_checkpoint_is_written_once_into_storage_with_one_copy_of_the_best(tmp_p
     )
     monkeypatch.setattr(ray.train, "report", lambda metrics, **kw: reports.append((metrics, kw)))
     # Improved this epoch: the best record holds the very same tensors as the model state.
-    W.report_with_state({"epoch": 3}, {**state, "best": {"state_dict": state["model"]}})
+    session.report_with_state({"epoch": 3}, {**state, "best": {"state_dict": state["model"]}})
     ((metrics, kw),) = reports
     assert kw["checkpoint_upload_mode"] == ray.train.CheckpointUploadMode.NO_UPLOAD
     path = Path(kw["checkpoint"].path)
@@ -309,23 +312,23 @@ def test_a_resumed_sweep_keeps_the_runner_it_started_with(tmp_path):
 def test_deleted_checkpoint_names_come_back_as_links_to_the_newest_and_go_at_the_end(tmp_path):
     """A driver killed between Tune deleting a trial's previous checkpoint and its next
     snapshot: the snapshot names checkpoint_000000, only checkpoint_000002 is left."""
-    from ray_xray.tune import results as R
+    from ray_xray.tune import results
 
     trial = tmp_path / "t1"
     newest = trial / "checkpoint_000002"
     newest.mkdir(parents=True)
     (newest / STATE_FILE).write_bytes(b"epoch 3 state")
     (tmp_path / "t2").mkdir()  # a trial without checkpoints: left alone
-    assert R.relink_deleted_checkpoints(tmp_path) == 2
+    assert results.relink_deleted_checkpoints(tmp_path) == 2
     for name in ("checkpoint_000000", "checkpoint_000001"):
         linked = trial / name / STATE_FILE
         assert linked.read_bytes() == b"epoch 3 state"
         assert linked.stat().st_ino == (newest / STATE_FILE).stat().st_ino  # no copy: a link
-    assert R.relink_deleted_checkpoints(tmp_path) == 0  # nothing missing any more
+    assert results.relink_deleted_checkpoints(tmp_path) == 0  # nothing missing any more
     # After the resumed sweep Tune keeps checkpoint_000003: the rest goes.
     (trial / "checkpoint_000003").mkdir()
     (trial / "train").mkdir()  # not a Tune checkpoint name: never touched
-    R.prune_unkept(
+    results.prune_unkept(
         [{"checkpoint_path": str(trial / "checkpoint_000003")}, {"checkpoint_path": None}]
     )
     assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000003", "train"]

@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ray_xray import checkpoint as C
-from ray_xray import inference
+from ray_xray import checkpoint, inference
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
 from ray_xray.data.feed import BatchAugment, DeviceFeed, equalize_hist, normalize, pick_augment_on
@@ -116,9 +115,11 @@ def test_a_saved_model_is_fed_at_inference_as_in_training(normalize_, equalize, 
         model_kwargs={"width": 8, "head_dims": [16], "pool_size": 2},
     )
     tr = Trainer.build(cfg, data, CPU)
-    record = C.model_record(tr.bare, cfg, data.classes, data.mean, data.std, {"val_acc": 0.5})
-    C.atomic_save(record, tmp_path / "best_model.pt")
-    loaded = C.load_checkpoint(tmp_path / "best_model.pt")
+    record = checkpoint.model_record(
+        tr.bare, cfg, data.classes, data.mean, data.std, {"val_acc": 0.5}
+    )
+    checkpoint.atomic_save(record, tmp_path / "best_model.pt")
+    loaded = checkpoint.load_checkpoint(tmp_path / "best_model.pt")
     x = torch.from_numpy(data.images["val"][:5])
     assert torch.equal(inference.record_feed(loaded, CPU)(x), tr.feed(x))
     # predict() from PNG files: the same probabilities as the model on the training feed.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ray_xray import prior as P
+from ray_xray import prior
 
 
 def posteriors(target, train, n=3000, seed=0):
@@ -29,7 +29,7 @@ def posteriors(target, train, n=3000, seed=0):
 )
 def test_em_recovers_a_known_shifted_prior_within_its_interval(train, target):
     y, prob = posteriors(target, train)
-    out = P.adapt(prob, train, "em", n_boot=100, seed=1)
+    out = prior.adapt(prob, train, "em", n_boot=100, seed=1)
     est, iv = np.array(out["prior"]), out["interval"]
     assert np.all(np.array(iv["low"]) <= target) and np.all(np.array(iv["high"]) >= target)
     assert np.abs(est - target).max() < 0.04
@@ -42,7 +42,7 @@ def test_em_recovers_a_known_shifted_prior_within_its_interval(train, target):
 
 def test_em_without_shift_stays_at_the_training_prior():
     y, prob = posteriors((0.3, 0.7), (0.3, 0.7), seed=3)
-    out = P.adapt(prob, (0.3, 0.7), "em", n_boot=50)
+    out = prior.adapt(prob, (0.3, 0.7), "em", n_boot=50)
     lo, hi = np.array(out["interval"]["low"]), np.array(out["interval"]["high"])
     assert lo[1] <= 0.7 <= hi[1] and lo[0] <= 0.3 <= hi[0]
     assert abs(out["prior"][1] - 0.7) < 0.04
@@ -50,24 +50,24 @@ def test_em_without_shift_stays_at_the_training_prior():
 
 def test_known_prevalence_reweights_by_bayes_rule():
     prob = np.array([[0.5, 0.5], [0.9, 0.1]])
-    out = P.adapt(prob, (0.25, 0.75), "known", prevalence=(0.5, 0.5))
+    out = prior.adapt(prob, (0.25, 0.75), "known", prevalence=(0.5, 0.5))
     # odds x (0.5/0.5) / (0.25/0.75) = odds x 1/3 for class 1
     assert out["prob"][0] == pytest.approx([0.75, 0.25])
     assert out["prior"] == [0.5, 0.5] and out["interval"] is None
 
 
 def test_prevalence_parsing_and_bad_input():
-    assert P.parse_prevalence("pneumonia=0.625", ["normal", "pneumonia"]) == pytest.approx(
+    assert prior.parse_prevalence("pneumonia=0.625", ["normal", "pneumonia"]) == pytest.approx(
         [0.375, 0.625]
     )
-    assert P.parse_prevalence("0.2,0.8", ["a", "b"]) == [0.2, 0.8]
+    assert prior.parse_prevalence("0.2,0.8", ["a", "b"]) == [0.2, 0.8]
     for text in ("0.5", "x=0.3", "a=1.2", "0.5,0.6"):
         with pytest.raises(ValueError, match="--prevalence"):
-            P.parse_prevalence(text, ["a", "b"])
+            prior.parse_prevalence(text, ["a", "b"])
     with pytest.raises(ValueError, match="positive"):
-        P.reweight(np.ones((1, 2)) / 2, (0, 1), (0.5, 0.5))
+        prior.reweight(np.ones((1, 2)) / 2, (0, 1), (0.5, 0.5))
     with pytest.raises(ValueError, match="em"):
-        P.adapt(np.ones((1, 2)) / 2, (0.5, 0.5), "mle")
+        prior.adapt(np.ones((1, 2)) / 2, (0.5, 0.5), "mle")
 
 
 def test_evaluate_and_predict_report_adapted_figures_beside_the_unadapted(tmp_path, capsys):
@@ -77,7 +77,7 @@ def test_evaluate_and_predict_report_adapted_figures_beside_the_unadapted(tmp_pa
 
     import torch
 
-    from ray_xray import checkpoint as C
+    from ray_xray import checkpoint
     from ray_xray.cli import run
     from ray_xray.config import TrainConfig
     from ray_xray.data import load_for_config
@@ -96,8 +96,8 @@ def test_evaluate_and_predict_report_adapted_figures_beside_the_unadapted(tmp_pa
         model_kwargs={"width": 8, "head_dims": [16], "pool_size": 2},
     )
     data = load_for_config(cfg)
-    rec = C.model_record(build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
-    C.atomic_save(rec, tmp_path / "best_model.pt")
+    rec = checkpoint.model_record(build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
+    checkpoint.atomic_save(rec, tmp_path / "best_model.pt")
     args = [str(tmp_path / "best_model.pt"), cfg.data, "--no-shift", "--bootstrap", "20"]
     for extra in ([], ["--adapt-prior", "em"]):
         with pytest.raises(SystemExit) as exc:

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from ray_xray.config import TrainConfig
-from ray_xray.train import engine as E
+from ray_xray.train import engine
 
 
 def _plateau_lrs(cfg: TrainConfig, metrics: list[float]) -> list[float]:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sched = E.Schedule(cfg, opt, 10)
+    sched = engine.Schedule(cfg, opt, 10)
     out = []
     for m in metrics:
         sched.step_epoch(m)

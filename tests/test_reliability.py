@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from ray_xray.cli import run
-from ray_xray.tune import lock as L
+from ray_xray.tune import lock
 
 REPO = Path(__file__).resolve().parent.parent
 ODD = "a b%20c?#'\"é"  # a space, a %-escape, ?, #, both quotes, non-ASCII
@@ -45,7 +45,7 @@ def live_owner(path: Path, host: str | None = None) -> subprocess.Popen:
     """A live process on this host (or `host`) recorded as the owner of lock file `path`."""
     proc = subprocess.Popen(["sleep", "60"])
     owner = {"host": host or socket.gethostname(), "pid": proc.pid}
-    owner["started"] = L._start_time(proc.pid)
+    owner["started"] = lock._start_time(proc.pid)
     path.write_text(json.dumps(owner))
     return proc
 
@@ -53,19 +53,19 @@ def live_owner(path: Path, host: str | None = None) -> subprocess.Popen:
 def test_a_live_owner_is_named_and_a_dead_one_is_reclaimed(tmp_path, capsys):
     folder = tmp_path / "sweep"
     folder.mkdir()
-    proc = live_owner(folder / L.LOCK_FILE)
+    proc = live_owner(folder / lock.LOCK_FILE)
     try:
-        with pytest.raises(L.SweepLocked, match=f"in use by another sweep \\(pid {proc.pid} on"):
-            L.acquire(folder)
+        with pytest.raises(lock.SweepLocked, match=f"in use by another sweep \\(pid {proc.pid} on"):
+            lock.acquire(folder)
     finally:
         proc.kill()
         proc.wait()
-    path = L.acquire(folder)  # its owner is gone: taken over, saying so
+    path = lock.acquire(folder)  # its owner is gone: taken over, saying so
     assert "is gone; taking it over" in capsys.readouterr().err
     assert json.loads(path.read_text())["pid"] == os.getpid()
-    with pytest.raises(L.SweepLocked):  # held: not even this process takes it twice
-        L.acquire(folder)
-    L.release(path)
+    with pytest.raises(lock.SweepLocked):  # held: not even this process takes it twice
+        lock.acquire(folder)
+    lock.release(path)
     assert not path.exists()
 
 
@@ -73,9 +73,9 @@ def test_sweeps_starting_together_get_one_owner(tmp_path):
     """Four processes take one folder's lock at once: exactly one holds it (and keeps it,
     alive, until every other has answered: a dead owner's lock would be reclaimed)."""
     code = (
-        "import sys; from ray_xray.tune import lock as L\n"
-        "try:\n    L.acquire(sys.argv[1]); print('won', flush=True); sys.stdin.read()\n"
-        "except L.SweepLocked:\n    print('lost', flush=True)\n"
+        "import sys; from ray_xray.tune.lock import SweepLocked, acquire\n"
+        "try:\n    acquire(sys.argv[1]); print('won', flush=True); sys.stdin.read()\n"
+        "except SweepLocked:\n    print('lost', flush=True)\n"
     )
     procs = [
         subprocess.Popen(
@@ -99,9 +99,9 @@ def test_sweeps_starting_together_get_one_owner(tmp_path):
 def test_a_lock_from_another_host_is_never_reclaimed(tmp_path):
     folder = tmp_path / "sweep"
     folder.mkdir()
-    (folder / L.LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
-    with pytest.raises(L.SweepLocked, match="pid 1 on elsewhere.*delete"):
-        L.acquire(folder)
+    (folder / lock.LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    with pytest.raises(lock.SweepLocked, match="pid 1 on elsewhere.*delete"):
+        lock.acquire(folder)
 
 
 def test_a_second_sweep_of_one_name_is_refused_in_one_line(tmp_path, capsys):
@@ -112,7 +112,7 @@ def test_a_second_sweep_of_one_name_is_refused_in_one_line(tmp_path, capsys):
 
     exp = tmp_path / "runs" / "same"
     exp.mkdir(parents=True)
-    proc = live_owner(exp / L.LOCK_FILE)
+    proc = live_owner(exp / lock.LOCK_FILE)
     try:
         before = sorted(exp.iterdir())
         argv = ["--space", "cnn", "--smoke-test", "--no-ensemble"]
@@ -236,7 +236,7 @@ def test_ctrl_c_leaves_a_resumable_sweep_and_the_same_command_finishes_it(tmp_pa
     assert "resume with the same command: python -m ray_xray.tune" in text
     assert "trials (0 failed)" not in text and "Tuner.restore" not in text
     assert not (exp / "results.parquet").exists() and not (exp / "best_model.pt").exists()
-    assert not (exp / L.LOCK_FILE).exists()
+    assert not (exp / lock.LOCK_FILE).exists()
 
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -392,7 +392,7 @@ def test_a_checkpoint_on_a_full_disk_is_enospc_naming_it(tmp_path, monkeypatch):
 
     import torch
 
-    from ray_xray import checkpoint as C
+    from ray_xray import checkpoint
 
     def full_save(obj, f):
         Path(f).write_bytes(b"PK")  # the partial file torch leaves
@@ -400,14 +400,14 @@ def test_a_checkpoint_on_a_full_disk_is_enospc_naming_it(tmp_path, monkeypatch):
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(torch, "save", full_save)
-    monkeypatch.setattr(C.shutil, "disk_usage", lambda p: usage(2 << 20, 2 << 20, 0))
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage(2 << 20, 2 << 20, 0))
     with pytest.raises(OSError) as exc:
-        C.atomic_save({"w": 1}, tmp_path / "best_model.pt")
+        checkpoint.atomic_save({"w": 1}, tmp_path / "best_model.pt")
     assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(tmp_path / "best_model.pt")
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(C.shutil, "disk_usage", lambda p: usage(2 << 30, 0, 2 << 30))
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage(2 << 30, 0, 2 << 30))
     with pytest.raises(RuntimeError, match="unexpected pos"):  # room left: not a full disk
-        C.atomic_save({"w": 1}, tmp_path / "best_model.pt")
+        checkpoint.atomic_save({"w": 1}, tmp_path / "best_model.pt")
 
 
 # 5. train's metrics.json is valid JSON ---------------------------------------------------------

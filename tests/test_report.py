@@ -7,28 +7,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ray_xray import checkpoint as C
+from ray_xray import checkpoint
 from ray_xray.calibration import reliability_bins
-from ray_xray.report import html as H
-from ray_xray.report import plots as P
+from ray_xray.report import html, plots
 from ray_xray.report.sweep import pareto_mask
 from ray_xray.sweep_folder import read_history
 
 
 def test_html_helpers_escape_and_round():
-    t = H.table(["name", "value"], [["<b>x</b> & y", 0.123456], ["n", 3], ["nan", float("nan")]])
+    t = html.table(["name", "value"], [["<b>x</b> & y", 0.123456], ["n", 3], ["nan", float("nan")]])
     assert "&lt;b&gt;x&lt;/b&gt; &amp; y" in t and "<b>x</b>" not in t
     assert (
         "0.123" in t
         and "0.1235" not in t
-        and H.num(0.0012345) == "0.001"
+        and html.num(0.0012345) == "0.001"
         and "<td>3</td>" in t
         and "–" in t
     )
-    assert H.num(0.0012345, small_sig=True) == "0.00123"  # hyperparameters such as lr
-    fig = H.figure('figures/a".png', "caption <script>")
+    assert html.num(0.0012345, small_sig=True) == "0.00123"  # hyperparameters such as lr
+    fig = html.figure('figures/a".png', "caption <script>")
     assert 'src="figures/a&quot;.png"' in fig and "<script>" not in fig
-    page = H.page("t <1>", "")
+    page = html.page("t <1>", "")
     assert "t &lt;1&gt;" in page and "http" not in page
 
 
@@ -56,12 +55,12 @@ def test_figures_render_to_small_pngs(tmp_path):
     prob = rng.dirichlet(np.ones(3), 90)
     classes = ["normal", "pneumonia", "tuberculosis"]
     paths = [
-        P.reliability([("a", reliability_bins(y, prob), 0.1)], path=tmp_path / "r.png"),
-        P.roc_pr(y, prob, classes, path=tmp_path / "roc.png", title="t"),
-        P.confusion_matrices(
+        plots.reliability([("a", reliability_bins(y, prob), 0.1)], path=tmp_path / "r.png"),
+        plots.roc_pr(y, prob, classes, path=tmp_path / "roc.png", title="t"),
+        plots.confusion_matrices(
             [("m", [[3, 1, 0], [0, 2, 1], [1, 0, 4]])], classes, path=tmp_path / "cm.png"
         ),
-        P.sample_grid(
+        plots.sample_grid(
             [
                 {"image": np.zeros((16, 16), np.uint8), "title": "t", "correct": i % 2 == 0}
                 for i in range(5)
@@ -70,7 +69,7 @@ def test_figures_render_to_small_pngs(tmp_path):
             3,
             path=tmp_path / "s.png",
         ),
-        P.row_attention_grid(
+        plots.row_attention_grid(
             [
                 {
                     "image": np.zeros((16, 16), np.uint8),
@@ -165,7 +164,9 @@ def fake_sweep(root, specs, objective=("val_macro_f1", "val_loss")):
         torch.manual_seed(i)
         cfg = TrainConfig(model=name, img_size=size, model_kwargs=hp, limit_per_split=48, epochs=2)
         data = load_data(cfg.data, size, limit_per_split=48)
-        rec = C.model_record(build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
+        rec = checkpoint.model_record(
+            build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {}
+        )
         tid = f"trial{i:03d}"
         ckpt = root / tid / "train" / "checkpoint_000001"
         ckpt.mkdir(parents=True)
@@ -294,8 +295,7 @@ def test_report_sections_intervals_and_operating_points_end_to_end(tmp_path, cap
     import torch
     from PIL import Image
 
-    from ray_xray import predict
-    from ray_xray import stats as S
+    from ray_xray import predict, stats
     from ray_xray.ensemble import run_ensemble
     from ray_xray.report.sweep import ranked_study
 
@@ -345,7 +345,7 @@ def test_report_sections_intervals_and_operating_points_end_to_end(tmp_path, cap
     for c in metrics["classes"]:
         sens = iv["per_class"][c]["sensitivity"]
         assert sens["n"] == chosen["test"]["support"][c]
-        assert sens["ci"] == pytest.approx(list(S.wilson(sens["k"], sens["n"])))
+        assert sens["ci"] == pytest.approx(list(stats.wilson(sens["k"], sens["n"])))
         lo, hi = iv["bootstrap"]["auc_per_class"][c]
         assert lo <= chosen["test"]["auc_per_class"][c] <= hi
         # the interval is printed in the per-class table, as the report rounds it
@@ -530,9 +530,9 @@ def test_a_failing_section_or_figure_is_a_note_and_the_page_is_still_written(tmp
 
     body = render_sections(
         [
-            ("first", lambda: H.section("First", H.para("fine"), anchor="first")),
+            ("first", lambda: html.section("First", html.para("fine"), anchor="first")),
             ("absent", None),  # a report without this part (e.g. no external set)
-            ("figure", lambda: H.section("Figure", figs.make("f", "cap", broken_plot))),
+            ("figure", lambda: html.section("Figure", figs.make("f", "cap", broken_plot))),
             ("broken", broken_section),
         ],
         logged.append,

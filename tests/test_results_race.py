@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ray_xray import checkpoint as C
+from ray_xray.checkpoint import load_checkpoint, model_record
 from ray_xray.cli import run
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
 from ray_xray.inference import build_model
-from ray_xray.tune import results as R
+from ray_xray.tune import results
 from ray_xray.tune.service import SweepOptions, finish_sweep
 
 F1 = "val_macro_f1"
@@ -33,7 +33,7 @@ def _state(epoch: int, f1: float, seed: int) -> dict:
         model_kwargs={"width": 8, "head_dims": [16], "pool_size": 2},
     )
     data = load_data(cfg.data, cfg.img_size, limit_per_split=48)
-    record = C.model_record(build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
+    record = model_record(build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
     record["epoch"] = epoch
     history = [_report(e, f1, seed) for e in range(1, epoch + 1)]
     return {"epoch": epoch, "best": record, "history": history}
@@ -126,7 +126,7 @@ def raced_sweep(tmp_path):
 def test_results_use_the_checkpoint_the_train_run_kept(raced_sweep, capsys):
     exp, grid, kept = raced_sweep
     opts = SweepOptions(objective=[F1], top_k=5)
-    summary = R.finish(grid, str(exp), None, opts, 30.0, True, {"cpus_per_trial": 2.0})
+    summary = results.finish(grid, str(exp), None, opts, 30.0, True, {"cpus_per_trial": 2.0})
     table = pd.read_parquet(exp / "results.parquet").set_index("trial_id")
     raced, plain, lost = (table.loc[t] for t in ("raced", "plain", "lost"))
     # The raced trial: the kept epoch-2 checkpoint, its epoch counted, its better score ranked.
@@ -142,7 +142,7 @@ def test_results_use_the_checkpoint_the_train_run_kept(raced_sweep, capsys):
     best = json.loads((exp / "best_trials.json").read_text())
     assert [b["trial_id"] for b in best] == ["raced", "plain"] and best[0]["best_epoch"] == 2
     assert 0 <= best[0]["test"]["macro_f1"] <= 1 and table["test_macro_f1"].notna().sum() == 2
-    assert C.load_checkpoint(exp / "best_model.pt")["epoch"] == 2
+    assert load_checkpoint(exp / "best_model.pt")["epoch"] == 2
     # Where the time went, in sweep.json beside the command written at the start.
     sweep = json.loads((exp / "sweep.json").read_text())
     assert sweep["command"] == "python -m ray_xray.tune"
@@ -157,7 +157,7 @@ def test_results_use_the_checkpoint_the_train_run_kept(raced_sweep, capsys):
 def test_unreadable_checkpoint_is_noted_and_the_next_trial_takes_its_place(raced_sweep):
     exp, grid, kept = raced_sweep
     (kept["raced"] / "checkpoint.pt").write_bytes(b"not a torch file")
-    R.finish(grid, str(exp), None, SweepOptions(objective=[F1], top_k=1), 30.0, True, {})
+    results.finish(grid, str(exp), None, SweepOptions(objective=[F1], top_k=1), 30.0, True, {})
     table = pd.read_parquet(exp / "results.parquet").set_index("trial_id")
     assert table.loc["raced", "error"].startswith("checkpoint unreadable: ")
     assert pd.isna(table.loc["raced", "checkpoint_path"])  # so the ensemble skips it too
@@ -170,15 +170,15 @@ def test_snapshot_naming_a_deleted_folder_falls_back_to_the_newest_on_disk(tmp_p
     hand): Ray refuses the snapshot; the newest checkpoint folder on disk is used."""
     run_dir = tmp_path / "t" / "train"
     e1, e2 = train_run(run_dir, [(1, 0.5), (2, 0.3)], seed=0)  # both kept: best + latest
-    assert R.kept_checkpoint(str(run_dir)).path == str(e2)
+    assert results.kept_checkpoint(str(run_dir)).path == str(e2)
     for f in e1.iterdir():
         f.unlink()
     e1.rmdir()
-    kept = R.kept_checkpoint(str(run_dir))
+    kept = results.kept_checkpoint(str(run_dir))
     assert kept.path == str(e2) and kept.why == "" and kept.metrics == []
     for f in e2.iterdir():
         f.unlink()
-    kept = R.kept_checkpoint(str(run_dir))
+    kept = results.kept_checkpoint(str(run_dir))
     assert kept.path is None and "does not exist anymore" in kept.why
 
 
@@ -190,7 +190,7 @@ def test_merge_history_counts_each_epoch_once():
         {"epoch": 2, "epoch_s": 5.0},
     ]
     kept = [{"epoch": 1, "epoch_s": 3.0}, {"epoch": 3, "epoch_s": 7.0}]
-    history, unseen = R.merge_history(seen, kept)
+    history, unseen = results.merge_history(seen, kept)
     assert [h["epoch"] for h in history] == [1, 2, 3] and unseen == [kept[1]]
 
 
@@ -203,22 +203,25 @@ def test_time_use_arithmetic_on_known_values():
             {"wall_s": 10.0, "compute_s": 12.0, "cpus": 1.0, "gpus": 0.0},  # clipped to its wall
         ]
     ).to_dict("records")
-    use = R.time_use(rows)
+    use = results.time_use(rows)
     # CPU-s held 100*2 + 50*4 + 10*1 = 410; training 60*2 + 40*4 + 10*1 = 290.
     assert (use["cpu_s_held"], use["cpu_s_training"]) == (410.0, 290.0)
     assert use["training_share"] == pytest.approx(290 / 410) and use["resource"] == "CPU"
     assert use["trials_timed"] == 3 and use["median_overhead_s"] == 10.0  # of 40, 10, -2
-    assert R.time_line(use).startswith("71% of trial CPU-seconds went to training+validation")
+    assert results.time_line(use).startswith("71% of trial CPU-seconds went to training+validation")
     # GPU trials: the GPU-seconds decide (0.5 and 1 GPU per trial).
     rows[0]["gpus"], rows[1]["gpus"], rows[3]["gpus"] = 0.5, 1.0, 0.0
-    use = R.time_use(rows)
+    use = results.time_use(rows)
     assert use["resource"] == "GPU" and (use["gpu_s_held"], use["gpu_s_training"]) == (100.0, 70.0)
     assert use["training_share"] == pytest.approx(0.70)
-    low = R.time_use([{"wall_s": 40.0, "compute_s": 10.0, "cpus": 1.0, "gpus": 0.0}])
-    assert "start-up dominates" in R.time_line(low)
-    tiny = R.time_use([{"wall_s": 165.0, "compute_s": 0.76, "cpus": 1.0, "gpus": 0.0}])
-    assert R.time_line(tiny).startswith("0.5% of trial CPU-seconds")
-    assert R.time_use([])["training_share"] is None and R.time_line(R.time_use([])) is None
+    low = results.time_use([{"wall_s": 40.0, "compute_s": 10.0, "cpus": 1.0, "gpus": 0.0}])
+    assert "start-up dominates" in results.time_line(low)
+    tiny = results.time_use([{"wall_s": 165.0, "compute_s": 0.76, "cpus": 1.0, "gpus": 0.0}])
+    assert results.time_line(tiny).startswith("0.5% of trial CPU-seconds")
+    assert (
+        results.time_use([])["training_share"] is None
+        and results.time_line(results.time_use([])) is None
+    )
 
 
 def test_a_failing_results_step_is_not_reported_as_bad_input(monkeypatch, tmp_path):
@@ -227,9 +230,11 @@ def test_a_failing_results_step_is_not_reported_as_bad_input(monkeypatch, tmp_pa
     def broken(*args, **kwargs):
         raise FileNotFoundError("[Errno 2] No such file or directory: 'x/checkpoint.pt'")
 
-    monkeypatch.setattr(R, "finish", broken)
+    monkeypatch.setattr(results, "finish", broken)
     exp = str(tmp_path / "exp" / "sweep1")
-    with pytest.raises(R.ResultsError) as info:  # cli.run lets it through: a traceback, exit 1
+    with pytest.raises(
+        results.ResultsError
+    ) as info:  # cli.run lets it through: a traceback, exit 1
         run(lambda argv: finish_sweep([], exp, None, SweepOptions(), 1.0, True, {}), [])
     assert not isinstance(info.value, ValueError | FileNotFoundError | PermissionError)
     assert "with --resume retries" in str(info.value) and "No such file" in str(info.value)
@@ -259,9 +264,9 @@ def test_inline_trials_use_the_checkpoint_tune_kept(tmp_path):
             checkpoint=ray.tune.Checkpoint(str(empty)),
         ),
     ]
-    rows = {r["trial_id"]: r for r in R.trial_rows(grid, F1, "max", str(exp))}
+    rows = {r["trial_id"]: r for r in results.trial_rows(grid, F1, "max", str(exp))}
     assert rows["inline"]["checkpoint_path"] == str(kept) and rows["inline"]["error"] == ""
     assert rows["inline"]["epochs"] == 2 and rows["inline"]["epochs_after_tune_stopped"] == 0
-    assert R.load_record(rows["inline"]["checkpoint_path"])["epoch"] == 2
+    assert results.load_record(rows["inline"]["checkpoint_path"])["epoch"] == 2
     assert rows["empty"]["checkpoint_path"] is None
     assert rows["empty"]["error"] == f"no checkpoint kept: {empty}/checkpoint.pt is missing"

@@ -10,8 +10,8 @@ import optuna
 import pytest
 
 from ray_xray.spaces import SpaceError, load_space
-from ray_xray.tune import service as S
-from ray_xray.tune import trial as T
+from ray_xray.tune import service
+from ray_xray.tune import trial as tune_trial
 
 
 class _Stop(Exception):
@@ -22,9 +22,9 @@ def _built_sweep(monkeypatch, tmp_path, **opts) -> tuple[object, dict]:
     """run_sweep up to `Tuner(...)`, Ray replaced by stand-ins: (search algorithm, trial_fn's
     keyword arguments)."""
     got: dict = {}
-    monkeypatch.setattr(S, "init_ray", lambda **kw: None)
+    monkeypatch.setattr(service, "init_ray", lambda **kw: None)
     monkeypatch.setattr(
-        S,
+        service,
         "plan_resources",
         lambda o: {
             "runner": o.trial_runner,
@@ -50,11 +50,13 @@ def _built_sweep(monkeypatch, tmp_path, **opts) -> tuple[object, dict]:
         def fit(self):
             raise _Stop
 
-    monkeypatch.setattr(S.tune, "with_parameters", with_parameters)
-    monkeypatch.setattr(S.tune, "with_resources", lambda fn, res: fn)
-    monkeypatch.setattr(S.tune, "Tuner", Tuner)
+    monkeypatch.setattr(service.tune, "with_parameters", with_parameters)
+    monkeypatch.setattr(service.tune, "with_resources", lambda fn, res: fn)
+    monkeypatch.setattr(service.tune, "Tuner", Tuner)
     with pytest.raises(_Stop):
-        S.run_sweep(S.SweepOptions(storage=str(tmp_path), data="synthetic:chest3:8", **opts))
+        service.run_sweep(
+            service.SweepOptions(storage=str(tmp_path), data="synthetic:chest3:8", **opts)
+        )
     search = got["search"]
     return getattr(search, "searcher", search), got["kwargs"]
 
@@ -74,12 +76,12 @@ def _trained_config(monkeypatch, config: dict, kwargs: dict):
 
     monkeypatch.setattr(launch, "make_trainer", make_trainer)
     monkeypatch.setattr(worker, "train_in_tune_trial", lambda cfg, rt: seen.update(cfg=cfg))
-    monkeypatch.setattr(T, "wait_for_tune_to_read_reports", lambda: None)
+    monkeypatch.setattr(tune_trial, "wait_for_tune_to_read_reports", lambda: None)
     monkeypatch.setattr(ray_train, "TuneReportCallback", lambda: None)
     monkeypatch.setattr(
-        T.tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "t")
+        tune_trial.tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "t")
     )
-    T.trial_fn(config, **kwargs)
+    tune_trial.trial_fn(config, **kwargs)
     return seen["cfg"]
 
 

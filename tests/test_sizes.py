@@ -8,7 +8,7 @@ import pytest
 from ray_xray.config import TrainConfig
 from ray_xray.data.dataset import shared_key
 from ray_xray.spaces import load_space
-from ray_xray.train import worker as W
+from ray_xray.train import worker
 from ray_xray.tune.sizes import searched_sizes
 
 CPU_SPACES = ["all", "cnn", "cnn_lstm", "conv1d_lstm", "lstm", "resnet18", "resnet18_cbam", "vit"]
@@ -34,6 +34,6 @@ def test_a_trial_reads_the_shared_arrays_of_its_own_size(monkeypatch):
     monkeypatch.setattr(ray, "get", lambda ref, timeout=None: {"ref": ref})
     small, large = TrainConfig(img_size=64), TrainConfig(img_size=128)
     pairs = [(shared_key(large), "REF128"), (shared_key(small), "REF64")]
-    assert W.shared_data(small, pairs) == {"ref": "REF64"}
-    assert W.shared_data(large, pairs) == {"ref": "REF128"}
-    assert W.shared_data(TrainConfig(img_size=96), pairs) is None  # falls back to the cache
+    assert worker.shared_data(small, pairs) == {"ref": "REF64"}
+    assert worker.shared_data(large, pairs) == {"ref": "REF128"}
+    assert worker.shared_data(TrainConfig(img_size=96), pairs) is None  # falls back to the cache

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from ray_xray import stats as S
+from ray_xray import stats
 from ray_xray.scores import (
     log_odds,
     operating_points,
@@ -28,7 +28,7 @@ from ray_xray.scores import (
 def test_wilson_matches_the_closed_form(k, n, lo, hi):
     from scipy.stats import binomtest
 
-    got = S.wilson(k, n)
+    got = stats.wilson(k, n)
     assert got == pytest.approx((lo, hi), abs=1e-7)
     ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
     assert got == pytest.approx((ref.low, ref.high), abs=1e-9)  # scipy's own Wilson
@@ -40,18 +40,18 @@ def test_wilson_matches_the_closed_form(k, n, lo, hi):
 
 
 def test_wilson_edges_and_errors():
-    assert all(math.isnan(v) for v in S.wilson(0, 0))
+    assert all(math.isnan(v) for v in stats.wilson(0, 0))
     with pytest.raises(ValueError):
-        S.wilson(3, 2)
-    lo, hi = S.wilson(1, 1)
+        stats.wilson(3, 2)
+    lo, hi = stats.wilson(1, 1)
     assert hi == 1.0 and 0 < lo < 1
-    assert S.proportion(3, 4) == {"value": 0.75, "k": 3, "n": 4, "ci": list(S.wilson(3, 4))}
+    assert stats.proportion(3, 4) == {"value": 0.75, "k": 3, "n": 4, "ci": list(stats.wilson(3, 4))}
 
 
 def test_class_proportions_count_one_vs_rest():
     y = np.array([0, 0, 0, 1, 1, 2])
     pred = np.array([0, 0, 1, 1, 2, 2])
-    p = S.class_proportions(y, pred, ["a", "b", "c"])
+    p = stats.class_proportions(y, pred, ["a", "b", "c"])
     assert p["a"]["sensitivity"]["k"] == 2 and p["a"]["sensitivity"]["n"] == 3
     assert p["a"]["specificity"]["k"] == 3 and p["a"]["specificity"]["n"] == 3
     assert p["b"]["precision"]["k"] == 1 and p["b"]["precision"]["n"] == 2
@@ -71,15 +71,15 @@ def _scores(n, seed=0, k=3):
 
 def test_weighted_statistics_equal_sklearn_on_the_resampled_rows():
     y, prob = _scores(300)
-    w = S.resample_weights(y, 4, seed=3)
+    w = stats.resample_weights(y, 4, seed=3)
     for b in range(4):
         idx = np.repeat(np.arange(len(y)), w[b].astype(int))
         assert np.bincount(y[idx], minlength=3).tolist() == np.bincount(y).tolist()  # stratified
         for c in range(3):
-            auc = S.weighted_auc(y == c, prob[:, c], w[b : b + 1])[0]
+            auc = stats.weighted_auc(y == c, prob[:, c], w[b : b + 1])[0]
             assert auc == pytest.approx(roc_auc_score(y[idx] == c, prob[idx, c]), abs=1e-12)
-        cm = S.weighted_confusion(y, prob.argmax(1), w[b : b + 1], 3)
-        f1 = S.macro_f1_from_confusion(cm)[0]
+        cm = stats.weighted_confusion(y, prob.argmax(1), w[b : b + 1], 3)
+        f1 = stats.macro_f1_from_confusion(cm)[0]
         assert f1 == pytest.approx(f1_score(y[idx], prob[idx].argmax(1), average="macro"))
 
 
@@ -87,7 +87,7 @@ def test_bootstrap_contains_the_estimate_is_seeded_and_shrinks_with_n():
     small, large = _scores(150, seed=1), _scores(2400, seed=1)
     widths = []
     for y, prob in (small, large):
-        ci = S.bootstrap(y, prob, ["a", "b", "c"], n_boot=1000, seed=0)
+        ci = stats.bootstrap(y, prob, ["a", "b", "c"], n_boot=1000, seed=0)
         f1 = f1_score(y, prob.argmax(1), average="macro")
         auc = roc_auc_score(y, prob, multi_class="ovr", average="macro")
         assert ci["macro_f1"][0] <= f1 <= ci["macro_f1"][1]
@@ -97,7 +97,7 @@ def test_bootstrap_contains_the_estimate_is_seeded_and_shrinks_with_n():
             lo, hi = ci["auc_per_class"][name]
             assert lo <= roc_auc_score(y == c, prob[:, c]) <= hi
         widths.append(ci["macro_f1"][1] - ci["macro_f1"][0])
-        assert S.bootstrap(y, prob, ["a", "b", "c"], n_boot=1000, seed=0) == ci  # seeded
+        assert stats.bootstrap(y, prob, ["a", "b", "c"], n_boot=1000, seed=0) == ci  # seeded
     # 16x the cases: about 4x narrower (1/sqrt(n)); at least 2.5x here
     assert widths[1] < widths[0] / 2.5
 
@@ -120,17 +120,17 @@ def test_an_absent_class_is_left_out_of_the_macro_averages():
     # a: TP 2, FN 2, FP 1 -> F1 4/7; b: TP 1, FN 1, FP 1 -> F1 1/2; c: absent, left out.
     # AUC a vs rest: a-scores 0.8 0.7 0.3 0.3 vs 0.2 0.5: pairs won 2+2+1+1 = 6 of 8 -> 0.75;
     # AUC b vs rest: b-scores 0.7 0.4 vs 0.1 0.2 0.6 0.2: pairs won 4+3 = 7 of 8 -> 0.875.
-    p = S.point(y, prob, ["a", "b", "c"])
+    p = stats.point(y, prob, ["a", "b", "c"])
     assert p["macro_f1"] == pytest.approx((4 / 7 + 1 / 2) / 2)
     assert p["accuracy"] == pytest.approx(3 / 6)
     assert math.isnan(p["recall_c"]) and p["recall_a"] == 0.5 and p["recall_b"] == 0.5
     assert p["auc"] == pytest.approx((6 / 8 + 7 / 8) / 2)
-    ci = S.bootstrap(y, prob, ["a", "b", "c"], n_boot=200)
+    ci = stats.bootstrap(y, prob, ["a", "b", "c"], n_boot=200)
     assert all(math.isnan(v) for v in ci["auc_per_class"]["c"])
     assert ci["auc"][0] <= p["auc"] <= ci["auc"][1]
     assert ci["macro_f1"][0] <= p["macro_f1"] <= ci["macro_f1"][1]
     # one present class: macro-AUC is undefined, macro-F1 is that class's F1
-    one = S.point(np.zeros(6, int), prob, ["a", "b", "c"])
+    one = stats.point(np.zeros(6, int), prob, ["a", "b", "c"])
     assert math.isnan(one["auc"]) and one["macro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 3))
 
 
@@ -139,7 +139,7 @@ def test_report_intervals_hold_wilson_and_bootstrap():
     r = report(y, prob, ["a", "b", "c"], intervals=True, n_boot=300)
     sens = r["intervals"]["per_class"]["b"]["sensitivity"]
     assert sens["value"] == pytest.approx(r["recall"]["b"])
-    assert sens["ci"] == list(S.wilson(sens["k"], sens["n"]))
+    assert sens["ci"] == list(stats.wilson(sens["k"], sens["n"]))
     assert r["intervals"]["bootstrap"]["n_boot"] == 300
     assert "intervals" not in report(y, prob, ["a", "b", "c"])
 

@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 from test_results_race import F1, _seen, train_run, tune_result
 
-from ray_xray import checkpoint as C
-from ray_xray.tune import results as R
+from ray_xray import checkpoint
+from ray_xray.tune import results
 from ray_xray.tune.service import SweepOptions
 from ray_xray.tune.storage import StudyUpload, SweepFiles, tool_commands
 
@@ -93,7 +93,7 @@ def test_local_storage_is_its_own_stage_and_push_is_a_no_op(tmp_path):
 
 
 def test_results_and_ensemble_of_a_uri_sweep_reach_the_storage(tmp_path, tmpdir_env, capsys):
-    """R.finish and the ensemble step on a file:// storage: the trial's checkpoint and Tune's
+    """results.finish and the ensemble step on a file:// storage: the trial's checkpoint and Tune's
     result.json are read through the filesystem layer (copied into the local stage), every
     result file and the ensemble with its report are copied to the storage, and the paths in
     the results and the summary are URIs a cluster user can follow."""
@@ -109,7 +109,9 @@ def test_results_and_ensemble_of_a_uri_sweep_reach_the_storage(tmp_path, tmpdir_
     files.local_path("optuna.db").write_bytes(b"SQLite format 3\x00")
     grid = [tune_result(exp, "t1", [_seen(1, 0.40, kept, wall=9.0)])]
     opts = SweepOptions(objective=[F1], top_k=2)
-    summary = R.finish(grid, files.uri, None, opts, 30.0, False, {"cpus_per_trial": 1.0}, files)
+    summary = results.finish(
+        grid, files.uri, None, opts, 30.0, False, {"cpus_per_trial": 1.0}, files
+    )
     for name in (
         "results.parquet",
         "results.csv",
@@ -124,7 +126,7 @@ def test_results_and_ensemble_of_a_uri_sweep_reach_the_storage(tmp_path, tmpdir_
     assert table.loc[0, "trial_dir"] == f"file://{exp}/t1"
     best = json.loads((exp / "best_trials.json").read_text())
     assert best[0]["checkpoint"] == f"file://{kept}" and 0 <= best[0]["test"]["macro_f1"] <= 1
-    assert C.load_checkpoint(exp / "best_model.pt")["epoch"] == 1
+    assert checkpoint.load_checkpoint(exp / "best_model.pt")["epoch"] == 1
     assert json.loads((exp / "sweep.json").read_text())["time_use"]["trials_timed"] == 1
     # The checkpoint was read from the stage's copy, not from the storage's own folder.
     assert (files.stage / "t1" / "train" / kept.name / "checkpoint.pt").is_file()
@@ -600,7 +602,7 @@ def test_failing_trials_on_a_uri_are_reported_and_no_secret_leaks(tmp_path):
         assert Path(good[len("file://") :], "checkpoint.pt").is_file()
         best = json.loads((exp / "best_trials.json").read_text())
         assert best[0]["checkpoint"] == good
-        assert C.load_checkpoint(exp / "best_model.pt")["model"] == "cnn_lstm"
+        assert checkpoint.load_checkpoint(exp / "best_model.pt")["model"] == "cnn_lstm"
         assert "time_use" in json.loads((exp / "sweep.json").read_text())  # the final copy
         assert not list((short / f"ray_xray-{os.getuid()}" / "stage").iterdir())  # cleaned up
         assert f"tensorboard --logdir {exp}" in out and f"sqlite:///{exp}/optuna.db" in out

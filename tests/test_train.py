@@ -8,11 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ray_xray import checkpoint as C
-from ray_xray import inference
+from ray_xray import checkpoint, inference
 from ray_xray.config import TrainConfig
 from ray_xray.inference import build_model
-from ray_xray.train import engine as E
+from ray_xray.train import engine
 
 
 def test_focal_loss_with_gamma_zero_is_cross_entropy():
@@ -21,11 +20,11 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy():
     w = torch.tensor([0.5, 1.0, 2.0])
     for weight, smooth in ((None, 0.0), (w, 0.0), (w, 0.1)):
         ce = F.cross_entropy(logits, target, weight=weight, label_smoothing=smooth)
-        fl = E.FocalLoss(0.0, weight, smooth)(logits, target)
+        fl = engine.FocalLoss(0.0, weight, smooth)(logits, target)
         assert torch.allclose(fl, ce, atol=1e-6)
     # gamma > 0 down-weights easy (confident, correct) examples
     easy = torch.tensor([[8.0, 0.0, 0.0]])
-    assert E.FocalLoss(2.0)(easy, torch.tensor([0])) < 1e-3 * F.cross_entropy(
+    assert engine.FocalLoss(2.0)(easy, torch.tensor([0])) < 1e-3 * F.cross_entropy(
         easy, torch.tensor([0])
     )
 
@@ -42,15 +41,15 @@ def test_one_epoch_runs_and_lowers_loss(precision):
         model="cnn_lstm", img_size=32, epochs=10, lr=3e-3, precision=precision, lr_scheduler="none"
     )
     model = build_model(cfg, 2)
-    opt, dev = E.make_optimizer(cfg, model), torch.device("cpu")
+    opt, dev = engine.make_optimizer(cfg, model), torch.device("cpu")
     loader = DataLoader(ds, batch_size=8)
     sched, scaler, loss_fn = (
-        E.Schedule(cfg, opt, len(loader)),
-        E.make_scaler(dev, precision),
-        E.make_loss(cfg, None),
+        engine.Schedule(cfg, opt, len(loader)),
+        engine.make_scaler(dev, precision),
+        engine.make_loss(cfg, None),
     )
     losses = [
-        E.train_one_epoch(model, loader, loss_fn, opt, sched, scaler, dev, precision, 1.0)[
+        engine.train_one_epoch(model, loader, loss_fn, opt, sched, scaler, dev, precision, 1.0)[
             "train_loss"
         ]
         for _ in range(10)
@@ -61,7 +60,7 @@ def test_one_epoch_runs_and_lowers_loss(precision):
 def test_schedules_follow_their_shape():
     cfg = TrainConfig(epochs=2, lr=1.0, lr_scheduler="cosine", warmup_epochs=0.5)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched, lrs = E.Schedule(cfg, opt, 10), []
+    sched, lrs = engine.Schedule(cfg, opt, 10), []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])
         sched.step_batch()
@@ -87,7 +86,7 @@ def _lr_run(case: dict, state: dict | None = None, from_epoch: int = 0, until: i
     )
     a, b = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))
     opt = torch.optim.SGD([{"params": [a]}, {"params": [b]}], lr=d["lr"], momentum=0.9)
-    sched = E.Schedule(cfg, opt, d["steps_per_epoch"])
+    sched = engine.Schedule(cfg, opt, d["steps_per_epoch"])
     if state is not None:  # as Trainer.load_state_dict: the optimiser first (its saved lr)
         for g, lr in zip(opt.param_groups, state["optimizer_lrs"], strict=True):
             g["lr"] = lr
@@ -124,7 +123,7 @@ def test_lr_schedules_equal_the_recorded_hand_written_curves(case):
 
 def test_a_schedule_state_from_a_newer_version_is_refused_in_one_line():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = E.Schedule(TrainConfig(lr_scheduler="cosine"), opt, 10)
+    sched = engine.Schedule(TrainConfig(lr_scheduler="cosine"), opt, 10)
     with pytest.raises(ValueError, match="schedule state format 3 is newer"):
         sched.load_state_dict({**sched.state_dict(), "format": 3})
 
@@ -138,15 +137,15 @@ def test_diverging_loss_stops_with_a_reason():
     loader = DataLoader(
         TensorDataset(x, torch.zeros(4, dtype=torch.long), torch.arange(4)), batch_size=4
     )
-    opt, dev = E.make_optimizer(cfg, model), torch.device("cpu")
-    with pytest.raises(E.TrainingDiverged, match="loss became nan"):
-        E.train_one_epoch(
+    opt, dev = engine.make_optimizer(cfg, model), torch.device("cpu")
+    with pytest.raises(engine.TrainingDiverged, match="loss became nan"):
+        engine.train_one_epoch(
             model,
             loader,
-            E.make_loss(cfg, None),
+            engine.make_loss(cfg, None),
             opt,
-            E.Schedule(cfg, opt, 1),
-            E.make_scaler(dev, "fp32"),
+            engine.Schedule(cfg, opt, 1),
+            engine.make_scaler(dev, "fp32"),
             dev,
             "fp32",
             1.0,
@@ -156,14 +155,14 @@ def test_diverging_loss_stops_with_a_reason():
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     cfg = TrainConfig(model="resnet18", img_size=32)
     model = build_model(cfg, 3).eval()
-    record = C.model_record(model, cfg, ["a", "b", "c"], 0.5, 0.25, {"val_acc": 0.9})
-    C.atomic_save(record, tmp_path / "best_model.pt")
-    loaded = C.load_checkpoint(tmp_path / "best_model.pt")
+    record = checkpoint.model_record(model, cfg, ["a", "b", "c"], 0.5, 0.25, {"val_acc": 0.9})
+    checkpoint.atomic_save(record, tmp_path / "best_model.pt")
+    loaded = checkpoint.load_checkpoint(tmp_path / "best_model.pt")
     again = inference.model_from_record(loaded)
     x = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
-    assert loaded["classes"] == ["a", "b", "c"] and C.preprocess(loaded)["mean"] == 0.5
+    assert loaded["classes"] == ["a", "b", "c"] and checkpoint.preprocess(loaded)["mean"] == 0.5
     assert not list(tmp_path.glob(".*tmp"))  # no temporary left behind
 
 
@@ -176,14 +175,14 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "evil.pt"
     with bad.open("wb") as fh:
-        pickle.dump({"format": C.CHECKPOINT_FORMAT, "x": _Evil()}, fh)
+        pickle.dump({"format": checkpoint.CHECKPOINT_FORMAT, "x": _Evil()}, fh)
     with pytest.raises(ValueError, match="not a loadable ray_xray checkpoint"):
-        C.load_checkpoint(bad)
+        checkpoint.load_checkpoint(bad)
     assert not (tmp_path / "PWNED").exists()
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(ValueError, match="not a ray_xray checkpoint"):
-        C.load_checkpoint(foreign)
+        checkpoint.load_checkpoint(foreign)
 
 
 @pytest.mark.parametrize(
@@ -276,7 +275,7 @@ def test_ddp_run_learns_and_covers_the_split(tmp_path, ray_session, monkeypatch,
     share = threads_for(ray.cluster_resources()["CPU"] // 2)  # two workers split the cluster
     assert sorted(r["rank"] for r in built) == [0, 1]
     assert all(r["threads"] == share and r["precision"] == "fp32" for r in built), built
-    record = C.load_checkpoint(tmp_path / "run" / "best_model.pt")
+    record = checkpoint.load_checkpoint(tmp_path / "run" / "best_model.pt")
     assert record["epoch"] == report["best_epoch"]
 
     # Every Ray worker is pinned to its cluster: with a second local Ray on the machine an

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ray_xray import checkpoint as C
+from ray_xray import checkpoint
 from ray_xray.data import load_data
 from ray_xray.data.dataset import loader as make_loader
 from ray_xray.inference import build_model
 from ray_xray.spaces import list_spaces, load_space
-from ray_xray.train import engine as E
+from ray_xray.train import engine
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,14 +32,14 @@ def test_every_space_trains_in_smoke_mode(name):
     data = load_data(cfg.data, cfg.img_size, limit_per_split=16)
     model = build_model(cfg, len(data.classes))
     loader = make_loader(data.dataset("train", aug_strength=cfg.aug_strength), 8)
-    opt, dev = E.make_optimizer(cfg, model), torch.device("cpu")
-    out = E.train_one_epoch(
+    opt, dev = engine.make_optimizer(cfg, model), torch.device("cpu")
+    out = engine.train_one_epoch(
         model,
         loader,
-        E.make_loss(cfg, None),
+        engine.make_loss(cfg, None),
         opt,
-        E.Schedule(cfg, opt, len(loader)),
-        E.make_scaler(dev, "fp32"),
+        engine.Schedule(cfg, opt, len(loader)),
+        engine.make_scaler(dev, "fp32"),
         dev,
         "fp32",
         cfg.grad_clip,
@@ -94,7 +94,7 @@ def test_smoke_sweep_writes_complete_results(smoke_sweep):
     assert {"config/lr", "best_val_macro_f1", "checkpoint_path", "wall_s"} <= set(table.columns)
     best = json.loads((exp / "best_trials.json").read_text())
     assert best[0]["checkpoint"].startswith(str(exp))  # on the experiment's storage
-    record = C.load_checkpoint(exp / "best_model.pt")
+    record = checkpoint.load_checkpoint(exp / "best_model.pt")
     assert record["model"] in {"resnet18", "cnn", "vit", "cnn_lstm"}  # all.yaml's smoke models
     assert 0 <= best[0]["test"]["macro_f1"] <= 1
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{exp}/optuna.db")

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ray_xray import checkpoint as C
+from ray_xray import checkpoint
 from ray_xray.config import TrainConfig
 from ray_xray.data import load_data
 from ray_xray.ensemble import run_ensemble
@@ -94,8 +94,8 @@ def build(out: Path) -> Path:
         tid = f"trial{i:03d}"
         ckpt = exp / tid / "train" / "checkpoint_000001"
         ckpt.mkdir(parents=True)
-        rec = C.model_record(model, cfg, data.classes, data.mean, data.std, {})
-        C.atomic_save({"best": rec}, ckpt / C.STATE_FILE)
+        rec = checkpoint.model_record(model, cfg, data.classes, data.mean, data.std, {})
+        checkpoint.atomic_save({"best": rec}, ckpt / checkpoint.STATE_FILE)
         (exp / tid / "result.json").write_text("\n".join(json.dumps(r) for r in log) + "\n")
         best = max(r["val_macro_f1"] for r in log)
         rows.append(
