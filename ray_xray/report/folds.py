@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import html
+from .inputs import log_to_stderr
 from .sections import Figures, confusion_section, render_sections, roc_section, write_page
 
 
@@ -94,7 +95,7 @@ def write_fold_report(
     y_test: np.ndarray,
     p_test: np.ndarray,
     search_trials: int | None = None,
-    log=print,
+    log=log_to_stderr,
 ) -> Path:
     """EXP/ensemble/report.html of a fold ensemble. metrics: run_fold_ensemble's metrics.json
     dict; y_test int (N,), p_test float (N, K) the ensemble's test probabilities. Returns the
