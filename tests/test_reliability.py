@@ -633,3 +633,43 @@ def test_tune_set_is_checked_against_the_model_before_any_trial(tmp_path, capsys
     assert line.startswith("error: --set model.patch_size=7: model vit at 32 px refuses it")
     assert "divisible by patch_size 7" in line
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+# A space file in the old names, and the body 7794f34 (before config.RENAMED_SETTINGS) saved
+# for it in space.yaml (copied from a sweep that commit ran): its sha1 is in that sweep.json.
+OLD_NAMED_SPACE = """fixed: {model: cnn, epochs: 1, img_size: 32, scheduler: onecycle, model.width: 8}
+params:
+  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+"""
+BODY_BEFORE_RENAMES = """fixed:
+  model: cnn
+  epochs: 1
+  img_size: 32
+  scheduler: onecycle
+  model.width: 8
+params:
+  lr: {type: float, low: 0.0001, high: 0.01, log: true}
+"""
+
+
+def test_a_sweep_started_before_the_setting_renames_still_resumes(tmp_path):
+    """`scheduler` became `lr_scheduler`: the space a sweep recorded before the rename is the same
+    space, so resuming it is allowed; a space that really differs is still refused."""
+    import hashlib
+
+    from ray_xray.spaces import load_space
+    from ray_xray.tune.options import SweepOptions
+    from ray_xray.tune.service import sweep_differences, sweep_identity
+
+    path = tmp_path / "old.yaml"
+    path.write_text(OLD_NAMED_SPACE)
+    space = load_space(path)
+    assert space.fixed["lr_scheduler"] == "onecycle"
+    before = f"# search space 'old', from {path}\n" + BODY_BEFORE_RENAMES
+    stored = {"space_name": "old", "space_sha1": hashlib.sha1(before.encode()).hexdigest()}
+    opts = SweepOptions(space=str(path))
+    new = sweep_identity(opts, space, None)
+    assert new["space_sha1"] != stored["space_sha1"]  # today's text says lr_scheduler
+    assert sweep_differences(stored, new) == []
+    path.write_text(OLD_NAMED_SPACE.replace("1.0e-2", "1.0e-1"))  # a different space
+    assert sweep_differences(stored, sweep_identity(opts, load_space(path), None)) == ["space"]

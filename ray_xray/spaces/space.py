@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ray_xray.config import TrainConfig, with_current_names
+from ray_xray.config import RENAMED_SETTINGS, TrainConfig, with_current_names
 
 from . import checks, files, pinning, schema
 from .errors import SpaceError, join
@@ -161,13 +161,19 @@ class SearchSpace:
             out["smoke"] = _plain(self.raw["smoke"])
         return out
 
-    def to_yaml(self) -> str:
-        """YAML to save beside an experiment; ``load_space`` reads it back."""
+    def to_yaml(self, before_renames: bool = False) -> str:
+        """YAML to save beside an experiment; ``load_space`` reads it back.
+
+        ``before_renames=True``: the text the same space gave before config.RENAMED_SETTINGS
+        (``lr_scheduler`` written ``scheduler``), so a sweep started then can be recognised."""
+        pinned, doc = self.pinned, self.to_dict()
+        if before_renames:
+            pinned, doc = _old_names(pinned), _renamed(doc, _old_names)
         mode = " with smoke overrides applied" if self.smoke else ""
-        if self.pinned:
-            mode += f"{' and' if mode else ' with'} --set {join(f'{k}={v!r}' for k, v in self.pinned.items())}"
+        if pinned:
+            mode += f"{' and' if mode else ' with'} --set {join(f'{k}={v!r}' for k, v in pinned.items())}"
         header = f"# search space {self.name!r}{mode}, from {self.path}\n"
-        body = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, width=100)
+        body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100)
         return header + body
 
 
@@ -200,6 +206,29 @@ def load_space(name_or_path: str | Path, smoke: bool = False) -> SearchSpace:
     if smoked is None:
         raise SpaceError(f"{files.label(path)}: no smoke: block, so it cannot run as a smoke test")
     return smoked
+
+
+def _old_names(settings: Mapping) -> dict:
+    """`settings` with today's names of renamed settings back under their old ones."""
+    old = {new: was for was, new in RENAMED_SETTINGS.items()}
+    return {old.get(k, k): v for k, v in settings.items()}
+
+
+def _renamed(doc: dict, rename) -> dict:
+    """A space document (`SearchSpace.to_dict`) with `rename` applied to every section that
+    names settings: fixed, params, each conditional branch's, each start point, smoke."""
+    out = dict(doc)
+    for key in ("fixed", "params", "smoke"):
+        if isinstance(out.get(key), Mapping):
+            out[key] = rename(out[key])
+    if isinstance(out.get("conditional"), Mapping):
+        out["conditional"] = {
+            model: {k: rename(v) if isinstance(v, Mapping) else v for k, v in branch.items()}
+            for model, branch in out["conditional"].items()
+        }
+    if isinstance(out.get("start"), list):
+        out["start"] = [rename(p) if isinstance(p, Mapping) else p for p in out["start"]]
+    return out
 
 
 def _current_names(raw: Any) -> Any:

@@ -124,6 +124,9 @@ SAME_SWEEP_OPTIONS = (
 )
 
 
+BEFORE_RENAMES = "space_sha1_before_renames"
+
+
 def sweep_identity(opts: SweepOptions, space: SearchSpace, classes: list[str] | None) -> dict:
     """The part of sweep.json that says which sweep this is: options, space, classes."""
     ident = {
@@ -131,6 +134,11 @@ def sweep_identity(opts: SweepOptions, space: SearchSpace, classes: list[str] | 
         "space_name": space.name,
         "space_sha1": hashlib.sha1(space.to_yaml().encode()).hexdigest(),
     }
+    # A sweep started before config.RENAMED_SETTINGS recorded its space under the old names:
+    # the same space, so it may resume (read by sweep_differences; sweep.json leaves it out).
+    before = hashlib.sha1(space.to_yaml(before_renames=True).encode()).hexdigest()
+    if before != ident["space_sha1"]:
+        ident[BEFORE_RENAMES] = before
     if classes is not None:
         ident["classes"] = list(classes)
     return ident
@@ -145,7 +153,10 @@ def sweep_differences(stored: dict, new: dict) -> list[str]:
         for k in SAME_SWEEP_OPTIONS
         if k in old_opts and k in new_opts and old_opts[k] != new_opts[k]
     ]
+    renamed_only = stored.get("space_sha1") == new.get(BEFORE_RENAMES)
     for key, label in (("space_name", "space"), ("space_sha1", "space"), ("classes", "classes")):
+        if key == "space_sha1" and renamed_only:
+            continue
         if key in stored and key in new and stored[key] != new[key] and label not in diffs:
             diffs.append(label)
     return diffs
@@ -574,7 +585,7 @@ def _write_sweep_record(plan: SweepPlan, setup: TrialSetup, resources: dict) -> 
         json.dumps(
             {
                 "command": "python -m ray_xray.tune " + shlex.join(opts.argv),
-                **setup.identity,
+                **{k: v for k, v in setup.identity.items() if k != BEFORE_RENAMES},
                 "options": asdict(opts),
                 "plan": resources,
                 "overrides": setup.overrides,
