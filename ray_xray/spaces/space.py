@@ -4,7 +4,7 @@ sampled flat config into a ``TrainConfig``, pinning settings and saving it back 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,8 @@ class SearchSpace:
         (``lr_scheduler`` written ``scheduler``), so a sweep started then can be recognised."""
         pinned, doc = self.pinned, self.to_dict()
         if before_renames:
-            pinned, doc = _old_names(pinned), _renamed(doc, _old_names)
+            pinned = _old_names(pinned)
+            doc = _rename_settings(doc, lambda section, _where: _old_names(section))
         mode = " with smoke overrides applied" if self.smoke else ""
         if pinned:
             mode += f"{' and' if mode else ' with'} --set {join(f'{k}={v!r}' for k, v in pinned.items())}"
@@ -214,47 +215,25 @@ def _old_names(settings: Mapping) -> dict:
     return {old.get(k, k): v for k, v in settings.items()}
 
 
-def _renamed(doc: dict, rename) -> dict:
-    """A space document (`SearchSpace.to_dict`) with `rename` applied to every section that
-    names settings: fixed, params, each conditional branch's, each start point, smoke."""
+def _rename_settings(doc: Any, rename: Callable[[Mapping, str], dict]) -> Any:
+    """`doc` (a space document: the YAML read, or `SearchSpace.to_dict`) with `rename(section,
+    where)` applied to every section that names settings: fixed, params, each conditional
+    branch's, the smoke block and its conditional branches, each start point. Sections that are
+    not mappings, and a document that is not one, are returned as they are (for
+    ``schema.parse`` to refuse in its own words)."""
+    if not isinstance(doc, Mapping):
+        return doc
+
+    def each(section: Any, where: str) -> Any:
+        return rename(section, where) if isinstance(section, Mapping) else section
+
     out = dict(doc)
     for key in ("fixed", "params", "smoke"):
-        if isinstance(out.get(key), Mapping):
-            out[key] = rename(out[key])
-    if isinstance(out.get("conditional"), Mapping):
-        out["conditional"] = {
-            model: {k: rename(v) if isinstance(v, Mapping) else v for k, v in branch.items()}
-            for model, branch in out["conditional"].items()
-        }
-    if isinstance(out.get("start"), list):
-        out["start"] = [rename(p) if isinstance(p, Mapping) else p for p in out["start"]]
-    return out
-
-
-def _current_names(raw: Any) -> Any:
-    """The YAML document with old setting names (``scheduler: plateau``, config.RENAMED_SETTINGS)
-    under today's in every section that names settings: fixed, params, each conditional branch,
-    each start point and the smoke block. Anything not shaped as a space is returned as it is,
-    for ``schema.parse`` to refuse in its own words; a setting given under both names with
-    different values raises ``SpaceError``."""
-    if not isinstance(raw, Mapping):
-        return raw
-
-    def renamed(section: Any, where: str) -> Any:
-        if not isinstance(section, Mapping):
-            return section
-        try:
-            return with_current_names(dict(section))
-        except ValueError as e:
-            raise SpaceError(f"{where}: {checks.config_msg(e)}") from None
-
-    out = dict(raw)
-    for key in ("fixed", "params", "smoke"):
         if key in out:
-            out[key] = renamed(out[key], key)
+            out[key] = each(out[key], key)
     if isinstance(out.get("conditional"), Mapping):
         out["conditional"] = {
-            model: {k: renamed(v, f"conditional.{model}.{k}") for k, v in branch.items()}
+            model: {k: each(v, f"conditional.{model}.{k}") for k, v in branch.items()}
             if isinstance(branch, Mapping)
             else branch
             for model, branch in out["conditional"].items()
@@ -264,11 +243,25 @@ def _current_names(raw: Any) -> Any:
     ):
         smoke = out["smoke"]
         smoke["conditional"] = {
-            m: renamed(v, f"smoke.conditional.{m}") for m, v in smoke["conditional"].items()
+            m: each(v, f"smoke.conditional.{m}") for m, v in smoke["conditional"].items()
         }
     if isinstance(out.get("start"), list):
-        out["start"] = [renamed(p, f"start[{i}]") for i, p in enumerate(out["start"])]
+        out["start"] = [each(p, f"start[{i}]") for i, p in enumerate(out["start"])]
     return out
+
+
+def _current_names(raw: Any) -> Any:
+    """The YAML document with old setting names (``scheduler: plateau``, config.RENAMED_SETTINGS)
+    under today's in every section that names settings (`_rename_settings`); a setting given
+    under both names with different values raises ``SpaceError``."""
+
+    def renamed(section: Mapping, where: str) -> dict:
+        try:
+            return with_current_names(dict(section))
+        except ValueError as e:
+            raise SpaceError(f"{where}: {checks.config_msg(e)}") from None
+
+    return _rename_settings(raw, renamed)
 
 
 def _build(parsed: schema.SpaceFile, raw: dict[str, Any], path: Path) -> SearchSpace:
