@@ -60,21 +60,13 @@ def selection_section(
     )
 
 
-def _ci_text(rep: dict, name: str) -> str:
-    value = rep.get(name)
-    boot = (rep.get("intervals") or {}).get("bootstrap") or {}
-    iv = boot.get(name)
-    if value is None:
-        return "-"
-    return f"{value:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
-
-
 def figures_section(metrics: dict) -> str:
     """Out-of-fold (validation) against test: accuracy, macro-F1, AUC (test with 95 %
     bootstrap intervals), and every warning where the two disagree."""
     oof, test = metrics["oof"], metrics["test"]
+    boot = (test.get("intervals") or {}).get("bootstrap") or {}
     rows = [
-        [name, f"{oof.get(key, float('nan')):.3f}", _ci_text(test, key)]
+        [name, oof.get(key), html.ci(test.get(key), boot.get(key))]
         for name, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("AUC", "auc"))
     ]
     parts = [
