@@ -61,13 +61,13 @@ def post_sweep_steps(plan: SweepPlan, summary: dict, cv: folds.FoldStage | None)
 def _fold_ensemble(
     plan: SweepPlan, cv: folds.FoldStage, rows: list[dict], external: ExternalStep | None
 ) -> dict:
-    """The chosen configuration's K fold models, calibrated and averaged (a local --storage
-    only, as --cv is): `ensemble.folds.run_fold_ensemble`'s dict."""
+    """The chosen configuration's K fold models (and the next ones' where they help),
+    calibrated and averaged (a local --storage only, as --cv is): `ensemble.folds.run_fold_ensemble`'s dict."""
     from .ensemble.folds import run_fold_ensemble
 
     device = "cuda" if plan.opts.gpus_per_trial else "auto"
     return run_fold_ensemble(
-        plan.exp_dir, cv.checkpoints(rows), cv.selection, plan.opts.cache, device, external
+        plan.exp_dir, cv.groups(rows), cv.selection, plan.opts.cache, device, external
     )
 
 

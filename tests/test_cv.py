@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
+from ray_xray import calibration
 from ray_xray.config import TrainConfig
 from ray_xray.data import PreparedData
 from ray_xray.data.folds import fold_groups, fold_of, fold_view, for_config
+from ray_xray.ensemble import folds as ensemble_folds
 from ray_xray.tune import folds as tune_folds
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,7 +173,6 @@ def test_fold_ensemble_is_fixed_without_test_images(tmp_path, monkeypatch):
     """Temperatures, out-of-fold predictions and ensemble.pt come out the same whatever the
     test split holds (noise, shuffled labels): the test images never reach them."""
     from ray_xray.checkpoint import load_ensemble, model_record, save_state, training_state
-    from ray_xray.ensemble import folds as ensemble_folds
     from ray_xray.inference import build_model
     from ray_xray.train.loop import Progress
 
@@ -205,7 +206,7 @@ def test_fold_ensemble_is_fixed_without_test_images(tmp_path, monkeypatch):
         seen = []  # --external's hook: called once, with ensemble.pt already saved
         hook = lambda p: seen.append(Path(p).is_file()) or {"site_b": "scored"}  # noqa: E731
         res = ensemble_folds.run_fold_ensemble(
-            out, ckpts, {"chosen": None}, None, "cpu", external=hook
+            out, {0: ckpts}, {"chosen": None}, None, "cpu", external=hook
         )
         assert seen == [True] and res["external"] == {"site_b": "scored"}
         return fitted, load_ensemble(res["ensemble"]), json.loads(Path(res["metrics"]).read_text())
@@ -221,6 +222,61 @@ def test_fold_ensemble_is_fixed_without_test_images(tmp_path, monkeypatch):
     assert [m["temperature"] for m in ens_a["members"]] == a["temperatures"]
     assert ens_a["method"] == "cv_folds" and m_a["oof"] == m_b["oof"]
     assert m_a["test"] != m_b["test"]  # the test figures did see the test split
+
+
+def _oof(prob, paths, name: str) -> dict:
+    prob = np.asarray(prob, dtype=np.float64)
+    return {
+        "records": [{"model": name, "config": {"cv_fold": f}} for f in range(2)],
+        "temperatures": [1.0, 1.0],
+        "oof_y": np.array([0, 1, 0, 1]),
+        "oof_prob": prob,
+        "oof_paths": paths,
+        "fold_sizes": [2, 2],
+    }
+
+
+def test_a_next_configuration_joins_the_fold_ensemble_only_where_it_lowers_oof_nll():
+    """Greedy over whole configurations on out-of-fold NLL: a configuration that is right
+    where the chosen one is unsure joins, one that is confidently wrong is left out, one whose
+    folds hold other images cannot be averaged; the images' order is matched by path."""
+    paths = ["a", "b", "c", "d"]
+    chosen = _oof([[0.6, 0.4], [0.4, 0.6], [0.4, 0.6], [0.4, 0.6]], paths, "cnn")
+    helps = _oof([[0.1, 0.9], [0.9, 0.1], [0.9, 0.1], [0.1, 0.9]], ["d", "c", "a", "b"], "vit")
+    hurts = _oof([[0.01, 0.99]] * 4, paths, "alexnet")
+    other_folds = _oof([[0.9, 0.1]] * 4, ["a", "b", "c", "e"], "vgg16")
+    out = ensemble_folds.add_configurations([chosen, hurts, helps, other_folds], [3, 1, 0, 2])
+    assert [(r["candidate"], r["kept"]) for r in out["configurations"]] == [
+        (3, True),
+        (1, False),
+        (0, True),
+        (2, False),
+    ]
+    assert out["configurations"][3]["oof_nll"] is None
+    # helps, reordered to a, b, c, d: [.9,.1], [.1,.9], [.9,.1], [.1,.9]
+    assert out["oof_prob"] == pytest.approx(
+        np.array([[0.75, 0.25], [0.25, 0.75], [0.65, 0.35], [0.25, 0.75]])
+    )
+    assert out["configurations"][2]["oof_nll"] == pytest.approx(
+        calibration.nll(out["oof_y"], out["oof_prob"])
+    )
+    assert out["member_names"] == ["cnn:c3:fold0", "cnn:c3:fold1", "vit:c0:fold0", "vit:c0:fold1"]
+    assert len(out["records"]) == len(out["temperatures"]) == 4
+
+
+def test_the_fold_ensemble_tries_the_other_complete_candidates_best_mean_first():
+    sel = {
+        "mode": "max",
+        "chosen": {"candidate": 2},
+        "candidates": [
+            {"candidate": 0, "mean": 0.8, "complete": True},
+            {"candidate": 1, "mean": 0.95, "complete": False},
+            {"candidate": 2, "mean": 0.9, "complete": True},
+            {"candidate": 3, "mean": 0.85, "complete": True},
+        ],
+    }
+    assert tune_folds.ensemble_order(sel) == [2, 3, 0]
+    assert tune_folds.ensemble_order({**sel, "mode": "min"}) == [2, 0, 3]
 
 
 @pytest.mark.slow
@@ -332,6 +388,10 @@ def test_fold_report_says_how_the_configuration_was_selected(tmp_path):
         "experiment": "exp",
         "classes": ["normal", "pneumonia"],
         "n_members": 3,
+        "configurations": [
+            {"candidate": 1, "oof_nll": 0.2, "kept": True},
+            {"candidate": 0, "oof_nll": 0.25, "kept": False},
+        ],
         "n_test": 60,
         "fold_val_sizes": [163, 162, 165],
         "selection": selection,
@@ -345,6 +405,8 @@ def test_fold_report_says_how_the_configuration_was_selected(tmp_path):
     assert "held-out fold sizes: 163, 162, 165" in text and "(14 trials)" in text
     assert '<tr class="chosen"><td class="text">candidate 1 (resnet18)' in text
     assert "0.9700, -, 0.9600" in text and "no (a fold missing)" in text
+    assert "candidate 1 (chosen; out-of-fold NLL 0.2000)" in text
+    assert "candidate 0 (left out: out-of-fold NLL with it 0.2500)" in text
     assert "warning: test accuracy 0.80" in text and "could not be drawn" not in text
     assert (tmp_path / "figures" / "confusion.png").is_file()
     assert (tmp_path / "figures" / "roc_pr.png").is_file()

@@ -1,5 +1,8 @@
 """The fold ensemble of a `--cv` sweep: the chosen configuration's K fold models, each
-temperature-scaled on its own (out-of-fold) validation images, averaged with equal weights.
+temperature-scaled on its own (out-of-fold) validation images, averaged with equal weights;
+the next configurations' K fold models join, in their rank order, where they lower the
+out-of-fold NLL (greedy forward selection, Caruana et al., ICML 2004, over whole
+configurations).
 
 Everything is fixed from validation first: the temperatures, the out-of-fold metrics, the
 operating-point thresholds; ensemble.pt is saved; only then are test (and --external) images
@@ -27,8 +30,9 @@ from .core import log
 
 METHOD = "cv_folds"
 DESCRIPTION = (
-    "equal-weight mean of the chosen configuration's K cross-validation fold models, each "
-    "temperature-scaled on its own held-out fold"
+    "equal-weight mean of the chosen configuration's K cross-validation fold models (and of the "
+    "next configurations' where they lowered the out-of-fold NLL), each temperature-scaled on "
+    "its own held-out fold"
 )
 
 
@@ -46,7 +50,8 @@ def fit_fold_ensemble(checkpoints: list[str], cache: str | None, device) -> dict
     each one's temperature on its own fold's validation images. Test images are not read.
 
     Returns {"records", "temperatures", "data" (the pooled, unfolded PreparedData),
-    "oof_y" (int64 (N,)), "oof_prob" (float64 (N, K), calibrated, out-of-fold), "fold_sizes"}.
+    "oof_y" (int64 (N,)), "oof_prob" (float64 (N, K), calibrated, out-of-fold), "oof_paths"
+    (the N images' paths, in that order), "fold_sizes"}.
     Raises ValueError when the records are not folds 0..K-1 of one K-fold split."""
     records = [load_state(c)["best"] for c in checkpoints]
     cfgs = [r["config"] for r in records]
@@ -54,7 +59,7 @@ def fit_fold_ensemble(checkpoints: list[str], cache: str | None, device) -> dict
     if k < 2 or sorted(int(c.get("cv_fold", -1)) for c in cfgs) != list(range(k)):
         raise ValueError("a fold ensemble needs one model per fold 0..K-1 of one --cv split")
     pooled = load_for_config({**cfgs[0], "cv_folds": 0, "cv_fold": 0}, cache)
-    ys, probs, temps, sizes = [], [], [], []
+    ys, probs, temps, sizes, paths = [], [], [], [], []
     for rec, cfg in zip(records, cfgs, strict=True):
         fold = fold_view(pooled, k, int(cfg["cv_fold"]), int(cfg.get("seed", 0)))
         raw = split_proba(rec, fold.images["val"], fold.labels["val"], device)
@@ -67,13 +72,70 @@ def fit_fold_ensemble(checkpoints: list[str], cache: str | None, device) -> dict
         probs.append(apply_temperature(raw, t))
         temps.append(t)
         sizes.append(len(raw))
+        paths += fold.paths["val"]
     return {
         "records": records,
         "temperatures": temps,
         "data": pooled,
         "oof_y": np.concatenate(ys),
         "oof_prob": np.concatenate(probs),
+        "oof_paths": paths,
         "fold_sizes": sizes,
+    }
+
+
+def _name(record: dict, candidate: int | None = None) -> str:
+    """A fold model's name in ensemble.pt: model, candidate (when several may join), fold."""
+    cand = "" if candidate is None else f"c{candidate}:"
+    return f"{record['model']}:{cand}fold{record['config']['cv_fold']}"
+
+
+def _aligned(first: dict, other: dict) -> np.ndarray | None:
+    """`other`'s out-of-fold probabilities in `first`'s image order (None when the two do not
+    hold the same images, or a path repeats: then they cannot be averaged image by image)."""
+    where = {p: i for i, p in enumerate(other["oof_paths"])}
+    if len(where) != len(other["oof_paths"]) or set(where) != set(first["oof_paths"]):
+        return None
+    return other["oof_prob"][[where[p] for p in first["oof_paths"]]]
+
+
+def add_configurations(fitted: list[dict], candidates: list[int]) -> dict:
+    """Greedy forward selection over whole configurations: `fitted[0]` (the chosen one's
+    `fit_fold_ensemble`) is kept; each next one, in rank order, joins when the equal-weight
+    mean of the kept configurations' out-of-fold probabilities gets a lower NLL with it. Every
+    configuration's OOF prediction of an image comes from a model that never trained on it, so
+    the mean is out of fold too. No test image is read. `candidates`: each one's candidate
+    index (cv.json). Returns `fitted[0]`'s dict over the kept configurations' records, with
+    "configurations": [{"candidate", "oof_nll" (the mean's NLL with it), "kept"}]."""
+    first = fitted[0]
+    y = first["oof_y"]
+    kept, probs = [first], [first["oof_prob"]]
+    log_rows = [{"candidate": candidates[0], "oof_nll": nll(y, probs[0]), "kept": True}]
+    for cand, other in zip(candidates[1:], fitted[1:], strict=True):
+        p = _aligned(first, other)
+        trial = nll(y, np.mean([*probs, p], axis=0)) if p is not None else None
+        keep = trial is not None and trial < nll(y, np.mean(probs, axis=0))
+        log_rows.append({"candidate": cand, "oof_nll": trial, "kept": keep})
+        log(
+            f"candidate {cand}: out-of-fold NLL with it "
+            + (f"{trial:.4f}" if trial is not None else "- (other folds)")
+            + f"; {'added' if keep else 'left out'}"
+        )
+        if keep:
+            kept.append(other)
+            probs.append(p)
+    return {
+        **first,
+        "records": [r for f in kept for r in f["records"]],
+        "temperatures": [t for f in kept for t in f["temperatures"]],
+        "member_names": [
+            _name(r, row["candidate"])
+            for f, row in zip(fitted, log_rows, strict=True)
+            if row["kept"]
+            for r in f["records"]
+        ],
+        "oof_prob": np.mean(probs, axis=0),
+        "configurations": log_rows,
     }
 
 
@@ -116,18 +178,23 @@ def rebuild_fold_ensemble(exp_dir: str | Path, device: str = "auto", external=No
     its cv.json chose (checkpoints from results.parquet), rebuilt as the sweep built it; the
     top-k ensemble of mixed folds would compare models validated on different images."""
     from ..sweep_folder import read_experiment, relocate
+    from ..tune.folds import ensemble_order
 
     selection = cv_selection(exp_dir)
     exp = read_experiment(exp_dir)
     table = exp["table"].set_index("trial_id")
-    ckpts = []
-    for tid in selection["chosen"]["trial_ids"]:
-        path = relocate(table.loc[tid, "checkpoint_path"], Path(exp["exp_dir"]) / "folds", tid)
-        if not path:
-            raise ValueError(f"{exp_dir}: the checkpoint of fold run {tid} is gone")
-        ckpts.append(str(path))
+    groups = {}
+    for cand in ensemble_order(selection):
+        ids = next(c for c in selection["candidates"] if c["candidate"] == cand)["trial_ids"]
+        paths = [
+            relocate(table.loc[t, "checkpoint_path"], Path(exp["exp_dir"]) / "folds", t)
+            for t in ids
+        ]
+        if not all(paths):
+            raise ValueError(f"{exp_dir}: a checkpoint of candidate {cand}'s fold runs is gone")
+        groups[cand] = [str(p) for p in paths]
     cache = exp["options"].get("cache") or None
-    return run_fold_ensemble(exp["exp_dir"], ckpts, selection, cache, device, external)
+    return run_fold_ensemble(exp["exp_dir"], groups, selection, cache, device, external)
 
 
 def save_fold_ensemble(fitted: dict, path: Path, experiment: str) -> Path:
@@ -150,7 +217,7 @@ def save_fold_ensemble(fitted: dict, path: Path, experiment: str) -> Path:
         METHOD,
         classes,
         extra={
-            "member_names": [f"{r['model']}:fold{r['config']['cv_fold']}" for r in records],
+            "member_names": fitted.get("member_names") or [_name(r) for r in records],
             "experiment": experiment,
             "data": records[0]["config"].get("data"),
             "description": DESCRIPTION,
@@ -176,6 +243,7 @@ def fold_metrics(fitted: dict, p_test: np.ndarray, selection: dict, experiment: 
         "description": DESCRIPTION,
         "classes": classes,
         "n_members": len(fitted["records"]),
+        "configurations": fitted.get("configurations"),
         "temperatures": fitted["temperatures"],
         "fold_val_sizes": fitted["fold_sizes"],
         "selection": selection,
@@ -205,13 +273,15 @@ def _fold_report(out_dir: Path, metrics: dict, y_test, p_test) -> str | None:
 
 def run_fold_ensemble(
     exp_dir: str | Path,
-    checkpoints: list[str],
+    groups: dict[int, list[str]],
     selection: dict,
     cache: str | None = None,
     device: str = "auto",
     external=None,
 ) -> dict:
-    """Fit, save and then score the fold ensemble of a `--cv` sweep into EXP/ensemble/:
+    """Fit, save and then score the fold ensemble of a `--cv` sweep into EXP/ensemble/.
+    `groups`: candidate index -> its K fold checkpoints, the chosen candidate first and the
+    others in the order they may join (`ensemble_order`; `add_configurations` decides). Written:
     ensemble.pt (method "cv_folds"; operating points fixed on the out-of-fold predictions),
     metrics.json ("oof": out-of-fold validation metrics, "test": with 95 % intervals,
     "selection": the cv.json record) and report.html (how the configuration was selected, out
@@ -220,7 +290,9 @@ def run_fold_ensemble(
     "report" (None when it could not be written), "chosen", "summary", "external"}."""
     t0 = time.perf_counter()
     dev = pick_device(device)
-    fitted = fit_fold_ensemble(checkpoints, cache, dev)
+    fitted = add_configurations(
+        [fit_fold_ensemble(c, cache, dev) for c in groups.values()], list(groups)
+    )
     out_dir = Path(exp_dir) / "ensemble"
     ens_path = save_fold_ensemble(fitted, out_dir / ENSEMBLE_FILE, Path(exp_dir).name)
     log(f"saved {ens_path} ({len(fitted['records'])} fold models, method {METHOD})")

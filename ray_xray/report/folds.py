@@ -60,6 +60,21 @@ def selection_section(
     )
 
 
+def members_text(metrics: dict) -> str:
+    """Which configurations' fold models the ensemble holds: the chosen one, and each next one
+    with the out-of-fold NLL of the mean with it and whether it joined (it joins only when
+    that NLL is lower)."""
+    rows = metrics.get("configurations") or []
+    if len(rows) < 2:
+        return "the chosen configuration's"  # K fold models
+    parts = [f"candidate {rows[0]['candidate']} (chosen; out-of-fold NLL {rows[0]['oof_nll']:.4f})"]
+    for r in rows[1:]:
+        nll = "-" if r["oof_nll"] is None else f"{r['oof_nll']:.4f}"
+        verdict = "joined" if r["kept"] else "left out"
+        parts.append(f"candidate {r['candidate']} ({verdict}: out-of-fold NLL with it {nll})")
+    return "; ".join(parts)
+
+
 def figures_section(metrics: dict) -> str:
     """Out-of-fold (validation) against test: accuracy, macro-F1, AUC (test with 95 %
     bootstrap intervals), and every warning where the two disagree."""
@@ -71,9 +86,9 @@ def figures_section(metrics: dict) -> str:
     ]
     parts = [
         html.para(
-            f"The ensemble is the equal-weight mean of the chosen configuration's "
-            f"{metrics['n_members']} fold models, each temperature-scaled on its own held-out "
-            f"fold; it was saved before the {metrics['n_test']} test images were scored."
+            f"The ensemble is the equal-weight mean of {metrics['n_members']} fold models, "
+            f"each temperature-scaled on its own held-out fold; they are {members_text(metrics)}. It "
+            f"was saved before the {metrics['n_test']} test images were scored."
         ),
         html.table(["metric", "out of fold (validation)", "test [95 % interval]"], rows),
     ]

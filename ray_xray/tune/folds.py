@@ -193,6 +193,15 @@ def choose(rows: list[dict], key: str, mode: str, k: int) -> dict:
     return {"metric": key, "mode": mode, "folds": k, "candidates": table, "chosen": best}
 
 
+def ensemble_order(selection: dict) -> list[int]:
+    """The candidates the fold ensemble may use, in the order it tries them: the chosen one,
+    then every other with all K folds, best mean fold metric first."""
+    chosen = selection["chosen"]["candidate"]
+    rest = [c for c in selection["candidates"] if c["complete"] and c["candidate"] != chosen]
+    rest.sort(key=lambda c: c["mean"], reverse=selection["mode"] == "max")
+    return [chosen, *(c["candidate"] for c in rest)]
+
+
 def write_selection(exp_dir: str, selection: dict, fold_sizes: list[int] | None = None) -> Path:
     """cv.json in the sweep's folder: how the configuration was chosen."""
     rec = {**selection, "fold_val_sizes": fold_sizes}
@@ -249,9 +258,13 @@ class FoldStage:
         print(selection_line(self.selection), flush=True)
         return rows
 
-    def checkpoints(self, rows: list[dict]) -> list[str]:
-        """The chosen candidate's K fold checkpoints, in fold order (after `label`; `rows`:
-        the labelled rows, whose "checkpoint_path" they are)."""
-        ids = self.selection["chosen"]["trial_ids"]
+    def groups(self, rows: list[dict]) -> dict[int, list[str]]:
+        """Candidate index -> its K fold checkpoints, in fold order, for every candidate with
+        all K folds: the chosen one first, then the order in which the fold ensemble may add
+        them (ensemble/folds.py's `ensemble_order`). After `label`; `rows`: the labelled rows,
+        whose "checkpoint_path" they are."""
         by_id = {r["trial_id"]: r["checkpoint_path"] for r in rows}
-        return [by_id[t] for t in ids]
+        cands = {c["candidate"]: c for c in self.selection["candidates"]}
+        return {
+            i: [by_id[t] for t in cands[i]["trial_ids"]] for i in ensemble_order(self.selection)
+        }
