@@ -27,7 +27,7 @@ DEFAULTS = {
         "datasets": ["pneumonia2", "brain4"],
         "img_size": 64,
         "single_epochs": 8,
-        "single_seeds": [0, 1],
+        "single_seeds": [0, 1, 2],
         "space": "all",
         "sweep_epochs": 6,
         "budget_minutes": 10.0,
@@ -166,10 +166,14 @@ def run_dataset(s: dict, name: str, data: str, work: Path) -> list[dict]:
             row.update(score(ckpt, data, adapt, s["bootstrap"], out) if ckpt else {})
             if arm == "c":
                 sel = json.loads((Path(summary["exp_dir"]) / "cv.json").read_text())
+                joined = json.loads(Path(summary["ensemble"]["metrics"]).read_text())
                 row["selection"] = {
                     "folds": sel["folds"],
                     "candidates": [(c["mean"], c["std"]) for c in sel["candidates"]],
                     "chosen": sel["chosen"]["candidate"],
+                    "in_ensemble": [
+                        c["candidate"] for c in joined.get("configurations") or [] if c["kept"]
+                    ],
                 }
         except Exception as exc:  # noqa: BLE001 - one arm failing must not lose the others
             common.say(NAME, f"{name}: ({arm}) failed: {type(exc).__name__}: {exc}")

@@ -113,13 +113,14 @@ def add_configurations(fitted: list[dict], candidates: list[int]) -> dict:
     log_rows = [{"candidate": candidates[0], "oof_nll": nll(y, probs[0]), "kept": True}]
     for cand, other in zip(candidates[1:], fitted[1:], strict=True):
         p = _aligned(first, other)
+        before = nll(y, np.mean(probs, axis=0))
         trial = nll(y, np.mean([*probs, p], axis=0)) if p is not None else None
-        keep = trial is not None and trial < nll(y, np.mean(probs, axis=0))
+        keep = trial is not None and trial < before
         log_rows.append({"candidate": cand, "oof_nll": trial, "kept": keep})
+        now = f"{trial:.4f}" if trial is not None else "- (its folds hold other images)"
         log(
-            f"candidate {cand}: out-of-fold NLL with it "
-            + (f"{trial:.4f}" if trial is not None else "- (other folds)")
-            + f"; {'added' if keep else 'left out'}"
+            f"candidate {cand}: out-of-fold NLL {before:.4f} -> {now} "
+            f"with it: {'added' if keep else 'left out'}"
         )
         if keep:
             kept.append(other)
