@@ -28,6 +28,7 @@ DEFAULTS = {
         "img_size": 64,
         "single_epochs": 8,
         "single_seeds": [0, 1, 2],
+        "sweep_seeds": [0],  # --set value.sweep_seeds=0,1 measures a sweep's own spread
         "space": "all",
         "sweep_epochs": 6,
         "budget_minutes": 10.0,
@@ -43,6 +44,7 @@ DEFAULTS = {
         "img_size": 32,
         "single_epochs": 2,
         "single_seeds": [0],
+        "sweep_seeds": [0],
         "space": "cnn",
         "sweep_epochs": 2,
         "budget_minutes": 0.0,  # no clock in the smoke test: 3 trials each, whatever the load
@@ -140,7 +142,9 @@ def run_dataset(s: dict, name: str, data: str, work: Path) -> list[dict]:
         "budget_minutes": s["budget_minutes"],
         "settings": {"epochs": s["sweep_epochs"]},
     }
-    arms += [("b", 0, sweep), ("c", 0, {**sweep, "cv": s["cv"], "cv_top": s["cv_top"]})]
+    cv = {**sweep, "cv": s["cv"], "cv_top": s["cv_top"]}
+    for seed in s["sweep_seeds"]:
+        arms += [("b", seed, {**sweep, "seed": seed}), ("c", seed, {**cv, "seed": seed})]
     rows = []
     for arm, seed, kw in arms:
         common.say(NAME, f"{name}: ({arm}) {ARMS[arm]}, seed {seed}")
@@ -274,8 +278,9 @@ def summarise(s: dict, results: dict[str, list[dict]]) -> dict:
         headline=headline,
         data={"results": results},
         notes=[
-            "Every figure is from one run of each sweep (seed 0): a sweep's own run-to-run "
-            "spread is not measured here; the single runs repeat over seeds.",
+            f"Sweep seeds {', '.join(map(str, s['sweep_seeds']))} (one figure per sweep seed): "
+            "with one, a sweep's own run-to-run spread is not measured here; the single runs "
+            "repeat over seeds.",
             "Wall minutes include each arm's own Ray start-up and data preparation; (c) may run "
             "over its budget by the fold stage's last runs.",
             "Published figures: other image sizes (28-224 px), other training pools (MedMNIST's "
