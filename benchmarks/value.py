@@ -215,9 +215,11 @@ def _headline(ds: str, px: int, rows: list[dict]) -> list[str]:
             above = single and all(f1["value"] > a["high"] for a in single)
             below = single and all(f1["value"] < a["low"] for a in single)
             verdict = "above" if above else "below" if below else "within"
+            wall = f", {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else ""
             line = (
-                f"{ds} at {px} px: ({arm}) {ARMS[arm]}: test macro-F1 {_ci(f1)}, {verdict} "
-                f"every single run's interval ({', '.join(_ci(a) for a in single)})"
+                f"{ds} at {px} px: ({arm}) {ARMS[arm]}, seed {r['seed']}{wall}: test macro-F1 "
+                f"{_ci(f1)}, {verdict} every single run's interval "
+                f"({', '.join(_ci(a) for a in single)})"
             )
             if ds in TARGET:
                 met = all(r[k]["value"] >= v for k, v in TARGET[ds].items())
@@ -278,7 +280,7 @@ def summarise(s: dict, results: dict[str, list[dict]]) -> dict:
         headline=headline,
         data={"results": results},
         notes=[
-            f"Sweep seeds {', '.join(map(str, s['sweep_seeds']))} (one figure per sweep seed): "
+            f"Sweep seeds {', '.join(map(str, s.get('sweep_seeds', [0])))} (one figure per sweep seed): "
             "with one, a sweep's own run-to-run spread is not measured here; the single runs "
             "repeat over seeds.",
             "Wall minutes include each arm's own Ray start-up and data preparation; (c) may run "
