@@ -329,13 +329,14 @@ def test_value_tables_put_every_arm_beside_the_published_figures():
     assert c[10] == "0.630 [0.600, 0.670] (train 0.740)"
     assert table["rows"][1][5] == "-"
     assert res["headline"] == [
-        "pneumonia2 at 32 px: (c) cross-validated sweep, fold ensemble: test macro-F1 0.860 "
+        "pneumonia2 at 32 px: (c) cross-validated sweep, fold ensemble, seed 0, 2.2 min: test "
+        "macro-F1 0.860 "
         "[0.830, 0.890], above every single run's interval (0.780 [0.750, 0.810]); ACC 0.880, "
         "AUC 0.950 meets the target ACC >= 0.88, AUC >= 0.95",
-        "brain4 at 32 px: (b) sweep, one val split, top-k ensemble: test macro-F1 0.760 "
+        "brain4 at 32 px: (b) sweep, one val split, top-k ensemble, seed 0: test macro-F1 0.760 "
         "[0.730, 0.790], within every single run's interval (0.780 [0.750, 0.810], 0.800 "
         "[0.770, 0.830])",
-        "brain4 at 32 px: (c) cross-validated sweep, fold ensemble: test macro-F1 0.740 "
+        "brain4 at 32 px: (c) cross-validated sweep, fold ensemble, seed 0: test macro-F1 0.740 "
         "[0.710, 0.770], below every single run's interval (0.780 [0.750, 0.810], 0.800 "
         "[0.770, 0.830])",
     ]
