@@ -62,7 +62,8 @@ def _fold_ensemble(
     plan: SweepPlan, cv: folds.FoldStage, rows: list[dict], external: ExternalStep | None
 ) -> dict:
     """The chosen configuration's K fold models (and the next ones' where they help),
-    calibrated and averaged (a local --storage only, as --cv is): `ensemble.folds.run_fold_ensemble`'s dict."""
+    calibrated and averaged (a local --storage only, as --cv is):
+    `ensemble.folds.run_fold_ensemble`'s dict."""
     from .ensemble.folds import run_fold_ensemble
 
     device = "cuda" if plan.opts.gpus_per_trial else "auto"
