@@ -34,7 +34,7 @@ demo: $(STAMP)
 # 2026-12-07). --durations shows where the time went.
 test: $(STAMP)
 	@$(PY) -m pytest -q -n auto -m "not serial" --durations=10; first=$$?; \
-	$(PY) -m pytest -q -m serial -n 2 --dist loadgroup --durations=15; second=$$?; \
+	$(PY) -m pytest -q -m serial -n 2 --dist loadfile --durations=15; second=$$?; \
 	test $$first -eq 0 -a $$second -eq 0
 
 # Without the Ray tests and the two biggest models' training steps, over every core

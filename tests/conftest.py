@@ -34,14 +34,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow_ray") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(RAY_TEST_TIMEOUT_S))
-        wheel = "wheel_venv" in getattr(item, "fixturenames", ())
-        if item.get_closest_marker("slow_ray") or wheel:
+        if item.get_closest_marker("slow_ray") or "wheel_venv" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.serial)
-            # The serial pass runs on 2 workers by group (`--dist loadgroup`): every test of the
-            # session's wheel and smoke sweep in one group, so they are made once, not once per
-            # worker (~90 s each); the other tests by file, so module fixtures are made once.
-            group = "session_wheel" if wheel else item.path.name
-            item.add_marker(pytest.mark.xdist_group(group))
         if item.get_closest_marker("cuda") and not torch.cuda.is_available():
             item.add_marker(no_gpu)
 
