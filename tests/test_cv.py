@@ -275,8 +275,12 @@ def test_the_fold_ensemble_tries_the_other_complete_candidates_best_mean_first()
             {"candidate": 3, "mean": 0.85, "complete": True},
         ],
     }
-    assert tune_folds.ensemble_order(sel) == [2, 3, 0]
-    assert tune_folds.ensemble_order({**sel, "mode": "min"}) == [2, 0, 3]
+
+    def order(selection):
+        return [c["candidate"] for c in tune_folds.ranked_candidates(selection)]
+
+    assert order(sel) == [2, 3, 0]
+    assert order({**sel, "mode": "min"}) == [2, 0, 3]
 
 
 @pytest.mark.slow

@@ -179,17 +179,17 @@ def rebuild_fold_ensemble(exp_dir: str | Path, device: str = "auto", external=No
     its cv.json chose (checkpoints from results.parquet), rebuilt as the sweep built it; the
     top-k ensemble of mixed folds would compare models validated on different images."""
     from ..sweep_folder import read_experiment, relocate
-    from ..tune.folds import ensemble_order
+    from ..tune.folds import ranked_candidates
 
     selection = cv_selection(exp_dir)
     exp = read_experiment(exp_dir)
     table = exp["table"].set_index("trial_id")
     groups = {}
-    for cand in ensemble_order(selection):
-        ids = next(c for c in selection["candidates"] if c["candidate"] == cand)["trial_ids"]
+    for c in ranked_candidates(selection):
+        cand = c["candidate"]
         paths = [
             relocate(table.loc[t, "checkpoint_path"], Path(exp["exp_dir"]) / "folds", t)
-            for t in ids
+            for t in c["trial_ids"]
         ]
         if not all(paths):
             raise ValueError(f"{exp_dir}: a checkpoint of candidate {cand}'s fold runs is gone")
@@ -282,7 +282,7 @@ def run_fold_ensemble(
 ) -> dict:
     """Fit, save and then score the fold ensemble of a `--cv` sweep into EXP/ensemble/.
     `groups`: candidate index -> its K fold checkpoints, the chosen candidate first and the
-    others in the order they may join (`ensemble_order`; `add_configurations` decides). Written:
+    others in the order they may join (`tune.folds.ranked_candidates`; `add_configurations` decides). Written:
     ensemble.pt (method "cv_folds"; operating points fixed on the out-of-fold predictions),
     metrics.json ("oof": out-of-fold validation metrics, "test": with 95 % intervals,
     "selection": the cv.json record) and report.html (how the configuration was selected, out

@@ -193,13 +193,14 @@ def choose(rows: list[dict], key: str, mode: str, k: int) -> dict:
     return {"metric": key, "mode": mode, "folds": k, "candidates": table, "chosen": best}
 
 
-def ensemble_order(selection: dict) -> list[int]:
-    """The candidates the fold ensemble may use, in the order it tries them: the chosen one,
-    then every other with all K folds, best mean fold metric first."""
+def ranked_candidates(selection: dict) -> list[dict]:
+    """The candidates of a selection record (cv.json) that finished every fold: the chosen one
+    first, then the others, best mean fold metric first. The console's runner-up is the second;
+    the fold ensemble tries them in this order."""
     chosen = selection["chosen"]["candidate"]
     rest = [c for c in selection["candidates"] if c["complete"] and c["candidate"] != chosen]
     rest.sort(key=lambda c: c["mean"], reverse=selection["mode"] == "max")
-    return [chosen, *(c["candidate"] for c in rest)]
+    return [next(c for c in selection["candidates"] if c["candidate"] == chosen), *rest]
 
 
 def write_selection(exp_dir: str, selection: dict, fold_sizes: list[int] | None = None) -> Path:
@@ -210,12 +211,7 @@ def write_selection(exp_dir: str, selection: dict, fold_sizes: list[int] | None 
 
 def selection_line(selection: dict) -> str:
     """One console line: the chosen candidate's mean +- sd over K folds, and the runner-up's."""
-    c = selection["chosen"]
-    rest = sorted(
-        (x for x in selection["candidates"] if x["complete"] and x is not c),
-        key=lambda x: x["mean"],
-        reverse=selection["mode"] == "max",
-    )
+    c, *rest = ranked_candidates(selection)
     line = (
         f"cv: chose candidate {c['candidate']} ({c['config'].get('model')}): {selection['metric']} "
         f"{c['mean']:.4f} +- {c['std']:.4f} (mean +- sd over {selection['folds']} folds)"
@@ -260,11 +256,10 @@ class FoldStage:
 
     def groups(self, rows: list[dict]) -> dict[int, list[str]]:
         """Candidate index -> its K fold checkpoints, in fold order, for every candidate with
-        all K folds: the chosen one first, then the order in which the fold ensemble may add
-        them (ensemble/folds.py's `ensemble_order`). After `label`; `rows`: the labelled rows,
-        whose "checkpoint_path" they are."""
+        all K folds, in `ranked_candidates` order (the order in which the fold ensemble may
+        add them). After `label`; `rows`: the labelled rows, whose "checkpoint_path" they are."""
         by_id = {r["trial_id"]: r["checkpoint_path"] for r in rows}
-        cands = {c["candidate"]: c for c in self.selection["candidates"]}
         return {
-            i: [by_id[t] for t in cands[i]["trial_ids"]] for i in ensemble_order(self.selection)
+            c["candidate"]: [by_id[t] for t in c["trial_ids"]]
+            for c in ranked_candidates(self.selection)
         }
