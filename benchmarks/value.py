@@ -274,7 +274,7 @@ def summarise(s: dict, results: dict[str, list[dict]]) -> dict:
         measured="test ACC / macro-F1 / AUC (95 % stratified bootstrap intervals) of (a) the "
         "README's hand-set run, (b) a sweep with one validation split and (c) a "
         f"--cv {s['cv']} sweep's fold ensemble, (b) and (c) at --budget-minutes "
-        f"{s['budget_minutes']} (--cv: half for the search, then the fold runs to their end), "
+        f"{s['budget_minutes']} (--cv: the search ends when the time left is the fold runs' estimate), "
         f"at {s['img_size']} px; pneumonia2 also after EM prior adaptation",
         tables=[common.table("Test figures", cols, table), published],
         headline=headline,
@@ -283,8 +283,8 @@ def summarise(s: dict, results: dict[str, list[dict]]) -> dict:
             f"Sweep seeds {', '.join(map(str, s.get('sweep_seeds', [0])))} (one figure per sweep seed): "
             "with one, a sweep's own run-to-run spread is not measured here; the single runs "
             "repeat over seeds.",
-            "Wall minutes include each arm's own Ray start-up and data preparation; (c) may run "
-            "over its budget by the fold stage's last runs.",
+            "Wall minutes include each arm's own Ray start-up, data preparation and the "
+            "ensemble; (c) runs over its budget when the fold runs' estimate was short.",
             "Published figures: other image sizes (28-224 px), other training pools (MedMNIST's "
             "train+val is Kermany train, as here less a few withheld patients).",
         ],

@@ -107,6 +107,59 @@ def test_check_cv_refuses_bad_values():
             tune_folds.check_cv(*args)
 
 
+class _Clock:
+    """time.monotonic for FoldBudgetStopper, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_fold_budget_stopper_leaves_the_fold_stage_its_time(monkeypatch, capsys):
+    """--cv with --budget-minutes: the search stops once its time plus the fold stage's
+    estimate (the best cv_top trials' cost per run, in rounds of `slots`) reaches the budget."""
+    clock = _Clock()
+    monkeypatch.setattr(tune_folds.time, "monotonic", clock)
+    stop = tune_folds.FoldBudgetStopper(
+        600, cv=3, cv_top=2, slots=2, metric="val_f1", mode="max", epochs=6
+    )
+    assert stop.fold_stage() is None and not stop.stop_all()  # nothing known: search on
+    # trial a: 20 s per epoch, 6 planned -> 125 s a run; b: 10 s per epoch, 4 planned -> 45 s
+    assert not stop("a", {"val_f1": 0.7, "epoch": 1, "time_total_s": 20.0})
+    assert stop.fold_stage() == (6, pytest.approx(3 * 125))  # 2 x 3 runs, 2 at a time: 3 rounds
+    stop("b", {"val_f1": 0.9, "epoch": 2, "time_total_s": 20.0, "config": {"epochs": 4}})
+    stop("c", {"val_f1": 0.1, "epoch": 1, "time_total_s": 500.0})  # worst: not a candidate
+    assert stop.fold_stage() == (6, pytest.approx(3 * (125 + 45) / 2))
+    stop("b", {"val_f1": 0.5, "epoch": 4, "time_total_s": 40.0, "config": {"epochs": 4}})
+    assert stop.trials["b"]["best"] == 0.9
+    # b ran all 4 epochs: its search run is its fold 0, so 5 runs (3 rounds) remain
+    assert stop.fold_stage() == (5, pytest.approx(3 * (125 + 45) / 2))
+    clock.now += 300  # 300 + 255 < 600: the search goes on
+    assert not stop.stop_all() and stop.stop_all() is False
+    clock.now += 50  # 350 + 255 >= 600: it ends, saying so once
+    assert stop.stop_all() and stop.stop_all()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "5.8 min of the 10-min budget" in lines[0], lines
+    assert "5 runs" in lines[0] and stop.stopped_at == pytest.approx(350)
+
+
+def test_fold_budget_stopper_min_mode_and_a_short_budget(monkeypatch, capsys):
+    """A loss objective ranks the lowest first; a budget the fold stage alone fills ends the
+    search at its first report, with a hint to raise the budget."""
+    clock = _Clock()
+    monkeypatch.setattr(tune_folds.time, "monotonic", clock)
+    stop = tune_folds.FoldBudgetStopper(
+        60, cv=2, cv_top=1, slots=1, metric="val_loss", mode="min", epochs=4
+    )
+    stop("a", {"val_loss": 0.2, "epoch": 1, "time_total_s": 10.0})  # 45 s a run
+    stop("b", {"val_loss": 0.9, "epoch": 1, "time_total_s": 100.0})  # worse: not counted
+    assert stop.fold_stage() == (2, pytest.approx(2 * 45))
+    assert stop.stop_all()
+    assert "raise --budget-minutes" in capsys.readouterr().err
+
+
 def _rows(k: int = 3) -> list[dict]:
     search = [
         {
@@ -132,6 +185,67 @@ def _rows(k: int = 3) -> list[dict]:
                 }
             )
     return search, folds
+
+
+def test_a_full_search_run_is_its_candidates_fold_0():
+    """A search run that ran all its planned epochs is its configuration's fold 0 (same fold,
+    settings and seed): stage 2 skips that run, and selection and the ensemble's groups use the
+    search run's value and checkpoint. Runs cut short, failed or without a checkpoint are not
+    reused."""
+    search = [
+        {
+            "trial_id": "cut",
+            "status": "TERMINATED",
+            "epochs": 2,
+            "checkpoint_path": "/ck/cut",
+            "config": json.dumps({"lr": 0.1}),
+        },
+        {
+            "trial_id": "full",
+            "status": "TERMINATED",
+            "epochs": 6,
+            "checkpoint_path": "/ck/full",
+            "config": json.dumps({"lr": 0.1}),
+        },
+        {
+            "trial_id": "nock",
+            "status": "TERMINATED",
+            "epochs": 3,
+            "checkpoint_path": None,
+            "config": json.dumps({"lr": 0.2, "epochs": 3}),
+        },
+        {
+            "trial_id": "short",
+            "status": "TERMINATED",
+            "epochs": 3,
+            "checkpoint_path": "/ck/s",
+            "config": json.dumps({"lr": 0.3, "epochs": 3}),
+        },
+    ]
+    configs = [{"lr": 0.1}, {"lr": 0.2, "epochs": 3}, {"lr": 0.3, "epochs": 3}, {"lr": 0.4}]
+    reused = tune_folds.reusable(search, configs, epochs=6)
+    assert reused == {0: "full", 2: "short"}
+    assert tune_folds.fold_runs(4, 2, reused) == [[0, 1], [1, 0], [1, 1], [2, 1], [3, 0], [3, 1]]
+    for r, v in zip(search, (0.5, 0.8, 0.9, 0.6), strict=True):
+        r["best_val_macro_f1"] = v
+    fold_rows = [
+        {
+            "trial_id": f"r{i}{f}",
+            "status": "TERMINATED",
+            "best_val_macro_f1": 0.7,
+            "checkpoint_path": f"/ck/{i}/{f}",
+            "config": json.dumps({"cv_run": [i, f]}),
+        }
+        for i, f in tune_folds.fold_runs(3, 2, reused)
+    ]
+    rows = tune_folds.label_rows(search, fold_rows, configs[:3], reused)
+    assert [r["cv_candidate"] for r in rows[:4]] == [None, 0, None, 2]
+    sel = tune_folds.choose(rows, "best_val_macro_f1", "max", 2)
+    by = {c["candidate"]: c for c in sel["candidates"]}
+    assert by[0]["trial_ids"] == ["full", "r01"] and by[0]["fold_values"] == [0.8, 0.7]
+    assert by[2]["trial_ids"] == ["short", "r21"] and by[2]["mean"] == pytest.approx(0.65)
+    assert by[1]["trial_ids"] == ["r10", "r11"]  # its search run had no checkpoint
+    assert sel["chosen"]["candidate"] == 0
 
 
 def test_selection_is_by_mean_fold_metric_and_needs_every_fold():
@@ -286,9 +400,10 @@ def test_the_fold_ensemble_tries_the_other_complete_candidates_best_mean_first()
 @pytest.mark.slow
 @pytest.mark.slow_ray
 def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_path):
-    """--cv 2 --cv-top 1: one search run and two fold runs, each SIGKILLed halfway through
-    epoch 2 and restarted from epoch 1's checkpoint; results.parquet lists the fold runs with
-    their fold, cv.json says how the choice was made, ensemble.pt holds the two fold models."""
+    """--cv 2 --cv-top 1: one search run, which ran all its epochs and so is fold 0, and one
+    fold run (fold 1), each SIGKILLed halfway through epoch 2 and restarted from epoch 1's
+    checkpoint; results.parquet lists both with their fold, cv.json says how the choice was
+    made, ensemble.pt holds the two fold models."""
     space = tmp_path / "one.yaml"
     space.write_text(
         "fixed: {model: cnn, epochs: 2, img_size: 32, limit_per_split: 48, batch_size: 16,\n"
@@ -303,12 +418,12 @@ def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_pa
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=800)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     kills = (tmp_path / "kills").read_text().splitlines()
-    assert len(kills) == 3 and all(k.endswith("in epoch 2") for k in kills), kills
+    assert len(kills) == 2 and all(k.endswith("in epoch 2") for k in kills), kills
     exp = tmp_path / "cv"
     table = pd.read_parquet(exp / "results.parquet")
-    assert list(table["status"]) == ["TERMINATED"] * 3 and list(table["epochs"]) == [2] * 3
-    assert list(table["cv_stage"]) == ["search", "folds", "folds"]
-    assert sorted(table["cv_fold"][1:]) == [0, 1]
+    assert list(table["status"]) == ["TERMINATED"] * 2 and list(table["epochs"]) == [2] * 2
+    assert list(table["cv_stage"]) == ["search", "folds"]
+    assert list(table["cv_fold"]) == [0, 1] and list(table["cv_candidate"]) == [0, 0]
     for _, row in table[table["cv_stage"] == "folds"].iterrows():
         reported = [
             json.loads(ln)["epoch"]
@@ -317,7 +432,9 @@ def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_pa
         assert reported == [1, 2], reported  # epoch 1 once before the kill, 2 after restart
         assert json.loads(row["config"])["cv_fold"] == row["cv_fold"]
     sel = json.loads((exp / "cv.json").read_text())
-    assert sel["folds"] == 2 and len(sel["chosen"]["trial_ids"]) == 2 and sel["search_trials"] == 1
+    assert sel["folds"] == 2 and sel["search_trials"] == 1
+    assert sel["chosen"]["trial_ids"] == list(table["trial_id"])  # fold 0: the search run
+    assert sel["reused_search_runs"] == {"0": table["trial_id"][0]}
     page = (exp / "ensemble" / "report.html").read_text()  # the report says how it chose
     assert "How the configuration was selected" in page and "(1 trials)" in page
     assert f"file://{exp}/ensemble/report.html" in r.stdout

@@ -4,7 +4,10 @@ Stage 1 is the ordinary search (TPE + ASHA), every trial trained on fold 0 of K 
 pooled, split by patient: data/folds.py), so ASHA stays as cheap as a single-split sweep.
 Stage 2 re-runs the best N configurations of stage 1 on all K folds, as Tune trials of a second
 experiment (`EXP/folds/`, resumed with the sweep); the configuration with the best mean fold
-metric is chosen, and its K fold models become the ensemble (ensemble/folds.py).
+metric is chosen, and its K fold models become the ensemble (ensemble/folds.py). A candidate
+whose search run ran all its epochs already is its fold-0 run (same data, settings and seed):
+stage 2 runs only its other K-1 folds (`reusable`). With --budget-minutes, `FoldBudgetStopper`
+ends stage 1 when the time left is what stage 2 is estimated to need.
 
 Why not folds inside every trial: that multiplies every trial, the ones ASHA cuts after a
 third of their epochs included, by K, and a trial that trains K models in turn can only be
@@ -16,10 +19,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 from ray import tune
+from ray.tune.stopper import Stopper
 
 from ..io import write_atomic
 from .trial import trial_fn
@@ -27,10 +33,9 @@ from .trial import trial_fn
 FOLDS_DIR = "folds"  # stage 2's Tune experiment, inside the sweep's folder
 CANDIDATES_FILE = "cv_candidates.json"  # stage 1's top N, fixed before stage 2 starts
 SELECTION_FILE = "cv.json"  # the fold metrics, means, spreads and the chosen configuration
-# --budget-minutes with --cv: the search stage stops at this share of it; the fold stage's
-# N x K runs then run to their end (a fold cut short could not be compared), so the sweep's
-# wall time is about the budget when they take the rest (the value benchmark reports both).
-SEARCH_SHARE = 0.5
+# A fold run's cost beyond its epochs: Tune starting the trial, the model built, data mapped
+# (an inline trial on 2 cores: ~4 s, benchmarks/RESULTS.md section 1), rounded up.
+TRIAL_START_S = 5.0
 
 
 def check_cv(cv: int, cv_top: int, storage: str) -> None:
@@ -63,21 +68,147 @@ def top_configs(rows: list[dict], key: str, mode: str, n: int) -> list[dict]:
     return out
 
 
-def candidates(exp_dir: str, rows: list[dict], key: str, mode: str, n: int) -> list[dict]:
-    """Stage 1's top `n` configurations, written to CANDIDATES_FILE the first time and read
-    back from it on resume (a resumed stage 1 may add trials; stage 2's grid must not move)."""
+def reusable(rows: list[dict], configs: list[dict], epochs: int) -> dict[int, str]:
+    """Candidate index -> the stage-1 trial (id) that already is its fold-0 run: the same
+    configuration, trained on fold 0 with the sweep's seed as a fold run would be, no error,
+    all of its planned epochs (its config's ``epochs``, else `epochs`; a run that ASHA or the
+    budget cut, or that stopped early, is not reused) and a kept checkpoint."""
+    out: dict[int, str] = {}
+    for i, cfg in enumerate(configs):
+        planned = cfg.get("epochs", epochs)
+        for r in rows:
+            full = _finite(r.get("epochs")) and _finite(planned) and r["epochs"] >= planned
+            ok = r.get("status") == "TERMINATED" and r.get("checkpoint_path") and full
+            if ok and json.loads(r["config"]) == cfg:
+                out[i] = r["trial_id"]
+                break
+    return out
+
+
+def candidates(
+    exp_dir: str, rows: list[dict], key: str, mode: str, n: int, epochs: int
+) -> tuple[list[dict], dict[int, str]]:
+    """Stage 1's top `n` configurations and the search runs that are their fold 0
+    (`reusable`; `epochs`: a trial's planned epochs where its config does not say), written to
+    CANDIDATES_FILE the first time and read back from it on resume (a resumed stage 1 may add
+    trials; stage 2's grid must not move)."""
     path = Path(exp_dir) / CANDIDATES_FILE
     if path.is_file():
-        return json.loads(path.read_text())["configs"]
+        rec = json.loads(path.read_text())
+        return rec["configs"], {int(i): t for i, t in rec.get("reused", {}).items()}
     configs = top_configs(rows, key, mode, n)
-    write_atomic(path, json.dumps({"ranked_by": key, "configs": configs}, indent=2, default=str))
-    return configs
+    reused = reusable(rows, configs, epochs)
+    rec = {"ranked_by": key, "configs": configs, "reused": reused}
+    write_atomic(path, json.dumps(rec, indent=2, default=str))
+    return configs, reused
+
+
+def fold_runs(n_configs: int, k: int, reused: dict[int, str]) -> list[list[int]]:
+    """Stage 2's runs, [candidate, fold] pairs: every fold of every candidate, but fold 0 of
+    the candidates whose search run is reused."""
+    return [[i, f] for i in range(n_configs) for f in range(k) if not (f == 0 and i in reused)]
+
+
+class FoldBudgetStopper(Stopper):
+    """Ends a --cv sweep's search stage once the time it has run plus the fold stage's
+    estimated wall time reaches --budget-minutes, so that both stages together keep to it
+    (the fold runs then run to their end: a fold cut short could not be compared).
+
+    The estimate (`fold_stage`): the best `cv_top` trials so far by `metric` are the likely
+    candidates; one fold run of each costs what its search run costs (seconds per reported
+    epoch, the first epoch's set-up included, x its planned epochs, + TRIAL_START_S); each needs
+    `cv` runs, `cv` - 1 when its search run has run all its epochs (`reusable`), and the runs,
+    `slots` at a time, take ceil(runs / slots) rounds of their mean cost.
+    With no epoch reported yet there is no estimate, and the search runs on. Time counts from
+    the first `stop_all` call, as Tune's own time budget does, and restarts on resume.
+
+    Args:
+        budget_s: the whole sweep's budget, seconds (> 0).
+        cv, cv_top: K folds and N candidates (`tune --cv K --cv-top N`).
+        slots: trials that run at once (the fold stage runs as many).
+        metric, mode: the objective ("val_macro_f1") and "max" or "min".
+        epochs: a trial's planned epochs when its config does not say.
+    """
+
+    def __init__(
+        self, budget_s: float, cv: int, cv_top: int, slots: int, metric: str, mode: str, epochs: int
+    ) -> None:
+        self.budget_s, self.cv, self.cv_top, self.slots = float(budget_s), cv, cv_top, max(1, slots)
+        self.metric, self.sign, self.epochs = metric, 1.0 if mode == "max" else -1.0, epochs
+        # trial id -> {"best": signed value, "cost_s": seconds a run, "full": all epochs run}
+        self.trials: dict[str, dict] = {}
+        self.spent_s = 0.0
+        self._last: float | None = None
+        self.stopped_at: float | None = None  # seconds into the search when it ended it
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        """Learns the trial's best value so far and its cost; never stops one trial."""
+        value, epoch, total = (result.get(k) for k in (self.metric, "epoch", "time_total_s"))
+        if not (_finite(value) and _finite(epoch) and _finite(total)) or epoch < 1:
+            return False
+        planned = (result.get("config") or {}).get("epochs", self.epochs)
+        planned = planned if _finite(planned) else epoch
+        rec = self.trials.setdefault(trial_id, {"best": -math.inf})
+        rec["best"] = max(rec["best"], self.sign * value)
+        rec["cost_s"] = total / epoch * max(epoch, planned) + TRIAL_START_S
+        rec["full"] = epoch >= planned
+        return False
+
+    def fold_stage(self) -> tuple[int, float] | None:
+        """(runs, estimated wall seconds) of the fold stage if the search ended now; None
+        while no trial has reported an epoch."""
+        top = sorted(self.trials.values(), key=lambda r: r["best"], reverse=True)[: self.cv_top]
+        if not top:
+            return None
+        runs = sum(self.cv - r["full"] for r in top) + self.cv * (self.cv_top - len(top))
+        return runs, math.ceil(runs / self.slots) * float(np.mean([r["cost_s"] for r in top]))
+
+    def stop_all(self) -> bool:
+        """True (Tune stops every search trial) once spent + `fold_stage_s` >= the budget;
+        prints one line saying so, once."""
+        now = time.monotonic()
+        if self._last is not None:
+            self.spent_s += now - self._last
+        self._last = now
+        plan = self.fold_stage()
+        if plan is None or self.spent_s + plan[1] < self.budget_s:
+            return False
+        if self.stopped_at is None:
+            self.stopped_at = self.spent_s
+            print(self.stop_line(*plan), file=sys.stderr, flush=True)
+        return True
+
+    def stop_line(self, runs: int, folds_s: float) -> str:
+        """The console line when the search ends, with a hint when the fold stage alone nearly
+        fills the budget."""
+        line = (
+            f"cv: search stage ended after {self.spent_s / 60:.1f} min of the "
+            f"{self.budget_s / 60:g}-min budget: the fold stage's {runs} runs need about "
+            f"{folds_s / 60:.1f} min more"
+        )
+        if self.spent_s < 0.25 * self.budget_s:
+            line += " (the search had little time: raise --budget-minutes, or lower --cv-top)"
+        return line
+
+    def __setstate__(self, state: dict) -> None:
+        state["_last"] = None  # unpickled on resume: the pause between runs is not spent
+        self.__dict__.update(state)
+
+
+def _run_of(grid_config: dict) -> tuple[int, int]:
+    """(candidate, fold) of a stage-2 trial's grid point (``cv_run``; ``cv_config`` and
+    ``cv_fold`` in sweeps started before fold 0 could be reused)."""
+    if "cv_run" in grid_config:
+        i, fold = grid_config["cv_run"]
+    else:
+        i, fold = grid_config["cv_config"], grid_config["cv_fold"]
+    return int(i), int(fold)
 
 
 def fold_trial_fn(config: dict, configs: list[dict], overrides: dict, runtime: dict) -> None:
-    """A stage-2 trial: candidate `config["cv_config"]` trained on fold `config["cv_fold"]`."""
-    base = configs[int(config["cv_config"])]
-    trial_fn({**base, "cv_fold": int(config["cv_fold"])}, overrides, runtime)
+    """A stage-2 trial: candidate `config["cv_run"][0]` trained on fold `config["cv_run"][1]`."""
+    i, fold = _run_of(config)
+    trial_fn({**configs[i], "cv_fold": fold}, overrides, runtime)
 
 
 def fold_tuner(
@@ -89,10 +220,12 @@ def fold_tuner(
     res: dict,
     max_concurrent: int,
     callbacks: list | None = None,
+    runs: list[list[int]] | None = None,
 ):
-    """The stage-2 Tuner: every candidate x every fold, FIFO (each must finish to be compared),
-    restored from `EXP/folds/` when that exists. `res`: the trial's resources (service's
-    `trial_resources`); `callbacks`: Tune callbacks (the console lines)."""
+    """The stage-2 Tuner: `runs` ([candidate, fold] pairs, `fold_runs`; None: every candidate
+    x every fold), FIFO (each must finish to be compared), restored from `EXP/folds/` when that
+    exists. `res`: the trial's resources (service's `trial_resources`); `callbacks`: Tune
+    callbacks (the console lines)."""
     folds_dir = f"{exp_dir}/{FOLDS_DIR}"
     ovr = {k: v for k, v in overrides.items() if k != "cv_fold"}
     trainable = tune.with_resources(
@@ -111,10 +244,7 @@ def fold_tuner(
     inline = runtime.get("runner") == "inline"
     return tune.Tuner(
         trainable,
-        param_space={
-            "cv_config": tune.grid_search(list(range(len(configs)))),
-            "cv_fold": tune.grid_search(list(range(opts.cv))),
-        },
+        param_space={"cv_run": tune.grid_search(runs or fold_runs(len(configs), opts.cv, {}))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent,
             trial_dirname_creator=lambda t: t.trial_id,
@@ -131,15 +261,21 @@ def fold_tuner(
     )
 
 
-def label_rows(search_rows: list[dict], fold_rows: list[dict], configs: list[dict]) -> list[dict]:
-    """results.parquet's rows of a --cv sweep: stage 1's (cv_stage "search", fold 0) then stage
-    2's with their full configuration (`cv_stage` "folds", `cv_candidate`, `cv_fold`)."""
+def label_rows(
+    search_rows: list[dict],
+    fold_rows: list[dict],
+    configs: list[dict],
+    reused: dict[int, str] | None = None,
+) -> list[dict]:
+    """results.parquet's rows of a --cv sweep: stage 1's (cv_stage "search", fold 0;
+    `cv_candidate` set on the runs `reused` as a candidate's fold 0) then stage 2's with their
+    full configuration (`cv_stage` "folds", `cv_candidate`, `cv_fold`)."""
+    fold0 = {t: i for i, t in (reused or {}).items()}
     for r in search_rows:
-        r.update(cv_stage="search", cv_candidate=None, cv_fold=0)
+        r.update(cv_stage="search", cv_candidate=fold0.get(r["trial_id"]), cv_fold=0)
     out = []
     for r in fold_rows:
-        grid = json.loads(r["config"])
-        i, fold = int(grid["cv_config"]), int(grid["cv_fold"])
+        i, fold = _run_of(json.loads(r["config"]))
         cfg = {**configs[i], "cv_fold": fold}
         for k in [k for k in r if k.startswith("config/")]:
             del r[k]
@@ -163,10 +299,11 @@ def choose(rows: list[dict], key: str, mode: str, k: int) -> dict:
     a candidate missing a fold, or with a non-finite one, is not eligible. Returns the
     selection record (cv.json): per candidate its fold values, mean, standard deviation and
     whether every fold has a checkpoint; "chosen" (candidate index) and its fold rows' trial
-    ids. Raises ValueError when no candidate has all K folds. Reads only validation columns."""
+    ids (fold 0's may be a search run: `label_rows`). Raises ValueError when no candidate has
+    all K folds. Reads only validation columns."""
     by: dict[int, dict[int, dict]] = {}
     for r in rows:
-        if r.get("cv_stage") == "folds" and r.get("status") != "ERROR":
+        if r.get("cv_candidate") is not None and r.get("status") != "ERROR":
             by.setdefault(int(r["cv_candidate"]), {})[int(r["cv_fold"])] = r
     table = []
     for i in sorted(by):
@@ -228,11 +365,14 @@ class FoldStage:
     post-sweep steps ensemble (ray_xray/pipeline.py, ensemble/folds.py).
 
     `opts`: the sweep's SweepOptions; `configs`: stage 1's candidates; `grid`: stage 2's
-    ResultGrid; `held`: {"cpus", "gpus"} each trial held."""
+    ResultGrid; `held`: {"cpus", "gpus"} each trial held; `reused`: candidate -> the search
+    run that is its fold 0 (`reusable`)."""
 
-    def __init__(self, opts, exp_dir: str, configs: list[dict], grid, held: dict) -> None:
+    def __init__(
+        self, opts, exp_dir: str, configs: list[dict], grid, held: dict, reused: dict | None = None
+    ) -> None:
         self.opts, self.exp_dir, self.configs = opts, exp_dir, configs
-        self.grid, self.held = grid, held
+        self.grid, self.held, self.reused = grid, held, reused or {}
         self.selection: dict | None = None
 
     def label(self, rows: list[dict]) -> list[dict]:
@@ -247,9 +387,10 @@ class FoldStage:
         folds_dir = f"{self.exp_dir}/{FOLDS_DIR}"
         runner = self.opts.trial_runner
         fold_rows = trial_rows(self.grid, objective, mode, folds_dir, self.held, runner)
-        rows = label_rows(rows, fold_rows, self.configs)
+        rows = label_rows(rows, fold_rows, self.configs, self.reused)
         self.selection = choose(rows, f"best_{objective}", mode, self.opts.cv)
         self.selection["search_trials"] = sum(r.get("cv_stage") == "search" for r in rows)
+        self.selection["reused_search_runs"] = self.reused
         write_selection(self.exp_dir, self.selection)
         print(selection_line(self.selection), flush=True)
         return rows

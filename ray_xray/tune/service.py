@@ -286,9 +286,9 @@ def make_callbacks(
     ``wandb.init``; WANDB_DIR, when set, wins; None: W&B's default, the logger's working
     directory). Online without a key or a reachable server falls back to offline, saying so.
     """
-    # --cv: the console's clock is the search stage's share of the budget (tune/folds.py).
-    budget_s = opts.budget_minutes * 60 * (folds.SEARCH_SHARE if opts.cv else 1)
     # `epochs` per trial and `slots` at once: the status line's time left (console.EtaEstimate).
+    # With --cv the budget is the whole sweep's; folds.FoldBudgetStopper ends the search early.
+    budget_s = opts.budget_minutes * 60
     callbacks = [ConsoleReporter(opts.objective[0], opts.trials, budget_s, epochs, slots)]
     if opts.wandb == "off":
         return callbacks
@@ -739,15 +739,20 @@ def _cv_stage(
     mode = metric_mode(objective)
     held = {"cpus": resources["cpus_per_trial"], "gpus": opts.gpus_per_trial}
     search = results.trial_rows(grid, objective, mode, exp_dir, held, opts.trial_runner)
-    configs = folds.candidates(exp_dir, search, f"best_{objective}", mode, opts.cv_top)
+    configs, reused = folds.candidates(
+        exp_dir, search, f"best_{objective}", mode, opts.cv_top, plan_epochs(plan.space)
+    )
     if not configs:
         raise results.ResultsError(
             "--cv: no search trial finished an epoch (with --budget-minutes the search stage "
-            "gets half of it: raise the budget); the same command with --resume continues"
+            "gets what the fold stage leaves: raise the budget); the same command with --resume "
+            "continues"
         )
+    runs = folds.fold_runs(len(configs), opts.cv, reused)
     print(
-        f"\ncv: the best {len(configs)} configuration(s) on all {opts.cv} folds "
-        f"({len(configs) * opts.cv} runs) -> {exp_dir}/{folds.FOLDS_DIR}",
+        f"\ncv: the best {len(configs)} configuration(s) on all {opts.cv} folds ({len(runs)} runs"
+        + (f"; {len(reused)} fold-0 run(s) reused from the search" if reused else "")
+        + f") -> {exp_dir}/{folds.FOLDS_DIR}",
         file=sys.stderr,
     )
     tuner = folds.fold_tuner(
@@ -759,9 +764,10 @@ def _cv_stage(
         trial_resources(resources),
         resources["max_concurrent"],
         # the console counts the fold runs, with no clock: they run to their end
-        make_callbacks(replace(opts, trials=len(configs) * opts.cv, budget_minutes=0), plan.name),
+        make_callbacks(replace(opts, trials=len(runs), budget_minutes=0), plan.name),
+        runs,
     )
-    return folds.FoldStage(opts, exp_dir, configs, tuner.fit(), held)
+    return folds.FoldStage(opts, exp_dir, configs, tuner.fit(), held, reused)
 
 
 def _tune_config(
@@ -814,10 +820,9 @@ def _tune_config(
         scheduler=scheduler,
         num_samples=opts.trials,
         max_concurrent_trials=resources["max_concurrent"],
-        # --cv: the search stage gets a share of the budget; the fold stage runs to its end
-        time_budget_s=opts.budget_minutes * 60 * (folds.SEARCH_SHARE if opts.cv else 1)
-        if opts.budget_minutes
-        else None,
+        # --cv: FoldBudgetStopper (_run_config) ends the search sooner, leaving the fold stage
+        # its share; this stays the limit it can never pass
+        time_budget_s=opts.budget_minutes * 60 if opts.budget_minutes else None,
         trial_dirname_creator=lambda t: t.trial_id,  # short, deterministic
         trial_name_creator=lambda t: t.trial_id,
     )
@@ -891,10 +896,23 @@ def _run_config(
     if files is not None and files.remote:
         callbacks.append(StudyUpload(files))
     inline = opts.trial_runner == "inline"
+    stop = None
+    if opts.cv and opts.budget_minutes:
+        objective = opts.objective[0]
+        stop = folds.FoldBudgetStopper(
+            opts.budget_minutes * 60,
+            opts.cv,
+            opts.cv_top,
+            slots,
+            objective,
+            metric_mode(objective),
+            epochs,
+        )
     return tune.RunConfig(
         name=name,
         storage_path=storage,
         callbacks=callbacks,
+        stop=stop,
         verbose=0,  # our ConsoleReporter prints one line per result instead
         # Inline trials: Tune restarts a failed trial from its last checkpoint, as Ray Train's
         # FailureConfig does for torchtrainer trials (whose Tune function itself never fails
