@@ -25,6 +25,7 @@ NAME = "value"
 DEFAULTS = {
     "full": {
         "datasets": ["pneumonia2", "brain4"],
+        "arms": ["a", "b", "c"],  # --set value.arms=c reruns one arm (its rows stand alone)
         "img_size": 64,
         "single_epochs": 8,
         "single_seeds": [0, 1, 2],
@@ -41,6 +42,7 @@ DEFAULTS = {
     },
     "quick": {
         "datasets": ["pneumonia2", "brain4"],
+        "arms": ["a", "b", "c"],
         "img_size": 32,
         "single_epochs": 2,
         "single_seeds": [0],
@@ -145,6 +147,7 @@ def run_dataset(s: dict, name: str, data: str, work: Path) -> list[dict]:
     cv = {**sweep, "cv": s["cv"], "cv_top": s["cv_top"]}
     for seed in s["sweep_seeds"]:
         arms += [("b", seed, {**sweep, "seed": seed}), ("c", seed, {**cv, "seed": seed})]
+    arms = [a for a in arms if a[0] in s.get("arms", "abc")]
     rows = []
     for arm, seed, kw in arms:
         common.say(NAME, f"{name}: ({arm}) {ARMS[arm]}, seed {seed}")
@@ -175,6 +178,8 @@ def run_dataset(s: dict, name: str, data: str, work: Path) -> list[dict]:
                     "folds": sel["folds"],
                     "candidates": [(c["mean"], c["std"]) for c in sel["candidates"]],
                     "chosen": sel["chosen"]["candidate"],
+                    "search_trials": sel.get("search_trials"),
+                    "reused_fold0": sorted(int(i) for i in sel.get("reused_search_runs") or {}),
                     "in_ensemble": [
                         c["candidate"] for c in joined.get("configurations") or [] if c["kept"]
                     ],

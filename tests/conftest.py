@@ -103,11 +103,43 @@ def write_external(
     return root
 
 
+def built_once(tmp_path_factory, name: str, build) -> dict:
+    """`build()`'s dict (JSON-able), built once per test run. Under pytest-xdist the first
+    worker that asks builds it under a file lock and leaves it as NAME.json in the run's
+    shared temporary folder; the other workers wait for the lock and read that (make test's
+    serial pass runs two workers: the smoke sweep built on both cost ~90 s of each core).
+    Without xdist: `build()`. A build that fails leaves no file, so the next asker retries."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build()
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / f"{name}.json"
+    with FileLock(f"{shared}.lock"):
+        if shared.is_file():
+            return json.loads(shared.read_text())
+        value = build()
+        tmp = shared.with_suffix(".tmp")
+        tmp.write_text(json.dumps(value))
+        tmp.replace(shared)
+        return value
+
+
 @pytest.fixture(scope="session")
 def wheel_venv(tmp_path_factory) -> dict:
     """{"python", "script", "site", "cwd", "env", "wheel"} of a fresh venv holding only the
     wheel built from this checkout (tests/test_package.py says how: offline, no build
-    isolation, the running environment's packages seen through a .pth line)."""
+    isolation, the running environment's packages seen through a .pth line), built once per
+    run (`built_once`); "env" is this process's environment less PYTHONPATH and VIRTUAL_ENV."""
+    built = built_once(tmp_path_factory, "wheel_venv", lambda: _build_wheel_venv(tmp_path_factory))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return {
+        **built,
+        **{k: Path(built[k]) for k in ("site", "cwd", "wheel")},
+        "env": env,
+    }
+
+
+def _build_wheel_venv(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("wheel")
     src = root / "src"  # a copy, so the build leaves no build/ or egg-info in the checkout
     src.mkdir()
@@ -140,14 +172,12 @@ def wheel_venv(tmp_path_factory) -> dict:
     )
     cwd = root / "elsewhere"
     cwd.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return {
         "python": str(python),
         "script": str(venv / "bin" / "ray-xray"),
-        "site": site,
-        "cwd": cwd,
-        "env": env,
-        "wheel": wheel,
+        "site": str(site),
+        "cwd": str(cwd),
+        "wheel": str(wheel),
     }
 
 
@@ -167,8 +197,17 @@ def smoke_sweep(tmp_path_factory, wheel_venv):
     Returns {"exp", "out" (the sweep's own ensemble folder), "output" (the sweep's console),
     "cli_out", "summary" (the ensemble command's --json), "stderr" (its progress lines),
     "external" (SITE_B's path), "root" (ROOT), "ray_parquet" (Parquet files found in Ray's
-    session folder before it was removed), "trace" (the trials' RAY_XRAY_TRACE file)}.
+    session folder before it was removed), "trace" (the trials' RAY_XRAY_TRACE file)}; built
+    once per run (`built_once`).
     """
+    built = built_once(
+        tmp_path_factory, "smoke_sweep", lambda: _run_smoke_sweep(tmp_path_factory, wheel_venv)
+    )
+    paths = {k: Path(built[k]) for k in ("exp", "out", "cli_out", "root", "trace")}
+    return {**built, **paths, "ray_parquet": [Path(p) for p in built["ray_parquet"]]}
+
+
+def _run_smoke_sweep(tmp_path_factory, wheel_venv) -> dict:
     root = tmp_path_factory.mktemp("smoke_sweep")
     storage = root / "runs"
     external = str(write_external(root / "site_b", 6))  # 18 images, for test_external
@@ -247,14 +286,14 @@ def smoke_sweep(tmp_path_factory, wheel_venv):
         )
     assert code == 0, stderr.getvalue()[-3000:]
     return {
-        "exp": exp,
-        "out": exp / "ensemble",
+        "exp": str(exp),
+        "out": str(exp / "ensemble"),
         "output": out,
-        "cli_out": storage / "ens",
+        "cli_out": str(storage / "ens"),
         "external": external,
-        "root": root,
-        "ray_parquet": ray_parquet,
-        "trace": root / "trace.jsonl",
+        "root": str(root),
+        "ray_parquet": [str(p) for p in ray_parquet],
+        "trace": str(root / "trace.jsonl"),
         "summary": json.loads(stdout.getvalue()),
         "stderr": stderr.getvalue(),
     }

@@ -131,18 +131,64 @@ def test_fold_budget_stopper_leaves_the_fold_stage_its_time(monkeypatch, capsys)
     assert stop.fold_stage() == (6, pytest.approx(3 * 125))  # 2 x 3 runs, 2 at a time: 3 rounds
     stop("b", {"val_f1": 0.9, "epoch": 2, "time_total_s": 20.0, "config": {"epochs": 4}})
     stop("c", {"val_f1": 0.1, "epoch": 1, "time_total_s": 500.0})  # worst: not a candidate
-    assert stop.fold_stage() == (6, pytest.approx(3 * (125 + 45) / 2))
+    # in rank order, each to the slot that frees first: b, b, b (45 s) then a, a, a (125 s)
+    assert stop.fold_stage() == (6, pytest.approx(295))
     stop("b", {"val_f1": 0.5, "epoch": 4, "time_total_s": 40.0, "config": {"epochs": 4}})
     assert stop.trials["b"]["best"] == 0.9
     # b ran all 4 epochs: its search run is its fold 0, so 5 runs (3 rounds) remain
-    assert stop.fold_stage() == (5, pytest.approx(3 * (125 + 45) / 2))
-    clock.now += 300  # 300 + 255 < 600: the search goes on
+    assert stop.fold_stage() == (5, pytest.approx(295))
+    clock.now += 300  # 300 + 295 < 600: the search goes on
     assert not stop.stop_all() and stop.stop_all() is False
-    clock.now += 50  # 350 + 255 >= 600: it ends, saying so once
+    clock.now += 10  # 310 + 295 >= 600: it ends, saying so once
     assert stop.stop_all() and stop.stop_all()
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "5.8 min of the 10-min budget" in lines[0], lines
-    assert "5 runs" in lines[0] and stop.stopped_at == pytest.approx(350)
+    assert len(lines) == 1 and "5.2 min of the 10-min budget" in lines[0], lines
+    assert "5 runs" in lines[0] and stop.stopped_at == pytest.approx(310)
+
+
+def test_the_fold_stage_keeps_the_candidates_that_fit_in_what_the_search_left(tmp_path, capsys):
+    """A slow trial that reports late can leave less budget than the stopper planned for: the
+    fold stage then keeps the longest rank prefix of candidates whose runs end in time (never
+    fewer than one), says so, and cv_candidates.json holds that plan for a resume."""
+
+    def row(tid, lr, wall, epochs):
+        cfg = json.dumps({"lr": lr, "epochs": 6})
+        return {
+            "trial_id": tid,
+            "status": "TERMINATED",
+            "wall_s": wall,
+            "epochs": epochs,
+            "checkpoint_path": f"/ck/{tid}",
+            "best_val_macro_f1": 1 - lr,
+            "config": cfg,
+        }
+
+    rows = [row("fast", 0.1, 60.0, 6), row("slow", 0.2, 100.0, 1), row("mid", 0.3, 350.0, 3)]
+    configs = [json.loads(r["config"]) for r in rows]
+    assert tune_folds.run_costs(rows, configs + [{"lr": 9}], 6) == [65.0, 605.0, 705.0, None]
+    costs = [65.0, 605.0, 705.0]
+    # fast: folds 1, 2 (its search run is fold 0); slow: 3 folds of 605 s; 2 slots
+    # 2 slots: fast's 65, 65 -> slow's 605 x 3 end at 670, 1275 -> mid's 705 x 3 at 2080:
+    # with 1300 s left the best two fit, not three
+    assert tune_folds.fit_to_budget(costs, {0: "fast"}, 3, 2, 1300.0) == 2
+    assert tune_folds.fit_to_budget(costs, {0: "fast"}, 3, 2, 2080.0) == 3
+    assert tune_folds.fit_to_budget(costs, {0: "fast"}, 3, 2, 1000.0) == 1
+    assert tune_folds.fit_to_budget(costs, {0: "fast"}, 3, 2, 10.0) == 1  # never none
+    assert tune_folds.fit_to_budget([65.0, None, 1.0], {}, 3, 2, 1e9) == 1  # unknown: stop
+    fit = tune_folds.budget_fit(rows, 6, 3, 2, 1000.0)
+    got = tune_folds.candidates(str(tmp_path), rows, "best_val_macro_f1", "max", 3, 6, fit)
+    assert got == (configs[:1], {0: "fast"})
+    err = capsys.readouterr().err
+    assert "takes the best 1 of 3 candidates" in err and "16.7 min of the budget" in err, err
+    saved = json.loads((tmp_path / tune_folds.CANDIDATES_FILE).read_text())
+    assert saved["configs"] == configs[:1] and saved["reused"] == {"0": "fast"}
+
+
+def test_makespan_is_when_the_last_run_ends_on_the_first_free_slot():
+    assert tune_folds.makespan([10.0, 100.0], 2) == 100.0  # a mean would say 55
+    assert tune_folds.makespan([10.0, 10.0, 100.0], 2) == 110.0
+    assert tune_folds.makespan([30.0] * 5, 2) == 90.0
+    assert tune_folds.makespan([30.0, 30.0], 1) == 60.0
 
 
 def test_fold_budget_stopper_min_mode_and_a_short_budget(monkeypatch, capsys):
@@ -437,6 +483,7 @@ def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_pa
     assert sel["reused_search_runs"] == {"0": table["trial_id"][0]}
     page = (exp / "ensemble" / "report.html").read_text()  # the report says how it chose
     assert "How the configuration was selected" in page and "(1 trials)" in page
+    assert f"Fold 0 of candidate 0 (trial {table['trial_id'][0]}) is its search run" in page
     assert f"file://{exp}/ensemble/report.html" in r.stdout
     from ray_xray.checkpoint import load_ensemble
 

@@ -187,8 +187,13 @@ def rebuild_fold_ensemble(exp_dir: str | Path, device: str = "auto", external=No
     groups = {}
     for c in ranked_candidates(selection):
         cand = c["candidate"]
+        # a fold run lives in EXP/folds/; a search run reused as fold 0 in EXP itself
         paths = [
-            relocate(table.loc[t, "checkpoint_path"], Path(exp["exp_dir"]) / "folds", t)
+            relocate(
+                table.loc[t, "checkpoint_path"],
+                Path(exp["exp_dir"]) / ("folds" if table.loc[t, "cv_stage"] == "folds" else ""),
+                t,
+            )
             for t in c["trial_ids"]
         ]
         if not all(paths):

@@ -38,6 +38,15 @@ def selection_section(
         f"configuration(s) then ran on all {k} folds, and the best mean {metric} "
         f"({selection['mode']}) over the folds was chosen. No test image was read."
     )
+    reused = selection.get("reused_search_runs") or {}
+    if reused:
+        which = ", ".join(
+            f"candidate {i} (trial {t})" for i, t in sorted(reused.items(), key=lambda x: int(x[0]))
+        )
+        how += (
+            f" Fold 0 of {which} is its search run, which had run all its epochs on that same "
+            "fold with the same settings and seed, so it was not trained again."
+        )
     rows, classes = [], []
     for c in selection["candidates"]:
         cfg = c.get("config") or {}

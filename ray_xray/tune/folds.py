@@ -17,6 +17,7 @@ configurations worth confirming (nnU-Net confirms its few configurations with 5 
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import sys
@@ -85,19 +86,94 @@ def reusable(rows: list[dict], configs: list[dict], epochs: int) -> dict[int, st
     return out
 
 
+def run_costs(rows: list[dict], configs: list[dict], epochs: int) -> list[float | None]:
+    """Seconds one fold run of each configuration should take, from its search run that got
+    furthest: wall seconds per epoch x planned epochs (its config's ``epochs``, else
+    `epochs`) + TRIAL_START_S; None where no search run of it reported an epoch."""
+    out: list[float | None] = []
+    for cfg in configs:
+        planned = cfg.get("epochs", epochs)
+        runs = [
+            r
+            for r in rows
+            if _finite(r.get("wall_s")) and _finite(r.get("epochs")) and r["epochs"] >= 1
+            if json.loads(r["config"]) == cfg
+        ]
+        best = max(runs, key=lambda r: r["epochs"], default=None)
+        out.append(
+            None
+            if best is None
+            else best["wall_s"] / best["epochs"] * max(planned, best["epochs"]) + TRIAL_START_S
+        )
+    return out
+
+
+def fit_to_budget(
+    costs: list[float | None], reused: dict[int, str], k: int, slots: int, left_s: float
+) -> int:
+    """How many of the ranked candidates (`costs`: `run_costs`) the fold stage keeps so that
+    its runs (`fold_runs`, each on the first free of `slots`) end within `left_s` seconds:
+    the longest prefix that fits, and never fewer than one. A candidate of unknown cost ends
+    the prefix."""
+    keep = 1
+    for n in range(2, len(costs) + 1):
+        if any(c is None for c in costs[:n]):
+            break
+        plan = [costs[i] for i, _ in fold_runs(n, k, reused)]
+        if makespan(plan, slots) > left_s:
+            break
+        keep = n
+    return keep
+
+
+def budget_fit(rows: list[dict], epochs: int, k: int, slots: int, left_s: float):
+    """`candidates`' `fit` under --budget-minutes: keeps as many candidates as end within
+    `left_s` (`fit_to_budget`, costs from the search `rows`), saying so in one line when it
+    drops any. The stopper (FoldBudgetStopper) sized the search for all of them, but a trial
+    that reports late (a slow one entering the top N) can leave less than they need."""
+
+    def fit(configs: list[dict], reused: dict[int, str]) -> int:
+        costs = run_costs(rows, configs, epochs)
+        kept = fit_to_budget(costs, reused, k, slots, left_s)
+        if kept < len(configs):
+            need = "a cost not measured yet"
+            if all(c is not None for c in costs):
+                runs = [costs[i] for i, _ in fold_runs(len(costs), k, reused)]
+                need = f"about {makespan(runs, slots) / 60:.1f} min"
+            print(
+                f"cv: the fold stage takes the best {kept} of {len(configs)} candidates (all "
+                f"would need {need}; {max(0.0, left_s) / 60:.1f} min of the budget are left)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return kept
+
+    return fit
+
+
 def candidates(
-    exp_dir: str, rows: list[dict], key: str, mode: str, n: int, epochs: int
+    exp_dir: str,
+    rows: list[dict],
+    key: str,
+    mode: str,
+    n: int,
+    epochs: int,
+    fit=None,
 ) -> tuple[list[dict], dict[int, str]]:
     """Stage 1's top `n` configurations and the search runs that are their fold 0
     (`reusable`; `epochs`: a trial's planned epochs where its config does not say), written to
     CANDIDATES_FILE the first time and read back from it on resume (a resumed stage 1 may add
-    trials; stage 2's grid must not move)."""
+    trials; stage 2's grid must not move). `fit(configs, reused) -> int`: how many of them to
+    keep (`fit_to_budget` under --budget-minutes; None: all)."""
     path = Path(exp_dir) / CANDIDATES_FILE
     if path.is_file():
         rec = json.loads(path.read_text())
         return rec["configs"], {int(i): t for i, t in rec.get("reused", {}).items()}
     configs = top_configs(rows, key, mode, n)
     reused = reusable(rows, configs, epochs)
+    if fit is not None and configs:
+        kept = fit(configs, reused)
+        configs, reused = configs[:kept], {i: t for i, t in reused.items() if i < kept}
     rec = {"ranked_by": key, "configs": configs, "reused": reused}
     write_atomic(path, json.dumps(rec, indent=2, default=str))
     return configs, reused
@@ -109,6 +185,15 @@ def fold_runs(n_configs: int, k: int, reused: dict[int, str]) -> list[list[int]]
     return [[i, f] for i in range(n_configs) for f in range(k) if not (f == 0 and i in reused)]
 
 
+def makespan(costs: list[float], slots: int) -> float:
+    """Seconds until the last of `costs` (seconds each, in order) ends, each started on
+    whichever of `slots` frees first, as Tune starts queued trials."""
+    free = [0.0] * max(1, slots)
+    for c in costs:
+        heapq.heapreplace(free, free[0] + c)
+    return max(free)
+
+
 class FoldBudgetStopper(Stopper):
     """Ends a --cv sweep's search stage once the time it has run plus the fold stage's
     estimated wall time reaches --budget-minutes, so that both stages together keep to it
@@ -117,10 +202,12 @@ class FoldBudgetStopper(Stopper):
     The estimate (`fold_stage`): the best `cv_top` trials so far by `metric` are the likely
     candidates; one fold run of each costs what its search run costs (seconds per reported
     epoch, the first epoch's set-up included, x its planned epochs, + TRIAL_START_S); each needs
-    `cv` runs, `cv` - 1 when its search run has run all its epochs (`reusable`), and the runs,
-    `slots` at a time, take ceil(runs / slots) rounds of their mean cost.
-    With no epoch reported yet there is no estimate, and the search runs on. Time counts from
-    the first `stop_all` call, as Tune's own time budget does, and restarts on resume.
+    `cv` runs, `cv` - 1 when its search run has run all its epochs (`reusable`), and the runs
+    go, in rank order, to whichever of the `slots` frees first (`makespan`). Ray's start-up,
+    stage 2's Tuner and the ensemble after it are not in the estimate. With no epoch reported
+    yet there is no estimate, and the search runs on. Time counts from the first `stop_all`
+    call, as Tune's own time budget does; Tune keeps the stopper with the experiment, so on
+    resume the time spent before carries over (the pause between the runs does not count).
 
     Args:
         budget_s: the whole sweep's budget, seconds (> 0).
@@ -160,8 +247,10 @@ class FoldBudgetStopper(Stopper):
         top = sorted(self.trials.values(), key=lambda r: r["best"], reverse=True)[: self.cv_top]
         if not top:
             return None
-        runs = sum(self.cv - r["full"] for r in top) + self.cv * (self.cv_top - len(top))
-        return runs, math.ceil(runs / self.slots) * float(np.mean([r["cost_s"] for r in top]))
+        costs = [r["cost_s"] for r in top for _ in range(self.cv - r["full"])]
+        # candidates not seen yet (fewer trials than cv_top so far): at the mean cost
+        costs += [float(np.mean([r["cost_s"] for r in top]))] * self.cv * (self.cv_top - len(top))
+        return len(costs), makespan(costs, self.slots)
 
     def stop_all(self) -> bool:
         """True (Tune stops every search trial) once spent + `fold_stage_s` >= the budget;
@@ -294,6 +383,11 @@ def label_rows(
     return [*search_rows, *out]
 
 
+def _without_fold(config_json: str) -> dict:
+    """A run's configuration less its ``cv_fold``: the candidate's, whichever fold ran it."""
+    return {k: v for k, v in json.loads(config_json).items() if k != "cv_fold"}
+
+
 def choose(rows: list[dict], key: str, mode: str, k: int) -> dict:
     """The candidate with the best mean of `key` (a validation metric) over its K fold runs;
     a candidate missing a fold, or with a non-finite one, is not eligible. Returns the
@@ -320,7 +414,7 @@ def choose(rows: list[dict], key: str, mode: str, k: int) -> dict:
                 "std": float(np.std(values, ddof=1)) if complete else None,
                 "complete": complete,
                 "trial_ids": [folds[f]["trial_id"] if f in folds else None for f in range(k)],
-                "config": json.loads(folds[min(folds)]["config"]) if folds else None,
+                "config": _without_fold(folds[min(folds)]["config"]) if folds else None,
             }
         )
     ok = [c for c in table if c["complete"]]

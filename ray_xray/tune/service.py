@@ -633,12 +633,14 @@ def _fit(
     )
     guard.fit_started = True
     with ray_console_quiet(), cloud_keys_kept_out_of_ray_logs(), guard.fitting():
+        t0 = time.monotonic()
         grid = tuner.fit()
         # --cv's second stage (the top configurations on every fold), unless a signal
         # already stopped the search: then the sweep resumes from the search.
         cv = None
         if opts.cv and guard.signum is None:
-            cv = _cv_stage(plan, grid, overrides, runtime, resources)
+            search_s = time.monotonic() - t0
+            cv = _cv_stage(plan, grid, overrides, runtime, resources, search_s)
     guard.check()  # an interrupt: Tune saved the sweep; nothing below may claim it finished
     check_trial_disk_errors(grid.errors, plan.exp_dir, guard.hint)  # a full disk: not finished
     return grid, cv
@@ -694,6 +696,7 @@ def budget_line(opts: SweepOptions, rows: list[dict], wall_s: float) -> str | No
     the end (None otherwise): how many trials were stopped unfinished, how many never started."""
     if not opts.budget_minutes or wall_s < opts.budget_minutes * 60:
         return None
+    rows = [r for r in rows if r.get("cv_stage") != "folds"]  # --cv: the search's trials
     cut = sum(r["status"] not in ("TERMINATED", "ERROR") for r in rows)
     unstarted = max(0, opts.trials - len(rows))
     if not cut and not unstarted:
@@ -729,18 +732,22 @@ def finish_sweep(
 
 
 def _cv_stage(
-    plan: SweepPlan, grid, overrides: dict, runtime: dict, resources: dict
+    plan: SweepPlan, grid, overrides: dict, runtime: dict, resources: dict, search_s: float
 ) -> folds.FoldStage:
     """Stage 2 of a --cv sweep (tune/folds.py): the top --cv-top configurations of the search
-    on all K folds, as Tune trials of EXP/folds/ (resumed with the sweep). Raises
+    on all K folds (with --budget-minutes, as many as fit in what the search's `search_s`
+    seconds left of it), as Tune trials of EXP/folds/ (resumed with the sweep). Raises
     `results.ResultsError` when no search trial finished an epoch."""
     opts, exp_dir = plan.opts, plan.exp_dir
     objective = opts.objective[0]
     mode = metric_mode(objective)
     held = {"cpus": resources["cpus_per_trial"], "gpus": opts.gpus_per_trial}
     search = results.trial_rows(grid, objective, mode, exp_dir, held, opts.trial_runner)
+    epochs, slots = plan_epochs(plan.space), resources["max_concurrent"]
+    left_s = opts.budget_minutes * 60 - search_s
+    fit = folds.budget_fit(search, epochs, opts.cv, slots, left_s) if opts.budget_minutes else None
     configs, reused = folds.candidates(
-        exp_dir, search, f"best_{objective}", mode, opts.cv_top, plan_epochs(plan.space)
+        exp_dir, search, f"best_{objective}", mode, opts.cv_top, epochs, fit
     )
     if not configs:
         raise results.ResultsError(
