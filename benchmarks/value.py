@@ -221,10 +221,14 @@ def _headline(ds: str, px: int, rows: list[dict]) -> list[str]:
             below = single and all(f1["value"] < a["low"] for a in single)
             verdict = "above" if above else "below" if below else "within"
             wall = f", {r['wall_s'] / 60:.1f} min" if r.get("wall_s") else ""
+            against = (
+                f"{verdict} every single run's interval ({', '.join(_ci(a) for a in single)})"
+                if single
+                else "no hand-set run in this run to compare with"
+            )
             line = (
                 f"{ds} at {px} px: ({arm}) {ARMS[arm]}, seed {r['seed']}{wall}: test macro-F1 "
-                f"{_ci(f1)}, {verdict} every single run's interval "
-                f"({', '.join(_ci(a) for a in single)})"
+                f"{_ci(f1)}, {against}"
             )
             if ds in TARGET:
                 met = all(r[k]["value"] >= v for k, v in TARGET[ds].items())

@@ -341,6 +341,12 @@ def test_value_tables_put_every_arm_beside_the_published_figures():
         "[0.770, 0.830])",
     ]
     assert "value" in common.ORDER and common.TITLES["value"].startswith("8.")
+    # one arm rerun alone (--set value.arms=c): nothing to compare with, and it says so
+    alone = value_bench.summarise(s, {"brain4": brain[3:]})["headline"]
+    assert alone == [
+        "brain4 at 32 px: (c) cross-validated sweep, fold ensemble, seed 0: test macro-F1 0.740 "
+        "[0.710, 0.770], no hand-set run in this run to compare with"
+    ]
 
 
 def test_precision_benchmark_leaves_out_models_this_install_cannot_build(monkeypatch):
