@@ -175,7 +175,21 @@ def test_the_fold_stage_keeps_the_candidates_that_fit_in_what_the_search_left(tm
     assert tune_folds.fit_to_budget(costs, {0: "fast"}, 3, 2, 1000.0) == 1
     assert tune_folds.fit_to_budget(costs, {0: "fast"}, 3, 2, 10.0) == 1  # never none
     assert tune_folds.fit_to_budget([65.0, None, 1.0], {}, 3, 2, 1e9) == 1  # unknown: stop
-    fit = tune_folds.budget_fit(rows, 6, 3, 2, 1000.0)
+    # the slack, max(30 s, 5 % of the budget), keeps a plan that overruns only a little
+    assert tune_folds.fit_to_budget(costs, {0: "fast"}, 3, 2, 1250.0, slack_s=30.0) == 2
+    assert (
+        tune_folds.candidates(
+            str(tmp_path / "a"),
+            rows,
+            "best_val_macro_f1",
+            "max",
+            3,
+            6,
+            tune_folds.budget_fit(rows, 6, 3, 2, 1250.0, 600.0),
+        )[0]
+        == configs[:2]
+    )
+    fit = tune_folds.budget_fit(rows, 6, 3, 2, 1000.0, 1200.0)
     got = tune_folds.candidates(str(tmp_path), rows, "best_val_macro_f1", "max", 3, 6, fit)
     assert got == (configs[:1], {0: "fast"})
     err = capsys.readouterr().err
@@ -204,6 +218,12 @@ def test_fold_budget_stopper_min_mode_and_a_short_budget(monkeypatch, capsys):
     assert stop.fold_stage() == (2, pytest.approx(2 * 45))
     assert stop.stop_all()
     assert "raise --budget-minutes" in capsys.readouterr().err
+    # with each epoch's compute (epoch_s) the set-up counts once: 10 s - 2 s, + 2 s x 4, + 5
+    stop("c", {"val_loss": 0.1, "epoch": 1, "time_total_s": 10.0, "epoch_s": 2.0})
+    assert stop.fold_stage() == (2, pytest.approx(2 * 21))
+    stop("c", {"val_loss": 0.1, "epoch": 2, "time_total_s": 12.0, "epoch_s": 2.0})
+    stop("c", {"val_loss": 0.1, "epoch": 2, "time_total_s": 12.0, "epoch_s": 2.0})  # again
+    assert stop.trials["c"]["compute_s"] == 4.0 and stop.fold_stage()[1] == pytest.approx(42)
 
 
 def _rows(k: int = 3) -> list[dict]:

@@ -157,14 +157,17 @@ def _add_cv_options(p: argparse.ArgumentParser, d: SweepOptions) -> None:
         metavar="K",
         help="cross-validated selection: pool train+val into K folds (by patient, stratified), "
         "search on fold 0, re-run the best --cv-top configurations on all K folds, choose by the "
-        "mean fold metric; the chosen K fold models are the ensemble (0 = off)",
+        "mean fold metric; the chosen K fold models are the ensemble (0 = off). With "
+        "--budget-minutes the search ends early enough for the fold runs to fit",
     )
     p.add_argument(
         "--cv-top",
         type=int,
         default=d.cv_top,
         metavar="N",
-        help="--cv: configurations of the search re-run on all K folds (default %(default)s)",
+        help="--cv: configurations of the search re-run on all K folds (fewer when the "
+        "budget left cannot hold them; a search run that ran all its epochs is its fold 0) "
+        "(default %(default)s)",
     )
 
 

@@ -87,9 +87,9 @@ def reusable(rows: list[dict], configs: list[dict], epochs: int) -> dict[int, st
 
 
 def run_costs(rows: list[dict], configs: list[dict], epochs: int) -> list[float | None]:
-    """Seconds one fold run of each configuration should take, from its search run that got
-    furthest: wall seconds per epoch x planned epochs (its config's ``epochs``, else
-    `epochs`) + TRIAL_START_S; None where no search run of it reported an epoch."""
+    """Seconds one fold run of each configuration should take (`run_cost`), from its search
+    run that got furthest, to its planned epochs (its config's ``epochs``, else `epochs`);
+    None where no search run of it reported an epoch."""
     out: list[float | None] = []
     for cfg in configs:
         planned = cfg.get("epochs", epochs)
@@ -103,38 +103,57 @@ def run_costs(rows: list[dict], configs: list[dict], epochs: int) -> list[float 
         out.append(
             None
             if best is None
-            else best["wall_s"] / best["epochs"] * max(planned, best["epochs"]) + TRIAL_START_S
+            else run_cost(best["wall_s"], best.get("compute_s"), best["epochs"], planned)
         )
     return out
 
 
+def run_cost(wall_s: float, compute_s: float | None, epochs: int, planned: int) -> float:
+    """Seconds a run of `planned` epochs should take, from one that ran `epochs` in `wall_s`
+    (`compute_s` of them training and validating): its set-up once (wall - compute: data,
+    model, the first batches), its compute per epoch x `planned`, + TRIAL_START_S. Without
+    `compute_s` the set-up is spread over the epochs (an over-estimate)."""
+    if not _finite(compute_s) or not 0 < compute_s <= wall_s:
+        compute_s = wall_s
+    return wall_s - compute_s + compute_s / epochs * max(planned, epochs) + TRIAL_START_S
+
+
 def fit_to_budget(
-    costs: list[float | None], reused: dict[int, str], k: int, slots: int, left_s: float
+    costs: list[float | None],
+    reused: dict[int, str],
+    k: int,
+    slots: int,
+    left_s: float,
+    slack_s: float = 0.0,
 ) -> int:
     """How many of the ranked candidates (`costs`: `run_costs`) the fold stage keeps so that
-    its runs (`fold_runs`, each on the first free of `slots`) end within `left_s` seconds:
-    the longest prefix that fits, and never fewer than one. A candidate of unknown cost ends
-    the prefix."""
+    its runs (`fold_runs`, each on the first free of `slots`) end within `left_s` + `slack_s`
+    seconds: the longest prefix that fits, and never fewer than one. A candidate of unknown
+    cost ends the prefix."""
     keep = 1
     for n in range(2, len(costs) + 1):
         if any(c is None for c in costs[:n]):
             break
         plan = [costs[i] for i, _ in fold_runs(n, k, reused)]
-        if makespan(plan, slots) > left_s:
+        if makespan(plan, slots) > left_s + slack_s:
             break
         keep = n
     return keep
 
 
-def budget_fit(rows: list[dict], epochs: int, k: int, slots: int, left_s: float):
-    """`candidates`' `fit` under --budget-minutes: keeps as many candidates as end within
-    `left_s` (`fit_to_budget`, costs from the search `rows`), saying so in one line when it
-    drops any. The stopper (FoldBudgetStopper) sized the search for all of them, but a trial
-    that reports late (a slow one entering the top N) can leave less than they need."""
+def budget_fit(rows: list[dict], epochs: int, k: int, slots: int, left_s: float, budget_s: float):
+    """`candidates`' `fit` under --budget-minutes (`budget_s`): keeps as many candidates as end
+    within `left_s` (`fit_to_budget`, costs from the search `rows`), saying so in one line when
+    it drops any. The stopper (FoldBudgetStopper) sized the search for all of them, but a trial
+    that reports late (a slow one entering the top N) can leave far less than they need. A plan
+    that overruns by less than max(30 s, 5 % of the budget) is kept: the stopper ends the
+    search right at the line, so the fold stage always finds a little less time than planned
+    (the search's wind-down, the estimate's own noise)."""
+    slack_s = max(30.0, 0.05 * budget_s)
 
     def fit(configs: list[dict], reused: dict[int, str]) -> int:
         costs = run_costs(rows, configs, epochs)
-        kept = fit_to_budget(costs, reused, k, slots, left_s)
+        kept = fit_to_budget(costs, reused, k, slots, left_s, slack_s)
         if kept < len(configs):
             need = "a cost not measured yet"
             if all(c is not None for c in costs):
@@ -200,8 +219,8 @@ class FoldBudgetStopper(Stopper):
     (the fold runs then run to their end: a fold cut short could not be compared).
 
     The estimate (`fold_stage`): the best `cv_top` trials so far by `metric` are the likely
-    candidates; one fold run of each costs what its search run costs (seconds per reported
-    epoch, the first epoch's set-up included, x its planned epochs, + TRIAL_START_S); each needs
+    candidates; one fold run of each costs what its search run costs (`run_cost`: its set-up
+    once, its seconds per epoch, from the results' ``epoch_s``, x its planned epochs); each needs
     `cv` runs, `cv` - 1 when its search run has run all its epochs (`reusable`), and the runs
     go, in rank order, to whichever of the `slots` frees first (`makespan`). Ray's start-up,
     stage 2's Tuner and the ensemble after it are not in the estimate. With no epoch reported
@@ -235,9 +254,14 @@ class FoldBudgetStopper(Stopper):
             return False
         planned = (result.get("config") or {}).get("epochs", self.epochs)
         planned = planned if _finite(planned) else epoch
-        rec = self.trials.setdefault(trial_id, {"best": -math.inf})
+        rec = self.trials.setdefault(trial_id, {"best": -math.inf, "epoch": 0, "compute_s": 0.0})
         rec["best"] = max(rec["best"], self.sign * value)
-        rec["cost_s"] = total / epoch * max(epoch, planned) + TRIAL_START_S
+        if epoch > rec["epoch"]:  # Tune passes a trial's last result twice
+            step = result.get("epoch_s")
+            whole = _finite(step) and epoch == rec["epoch"] + 1 and rec["compute_s"] is not None
+            rec["compute_s"] = rec["compute_s"] + step if whole else None  # None: not known
+            rec["epoch"] = epoch
+        rec["cost_s"] = run_cost(total, rec["compute_s"], epoch, planned)
         rec["full"] = epoch >= planned
         return False
 

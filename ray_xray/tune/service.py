@@ -744,8 +744,9 @@ def _cv_stage(
     held = {"cpus": resources["cpus_per_trial"], "gpus": opts.gpus_per_trial}
     search = results.trial_rows(grid, objective, mode, exp_dir, held, opts.trial_runner)
     epochs, slots = plan_epochs(plan.space), resources["max_concurrent"]
-    left_s = opts.budget_minutes * 60 - search_s
-    fit = folds.budget_fit(search, epochs, opts.cv, slots, left_s) if opts.budget_minutes else None
+    budget_s = opts.budget_minutes * 60
+    fit = folds.budget_fit(search, epochs, opts.cv, slots, budget_s - search_s, budget_s)
+    fit = fit if budget_s else None
     configs, reused = folds.candidates(
         exp_dir, search, f"best_{objective}", mode, opts.cv_top, epochs, fit
     )
