@@ -745,8 +745,8 @@ def _cv_stage(
     search = results.trial_rows(grid, objective, mode, exp_dir, held, opts.trial_runner)
     epochs, slots = plan_epochs(plan.space), resources["max_concurrent"]
     budget_s = opts.budget_minutes * 60
-    fit = folds.budget_fit(search, epochs, opts.cv, slots, budget_s - search_s, budget_s)
-    fit = fit if budget_s else None
+    left_s = budget_s - search_s
+    fit = folds.budget_fit(search, epochs, opts.cv, slots, left_s, budget_s) if budget_s else None
     configs, reused = folds.candidates(
         exp_dir, search, f"best_{objective}", mode, opts.cv_top, epochs, fit
     )
