@@ -77,13 +77,17 @@ def reusable(rows: list[dict], configs: list[dict], epochs: int) -> dict[int, st
     out: dict[int, str] = {}
     for i, cfg in enumerate(configs):
         planned = cfg.get("epochs", epochs)
-        for r in rows:
+        for r in _runs_of(rows, cfg):
             full = _finite(r.get("epochs")) and _finite(planned) and r["epochs"] >= planned
-            ok = r.get("status") == "TERMINATED" and r.get("checkpoint_path") and full
-            if ok and json.loads(r["config"]) == cfg:
+            if r.get("status") == "TERMINATED" and r.get("checkpoint_path") and full:
                 out[i] = r["trial_id"]
                 break
     return out
+
+
+def _runs_of(rows: list[dict], cfg: dict) -> list[dict]:
+    """The stage-1 rows whose sampled configuration is `cfg`."""
+    return [r for r in rows if json.loads(r["config"]) == cfg]
 
 
 def run_costs(rows: list[dict], configs: list[dict], epochs: int) -> list[float | None]:
@@ -95,9 +99,8 @@ def run_costs(rows: list[dict], configs: list[dict], epochs: int) -> list[float 
         planned = cfg.get("epochs", epochs)
         runs = [
             r
-            for r in rows
+            for r in _runs_of(rows, cfg)
             if _finite(r.get("wall_s")) and _finite(r.get("epochs")) and r["epochs"] >= 1
-            if json.loads(r["config"]) == cfg
         ]
         best = max(runs, key=lambda r: r["epochs"], default=None)
         out.append(
@@ -134,8 +137,7 @@ def fit_to_budget(
     for n in range(2, len(costs) + 1):
         if any(c is None for c in costs[:n]):
             break
-        plan = [costs[i] for i, _ in fold_runs(n, k, reused)]
-        if makespan(plan, slots) > left_s + slack_s:
+        if fold_stage_s(costs[:n], k, reused, slots) > left_s + slack_s:
             break
         keep = n
     return keep
@@ -157,8 +159,7 @@ def budget_fit(rows: list[dict], epochs: int, k: int, slots: int, left_s: float,
         if kept < len(configs):
             need = "a cost not measured yet"
             if all(c is not None for c in costs):
-                runs = [costs[i] for i, _ in fold_runs(len(costs), k, reused)]
-                need = f"about {makespan(runs, slots) / 60:.1f} min"
+                need = f"about {fold_stage_s(costs, k, reused, slots) / 60:.1f} min"
             print(
                 f"cv: the fold stage takes the best {kept} of {len(configs)} candidates (all "
                 f"would need {need}; {max(0.0, left_s) / 60:.1f} min of the budget are left)",
@@ -202,6 +203,12 @@ def fold_runs(n_configs: int, k: int, reused: dict[int, str]) -> list[list[int]]
     """Stage 2's runs, [candidate, fold] pairs: every fold of every candidate, but fold 0 of
     the candidates whose search run is reused."""
     return [[i, f] for i in range(n_configs) for f in range(k) if not (f == 0 and i in reused)]
+
+
+def fold_stage_s(costs: list[float], k: int, reused: dict[int, str], slots: int) -> float:
+    """Seconds the fold stage of these candidates takes (`costs`: one run of each): their
+    `fold_runs`, each on the first free of `slots` (`makespan`)."""
+    return makespan([costs[i] for i, _ in fold_runs(len(costs), k, reused)], slots)
 
 
 def makespan(costs: list[float], slots: int) -> float:
