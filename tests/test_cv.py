@@ -146,6 +146,37 @@ def test_fold_budget_stopper_leaves_the_fold_stage_its_time(monkeypatch, capsys)
     assert "5 runs" in lines[0] and stop.stopped_at == pytest.approx(310)
 
 
+def test_a_slow_trial_entering_the_top_n_late_does_not_end_the_search_early(monkeypatch, capsys):
+    """brain4's (c) at 36a47a1 and 2634493: a slow vit entered the top 2 at 2.4 min, the two
+    candidates' runs no longer fitted in the time left, the search ended, and the fold stage
+    then dropped the vit anyway: the sweep used 4.6 of its 10 min. The stopper now plans as
+    the fold stage keeps (the longest rank prefix that fits), so the search goes on until that
+    prefix's runs fill the time left, and its line says which candidates it planned for."""
+    clock = _Clock()
+    monkeypatch.setattr(tune_folds.time, "monotonic", clock)
+    stop = tune_folds.FoldBudgetStopper(
+        600, cv=3, cv_top=2, slots=2, metric="val_f1", mode="max", epochs=6
+    )
+    stop("fast", {"val_f1": 0.8, "epoch": 6, "time_total_s": 60.0})  # all 6: 65 s a run
+    assert not stop.stop_all()  # the clock starts
+    clock.now += 150
+    stop("slow", {"val_f1": 0.7, "epoch": 1, "time_total_s": 100.0})  # 605 s a run, second
+    # both: fast's folds 1, 2, then slow's 3 runs of 605 s on 2 slots end at 1275 s, past
+    # the 450 s left (+ 30 s slack): the plan is fast's two runs alone, 65 s
+    assert stop.fold_stage() == (5, pytest.approx(1275))
+    assert stop.fold_stage(450.0) == (2, pytest.approx(65)) and stop.kept == 1
+    assert not stop.stop_all()  # before this change: 150 + 1275 >= 600, ended here
+    clock.now += 370
+    assert not stop.stop_all()  # 520 + 65 < 600
+    clock.now += 20
+    assert stop.stop_all() and stop.stopped_at == pytest.approx(540)
+    line = capsys.readouterr().err.strip()
+    assert "ended after 9.0 min" in line and "2 runs" in line, line
+    assert "for the best 1 of 2 candidates" in line and "raise --budget-minutes" not in line
+    # the fold stage's own rule, from the results, drops the slow one too
+    assert tune_folds.fit_to_budget([65.0, 605.0], {0: "fast"}, 3, 2, 60.0, 30.0) == 1
+
+
 def test_the_fold_stage_keeps_the_candidates_that_fit_in_what_the_search_left(tmp_path, capsys):
     """A slow trial that reports late can leave less budget than the stopper planned for: the
     fold stage then keeps the longest rank prefix of candidates whose runs end in time (never

@@ -121,6 +121,14 @@ def run_cost(wall_s: float, compute_s: float | None, epochs: int, planned: int) 
     return wall_s - compute_s + compute_s / epochs * max(planned, epochs) + TRIAL_START_S
 
 
+def budget_slack(budget_s: float) -> float:
+    """Seconds a fold-stage plan may overrun the time left and still be kept: max(30 s, 5 % of
+    the `budget_s`-second budget). The stopper ends the search right at the line, so the fold
+    stage always finds a little less time than planned (the search's wind-down, the estimate's
+    own noise); without this slack it would always drop a candidate."""
+    return max(30.0, 0.05 * budget_s)
+
+
 def fit_to_budget(
     costs: list[float | None],
     reused: dict[int, str],
@@ -145,13 +153,10 @@ def fit_to_budget(
 
 def budget_fit(rows: list[dict], epochs: int, k: int, slots: int, left_s: float, budget_s: float):
     """`candidates`' `fit` under --budget-minutes (`budget_s`): keeps as many candidates as end
-    within `left_s` (`fit_to_budget`, costs from the search `rows`), saying so in one line when
-    it drops any. The stopper (FoldBudgetStopper) sized the search for all of them, but a trial
-    that reports late (a slow one entering the top N) can leave far less than they need. A plan
-    that overruns by less than max(30 s, 5 % of the budget) is kept: the stopper ends the
-    search right at the line, so the fold stage always finds a little less time than planned
-    (the search's wind-down, the estimate's own noise)."""
-    slack_s = max(30.0, 0.05 * budget_s)
+    within `left_s` + `budget_slack` (`fit_to_budget`, costs from the search `rows`), saying so
+    in one line when it drops any. FoldBudgetStopper plans with the same rule, but the costs it
+    knew can differ from the results' (a trial that reported after it stopped the search)."""
+    slack_s = budget_slack(budget_s)
 
     def fit(configs: list[dict], reused: dict[int, str]) -> int:
         costs = run_costs(rows, configs, epochs)
@@ -229,7 +234,11 @@ class FoldBudgetStopper(Stopper):
     candidates; one fold run of each costs what its search run costs (`run_cost`: its set-up
     once, its seconds per epoch, from the results' ``epoch_s``, x its planned epochs); each needs
     `cv` runs, `cv` - 1 when its search run has run all its epochs (`reusable`), and the runs
-    go, in rank order, to whichever of the `slots` frees first (`makespan`). Ray's start-up,
+    go, in rank order, to whichever of the `slots` frees first (`makespan`). When the runs of
+    all of them would not end within the time left (+ `budget_slack`), the plan is the longest
+    rank prefix that would (`fit_to_budget`, the fold stage's own rule): ending the search then
+    would not save the candidates left out (a slow trial entering the top N late), so the search
+    goes on until that prefix's runs fill what is left. Ray's start-up,
     stage 2's Tuner and the ensemble after it are not in the estimate. With no epoch reported
     yet there is no estimate, and the search runs on. Time counts from the first `stop_all`
     call, as Tune's own time budget does; Tune keeps the stopper with the experiment, so on
@@ -250,6 +259,8 @@ class FoldBudgetStopper(Stopper):
         self.metric, self.sign, self.epochs = metric, 1.0 if mode == "max" else -1.0, epochs
         # trial id -> {"best": signed value, "cost_s": seconds a run, "full": all epochs run}
         self.trials: dict[str, dict] = {}
+        self.slack_s = budget_slack(self.budget_s)
+        self.kept = cv_top  # candidates in the last plan (`fold_stage`)
         self.spent_s = 0.0
         self._last: float | None = None
         self.stopped_at: float | None = None  # seconds into the search when it ended it
@@ -272,25 +283,30 @@ class FoldBudgetStopper(Stopper):
         rec["full"] = epoch >= planned
         return False
 
-    def fold_stage(self) -> tuple[int, float] | None:
-        """(runs, estimated wall seconds) of the fold stage if the search ended now; None
-        while no trial has reported an epoch."""
+    def fold_stage(self, left_s: float = math.inf) -> tuple[int, float] | None:
+        """(runs, estimated wall seconds) of the fold stage if the search ended now with
+        `left_s` seconds of the budget left: the best `cv_top` trials so far, or the longest
+        rank prefix of them that fits (`fit_to_budget`; `self.kept` holds how many). None while
+        no trial has reported an epoch."""
         top = sorted(self.trials.values(), key=lambda r: r["best"], reverse=True)[: self.cv_top]
         if not top:
             return None
-        costs = [r["cost_s"] for r in top for _ in range(self.cv - r["full"])]
         # candidates not seen yet (fewer trials than cv_top so far): at the mean cost
-        costs += [float(np.mean([r["cost_s"] for r in top]))] * self.cv * (self.cv_top - len(top))
-        return len(costs), makespan(costs, self.slots)
+        mean = float(np.mean([r["cost_s"] for r in top]))
+        costs = [r["cost_s"] for r in top] + [mean] * (self.cv_top - len(top))
+        reused = {i: "search" for i, r in enumerate(top) if r["full"]}
+        self.kept = fit_to_budget(costs, reused, self.cv, self.slots, left_s, self.slack_s)
+        runs = fold_runs(self.kept, self.cv, reused)
+        return len(runs), fold_stage_s(costs[: self.kept], self.cv, reused, self.slots)
 
     def stop_all(self) -> bool:
-        """True (Tune stops every search trial) once spent + `fold_stage_s` >= the budget;
-        prints one line saying so, once."""
+        """True (Tune stops every search trial) once spent + the planned fold stage's seconds
+        (`fold_stage`) >= the budget; prints one line saying so, once."""
         now = time.monotonic()
         if self._last is not None:
             self.spent_s += now - self._last
         self._last = now
-        plan = self.fold_stage()
+        plan = self.fold_stage(self.budget_s - self.spent_s)
         if plan is None or self.spent_s + plan[1] < self.budget_s:
             return False
         if self.stopped_at is None:
@@ -306,12 +322,19 @@ class FoldBudgetStopper(Stopper):
             f"{self.budget_s / 60:g}-min budget: the fold stage's {runs} runs need about "
             f"{folds_s / 60:.1f} min more"
         )
+        if self.kept < self.cv_top:
+            line += (
+                f" (for the best {self.kept} of {self.cv_top} candidates: the others' runs "
+                "would not end in time)"
+            )
         if self.spent_s < 0.25 * self.budget_s:
             line += " (the search had little time: raise --budget-minutes, or lower --cv-top)"
         return line
 
     def __setstate__(self, state: dict) -> None:
         state["_last"] = None  # unpickled on resume: the pause between runs is not spent
+        state.setdefault("slack_s", budget_slack(state["budget_s"]))  # pickled before it existed
+        state.setdefault("kept", state["cv_top"])
         self.__dict__.update(state)
 
 
