@@ -177,6 +177,35 @@ def test_a_slow_trial_entering_the_top_n_late_does_not_end_the_search_early(monk
     assert tune_folds.fit_to_budget([65.0, 605.0], {0: "fast"}, 3, 2, 60.0, 30.0) == 1
 
 
+def test_the_fold_stage_keeps_the_plan_the_stopper_ended_the_search_for(capsys):
+    """brain4 at 9f1ea83: the stopper ended the search for 2 candidates needing 4.7 min with
+    4.3 min left (inside its 30 s slack); the search's wind-down left 4.1 min, and the fold
+    stage, with the same 30 s, dropped the second (4.7 > 4.6) and ended 2.2 min early. Its
+    fit allows twice the slack: the stopper's, and the wind-down's."""
+    rows = [
+        {
+            "trial_id": t,
+            "status": "TERMINATED",
+            "wall_s": w,
+            "epochs": 6,
+            "checkpoint_path": f"/ck/{t}",
+            "best_val_macro_f1": v,
+            "config": json.dumps({"lr": v, "epochs": 6}),
+        }
+        for t, v, w in (("a", 0.9, 85.0), ("b", 0.7, 136.0))
+    ]
+    # a and b ran all 6 epochs: folds 1, 2 of each, 90 s and 141 s a run, on 2 slots: 231 s
+    configs, reused = [json.loads(r["config"]) for r in rows], {0: "a", 1: "b"}
+    costs = tune_folds.run_costs(rows, configs, 6)
+    assert tune_folds.fold_stage_s(costs, 3, reused, 2) == pytest.approx(231)
+
+    def kept(left_s: float) -> int:  # a 10-min budget: 2 x 30 s of slack
+        return tune_folds.budget_fit(rows, 6, 3, 2, left_s, 600.0)(configs, reused)
+
+    assert kept(231.0 - 55.0) == 2  # one slack (30 s) would have dropped b
+    assert kept(231.0 - 65.0) == 1 and "takes the best 1 of 2" in capsys.readouterr().err
+
+
 def test_the_fold_stage_keeps_the_candidates_that_fit_in_what_the_search_left(tmp_path, capsys):
     """A slow trial that reports late can leave less budget than the stopper planned for: the
     fold stage then keeps the longest rank prefix of candidates whose runs end in time (never
