@@ -263,7 +263,6 @@ class FoldBudgetStopper(Stopper):
         self.metric, self.sign, self.epochs = metric, 1.0 if mode == "max" else -1.0, epochs
         # trial id -> {"best": signed value, "cost_s": seconds a run, "full": all epochs run}
         self.trials: dict[str, dict] = {}
-        self.slack_s = budget_slack(self.budget_s)
         self.kept = cv_top  # candidates in the last plan (`fold_stage`)
         self.spent_s = 0.0
         self._last: float | None = None
@@ -299,7 +298,8 @@ class FoldBudgetStopper(Stopper):
         mean = float(np.mean([r["cost_s"] for r in top]))
         costs = [r["cost_s"] for r in top] + [mean] * (self.cv_top - len(top))
         reused = {i: "search" for i, r in enumerate(top) if r["full"]}
-        self.kept = fit_to_budget(costs, reused, self.cv, self.slots, left_s, self.slack_s)
+        slack_s = budget_slack(self.budget_s)
+        self.kept = fit_to_budget(costs, reused, self.cv, self.slots, left_s, slack_s)
         runs = fold_runs(self.kept, self.cv, reused)
         return len(runs), fold_stage_s(costs[: self.kept], self.cv, reused, self.slots)
 
@@ -337,8 +337,7 @@ class FoldBudgetStopper(Stopper):
 
     def __setstate__(self, state: dict) -> None:
         state["_last"] = None  # unpickled on resume: the pause between runs is not spent
-        state.setdefault("slack_s", budget_slack(state["budget_s"]))  # pickled before it existed
-        state.setdefault("kept", state["cv_top"])
+        state.setdefault("kept", state["cv_top"])  # pickled before it existed
         self.__dict__.update(state)
 
 
