@@ -658,3 +658,51 @@ def test_fold_report_says_how_the_configuration_was_selected(tmp_path):
     assert "warning: test accuracy 0.80" in text and "could not be drawn" not in text
     assert (tmp_path / "figures" / "confusion.png").is_file()
     assert (tmp_path / "figures" / "roc_pr.png").is_file()
+
+
+def test_a_resumed_search_leaves_the_fold_stage_only_what_is_left_of_the_budget(monkeypatch):
+    """At 8770c51 the fold stage measured the search's time from this process's Tuner.fit
+    alone: a sweep interrupted 400 s into its 600-s budget, then resumed, planned its fold
+    stage as if the whole budget were left. It now reads the stopper Tune restored (with the
+    400 s it had spent) and its clock in this process, the wind-down after its last call
+    included; with no budget (no stopper) this process's time stands."""
+    import pickle
+
+    from ray.tune.stopper import CombinedStopper, TimeoutStopper
+
+    from ray_xray.tune import service
+
+    clock = _Clock()
+    monkeypatch.setattr(tune_folds.time, "monotonic", clock)
+    opts = service.SweepOptions(cv=3, cv_top=2, budget_minutes=10)
+    first = service._run_config(opts, "resumed", "/tmp", epochs=6).stop
+    first("a", {"val_macro_f1": 0.9, "epoch": 6, "time_total_s": 60.0})
+    assert not first.stop_all()
+    clock.now += 400  # interrupted here: Tune saves its state, the stopper with it
+    assert not first.stop_all() and first.elapsed_s() == pytest.approx(400)
+    saved = pickle.dumps(CombinedStopper(first, TimeoutStopper(600)))
+    del tune_folds._RUNNING["resumed"]  # the process ends
+    clock.now += 5000  # the pause before the resume does not count
+    restored = pickle.loads(saved)._stoppers[0]  # what Tune resumes the search with
+    assert not restored.stop_all()
+    clock.now += 20  # the resumed search's wind-down after its last call
+
+    seen = {}
+
+    def fold_stage(plan, grid, overrides, runtime, resources, search_s):
+        seen["search_s"] = search_s
+
+    class Tuner:
+        def fit(self):
+            clock.now += 0.5  # this process's whole Tuner.fit: the old measure
+            return type("Grid", (), {"errors": []})()
+
+    monkeypatch.setattr(service, "_cv_stage", fold_stage)
+    space = type("Space", (), {"name": "one"})()
+    plan = service.SweepPlan(opts, space, "resumed", "/tmp/resumed", None)
+    resources = {"max_concurrent": 2, "cpus_per_trial": 1}
+    service._fit(plan, Tuner(), service.SignalGuard("hint"), {}, {}, resources)
+    assert seen["search_s"] == pytest.approx(420.5)  # 400 before, 20 + 0.5 in this process
+    # no stopper registered (no --budget-minutes): this process's time
+    service._fit(plan, Tuner(), service.SignalGuard("hint"), {}, {}, resources)
+    assert seen["search_s"] == pytest.approx(0.5)

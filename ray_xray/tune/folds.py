@@ -229,6 +229,22 @@ def makespan(costs: list[float], slots: int) -> float:
     return max(free)
 
 
+# The stopper each --cv sweep's search runs with, by sweep name (`search_spent_s`). Tune
+# restores a resumed sweep's stopper from its experiment state: a new object, holding the time
+# spent before the interruption, which the service never sees. It registers itself here when
+# made and when restored, so that the fold stage reads the search's time from the same clock
+# that ended the search, not from a second one that starts again at every resume.
+_RUNNING: dict[str, FoldBudgetStopper] = {}
+
+
+def search_spent_s(sweep: str, default: float) -> float:
+    """Seconds sweep `sweep`'s search stage has run, across its resumes (`FoldBudgetStopper.
+    elapsed_s`), or `default` (this process's search seconds) when it ran with no stopper (no
+    --budget-minutes). Read once, by the fold stage: the entry is dropped."""
+    stopper = _RUNNING.pop(sweep, None)
+    return stopper.elapsed_s() if stopper is not None else default
+
+
 class FoldBudgetStopper(Stopper):
     """Ends a --cv sweep's search stage once the time it has run plus the fold stage's
     estimated wall time reaches --budget-minutes, so that both stages together keep to it
@@ -246,7 +262,8 @@ class FoldBudgetStopper(Stopper):
     stage 2's Tuner and the ensemble after it are not in the estimate. With no epoch reported
     yet there is no estimate, and the search runs on. Time counts from the first `stop_all`
     call, as Tune's own time budget does; Tune keeps the stopper with the experiment, so on
-    resume the time spent before carries over (the pause between the runs does not count).
+    resume the time spent before carries over (the pause between the runs does not count), and
+    the fold stage reads it back (`search_spent_s`).
 
     Args:
         budget_s: the whole sweep's budget, seconds (> 0).
@@ -254,10 +271,19 @@ class FoldBudgetStopper(Stopper):
         slots: trials that run at once (the fold stage runs as many).
         metric, mode: the objective ("val_macro_f1") and "max" or "min".
         epochs: a trial's planned epochs when its config does not say.
+        sweep: the sweep's name, under which `search_spent_s` finds it ("": not registered).
     """
 
     def __init__(
-        self, budget_s: float, cv: int, cv_top: int, slots: int, metric: str, mode: str, epochs: int
+        self,
+        budget_s: float,
+        cv: int,
+        cv_top: int,
+        slots: int,
+        metric: str,
+        mode: str,
+        epochs: int,
+        sweep: str = "",
     ) -> None:
         self.budget_s, self.cv, self.cv_top, self.slots = float(budget_s), cv, cv_top, max(1, slots)
         self.metric, self.sign, self.epochs = metric, 1.0 if mode == "max" else -1.0, epochs
@@ -267,6 +293,18 @@ class FoldBudgetStopper(Stopper):
         self.spent_s = 0.0
         self._last: float | None = None
         self.stopped_at: float | None = None  # seconds into the search when it ended it
+        self.sweep = sweep
+        self._register()
+
+    def _register(self) -> None:
+        if self.sweep:
+            _RUNNING[self.sweep] = self
+
+    def elapsed_s(self) -> float:
+        """Seconds the search has run, across resumes: the time spent up to the last
+        `stop_all`, and since it in this process (the search's wind-down after the stop)."""
+        since = time.monotonic() - self._last if self._last is not None else 0.0
+        return self.spent_s + since
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         """Learns the trial's best value so far and its cost; never stops one trial."""
@@ -338,7 +376,9 @@ class FoldBudgetStopper(Stopper):
     def __setstate__(self, state: dict) -> None:
         state["_last"] = None  # unpickled on resume: the pause between runs is not spent
         state.setdefault("kept", state["cv_top"])  # pickled before it existed
+        state.setdefault("sweep", "")
         self.__dict__.update(state)
+        self._register()  # Tune resumes the search with this copy
 
 
 def _run_of(grid_config: dict) -> tuple[int, int]:

@@ -639,7 +639,7 @@ def _fit(
         # already stopped the search: then the sweep resumes from the search.
         cv = None
         if opts.cv and guard.signum is None:
-            search_s = time.monotonic() - t0
+            search_s = folds.search_spent_s(plan.name, time.monotonic() - t0)
             cv = _cv_stage(plan, grid, overrides, runtime, resources, search_s)
     guard.check()  # an interrupt: Tune saved the sweep; nothing below may claim it finished
     check_trial_disk_errors(grid.errors, plan.exp_dir, guard.hint)  # a full disk: not finished
@@ -736,7 +736,8 @@ def _cv_stage(
 ) -> folds.FoldStage:
     """Stage 2 of a --cv sweep (tune/folds.py): the top --cv-top configurations of the search
     on all K folds (with --budget-minutes, as many as fit in what the search's `search_s`
-    seconds left of it), as Tune trials of EXP/folds/ (resumed with the sweep). Raises
+    seconds, across resumes, left of it), as Tune trials of EXP/folds/ (resumed with the
+    sweep). Raises
     `results.ResultsError` when no search trial finished an epoch."""
     opts, exp_dir = plan.opts, plan.exp_dir
     objective = opts.objective[0]
@@ -915,6 +916,7 @@ def _run_config(
             objective,
             metric_mode(objective),
             epochs,
+            sweep=name,
         )
     return tune.RunConfig(
         name=name,
