@@ -339,6 +339,11 @@ def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys,
     r.on_trial_result(0, [], a, {"val_loss": 0.7, "epoch": 2})
     clock[0] += 50
     r.on_trial_complete(0, [], a)
+    lines = capsys.readouterr().err.splitlines()
+    # --objective val_loss: shown once per epoch, and the done line gives the trial's best
+    # seen (the trial itself reports best_val_macro_f1, its early-stopping monitor)
+    assert lines[-3].endswith("] a_00000 epoch  2  val_loss 0.7"), lines
+    assert lines[-2].endswith("] a_00000 done   epochs 0  best val_loss 0.7"), lines
     assert r.status() == (
         "status: 1/4 trials finished, 1 running | best val_loss 0.5 (trial a_00001) | "
         "2m10s elapsed, 7m50s left of the budget (~1m40s at this pace)"

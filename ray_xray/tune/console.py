@@ -99,6 +99,9 @@ class ConsoleReporter(tune.Callback):
         self.started: set[str] = set()
         self.ended: dict[str, str] = {}  # trial id -> "done" | "error"
         self.best: tuple[float, str] | None = None  # (value, trial id)
+        # trial id -> its best objective seen here: a trial reports its best of `cfg.monitor`
+        # (best_val_macro_f1), which is not this objective when --objective names another
+        self.trial_best: dict[str, float] = {}
         self.tty = sys.stderr.isatty()
         self._drawn = False  # a status line is on screen (terminal only)
         self._last_status = 0.0
@@ -186,17 +189,22 @@ class ConsoleReporter(tune.Callback):
         if isinstance(value, int | float) and value == value:  # not NaN
             if self.best is None or self.sign * value > self.sign * self.best[0]:
                 self.best = (float(value), trial.trial_id)
-        self._say(
-            f"{trial.trial_id} epoch {result.get('epoch', '?'):>2}  {self.metric} {_fmt(value)}  "
-            f"val_loss {_fmt(result.get('val_loss'))}  {_fmt(result.get('epoch_s'))}s"
-        )
+            mine = self.trial_best.get(trial.trial_id)
+            if mine is None or self.sign * value > self.sign * mine:
+                self.trial_best[trial.trial_id] = float(value)
+        shown = [f"{self.metric} {_fmt(value)}"]
+        if self.metric != "val_loss":
+            shown.append(f"val_loss {_fmt(result.get('val_loss'))}")
+        if result.get("epoch_s") is not None:
+            shown.append(f"{_fmt(result['epoch_s'])}s")
+        self._say(f"{trial.trial_id} epoch {result.get('epoch', '?'):>2}  " + "  ".join(shown))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         """One 'done' line (epochs run, best objective), then the status line."""
         self.ended[trial.trial_id] = "done"
         self.eta.ended(trial.trial_id, time.time())
         last = trial.last_result or {}
-        best = _fmt(last.get("best_" + self.metric))
+        best = _fmt(last.get("best_" + self.metric, self.trial_best.get(trial.trial_id)))
         self._say(
             f"{trial.trial_id} done   epochs {last.get('epoch', 0)}  best {self.metric} {best}"
         )
