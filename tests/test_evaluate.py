@@ -158,6 +158,13 @@ def test_stratified_subset_keeps_every_class():
     idx = stratified_subset(y, 100, seed=0)
     assert len(idx) <= 100 and set(np.bincount(y[idx])) == {90, 9, 1}
     assert len(stratified_subset(y, 0)) == len(y)
+    # --limit N scores N images, not N - 1: the rows the rounding down leaves go to the
+    # largest remainders (pneumonia2's test, 231 / 387: quotas 37.4 and 62.6)
+    y = np.array([0] * 231 + [1] * 387)
+    assert np.bincount(y[stratified_subset(y, 100)]).tolist() == [37, 63]
+    y = np.array([0] * 167 + [1] * 167 + [2] * 166)
+    assert len(stratified_subset(y, 200)) == 200
+    assert len(np.unique(stratified_subset(y, 200))) == 200
 
 
 def test_every_headline_proportion_gets_a_wilson_interval_with_its_counts():

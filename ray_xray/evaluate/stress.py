@@ -10,7 +10,6 @@ to the evaluation images at each member's input size, with a fixed seed.
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -82,15 +81,24 @@ def perturb(name: str, param: float, images: np.ndarray, seed: int = 0) -> np.nd
 
 
 def stratified_subset(y: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of at most `limit` rows keeping each class's share (every class >= 1)."""
+    """Sorted indices of `limit` rows (all rows when `limit` <= 0 or >= len(y)) keeping each
+    class's share: its quota rounded down, the rows left over going to the largest remainders
+    (Hamilton's method), and every class at least one row (so more than `limit` only when
+    there are more classes than `limit`)."""
     if limit <= 0 or len(y) <= limit:
         return np.arange(len(y))
     rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        n = max(1, math.floor(limit * len(idx) / len(y)))
-        keep.append(rng.choice(idx, min(n, len(idx)), replace=False))
+    classes, counts = np.unique(y, return_counts=True)
+    quota = limit * counts / len(y)
+    n = np.maximum(1, np.floor(quota).astype(int))
+    for i in np.argsort(-(quota - np.floor(quota)), kind="stable"):
+        if n.sum() >= limit:
+            break
+        n[i] += n[i] < counts[i]
+    keep = [
+        rng.choice(np.flatnonzero(y == c), k, replace=False)
+        for c, k in zip(classes, n, strict=True)
+    ]
     return np.sort(np.concatenate(keep))
 
 
