@@ -75,6 +75,19 @@ def report(
     return out
 
 
+def headline_cis(test: dict) -> dict:
+    """The 95 % interval each headline metric of a `report(..., intervals=True)` dict is shown
+    with: {"accuracy": Wilson's (a proportion: never zero-width at 0/n or n/n), "macro_f1",
+    "auc": the stratified bootstrap's}; None where there is none."""
+    iv = test.get("intervals") or {}
+    boot = iv.get("bootstrap") or {}
+    return {
+        "accuracy": (iv.get("accuracy") or {}).get("ci"),
+        "macro_f1": boot.get("macro_f1"),
+        "auc": boot.get("auc"),
+    }
+
+
 def threshold_for_specificity(neg_scores: np.ndarray, all_scores: np.ndarray, target: float):
     """Lowest threshold t (predict positive when score >= t) whose specificity on these
     negatives is >= target; placed half-way to the next higher observed score. None if no

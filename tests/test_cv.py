@@ -607,9 +607,34 @@ def test_a_test_set_unlike_the_folds_is_warned_about():
     from ray_xray.ensemble.folds import oof_test_warnings
 
     test = {"macro_f1": 0.66, "accuracy": 0.75, "auc": 0.93}
-    test["intervals"] = {"bootstrap": {"macro_f1": [0.62, 0.70], "accuracy": [0.72, 0.77]}}
+    test["intervals"] = {
+        "accuracy": {"ci": [0.70, 0.79]},  # Wilson's, the one the report shows
+        "bootstrap": {"macro_f1": [0.62, 0.70], "accuracy": [0.74, 0.755]},
+    }
     warned = oof_test_warnings({"macro_f1": 0.968, "accuracy": 0.76, "auc": 0.99}, test)
     assert len(warned) == 1 and warned[0].startswith("test macro-F1 0.660 [0.620, 0.700] vs 0.968")
+
+
+def test_a_one_class_fold_ensemble_is_said_to_be_one_not_a_shift():
+    """A new user's `--smoke-test --cv 2 --set img_size=8`: the ensemble called every test
+    image one class, and the log said 'test accuracy 0.328 [0.328, 0.328] vs 0.281 out of fold:
+    validation and test disagree', from the bootstrap's zero-width intervals. Accuracy is
+    compared with its Wilson interval, a zero-width interval with nothing, and the one class
+    is what the warning says."""
+    from ray_xray.ensemble.folds import one_class_warning, oof_test_warnings
+    from ray_xray.scores import report
+
+    y = np.repeat([0, 1, 2], [20, 21, 20])
+    prob = np.tile([0.2, 0.5, 0.3], (61, 1))
+    test = report(y, prob, ["a", "b", "c"], intervals=True, n_boot=200)
+    assert (
+        test["intervals"]["bootstrap"]["accuracy"][0]
+        == test["intervals"]["bootstrap"]["accuracy"][1]
+    )
+    assert oof_test_warnings({"macro_f1": 0.2, "accuracy": 0.281, "auc": 0.5}, test) == []
+    warned = one_class_warning(prob, ["a", "b", "c"])
+    assert len(warned) == 1 and warned[0].startswith("the ensemble predicts 'b' for all 61")
+    assert one_class_warning(np.eye(3)[[0, 1, 2, 1]], ["a", "b", "c"]) == []
 
 
 def test_fold_report_says_how_the_configuration_was_selected(tmp_path):

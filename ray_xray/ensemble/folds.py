@@ -25,7 +25,14 @@ from ..data.folds import fold_view
 from ..device import pick_device
 from ..inference import ensemble_proba, inference_setup, predict_proba
 from ..io import json_safe, write_atomic
-from ..scores import SENSITIVITIES, SPECIFICITIES, operating_points, report, stored_points
+from ..scores import (
+    SENSITIVITIES,
+    SPECIFICITIES,
+    headline_cis,
+    operating_points,
+    report,
+    stored_points,
+)
 from .core import log
 
 METHOD = "cv_folds"
@@ -155,17 +162,34 @@ def ensemble_test_proba(fitted: dict, device, images=None) -> np.ndarray:
 
 def oof_test_warnings(oof: dict, test: dict) -> list[str]:
     """A warning for each headline metric whose out-of-fold value lies outside the test
-    figure's 95 % bootstrap interval: the folds (validation) did not predict this test set."""
-    boot = (test.get("intervals") or {}).get("bootstrap") or {}
+    figure's 95 % interval (`scores.headline_cis`: Wilson for accuracy, the bootstrap's for
+    macro-F1 and AUC): the folds (validation) did not predict this test set. A zero-width
+    interval (an ensemble that predicts one class for every image: `one_class_warning`) is
+    no spread to compare with, and gives no warning."""
+    cis = headline_cis(test)
     out = []
     for key, label in (("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("auc", "AUC")):
-        ci, v, t = boot.get(key), oof.get(key), test.get(key)
-        if ci and v is not None and t is not None and not ci[0] <= v <= ci[1]:
+        ci, v, t = cis.get(key), oof.get(key), test.get(key)
+        if not ci or v is None or t is None or not ci[0] < ci[1]:
+            continue
+        if not ci[0] <= v <= ci[1]:
             out.append(
                 f"test {label} {t:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] vs {v:.3f} out of fold: "
                 "validation and test disagree (the test images differ from train+val)"
             )
     return out
+
+
+def one_class_warning(prob: np.ndarray, classes: list[str]) -> list[str]:
+    """[a warning] when the ensemble's probabilities `prob` (N, K) give the same class to all
+    N images (its models did not learn to tell the classes apart), else []."""
+    pred = np.unique(np.asarray(prob).argmax(1))
+    if len(prob) < 2 or len(pred) != 1:
+        return []
+    return [
+        f"the ensemble predicts {classes[int(pred[0])]!r} for all {len(prob)} test images: its "
+        "models did not learn to tell the classes apart (train longer, or on larger images)"
+    ]
 
 
 def cv_selection(exp_dir: str | Path) -> dict | None:
@@ -258,7 +282,9 @@ def fold_metrics(fitted: dict, p_test: np.ndarray, selection: dict, experiment: 
         "operating_points": operating_points(y_oof, p_oof, y_test, p_test, classes),
         "n_test": int(len(y_test)),
     }
-    metrics["warnings"] = oof_test_warnings(metrics["oof"], metrics["test"])
+    metrics["warnings"] = one_class_warning(p_test, classes) + oof_test_warnings(
+        metrics["oof"], metrics["test"]
+    )
     for w in metrics["warnings"]:
         log(f"warning: {w}")
     return metrics

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..scores import headline_cis
 from . import html
 from .inputs import log_to_stderr
 from .sections import Figures, confusion_section, render_sections, roc_section, write_page
@@ -85,12 +86,12 @@ def members_text(metrics: dict) -> str:
 
 
 def figures_section(metrics: dict) -> str:
-    """Out-of-fold (validation) against test: accuracy, macro-F1, AUC (test with 95 %
-    bootstrap intervals), and every warning where the two disagree."""
+    """Out-of-fold (validation) against test: accuracy, macro-F1, AUC (test with their 95 %
+    intervals, `scores.headline_cis`), and every warning where the two disagree."""
     oof, test = metrics["oof"], metrics["test"]
-    boot = (test.get("intervals") or {}).get("bootstrap") or {}
+    cis = headline_cis(test)
     rows = [
-        [name, oof.get(key), html.ci(test.get(key), boot.get(key))]
+        [name, oof.get(key), html.ci(test.get(key), cis.get(key))]
         for name, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("AUC", "auc"))
     ]
     parts = [
