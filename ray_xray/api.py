@@ -198,7 +198,8 @@ def load(path: str | os.PathLike, device: str = "auto") -> Predictor:
 
     Args:
         path: ``best_model.pt`` (a run's or a sweep's), a trial checkpoint, ``ensemble.pt``
-            (``ray-xray ensemble``), or a folder holding ``best_model.pt`` or ``ensemble.pt``.
+            (``ray-xray ensemble``), a folder holding ``best_model.pt`` or ``ensemble.pt``, or
+            a sweep folder (its ``ensemble/ensemble.pt``; its best trial when it has none).
         device: ``"auto"`` (GPU when available), ``"cpu"`` or ``"cuda"``.
 
     Returns:
@@ -210,10 +211,11 @@ def load(path: str | os.PathLike, device: str = "auto") -> Predictor:
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    from .checkpoint import load_model_or_ensemble, resolve
+    from .checkpoint import load_model_or_ensemble
+    from .sweep_folder import model_path
 
-    record = load_model_or_ensemble(path)
-    return Predictor(record, resolve(path), device)
+    file, _ = model_path(path)
+    return Predictor(load_model_or_ensemble(file), file, device)
 
 
 class Predictor:

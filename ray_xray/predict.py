@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from .data.images import UnreadableImage
 from .data.sources import path_text
 from .device import pick_device, pick_precision
 from .inference import autocast, ensemble_proba, member_proba, model_from_record, record_feed
+from .sweep_folder import model_path
 
 
 def _read_images(paths: list[str]) -> list[bytes]:
@@ -176,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "checkpoint",
-        help="best_model.pt, a run directory, a trial checkpoint, or an ensemble.pt (or its folder)",
+        help="best_model.pt, a run directory, a trial checkpoint, an ensemble.pt (or its folder), "
+        "or a sweep folder (its ensemble; its best trial when it has none)",
     )
     ap.add_argument(
         "images", nargs="+", help="image files: PNG, JPEG, BMP, TIFF, WebP or DICOM (.dcm)"
@@ -216,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     """The `predict` command: a table (or `--json`) of probabilities per image; returns 0.
     Bad input raises ValueError, which `cli.run` prints as one `error:` line (exit 2)."""
     args = build_parser().parse_args(argv)
-    record = load_model_or_ensemble(args.checkpoint)
+    path, note = model_path(args.checkpoint)
+    if note:  # a sweep folder: which of its models answers (as `evaluate` takes it)
+        print(f"predict: {args.checkpoint} is {note} ({path})", file=sys.stderr)
+    record = load_model_or_ensemble(path)
     points = [resolve_operating_point(record, s) for s in args.operating_point]
     rows = predict(record, args.images, args.device)
     if points:  # no "decisions" key unless asked: --json output stays as it was

@@ -114,6 +114,18 @@ def sweep_model(exp_dir: str | Path) -> tuple[Path, str]:
     raise ValueError(f"{exp}: a sweep folder with neither {ENSEMBLE_DIR}/ nor {MODEL_FILE}")
 
 
+def model_path(path: str | Path) -> tuple[Path, str]:
+    """(file, note) of the model a path given to `predict`, `evaluate` or `api.load` stands
+    for: a sweep folder's `sweep_model` (its ensemble, else its best trial, and a note saying
+    which), anything else `checkpoint.resolve`'s file and no note. Raises ValueError (one line)
+    for a folder holding no model."""
+    if is_sweep_folder(path):
+        return sweep_model(path)
+    from .checkpoint import resolve
+
+    return resolve(path), ""
+
+
 def relocate(path, exp_dir: str | Path, trial_id: str) -> Path | None:
     """A stored path as written, or re-rooted under exp_dir when the sweep folder moved (the
     part from the `trial_id` component on); None when neither exists or `path` is empty."""

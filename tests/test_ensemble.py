@@ -305,6 +305,42 @@ def test_ensemble_file_loads_with_weights_only_and_predicts(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["prediction"] in members[0]["classes"]
 
 
+def test_predict_and_load_take_a_sweep_folder_as_evaluate_does(tmp_path, capsys):
+    """A new user's `predict SWEEP img.png` used the sweep's uncalibrated best_model.pt while
+    `evaluate SWEEP` used its ensemble. Both, and `api.load`, now take a sweep folder's
+    ensemble (its best trial when it has none), and predict says which on stderr."""
+    import pandas as pd
+    from PIL import Image
+
+    from ray_xray import api, predict
+
+    best = _record("cnn", 48, 1, width=8, head_dims=[16], pool_size=2)
+    members = [{**_record("resnet18", 32, 0), "temperature": 1.7}]
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    pd.DataFrame({"trial_id": ["a"]}).to_parquet(sweep / "results.parquet")
+    checkpoint.atomic_save(best, sweep / "best_model.pt")
+    img = tmp_path / "x.png"
+    Image.fromarray((np.random.default_rng(0).random((60, 80)) * 255).astype(np.uint8)).save(img)
+
+    def cli() -> tuple[dict, str]:
+        predict.main([str(sweep), str(img), "--json", "--device", "cpu"])
+        got = capsys.readouterr()
+        return json.loads(got.out)[0]["probabilities"], got.err
+
+    alone = predict.predict(best, [str(img)], "cpu")[0]["probabilities"]
+    probs, err = cli()
+    assert probs == alone and "its best trial by validation" in err
+    assert api.load(sweep, device="cpu").path == sweep / "best_model.pt"
+
+    obj = ensemble_object(members, [1.0], "greedy", members[0]["classes"])
+    save_ensemble(obj, sweep / "ensemble" / "ensemble.pt")
+    probs, err = cli()
+    assert probs == predict.predict(obj, [str(img)], "cpu")[0]["probabilities"] != alone
+    assert f"is a sweep folder: its ensemble ({sweep / 'ensemble' / 'ensemble.pt'})" in err
+    assert api.load(sweep, device="cpu").path == sweep / "ensemble" / "ensemble.pt"
+
+
 def test_ensemble_object_refuses_inconsistent_members():
     rec = _record("resnet18", 32, 0)
     with pytest.raises(ValueError, match="temperature"):

@@ -27,7 +27,7 @@ from ..data.sources import (
     normalise_split,
     patient_id,
 )
-from ..sweep_folder import is_sweep_folder, sweep_model
+from ..sweep_folder import model_path
 
 log = logging.getLogger("ray_xray.evaluate")
 SPLIT_CHOICES = ("test", "val", "train", "all")
@@ -96,12 +96,10 @@ def resolve_subject(checkpoint: str) -> Subject:
     p = Path(checkpoint).expanduser()
     if not p.exists():
         raise UserError(f"{checkpoint}: no such checkpoint, run, ensemble or sweep folder")
-    note = ""
-    if is_sweep_folder(p):
-        try:
-            p, note = sweep_model(p)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+    try:
+        p, note = model_path(p)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     obj = load_model_or_ensemble(p)
     if is_ensemble(obj):
         members = list(obj["members"])
