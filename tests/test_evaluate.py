@@ -153,6 +153,28 @@ def test_perturbations_keep_shape_and_grow_with_severity():
         perturb("sepia", 1.0, imgs)
 
 
+def test_the_default_output_folder_names_the_sweep_an_ensemble_came_from(tmp_path):
+    """Two sweeps' ensembles evaluated on the same data went to one folder
+    (ensemble-ensemble_on_...), the second report replacing the first without a word."""
+    from types import SimpleNamespace
+
+    from ray_xray.evaluate.core import default_out
+
+    outs = set()
+    for sweep in ("vit-smoke", "resnet18-smoke"):
+        (tmp_path / sweep / "ensemble").mkdir(parents=True)
+        path = tmp_path / sweep / "ensemble" / "ensemble.pt"
+        path.write_bytes(b"")
+        subject = SimpleNamespace(path=path, kind="ensemble", members=[{"model": "cnn"}])
+        outs.add(default_out(subject, "synthetic:chest3", "test"))
+    assert outs == {
+        Path("runs/evaluate/ensemble-vit-smoke_on_synthetic_chest3_test"),
+        Path("runs/evaluate/ensemble-resnet18-smoke_on_synthetic_chest3_test"),
+    }
+    model = SimpleNamespace(path=tmp_path / "run1", kind="model", members=[{"model": "cnn"}])
+    assert default_out(model, "../data/brain4/", "val").name == "cnn-run1_on_brain4_val"
+
+
 def test_stratified_subset_keeps_every_class():
     y = np.array([0] * 900 + [1] * 90 + [2] * 10)
     idx = stratified_subset(y, 100, seed=0)

@@ -17,6 +17,7 @@ from .. import stats
 from ..cli import UserError
 from ..device import pick_device
 from ..io import write_atomic
+from ..sweep_folder import ENSEMBLE_DIR
 from .infer import probabilities
 from .result import EvalResult, metric_name
 from .sources import (
@@ -40,8 +41,13 @@ def log(msg: str) -> None:
 
 
 def default_out(subject: Subject, data: str, split: str) -> Path:
-    """runs/evaluate/<model>_on_<data>_<split>, names made file-system safe."""
-    run = subject.path.parent.name if subject.path.is_file() else subject.path.name
+    """runs/evaluate/<model>_on_<data>_<split>, names made file-system safe; <model> names the
+    folder the model came from (a sweep's ensemble: the sweep, not its ENSEMBLE_DIR, which
+    every sweep has)."""
+    folder = subject.path.parent if subject.path.is_file() else subject.path
+    if subject.kind == "ensemble" and folder.name == ENSEMBLE_DIR:
+        folder = folder.parent
+    run = folder.name
     name = Path(data.rstrip("/")).name if "://" not in data else data
     raw = f"{subject.members[0]['model'] if subject.kind == 'model' else 'ensemble'}-{run}"
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{raw}_on_{name}_{split}")
