@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -100,6 +101,9 @@ def resolve_operating_point(record: dict, spec: str) -> dict:
             f"--operating-point {spec!r}: no class {cls!r} (classes: {', '.join(classes)})"
         )
     stored = (record.get("operating_points") or {}).get(cls) or {}
+    named = re.fullmatch(r"(sens|spec)(0?\.\d+|1(?:\.0*)?)", point)
+    if named:  # sens0.9 is sens0.90, the name the ensemble stored
+        point = f"{named[1]}{float(named[2]):.2f}"
     if point in stored:
         return {"class": cls, "point": point, "threshold": float(stored[point])}
     try:

@@ -413,6 +413,19 @@ def test_report_sections_intervals_and_operating_points_end_to_end(tmp_path, cap
         predict.resolve_operating_point(obj, "tb@sens0.90")
 
 
+def test_an_operating_point_name_is_read_as_the_number_it_says():
+    """`tuberculosis@sens0.9` was refused (only `sens0.90`, the stored spelling, worked)."""
+    from ray_xray import predict
+
+    record = {"classes": ["normal", "tb"], "operating_points": {"tb": {"sens0.90": 0.3}}}
+    for spec in ("tb@sens0.9", "tb@sens0.90", "tb@sens.9", "tb@sens0.900"):
+        got = predict.resolve_operating_point(record, spec)
+        assert (got["point"], got["threshold"]) == ("sens0.90", 0.3), spec
+    with pytest.raises(ValueError, match="no stored point 'spec0.90'.*stored: sens0.90"):
+        predict.resolve_operating_point(record, "tb@spec0.9")
+    assert predict.resolve_operating_point(record, "tb@0.9")["threshold"] == 0.9
+
+
 def test_optuna_figures_of_number_like_choices_log_nothing(tmp_path, caplog):
     """batch_size 16/32/64 is categorical: matplotlib used to log "Using categorical units ..."
     at INFO for it, twice per report, in the middle of the sweep's console output."""

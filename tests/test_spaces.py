@@ -522,7 +522,7 @@ BAD = {
     ),
     "fixed_rejected": (
         BASE.replace("epochs: 2", "epochs: 2, precision: fp64"),
-        "fixed.precision: rejected by TrainConfig: precision='fp64' is not one of auto, fp32",
+        "fixed.precision: invalid training setting: precision='fp64' is not one of auto, fp32",
     ),
     "fixed_wrong_type": (
         BASE.replace("epochs: 2", "epochs: two"),
@@ -530,7 +530,7 @@ BAD = {
     ),
     "range_rejected": (
         BASE + "  focal_gamma: {type: float, low: -1.0, high: 2.0}\n",
-        "params.focal_gamma: low -1.0: rejected by TrainConfig: focal_gamma must be >= 0",
+        "params.focal_gamma: low -1.0: invalid training setting: focal_gamma must be >= 0",
     ),
     "unknown_model": (
         BASE.replace("model: vit", "model: vitt"),
@@ -572,7 +572,7 @@ BAD = {
     "smoke_unknown_key": (BASE + "smoke: {epochz: 1}\n", "smoke.epochz: unknown setting 'epochz'"),
     "smoke_bad_value": (
         BASE + "smoke: {img_size: 0}\n",
-        "smoke.img_size: rejected by TrainConfig: img_size must be >= 1",
+        "smoke.img_size: invalid training setting: img_size must be >= 1",
     ),
     "smoke_models_not_choices": (
         ALL + "smoke: {models: [cnn]}\n",

@@ -109,7 +109,12 @@ def _add_round_training_options(p: argparse.ArgumentParser, d: TrainConfig) -> N
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Where the results go and where the runs run (this process or Ray tasks)."""
     p.add_argument("--out", default=None, help="output folder (default runs/active-<time>)")
-    p.add_argument("--cache", default=None, help="prepared-data cache (local path or s3://)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="prepared-data cache (local path or s3://; default $RAY_XRAY_CACHE or "
+        "~/.cache/ray_xray)",
+    )
     p.add_argument(
         "--local",
         action="store_true",

@@ -18,9 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ray_xray.evaluate",
         formatter_class=HelpFormatter,
-        description="Evaluate a model or ensemble on a labelled set: metrics.json (accuracy, "
-        "F1, AUC, recall per class with 95% stratified bootstrap intervals, ECE, operating "
-        "points) and report.html (confusion, ROC/PR, reliability, samples, Grad-CAM). On other "
+        description="Evaluate a model or ensemble on a labelled set: metrics.json (accuracy "
+        "and recall per class with 95% Wilson score intervals, macro-F1 and AUC with 95% "
+        "stratified bootstrap intervals, ECE, operating points) and report.html (confusion, ROC/PR, reliability, samples, Grad-CAM). On other "
         "data than the model's own, a shift check compares with the model's own test split; "
         "--stress adds metrics under acquisition changes (gamma, blur, noise, JPEG ...).",
     )
@@ -103,7 +103,11 @@ def _add_reading_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="where to run the model (auto: GPU when available)",
     )
-    p.add_argument("--cache", default=None, help="prepared-data cache folder")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="prepared-data cache folder (default $RAY_XRAY_CACHE or ~/.cache/ray_xray)",
+    )
     add_data_boundary(p)
 
 

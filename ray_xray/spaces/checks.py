@@ -300,7 +300,7 @@ def try_config(flat: dict[str, Any], where: str) -> None:
     try:
         TrainConfig.from_dict(flat)
     except (TypeError, ValueError) as e:
-        raise SpaceError(f"{where}: rejected by TrainConfig: {config_msg(e)}") from None
+        raise SpaceError(f"{where}: invalid training setting: {config_msg(e)}") from None
 
 
 def config_msg(e: Exception) -> str:
