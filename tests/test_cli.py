@@ -360,6 +360,10 @@ def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys,
     r.budget_s = 0
     # 120 trial-seconds for 3 epochs; 2 trials of 2 epochs not started, over 2 slots.
     assert r.status().endswith("2m10s elapsed, ~1m20s left at this pace")
+    # a --cv fold run's start line names its candidate and fold (its config holds no settings)
+    fold = SimpleNamespace(trial_id="f_00003", config={"cv_run": [1, 2]}, last_result={})
+    r.on_trial_start(0, [], fold)
+    assert "] f_00003 start  candidate=1 fold=2\n" in capsys.readouterr().err
 
 
 def _recorded_sweep(total=8, epochs=4, slots=2, start_s=5.0, epoch_s=30.0, slow_after=0.0):

@@ -388,7 +388,10 @@ def test_selection_is_by_mean_fold_metric_and_needs_every_fold():
     assert sel["chosen"]["mean"] == pytest.approx(np.mean([0.75, 0.8, 0.8]))
     assert sel["chosen"]["trial_ids"] == ["c1f0", "c1f1", "c1f2"]
     assert not [c for c in sel["candidates"] if c["candidate"] == 2][0]["complete"]
-    assert "sd over 3 folds" in tune_folds.selection_line(sel)
+    line = tune_folds.selection_line(sel)
+    assert line.startswith("cv: chose candidate 1 (None; trials c1f0, c1f1, c1f2): "), line
+    assert "sd over 3 folds" in line and "runner-up candidate 0 " in line
+    assert line.endswith("; left out, a fold failed or kept no checkpoint: candidate 2"), line
 
 
 def test_selection_never_reads_test_figures():

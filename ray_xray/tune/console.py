@@ -178,6 +178,8 @@ class ConsoleReporter(tune.Callback):
             for k, v in cfg.items()
             if k in ("model", "lr", "batch_size", "focal_gamma") or k.startswith("model.")
         }
+        if isinstance(cfg.get("cv_run"), list | tuple):  # a --cv fold run: [candidate, fold]
+            shown = {"candidate": cfg["cv_run"][0], "fold": cfg["cv_run"][1]}
         pretty = " ".join(f"{k.removeprefix('model.')}={_fmt(v)}" for k, v in shown.items())
         self._say(f"{trial.trial_id} start  {pretty}")
 

@@ -538,14 +538,23 @@ def write_selection(exp_dir: str, selection: dict, fold_sizes: list[int] | None 
 
 
 def selection_line(selection: dict) -> str:
-    """One console line: the chosen candidate's mean +- sd over K folds, and the runner-up's."""
+    """One console line: the chosen candidate (its model and fold runs' trial ids), its mean +-
+    sd over K folds, the runner-up's, and the candidates left out for a fold that failed."""
     c, *rest = ranked_candidates(selection)
     line = (
-        f"cv: chose candidate {c['candidate']} ({c['config'].get('model')}): {selection['metric']} "
-        f"{c['mean']:.4f} +- {c['std']:.4f} (mean +- sd over {selection['folds']} folds)"
+        f"cv: chose candidate {c['candidate']} ({c['config'].get('model')}; trials "
+        f"{', '.join(map(str, c['trial_ids']))}): {selection['metric']} {c['mean']:.4f} +- "
+        f"{c['std']:.4f} (mean +- sd over {selection['folds']} folds)"
     )
     if rest:
-        line += f"; runner-up {rest[0]['mean']:.4f} +- {rest[0]['std']:.4f}"
+        r = rest[0]
+        line += f"; runner-up candidate {r['candidate']} {r['mean']:.4f} +- {r['std']:.4f}"
+    out = [str(x["candidate"]) for x in selection["candidates"] if not x["complete"]]
+    if out:
+        line += (
+            f"; left out, a fold failed or kept no checkpoint: candidate{'s' * (len(out) > 1)} "
+            + ", ".join(out)
+        )
     return line
 
 
