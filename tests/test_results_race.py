@@ -270,3 +270,25 @@ def test_inline_trials_use_the_checkpoint_tune_kept(tmp_path):
     assert results.load_record(rows["inline"]["checkpoint_path"])["epoch"] == 2
     assert rows["empty"]["checkpoint_path"] is None
     assert rows["empty"]["error"] == f"no checkpoint kept: {empty}/checkpoint.pt is missing"
+
+
+def test_an_inline_checkpoint_tune_never_registered_is_used(tmp_path):
+    """The sweep stopped while an inline trial's report was in flight: its checkpoint folder
+    (epoch 2) is on disk, Tune's Result has none and saw epoch 1 only. The row uses that
+    checkpoint with the epoch its state records; a trial with no folder says it reported none."""
+    exp = tmp_path / "exp"
+    late = exp / "late" / "checkpoint_000000"
+    late.mkdir(parents=True)
+    torch.save(_state(2, 0.6, seed=3), late / "checkpoint.pt")
+    (exp / "none").mkdir(parents=True)
+    grid = [
+        SimpleNamespace(**vars(tune_result(exp, t, [_seen(1, 0.5, None, 5.0)])), checkpoint=None)
+        for t in ("late", "none")
+    ]
+    rows = {
+        r["trial_id"]: r for r in results.trial_rows(grid, F1, "max", str(exp), runner="inline")
+    }
+    assert rows["late"]["checkpoint_path"] == str(late) and rows["late"]["error"] == ""
+    assert rows["late"]["epochs"] == 2 and rows["late"]["epochs_after_tune_stopped"] == 1
+    assert rows["none"]["checkpoint_path"] is None
+    assert rows["none"]["error"] == "no checkpoint kept: the trial reported none"

@@ -103,6 +103,24 @@ def tune_kept(result) -> Kept | None:
     return Kept(path)  # the storage filesystem's own path, as `kept_checkpoint`'s
 
 
+def unregistered_checkpoint(trial_dir: str) -> Kept:
+    """An inline trial Tune registered no checkpoint for (`tune_kept` None): the newest
+    checkpoint folder it wrote to `trial_dir` anyway, with our state file, and the epochs its
+    state records. The trial persists a checkpoint before its report reaches Tune, so a sweep
+    stopped while that report was in flight (--budget-minutes, --cv's stopper) leaves a whole
+    checkpoint Tune never heard of (a new user's budget-stopped trial read "the trial reported
+    none" beside its checkpoint_000000). None (with why) when there is none, or it is
+    unreadable, or the storage is not local."""
+    newest = _newest_on_disk(trial_dir) if "://" not in trial_dir else None
+    if newest is None:
+        return Kept(None, [], "no checkpoint kept: the trial reported none")
+    try:
+        history = list(load_state(newest).get("history") or [])
+    except UNREADABLE as exc:
+        return Kept(None, [], f"no checkpoint kept: {newest} is unreadable ({exc})")
+    return Kept(newest, history)
+
+
 TUNE_CHECKPOINT = re.compile(r"checkpoint_\d{6}")  # Tune's names for an inline trial's checkpoints
 
 
@@ -148,7 +166,8 @@ def prune_unkept(rows: list[dict]) -> None:
 
 
 def _newest_on_disk(run_dir: str) -> str | None:
-    # Ray names checkpoint folders checkpoint_<YYYY-MM-DD_HH-MM-SS.ffffff>: name order is time order.
+    # Ray Train names checkpoint folders checkpoint_<YYYY-MM-DD_HH-MM-SS.ffffff>, Tune
+    # checkpoint_<NNNNNN>: in both, name order is time order.
     found = sorted(Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}"))
     return str(found[-1].parent) if found else None
 
@@ -199,7 +218,7 @@ def trial_rows(
         df = result.metrics_dataframe
         seen = df.to_dict("records") if df is not None and len(df) else []
         kept = tune_kept(result) or (
-            Kept(None, [], "no checkpoint kept: the trial reported none")
+            unregistered_checkpoint(f"{exp_dir}/{trial_id}")
             if runner == "inline"
             else kept_checkpoint(f"{exp_dir}/{trial_id}/{TRAIN_RUN}")
         )
