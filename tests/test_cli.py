@@ -360,6 +360,17 @@ def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys,
     r.budget_s = 0
     # 120 trial-seconds for 3 epochs; 2 trials of 2 epochs not started, over 2 slots.
     assert r.status().endswith("2m10s elapsed, ~1m20s left at this pace")
+    # a trial Tune restarts after a failure says so, and why, then 'restart', not 'start'
+    (tmp_path / "retry.txt").write_text(TUNE_ERROR_TXT)
+    a.error_file = str(tmp_path / "retry.txt")
+    r.on_trial_recover(0, [], a)
+    r.on_trial_start(0, [], a)
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2].endswith(
+        "] a_00000 failed, restarting from its last checkpoint: RuntimeError: injected fault: "
+        f"CUDA out of memory  (traceback: {tmp_path / 'retry.txt'})"
+    )
+    assert err[-1].endswith("] a_00000 restart  model=cnn"), err[-1]
     # a --cv fold run's start line names its candidate and fold (its config holds no settings)
     fold = SimpleNamespace(trial_id="f_00003", config={"cv_run": [1, 2]}, last_result={})
     r.on_trial_start(0, [], fold)

@@ -168,8 +168,8 @@ class ConsoleReporter(tune.Callback):
             self._status_line()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        """One 'start' line with the trial's main sampled settings; the ETA learns its epochs."""
-        self.started.add(trial.trial_id)
+        """One 'start' line with the trial's main sampled settings ('restart' when Tune starts
+        it again after a failure); the ETA learns its epochs."""
         cfg = trial.config
         epochs = cfg.get("epochs") if isinstance(cfg.get("epochs"), int | float) else None
         self.eta.started(trial.trial_id, time.time(), epochs)
@@ -181,7 +181,9 @@ class ConsoleReporter(tune.Callback):
         if isinstance(cfg.get("cv_run"), list | tuple):  # a --cv fold run: [candidate, fold]
             shown = {"candidate": cfg["cv_run"][0], "fold": cfg["cv_run"][1]}
         pretty = " ".join(f"{k.removeprefix('model.')}={_fmt(v)}" for k, v in shown.items())
-        self._say(f"{trial.trial_id} start  {pretty}")
+        again = trial.trial_id in self.started  # Tune restarts it after a failure
+        self.started.add(trial.trial_id)
+        self._say(f"{trial.trial_id} {'restart' if again else 'start'}  {pretty}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         """One line per reported epoch: the objective, val_loss and the epoch's seconds."""
@@ -216,13 +218,18 @@ class ConsoleReporter(tune.Callback):
         """One 'ERROR' line with the error's reason and the traceback file, then the status."""
         self.ended[trial.trial_id] = "error"
         self.eta.ended(trial.trial_id, time.time())
-        path = str(trial.error_file or "")
-        try:
-            reason = error_reason(Path(path).read_text(errors="replace")) if path else ""
-        except OSError:
-            reason = ""
+        reason, path = _trial_error(trial)
         self._say(f"{trial.trial_id} ERROR  {reason or 'failed'}  (traceback: {path})")
         self._status_line()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """One line when a trial failed and Tune restarts it from its last checkpoint (an
+        inline trial's --max-failures): without it the trial just started again, unexplained."""
+        reason, path = _trial_error(trial)
+        self._say(
+            f"{trial.trial_id} failed, restarting from its last checkpoint: "
+            f"{reason or 'failed'}  (traceback: {path})"
+        )
 
     def on_experiment_end(self, trials, **info):
         """End the redrawn status line so later output starts on a clean line."""
@@ -230,6 +237,15 @@ class ConsoleReporter(tune.Callback):
             sys.stderr.write("\n")
             sys.stderr.flush()
             self._drawn = False
+
+
+def _trial_error(trial) -> tuple[str, str]:
+    """(the one-line reason, the traceback file) of a trial's last error; "" where unknown."""
+    path = str(getattr(trial, "error_file", None) or "")
+    try:
+        return (error_reason(Path(path).read_text(errors="replace")) if path else ""), path
+    except OSError:
+        return "", path
 
 
 def _fmt(v) -> str:
