@@ -645,7 +645,7 @@ def test_fold_report_says_how_the_configuration_was_selected(tmp_path):
     values with mean and sd (the chosen one marked), and out-of-fold beside test with the
     disagreement warnings; figures are drawn from the ensemble's test probabilities."""
     from ray_xray.report.folds import write_fold_report
-    from ray_xray.scores import report
+    from ray_xray.scores import operating_points, report
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 60)
@@ -675,6 +675,8 @@ def test_fold_report_says_how_the_configuration_was_selected(tmp_path):
         "test": report(y, p, ["normal", "pneumonia"], intervals=True, n_boot=50),
         "warnings": ["test accuracy 0.80 [0.70, 0.88] vs 0.970 out of fold: they disagree"],
     }
+    # fixed on out-of-fold predictions (here the test's own, for the shape of the table)
+    metrics["operating_points"] = operating_points(y, p, y, p, metrics["classes"])
     page = write_fold_report(tmp_path, metrics, y, p, search_trials=14, log=lambda m: None)
     text = page.read_text()
     assert "How the configuration was selected" in text
@@ -686,6 +688,12 @@ def test_fold_report_says_how_the_configuration_was_selected(tmp_path):
     assert "warning: test accuracy 0.80" in text and "could not be drawn" not in text
     assert (tmp_path / "figures" / "confusion.png").is_file()
     assert (tmp_path / "figures" / "roc_pr.png").is_file()
+    # what the sweep's own report has besides: operating points (those ensemble.pt stores),
+    # per-class intervals with k/n, and the ensemble's reliability on test
+    assert 'id="operating-points"' in text and 'pneumonia</td><td class="text">sens0.90' in text
+    pc = metrics["test"]["intervals"]["per_class"]["pneumonia"]["sensitivity"]
+    assert 'id="intervals"' in text and f"{pc['k']}/{pc['n']}" in text
+    assert 'id="calibration"' in text and (tmp_path / "figures" / "reliability.png").is_file()
 
 
 def test_a_resumed_search_leaves_the_fold_stage_only_what_is_left_of_the_budget(monkeypatch):

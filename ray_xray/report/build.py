@@ -11,6 +11,8 @@ from pathlib import Path
 from . import html, plots
 from .inputs import SweepReport
 from .sections import (
+    INTERVAL_HEADERS,
+    OPERATING_HEADERS,
     Figures,
     calibration_section,
     cam_cases,
@@ -20,7 +22,9 @@ from .sections import (
     gradcam_model,
     image_case,
     input_size,
+    interval_rows,
     is_highlight,
+    operating_rows,
     pick_cases,
     render_sections,
     roc_section,
@@ -188,37 +192,6 @@ def comparison_section(rep: SweepReport) -> str:
     )
 
 
-def threshold_text(t) -> str | None:
-    """Enough digits to tell thresholds near 0 or 1 apart (0.999962, 3.1e-05), not '0.000'."""
-    if t is None or not math.isfinite(t):
-        return None
-    return html.Shown(f"{t:.3g}" if 0 < t < 1e-3 else f"{t:.6g}")
-
-
-def _op_rows(entry: dict, classes: list[str]) -> list[list]:
-    """One row per class and operating point of a metrics.json entry (member or ensemble)."""
-    rows = []
-    for c in classes:
-        for name, r in entry["operating_points"][c].items():
-            test = r.get("test") or {}
-            sens, spec = test.get("sensitivity") or {}, test.get("specificity") or {}
-            kind = r.get("kind", "specificity")
-            rows.append(
-                [
-                    c,
-                    name,
-                    f"{kind} >= {r.get('target', float(name[-4:])):.2f}",
-                    threshold_text(r["threshold"]),
-                    r.get("threshold_logit"),
-                    r["val_sensitivity"],
-                    r["val_specificity"],
-                    html.ci(r["test_sensitivity"], sens.get("ci")),
-                    html.ci(r["test_specificity"], spec.get("ci")),
-                ]
-            )
-    return rows
-
-
 def operating_section(rep: SweepReport) -> str:
     """Each class's thresholds fixed on validation (target specificity or sensitivity) and
     what they give on test, for the chosen ensemble and the best member."""
@@ -237,58 +210,10 @@ def operating_section(rep: SweepReport) -> str:
             "IMAGE --operating-point CLASS@NAME applies one (NAME as in the second column)."
         )
     ]
-    headers = [
-        "class",
-        "name",
-        "target on validation",
-        "threshold",
-        "log-odds",
-        "val sensitivity",
-        "val specificity",
-        "test sensitivity [95% CI]",
-        "test specificity [95% CI]",
-    ]
     for entry in (chosen, m["members"][0]):
         parts.append(html.raw_para(f"<b>{html.esc(entry['name'])}</b>"))
-        parts.append(html.table(headers, _op_rows(entry, classes)))
+        parts.append(html.table(OPERATING_HEADERS, operating_rows(entry, classes)))
     return html.section("Operating points", *parts, anchor="operating-points")
-
-
-def _interval_rows(t: dict, classes: list[str]) -> list[list]:
-    """Per class of a metrics.json "test" entry: sensitivity, specificity and precision with
-    their Wilson intervals and k/n, ROC-AUC with its bootstrap interval, PR-AP."""
-    iv = t["intervals"]
-    boot = iv["bootstrap"]
-    rows = []
-    for c in classes:
-        pc = iv["per_class"][c]
-        rows.append(
-            [c, t["support"][c]]
-            + [
-                cell
-                for kind in ("sensitivity", "specificity", "precision")
-                for cell in (
-                    html.ci(pc[kind]["value"], pc[kind]["ci"]),
-                    f"{pc[kind]['k']}/{pc[kind]['n']}",
-                )
-            ]
-            + [html.ci(t["auc_per_class"][c], boot["auc_per_class"].get(c)), t["pr_ap"][c]]
-        )
-    return rows
-
-
-INTERVAL_HEADERS = [
-    "class",
-    "test n",
-    "sensitivity [95% CI]",
-    "k/n",
-    "specificity [95% CI]",
-    "k/n",
-    "precision [95% CI]",
-    "k/n",
-    "ROC-AUC [95% CI]",
-    "PR-AP",
-]
 
 
 def intervals_section(rep: SweepReport) -> str:
@@ -318,7 +243,7 @@ def intervals_section(rep: SweepReport) -> str:
                 f"resamples, seed {boot['seed']})."
             )
         )
-        parts.append(html.table(INTERVAL_HEADERS, _interval_rows(t, rep.classes)))
+        parts.append(html.table(INTERVAL_HEADERS, interval_rows(t, rep.classes)))
     return html.section("Uncertainty per class", *parts, anchor="intervals")
 
 

@@ -12,10 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
+from ..calibration import reliability_bins
 from ..scores import headline_cis
 from . import html
 from .inputs import log_to_stderr
-from .sections import Figures, confusion_section, render_sections, roc_section, write_page
+from .sections import (
+    INTERVAL_HEADERS,
+    OPERATING_HEADERS,
+    Figures,
+    calibration_section,
+    confusion_section,
+    interval_rows,
+    operating_rows,
+    render_sections,
+    roc_section,
+    write_page,
+)
 
 
 def _fmt_values(values: list) -> str:
@@ -106,6 +118,41 @@ def figures_section(metrics: dict) -> str:
     return html.section("Fold ensemble: out of fold and test", *parts, anchor="figures")
 
 
+def operating_points_section(metrics: dict) -> str:
+    """Each class's thresholds fixed on the out-of-fold predictions (target specificity or
+    sensitivity) and what they give on test, with Wilson intervals: the points ensemble.pt
+    stores for `predict --operating-point`."""
+    return html.section(
+        "Operating points",
+        html.para(
+            "For each class, the threshold on that class's probability fixed on the out-of-fold "
+            "predictions (every image scored by the fold models that never trained on it) to "
+            "reach a target specificity (the lowest such threshold) or sensitivity (the highest), "
+            "and what that threshold gives on test, with Wilson 95% intervals. They are stored "
+            "in ensemble.pt: python -m ray_xray.predict ensemble.pt IMAGE --operating-point "
+            "CLASS@NAME applies one. The 'val' columns are out of fold."
+        ),
+        html.table(OPERATING_HEADERS, operating_rows(metrics, metrics["classes"])),
+        anchor="operating-points",
+    )
+
+
+def per_class_section(metrics: dict) -> str:
+    """Per class on test: sensitivity, specificity, precision (Wilson), ROC-AUC (bootstrap),
+    PR-AP."""
+    return html.section(
+        "Uncertainty per class",
+        html.para(
+            "Sensitivity, specificity and precision are one-vs-rest at the argmax decision, "
+            "with Wilson 95% intervals and their k/n; ROC-AUC per class with a stratified "
+            "bootstrap 95% interval; PR-AP is the average precision (prevalence is its chance "
+            "level)."
+        ),
+        html.table(INTERVAL_HEADERS, interval_rows(metrics["test"], metrics["classes"])),
+        anchor="intervals",
+    )
+
+
 def write_fold_report(
     out: Path,
     metrics: dict,
@@ -146,6 +193,17 @@ def write_fold_report(
                 p_test,
                 classes,
                 "test",
+            ),
+        ),
+        ("operating points", lambda: operating_points_section(metrics)),
+        ("intervals", lambda: per_class_section(metrics)),
+        (
+            "calibration",
+            lambda: calibration_section(
+                figs,
+                "Reliability of the fold ensemble on test (each member temperature-scaled on "
+                "its own held-out fold).",
+                [("fold ensemble", reliability_bins(y_test, p_test), metrics["test"]["ece"])],
             ),
         ),
     ]

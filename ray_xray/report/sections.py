@@ -6,6 +6,7 @@ Each report passes its own headings and captions; the drawing and the choices ar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -225,3 +226,89 @@ def training_curves_section(
         figs.make("training_curves", caption, plots.learning_curves, curves, metric),
         anchor=anchor,
     )
+
+
+# Tables of the sweep's and the fold ensemble's reports ------------------------------------
+
+
+OPERATING_HEADERS = [
+    "class",
+    "name",
+    "target on validation",
+    "threshold",
+    "log-odds",
+    "val sensitivity",
+    "val specificity",
+    "test sensitivity [95% CI]",
+    "test specificity [95% CI]",
+]
+
+
+def threshold_text(t) -> str | None:
+    """Enough digits to tell thresholds near 0 or 1 apart (0.999962, 3.1e-05), not '0.000'."""
+    if t is None or not math.isfinite(t):
+        return None
+    return html.Shown(f"{t:.3g}" if 0 < t < 1e-3 else f"{t:.6g}")
+
+
+def operating_rows(entry: dict, classes: list[str]) -> list[list]:
+    """One row per class and operating point of a metrics.json entry (a member, an ensemble, a
+    fold ensemble): `OPERATING_HEADERS`' columns."""
+    rows = []
+    for c in classes:
+        for name, r in entry["operating_points"][c].items():
+            test = r.get("test") or {}
+            sens, spec = test.get("sensitivity") or {}, test.get("specificity") or {}
+            kind = r.get("kind", "specificity")
+            rows.append(
+                [
+                    c,
+                    name,
+                    f"{kind} >= {r.get('target', float(name[-4:])):.2f}",
+                    threshold_text(r["threshold"]),
+                    r.get("threshold_logit"),
+                    r["val_sensitivity"],
+                    r["val_specificity"],
+                    html.ci(r["test_sensitivity"], sens.get("ci")),
+                    html.ci(r["test_specificity"], spec.get("ci")),
+                ]
+            )
+    return rows
+
+
+def interval_rows(t: dict, classes: list[str]) -> list[list]:
+    """Per class of a metrics.json "test" entry: sensitivity, specificity and precision with
+    their Wilson intervals and k/n, ROC-AUC with its bootstrap interval, PR-AP:
+    `INTERVAL_HEADERS`' columns."""
+    iv = t["intervals"]
+    boot = iv["bootstrap"]
+    rows = []
+    for c in classes:
+        pc = iv["per_class"][c]
+        rows.append(
+            [c, t["support"][c]]
+            + [
+                cell
+                for kind in ("sensitivity", "specificity", "precision")
+                for cell in (
+                    html.ci(pc[kind]["value"], pc[kind]["ci"]),
+                    f"{pc[kind]['k']}/{pc[kind]['n']}",
+                )
+            ]
+            + [html.ci(t["auc_per_class"][c], boot["auc_per_class"].get(c)), t["pr_ap"][c]]
+        )
+    return rows
+
+
+INTERVAL_HEADERS = [
+    "class",
+    "test n",
+    "sensitivity [95% CI]",
+    "k/n",
+    "specificity [95% CI]",
+    "k/n",
+    "precision [95% CI]",
+    "k/n",
+    "ROC-AUC [95% CI]",
+    "PR-AP",
+]
