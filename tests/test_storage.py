@@ -168,6 +168,26 @@ def test_a_finished_sweep_on_a_uri_is_refused_before_any_work(tmp_path, capsys, 
     assert "already holds a finished sweep" in capsys.readouterr().err
 
 
+def test_resume_of_a_finished_sweep_says_what_it_will_do(tmp_path, capsys, monkeypatch):
+    """--resume of a finished sweep re-reads its results and rebuilds its ensemble: it says
+    so first, rather than looking like a sweep run again (a new user's surprise)."""
+    from ray_xray.tune import service
+    from ray_xray.tune.__main__ import main
+
+    monkeypatch.setattr(service, "init_ray", _no_ray)
+    monkeypatch.setattr(service, "check_resumable", lambda *a: None)  # its own tests: above
+    exp = tmp_path / "done"
+    exp.mkdir()
+    (exp / "results.parquet").write_bytes(b"PAR1")
+    (exp / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
+    args = ["--space", "cnn_lstm", "--smoke-test", "--storage", str(tmp_path), "--name", "done"]
+    with pytest.raises(AssertionError, match="Ray was started"):
+        main([*args, "--resume"])
+    assert "holds a finished sweep: no trial left to run; re-reading its results" in (
+        capsys.readouterr().err
+    )
+
+
 def _no_ray(*args, **kwargs):
     raise AssertionError("Ray was started: the input should have been refused before")
 

@@ -543,6 +543,12 @@ def _prepare(plan: SweepPlan) -> tuple[SweepPlan, TrialSetup]:
         check_resumable(plan.exp_dir, identity, plan.files.stage)
         if not opts.resume:
             print(f"found an interrupted sweep at {plan.exp_dir}: resuming it", file=sys.stderr)
+        elif plan.files.exists(DONE_FILE):  # what --resume of a finished sweep does
+            print(
+                f"{plan.exp_dir} holds a finished sweep: no trial left to run; re-reading its "
+                "results and rebuilding what follows them (the ensemble and report)",
+                file=sys.stderr,
+            )
     return plan, TrialSetup(restoring, overrides, probe_cfg, data, identity, choice)
 
 
