@@ -371,6 +371,10 @@ def test_sweep_status_line_counts_trials_and_keeps_the_best(monkeypatch, capsys,
         f"CUDA out of memory  (traceback: {tmp_path / 'retry.txt'})"
     )
     assert err[-1].endswith("] a_00000 restart  model=cnn"), err[-1]
+    # a trial that ran fewer epochs than planned says it was stopped early
+    cut = SimpleNamespace(trial_id="c_00004", config={"epochs": 4}, last_result={"epoch": 1})
+    r.on_trial_complete(0, [], cut)
+    assert "] c_00004 done   epochs 1 of 4 (stopped early: " in capsys.readouterr().err
     # a --cv fold run's start line names its candidate and fold (its config holds no settings)
     fold = SimpleNamespace(trial_id="f_00003", config={"cv_run": [1, 2]}, last_result={})
     r.on_trial_start(0, [], fold)

@@ -209,9 +209,10 @@ class ConsoleReporter(tune.Callback):
         self.eta.ended(trial.trial_id, time.time())
         last = trial.last_result or {}
         best = _fmt(last.get("best_" + self.metric, self.trial_best.get(trial.trial_id)))
-        self._say(
-            f"{trial.trial_id} done   epochs {last.get('epoch', 0)}  best {self.metric} {best}"
-        )
+        ran, planned = last.get("epoch", 0), (trial.config or {}).get("epochs")
+        if isinstance(planned, int) and isinstance(ran, int | float) and ran < planned:
+            ran = f"{ran} of {planned} (stopped early: by ASHA, its patience or the budget)"
+        self._say(f"{trial.trial_id} done   epochs {ran}  best {self.metric} {best}")
         self._status_line()
 
     def on_trial_error(self, iteration, trials, trial, **info):
