@@ -37,6 +37,22 @@ def test_synthetic_load_counts_and_normalisation():
     assert d.mean == pytest.approx(train.mean(), abs=1e-5)
 
 
+def test_the_data_line_is_logged_once_a_process(tiny_tree, caplog):
+    """A --cv sweep's steps load the same data again and again: its 'data ...' line came 7
+    times in the README's --cv example. Once a process; other data gets its own line."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            load_data(str(tiny_tree), 32)
+        load_data(str(tiny_tree), 32, limit_per_split=3)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data ")]
+    assert lines == [
+        f"data {tiny_tree}: train 18, val 18, test 18; skipped: 0 files",
+        f"data {tiny_tree}: train 3, val 3, test 3; skipped: 0 files",
+    ]
+
+
 def test_label_aliases_and_patient_ids():
     assert normalise_label("Viral Pneumonia") == "pneumonia"
     assert normalise_label("TB") == "tuberculosis" == normalise_label("Tuberculosis")

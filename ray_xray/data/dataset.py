@@ -319,13 +319,17 @@ def load_data(
         skipped=skipped,
         patients=split_patients,
     )
-    log.info(
-        "data %s: %s; %s",
-        spec,
-        ", ".join(f"{s} {len(data.labels[s])}" for s in SPLITS),
-        skipped_summary(skipped),
+    line = (
+        f"data {spec}: {', '.join(f'{s} {len(data.labels[s])}' for s in SPLITS)}; "
+        f"{skipped_summary(skipped)}"
     )
+    if line not in _SAID:  # once a process: a --cv sweep's steps load the same data often
+        _SAID.add(line)
+        log.info(line)
     return data
+
+
+_SAID: set[str] = set()  # load_data's lines logged so far
 
 
 def _splits(
