@@ -801,6 +801,9 @@ def _tune_config(
         # a URI: in its local copy, pushed to the storage after every trial and at the end).
         db = (files.local_path(STUDY_FILE) if files else Path(exp_dir) / STUDY_FILE).as_posix()
         study_storage = optuna.storages.RDBStorage(study_url(db))
+    # Optuna's INFO lines ("A new study created in RDB ...") would break into the console's
+    # own; its warnings still show.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = SweepSearch(
         budget_epochs=opts.budget_epochs,
         key=exp_dir,  # shared with the scheduler: which trials it cut (PRUNED in the study)
