@@ -778,8 +778,15 @@ def _cv_stage(
         runtime,
         trial_resources(resources),
         resources["max_concurrent"],
-        # the console counts the fold runs, with no clock: they run to their end
-        make_callbacks(replace(opts, trials=len(runs), budget_minutes=0), plan.name),
+        # the console counts the fold runs, with no clock: they run to their end. A fold run's
+        # config holds only its cv_run: the time left takes the candidates' mean epochs
+        make_callbacks(
+            replace(opts, trials=len(runs), budget_minutes=0),
+            plan.name,
+            plan.files.stage,
+            round(sum(c.get("epochs", epochs) for c in configs) / len(configs)),
+            slots,
+        ),
         runs,
     )
     return folds.FoldStage(opts, exp_dir, configs, tuner.fit(), held, reused)
