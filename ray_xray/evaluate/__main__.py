@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         description="Evaluate a model or ensemble on a labelled set: metrics.json (accuracy "
         "and recall per class with 95% Wilson score intervals, macro-F1 and AUC with 95% "
-        "stratified bootstrap intervals, ECE, operating points) and report.html (confusion, ROC/PR, reliability, samples, Grad-CAM). On other "
+        "stratified bootstrap intervals, ECE, operating points) and report.html (confusion, "
+        "ROC/PR, reliability, samples, Grad-CAM). On other "
         "data than the model's own, a shift check compares with the model's own test split; "
         "--stress adds metrics under acquisition changes (gamma, blur, noise, JPEG ...).",
     )
