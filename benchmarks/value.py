@@ -16,6 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ray_xray.ensemble.folds import FOLD_ENSEMBLE_FILE
 from ray_xray.pipeline import run_full_sweep
 from ray_xray.tune.service import SweepOptions
 
@@ -25,7 +26,9 @@ NAME = "value"
 DEFAULTS = {
     "full": {
         "datasets": ["pneumonia2", "brain4"],
-        "arms": ["a", "b", "c"],  # --set value.arms=c reruns one arm (its rows stand alone)
+        # --set value.arms=c reruns one arm (its rows stand alone); d (refits) is opt-in:
+        # --set value.arms=d
+        "arms": ["a", "b", "c"],
         "img_size": 64,
         "single_epochs": 8,
         "single_seeds": [0, 1, 2],
@@ -36,13 +39,14 @@ DEFAULTS = {
         "trials": 60,
         "cv": 3,
         "cv_top": 2,
+        "refit_seeds": 2,  # arm d: --refit-seeds
         "cpus_per_trial": 1.0,
         "limit_per_split": 0,
         "bootstrap": 1000,
     },
     "quick": {
         "datasets": ["pneumonia2", "brain4"],
-        "arms": ["a", "b", "c"],
+        "arms": ["a", "b", "c", "d"],
         "img_size": 32,
         "single_epochs": 2,
         "single_seeds": [0],
@@ -53,6 +57,7 @@ DEFAULTS = {
         "trials": 3,
         "cv": 2,
         "cv_top": 1,
+        "refit_seeds": 1,
         "cpus_per_trial": 1.0,
         "limit_per_split": 120,
         "bootstrap": 200,
@@ -145,8 +150,10 @@ def run_dataset(s: dict, name: str, data: str, work: Path) -> list[dict]:
         "settings": {"epochs": s["sweep_epochs"]},
     }
     cv = {**sweep, "cv": s["cv"], "cv_top": s["cv_top"]}
+    refit = {**cv, "refit_seeds": s.get("refit_seeds", 2)}
     for seed in s["sweep_seeds"]:
         arms += [("b", seed, {**sweep, "seed": seed}), ("c", seed, {**cv, "seed": seed})]
+        arms += [("d", seed, {**refit, "seed": seed})]
     arms = [a for a in arms if a[0] in s.get("arms", "abc")]
     rows = []
     for arm, seed, kw in arms:
@@ -171,7 +178,10 @@ def run_dataset(s: dict, name: str, data: str, work: Path) -> list[dict]:
             )
             out = work / f"ev-{name}-{arm}{seed}"
             row.update(score(ckpt, data, adapt, s["bootstrap"], out) if ckpt else {})
-            if arm == "c":
+            if arm == "d":  # the same sweep's fold ensemble, kept beside its refits
+                folds = Path(ckpt).with_name(FOLD_ENSEMBLE_FILE)
+                row["fold_ensemble"] = score(str(folds), data, False, s["bootstrap"], out / "f")
+            if arm in ("c", "d"):
                 sel = json.loads((Path(summary["exp_dir"]) / "cv.json").read_text())
                 joined = json.loads(Path(summary["ensemble"]["metrics"]).read_text())
                 row["selection"] = {
@@ -195,6 +205,7 @@ ARMS = {
     "a": "single hand-set run (resnet18, README)",
     "b": "sweep, one val split, top-k ensemble",
     "c": "cross-validated sweep, fold ensemble",
+    "d": "cross-validated sweep, refits on all of train+val",
 }
 
 
@@ -214,7 +225,7 @@ def _headline(ds: str, px: int, rows: list[dict]) -> list[str]:
     ok = [r for r in rows if r.get("macro_f1") and not r.get("error")]
     single = [r["macro_f1"] for r in ok if r["arm"] == "a"]
     out = []
-    for arm in ("b", "c"):
+    for arm in ("b", "c", "d"):
         for r in (r for r in ok if r["arm"] == arm):
             f1 = r["macro_f1"]
             above = single and all(f1["value"] > a["high"] for a in single)
@@ -230,6 +241,8 @@ def _headline(ds: str, px: int, rows: list[dict]) -> list[str]:
                 f"{ds} at {px} px: ({arm}) {ARMS[arm]}, seed {r['seed']}{wall}: test macro-F1 "
                 f"{_ci(f1)}, {against}"
             )
+            if r.get("fold_ensemble"):  # (d): the same sweep's fold models, beside its refits
+                line += f"; that sweep's fold ensemble {_ci(r['fold_ensemble'].get('macro_f1'))}"
             if ds in TARGET:
                 met = all(r[k]["value"] >= v for k, v in TARGET[ds].items())
                 line += (
@@ -271,6 +284,13 @@ def summarise(s: dict, results: dict[str, list[dict]]) -> dict:
                     est,
                 ]
             )
+            folds = r.get("fold_ensemble")
+            if folds:  # (d): the same sweep's fold ensemble, scored beside its refits
+                table.append(
+                    [ds, "(d) that sweep's fold ensemble", r["seed"], s["img_size"], "-"]
+                    + [_ci(folds.get(k)) for k in ("accuracy", "macro_f1", "auc")]
+                    + ["-", "-", "-"]
+                )
         headline += _headline(ds, s["img_size"], rows)
     published = common.table(
         "Published on the same Kermany / PneumoniaMNIST test set (ACC, AUC)",
@@ -281,8 +301,9 @@ def summarise(s: dict, results: dict[str, list[dict]]) -> dict:
         NAME,
         settings=s,
         measured="test ACC / macro-F1 / AUC (95 % stratified bootstrap intervals) of (a) the "
-        "README's hand-set run, (b) a sweep with one validation split and (c) a "
-        f"--cv {s['cv']} sweep's fold ensemble, (b) and (c) at --budget-minutes "
+        "README's hand-set run, (b) a sweep with one validation split, (c) a "
+        f"--cv {s['cv']} sweep's fold ensemble and (d) a --cv {s['cv']} --refit-seeds "
+        f"{s.get('refit_seeds', 2)} sweep's refits (and its fold ensemble), (b)-(d) at --budget-minutes "
         f"{s['budget_minutes']} (--cv: the search ends when the time left is the fold runs' estimate), "
         f"at {s['img_size']} px; pneumonia2 also after EM prior adaptation",
         tables=[common.table("Test figures", cols, table), published],

@@ -83,7 +83,8 @@ HELP = {
     "skip_bad": "leave unreadable images out instead of failing",
     "limit_per_split": "keep at most N images per split (0 = all; for smoke tests)",
     "cv_folds": "K > 0: train on fold cv_fold of K-fold CV over train+val (tune --cv sets it)",
-    "cv_fold": "which of the cv_folds folds validates (0..K-1)",
+    "cv_fold": "which of the cv_folds folds validates (0..K-1; -1: all of train+val trains, "
+    "nothing validates: tune --refit-seeds)",
     "model_kwargs": "model hyperparameters (model.KEY=VALUE)",
 }
 # Old setting name -> its name today: the one place that maps them. Old config.json files and
@@ -167,6 +168,7 @@ class TrainConfig:
     limit_per_split: int = 0  # >0: keep at most N items per split (smoke tests)
     # Cross-validation (tune --cv): train+val pooled, split into cv_folds folds by patient
     # (data/folds.py); fold cv_fold validates, the rest train. 0 = the data's own val split.
+    # cv_fold -1 (a refit, tune --refit-seeds): every fold trains, none validates.
     cv_folds: int = 0
     cv_fold: int = 0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -188,9 +190,14 @@ class TrainConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)!r}")
-        if self.cv_folds == 1 or self.cv_folds < 0 or not 0 <= self.cv_fold < max(1, self.cv_folds):
+        low = -1 if self.cv_folds >= 2 else 0  # -1: a refit on all of train+val
+        if (
+            self.cv_folds == 1
+            or self.cv_folds < 0
+            or not low <= self.cv_fold < max(1, self.cv_folds)
+        ):
             raise ValueError(
-                f"config: cv_folds must be 0 or >= 2 and cv_fold in 0..cv_folds-1, got "
+                f"config: cv_folds must be 0 or >= 2 and cv_fold in -1..cv_folds-1, got "
                 f"{self.cv_folds} and {self.cv_fold}"
             )
         if int(self.loader_workers) < 0:

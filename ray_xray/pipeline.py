@@ -61,14 +61,15 @@ def post_sweep_steps(plan: SweepPlan, summary: dict, cv: folds.FoldStage | None)
 def _fold_ensemble(
     plan: SweepPlan, cv: folds.FoldStage, rows: list[dict], external: ExternalStep | None
 ) -> dict:
-    """The chosen configuration's K fold models (and the next ones' where they help),
-    calibrated and averaged (a local --storage only, as --cv is):
+    """The chosen configuration's K fold models (and the next ones' where they help), or with
+    --refit-seeds its refits, calibrated and averaged (a local --storage only, as --cv is):
     `ensemble.folds.run_fold_ensemble`'s dict."""
     from .ensemble.folds import run_fold_ensemble
 
     device = "cuda" if plan.opts.gpus_per_trial else "auto"
+    groups, refits = cv.groups(rows), cv.refits(rows)
     return run_fold_ensemble(
-        plan.exp_dir, cv.groups(rows), cv.selection, plan.opts.cache, device, external
+        plan.exp_dir, groups, cv.selection, plan.opts.cache, device, external, refits
     )
 
 

@@ -347,6 +347,21 @@ def test_value_tables_put_every_arm_beside_the_published_figures():
         "brain4 at 32 px: (c) cross-validated sweep, fold ensemble, seed 0: test macro-F1 0.740 "
         "[0.710, 0.770], no hand-set run in this run to compare with"
     ]
+    # (d) --refit-seeds: its refits, and that same sweep's fold ensemble in the row after
+    d = {"arm": "d", "seed": 1, "macro_f1": ci(0.8, 0.77, 0.83), "accuracy": ci(0.81, 0.78, 0.84)}
+    d["fold_ensemble"] = {"macro_f1": ci(0.75, 0.72, 0.78), "accuracy": ci(0.76, 0.73, 0.79)}
+    res = value_bench.summarise(s, {"brain4": [brain[1], d]})
+    rows = res["tables"][0]["rows"]
+    assert [r[1] for r in rows[1:]] == [
+        "(d) cross-validated sweep, refits on all of train+val",
+        "(d) that sweep's fold ensemble",
+    ]
+    assert rows[2][5:8] == ["0.760 [0.730, 0.790]", "0.750 [0.720, 0.780]", "-"]
+    assert res["headline"] == [
+        "brain4 at 32 px: (d) cross-validated sweep, refits on all of train+val, seed 1: test "
+        "macro-F1 0.800 [0.770, 0.830], within every single run's interval (0.800 [0.770, "
+        "0.830]); that sweep's fold ensemble 0.750 [0.720, 0.780]"
+    ]
 
 
 def test_precision_benchmark_leaves_out_models_this_install_cannot_build(monkeypatch):

@@ -529,10 +529,11 @@ def test_the_fold_ensemble_tries_the_other_complete_candidates_best_mean_first()
 @pytest.mark.slow
 @pytest.mark.slow_ray
 def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_path):
-    """--cv 2 --cv-top 1: one search run, which ran all its epochs and so is fold 0, and one
-    fold run (fold 1), each SIGKILLed halfway through epoch 2 and restarted from epoch 1's
-    checkpoint; results.parquet lists both with their fold, cv.json says how the choice was
-    made, ensemble.pt holds the two fold models."""
+    """--cv 2 --cv-top 1 --refit-seeds 1: one search run, which ran all its epochs and so is
+    fold 0, one fold run (fold 1) and one refit on all of train+val, each SIGKILLed halfway
+    through epoch 2 and restarted from epoch 1's checkpoint; results.parquet lists all three
+    with their fold (-1: the refit), cv.json says how the choice was made, ensemble.pt holds
+    the refit and fold_ensemble.pt the two fold models."""
     space = tmp_path / "one.yaml"
     space.write_text(
         "fixed: {model: cnn, epochs: 2, img_size: 32, limit_per_split: 48, batch_size: 16,\n"
@@ -542,18 +543,18 @@ def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_pa
     )
     cmd = [sys.executable, "-m", "ray_xray.tune", "--space", str(space), "--trials", "1"]
     cmd += ["--storage", str(tmp_path), "--name", "cv", "--trial-scheduler", "fifo"]
-    cmd += ["--cv", "2", "--cv-top", "1", "--data", "synthetic:chest3:20"]
+    cmd += ["--cv", "2", "--cv-top", "1", "--refit-seeds", "1", "--data", "synthetic:chest3:20"]
     env = {**os.environ, "RAY_XRAY_FAULT": "kill:2", "RAY_XRAY_FAULT_LOG": str(tmp_path / "kills")}
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=800)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     kills = (tmp_path / "kills").read_text().splitlines()
-    assert len(kills) == 2 and all(k.endswith("in epoch 2") for k in kills), kills
+    assert len(kills) == 3 and all(k.endswith("in epoch 2") for k in kills), kills
     exp = tmp_path / "cv"
     table = pd.read_parquet(exp / "results.parquet")
-    assert list(table["status"]) == ["TERMINATED"] * 2 and list(table["epochs"]) == [2] * 2
-    assert list(table["cv_stage"]) == ["search", "folds"]
-    assert list(table["cv_fold"]) == [0, 1] and list(table["cv_candidate"]) == [0, 0]
-    for _, row in table[table["cv_stage"] == "folds"].iterrows():
+    assert list(table["status"]) == ["TERMINATED"] * 3 and list(table["epochs"]) == [2] * 3
+    assert list(table["cv_stage"]) == ["search", "folds", "refit"]
+    assert list(table["cv_fold"]) == [0, 1, -1] and list(table["cv_candidate"]) == [0] * 3
+    for _, row in table[table["cv_stage"] != "search"].iterrows():
         reported = [
             json.loads(ln)["epoch"]
             for ln in Path(row["trial_dir"], "result.json").read_text().splitlines()
@@ -562,7 +563,8 @@ def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_pa
         assert json.loads(row["config"])["cv_fold"] == row["cv_fold"]
     sel = json.loads((exp / "cv.json").read_text())
     assert sel["folds"] == 2 and sel["search_trials"] == 1
-    assert sel["chosen"]["trial_ids"] == list(table["trial_id"])  # fold 0: the search run
+    assert sel["chosen"]["trial_ids"] == list(table["trial_id"][:2])  # fold 0: the search run
+    assert sel["refit_trial_ids"] == [table["trial_id"][2]]
     assert sel["reused_search_runs"] == {"0": table["trial_id"][0]}
     page = (exp / "ensemble" / "report.html").read_text()  # the report says how it chose
     assert "How the configuration was selected" in page and "(1 trials)" in page
@@ -571,11 +573,15 @@ def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_pa
     from ray_xray.checkpoint import load_ensemble
 
     ens = load_ensemble(exp / "ensemble" / "ensemble.pt")
-    assert ens["method"] == "cv_folds"
-    assert sorted(m["config"]["cv_fold"] for m in ens["members"]) == [0, 1]
+    assert ens["method"] == "cv_refit" and [m["config"]["cv_fold"] for m in ens["members"]] == [-1]
+    folded = load_ensemble(exp / "ensemble" / "fold_ensemble.pt")
+    assert folded["method"] == "cv_folds"
+    assert sorted(m["config"]["cv_fold"] for m in folded["members"]) == [0, 1]
     metrics = json.loads((exp / "ensemble" / "metrics.json").read_text())
     assert "ci" in json.dumps(metrics["test"]["intervals"]) and metrics["oof"]["macro_f1"] >= 0
-    # `python -m ray_xray.ensemble EXP` rebuilds the same fold ensemble (not a top-k of folds)
+    assert "ci" in json.dumps(metrics["fold_ensemble_test"]["intervals"])
+    assert "refit ensemble, test" in page and "(a refit: no validation)" in r.stdout + r.stderr
+    # `python -m ray_xray.ensemble EXP` rebuilds the same refit ensemble (not a top-k of folds)
     r = subprocess.run(
         [sys.executable, "-m", "ray_xray.ensemble", str(exp), "--json"],
         capture_output=True,
@@ -585,7 +591,7 @@ def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_pa
     )
     assert r.returncode == 0, r.stderr[-2000:]
     again = load_ensemble(exp / "ensemble" / "ensemble.pt")
-    assert again["method"] == "cv_folds"
+    assert again["method"] == "cv_refit"
     assert [m["temperature"] for m in again["members"]] == [
         m["temperature"] for m in ens["members"]
     ]

@@ -45,10 +45,11 @@ def fold_of(labels: np.ndarray, groups: list[str], k: int, seed: int = 0) -> np.
 
 def fold_view(data, k: int, fold: int, seed: int = 0):
     """`PreparedData` whose train/val are fold `fold` of K over the pooled train+val images
-    (val = that fold, train = the other K-1); test as it was. The training statistics
-    (mean, std) are the new train split's. Raises ValueError for a fold outside 0..K-1."""
-    if not 0 <= fold < k:
-        raise ValueError(f"cv_fold must be in 0..{k - 1}, got {fold}")
+    (val = that fold, train = the other K-1); test as it was. Fold -1 is a refit's view: every
+    pooled image trains and val is empty (0 images). The training statistics (mean, std) are
+    the new train split's. Raises ValueError for a fold outside -1..K-1."""
+    if not -1 <= fold < k:
+        raise ValueError(f"cv_fold must be in -1..{k - 1}, got {fold}")
     images = np.concatenate([data.images["train"], data.images["val"]])
     labels = np.concatenate([data.labels["train"], data.labels["val"]])
     paths = list(data.paths["train"]) + list(data.paths["val"])
@@ -56,7 +57,7 @@ def fold_view(data, k: int, fold: int, seed: int = 0):
     patients = list(pats.get("train") or [""] * len(data.paths["train"]))
     patients += list(pats.get("val") or [""] * len(data.paths["val"]))
     folds = fold_of(labels, fold_groups(paths, patients), k, seed)
-    is_val = folds == fold
+    is_val = folds == fold  # fold -1: none
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     train = images[train_idx].astype(np.float32) / 255.0
     return dataclasses.replace(

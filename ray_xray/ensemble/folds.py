@@ -4,6 +4,12 @@ the next configurations' K fold models join, in their rank order, where they low
 out-of-fold NLL (greedy forward selection, Caruana et al., ICML 2004, over whole
 configurations).
 
+With --refit-seeds S the ensemble is instead the chosen configuration's S refits (trained on
+all of train+val, tune/refit.py), each scaled by the mean temperature of that configuration's
+fold models, with the operating points of their out-of-fold predictions: a refit has no held-out
+images of its own, and the fold models are the same recipe on (K-1)/K of the images. The fold
+ensemble is kept beside it (fold_ensemble.pt) and scored on test too, so the two compare.
+
 Everything is fixed from validation first: the temperatures, the out-of-fold metrics, the
 operating-point thresholds; ensemble.pt is saved; only then are test (and --external) images
 read (`score_test` after `fit_fold_ensemble`).
@@ -41,6 +47,13 @@ DESCRIPTION = (
     "next configurations' where they lowered the out-of-fold NLL), each temperature-scaled on "
     "its own held-out fold"
 )
+REFIT_METHOD = "cv_refit"
+REFIT_DESCRIPTION = (
+    "equal-weight mean of the chosen configuration's refits on all of train+val (one per seed), "
+    "each scaled by the mean temperature of its K fold models; operating points and out-of-fold "
+    "figures are those fold models'"
+)
+FOLD_ENSEMBLE_FILE = "fold_ensemble.pt"  # beside a refit ensemble.pt: the fold models' own
 
 
 def split_proba(record: dict, images: np.ndarray, labels: np.ndarray, device) -> np.ndarray:
@@ -147,6 +160,33 @@ def add_configurations(fitted: list[dict], candidates: list[int]) -> dict:
     }
 
 
+def refit_ensemble(chosen: dict, checkpoints: list[str]) -> dict:
+    """The refit ensemble of --refit-seeds: `chosen` (the chosen configuration's own
+    `fit_fold_ensemble`) with its records replaced by the refits' (best-model records under
+    `checkpoints`, all with cv_fold -1), each given the mean of the fold models' temperatures.
+    Its out-of-fold data stay the fold models' (they fix the operating points). Raises
+    ValueError when a checkpoint is not a refit of that configuration."""
+    records = [load_state(c)["best"] for c in checkpoints]
+    fold_cfg = chosen["records"][0]["config"]
+    same = ("model", "lr", "epochs", "img_size", "batch_size", "cv_folds")
+    for r in records:
+        cfg = r["config"]
+        if cfg.get("cv_fold") != -1 or any(cfg.get(k) != fold_cfg.get(k) for k in same):
+            raise ValueError(
+                "a refit ensemble needs refits (cv_fold -1) of the chosen configuration"
+            )
+    t = float(np.mean(chosen["temperatures"]))
+    log(f"refits: {len(records)} models, each at the fold models' mean temperature T={t:.3f}")
+    return {
+        **chosen,
+        "records": records,
+        "temperatures": [t] * len(records),
+        "member_names": [f"{r['model']}:refit:seed{r['config']['seed']}" for r in records],
+        "method": REFIT_METHOD,
+        "description": REFIT_DESCRIPTION,
+    }
+
+
 def ensemble_test_proba(fitted: dict, device, images=None) -> np.ndarray:
     """The fold ensemble's calibrated probabilities, float64 (N, K), on uint8 (N, H, W)
     `images` (default: the data's test split): the mean over folds of each model's
@@ -201,7 +241,8 @@ def cv_selection(exp_dir: str | Path) -> dict | None:
 def rebuild_fold_ensemble(exp_dir: str | Path, device: str = "auto", external=None) -> dict:
     """`python -m ray_xray.ensemble` on a `--cv` sweep: the fold ensemble of the configuration
     its cv.json chose (checkpoints from results.parquet), rebuilt as the sweep built it; the
-    top-k ensemble of mixed folds would compare models validated on different images."""
+    top-k ensemble of mixed folds would compare models validated on different images. With
+    refits (--refit-seeds) in cv.json, they are the ensemble again."""
     from ..sweep_folder import read_experiment, relocate
     from ..tune.folds import ranked_candidates
 
@@ -223,8 +264,14 @@ def rebuild_fold_ensemble(exp_dir: str | Path, device: str = "auto", external=No
         if not all(paths):
             raise ValueError(f"{exp_dir}: a checkpoint of candidate {cand}'s fold runs is gone")
         groups[cand] = [str(p) for p in paths]
+    refits = [
+        relocate(table.loc[t, "checkpoint_path"], Path(exp["exp_dir"]) / "refit", t)
+        for t in selection.get("refit_trial_ids", [])
+        if table.loc[t, "status"] != "ERROR"
+    ]
+    refits = [str(p) for p in refits if p]
     cache = exp["options"].get("cache") or None
-    return run_fold_ensemble(exp["exp_dir"], groups, selection, cache, device, external)
+    return run_fold_ensemble(exp["exp_dir"], groups, selection, cache, device, external, refits)
 
 
 def save_fold_ensemble(fitted: dict, path: Path, experiment: str) -> Path:
@@ -244,13 +291,13 @@ def save_fold_ensemble(fitted: dict, path: Path, experiment: str) -> Path:
     obj = ensemble_record(
         records,
         [1.0 / k] * k,
-        METHOD,
+        fitted.get("method", METHOD),
         classes,
         extra={
             "member_names": fitted.get("member_names") or [_name(r) for r in records],
             "experiment": experiment,
             "data": records[0]["config"].get("data"),
-            "description": DESCRIPTION,
+            "description": fitted.get("description", DESCRIPTION),
             "operating_points": stored_points(points),
             "train_prior": (np.bincount(y_oof, minlength=len(classes)) / len(y_oof)).tolist(),
         },
@@ -269,8 +316,8 @@ def fold_metrics(fitted: dict, p_test: np.ndarray, selection: dict, experiment: 
     y_test = data.labels["test"]
     metrics = {
         "experiment": experiment,
-        "method": METHOD,
-        "description": DESCRIPTION,
+        "method": fitted.get("method", METHOD),
+        "description": fitted.get("description", DESCRIPTION),
         "classes": classes,
         "n_members": len(fitted["records"]),
         "configurations": fitted.get("configurations"),
@@ -310,43 +357,65 @@ def run_fold_ensemble(
     cache: str | None = None,
     device: str = "auto",
     external=None,
+    refits: list[str] | None = None,
 ) -> dict:
     """Fit, save and then score the fold ensemble of a `--cv` sweep into EXP/ensemble/.
     `groups`: candidate index -> its K fold checkpoints, the chosen candidate first and the
-    others in the order they may join (`tune.folds.ranked_candidates`; `add_configurations` decides). Written:
-    ensemble.pt (method "cv_folds"; operating points fixed on the out-of-fold predictions),
-    metrics.json ("oof": out-of-fold validation metrics, "test": with 95 % intervals,
-    "selection": the cv.json record) and report.html (how the configuration was selected, out
-    of fold beside test). `external`: called with ensemble.pt's path after it is saved (tune
-    --external); its result goes to metrics.json. Returns {"out", "ensemble", "metrics",
-    "report" (None when it could not be written), "chosen", "summary", "external"}."""
+    others in the order they may join (`tune.folds.ranked_candidates`; `add_configurations`
+    decides). `refits`: the chosen configuration's refit checkpoints (--refit-seeds): then
+    they are the ensemble (`refit_ensemble`) and the fold ensemble is saved beside it as
+    FOLD_ENSEMBLE_FILE. Written: ensemble.pt (method "cv_folds" or "cv_refit"; operating points
+    fixed on the out-of-fold predictions), metrics.json ("oof": out-of-fold validation
+    metrics, "test": with 95 % intervals, "selection": the cv.json record, and with refits
+    "fold_ensemble_test": the fold ensemble's test figures) and report.html (how the
+    configuration was selected, out of fold beside test). `external`: called with
+    ensemble.pt's path after it is saved (tune --external); its result goes to metrics.json.
+    Returns {"out", "ensemble", "metrics", "report" (None when it could not be written),
+    "chosen", "summary", "external"}."""
     t0 = time.perf_counter()
     dev = pick_device(device)
-    fitted = add_configurations(
-        [fit_fold_ensemble(c, cache, dev) for c in groups.values()], list(groups)
-    )
-    out_dir = Path(exp_dir) / "ensemble"
-    ens_path = save_fold_ensemble(fitted, out_dir / ENSEMBLE_FILE, Path(exp_dir).name)
-    log(f"saved {ens_path} ({len(fitted['records'])} fold models, method {METHOD})")
+    fits = [fit_fold_ensemble(c, cache, dev) for c in groups.values()]
+    fitted = folded = add_configurations(fits, list(groups))
+    out_dir, name = Path(exp_dir) / "ensemble", Path(exp_dir).name
+    if refits:
+        fitted = refit_ensemble(fits[0], refits)
+        save_fold_ensemble(folded, out_dir / FOLD_ENSEMBLE_FILE, name)
+    ens_path = save_fold_ensemble(fitted, out_dir / ENSEMBLE_FILE, name)
+    method = fitted.get("method", METHOD)
+    log(f"saved {ens_path} ({len(fitted['records'])} models, method {method})")
     # ---- fixed: now, and only now, the test images
     p_test = ensemble_test_proba(fitted, dev)
-    metrics = fold_metrics(fitted, p_test, selection, Path(exp_dir).name)
+    metrics = fold_metrics(fitted, p_test, selection, name)
+    if refits:  # the fold ensemble's test figures beside the refits': which is better
+        y_test, classes = fitted["data"].labels["test"], fitted["data"].classes
+        p_folds = ensemble_test_proba(folded, dev)
+        metrics["fold_ensemble_test"] = report(y_test, p_folds, classes, intervals=True)
+        metrics["fold_ensemble_oof"] = report(folded["oof_y"], folded["oof_prob"], classes)
     if external is not None:
         metrics["external"] = external(ens_path)
     metrics["timings"] = {"total_s": time.perf_counter() - t0}
     write_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2))
-    report = _fold_report(out_dir, metrics, fitted["data"].labels["test"], p_test)
-    test = metrics["test"]
-    log(
-        f"fold ensemble: out-of-fold macro-F1 {metrics['oof']['macro_f1']:.4f}; test accuracy "
-        f"{test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, AUC {test['auc']:.4f}"
-    )
+    report_path = _fold_report(out_dir, metrics, fitted["data"].labels["test"], p_test)
+    _log_test(metrics)
     return {
         "out": str(out_dir),
         "ensemble": str(ens_path),
         "metrics": str(out_dir / "metrics.json"),
-        "report": report,
-        "chosen": f"ensemble_{METHOD}",
-        "summary": {"ensemble": {"name": METHOD, "test_macro_f1": test["macro_f1"]}},
+        "report": report_path,
+        "chosen": f"ensemble_{method}",
+        "summary": {"ensemble": {"name": method, "test_macro_f1": metrics["test"]["macro_f1"]}},
         "external": metrics.get("external"),
     }
+
+
+def _log_test(metrics: dict) -> None:
+    """The closing lines: out of fold, then test (and the fold ensemble's, beside refits)."""
+    rows = [("refit ensemble" if "fold_ensemble_test" in metrics else "fold ensemble", "")]
+    if "fold_ensemble_test" in metrics:
+        rows.append(("fold ensemble", "fold_ensemble_"))
+    for label, key in rows:
+        t, oof = metrics[f"{key}test"], metrics[f"{key}oof"]
+        log(
+            f"{label}: out-of-fold macro-F1 {oof['macro_f1']:.4f}; test accuracy "
+            f"{t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, AUC {t['auc']:.4f}"
+        )

@@ -97,25 +97,44 @@ def members_text(metrics: dict) -> str:
     return "; ".join(parts)
 
 
+def kind(metrics: dict) -> str:
+    """ "refit ensemble" (tune --refit-seeds) or "fold ensemble": what the report is of."""
+    return "refit ensemble" if "fold_ensemble_test" in metrics else "fold ensemble"
+
+
 def figures_section(metrics: dict) -> str:
     """Out-of-fold (validation) against test: accuracy, macro-F1, AUC (test with their 95 %
-    intervals, `scores.headline_cis`), and every warning where the two disagree."""
+    intervals, `scores.headline_cis`), and every warning where the two disagree; beside a
+    refit ensemble, the fold ensemble's test figures too."""
     oof, test = metrics["oof"], metrics["test"]
-    cis = headline_cis(test)
+    folds = metrics.get("fold_ensemble_test")
+    keys = (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("AUC", "auc"))
     rows = [
-        [name, oof.get(key), html.ci(test.get(key), cis.get(key))]
-        for name, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("AUC", "auc"))
+        [name, oof.get(key), html.ci(test.get(key), headline_cis(test).get(key))]
+        for name, key in keys
     ]
+    headers = ["metric", "out of fold (validation)", "test [95 % interval]"]
+    text = (
+        f"The ensemble is the equal-weight mean of {metrics['n_members']} fold models, each "
+        f"temperature-scaled on its own held-out fold; they are {members_text(metrics)}."
+    )
+    if folds:
+        for row, (_, key) in zip(rows, keys, strict=True):
+            row.append(html.ci(folds.get(key), headline_cis(folds).get(key)))
+        headers = [*headers[:2], "refit ensemble, test", "fold ensemble, test (fold_ensemble.pt)"]
+        text = (
+            f"The ensemble is the equal-weight mean of {metrics['n_members']} refits of the chosen "
+            "configuration on all of train+val (one per seed, each at the mean temperature of its "
+            "fold models: a refit has no held-out images). The out-of-fold column is the chosen "
+            "configuration's fold models'; the fold ensemble is kept beside it and scored too."
+        )
     parts = [
-        html.para(
-            f"The ensemble is the equal-weight mean of {metrics['n_members']} fold models, "
-            f"each temperature-scaled on its own held-out fold; they are {members_text(metrics)}. It "
-            f"was saved before the {metrics['n_test']} test images were scored."
-        ),
-        html.table(["metric", "out of fold (validation)", "test [95 % interval]"], rows),
+        html.para(f"{text} It was saved before the {metrics['n_test']} test images were scored."),
+        html.table(headers, rows),
     ]
     parts += [html.para(f"warning: {w}", "warn") for w in metrics.get("warnings", [])]
-    return html.section("Fold ensemble: out of fold and test", *parts, anchor="figures")
+    title = f"{kind(metrics).capitalize()}: out of fold and test"
+    return html.section(title, *parts, anchor="figures")
 
 
 def operating_points_section(metrics: dict) -> str:
@@ -164,8 +183,7 @@ def write_fold_report(
     """EXP/ensemble/report.html of a fold ensemble. metrics: run_fold_ensemble's metrics.json
     dict; y_test int (N,), p_test float (N, K) the ensemble's test probabilities. Returns the
     page's path; a section that fails becomes a note in the page (sections.render_sections)."""
-    figs = Figures(out, log)
-    classes = metrics["classes"]
+    figs, classes, what = Figures(out, log), metrics["classes"], kind(metrics)
     steps = [
         (
             "selection",
@@ -179,7 +197,7 @@ def write_fold_report(
             lambda: confusion_section(
                 figs,
                 "Confusion matrix (test)",
-                "Fold ensemble on the test split; rows are the true class.",
+                f"{what.capitalize()} on the test split; rows are the true class.",
                 [("test", metrics["test"]["confusion"])],
                 classes,
             ),
@@ -188,7 +206,7 @@ def write_fold_report(
             "roc",
             lambda: roc_section(
                 figs,
-                "One-vs-rest curves of the fold ensemble on test.",
+                f"One-vs-rest curves of the {what} on test.",
                 y_test,
                 p_test,
                 classes,
@@ -201,14 +219,16 @@ def write_fold_report(
             "calibration",
             lambda: calibration_section(
                 figs,
-                "Reliability of the fold ensemble on test (each member temperature-scaled on "
-                "its own held-out fold).",
-                [("fold ensemble", reliability_bins(y_test, p_test), metrics["test"]["ece"])],
+                f"Reliability of the {what} on test (members temperature-scaled as above).",
+                [(what, reliability_bins(y_test, p_test), metrics["test"]["ece"])],
             ),
         ),
     ]
-    body = [html.para(f"Fold ensemble of {metrics['experiment']}", "meta")]
+    body = [html.para(f"{what.capitalize()} of {metrics['experiment']}", "meta")]
     body += render_sections(steps, log)
     return write_page(
-        out, f"{metrics['experiment']}: fold ensemble", body, "ensemble.pt, metrics.json, figures/"
+        out,
+        f"{metrics['experiment']}: {kind(metrics)}",
+        body,
+        "ensemble.pt, metrics.json, figures/",
     )

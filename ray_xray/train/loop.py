@@ -9,6 +9,7 @@ schedule, loaders and the device feed the same way for both.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -96,7 +97,9 @@ class Trainer:
         train_loader, labels = _train_loader(cfg, data, device, on, train_idx, world)
         if prepare_loader:
             train_loader = prepare_loader(train_loader)
-        val_loader = make_loader(data.dataset("val"), max(64, cfg.batch_size), device=device)
+        val_loader = None  # a refit (cv_fold -1) has no validation images
+        if len(data.labels["val"]):
+            val_loader = make_loader(data.dataset("val"), max(64, cfg.batch_size), device=device)
         augment = BatchAugment(cfg.aug_strength, cfg.augment) if on == "device" else None
 
         counts = np.bincount(labels, minlength=len(data.classes))
@@ -243,6 +246,17 @@ class Hooks:
         """After validation: report, checkpoint, keep the best weights..."""
 
 
+def _validate(tr: Trainer) -> dict:
+    """`val_loss` and `metrics.summary`'s figures on the validation split; {} for a refit
+    (no validation images)."""
+    if tr.val_loader is None:
+        return {}
+    y, prob, val_loss = predict_proba(
+        tr.bare, tr.val_loader, tr.device, tr.precision, tr.channels_last, feed=tr.feed
+    )
+    return {"val_loss": val_loss, **summary(y, prob, tr.classes)}
+
+
 def train_epochs(
     tr: Trainer,
     progress: Progress | None = None,
@@ -263,23 +277,21 @@ def train_epochs(
         coverage = torch.zeros(coverage_size) if coverage_size else None
         out = tr.train_epoch(tr.train_loader, coverage, hooks.on_step(epoch, len(tr.train_loader)))
         train = hooks.reduce_train(out, coverage)
-        y, prob, val_loss = predict_proba(
-            tr.bare, tr.val_loader, tr.device, tr.precision, tr.channels_last, feed=tr.feed
+        metrics = {"epoch": epoch, **train, **_validate(tr)}
+        metrics.update(
+            train_s=out["train_s"],
+            epoch_s=time.perf_counter() - t0,
+            images_per_s=train["train_images"] / out["train_s"],
+            lr=tr.opt.param_groups[0]["lr"],
         )
-        metrics = {
-            "epoch": epoch,
-            **train,
-            "val_loss": val_loss,
-            **summary(y, prob, tr.classes),
-            "train_s": out["train_s"],
-            "epoch_s": time.perf_counter() - t0,
-            "images_per_s": train["train_images"] / out["train_s"],
-            "lr": tr.opt.param_groups[0]["lr"],
-        }
-        improved = progress.update(epoch, metrics[cfg.monitor], maximise)
-        tr.sched.step_epoch(metrics[cfg.monitor])
+        if tr.val_loader is None:  # a refit: nothing to monitor; the last epoch is the model
+            progress.epoch = progress.best_epoch = epoch
+            improved = True
+        else:
+            improved = progress.update(epoch, metrics[cfg.monitor], maximise)
+            metrics[f"best_{cfg.monitor}"] = progress.best_value
+        tr.sched.step_epoch(metrics.get(cfg.monitor, math.nan))  # NaN: plateau never steps
         metrics.update(best_epoch=progress.best_epoch, improved=int(improved))
-        metrics[f"best_{cfg.monitor}"] = progress.best_value
         stop = hooks.agree_stop(bool(cfg.patience and progress.since_best >= cfg.patience))
         progress.history.append(dict(metrics))
         hooks.on_epoch(metrics, improved, progress)

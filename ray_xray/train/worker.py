@@ -244,9 +244,13 @@ def _progress_line(m: dict, cfg: TrainConfig) -> str:
     star = "*" if m["improved"] else " "
     left = m["epoch_s"] * (cfg.epochs - m["epoch"])  # at this epoch's pace (early stop: less)
     eta = f"  ETA {left / 60:.1f} min" if left >= 60 else f"  ETA {left:.0f}s" if left else ""
-    return (
-        f"epoch {m['epoch']:>3}/{cfg.epochs} {star} train_loss {m['train_loss']:.4f}  "
+    val = (
         f"val_loss {m['val_loss']:.4f}  acc {m['val_acc']:.4f}  f1 {m['val_macro_f1']:.4f}  "
-        f"auc {m['val_auc']:.4f}  recall {recalls}  {m['epoch_s']:.1f}s {m['images_per_s']:.0f} img/s"
-        f"{eta}"
+        f"auc {m['val_auc']:.4f}  recall {recalls}"
+        if "val_loss" in m
+        else "no validation (a refit on all of train+val)"
+    )
+    return (
+        f"epoch {m['epoch']:>3}/{cfg.epochs} {star} train_loss {m['train_loss']:.4f}  {val}  "
+        f"{m['epoch_s']:.1f}s {m['images_per_s']:.0f} img/s{eta}"
     )

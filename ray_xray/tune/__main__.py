@@ -169,6 +169,16 @@ def _add_cv_options(p: argparse.ArgumentParser, d: SweepOptions) -> None:
         "budget left cannot hold them; a search run that ran all its epochs is its fold 0) "
         "(default %(default)s)",
     )
+    p.add_argument(
+        "--refit-seeds",
+        type=int,
+        default=d.refit_seeds,
+        metavar="S",
+        help="--cv: after the choice, train the chosen configuration on all of train+val (no "
+        "validation, its planned epochs, the last weights) with S seeds; those S models, "
+        "calibrated with the fold models' temperatures, are the ensemble instead of the fold "
+        "models, which are kept beside it as fold_ensemble.pt (default %(default)s = off)",
+    )
 
 
 def _add_search_options(p: argparse.ArgumentParser, d: SweepOptions) -> None:
@@ -287,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         external=parse_specs(args.external),
         cv=args.cv,
         cv_top=args.cv_top,
+        refit_seeds=args.refit_seeds,
         argv=argv,
     )
     run_full_sweep(opts)

@@ -180,6 +180,8 @@ class ConsoleReporter(tune.Callback):
         }
         if isinstance(cfg.get("cv_run"), list | tuple):  # a --cv fold run: [candidate, fold]
             shown = {"candidate": cfg["cv_run"][0], "fold": cfg["cv_run"][1]}
+        if "refit_seed" in cfg:  # --refit-seeds: the chosen configuration on all of train+val
+            shown = {"refit seed": cfg["refit_seed"]}
         pretty = " ".join(f"{k.removeprefix('model.')}={_fmt(v)}" for k, v in shown.items())
         again = trial.trial_id in self.started  # Tune restarts it after a failure
         self.started.add(trial.trial_id)
@@ -199,6 +201,8 @@ class ConsoleReporter(tune.Callback):
         shown = [f"{self.metric} {_fmt(value)}"]
         if self.metric != "val_loss":
             shown.append(f"val_loss {_fmt(result.get('val_loss'))}")
+        if "val_loss" not in result and "train_loss" in result:  # a refit: no validation
+            shown = [f"train_loss {_fmt(result['train_loss'])} (a refit: no validation)"]
         if result.get("epoch_s") is not None:
             shown.append(f"{_fmt(result['epoch_s'])}s")
         self._say(f"{trial.trial_id} epoch {result.get('epoch', '?'):>2}  " + "  ".join(shown))
@@ -212,6 +216,8 @@ class ConsoleReporter(tune.Callback):
         ran, planned = last.get("epoch", 0), (trial.config or {}).get("epochs")
         if isinstance(planned, int) and isinstance(ran, int | float) and ran < planned:
             ran = f"{ran} of {planned} (stopped early: by ASHA, its patience or the budget)"
+        if "refit_seed" in (trial.config or {}):
+            best = "- (a refit keeps its last epoch)"
         self._say(f"{trial.trial_id} done   epochs {ran}  best {self.metric} {best}")
         self._status_line()
 

@@ -39,8 +39,11 @@ SELECTION_FILE = "cv.json"  # the fold metrics, means, spreads and the chosen co
 TRIAL_START_S = 5.0
 
 
-def check_cv(cv: int, cv_top: int, storage: str) -> None:
-    """Refuse (ValueError, one line) --cv 1, a negative --cv-top, or --cv on a URI storage."""
+def check_cv(cv: int, cv_top: int, storage: str, refit_seeds: int = 0) -> None:
+    """Refuse (ValueError, one line) --cv 1, a negative --cv-top, --cv on a URI storage, or
+    --refit-seeds below 0 or without --cv."""
+    if refit_seeds < 0 or (refit_seeds and not cv):
+        raise ValueError(f"--refit-seeds takes S >= 0 and needs --cv K, got {refit_seeds}")
     if cv == 1 or cv < 0:
         raise ValueError(f"--cv takes K >= 2 folds (0 = off), got {cv}")
     if cv and cv_top < 1:
@@ -136,22 +139,31 @@ def fit_to_budget(
     slots: int,
     left_s: float,
     slack_s: float = 0.0,
+    refits: int = 0,
 ) -> int:
     """How many of the ranked candidates (`costs`: `run_costs`) the fold stage keeps so that
     its runs (`fold_runs`, each on the first free of `slots`) end within `left_s` + `slack_s`
-    seconds: the longest prefix that fits, and never fewer than one. A candidate of unknown
-    cost ends the prefix."""
+    seconds (and `refits` refit runs after them: `fold_stage_s`): the longest prefix that fits,
+    and never fewer than one. A candidate of unknown cost ends the prefix."""
     keep = 1
     for n in range(2, len(costs) + 1):
         if any(c is None for c in costs[:n]):
             break
-        if fold_stage_s(costs[:n], k, reused, slots) > left_s + slack_s:
+        if fold_stage_s(costs[:n], k, reused, slots, refits) > left_s + slack_s:
             break
         keep = n
     return keep
 
 
-def budget_fit(rows: list[dict], epochs: int, k: int, slots: int, left_s: float, budget_s: float):
+def budget_fit(
+    rows: list[dict],
+    epochs: int,
+    k: int,
+    slots: int,
+    left_s: float,
+    budget_s: float,
+    refits: int = 0,
+):
     """`candidates`' `fit` under --budget-minutes (`budget_s`): keeps as many candidates as end
     within `left_s` + twice `budget_slack` (`fit_to_budget`, costs from the search `rows`),
     saying so in one line when it drops any. FoldBudgetStopper planned with the same rule and
@@ -164,11 +176,11 @@ def budget_fit(rows: list[dict], epochs: int, k: int, slots: int, left_s: float,
 
     def fit(configs: list[dict], reused: dict[int, str]) -> int:
         costs = run_costs(rows, configs, epochs)
-        kept = fit_to_budget(costs, reused, k, slots, left_s, slack_s)
+        kept = fit_to_budget(costs, reused, k, slots, left_s, slack_s, refits)
         if kept < len(configs):
             need = "a cost not measured yet"
             if all(c is not None for c in costs):
-                need = f"about {fold_stage_s(costs, k, reused, slots) / 60:.1f} min"
+                need = f"about {fold_stage_s(costs, k, reused, slots, refits) / 60:.1f} min"
             print(
                 f"cv: the fold stage takes the best {kept} of {len(configs)} candidates (all "
                 f"would need {need}; {max(0.0, left_s) / 60:.1f} min of the budget are left)",
@@ -214,10 +226,22 @@ def fold_runs(n_configs: int, k: int, reused: dict[int, str]) -> list[list[int]]
     return [[i, f] for i in range(n_configs) for f in range(k) if not (f == 0 and i in reused)]
 
 
-def fold_stage_s(costs: list[float], k: int, reused: dict[int, str], slots: int) -> float:
+def fold_stage_s(
+    costs: list[float], k: int, reused: dict[int, str], slots: int, refits: int = 0
+) -> float:
     """Seconds the fold stage of these candidates takes (`costs`: one run of each): their
-    `fold_runs`, each on the first free of `slots` (`makespan`)."""
-    return makespan([costs[i] for i, _ in fold_runs(len(costs), k, reused)], slots)
+    `fold_runs`, each on the first free of `slots` (`makespan`), then `refits` refit runs of
+    the chosen one (`refit_cost` of the costliest, as the choice is not known yet)."""
+    folds_s = makespan([costs[i] for i, _ in fold_runs(len(costs), k, reused)], slots)
+    refit_s = makespan([refit_cost(max(costs), k)] * refits, slots) if refits else 0.0
+    return folds_s + refit_s
+
+
+def refit_cost(fold_run_s: float, k: int) -> float:
+    """Seconds a refit run (all of train+val, no validation) should take, from one fold run's
+    `fold_run_s`: K/(K-1) times it, as it trains on K folds' images instead of K-1. An upper
+    bound: it skips the fold's validation pass."""
+    return fold_run_s * k / (k - 1)
 
 
 def makespan(costs: list[float], slots: int) -> float:
@@ -272,6 +296,7 @@ class FoldBudgetStopper(Stopper):
         metric, mode: the objective ("val_macro_f1") and "max" or "min".
         epochs: a trial's planned epochs when its config does not say.
         sweep: the sweep's name, under which `search_spent_s` finds it ("": not registered).
+        refits: --refit-seeds S, refit runs after the fold stage (in the estimate).
     """
 
     def __init__(
@@ -284,6 +309,7 @@ class FoldBudgetStopper(Stopper):
         mode: str,
         epochs: int,
         sweep: str = "",
+        refits: int = 0,
     ) -> None:
         self.budget_s, self.cv, self.cv_top, self.slots = float(budget_s), cv, cv_top, max(1, slots)
         self.metric, self.sign, self.epochs = metric, 1.0 if mode == "max" else -1.0, epochs
@@ -293,7 +319,7 @@ class FoldBudgetStopper(Stopper):
         self.spent_s = 0.0
         self._last: float | None = None
         self.stopped_at: float | None = None  # seconds into the search when it ended it
-        self.sweep = sweep
+        self.sweep, self.refits = sweep, refits
         self._register()
 
     def _register(self) -> None:
@@ -337,9 +363,9 @@ class FoldBudgetStopper(Stopper):
         costs = [r["cost_s"] for r in top] + [mean] * (self.cv_top - len(top))
         reused = {i: "search" for i, r in enumerate(top) if r["full"]}
         slack_s = budget_slack(self.budget_s)
-        self.kept = fit_to_budget(costs, reused, self.cv, self.slots, left_s, slack_s)
-        runs = fold_runs(self.kept, self.cv, reused)
-        return len(runs), fold_stage_s(costs[: self.kept], self.cv, reused, self.slots)
+        self.kept = fit_to_budget(costs, reused, self.cv, self.slots, left_s, slack_s, self.refits)
+        runs = len(fold_runs(self.kept, self.cv, reused))
+        return runs, fold_stage_s(costs[: self.kept], self.cv, reused, self.slots, self.refits)
 
     def stop_all(self) -> bool:
         """True (Tune stops every search trial) once spent + the planned fold stage's seconds
@@ -359,10 +385,11 @@ class FoldBudgetStopper(Stopper):
     def stop_line(self, runs: int, folds_s: float) -> str:
         """The console line when the search ends, with a hint when the fold stage alone nearly
         fills the budget."""
+        refits = f" and {self.refits} refit(s)" if self.refits else ""
         line = (
             f"cv: search stage ended after {self.spent_s / 60:.1f} min of the "
-            f"{self.budget_s / 60:g}-min budget: the fold stage's {runs} runs need about "
-            f"{folds_s / 60:.1f} min more"
+            f"{self.budget_s / 60:g}-min budget: the fold stage's {runs} runs{refits} need "
+            f"about {folds_s / 60:.1f} min more"
         )
         if self.kept < self.cv_top:
             line += (
@@ -377,6 +404,7 @@ class FoldBudgetStopper(Stopper):
         state["_last"] = None  # unpickled on resume: the pause between runs is not spent
         state.setdefault("kept", state["cv_top"])  # pickled before it existed
         state.setdefault("sweep", "")
+        state.setdefault("refits", 0)
         self.__dict__.update(state)
         self._register()  # Tune resumes the search with this copy
 
@@ -412,32 +440,48 @@ def fold_tuner(
     x every fold), FIFO (each must finish to be compared), restored from `EXP/folds/` when that
     exists. `res`: the trial's resources (service's `trial_resources`); `callbacks`: Tune
     callbacks (the console lines)."""
-    folds_dir = f"{exp_dir}/{FOLDS_DIR}"
     ovr = {k: v for k, v in overrides.items() if k != "cv_fold"}
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            fold_trial_fn,
-            configs=configs,
-            overrides=ovr,
-            runtime={**runtime, "exp_dir": folds_dir},
-        ),
-        res,
+    grid = {"cv_run": runs or fold_runs(len(configs), opts.cv, {})}
+    params = {"configs": configs, "overrides": ovr, "runtime": runtime}
+    return stage_tuner(
+        opts, exp_dir, FOLDS_DIR, fold_trial_fn, params, grid, res, max_concurrent, callbacks
     )
-    if tune.Tuner.can_restore(folds_dir):
+
+
+def stage_tuner(
+    opts,
+    exp_dir: str,
+    dirname: str,
+    fn,
+    params: dict,
+    grid: dict,
+    res: dict,
+    max_concurrent: int,
+    callbacks: list | None = None,
+):
+    """A Tuner of fixed runs after the search (the fold stage, the refits): `fn(config,
+    **params)` over the grid points `grid` ({key: [values]}), FIFO, in EXP/`dirname`/,
+    restored from there when that exists (the sweep resumed). `params["runtime"]` gets this
+    stage's folder as its "exp_dir". `res`: each trial's resources; `callbacks`: the console
+    lines."""
+    stage_dir = f"{exp_dir}/{dirname}"
+    params = {**params, "runtime": {**params["runtime"], "exp_dir": stage_dir}}
+    trainable = tune.with_resources(tune.with_parameters(fn, **params), res)
+    if tune.Tuner.can_restore(stage_dir):
         return tune.Tuner.restore(
-            folds_dir, trainable=trainable, resume_unfinished=True, resume_errored=False
+            stage_dir, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
-    inline = runtime.get("runner") == "inline"
+    inline = params["runtime"].get("runner") == "inline"
     return tune.Tuner(
         trainable,
-        param_space={"cv_run": tune.grid_search(runs or fold_runs(len(configs), opts.cv, {}))},
+        param_space={key: tune.grid_search(values) for key, values in grid.items()},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent,
             trial_dirname_creator=lambda t: t.trial_id,
             trial_name_creator=lambda t: t.trial_id,
         ),
         run_config=tune.RunConfig(
-            name=FOLDS_DIR,
+            name=dirname,
             storage_path=exp_dir,
             verbose=0,
             callbacks=callbacks,
@@ -462,22 +506,28 @@ def label_rows(
     out = []
     for r in fold_rows:
         i, fold = _run_of(json.loads(r["config"]))
-        cfg = {**configs[i], "cv_fold": fold}
-        for k in [k for k in r if k.startswith("config/")]:
-            del r[k]
-        r.update(
-            model=cfg.get("model"),
-            config=json.dumps(cfg, sort_keys=True, default=str),
-            cv_stage="folds",
-            cv_candidate=i,
-            cv_fold=fold,
-            **{
-                f"config/{k}": (json.dumps(v) if isinstance(v, list | dict) else v)
-                for k, v in cfg.items()
-            },
-        )
-        out.append(r)
+        out.append(relabel(r, {**configs[i], "cv_fold": fold}, "folds", i))
     return [*search_rows, *out]
+
+
+def relabel(row: dict, cfg: dict, stage: str, candidate: int) -> dict:
+    """`row` (a stage-2 or refit trial's results row, whose config is only its grid point)
+    with the full configuration `cfg` it trained (its ``config`` and ``config/`` columns),
+    `cv_stage` `stage`, `cv_candidate` and `cv_fold` (cfg's)."""
+    for k in [k for k in row if k.startswith("config/")]:
+        del row[k]
+    row.update(
+        model=cfg.get("model"),
+        config=json.dumps(cfg, sort_keys=True, default=str),
+        cv_stage=stage,
+        cv_candidate=candidate,
+        cv_fold=cfg["cv_fold"],
+        **{
+            f"config/{k}": (json.dumps(v) if isinstance(v, list | dict) else v)
+            for k, v in cfg.items()
+        },
+    )
+    return row
 
 
 def _without_fold(config_json: str) -> dict:
@@ -566,7 +616,8 @@ class FoldStage:
 
     `opts`: the sweep's SweepOptions; `configs`: stage 1's candidates; `grid`: stage 2's
     ResultGrid; `held`: {"cpus", "gpus"} each trial held; `reused`: candidate -> the search
-    run that is its fold 0 (`reusable`)."""
+    run that is its fold 0 (`reusable`). `refit_grid`: the refits' ResultGrid (--refit-seeds,
+    tune/refit.py), set after `choice`, else None."""
 
     def __init__(
         self, opts, exp_dir: str, configs: list[dict], grid, held: dict, reused: dict | None = None
@@ -574,25 +625,58 @@ class FoldStage:
         self.opts, self.exp_dir, self.configs = opts, exp_dir, configs
         self.grid, self.held, self.reused = grid, held, reused or {}
         self.selection: dict | None = None
+        self.refit_grid = None
+        self._said = False  # the choice line printed (`choice`)
 
-    def label(self, rows: list[dict]) -> list[dict]:
-        """Stage 1's `rows` followed by the fold runs' (`label_rows`); chooses the
-        configuration by its mean fold metric (`choose`: ValueError when none finished all K
-        folds), writes cv.json and prints the choice. Reads only validation columns."""
+    def _rows(self, grid, dirname: str) -> list[dict]:
+        """The results rows of `grid`, a Tuner of EXP/`dirname`/."""
         from ..metrics import metric_mode
         from .results import trial_rows
 
         objective = self.opts.objective[0]
+        folder, runner = f"{self.exp_dir}/{dirname}", self.opts.trial_runner
+        return trial_rows(grid, objective, metric_mode(objective), folder, self.held, runner)
+
+    def choice(self, search_rows: list[dict]) -> dict:
+        """The selection record (`choose`) from stage 1's `search_rows` (copied, not changed)
+        and the fold runs: what the refits train, known before results are written. Prints
+        the choice (`label` then does not print it again)."""
+        from ..metrics import metric_mode
+
+        objective = self.opts.objective[0]
+        rows = label_rows(
+            [dict(r) for r in search_rows],
+            self._rows(self.grid, FOLDS_DIR),
+            self.configs,
+            self.reused,
+        )
+        selection = choose(rows, f"best_{objective}", metric_mode(objective), self.opts.cv)
+        print(selection_line(selection), flush=True)
+        self._said = True
+        return selection
+
+    def label(self, rows: list[dict]) -> list[dict]:
+        """Stage 1's `rows` followed by the fold runs' (`label_rows`) and the refits'
+        (`refit.label_refits`); chooses the configuration by its mean fold metric (`choose`:
+        ValueError when none finished all K folds), writes cv.json and prints the choice.
+        Reads only validation columns."""
+        from ..metrics import metric_mode
+        from .refit import REFIT_DIR, label_refits
+
+        objective = self.opts.objective[0]
         mode = metric_mode(objective)
-        folds_dir = f"{self.exp_dir}/{FOLDS_DIR}"
-        runner = self.opts.trial_runner
-        fold_rows = trial_rows(self.grid, objective, mode, folds_dir, self.held, runner)
-        rows = label_rows(rows, fold_rows, self.configs, self.reused)
+        rows = label_rows(rows, self._rows(self.grid, FOLDS_DIR), self.configs, self.reused)
         self.selection = choose(rows, f"best_{objective}", mode, self.opts.cv)
         self.selection["search_trials"] = sum(r.get("cv_stage") == "search" for r in rows)
         self.selection["reused_search_runs"] = self.reused
+        if self.refit_grid is not None:
+            chosen = self.selection["chosen"]
+            refits = label_refits(self._rows(self.refit_grid, REFIT_DIR), chosen)
+            self.selection["refit_trial_ids"] = [r["trial_id"] for r in refits]
+            rows += refits
         write_selection(self.exp_dir, self.selection)
-        print(selection_line(self.selection), flush=True)
+        if not self._said:
+            print(selection_line(self.selection), flush=True)
         return rows
 
     def groups(self, rows: list[dict]) -> dict[int, list[str]]:
@@ -604,3 +688,12 @@ class FoldStage:
             c["candidate"]: [by_id[t] for t in c["trial_ids"]]
             for c in ranked_candidates(self.selection)
         }
+
+    def refits(self, rows: list[dict]) -> list[str]:
+        """The refit models' checkpoints (--refit-seeds), in seed order; [] without refits.
+        After `label`; a refit that failed or kept no checkpoint is left out."""
+        by_id = {r["trial_id"]: r for r in rows}
+        out = [by_id[t] for t in self.selection.get("refit_trial_ids", [])]
+        return [
+            r["checkpoint_path"] for r in out if r["status"] != "ERROR" and r["checkpoint_path"]
+        ]

@@ -60,4 +60,7 @@ class SweepOptions:
     # their fold models are the ensemble (tune/folds.py). 0 = the data's own val split.
     cv: int = 0
     cv_top: int = 3
+    # --refit-seeds S: after --cv's choice, train the chosen configuration on all of train+val
+    # with S seeds; those S models, not the fold models, are the ensemble (tune/refit.py)
+    refit_seeds: int = 0
     argv: list[str] = field(default_factory=list)

@@ -31,7 +31,7 @@ from ..ray_env import cloud_keys_kept_out_of_ray_logs
 from ..spaces import SearchSpace, load_space
 from ..sweep_folder import RESULTS_FILE, SWEEP_FILE, read_sweep_json
 from ..train.run import init_ray
-from . import external, folds, results
+from . import external, folds, refit, results
 from .checks import (
     check_budgets,
     check_settings_build,
@@ -425,7 +425,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     # study's parameters, so Optuna never records a value that no trial trained with.
     space = load_space(opts.space, smoke=opts.smoke_test).with_settings(opts.settings)
     opts = resolve_paths(opts)
-    folds.check_cv(opts.cv, opts.cv_top, opts.storage)
+    folds.check_cv(opts.cv, opts.cv_top, opts.storage, opts.refit_seeds)
     # A missing --external folder fails before any data is read.
     opts = replace(opts, external=external.check_specs(opts))
     name = experiment_name(opts, space)
@@ -753,7 +753,9 @@ def _cv_stage(
     epochs, slots = plan_epochs(plan.space), resources["max_concurrent"]
     budget_s = opts.budget_minutes * 60
     left_s = budget_s - search_s
-    fit = folds.budget_fit(search, epochs, opts.cv, slots, left_s, budget_s) if budget_s else None
+    fit = None
+    if budget_s:
+        fit = folds.budget_fit(search, epochs, opts.cv, slots, left_s, budget_s, opts.refit_seeds)
     configs, reused = folds.candidates(
         exp_dir, search, f"best_{objective}", mode, opts.cv_top, epochs, fit
     )
@@ -789,7 +791,41 @@ def _cv_stage(
         ),
         runs,
     )
-    return folds.FoldStage(opts, exp_dir, configs, tuner.fit(), held, reused)
+    stage = folds.FoldStage(opts, exp_dir, configs, tuner.fit(), held, reused)
+    if opts.refit_seeds:
+        stage.refit_grid = _refit_stage(plan, stage.choice(search), overrides, runtime, resources)
+    return stage
+
+
+def _refit_stage(plan: SweepPlan, selection: dict, overrides: dict, runtime: dict, resources):
+    """--refit-seeds S (tune/refit.py): the configuration --cv chose (`selection`, from the
+    fold runs' validation metrics alone) trained on all of train+val with S seeds, as Tune
+    trials of EXP/refit/; returns their ResultGrid."""
+    opts, chosen = plan.opts, selection["chosen"]
+    print(
+        f"\ncv: refitting candidate {chosen['candidate']} ({chosen['config'].get('model')}) on "
+        f"all of train+val with {opts.refit_seeds} seed(s) -> {plan.exp_dir}/{refit.REFIT_DIR}",
+        file=sys.stderr,
+    )
+    epochs = chosen["config"].get("epochs", plan_epochs(plan.space))
+    callbacks = make_callbacks(
+        replace(opts, trials=opts.refit_seeds, budget_minutes=0),
+        plan.name,
+        plan.files.stage,
+        epochs,
+        resources["max_concurrent"],
+    )
+    tuner = refit.refit_tuner(
+        opts,
+        plan.exp_dir,
+        chosen["config"],
+        overrides,
+        runtime,
+        trial_resources(resources),
+        resources["max_concurrent"],
+        callbacks,
+    )
+    return tuner.fit()
 
 
 def _tune_config(
@@ -933,6 +969,7 @@ def _run_config(
             metric_mode(objective),
             epochs,
             sweep=name,
+            refits=opts.refit_seeds,
         )
     return tune.RunConfig(
         name=name,
