@@ -12,6 +12,13 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray's worker processes (trials) must run this checkout's ray_xray, as this driver does: with
+# an editable install of another checkout (a clean clone sharing a venv), they would import
+# that one instead. They inherit the environment: put this checkout first on their path.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _ROOT]]
+)
 
 from ray_xray.cli import HelpFormatter  # noqa: E402
 

@@ -85,6 +85,8 @@ HELP = {
     "cv_folds": "K > 0: train on fold cv_fold of K-fold CV over train+val (tune --cv sets it)",
     "cv_fold": "which of the cv_folds folds validates (0..K-1; -1: all of train+val trains, "
     "nothing validates: tune --refit-seeds)",
+    "refit_seed": "a refit's index (tune --refit-seeds): its weights, shuffles and augmentation "
+    "use seed + refit_seed; which images it trains on stays seed's",
     "model_kwargs": "model hyperparameters (model.KEY=VALUE)",
 }
 # Old setting name -> its name today: the one place that maps them. Old config.json files and
@@ -171,6 +173,7 @@ class TrainConfig:
     # cv_fold -1 (a refit, tune --refit-seeds): every fold trains, none validates.
     cv_folds: int = 0
     cv_fold: int = 0
+    refit_seed: int = 0  # tune --refit-seeds: train_seed = seed + refit_seed, data by seed
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -199,6 +202,11 @@ class TrainConfig:
             raise ValueError(
                 f"config: cv_folds must be 0 or >= 2 and cv_fold in -1..cv_folds-1, got "
                 f"{self.cv_folds} and {self.cv_fold}"
+            )
+        if self.refit_seed < 0 or (self.refit_seed and self.cv_fold != -1):
+            raise ValueError(
+                f"config: refit_seed must be >= 0, and non-zero only with cv_fold -1 (a refit), "
+                f"got {self.refit_seed} with cv_fold {self.cv_fold}"
             )
         if int(self.loader_workers) < 0:
             raise ValueError(f"config: loader_workers must be >= 0, got {self.loader_workers!r}")
@@ -257,6 +265,13 @@ class TrainConfig:
         its model_kwargs alone, and records written before this setting keep loading."""
         extra = CPU_MODEL_SIZES.get(self.model, {}) if self.model_size == "cpu" else {}
         return dataclasses.replace(self, model_kwargs={**extra, **self.model_kwargs})
+
+    @property
+    def train_seed(self) -> int:
+        """The seed of the training randomness (initial weights, shuffles, augmentation):
+        `seed` + `refit_seed`. The data's own randomness (a limit_per_split subset, the --cv
+        folds) uses `seed` alone, so the refits of one sweep train on the same images."""
+        return int(self.seed) + int(self.refit_seed)
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as a flat JSON-able dict (model_kwargs a nested dict): what config.json and

@@ -69,7 +69,14 @@ def _fold_ensemble(
     device = "cuda" if plan.opts.gpus_per_trial else "auto"
     groups, refits = cv.groups(rows), cv.refits(rows)
     return run_fold_ensemble(
-        plan.exp_dir, groups, cv.selection, plan.opts.cache, device, external, refits
+        plan.exp_dir,
+        groups,
+        cv.selection,
+        plan.opts.cache,
+        device,
+        external,
+        refits,
+        plan.opts.refit_seeds,
     )
 
 

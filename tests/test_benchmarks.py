@@ -375,3 +375,19 @@ def test_precision_benchmark_leaves_out_models_this_install_cannot_build(monkeyp
     assert "resnet18" in names and not any(n.startswith("timm/") for n in names)
     monkeypatch.setattr(precision, "timm_available", lambda: True)
     assert precision.buildable_models() == (precision.list_models(), [])
+
+
+def test_benchmark_trials_run_this_checkouts_code():
+    """Ray's worker processes inherit the driver's environment: `python -m benchmarks` puts its
+    own checkout first on PYTHONPATH, so a clean clone that shares another checkout's venv (an
+    editable install of that one) trains with its own code, not the other's."""
+    import os
+    import subprocess
+
+    code = "import benchmarks.__main__, os; print(os.environ['PYTHONPATH'])"
+    env = {**os.environ, "PYTHONPATH": f"/elsewhere{os.pathsep}{REPO}"}
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == f"{REPO}{os.pathsep}/elsewhere"

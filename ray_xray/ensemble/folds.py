@@ -7,8 +7,9 @@ configurations).
 With --refit-seeds S the ensemble is instead the chosen configuration's S refits (trained on
 all of train+val, tune/refit.py), each scaled by the mean temperature of that configuration's
 fold models, with the operating points of their out-of-fold predictions: a refit has no held-out
-images of its own, and the fold models are the same recipe on (K-1)/K of the images. The fold
-ensemble is kept beside it (fold_ensemble.pt) and scored on test too, so the two compare.
+images of its own; the fold models are the same configuration on (K-1)/K of the images, though
+each kept its best validation epoch where a refit keeps its last. The fold ensemble is kept
+beside it (fold_ensemble.pt) and scored on test too, so the two compare.
 
 Everything is fixed from validation first: the temperatures, the out-of-fold metrics, the
 operating-point thresholds; ensemble.pt is saved; only then are test (and --external) images
@@ -167,11 +168,14 @@ def refit_ensemble(chosen: dict, checkpoints: list[str]) -> dict:
     Its out-of-fold data stay the fold models' (they fix the operating points). Raises
     ValueError when a checkpoint is not a refit of that configuration."""
     records = [load_state(c)["best"] for c in checkpoints]
-    fold_cfg = chosen["records"][0]["config"]
-    same = ("model", "lr", "epochs", "img_size", "batch_size", "cv_folds")
+
+    def recipe(cfg: dict) -> dict:  # a configuration less which fold and which refit
+        return {k: v for k, v in cfg.items() if k not in ("cv_fold", "refit_seed")}
+
     for r in records:
-        cfg = r["config"]
-        if cfg.get("cv_fold") != -1 or any(cfg.get(k) != fold_cfg.get(k) for k in same):
+        if r["config"].get("cv_fold") != -1 or recipe(r["config"]) != recipe(
+            chosen["records"][0]["config"]
+        ):
             raise ValueError(
                 "a refit ensemble needs refits (cv_fold -1) of the chosen configuration"
             )
@@ -181,7 +185,7 @@ def refit_ensemble(chosen: dict, checkpoints: list[str]) -> dict:
         **chosen,
         "records": records,
         "temperatures": [t] * len(records),
-        "member_names": [f"{r['model']}:refit:seed{r['config']['seed']}" for r in records],
+        "member_names": [f"{r['model']}:refit{r['config'].get('refit_seed', 0)}" for r in records],
         "method": REFIT_METHOD,
         "description": REFIT_DESCRIPTION,
     }
@@ -271,7 +275,10 @@ def rebuild_fold_ensemble(exp_dir: str | Path, device: str = "auto", external=No
     ]
     refits = [str(p) for p in refits if p]
     cache = exp["options"].get("cache") or None
-    return run_fold_ensemble(exp["exp_dir"], groups, selection, cache, device, external, refits)
+    asked = len(selection.get("refit_trial_ids", []))
+    return run_fold_ensemble(
+        exp["exp_dir"], groups, selection, cache, device, external, refits, asked
+    )
 
 
 def save_fold_ensemble(fitted: dict, path: Path, experiment: str) -> Path:
@@ -306,11 +313,21 @@ def save_fold_ensemble(fitted: dict, path: Path, experiment: str) -> Path:
     return save_ensemble(obj, path)
 
 
-def fold_metrics(fitted: dict, p_test: np.ndarray, selection: dict, experiment: str) -> dict:
+def fold_metrics(
+    fitted: dict,
+    p_test: np.ndarray,
+    selection: dict,
+    experiment: str,
+    fold_ensemble: tuple[dict, dict] | None = None,
+) -> dict:
     """metrics.json's record of a fold ensemble (`fit_fold_ensemble`'s `fitted`, its test
     probabilities `p_test` float64 (N, K)): members, temperatures, fold sizes, the cv.json
     `selection`, out-of-fold ("oof") and test metrics (test with 95 % intervals), operating
-    points fixed out of fold, and warnings where the two disagree (also logged)."""
+    points fixed out of fold, and warnings where the two disagree (also logged).
+    `fold_ensemble`: beside refits (`fitted` a `refit_ensemble`), the fold ensemble's
+    (out-of-fold, test) reports: stored as "fold_ensemble_oof"/"fold_ensemble_test", and the
+    disagreement warnings compare that pair (the refits have no out-of-fold figures of their
+    own: "oof" is their fold models')."""
     data, classes = fitted["data"], fitted["data"].classes
     y_oof, p_oof = fitted["oof_y"], fitted["oof_prob"]
     y_test = data.labels["test"]
@@ -329,9 +346,14 @@ def fold_metrics(fitted: dict, p_test: np.ndarray, selection: dict, experiment: 
         "operating_points": operating_points(y_oof, p_oof, y_test, p_test, classes),
         "n_test": int(len(y_test)),
     }
-    metrics["warnings"] = one_class_warning(p_test, classes) + oof_test_warnings(
-        metrics["oof"], metrics["test"]
-    )
+    metrics["warnings"] = one_class_warning(p_test, classes)
+    if fold_ensemble is None:
+        metrics["warnings"] += oof_test_warnings(metrics["oof"], metrics["test"])
+    else:
+        metrics["fold_ensemble_oof"], metrics["fold_ensemble_test"] = fold_ensemble
+        metrics["warnings"] += [
+            f"the fold ensemble's {w}" for w in oof_test_warnings(*fold_ensemble)
+        ]
     for w in metrics["warnings"]:
         log(f"warning: {w}")
     return metrics
@@ -358,14 +380,16 @@ def run_fold_ensemble(
     device: str = "auto",
     external=None,
     refits: list[str] | None = None,
+    refits_asked: int = 0,
 ) -> dict:
     """Fit, save and then score the fold ensemble of a `--cv` sweep into EXP/ensemble/.
     `groups`: candidate index -> its K fold checkpoints, the chosen candidate first and the
     others in the order they may join (`tune.folds.ranked_candidates`; `add_configurations`
-    decides). `refits`: the chosen configuration's refit checkpoints (--refit-seeds): then
-    they are the ensemble (`refit_ensemble`) and the fold ensemble is saved beside it as
-    FOLD_ENSEMBLE_FILE. Written: ensemble.pt (method "cv_folds" or "cv_refit"; operating points
-    fixed on the out-of-fold predictions), metrics.json ("oof": out-of-fold validation
+    decides). `refits`: the chosen configuration's refit checkpoints (--refit-seeds), those
+    that finished of `refits_asked`: then they are the ensemble (`refit_ensemble`) and the
+    fold ensemble is saved beside it as FOLD_ENSEMBLE_FILE; fewer than asked is a warning,
+    none leaves the fold ensemble as ensemble.pt. Written: ensemble.pt (method "cv_folds" or
+    "cv_refit"; operating points fixed on the out-of-fold predictions), metrics.json ("oof": out-of-fold validation
     metrics, "test": with 95 % intervals, "selection": the cv.json record, and with refits
     "fold_ensemble_test": the fold ensemble's test figures) and report.html (how the
     configuration was selected, out of fold beside test). `external`: called with
@@ -385,12 +409,10 @@ def run_fold_ensemble(
     log(f"saved {ens_path} ({len(fitted['records'])} models, method {method})")
     # ---- fixed: now, and only now, the test images
     p_test = ensemble_test_proba(fitted, dev)
-    metrics = fold_metrics(fitted, p_test, selection, name)
-    if refits:  # the fold ensemble's test figures beside the refits': which is better
-        y_test, classes = fitted["data"].labels["test"], fitted["data"].classes
-        p_folds = ensemble_test_proba(folded, dev)
-        metrics["fold_ensemble_test"] = report(y_test, p_folds, classes, intervals=True)
-        metrics["fold_ensemble_oof"] = report(folded["oof_y"], folded["oof_prob"], classes)
+    pair = _scored(folded, dev) if refits else None  # beside the refits: which is better
+    metrics = fold_metrics(fitted, p_test, selection, name, pair)
+    if refits_asked:
+        _count_refits(metrics, len(refits or []), refits_asked)
     if external is not None:
         metrics["external"] = external(ens_path)
     metrics["timings"] = {"total_s": time.perf_counter() - t0}
@@ -408,14 +430,37 @@ def run_fold_ensemble(
     }
 
 
+def _scored(fitted: dict, device) -> tuple[dict, dict]:
+    """(out-of-fold report, test report with intervals) of a fold ensemble; reads test."""
+    y_test, classes = fitted["data"].labels["test"], fitted["data"].classes
+    return (
+        report(fitted["oof_y"], fitted["oof_prob"], classes),
+        report(y_test, ensemble_test_proba(fitted, device), classes, intervals=True),
+    )
+
+
+def _count_refits(metrics: dict, used: int, asked: int) -> None:
+    """metrics.json's "refits" ({"asked", "used"}), and a warning (logged) when fewer than
+    asked finished with a checkpoint: a refit that failed is left out, not retried."""
+    metrics["refits"] = {"asked": asked, "used": used}
+    if used < asked:
+        w = f"{used} of {asked} refits finished with a checkpoint"
+        w += "" if used else ": the ensemble is the fold ensemble"
+        metrics["warnings"].append(w)
+        log(f"warning: {w}")
+
+
 def _log_test(metrics: dict) -> None:
     """The closing lines: out of fold, then test (and the fold ensemble's, beside refits)."""
-    rows = [("refit ensemble" if "fold_ensemble_test" in metrics else "fold ensemble", "")]
-    if "fold_ensemble_test" in metrics:
-        rows.append(("fold ensemble", "fold_ensemble_"))
-    for label, key in rows:
+    rows = [("fold ensemble", "", "")]
+    if "fold_ensemble_test" in metrics:  # refits: their out-of-fold figure is their folds'
+        rows = [
+            ("refit ensemble", "", " (of its fold models)"),
+            ("fold ensemble", "fold_ensemble_", ""),
+        ]
+    for label, key, whose in rows:
         t, oof = metrics[f"{key}test"], metrics[f"{key}oof"]
         log(
-            f"{label}: out-of-fold macro-F1 {oof['macro_f1']:.4f}; test accuracy "
+            f"{label}: out-of-fold macro-F1{whose} {oof['macro_f1']:.4f}; test accuracy "
             f"{t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, AUC {t['auc']:.4f}"
         )

@@ -227,6 +227,20 @@ def _load(
     return ev, info, refs, notes
 
 
+def _held_out(subject: Subject, refs: dict, notes: list[str]) -> tuple[dict, list[str]]:
+    """`refs` less the model's own val split when its members trained on it (a --cv sweep's
+    fold models and refits pool train+val), with a note saying so: thresholds or a shift
+    reference from images a model trained on would flatter it."""
+    if "val" not in refs or not any(m["config"].get("cv_folds") for m in subject.members):
+        return refs, notes
+    note = (
+        "its members trained on its own data's val split (--cv pools train and val): no "
+        "operating points or validation reference from it (the sweep's ensemble/report.html "
+        "has operating points fixed out of fold)"
+    )
+    return {k: v for k, v in refs.items() if k != "val"}, [*notes, note]
+
+
 def _compare(
     subject: Subject,
     refs: dict,
@@ -242,11 +256,11 @@ def _compare(
     this set with ("test" for other data, "val" for its own test split), None: no check."""
     y, prob = parts["y"], parts["prob"]
     op, shift_block, ref_arrays, warnings = None, None, None, []
-    if "val" not in refs:
-        if shift == "test":
+    if "val" not in refs and shift not in refs:
+        if shift == "test" and not refs:
             shift_block = _stored_reference(subject, parts)
         return op, shift_block, ref_arrays, warnings
-    p_val = probabilities(subject, refs["val"], dev)[0]
+    p_val = probabilities(subject, refs["val"], dev)[0] if "val" in refs else None
     sets = {"eval": (y, prob)}
     if shift in refs:
         p_ref = p_val if shift == "val" else probabilities(subject, refs[shift], dev)[0]
@@ -256,6 +270,8 @@ def _compare(
         ref_arrays = {"y": refs[shift].labels, "prob": p_ref, "split": shift}
         if shift == "test":
             sets["reference_test"] = (refs["test"].labels, p_ref)
+    if p_val is None:  # a --cv model's own val split: not held out (`_held_out`)
+        return op, shift_block, ref_arrays, warnings
     op = operating_points(refs["val"].labels, p_val, sets, subject.classes)
     warnings += [
         f"{c}: the threshold for {float(t):.0%} specificity on validation gives "
@@ -316,6 +332,7 @@ def evaluate(
         f"data {data} ({split}){' = its own data' if own else ''}"
     )
     ev, info, refs, notes = _load(subject, data, split, own, shift, skip_bad, cache)
+    refs, notes = _held_out(subject, refs, notes)
     n_available = len(ev)
     ev = _limited(ev, limit, seed)
     timings = {"data_s": time.perf_counter() - t0}

@@ -373,6 +373,11 @@ def run_curves_section(subject: Subject, figs: sections.Figures) -> str:
         f"at epoch {best.get('epoch')} (the checkpoint evaluated here). Training loss below a "
         "rising validation loss means over-fitting."
     )
+    if not any("val_macro_f1" in h for h in history):  # a refit (tune --refit-seeds)
+        cap = (
+            f"{len(history)} epochs of a refit on all of train+val: no validation; its last "
+            "epoch is the checkpoint evaluated here."
+        )
     curves = [{"label": subject.name, "highlight": True, **curve}]
     return sections.training_curves_section(figs, cap, curves, "val_macro_f1", anchor=None)
 

@@ -97,7 +97,10 @@ def make_trainer(
             storage_path=storage,
             # Keep the best checkpoint; Ray also always keeps the latest (for restarts).
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=cfg.monitor, checkpoint_score_order=mode
+                num_to_keep=1,
+                # a refit (cv_fold -1) reports no validation metric: keep its latest
+                checkpoint_score_attribute=None if cfg.cv_fold == -1 else cfg.monitor,
+                checkpoint_score_order=mode,
             ),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # our own epoch line is enough

@@ -166,14 +166,14 @@ def _train_loader(
     DDP workers share each epoch (a ragged last batch of one image is dropped)."""
     strength = cfg.aug_strength if on == "loader" else 0.0
     train_ds = data.dataset("train", aug_strength=strength, augment=cfg.augment)
-    seed_augmentation(train_ds, cfg.seed)
+    seed_augmentation(train_ds, cfg.train_seed)
     labels = data.labels["train"]
     if train_idx is not None:
         train_ds = torch.utils.data.Subset(train_ds, [int(i) for i in train_idx])
         labels = labels[np.asarray(train_idx, dtype=np.int64)]
     # Drop a ragged last batch only when it would be tiny: BatchNorm cannot train on 1 image.
     drop_last = len(train_ds) // world % cfg.batch_size == 1
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.train_seed)
     workers = loader_workers(cfg.loader_workers if on == "loader" else 0)
     loader = make_loader(
         train_ds,

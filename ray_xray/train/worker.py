@@ -159,7 +159,7 @@ def run_training(cfg: TrainConfig, runtime: dict, session) -> None:
     rank = session.rank
     if runtime.get("_threads"):
         torch.set_num_threads(int(runtime["_threads"]))
-    engine.seed_everything(cfg.seed)
+    engine.seed_everything(cfg.train_seed)
 
     data = shared_data(cfg, runtime.get("_data")) or load_for_config(cfg, runtime.get("_cache"))
     trace.mark("data_loaded", trial=trial)

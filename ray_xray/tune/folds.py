@@ -7,7 +7,8 @@ experiment (`EXP/folds/`, resumed with the sweep); the configuration with the be
 metric is chosen, and its K fold models become the ensemble (ensemble/folds.py). A candidate
 whose search run ran all its epochs already is its fold-0 run (same data, settings and seed):
 stage 2 runs only its other K-1 folds (`reusable`). With --budget-minutes, `FoldBudgetStopper`
-ends stage 1 when the time left is what stage 2 is estimated to need.
+ends stage 1 when the time left is what stage 2 (and --refit-seeds' refits, tune/refit.py)
+is estimated to need.
 
 Why not folds inside every trial: that multiplies every trial, the ones ASHA cuts after a
 third of their epochs included, by K, and a trial that trains K models in turn can only be
@@ -39,11 +40,15 @@ SELECTION_FILE = "cv.json"  # the fold metrics, means, spreads and the chosen co
 TRIAL_START_S = 5.0
 
 
-def check_cv(cv: int, cv_top: int, storage: str, refit_seeds: int = 0) -> None:
+def check_cv(
+    cv: int, cv_top: int, storage: str, refit_seeds: int = 0, ensemble: bool = True
+) -> None:
     """Refuse (ValueError, one line) --cv 1, a negative --cv-top, --cv on a URI storage, or
-    --refit-seeds below 0 or without --cv."""
+    --refit-seeds below 0, without --cv or with --no-ensemble (the refits would go unused)."""
     if refit_seeds < 0 or (refit_seeds and not cv):
         raise ValueError(f"--refit-seeds takes S >= 0 and needs --cv K, got {refit_seeds}")
+    if refit_seeds and not ensemble:
+        raise ValueError("--refit-seeds makes the ensemble: it cannot go with --no-ensemble")
     if cv == 1 or cv < 0:
         raise ValueError(f"--cv takes K >= 2 folds (0 = off), got {cv}")
     if cv and cv_top < 1:
@@ -467,11 +472,15 @@ def stage_tuner(
     stage_dir = f"{exp_dir}/{dirname}"
     params = {**params, "runtime": {**params["runtime"], "exp_dir": stage_dir}}
     trainable = tune.with_resources(tune.with_parameters(fn, **params), res)
+    inline = params["runtime"].get("runner") == "inline"
     if tune.Tuner.can_restore(stage_dir):
+        if inline:  # --cv is local-only: as the search's restore (service._make_tuner)
+            from .results import relink_deleted_checkpoints
+
+            relink_deleted_checkpoints(stage_dir)
         return tune.Tuner.restore(
             stage_dir, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
-    inline = params["runtime"].get("runner") == "inline"
     return tune.Tuner(
         trainable,
         param_space={key: tune.grid_search(values) for key, values in grid.items()},
@@ -616,17 +625,26 @@ class FoldStage:
 
     `opts`: the sweep's SweepOptions; `configs`: stage 1's candidates; `grid`: stage 2's
     ResultGrid; `held`: {"cpus", "gpus"} each trial held; `reused`: candidate -> the search
-    run that is its fold 0 (`reusable`). `refit_grid`: the refits' ResultGrid (--refit-seeds,
-    tune/refit.py), set after `choice`, else None."""
+    run that is its fold 0 (`reusable`); `search`: stage 1's results rows (for `choice`).
+    `refit_grid`: the refits' ResultGrid (--refit-seeds, tune/refit.py), set after `choice`,
+    else None."""
 
     def __init__(
-        self, opts, exp_dir: str, configs: list[dict], grid, held: dict, reused: dict | None = None
+        self,
+        opts,
+        exp_dir: str,
+        configs: list[dict],
+        grid,
+        held: dict,
+        reused: dict | None = None,
+        search: list[dict] | None = None,
     ) -> None:
         self.opts, self.exp_dir, self.configs = opts, exp_dir, configs
         self.grid, self.held, self.reused = grid, held, reused or {}
+        self.search = search or []
         self.selection: dict | None = None
         self.refit_grid = None
-        self._said = False  # the choice line printed (`choice`)
+        self._refitted: dict | None = None  # `choice`'s chosen candidate (printed then)
 
     def _rows(self, grid, dirname: str) -> list[dict]:
         """The results rows of `grid`, a Tuner of EXP/`dirname`/."""
@@ -637,22 +655,22 @@ class FoldStage:
         folder, runner = f"{self.exp_dir}/{dirname}", self.opts.trial_runner
         return trial_rows(grid, objective, metric_mode(objective), folder, self.held, runner)
 
-    def choice(self, search_rows: list[dict]) -> dict:
-        """The selection record (`choose`) from stage 1's `search_rows` (copied, not changed)
-        and the fold runs: what the refits train, known before results are written. Prints
-        the choice (`label` then does not print it again)."""
+    def choice(self) -> dict:
+        """The selection record (`choose`) from stage 1's rows (copied, not changed) and the
+        fold runs: what the refits train, known before results are written. Prints the
+        choice (`label` then does not print it again)."""
         from ..metrics import metric_mode
 
         objective = self.opts.objective[0]
         rows = label_rows(
-            [dict(r) for r in search_rows],
+            [dict(r) for r in self.search],
             self._rows(self.grid, FOLDS_DIR),
             self.configs,
             self.reused,
         )
         selection = choose(rows, f"best_{objective}", metric_mode(objective), self.opts.cv)
         print(selection_line(selection), flush=True)
-        self._said = True
+        self._refitted = selection["chosen"]  # what the refits train: `label` keeps it
         return selection
 
     def label(self, rows: list[dict]) -> list[dict]:
@@ -670,12 +688,12 @@ class FoldStage:
         self.selection["search_trials"] = sum(r.get("cv_stage") == "search" for r in rows)
         self.selection["reused_search_runs"] = self.reused
         if self.refit_grid is not None:
-            chosen = self.selection["chosen"]
+            chosen = self._refitted  # the same rows choose the same; the refits trained this
             refits = label_refits(self._rows(self.refit_grid, REFIT_DIR), chosen)
             self.selection["refit_trial_ids"] = [r["trial_id"] for r in refits]
             rows += refits
         write_selection(self.exp_dir, self.selection)
-        if not self._said:
+        if self._refitted is None:
             print(selection_line(self.selection), flush=True)
         return rows
 

@@ -121,6 +121,7 @@ SAME_SWEEP_OPTIONS = (
     "workers_per_trial",
     "trial_runner",
     "cv",
+    "refit_seeds",  # the refits' grid and the search's budget plan depend on it
 )
 
 
@@ -425,7 +426,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     # study's parameters, so Optuna never records a value that no trial trained with.
     space = load_space(opts.space, smoke=opts.smoke_test).with_settings(opts.settings)
     opts = resolve_paths(opts)
-    folds.check_cv(opts.cv, opts.cv_top, opts.storage, opts.refit_seeds)
+    folds.check_cv(opts.cv, opts.cv_top, opts.storage, opts.refit_seeds, opts.ensemble)
     # A missing --external folder fails before any data is read.
     opts = replace(opts, external=external.check_specs(opts))
     name = experiment_name(opts, space)
@@ -647,6 +648,8 @@ def _fit(
         if opts.cv and guard.signum is None:
             search_s = folds.search_spent_s(plan.name, time.monotonic() - t0)
             cv = _cv_stage(plan, grid, overrides, runtime, resources, search_s)
+            if opts.refit_seeds and guard.signum is None:  # a signal: resume from the folds
+                cv.refit_grid = _refit_stage(plan, cv, overrides, runtime, resources)
     guard.check()  # an interrupt: Tune saved the sweep; nothing below may claim it finished
     check_trial_disk_errors(grid.errors, plan.exp_dir, guard.hint)  # a full disk: not finished
     return grid, cv
@@ -702,7 +705,7 @@ def budget_line(opts: SweepOptions, rows: list[dict], wall_s: float) -> str | No
     the end (None otherwise): how many trials were stopped unfinished, how many never started."""
     if not opts.budget_minutes or wall_s < opts.budget_minutes * 60:
         return None
-    rows = [r for r in rows if r.get("cv_stage") != "folds"]  # --cv: the search's trials
+    rows = [r for r in rows if r.get("cv_stage") in (None, "search")]  # --cv: the search's
     cut = sum(r["status"] not in ("TERMINATED", "ERROR") for r in rows)
     unstarted = max(0, opts.trials - len(rows))
     if not cut and not unstarted:
@@ -791,23 +794,28 @@ def _cv_stage(
         ),
         runs,
     )
-    stage = folds.FoldStage(opts, exp_dir, configs, tuner.fit(), held, reused)
-    if opts.refit_seeds:
-        stage.refit_grid = _refit_stage(plan, stage.choice(search), overrides, runtime, resources)
-    return stage
+    return folds.FoldStage(opts, exp_dir, configs, tuner.fit(), held, reused, search)
 
 
-def _refit_stage(plan: SweepPlan, selection: dict, overrides: dict, runtime: dict, resources):
-    """--refit-seeds S (tune/refit.py): the configuration --cv chose (`selection`, from the
+def _refit_stage(
+    plan: SweepPlan, cv: folds.FoldStage, overrides: dict, runtime: dict, resources: dict
+):
+    """--refit-seeds S (tune/refit.py): the configuration --cv chose (`cv.choice`, from the
     fold runs' validation metrics alone) trained on all of train+val with S seeds, as Tune
-    trials of EXP/refit/; returns their ResultGrid."""
-    opts, chosen = plan.opts, selection["chosen"]
+    trials of EXP/refit/; returns their ResultGrid, or None when no candidate finished every
+    fold (then `cv.label` says so, after the results are written)."""
+    try:
+        chosen = cv.choice()["chosen"]
+    except ValueError:
+        return None
+    opts = plan.opts
+    epochs = chosen["config"].get("epochs", plan_epochs(plan.space))
     print(
         f"\ncv: refitting candidate {chosen['candidate']} ({chosen['config'].get('model')}) on "
-        f"all of train+val with {opts.refit_seeds} seed(s) -> {plan.exp_dir}/{refit.REFIT_DIR}",
+        f"all of train+val with {opts.refit_seeds} seed(s), {epochs} epochs each, keeping the "
+        f"last{refit.unlike_folds(chosen['config'])} -> {plan.exp_dir}/{refit.REFIT_DIR}",
         file=sys.stderr,
     )
-    epochs = chosen["config"].get("epochs", plan_epochs(plan.space))
     callbacks = make_callbacks(
         replace(opts, trials=opts.refit_seeds, budget_minutes=0),
         plan.name,
