@@ -12,13 +12,6 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Ray's worker processes (trials) must run this checkout's ray_xray, as this driver does: with
-# an editable install of another checkout (a clean clone sharing a venv), they would import
-# that one instead. They inherit the environment: put this checkout first on their path.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [_ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _ROOT]]
-)
 
 from ray_xray.cli import HelpFormatter  # noqa: E402
 
@@ -117,8 +110,19 @@ def parse_sets(items: list[str], names: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+def workers_path(pythonpath: str) -> str:
+    """PYTHONPATH for Ray's worker processes: this checkout first, then `pythonpath`'s other
+    entries. The trials must run this checkout's ray_xray, as this driver does; with an
+    editable install of another checkout (a clean clone sharing a venv) they would import
+    that one. They inherit the driver's environment, which `main` sets (not an import: a test
+    that imports this module must not change the PYTHONPATH of what it starts)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return os.pathsep.join([root, *[p for p in pythonpath.split(os.pathsep) if p and p != root]])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ["PYTHONPATH"] = workers_path(os.environ.get("PYTHONPATH", ""))
     argv = list(sys.argv[1:] if argv is None else argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(common.ORDER)
     unknown = [n for n in names if n not in common.ORDER]

@@ -377,17 +377,17 @@ def test_precision_benchmark_leaves_out_models_this_install_cannot_build(monkeyp
     assert precision.buildable_models() == (precision.list_models(), [])
 
 
-def test_benchmark_trials_run_this_checkouts_code():
+def test_benchmark_trials_run_this_checkouts_code(monkeypatch):
     """Ray's worker processes inherit the driver's environment: `python -m benchmarks` puts its
     own checkout first on PYTHONPATH, so a clean clone that shares another checkout's venv (an
-    editable install of that one) trains with its own code, not the other's."""
+    editable install of that one) trains with its own code, not the other's. Importing the
+    module changes nothing (a test process's children keep their PYTHONPATH)."""
     import os
-    import subprocess
 
-    code = "import benchmarks.__main__, os; print(os.environ['PYTHONPATH'])"
-    env = {**os.environ, "PYTHONPATH": f"/elsewhere{os.pathsep}{REPO}"}
-    r = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split()[-1] == f"{REPO}{os.pathsep}/elsewhere"
+    from benchmarks import __main__ as bench_main
+
+    monkeypatch.setenv("PYTHONPATH", f"/elsewhere{os.pathsep}{REPO}")
+    assert bench_main.workers_path(os.environ["PYTHONPATH"]) == f"{REPO}{os.pathsep}/elsewhere"
+    assert os.environ["PYTHONPATH"] == f"/elsewhere{os.pathsep}{REPO}"  # imported: unchanged
+    assert bench_main.main(["--only", "value", "--list-settings"]) == 0
+    assert os.environ["PYTHONPATH"] == f"{REPO}{os.pathsep}/elsewhere"  # set by main
