@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from test_cv import _Clock, prepared
+from test_gpu_path import _Count
 
 from ray_xray.checkpoint import load_ensemble, model_record, save_state, training_state
 from ray_xray.config import TrainConfig
@@ -19,7 +20,7 @@ from ray_xray.data import PreparedData
 from ray_xray.data.folds import fold_view, for_config
 from ray_xray.ensemble import folds as ensemble_folds
 from ray_xray.inference import build_model
-from ray_xray.train.loop import Hooks, Progress, Trainer, train_epochs
+from ray_xray.train.loop import Progress, Trainer, train_epochs
 from ray_xray.tune import folds as tune_folds
 from ray_xray.tune import refit
 
@@ -42,14 +43,6 @@ def test_a_refit_view_trains_on_every_pooled_image_and_validates_on_none():
         fold_view(data, 3, -2)
 
 
-class _Seen(Hooks):
-    def __init__(self) -> None:
-        self.improved: list[bool] = []
-
-    def on_epoch(self, metrics: dict, improved: bool, progress: Progress) -> None:
-        self.improved.append(improved)
-
-
 def test_a_refit_trains_every_epoch_with_no_validation_and_keeps_the_last():
     """No validation images: no val metric is reported or made up, every epoch is the
     one kept (the best-model record follows it), patience never stops it, and a plateau
@@ -69,7 +62,7 @@ def test_a_refit_trains_every_epoch_with_no_validation_and_keeps_the_last():
     data = for_config(prepared(size=32), cfg)
     tr = Trainer.build(cfg, data, torch.device("cpu"))
     assert tr.val_loader is None
-    hooks = _Seen()
+    hooks = _Count()  # records each epoch's `improved`
     progress = train_epochs(tr, hooks=hooks)
     assert hooks.improved == [True, True, True] and progress.best_epoch == 3
     assert progress.best_value is None and progress.epoch == 3

@@ -645,6 +645,7 @@ class FoldStage:
         self.selection: dict | None = None
         self.refit_grid = None
         self._refitted: dict | None = None  # `choice`'s chosen candidate (printed then)
+        self._folds: list[dict] | None = None  # the fold runs' rows, read once (`_fold_rows`)
 
     def _rows(self, grid, dirname: str) -> list[dict]:
         """The results rows of `grid`, a Tuner of EXP/`dirname`/."""
@@ -655,6 +656,13 @@ class FoldStage:
         folder, runner = f"{self.exp_dir}/{dirname}", self.opts.trial_runner
         return trial_rows(grid, objective, metric_mode(objective), folder, self.held, runner)
 
+    def _fold_rows(self) -> list[dict]:
+        """The fold runs' results rows, read from the grid once (`choice` and `label` both
+        need them); copies, since `label_rows` relabels its rows in place."""
+        if self._folds is None:
+            self._folds = self._rows(self.grid, FOLDS_DIR)
+        return [dict(r) for r in self._folds]
+
     def choice(self) -> dict:
         """The selection record (`choose`) from stage 1's rows (copied, not changed) and the
         fold runs: what the refits train, known before results are written. Prints the
@@ -664,7 +672,7 @@ class FoldStage:
         objective = self.opts.objective[0]
         rows = label_rows(
             [dict(r) for r in self.search],
-            self._rows(self.grid, FOLDS_DIR),
+            self._fold_rows(),
             self.configs,
             self.reused,
         )
@@ -683,7 +691,7 @@ class FoldStage:
 
         objective = self.opts.objective[0]
         mode = metric_mode(objective)
-        rows = label_rows(rows, self._rows(self.grid, FOLDS_DIR), self.configs, self.reused)
+        rows = label_rows(rows, self._fold_rows(), self.configs, self.reused)
         self.selection = choose(rows, f"best_{objective}", mode, self.opts.cv)
         self.selection["search_trials"] = sum(r.get("cv_stage") == "search" for r in rows)
         self.selection["reused_search_runs"] = self.reused
