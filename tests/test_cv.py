@@ -748,3 +748,33 @@ def test_a_resumed_search_leaves_the_fold_stage_only_what_is_left_of_the_budget(
     # no stopper registered (no --budget-minutes): this process's time
     service._fit(plan, Tuner(), service.SignalGuard("hint"), {}, {}, resources)
     assert seen["search_s"] == pytest.approx(0.5)
+
+
+def test_a_fold_run_or_refit_that_failed_on_a_full_disk_ends_the_sweep_in_one_error(monkeypatch):
+    """The search's trials were checked for a full disk before; a fold run's or a refit's
+    failure was not, so a --cv sweep whose fold stage could not write its checkpoints went on
+    to write results that mark it finished. Now every stage's errors are checked."""
+    import errno
+
+    from ray_xray.tune import service
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    grids = {
+        name: type("Grid", (), {"errors": errs})()
+        for name, errs in (("search", []), ("folds", [full]), ("refit", [full, RuntimeError()]))
+    }
+
+    class Stage:
+        grid, refit_grid = grids["folds"], None
+
+    monkeypatch.setattr(service, "_cv_stage", lambda *a: Stage())
+    monkeypatch.setattr(service, "_refit_stage", lambda *a: grids["refit"])
+    space = type("Space", (), {"name": "one"})()
+    resources = {"max_concurrent": 2, "cpus_per_trial": 1}
+    tuner = type("Tuner", (), {"fit": lambda self: grids["search"]})()
+    for refit_seeds, failed in ((0, 1), (2, 2)):
+        opts = service.SweepOptions(cv=3, cv_top=2, refit_seeds=refit_seeds)
+        plan = service.SweepPlan(opts, space, "full", "/tmp/full", None)
+        with pytest.raises(OSError, match=f"{failed} trial\\(s\\) could not save") as err:
+            service._fit(plan, tuner, service.SignalGuard("hint"), {}, {}, resources)
+        assert err.value.errno == errno.ENOSPC and err.value.filename == "/tmp/full"

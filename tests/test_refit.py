@@ -347,25 +347,52 @@ def test_beside_refits_the_disagreement_warning_compares_the_fold_ensemble_with_
 
 def test_evaluate_takes_no_thresholds_from_a_val_split_the_members_trained_on(tmp_path):
     """A --cv ensemble's members trained on the data's val split (train and val are pooled
-    into the folds; a refit trains on all of it): evaluate fixes no operating points there
-    and says why; a model that only validated on it still gets them."""
-    from ray_xray.checkpoint import atomic_save
+    into the folds; a refit trains on all of it): evaluate fixes no operating points there and
+    says why. It uses the thresholds the ensemble stores (fixed out of fold) instead, and
+    scores them here; a lone refit stores none, and a model that only validated on the val
+    split still gets thresholds fixed on it."""
+    from ray_xray.checkpoint import atomic_save, ensemble_record, save_ensemble
     from ray_xray.data import load_data
     from ray_xray.evaluate.core import evaluate
+    from ray_xray.evaluate.report import eval_operating_section
 
     spec = "synthetic:chest3:12"
     data = load_data(spec, 32)
-    paths = []
-    for name, cfg in (
-        ("refit", _cfg(data=spec, cv_folds=2, cv_fold=-1)),
-        ("plain", _cfg(data=spec)),
-    ):
-        rec = model_record(build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
-        paths.append(str(tmp_path / f"{name}.pt"))
-        atomic_save(rec, Path(paths[-1]))
-    for path, held_out in zip(paths, (False, True), strict=True):
-        r = evaluate(
-            path, spec, "test", out=tmp_path / Path(path).stem, n_boot=20, report_html=False
+    recs = {
+        name: model_record(build_model(cfg, 3), cfg, data.classes, data.mean, data.std, {})
+        for name, cfg in (
+            ("refit", _cfg(data=spec, cv_folds=2, cv_fold=-1)),
+            ("plain", _cfg(data=spec)),
         )
+    }
+    for name, rec in recs.items():
+        atomic_save(rec, tmp_path / f"{name}.pt")
+    stored = {c: {"spec0.90": 0.2 + k / 10, "spec0.95": 0.9} for k, c in enumerate(data.classes)}
+    save_ensemble(
+        ensemble_record(
+            [{**recs["refit"], "temperature": 1.0}],
+            [1.0],
+            "cv_refit",
+            data.classes,
+            {"operating_points": stored},
+        ),
+        tmp_path / "ens.pt",
+    )
+    got = {}
+    for name in ("refit", "plain", "ens"):
+        r = evaluate(str(tmp_path / f"{name}.pt"), spec, "test", out=tmp_path / name, n_boot=20)
         said = any("trained on its own data's val split" in n for n in r.notes)
-        assert (r.operating_points is not None) == held_out and said != held_out, r.notes
+        assert said == (name != "plain"), r.notes
+        got[name] = r
+    assert got["refit"].operating_points is None and got["refit"].points_fixed_on is None
+    assert "stores no thresholds" in eval_operating_section(got["refit"])
+    assert got["plain"].points_fixed_on == "val"
+    assert got["plain"].operating_points["normal"]["0.90"]["val_specificity"] >= 0.9
+    ens = got["ens"]
+    assert ens.points_fixed_on == "oof" and "out-of-fold" in eval_operating_section(ens)
+    for k, c in enumerate(data.classes):
+        row = ens.operating_points[c]["0.90"]
+        assert row["threshold"] == stored[c]["spec0.90"] and "val_sensitivity" not in row
+        neg = np.asarray(ens.y) != k
+        spec = float((ens.prob[neg, k] < row["threshold"]).mean())
+        assert row["eval_specificity"] == pytest.approx(spec)

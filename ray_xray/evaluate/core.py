@@ -19,7 +19,7 @@ from ..device import pick_device
 from ..io import write_atomic
 from ..sweep_folder import ENSEMBLE_DIR
 from .infer import probabilities
-from .result import EvalResult, metric_name
+from .result import POINTS_FIXED, EvalResult, metric_name
 from .sources import (
     SPLIT_CHOICES,
     EvalSet,
@@ -87,26 +87,55 @@ def operating_points(y_val, p_val, sets: dict, classes: list[str], targets=SPECI
     reaches the target on the model's own validation split (`ray_xray.scores`' rule), and the
     sensitivity/specificity it gives on each of `sets` ({name: (y, prob)}), with `holds`:
     the specificity is not significantly (z 1.96) below the target on that set."""
-    from ..scores import sens_spec, threshold_for_specificity
+    from ..scores import threshold_for_specificity
+
+    pos = [np.asarray(y_val) == k for k in range(len(classes))]
+    thresholds = {
+        c: {t: threshold_for_specificity(p_val[~pos[k], k], p_val[:, k], t) for t in targets}
+        for k, c in enumerate(classes)
+    }
+    return _points_here(thresholds, sets, classes, (y_val, p_val))
+
+
+def stored_operating_points(subject: Subject, sets: dict, targets=SPECIFICITIES) -> dict | None:
+    """`operating_points`' table from the thresholds stored in an ensemble (a --cv ensemble's,
+    fixed on its out-of-fold predictions: `ensemble/folds.py`), for a model whose own val
+    split is not held out. No val columns (the out-of-fold figures are in the sweep's
+    report). None when it stores none."""
+    from ..scores import point_name
+
+    stored = subject.stored_points
+    if not stored:
+        return None
+    thresholds = {
+        c: {t: stored.get(c, {}).get(point_name("spec", t)) for t in targets}
+        for c in subject.classes
+    }
+    return _points_here(thresholds, sets, subject.classes)
+
+
+def _points_here(thresholds: dict, sets: dict, classes: list[str], val=None) -> dict:
+    """{class: {"0.90": row}} for thresholds {class: {target: probability or None}}: the
+    sensitivity/specificity each gives on every set of `sets` ({name: (y, prob)}) and whether
+    its specificity holds there (`stats.specificity_holds`); with `val` (y, prob), also there."""
+    from ..scores import sens_spec
 
     out: dict = {}
     for k, c in enumerate(classes):
         out[c] = {}
-        pos_v = np.asarray(y_val) == k
-        for target in targets:
-            t = threshold_for_specificity(p_val[~pos_v, k], p_val[:, k], target)
+        named = ({"val": val} if val is not None else {}) | sets
+        for target, t in thresholds[c].items():
             row: dict = {"threshold": t}
-            if t is not None:
-                row["val_sensitivity"], row["val_specificity"] = sens_spec(pos_v, p_val[:, k], t)
-            for name, (y, p) in sets.items():
+            for name, (y, p) in named.items():
                 pos = np.asarray(y) == k
                 sens, spec = sens_spec(pos, p[:, k], t) if t is not None else (math.nan,) * 2
                 row[f"{name}_sensitivity"], row[f"{name}_specificity"] = sens, spec
-                row[f"{name}_holds"] = (
-                    stats.specificity_holds(spec, target, int((~pos).sum()))
-                    if t is not None
-                    else None
-                )
+                if name != "val":
+                    row[f"{name}_holds"] = (
+                        stats.specificity_holds(spec, target, int((~pos).sum()))
+                        if t is not None
+                        else None
+                    )
             out[c][f"{target:.2f}"] = row
     return out
 
@@ -235,8 +264,8 @@ def _held_out(subject: Subject, refs: dict, notes: list[str]) -> tuple[dict, lis
         return refs, notes
     note = (
         "its members trained on its own data's val split (--cv pools train and val): no "
-        "operating points or validation reference from it (the sweep's ensemble/report.html "
-        "has operating points fixed out of fold)"
+        "operating points or validation reference from it (operating points: those fixed out "
+        "of fold, stored in the ensemble)"
     )
     return {k: v for k, v in refs.items() if k != "val"}, [*notes, note]
 
@@ -251,15 +280,12 @@ def _compare(
     n_boot: int,
     seed: int,
 ) -> tuple:
-    """(operating points, shift block, {"y", "prob"} of the reference split, warnings) from
-    the model's own splits in `refs` ({"val"[, "test"]}). `shift`: the own split to compare
-    this set with ("test" for other data, "val" for its own test split), None: no check."""
+    """(operating points, where their thresholds were fixed, shift block, {"y", "prob"} of the
+    reference split, warnings) from the model's own splits in `refs` ({"val"[, "test"]}).
+    `shift`: the own split to compare this set with ("test" for other data, "val" for its own
+    test split), None: no check."""
     y, prob = parts["y"], parts["prob"]
-    op, shift_block, ref_arrays, warnings = None, None, None, []
-    if "val" not in refs and shift not in refs:
-        if shift == "test" and not refs:
-            shift_block = _stored_reference(subject, parts)
-        return op, shift_block, ref_arrays, warnings
+    shift_block, ref_arrays, warnings = None, None, []
     p_val = probabilities(subject, refs["val"], dev)[0] if "val" in refs else None
     sets = {"eval": (y, prob)}
     if shift in refs:
@@ -270,17 +296,26 @@ def _compare(
         ref_arrays = {"y": refs[shift].labels, "prob": p_ref, "split": shift}
         if shift == "test":
             sets["reference_test"] = (refs["test"].labels, p_ref)
-    if p_val is None:  # a --cv model's own val split: not held out (`_held_out`)
-        return op, shift_block, ref_arrays, warnings
-    op = operating_points(refs["val"].labels, p_val, sets, subject.classes)
+    elif shift == "test" and not refs:
+        shift_block = _stored_reference(subject, parts)
+    if p_val is not None:
+        op, fixed_on = operating_points(refs["val"].labels, p_val, sets, subject.classes), "val"
+    else:  # unreadable, or a --cv model's val split, not held out (`_held_out`): stored ones
+        op, fixed_on = stored_operating_points(subject, sets), _stored_where(subject)
     warnings += [
-        f"{c}: the threshold for {float(t):.0%} specificity on validation gives "
-        f"{r['eval_specificity']:.0%} specificity here"
-        for c, rows in op.items()
+        f"{c}: the threshold for {float(t):.0%} specificity fixed {POINTS_FIXED[fixed_on]} "
+        f"gives {r['eval_specificity']:.0%} specificity here"
+        for c, rows in (op or {}).items()
         for t, r in rows.items()
         if r.get("eval_holds") is False
     ]
-    return op, shift_block, ref_arrays, warnings
+    return op, fixed_on if op else None, shift_block, ref_arrays, warnings
+
+
+def _stored_where(subject: Subject) -> str:
+    """ "oof" for a --cv sweep's ensemble (its thresholds were fixed out of fold), else
+    "stored"."""
+    return "oof" if any(m["config"].get("cv_folds") for m in subject.members) else "stored"
 
 
 # Long only for its 16 keyword options and their docstring: the body is one line per stage
@@ -346,7 +381,7 @@ def evaluate(
         )
     against = _shift_reference(shift, own, split)
     where = f"its {split} split" if own else data
-    op, shift_block, ref_arrays, more = _compare(
+    op, fixed_on, shift_block, ref_arrays, more = _compare(
         subject, refs, parts, where, dev, against, n_boot, seed
     )
     warnings, notes = _messages(subject, info, notes, more, against)
@@ -361,6 +396,7 @@ def evaluate(
         **_set_fields(subject, data, split, own, info, ev, n_available),
         **_score_fields(parts, n_boot, seed, subject.classes),
         operating_points=op,
+        points_fixed_on=fixed_on,
         shift=shift_block,
         reference=ref_arrays,
         stress=stress_block,

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from ..report import html, plots, sections
-from .result import EvalResult, metric_name
+from .result import POINTS_FIXED, EvalResult, metric_name
 from .sources import Subject, run_history
 
 
@@ -150,12 +150,14 @@ def curve_sections(r: EvalResult, figs: sections.Figures) -> str:
 
 
 def eval_operating_section(r: EvalResult) -> str:
-    """Thresholds fixed on the model's own validation split and what they give here."""
+    """Thresholds fixed on the model's own validation split (or stored in the ensemble:
+    `EvalResult.points_fixed_on`) and what they give here."""
     if not r.operating_points:
         return html.section(
             "Operating points",
             html.para(
-                "No operating points: the model's own validation split is not readable here.",
+                "No operating points: the model's own validation split is not readable here "
+                "(or its members trained on it), and it stores no thresholds.",
                 "note",
             ),
         )
@@ -188,11 +190,12 @@ def eval_operating_section(r: EvalResult) -> str:
             if ref:
                 row += [p["reference_test_sensitivity"], p["reference_test_specificity"]]
             rows.append(row)
+    oof = " (their out-of-fold figures: the sweep's report)" if r.points_fixed_on == "oof" else ""
     cap = (
         "For each class, the lowest threshold on its probability that reaches 90% (95%) "
-        "specificity on the model's own validation split, and what it gives here. 'holds': "
-        "the specificity here is not below the target by more than 1.96 binomial standard "
-        "errors; 'no' means the threshold needs re-setting for this data."
+        f"specificity {POINTS_FIXED[r.points_fixed_on or 'val']}, and what it gives "
+        f"here{oof}. 'holds': the specificity here is not below the target by more than 1.96 "
+        "binomial standard errors; 'no' means the threshold needs re-setting for this data."
     )
     return html.section(
         "Operating points", html.para(cap), html.table(headers, rows), anchor="operating-points"

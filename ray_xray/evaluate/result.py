@@ -22,6 +22,14 @@ def metric_name(key: str) -> str:
 clean = json_safe  # one JSON-safe converter: ray_xray/io.py
 
 
+# Where an evaluation's operating-point thresholds were fixed (EvalResult.points_fixed_on).
+POINTS_FIXED = {
+    "val": "on the model's own validation split",
+    "oof": "on the out-of-fold predictions of its --cv sweep (stored in the ensemble)",
+    "stored": "on its sweep's validation split (stored in the ensemble)",
+}
+
+
 @dataclass
 class EvalResult:
     """One model or ensemble on one labelled set.
@@ -30,7 +38,8 @@ class EvalResult:
     per-class precision/recall/F1/AUC/AP, confusion, NLL, ECE). `headline`: accuracy, macro_f1,
     auc, recall_<class> as {"value", "low", "high"} (stratified bootstrap percentile interval).
     `operating_points`: class -> target specificity -> threshold from the model's own
-    validation split and what it gives here. `shift`: the comparison with the model's own test
+    validation split (or stored in a --cv ensemble, fixed out of fold: `points_fixed_on`) and
+    what it gives here. `shift`: the comparison with the model's own test
     split when this set is other data, with its validation split when this is its own test
     split (None otherwise). `stress`: `stress.run_stress`'s table.
     """
@@ -51,6 +60,8 @@ class EvalResult:
     headline: dict
     bootstrap: dict
     operating_points: dict | None = None
+    # where their thresholds were fixed: a key of POINTS_FIXED, None without operating points
+    points_fixed_on: str | None = None
     shift: dict | None = None
     stress: dict | None = None
     # --adapt-prior / --prevalence: the same figures after prior adaptation (ray_xray/prior.py),

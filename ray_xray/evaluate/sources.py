@@ -39,6 +39,8 @@ class Subject:
 
     `members`: model records (format ray_xray/1); `weights` sum to 1; `temperatures` divide
     each member's logits (1.0 for a single model). `own_data`: the data spec it was trained on.
+    `stored_points`: an ensemble's stored operating-point thresholds ({class: {"spec0.90": t,
+    ...}}, `scores.stored_points`; a --cv ensemble's fixed out of fold), {} when it has none.
     """
 
     path: Path
@@ -50,6 +52,7 @@ class Subject:
     temperatures: list[float]
     own_data: str | None
     note: str = ""
+    stored_points: dict = field(default_factory=dict)
 
     @property
     def sizes(self) -> list[int]:
@@ -117,6 +120,7 @@ def resolve_subject(checkpoint: str) -> Subject:
             [float(m.get("temperature", 1.0)) for m in members],
             own,
             note,
+            dict(obj.get("operating_points") or {}),
         )
     run = p.parent.name if p.is_file() else p.name
     return Subject(

@@ -629,7 +629,7 @@ def _fit(
 ):
     """Tuner.fit, then a --cv sweep's fold stage; returns (the result grid, the fold stage or
     None). Raises `interrupt.Interrupted` after a signal (Tune saved the sweep: nothing after
-    may claim it finished) and a one-line error when trials failed on a full disk."""
+    may claim it finished) and a one-line error when trials of any stage failed on a full disk."""
     opts = plan.opts
     gpu = f", {opts.gpus_per_trial:g} GPU" if opts.gpus_per_trial else ""
     print(
@@ -651,7 +651,10 @@ def _fit(
             if opts.refit_seeds and guard.signum is None:  # a signal: resume from the folds
                 cv.refit_grid = _refit_stage(plan, cv, overrides, runtime, resources)
     guard.check()  # an interrupt: Tune saved the sweep; nothing below may claim it finished
-    check_trial_disk_errors(grid.errors, plan.exp_dir, guard.hint)  # a full disk: not finished
+    # a full disk in any stage (search, fold runs, refits): not finished
+    stages = [grid] + ([cv.grid, cv.refit_grid] if cv else [])
+    errors = [e for g in stages if g is not None for e in g.errors]
+    check_trial_disk_errors(errors, plan.exp_dir, guard.hint)
     return grid, cv
 
 
