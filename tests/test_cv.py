@@ -531,7 +531,8 @@ def test_the_fold_ensemble_tries_the_other_complete_candidates_best_mean_first()
 def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_path):
     """--cv 2 --cv-top 1 --refit-seeds 1: one search run, which ran all its epochs and so is
     fold 0, one fold run (fold 1) and one refit on all of train+val, each SIGKILLed halfway
-    through epoch 2 and restarted from epoch 1's checkpoint; results.parquet lists all three
+    through epoch 2 and restarted from epoch 1's checkpoint (the inline trial runner's kill
+    test, for each of the three stages); results.parquet lists all three
     with their fold (-1: the refit), cv.json says how the choice was made, ensemble.pt holds
     the refit and fold_ensemble.pt the two fold models."""
     space = tmp_path / "one.yaml"
@@ -554,13 +555,20 @@ def test_cv_sweep_fold_runs_killed_mid_epoch_resume_and_form_the_ensemble(tmp_pa
     assert list(table["status"]) == ["TERMINATED"] * 3 and list(table["epochs"]) == [2] * 3
     assert list(table["cv_stage"]) == ["search", "folds", "refit"]
     assert list(table["cv_fold"]) == [0, 1, -1] and list(table["cv_candidate"]) == [0] * 3
-    for _, row in table[table["cv_stage"] != "search"].iterrows():
+    # Every trial is an inline one (test_faults.py kills a torchtrainer trial): what Tune
+    # received, in order, is epoch 1 once before the kill, then 2 after the restart, and the
+    # training history of its last checkpoint lists each epoch once (none lost or run twice).
+    assert json.loads((tmp_path / "cv" / "sweep.json").read_text())["plan"]["runner"] == "inline"
+    for _, row in table.iterrows():
         reported = [
             json.loads(ln)["epoch"]
             for ln in Path(row["trial_dir"], "result.json").read_text().splitlines()
         ]
-        assert reported == [1, 2], reported  # epoch 1 once before the kill, 2 after restart
-        assert json.loads(row["config"])["cv_fold"] == row["cv_fold"]
+        assert reported == [1, 2], reported
+        state = torch.load(Path(row["checkpoint_path"], "checkpoint.pt"), weights_only=True)
+        assert [h["epoch"] for h in state["history"]] == [1, 2]
+        if row["cv_stage"] != "search":
+            assert json.loads(row["config"])["cv_fold"] == row["cv_fold"]
     sel = json.loads((exp / "cv.json").read_text())
     assert sel["folds"] == 2 and sel["search_trials"] == 1
     assert sel["chosen"]["trial_ids"] == list(table["trial_id"][:2])  # fold 0: the search run
