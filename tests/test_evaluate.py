@@ -510,3 +510,44 @@ def test_a_train_run_gets_a_report_with_its_training_curves(run_dir, tmp_path, c
     write_report(str(tmp_path / "nothing-here"), cfg, None)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("warning: no report (") and "python -m ray_xray.evaluate" in err[-1]
+
+
+def test_an_ensemble_whose_own_data_is_unreadable_scores_its_stored_thresholds():
+    """Without its own val split (not readable here), an ordinary sweep's ensemble still gets
+    operating points: the thresholds it stores (fixed on that split when it was built), said
+    as such; a model that stores none gets none, and the shift check falls back to stored
+    figures either way."""
+    from ray_xray.evaluate.core import _compare
+    from ray_xray.evaluate.result import POINTS_FIXED
+    from ray_xray.evaluate.sources import Subject
+
+    y = np.tile([0, 0, 0, 1, 1, 1], 20)  # 60 normals: 2/3 specificity is clearly under 90 %
+    prob = np.tile(
+        [[0.9, 0.1], [0.7, 0.3], [0.4, 0.6], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]], (20, 1)
+    )
+    parts = {"y": y, "prob": prob, "headline": {}, "samples": {}}
+    member = {"config": {}, "metrics": {}}
+    stored = {"pneumonia": {"spec0.90": 0.5, "spec0.95": 0.65}}
+    ens = Subject(
+        Path("e.pt"),
+        "ensemble",
+        "e",
+        ["normal", "pneumonia"],
+        [member],
+        [1.0],
+        [1.0],
+        None,
+        stored_points=stored,
+    )
+    op, fixed_on, shift, _, warnings = _compare(ens, {}, parts, "other", None, "test", 20, 0)
+    assert fixed_on == "stored" and "stored in the ensemble" in POINTS_FIXED[fixed_on]
+    row = op["pneumonia"]["0.90"]  # threshold 0.5: normals 0.1, 0.3 below, 0.6 above
+    assert row["threshold"] == 0.5 and row["eval_specificity"] == pytest.approx(2 / 3)
+    assert row["eval_sensitivity"] == pytest.approx(2 / 3) and row["eval_holds"] is False
+    assert any("fixed on its sweep's validation split" in w for w in warnings), warnings
+    assert op["normal"]["0.90"]["threshold"] is None  # no stored threshold for that class
+    assert shift["reference_split"] == "val"  # the stored-figures fallback
+    bare = Subject(
+        Path("m.pt"), "model", "m", ["normal", "pneumonia"], [member], [1.0], [1.0], None
+    )
+    assert _compare(bare, {}, parts, "other", None, "test", 20, 0)[:2] == (None, None)
