@@ -260,7 +260,7 @@ def _held_out(subject: Subject, refs: dict, notes: list[str]) -> tuple[dict, lis
     """`refs` less the model's own val split when its members trained on it (a --cv sweep's
     fold models and refits pool train+val), with a note saying so: thresholds or a shift
     reference from images a model trained on would flatter it."""
-    if "val" not in refs or not any(m["config"].get("cv_folds") for m in subject.members):
+    if "val" not in refs or not _from_cv(subject):
         return refs, notes
     note = (
         "its members trained on its own data's val split (--cv pools train and val): no "
@@ -315,7 +315,13 @@ def _compare(
 def _stored_where(subject: Subject) -> str:
     """ "oof" for a --cv sweep's ensemble (its thresholds were fixed out of fold), else
     "stored"."""
-    return "oof" if any(m["config"].get("cv_folds") for m in subject.members) else "stored"
+    return "oof" if _from_cv(subject) else "stored"
+
+
+def _from_cv(subject: Subject) -> bool:
+    """True when the members come from a --cv sweep (fold models, refits): they trained on
+    their data's val split, and their stored thresholds were fixed out of fold."""
+    return any(m["config"].get("cv_folds") for m in subject.members)
 
 
 # Long only for its 16 keyword options and their docstring: the body is one line per stage
